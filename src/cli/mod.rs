@@ -1,0 +1,104 @@
+//! The command line: global options, the subcommand list, and the context every
+//! subcommand runs with. Each subcommand lives in its own module with its clap `Args`
+//! and its `run`.
+
+pub mod inspect;
+pub mod ls;
+pub mod mount;
+pub mod prune;
+pub mod pull;
+pub mod rm;
+pub mod search;
+pub mod tag;
+pub mod umount;
+
+use crate::registry::{Client, ClientOptions};
+use crate::store::Store;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+#[derive(Parser, Debug)]
+#[command(name = "imgfs", version, about = "Mount container images as read-only directory trees")]
+pub struct Cli {
+    /// Store directory [default: /var/lib/imgfs for root, else $XDG_DATA_HOME/imgfs]
+    #[arg(long, global = true, env = "IMGFS_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Talk plain HTTP to this registry host (repeatable; loopback hosts always are)
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pull an image (or every tag of a repository) into the store
+    Pull(pull::Args),
+    /// List images
+    #[command(visible_alias = "images")]
+    Ls(ls::Args),
+    /// Show details of images as JSON
+    Inspect(inspect::Args),
+    /// Give an image another name
+    Tag(tag::Args),
+    /// Untag images and remove those no name refers to any more
+    #[command(visible_alias = "rmi")]
+    Rm(rm::Args),
+    /// Remove dangling (with -a: all unused) images and unreferenced blobs
+    Prune(prune::Args),
+    /// Mount an image read-only at a directory (no arguments: list mounts)
+    Mount(mount::Args),
+    /// Unmount an imgfs mount
+    Umount(umount::Args),
+    /// List repositories of a registry whose name contains a term
+    Search(search::Args),
+}
+
+/// What every subcommand gets: the store and a lazily built registry client.
+pub struct Context {
+    pub store: Store,
+    client_options: ClientOptions,
+    client: OnceLock<Arc<Client>>,
+}
+
+impl Context {
+    pub fn client(&self) -> Result<Arc<Client>> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Client::new(self.client_options.clone())?);
+        Ok(self.client.get_or_init(|| c).clone())
+    }
+
+    pub fn client_options(&self) -> &ClientOptions {
+        &self.client_options
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let root = cli.root.clone().unwrap_or_else(Store::default_root);
+    let mut insecure = cli.insecure_registries.clone();
+    if let Ok(env) = std::env::var("IMGFS_INSECURE_REGISTRIES") {
+        insecure.extend(env.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from));
+    }
+    let ctx = Context {
+        store: Store::open(&root)?,
+        client_options: ClientOptions { insecure_registries: insecure, docker_config_dir: None },
+        client: OnceLock::new(),
+    };
+    match cli.command {
+        Command::Pull(a) => pull::run(&ctx, a),
+        Command::Ls(a) => ls::run(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a),
+        Command::Tag(a) => tag::run(&ctx, a),
+        Command::Rm(a) => rm::run(&ctx, a),
+        Command::Prune(a) => prune::run(&ctx, a),
+        Command::Mount(a) => mount::run(&ctx, a, &root),
+        Command::Umount(a) => umount::run(&ctx, a),
+        Command::Search(a) => search::run(&ctx, a),
+    }
+}

@@ -1,0 +1,118 @@
+//! `imgfs pull`: bring an image (or every tag of a repository) into the store,
+//! printing progress the way `docker pull` does.
+
+use super::Context;
+use crate::fetch;
+use crate::image::Platform;
+use crate::reference::Reference;
+use anyhow::{bail, Context as _, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Platform to pull from a multi-arch image (OS/ARCH[/VARIANT])
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Pull every tag of the repository
+    #[arg(short = 'a', long = "all-tags")]
+    pub all_tags: bool,
+    /// Only print the image reference
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+/// Layers downloaded at once.
+const PARALLEL_DOWNLOADS: usize = 3;
+
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
+    let platform = args.platform.as_deref().map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    if args.all_tags {
+        if r.digest.is_some() || args.reference.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            bail!("tag can't be used with --all-tags: {}", args.reference);
+        }
+        let client = ctx.client()?;
+        let tags = client.list_tags(&r.registry, &r.repository).with_context(|| format!("cannot list tags of {}", r.name()))?;
+        if tags.is_empty() {
+            bail!("repository {} has no tags", r.name());
+        }
+        for t in tags {
+            pull_one(ctx, &r.with_tag(&t), platform.as_ref(), args.quiet)?;
+        }
+        return Ok(());
+    }
+    pull_one(ctx, &r, platform.as_ref(), args.quiet)
+}
+
+fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bool) -> Result<()> {
+    let client = ctx.client()?;
+    let store = &ctx.store;
+    let say = |s: String| {
+        if !quiet {
+            println!("{s}");
+        }
+    };
+    say(format!("{}: Pulling from {}", r.tag.as_deref().unwrap_or(&r.manifest_reference()), crate::reference::familiar_name(&r.name())));
+    let resolved = fetch::resolve(&client, store, r, platform)?;
+    let layers = &resolved.record.layers;
+    let missing: Vec<usize> = (0..layers.len()).filter(|&i| !fetch::layer_present(store, &layers[i])).collect();
+    for (i, l) in layers.iter().enumerate() {
+        if !missing.contains(&i) {
+            say(format!("{}: Already exists", l.digest.short()));
+        }
+    }
+    // Download in parallel: a handful of threads take layers off a shared queue.
+    let queue = std::sync::Mutex::new(missing.clone().into_iter());
+    let errors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_DOWNLOADS.min(missing.len()) {
+            s.spawn(|| loop {
+                let Some(i) = queue.lock().unwrap().next() else { break };
+                let l = &layers[i];
+                match fetch::fetch_layer_blob(&client, store, &resolved.record.source, l) {
+                    Ok(()) => say(format!("{}: Pull complete", l.digest.short())),
+                    Err(e) => errors.lock().unwrap().push(e),
+                }
+            });
+        }
+    });
+    if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
+        return Err(e);
+    }
+    // Index every layer now: this checks each one against the config's diff_id, and
+    // a later mount starts with nothing to parse.
+    {
+        let _guard = store.writer_guard()?;
+        for (i, l) in layers.iter().enumerate() {
+            fetch::ensure_layer_index(store, l, &resolved.config.rootfs.diff_ids[i])
+                .with_context(|| format!("{r}: layer {}", l.digest))?;
+        }
+    }
+    let existed = store.db()?.images.contains_key(&resolved.record.id)
+        && r.tag.as_ref().is_some_and(|t| store.db().map(|db| db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id)).unwrap_or(false));
+    fetch::register(store, &resolved, r)?;
+    say(format!("Digest: {}", resolved.top_digest));
+    let shown = familiar(r);
+    if existed {
+        say(format!("Status: Image is up to date for {shown}"));
+    } else {
+        say(format!("Status: Downloaded newer image for {shown}"));
+    }
+    println!("{shown}");
+    Ok(())
+}
+
+/// `127.0.0.1:5000/app:1`, `alpine:latest`, `x@sha256:…` as docker prints them.
+fn familiar(r: &Reference) -> String {
+    let mut s = r.familiar_name();
+    if let Some(t) = &r.tag {
+        s.push(':');
+        s.push_str(t);
+    }
+    if let Some(d) = &r.digest {
+        s.push('@');
+        s.push_str(d.as_str());
+    }
+    s
+}

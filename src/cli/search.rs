@@ -1,0 +1,33 @@
+//! `imgfs search`: list a registry's repositories whose name contains a term, from
+//! the registry's catalog (Docker Hub's search service is not part of the
+//! distribution API, so only registries that serve `/v2/_catalog` are searchable).
+
+use super::Context;
+use anyhow::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Registry to search (host[:port])
+    #[arg(long, default_value = "docker.io")]
+    pub registry: String,
+    /// Limit the number of results
+    #[arg(long, default_value_t = 25)]
+    pub limit: usize,
+    /// Only print names
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(value_name = "TERM")]
+    pub term: String,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    let repos = ctx.client()?.catalog(&args.registry)?;
+    let hits: Vec<&String> = repos.iter().filter(|r| r.contains(&args.term)).take(args.limit).collect();
+    if !args.quiet {
+        println!("NAME");
+    }
+    for r in hits {
+        println!("{}", crate::reference::familiar_name(&format!("{}/{}", args.registry, r)));
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Filesystem operations over the union tree, as plain functions that return values
+//! or an `FsError` with its errno. Nothing here knows about fuser, so all of it can
+//! be tested without a kernel mount; `fuse` only adapts these calls to replies.
+//!
+//! A failure to fetch or read a layer is logged with its reason and answered with EIO;
+//! nothing is cached about the failure, so the same operation is tried afresh later.
+
+use crate::layer::Kind;
+use crate::tree::{Ino, LayerError, NodeInfo, Tree, ROOT};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FsError {
+    NotFound,
+    NotDir,
+    IsDir,
+    NotLink,
+    ReadOnly,
+    NoAttr,
+    Range,
+    Io,
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotLink => libc::EINVAL,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::Io => libc::EIO,
+        }
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+fn io_error(op: &str, ino: Ino, e: LayerError) -> FsError {
+    eprintln!("imgfs: {op} (inode {ino}): EIO: {e}");
+    FsError::Io
+}
+
+/// One entry of a directory listing.
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+/// Totals for statfs.
+pub struct FsStats {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+pub struct Fs {
+    tree: Tree,
+    /// Sum of the image's layer sizes: what statfs reports as used.
+    image_bytes: u64,
+}
+
+impl Fs {
+    pub fn new(tree: Tree, image_bytes: u64) -> Fs {
+        Fs { tree, image_bytes }
+    }
+
+    /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Option<NodeInfo>> {
+        let Ok(name) = std::str::from_utf8(name.as_bytes()) else { return Ok(None) };
+        match self.tree.lookup(parent, name).map_err(|e| io_error("lookup", parent, e))? {
+            Some(ino) => self.getattr(ino).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn getattr(&self, ino: Ino) -> FsResult<NodeInfo> {
+        self.tree.info(ino).map_err(|e| io_error("getattr", ino, e))?.ok_or(FsError::NotFound)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let info = self.getattr(ino)?;
+        match (info.kind, info.link) {
+            (Kind::Symlink, Some(l)) => Ok(l.into_bytes()),
+            _ => Err(FsError::NotLink),
+        }
+    }
+
+    /// Check an open: anything that could write is refused.
+    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<()> {
+        let info = self.getattr(ino)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        if info.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (data, entry) = self.tree.data(ino).map_err(|e| io_error("read", ino, e))?.ok_or(FsError::IsDir)?;
+        data.read(&entry, offset, size).map_err(|e| io_error("read", ino, LayerError(e.to_string())))
+    }
+
+    /// The directory's entries, `.` and `..` first.
+    pub fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        let info = self.getattr(ino)?;
+        if info.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let children = self.tree.list(ino).map_err(|e| io_error("readdir", ino, e))?;
+        let mut out = Vec::with_capacity(children.len() + 2);
+        out.push(DirEntry { name: b".".to_vec(), ino, kind: Kind::Dir });
+        out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });
+        for (name, child) in children {
+            let kind = self.getattr(child)?.kind;
+            out.push(DirEntry { name: name.into_bytes(), ino: child, kind });
+        }
+        Ok(out)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
+        let info = self.getattr(ino)?;
+        info.xattrs
+            .into_iter()
+            .find(|(k, _)| k.as_bytes() == name.as_bytes())
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let info = self.getattr(ino)?;
+        let mut out = Vec::new();
+        for (k, _) in info.xattrs {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `access(2)`: the kernel checks permissions itself (default_permissions); only
+    /// write access needs an answer here, and it is always no.
+    pub fn access(&self, ino: Ino, mask: i32) -> FsResult<()> {
+        self.getattr(ino)?;
+        if mask & libc::W_OK != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> FsStats {
+        FsStats { bytes: self.image_bytes, files: self.tree.node_count() as u64 }
+    }
+
+    pub fn root(&self) -> Ino {
+        ROOT
+    }
+}

@@ -1,0 +1,299 @@
+//! The image model: manifests, indexes (manifest lists) and configs, in both the Docker
+//! schema 2 and the OCI media types, and the choice of one platform from an index as a
+//! plain function.
+
+use crate::digest::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Everything we can read, in the order we prefer it; sent as the Accept header.
+pub const MANIFEST_ACCEPT: [&str; 4] = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+
+/// A content descriptor: what a manifest says about a blob it points to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// Parse `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => {
+                Ok(Platform { os: os.to_string(), architecture: normalise_arch(arch), variant: None })
+            }
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: normalise_arch(arch),
+                variant: Some(v.to_string()),
+            }),
+            _ => Err(format!("invalid platform {s:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")),
+        }
+    }
+
+    /// The platform this binary runs on, in the names images use.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "arm" => "arm",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            other => other,
+        };
+        let variant = if arch == "arm64" { Some("v8".to_string()) } else { None };
+        Platform { os: std::env::consts::OS.to_string(), architecture: arch.to_string(), variant }
+    }
+}
+
+fn normalise_arch(a: &str) -> String {
+    match a {
+        "x86_64" | "x86-64" => "amd64".into(),
+        "aarch64" => "arm64".into(),
+        other => other.into(),
+    }
+}
+
+/// Pick the manifest for `want` from an index. A wanted variant must match exactly;
+/// with no variant wanted, an entry without one wins over one with a variant, except
+/// that arm64 treats a missing variant and `v8` as the same, as containerd does.
+pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
+    let arm64_v8 = |p: &Platform| p.architecture == "arm64" && p.variant.as_deref().unwrap_or("v8") == "v8";
+    let candidates = manifests.iter().filter(|d| {
+        let Some(p) = &d.platform else { return false };
+        p.os == want.os && p.architecture == want.architecture
+    });
+    let mut best: Option<(&Descriptor, u8)> = None;
+    for d in candidates {
+        let p = d.platform.as_ref().unwrap();
+        let score = if p.variant == want.variant {
+            3
+        } else if arm64_v8(p) && arm64_v8(want) {
+            2
+        } else if want.variant.is_none() && p.variant.is_none() {
+            2
+        } else if want.variant.is_none() || (want.architecture != "arm64" && p.variant.is_none()) {
+            1
+        } else {
+            0
+        };
+        if score > 0 && best.map_or(true, |(_, s)| score > s) {
+            best = Some((d, score));
+        }
+    }
+    best.map(|(d, _)| d)
+}
+
+/// An image manifest (OCI or Docker schema 2).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// An image index or Docker manifest list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+}
+
+/// What a manifest body turned out to be.
+pub enum ManifestKind {
+    Image(Manifest),
+    Index(Index),
+}
+
+/// Decide by the Content-Type the registry sent, falling back to the body's own
+/// `mediaType` and shape (some registries send `application/json`).
+pub fn parse_manifest(content_type: &str, body: &[u8]) -> Result<ManifestKind, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    let ct = content_type.split(';').next().unwrap_or("").trim();
+    let declared = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
+    let is_index = [ct, declared].iter().any(|t| *t == OCI_INDEX || *t == DOCKER_LIST)
+        || (v.get("manifests").is_some() && v.get("layers").is_none());
+    if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
+        return Err("Docker schema 1 manifests are not supported".into());
+    }
+    if is_index {
+        serde_json::from_value(v).map(ManifestKind::Index).map_err(|e| format!("bad image index: {e}"))
+    } else {
+        serde_json::from_value(v).map(ManifestKind::Image).map_err(|e| format!("bad image manifest: {e}"))
+    }
+}
+
+/// The image configuration (only the parts we show or need).
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct ImageConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub config: Option<RunConfig>,
+    pub rootfs: RootFs,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct RootFs {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub diff_ids: Vec<Digest>,
+}
+
+/// The part of the config that says how to run the image, kept with the names docker
+/// uses so that `inspect` can print it as docker does.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct RunConfig {
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(rename = "ExposedPorts", default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+impl ImageConfig {
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default()
+    }
+
+    /// The creation time, if the config has a parseable one.
+    pub fn created_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let s = self.created.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn of_media_type(mt: &str) -> Result<Compression, String> {
+        match mt {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Ok(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
+            other => Err(format!("unsupported layer media type {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(os: &str, arch: &str, variant: Option<&str>, n: u8) -> Descriptor {
+        Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: Digest::of(&[n]),
+            size: 1,
+            platform: Some(Platform { os: os.into(), architecture: arch.into(), variant: variant.map(Into::into) }),
+            annotations: None,
+        }
+    }
+
+    #[test]
+    fn platform_selection() {
+        let list = vec![
+            desc("linux", "amd64", None, 1),
+            desc("linux", "arm", Some("v6"), 2),
+            desc("linux", "arm", Some("v7"), 3),
+            desc("linux", "arm64", Some("v8"), 4),
+            desc("windows", "amd64", None, 5),
+        ];
+        let pick = |s: &str| select_platform(&list, &Platform::parse(s).unwrap()).map(|d| d.digest.clone());
+        assert_eq!(pick("linux/amd64"), Some(Digest::of(&[1])));
+        assert_eq!(pick("linux/arm/v7"), Some(Digest::of(&[3])));
+        assert_eq!(pick("linux/arm64"), Some(Digest::of(&[4])));
+        assert_eq!(pick("linux/x86_64"), Some(Digest::of(&[1])));
+        assert_eq!(pick("windows/amd64"), Some(Digest::of(&[5])));
+        assert_eq!(pick("linux/s390x"), None);
+        assert_eq!(pick("linux/arm/v5"), None);
+        assert!(Platform::parse("linux").is_err());
+    }
+
+    #[test]
+    fn manifest_kind_follows_content_type_then_body() {
+        let body = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(matches!(parse_manifest("application/json", body), Ok(ManifestKind::Index(_))));
+        let d = Digest::of(b"x");
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#
+        );
+        assert!(matches!(parse_manifest(OCI_MANIFEST, body.as_bytes()), Ok(ManifestKind::Image(_))));
+        assert!(parse_manifest(OCI_MANIFEST, br#"{"schemaVersion":1}"#).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! imgfs mounts container images (Docker and OCI) as read-only directory trees and
+//! manages a local content-addressed store of them with a docker-style CLI.
+//!
+//! Data flows from a reference to the kernel like this: `reference` parses what the
+//! user typed; `registry` speaks the distribution API; `image` models manifests,
+//! indexes and configs and picks a platform; `fetch` brings manifests, configs and
+//! layers into the `store`, verified; `layer` turns a layer blob into a table of
+//! contents with random access to file data; `tree` stacks the layers into the OCI
+//! union, lazily; `fs` answers filesystem operations with plain values and errnos;
+//! `fuse` adapts that to the kernel through `fuser`. `cli` holds one module per
+//! subcommand.
+
+pub mod cli;
+pub mod digest;
+pub mod fetch;
+pub mod fs;
+pub mod fuse;
+pub mod image;
+pub mod layer;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod template;
+pub mod tree;

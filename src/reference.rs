@@ -1,0 +1,208 @@
+//! Image references: parse and normalise `[registry/]name[:tag][@digest]` the way docker
+//! does, so that `alpine`, `library/alpine` and `docker.io/library/alpine:latest` are
+//! one and the same image in the store.
+
+use crate::digest::Digest;
+use std::fmt;
+
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub const DEFAULT_TAG: &str = "latest";
+
+/// A normalised image reference. `tag` is `None` only when the reference was given by
+/// digest alone (`name@sha256:…`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reference {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl Reference {
+    /// Parse a reference as a user types it. A missing tag becomes `latest` unless a
+    /// digest is given.
+    pub fn parse(input: &str) -> Result<Reference, String> {
+        let bad = |why: &str| format!("invalid reference {input:?}: {why}");
+        if input.is_empty() {
+            return Err(bad("empty"));
+        }
+        let (rest, digest) = match input.split_once('@') {
+            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| bad(&e))?)),
+            None => (input, None),
+        };
+        // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
+        let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+            None => (rest, None),
+        };
+        if let Some(t) = tag {
+            if !valid_tag(t) {
+                return Err(bad(&format!("invalid tag {t:?}")));
+            }
+        }
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, remainder))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), remainder.to_string())
+            }
+            _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
+        };
+        let registry = if registry == "index.docker.io" || registry == "registry-1.docker.io" {
+            DEFAULT_REGISTRY.to_string()
+        } else {
+            registry
+        };
+        if registry.is_empty() || registry.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(bad("invalid registry host"));
+        }
+        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        if repository.is_empty() || !repository.split('/').all(valid_path_component) {
+            return Err(bad("repository names must be lowercase letters, digits and separators (. _ __ -)"));
+        }
+        let tag = match (tag, &digest) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_TAG.to_string()),
+        };
+        Ok(Reference { registry, repository, tag, digest })
+    }
+
+    /// `registry/repository`, the key under which tags are kept.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The repository as docker prints it: `alpine` for `docker.io/library/alpine`,
+    /// `user/app` for other Docker Hub names, `host:port/name` elsewhere.
+    pub fn familiar_name(&self) -> String {
+        familiar_name(&self.name())
+    }
+
+    /// The same repository with another tag and no digest.
+    pub fn with_tag(&self, tag: &str) -> Reference {
+        Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
+    }
+
+    /// What to ask the registry for: the digest if pinned, else the tag.
+    pub fn manifest_reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => DEFAULT_TAG.to_string(),
+        }
+    }
+}
+
+/// `docker.io/library/x` → `x`; `docker.io/u/x` → `u/x`; others unchanged.
+pub fn familiar_name(full: &str) -> String {
+    match full.strip_prefix("docker.io/") {
+        Some(rest) => rest.strip_prefix("library/").filter(|r| !r.contains('/')).unwrap_or(rest).to_string(),
+        None => full.to_string(),
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name())?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+fn valid_tag(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, the distribution spec's path component.
+fn valid_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if is_alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !is_alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_alnum(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Reference {
+        Reference::parse(s).unwrap()
+    }
+
+    #[test]
+    fn bare_names_normalise_as_docker_does() {
+        assert_eq!(p("alpine").to_string(), "docker.io/library/alpine:latest");
+        assert_eq!(p("library/alpine:3").to_string(), "docker.io/library/alpine:3");
+        assert_eq!(p("user/app").to_string(), "docker.io/user/app:latest");
+        assert_eq!(p("index.docker.io/alpine").to_string(), "docker.io/library/alpine:latest");
+        assert_eq!(p("alpine").familiar_name(), "alpine");
+        assert_eq!(p("user/app").familiar_name(), "user/app");
+    }
+
+    #[test]
+    fn registry_with_port_and_tag() {
+        let r = p("127.0.0.1:5000/a/b:v1.2");
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "a/b");
+        assert_eq!(r.tag.as_deref(), Some("v1.2"));
+        assert_eq!(r.familiar_name(), "127.0.0.1:5000/a/b");
+        let r = p("localhost/x");
+        assert_eq!(r.registry, "localhost");
+        assert_eq!(r.tag.as_deref(), Some("latest"));
+    }
+
+    #[test]
+    fn digest_references_have_no_default_tag() {
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let r = p(&format!("localhost:5000/x@{d}"));
+        assert_eq!(r.tag, None);
+        assert_eq!(r.manifest_reference(), d);
+        let r = p(&format!("x:1@{d}"));
+        assert_eq!(r.tag.as_deref(), Some("1"));
+        assert_eq!(r.manifest_reference(), d);
+    }
+
+    #[test]
+    fn malformed_references_are_refused_with_the_reason() {
+        for bad in ["", "UPPER", "a//b", "x:", "x:-bad", "x@sha256:1234", "a/-b", "x y", "a__-b"] {
+            let e = Reference::parse(bad).unwrap_err();
+            assert!(e.starts_with("invalid reference"), "{bad}: {e}");
+        }
+    }
+}

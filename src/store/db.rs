@@ -1,0 +1,159 @@
+//! Image records and the references that name them, kept in one small JSON file
+//! (`images.json`) that is only ever replaced whole (temp file + rename) under the
+//! `db.lock` flock, so concurrent commands see either the old or the new state.
+//!
+//! An image is identified by its config digest (docker's image ID). A tag
+//! (`registry/repo:tag`) points at one image; moving a tag away from an image whose
+//! last reference it was leaves that image dangling (`<none>:<none>`), as in docker.
+
+use super::lock::FileLock;
+use super::Store;
+use crate::digest::Digest;
+use crate::image::Descriptor;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest, docker's image ID.
+    pub id: Digest,
+    /// The image manifest (the platform-specific one for a multi-arch image).
+    pub manifest: Digest,
+    pub manifest_media_type: String,
+    /// The index the manifest was chosen from, if it came from one.
+    #[serde(default)]
+    pub index: Option<Digest>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    /// `registry/repository` the image was fetched from; lazy layer fetches go there.
+    pub source: String,
+    /// `registry/repo@sha256:…` of the top-level manifest, as docker's RepoDigests.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// Digest references the user pulled explicitly; they keep the image from
+    /// being dangling even without a tag.
+    #[serde(default)]
+    pub pinned: Vec<String>,
+    /// When the image entered the store (seconds since the epoch).
+    pub added: i64,
+}
+
+impl ImageRecord {
+    /// Total size of the blobs that make up the image.
+    pub fn size(&self) -> u64 {
+        self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Db {
+    pub images: BTreeMap<Digest, ImageRecord>,
+    /// `registry/repo:tag` → image ID.
+    pub tags: BTreeMap<String, Digest>,
+}
+
+impl Db {
+    pub fn tags_of(&self, id: &Digest) -> Vec<String> {
+        self.tags.iter().filter(|(_, v)| *v == id).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// No tag and no pinned digest reference.
+    pub fn is_dangling(&self, img: &ImageRecord) -> bool {
+        img.pinned.is_empty() && !self.tags.values().any(|v| v == &img.id)
+    }
+
+    /// Point `tag` at `id`. Returns the image the tag used to point at, if different.
+    pub fn set_tag(&mut self, tag: &str, id: &Digest) -> Option<Digest> {
+        match self.tags.insert(tag.to_string(), id.clone()) {
+            Some(old) if &old != id => Some(old),
+            _ => None,
+        }
+    }
+}
+
+impl Store {
+    fn db_path(&self) -> std::path::PathBuf {
+        self.root().join("images.json")
+    }
+
+    /// A snapshot of the records (no lock held afterwards).
+    pub fn db(&self) -> Result<Db> {
+        let _lock = FileLock::shared(&self.db_lock_path())?;
+        self.read_db()
+    }
+
+    fn read_db(&self) -> Result<Db> {
+        match fs::read(self.db_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("store records {} are corrupt", self.db_path().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Db::default()),
+            Err(e) => Err(e).context("cannot read store records"),
+        }
+    }
+
+    /// Read, change and write back the records under the exclusive lock. `change`
+    /// returning an error leaves the records as they were.
+    pub fn update_db<T>(&self, change: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
+        let _lock = FileLock::exclusive(&self.db_lock_path())?;
+        let mut db = self.read_db()?;
+        let out = change(&mut db)?;
+        let bytes = serde_json::to_vec_pretty(&db)?;
+        let dest = self.db_path();
+        self.write_derived(&dest, |f| {
+            use std::io::Write;
+            f.write_all(&bytes)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// How a user named a local image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalName {
+    /// A full or abbreviated image ID (`sha256:` optional).
+    Id(Digest),
+    /// A tag reference, normalised (`registry/repo:tag`).
+    Tag(String),
+    /// `registry/repo@sha256:…`.
+    Digest(String),
+}
+
+impl Db {
+    /// Resolve what a user typed (`alpine`, `app:1`, `1a2b3c`, `sha256:…`,
+    /// `repo@sha256:…`) to a local image.
+    pub fn find(&self, input: &str) -> Result<(Digest, LocalName)> {
+        // An ID prefix of at least 4 hex digits wins over a repository of the same
+        // name only when no such tag exists, as in docker.
+        let as_ref = crate::reference::Reference::parse(input).ok();
+        if let Some(r) = &as_ref {
+            if let Some(d) = &r.digest {
+                let key = format!("{}@{}", r.name(), d);
+                if let Some(img) = self.images.values().find(|i| i.repo_digests.contains(&key) || i.pinned.contains(&key)) {
+                    return Ok((img.id.clone(), LocalName::Digest(key)));
+                }
+            } else if let Some(t) = &r.tag {
+                let key = format!("{}:{}", r.name(), t);
+                if let Some(id) = self.tags.get(&key) {
+                    return Ok((id.clone(), LocalName::Tag(key)));
+                }
+            }
+        }
+        let hex = input.strip_prefix("sha256:").unwrap_or(input);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hex = hex.to_ascii_lowercase();
+            let hits: Vec<&Digest> = self.images.keys().filter(|d| d.hex().starts_with(&hex)).collect();
+            match hits.as_slice() {
+                [one] => return Ok(((*one).clone(), LocalName::Id((*one).clone()))),
+                [] => {}
+                _ => anyhow::bail!("image ID prefix {input:?} is ambiguous: it matches {} images", hits.len()),
+            }
+        }
+        match as_ref {
+            Some(_) => anyhow::bail!("no such image: {input}"),
+            None => anyhow::bail!("no such image: {input} (not an image ID, and {})", crate::reference::Reference::parse(input).unwrap_err()),
+        }
+    }
+}

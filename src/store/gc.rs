@@ -1,0 +1,77 @@
+//! Garbage collection: mark every blob reachable from an image record, sweep the
+//! rest (with the layer indexes and uncompressed copies derived from them) and stale
+//! temp files.
+//!
+//! It runs under the exclusive `gc.lock`. Everything that writes blobs (a pull, a
+//! mount server fetching a layer) holds the same lock shared while it works, so a
+//! sweep never removes a blob between its download and the record that names it.
+
+use super::lock::FileLock;
+use super::Store;
+use crate::digest::Digest;
+use anyhow::Result;
+use std::collections::HashSet;
+use std::fs;
+
+/// What a sweep removed.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub blobs: Vec<Digest>,
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Hold this while writing blobs that are not yet named by a record.
+    pub fn writer_guard(&self) -> Result<FileLock> {
+        Ok(FileLock::shared(&self.gc_lock_path())?)
+    }
+
+    pub fn collect_garbage(&self) -> Result<Sweep> {
+        let _gc = FileLock::exclusive(&self.gc_lock_path())?;
+        let db = self.db()?;
+        let mut keep: HashSet<String> = HashSet::new();
+        for img in db.images.values() {
+            keep.insert(img.id.hex().to_string());
+            keep.insert(img.manifest.hex().to_string());
+            if let Some(i) = &img.index {
+                keep.insert(i.hex().to_string());
+            }
+            for l in &img.layers {
+                keep.insert(l.digest.hex().to_string());
+            }
+        }
+        let mut sweep = Sweep::default();
+        for entry in fs::read_dir(self.root().join("blobs/sha256"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            sweep.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if let Ok(d) = format!("sha256:{name}").parse() {
+                sweep.blobs.push(d);
+            }
+            fs::remove_file(entry.path())?;
+        }
+        // Derived files are named HEX.idx / HEX.tar after the layer blob they came from.
+        for sub in ["index/sha256", "layers/sha256"] {
+            for entry in fs::read_dir(self.root().join(sub))? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let hex = name.split('.').next().unwrap_or("");
+                if !keep.contains(hex) {
+                    sweep.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        // No writer holds the shared lock now, so every temp file is left over.
+        for entry in fs::read_dir(self.root().join("tmp"))? {
+            let entry = entry?;
+            sweep.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(entry.path());
+        }
+        sweep.blobs.sort();
+        Ok(sweep)
+    }
+}
