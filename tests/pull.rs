@@ -1,0 +1,339 @@
+//! `imgfs pull` against the real test registry (Debian's docker-registry, started by
+//! scripts/test with images pushed by umoci and skopeo): tags, digests, all tags,
+//! platforms, layer sharing proven from the registry's own request log, dangling
+//! images, concurrent pulls, and bad input that must leave nothing in the store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    dir: PathBuf,
+    addr: String,
+}
+
+/// The registry's request log is shared: tests that count requests, and tests that
+/// pull the same images, must not overlap. Each test holds this for its duration.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn env() -> (Env, std::sync::MutexGuard<'static, ()>) {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    (env_only(), guard)
+}
+
+fn env_only() -> Env {
+    let dir = PathBuf::from(std::env::var("IMGFS_TEST_ENV").expect(
+        "IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry",
+    ));
+    let addr = std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string();
+    Env { dir, addr }
+}
+
+impl Env {
+    fn log_len(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default().lines().count()
+    }
+
+    /// GET requests for `/v2/*/blobs/DIGEST` logged after line `since`, from the
+    /// registry's access-log lines (`"GET /v2/app/blobs/sha256:… HTTP/1.1" 200 …`).
+    fn blob_gets_since(&self, since: usize, digest: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap();
+        let needle = format!("/blobs/{digest} HTTP/");
+        log.lines().skip(since).filter(|l| l.contains("\"GET /v2/") && l.contains(&needle)).count()
+    }
+}
+
+fn imgfs(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "imgfs failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The one-line error of a failed command.
+fn fails(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "error is one line: {err}");
+    assert!(err.starts_with("imgfs: error: "), "{err}");
+    err
+}
+
+fn db(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join("images.json")).unwrap()).unwrap()
+}
+
+fn blob_names(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("blobs/sha256"))
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn tmp_files(root: &Path) -> usize {
+    std::fs::read_dir(root.join("tmp")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Every stored blob's content hashes to its name.
+fn assert_blobs_verified(root: &Path) {
+    for name in blob_names(root) {
+        let (d, _) = imgfs::digest::digest_reader(std::fs::File::open(root.join("blobs/sha256").join(&name)).unwrap()).unwrap();
+        assert_eq!(d.hex(), name);
+    }
+}
+
+fn layers_of(root: &Path, id: &str) -> Vec<String> {
+    db(root)["images"][id]["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+fn tag_target(root: &Path, tag: &str) -> Option<String> {
+    db(root)["tags"][tag].as_str().map(String::from)
+}
+
+#[test]
+fn a_second_image_fetches_only_the_layers_the_store_lacks() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let before = e.log_len();
+    let out = ok(&imgfs(r, &["pull", &format!("{}/base:1", e.addr)]));
+    assert!(out.contains("Pull complete"), "{out}");
+    let base_id = tag_target(r, &format!("{}/base:1", e.addr)).unwrap();
+    let base_layer = layers_of(r, &base_id)[0].clone();
+    assert_eq!(e.blob_gets_since(before, &base_layer), 1);
+
+    let before = e.log_len();
+    let out = ok(&imgfs(r, &["pull", &format!("{}/app:1", e.addr)]));
+    assert!(out.contains(&format!("{}: Already exists", &base_layer[7..19])), "{out}");
+    let app_id = tag_target(r, &format!("{}/app:1", e.addr)).unwrap();
+    let app_layers = layers_of(r, &app_id);
+    assert_eq!(app_layers[0], base_layer, "the test images share their base layer");
+    assert_eq!(e.blob_gets_since(before, &base_layer), 0, "shared layer fetched again");
+    for l in &app_layers[1..] {
+        assert_eq!(e.blob_gets_since(before, l), 1, "layer {l}");
+    }
+    assert!(out.trim_end().ends_with(&format!("{}/app:1", e.addr)));
+    // Pulling again fetches no layer at all and says the image is up to date.
+    let before = e.log_len();
+    let out = ok(&imgfs(r, &["pull", &format!("{}/app:1", e.addr)]));
+    assert!(out.contains("Status: Image is up to date"), "{out}");
+    assert!(app_layers.iter().all(|l| e.blob_gets_since(before, l) == 0));
+    assert_blobs_verified(r);
+    assert_eq!(tmp_files(r), 0);
+}
+
+#[test]
+fn pull_by_digest_pins_the_image_and_a_wrong_digest_stores_nothing() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let out = ok(&imgfs(root.path(), &["pull", &format!("{}/app:2", e.addr)]));
+    let digest = out.lines().find_map(|l| l.strip_prefix("Digest: ")).unwrap().to_string();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let r = fresh.path();
+    let by_digest = format!("{}/app@{digest}", e.addr);
+    let out = ok(&imgfs(r, &["pull", "-q", &by_digest]));
+    assert_eq!(out.trim(), by_digest);
+    let d = db(r);
+    let img = d["images"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(img["pinned"][0], by_digest.as_str(), "a digest pull is a reference of its own");
+    assert!(d["tags"].as_object().unwrap().is_empty());
+
+    let wrong = format!("{}/app@sha256:{}", e.addr, "0".repeat(64));
+    let empty = tempfile::tempdir().unwrap();
+    let err = fails(&imgfs(empty.path(), &["pull", &wrong]));
+    assert!(err.contains("app") && err.contains("not found"), "{err}");
+    assert!(blob_names(empty.path()).is_empty());
+}
+
+#[test]
+fn all_tags_pulls_every_tag_of_the_repository() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let out = ok(&imgfs(root.path(), &["pull", "-a", "-q", &format!("{}/app", e.addr)]));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(tag_target(root.path(), &format!("{}/app:1", e.addr)).is_some());
+    assert!(tag_target(root.path(), &format!("{}/app:2", e.addr)).is_some());
+    let err = fails(&imgfs(root.path(), &["pull", "-a", &format!("{}/app:1", e.addr)]));
+    assert!(err.contains("--all-tags"), "{err}");
+}
+
+#[test]
+fn platform_choice_from_oci_and_docker_indexes() {
+    let (e, _serial) = env();
+    for repo in ["multi", "multi-docker"] {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        ok(&imgfs(r, &["pull", "--platform", "linux/arm64", &format!("{}/{repo}:1", e.addr)]));
+        let arm = tag_target(r, &format!("{}/{repo}:1", e.addr)).unwrap();
+        ok(&imgfs(r, &["pull", "--platform", "linux/amd64", &format!("{}/{repo}:1", e.addr)]));
+        let amd = tag_target(r, &format!("{}/{repo}:1", e.addr)).unwrap();
+        assert_ne!(arm, amd);
+        let config = |id: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(r.join("blobs/sha256").join(&id[7..])).unwrap()).unwrap()
+        };
+        assert_eq!(config(&arm)["architecture"], "arm64");
+        assert_eq!(config(&amd)["architecture"], "amd64");
+        // The arm64 image lost its tag to the amd64 one: it is dangling now.
+        assert!(db(r)["images"][&arm].is_object());
+
+        let err = fails(&imgfs(r, &["pull", "--platform", "linux/s390x", &format!("{}/{repo}:1", e.addr)]));
+        assert!(err.contains("linux/s390x") && err.contains("linux/amd64") && err.contains("linux/arm64/v8"), "{err}");
+    }
+}
+
+#[test]
+fn docker_v2s2_zstd_and_uncompressed_layers_pull_and_index() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for image in ["v2s2:1", "zstd:1", "plain:1"] {
+        ok(&imgfs(r, &["pull", &format!("{}/{image}", e.addr)]));
+        let id = tag_target(r, &format!("{}/{image}", e.addr)).unwrap();
+        for l in layers_of(r, &id) {
+            assert!(r.join("index/sha256").join(format!("{}.idx", &l[7..])).is_file(), "{image}: {l} indexed");
+        }
+    }
+    assert_blobs_verified(r);
+}
+
+#[test]
+fn a_moved_tag_leaves_the_old_image_dangling() {
+    let (e, _serial) = env();
+    let skopeo = |from: &str, to: &str| {
+        let st = Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(format!("docker://{}/{from}", e.addr))
+            .arg(format!("docker://{}/{to}", e.addr))
+            .status()
+            .unwrap();
+        assert!(st.success(), "skopeo copy {from} {to}");
+    };
+    skopeo("retag:old", "dangle:latest");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    ok(&imgfs(r, &["pull", &format!("{}/dangle", e.addr)]));
+    let tag = format!("{}/dangle:latest", e.addr);
+    let first = tag_target(r, &tag).unwrap();
+    skopeo("app:2", "dangle:latest");
+    ok(&imgfs(r, &["pull", &format!("{}/dangle", e.addr)]));
+    let second = tag_target(r, &tag).unwrap();
+    assert_ne!(first, second);
+    let d = db(r);
+    assert!(d["images"][&first].is_object(), "the old image stays");
+    assert!(d["tags"].as_object().unwrap().values().all(|v| v != first.as_str()), "…with no tag");
+}
+
+#[test]
+fn concurrent_pulls_of_images_sharing_layers_both_succeed() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let spawn = |image: &str| {
+        Command::new(env!("CARGO_BIN_EXE_imgfs"))
+            .arg("--root")
+            .arg(r)
+            .args(["pull", "-q", &format!("{}/{image}", e.addr)])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn("app:1").unwrap());
+        let b = s.spawn(|| spawn("app:2").unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    ok(&a);
+    ok(&b);
+    assert!(tag_target(r, &format!("{}/app:1", e.addr)).is_some());
+    assert!(tag_target(r, &format!("{}/app:2", e.addr)).is_some());
+    assert_blobs_verified(r);
+    assert_eq!(tmp_files(r), 0);
+}
+
+#[test]
+fn bad_references_and_unreachable_registries_fail_with_one_line() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let err = fails(&imgfs(r, &["pull", &format!("{}/app:nope", e.addr)]));
+    assert!(err.contains("app") && err.contains("nope"), "{err}");
+    let err = fails(&imgfs(r, &["pull", &format!("{}/no-such-repo:1", e.addr)]));
+    assert!(err.contains("no-such-repo"), "{err}");
+    // Port 1 on loopback: nothing listens there.
+    let err = fails(&imgfs(r, &["pull", "127.0.0.1:1/app:1"]));
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    let err = fails(&imgfs(r, &["pull", "Not/A:Valid:Ref"]));
+    assert!(err.contains("invalid reference"), "{err}");
+    let err = fails(&imgfs(r, &["pull", "--platform", "linux", &format!("{}/multi:1", e.addr)]));
+    assert!(err.contains("invalid platform"), "{err}");
+    assert!(blob_names(r).is_empty());
+    assert_eq!(tmp_files(r), 0);
+}
+
+/// A layer whose bytes in the registry's storage no longer match its digest (the
+/// registry serves what is on its disk): the pull fails naming the mismatch and no
+/// trace of the layer is left in the store.
+#[test]
+fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
+    let (e, _serial) = env();
+    let client = reqwest::blocking::Client::new();
+    let base = format!("http://{}/v2/corrupt", e.addr);
+    let push_blob = |bytes: &[u8]| -> String {
+        let d = imgfs::digest::Digest::of(bytes).to_string();
+        let resp = client.post(format!("{base}/blobs/uploads/")).send().unwrap();
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let loc = if loc.starts_with("http") { loc } else { format!("http://{}{loc}", e.addr) };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = client.put(format!("{loc}{sep}digest={d}")).body(bytes.to_vec()).send().unwrap();
+        assert!(put.status().is_success(), "{:?}", put.status());
+        d
+    };
+    // A unique layer, so corrupting it touches no other image.
+    let stamp = format!("{:?}", std::time::SystemTime::now());
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(stamp.len() as u64);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "stamp", stamp.as_bytes()).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let diff_id = imgfs::digest::Digest::of(&tar).to_string();
+    let layer = push_blob(&tar);
+    let config = serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[diff_id]}});
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = push_blob(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType":"application/vnd.oci.image.config.v1+json","digest":config_digest,"size":config.len()},
+        "layers": [{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":layer,"size":tar.len()}]
+    });
+    let put = client
+        .put(format!("{base}/manifests/1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .unwrap();
+    assert!(put.status().is_success());
+    // Flip the bytes on the registry's disk, keeping the length.
+    let hex = &layer[7..];
+    let data = e.dir.join(format!("registry-data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut bytes = std::fs::read(&data).unwrap();
+    for b in bytes.iter_mut().take(512) {
+        *b ^= 0xff;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let err = fails(&imgfs(r, &["pull", &format!("{}/corrupt:1", e.addr)]));
+    assert!(err.contains("digest mismatch") && err.contains(&layer), "{err}");
+    assert!(!blob_names(r).contains(&hex.to_string()), "the corrupt layer must not be stored");
+    assert_eq!(tmp_files(r), 0, "no partial download left behind");
+    assert!(!r.join("images.json").exists() || db(r)["images"].as_object().unwrap().is_empty());
+}
