@@ -5,7 +5,7 @@
 //! A failure to fetch or read a layer is logged with its reason and answered with EIO;
 //! nothing is cached about the failure, so the same operation is tried afresh later.
 
-use crate::layer::Kind;
+use crate::layer::{name_from_bytes, name_to_bytes, Kind};
 use crate::tree::{Ino, LayerError, NodeInfo, Tree, ROOT};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -70,8 +70,8 @@ impl Fs {
 
     /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Option<NodeInfo>> {
-        let Ok(name) = std::str::from_utf8(name.as_bytes()) else { return Ok(None) };
-        match self.tree.lookup(parent, name).map_err(|e| io_error("lookup", parent, e))? {
+        let name = name_from_bytes(name.as_bytes());
+        match self.tree.lookup(parent, &name).map_err(|e| io_error("lookup", parent, e))? {
             Some(ino) => self.getattr(ino).map(Some),
             None => Ok(None),
         }
@@ -84,7 +84,7 @@ impl Fs {
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
         let info = self.getattr(ino)?;
         match (info.kind, info.link) {
-            (Kind::Symlink, Some(l)) => Ok(l.into_bytes()),
+            (Kind::Symlink, Some(l)) => Ok(name_to_bytes(&l)),
             _ => Err(FsError::NotLink),
         }
     }
@@ -118,7 +118,7 @@ impl Fs {
         out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });
         for (name, child) in children {
             let kind = self.getattr(child)?.kind;
-            out.push(DirEntry { name: name.into_bytes(), ino: child, kind });
+            out.push(DirEntry { name: name_to_bytes(&name), ino: child, kind });
         }
         Ok(out)
     }

@@ -150,6 +150,16 @@ impl Tree {
             if d.listing.is_none() && self.all_local(d) {
                 self.list_locked(&mut st, ino)?;
             }
+            // Mode, owner and mtime come from the topmost explicit entry: read down to
+            // it (usually the layer that made the directory visible in the first place).
+            loop {
+                let d = Self::dir(&mut st, ino);
+                if d.attrs_from.is_some() || d.floor.is_some() || d.next == 0 {
+                    break;
+                }
+                let next = d.next - 1;
+                self.reaches(&mut st, ino, next)?;
+            }
         }
         self.info_locked(&mut st, ino).map(Some)
     }
@@ -429,7 +439,7 @@ impl Tree {
                     uid: e.uid,
                     gid: e.gid,
                     size: match e.kind {
-                        Kind::Symlink => e.link.as_ref().map_or(0, |l| l.len() as u64),
+                        Kind::Symlink => e.link.as_deref().map_or(0, |l| crate::layer::name_to_bytes(l).len() as u64),
                         _ => e.size,
                     },
                     mtime: e.mtime,

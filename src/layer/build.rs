@@ -3,7 +3,7 @@
 //! the blob is compressed (so reads can seek), and turn tar entries into `Entry`s
 //! with whiteouts and opaque markers taken out.
 
-use super::{join, split_parent, Contents, Entry, Kind};
+use super::{join, name_from_bytes, split_parent, Contents, Entry, Kind};
 use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
 use anyhow::{bail, Context, Result};
@@ -72,7 +72,7 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
         if matches!(header_type, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
             continue;
         }
-        let Some(path) = normalise(&String::from_utf8_lossy(&te.path_bytes())) else {
+        let Some(path) = normalise(&name_from_bytes(&te.path_bytes())) else {
             continue; // an entry escaping the root (`..`) is never shown
         };
         let (parent, name) = split_parent(&path);
@@ -110,9 +110,9 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
             header.device_minor().ok().flatten().unwrap_or(0),
         );
         let link = match kind {
-            Kind::Symlink => Some(String::from_utf8_lossy(&te.link_name_bytes().unwrap_or_default()).into_owned()),
+            Kind::Symlink => Some(name_from_bytes(&te.link_name_bytes().unwrap_or_default())),
             Kind::Hardlink => {
-                let raw = String::from_utf8_lossy(&te.link_name_bytes().unwrap_or_default()).into_owned();
+                let raw = name_from_bytes(&te.link_name_bytes().unwrap_or_default());
                 Some(normalise(&raw).with_context(|| format!("hard link {path:?} points outside the layer"))?)
             }
             _ => None,

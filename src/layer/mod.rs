@@ -228,6 +228,37 @@ impl LayerIndex {
     }
 }
 
+/// Tar names are bytes; we keep them as `String`s. Bytes that are not valid UTF-8 are
+/// carried as code points U+10FF80..U+10FFFF (the end of a private-use plane, which no
+/// real name uses) so that every name round-trips exactly to the bytes the layer had.
+pub fn name_from_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for &b in chunk.invalid() {
+            out.push(char::from_u32(ESCAPE_BASE + b as u32).expect("valid code point"));
+        }
+    }
+    out
+}
+
+/// The inverse of `name_from_bytes`.
+pub fn name_to_bytes(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for c in name.chars() {
+        let v = c as u32;
+        if (ESCAPE_BASE + 0x80..=ESCAPE_BASE + 0xff).contains(&v) {
+            out.push((v - ESCAPE_BASE) as u8);
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+    out
+}
+
+const ESCAPE_BASE: u32 = 0x10FF00;
+
 /// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`).
 pub fn split_parent(path: &str) -> (&str, &str) {
     match path.rfind('/') {
@@ -265,5 +296,19 @@ impl LayerData {
         let mut buf = vec![0u8; n];
         self.file.read_exact_at(&mut buf, entry.offset + pos)?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_including_invalid_utf8() {
+        for bytes in [&b"plain"[..], "héllo wörld ✓".as_bytes(), b"caf\xe9", b"\xff\xfe/x\x80"] {
+            let name = name_from_bytes(bytes);
+            assert_eq!(name_to_bytes(&name), bytes);
+        }
+        assert_eq!(name_from_bytes("ü".as_bytes()), "ü");
     }
 }
