@@ -1,0 +1,433 @@
+//! Registry authentication: credentials from Docker's `config.json`, the
+//! `WWW-Authenticate` challenge a 401 carries, and the bearer-token flow (ask the
+//! challenge's realm for a token for one scope, keep it until it expires, renew it when
+//! it runs out or the registry stops taking it). Registries that ask for `Basic` get the
+//! configured credentials directly.
+
+use super::endpoint::{self, is_docker_hub};
+use super::error::RegistryError;
+use super::Client;
+use base64::Engine as _;
+use reqwest::Url;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A user name and password (or personal access token) for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print the secret, not even in a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <hidden>)", self.username)
+    }
+}
+
+impl Credentials {
+    fn basic_header(&self) -> String {
+        let pair = format!("{}:{}", self.username, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+}
+
+/// `$DOCKER_CONFIG`, else `~/.docker`: where docker keeps `config.json`.
+pub(crate) fn default_docker_config_dir() -> Option<PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker")),
+    }
+}
+
+/// The `auths` of `DIR/config.json`, keyed by normalised registry host. A missing file
+/// means no credentials; an unreadable or malformed one is an error, because silently
+/// ignoring it would turn into a baffling "unauthorized" later. Entries without a
+/// password (as `docker login` leaves them when a credential helper holds the secret)
+/// are skipped: helpers are not supported.
+pub(crate) fn load_docker_credentials(dir: &Path) -> Result<HashMap<String, Credentials>, RegistryError> {
+    let path = dir.join("config.json");
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(RegistryError::Credentials { path, reason: e.to_string() }),
+    };
+    parse_docker_config(&text).map_err(|reason| RegistryError::Credentials { path, reason })
+}
+
+fn parse_docker_config(text: &[u8]) -> Result<HashMap<String, Credentials>, String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: HashMap<String, AuthEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AuthEntry {
+        #[serde(default)]
+        auth: Option<String>,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    }
+    let config: Config = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let mut out = HashMap::new();
+    for (key, entry) in config.auths {
+        let creds = match (entry.auth.as_deref().filter(|a| !a.is_empty()), entry.username, entry.password) {
+            (Some(auth), _, _) => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(auth.trim())
+                    .map_err(|e| format!("auths.{key:?}.auth is not base64: {e}"))?;
+                let decoded =
+                    String::from_utf8(decoded).map_err(|_| format!("auths.{key:?}.auth is not UTF-8 text"))?;
+                let (user, pass) = decoded
+                    .split_once(':')
+                    .ok_or_else(|| format!("auths.{key:?}.auth does not decode to user:password"))?;
+                Credentials { username: user.to_string(), password: pass.to_string() }
+            }
+            (None, Some(username), Some(password)) if !username.is_empty() => Credentials { username, password },
+            _ => continue,
+        };
+        out.insert(normalise_auth_key(&key), creds);
+    }
+    Ok(out)
+}
+
+/// `https://index.docker.io/v1/` → `index.docker.io`; `http://reg:5000` → `reg:5000`.
+fn normalise_auth_key(key: &str) -> String {
+    let key = key.trim();
+    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    key.split('/').next().unwrap_or("").to_ascii_lowercase()
+}
+
+/// A `WWW-Authenticate` challenge we know how to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Challenge {
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Basic,
+}
+
+/// The first challenge we can answer among a response's `WWW-Authenticate` values,
+/// preferring Bearer.
+pub(crate) fn pick_challenge<'a>(values: impl Iterator<Item = &'a str>) -> Option<Challenge> {
+    let parsed: Vec<Challenge> = values.filter_map(parse_challenge).collect();
+    parsed.iter().find(|c| matches!(c, Challenge::Bearer { .. })).or(parsed.first()).cloned()
+}
+
+/// `Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="…"`.
+/// Quoted values may hold commas and `\"` escapes; the scheme is case-insensitive.
+pub(crate) fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let params = parse_auth_params(rest);
+    let get = |k: &str| params.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+    Some(Challenge::Bearer { realm: get("realm")?, service: get("service"), scope: get("scope") })
+}
+
+fn parse_auth_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.trim().is_empty() && chars.peek().is_none() {
+            return out;
+        }
+        if chars.next() != Some('=') {
+            // A bare token (e.g. a token68 blob); nothing we need.
+            continue;
+        }
+        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
+            chars.next();
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(e) = chars.next() {
+                            val.push(e)
+                        }
+                    }
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                val.push(c);
+                chars.next();
+            }
+            val = val.trim().to_string();
+        }
+        out.push((key.trim().to_string(), val));
+    }
+}
+
+/// A bearer token and the moment we stop using it.
+#[derive(Clone, Debug)]
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+/// How long a token from the token service is good for, counted from `now`. The spec
+/// says `expires_in` defaults to 60 s; `issued_at` (when present) moves the start back,
+/// but never past `now`, since the clocks of the token service and this host may
+/// disagree. We stop using a token a little before it expires (a tenth of its life, at
+/// most 10 s) so that a request in flight does not arrive with a dead one.
+pub(crate) fn token_lifetime(expires_in: Option<u64>, issued_at: Option<&str>, now: SystemTime) -> Duration {
+    let life = Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(60));
+    let elapsed = issued_at
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| now.duration_since(SystemTime::from(t)).ok())
+        .unwrap_or(Duration::ZERO);
+    let left = life.saturating_sub(elapsed);
+    left.saturating_sub((life / 10).min(Duration::from_secs(10)))
+}
+
+/// The token service's answer: `token` (or the OAuth2 name `access_token`), with its life.
+pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<(String, Duration), String> {
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        access_token: Option<String>,
+        #[serde(default)]
+        expires_in: Option<u64>,
+        #[serde(default)]
+        issued_at: Option<String>,
+    }
+    let r: TokenResponse = serde_json::from_slice(body).map_err(|e| format!("token answer is not valid JSON: {e}"))?;
+    let token = r
+        .token
+        .filter(|t| !t.is_empty())
+        .or(r.access_token.filter(|t| !t.is_empty()))
+        .ok_or("token answer has neither `token` nor `access_token`")?;
+    Ok((token, token_lifetime(r.expires_in, r.issued_at.as_deref(), now)))
+}
+
+/// Credentials and the tokens obtained with them, shared by all threads of a client.
+pub(crate) struct AuthState {
+    credentials: HashMap<String, Credentials>,
+    /// Keyed by (registry, scope); the scope is "" for requests that need none.
+    tokens: Mutex<HashMap<(String, String), Token>>,
+    /// Registries that challenged with `Basic`: they get the credentials up front.
+    basic: Mutex<HashSet<String>>,
+}
+
+impl AuthState {
+    pub fn new(credentials: HashMap<String, Credentials>) -> AuthState {
+        AuthState { credentials, tokens: Mutex::new(HashMap::new()), basic: Mutex::new(HashSet::new()) }
+    }
+
+    /// The configured credentials for a registry. Docker keeps Docker Hub's under
+    /// `https://index.docker.io/v1/`, but people write the other names too.
+    pub fn credentials(&self, registry: &str) -> Option<&Credentials> {
+        let registry = registry.to_ascii_lowercase();
+        if is_docker_hub(&registry) {
+            ["index.docker.io", "docker.io", "registry-1.docker.io"].iter().find_map(|k| self.credentials.get(*k))
+        } else {
+            self.credentials.get(&registry)
+        }
+    }
+
+    /// The Authorization header to send up front: a live token for this scope, or the
+    /// basic credentials of a registry known to want them.
+    pub fn header_for(&self, registry: &str, scope: &str) -> Option<String> {
+        let key = (registry.to_string(), scope.to_string());
+        {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            match tokens.get(&key) {
+                Some(t) if Instant::now() < t.renew_at => return Some(format!("Bearer {}", t.value)),
+                Some(_) => {
+                    tokens.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let wants_basic = self.basic.lock().unwrap_or_else(|p| p.into_inner()).contains(registry);
+        if wants_basic {
+            return self.credentials(registry).map(Credentials::basic_header);
+        }
+        None
+    }
+
+    fn store_token(&self, registry: &str, scope: &str, value: String, life: Duration) {
+        let token = Token { value, renew_at: Instant::now() + life };
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.insert((registry.to_string(), scope.to_string()), token);
+    }
+}
+
+impl Client {
+    /// Do what a 401's challenge asks so that the request can be sent again. Returns
+    /// false when there is nothing we can do (Basic without credentials, or a scheme
+    /// we do not speak): the 401 then stands.
+    pub(super) fn answer_challenge(
+        &self,
+        registry: &str,
+        scope: &str,
+        challenge: &Challenge,
+    ) -> Result<bool, RegistryError> {
+        match challenge {
+            Challenge::Basic => {
+                if self.auth.credentials(registry).is_none() {
+                    return Ok(false);
+                }
+                self.auth.basic.lock().unwrap_or_else(|p| p.into_inner()).insert(registry.to_string());
+                Ok(true)
+            }
+            Challenge::Bearer { realm, service, scope: challenge_scope } => {
+                // Ask for the scope the operation needs (pull only); fall back to the
+                // challenge's own scope for requests that need none of their own.
+                let want = if scope.is_empty() { challenge_scope.as_deref().unwrap_or("") } else { scope };
+                let (token, life) = self.fetch_token(registry, realm, service.as_deref(), want)?;
+                self.auth.store_token(registry, scope, token, life);
+                Ok(true)
+            }
+        }
+    }
+
+    /// GET realm?service=…&scope=…, with the registry's credentials as basic auth if we
+    /// have them (anonymous otherwise).
+    fn fetch_token(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration), RegistryError> {
+        let denied = |message: String| RegistryError::Unauthorized {
+            registry: registry.to_string(),
+            what: if scope.is_empty() { format!("registry {registry}") } else { format!("scope {scope}") },
+            message,
+        };
+        let mut url = Url::parse(realm)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| denied(format!("the token realm {realm:?} is not an http(s) URL")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            if !scope.is_empty() {
+                q.append_pair("scope", scope);
+            }
+        }
+        let auth = self.auth.credentials(registry).map(Credentials::basic_header);
+        let resp = self.send_following_redirects(registry, url.clone(), &Default::default(), auth.as_deref())?;
+        let status = resp.status();
+        let host = endpoint::authority(&url);
+        let body = super::read_body(registry, &format!("a token from {host}"), resp, 1 << 20)?;
+        if !status.is_success() {
+            // Token services answer errors in several shapes: the spec's envelope,
+            // Docker Hub's {"details": …}, or plain text.
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    let envelope = super::error::parse_envelope(&body);
+                    if let Some(e) = envelope.first() {
+                        return Some(e.message.clone());
+                    }
+                    v.get("details").or(v.get("error")).and_then(|d| d.as_str()).map(str::to_string)
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().chars().take(200).collect());
+            return Err(denied(format!("token service {host} answered {status}: {detail}")));
+        }
+        parse_token_response(&body, SystemTime::now()).map_err(|reason| RegistryError::InvalidResponse {
+            registry: registry.to_string(),
+            what: format!("a token from {host}"),
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_values_may_hold_commas_and_escapes() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token?a=1,b=2",service="reg, \"quoted\"",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.example.com/token?a=1,b=2".into(),
+                service: Some(r#"reg, "quoted""#.into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            })
+        );
+        let c = parse_challenge(r#"bearer  Realm=https://a/token , service=svc"#);
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer { realm: "https://a/token".into(), service: Some("svc".into()), scope: None })
+        );
+        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(parse_challenge("Bearer service=x"), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(
+            pick_challenge(["Basic realm=x", "Bearer realm=\"r\""].into_iter()),
+            Some(Challenge::Bearer { realm: "r".into(), service: None, scope: None })
+        );
+    }
+
+    #[test]
+    fn docker_config_auths_in_both_forms_and_key_styles() {
+        let cfg = br#"{"auths":{
+            "https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="},
+            "http://reg.lan:5000":{"username":"u","password":"p:w"},
+            "ghcr.io":{"auth":"Z2g6dG9rOmVu"},
+            "helper.io":{}
+        },"credsStore":"desktop"}"#;
+        let map = parse_docker_config(cfg).unwrap();
+        let state = AuthState::new(map);
+        let c = |r: &str| state.credentials(r).map(|c| (c.username.clone(), c.password.clone()));
+        assert_eq!(c("docker.io"), Some(("hub".into(), "secret".into())));
+        assert_eq!(c("reg.lan:5000"), Some(("u".into(), "p:w".into())));
+        assert_eq!(c("ghcr.io"), Some(("gh".into(), "tok:en".into())));
+        assert_eq!(c("reg.lan"), None);
+        assert_eq!(c("helper.io"), None);
+        assert!(parse_docker_config(br#"{"auths":{"x":{"auth":"%%%"}}}"#).unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
+    fn token_lifetime_counts_from_issue_and_keeps_a_margin() {
+        let now = SystemTime::from(chrono::DateTime::parse_from_rfc3339("2024-01-01T00:01:00Z").unwrap());
+        assert_eq!(token_lifetime(None, None, now), Duration::from_secs(54));
+        assert_eq!(token_lifetime(Some(300), None, now), Duration::from_secs(290));
+        assert_eq!(token_lifetime(Some(300), Some("2024-01-01T00:00:00Z"), now), Duration::from_secs(230));
+        // issued "in the future" by a fast clock: counted from now.
+        assert_eq!(token_lifetime(Some(300), Some("2024-01-01T00:05:00Z"), now), Duration::from_secs(290));
+        assert_eq!(token_lifetime(Some(2), None, now), Duration::from_millis(1800));
+        let (t, life) = parse_token_response(br#"{"access_token":"abc","expires_in":120}"#, now).unwrap();
+        assert_eq!((t.as_str(), life), ("abc", Duration::from_secs(110)));
+        assert!(parse_token_response(br#"{"token":""}"#, now).is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! What can go wrong when talking to a registry, as a small enum that callers can act
+//! on (`is_not_found`, `is_transient`) and that prints as one line naming the registry,
+//! repository, tag or digest concerned. HTTP answers are mapped here, with the
+//! distribution spec's error envelope `{"errors":[{"code","message","detail"}]}` read
+//! first because it says more than the status code.
+
+use crate::digest::Digest;
+use reqwest::StatusCode;
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum RegistryError {
+    /// Connection refused, DNS failure, TLS failure, timeout: nothing HTTP came back.
+    /// `host` is the host actually dialled (the API host, a token service or a CDN).
+    Unreachable { registry: String, host: String, reason: String },
+    /// The registry does not know the repository (NAME_UNKNOWN).
+    RepositoryUnknown { registry: String, repository: String },
+    /// No manifest under that tag or digest (MANIFEST_UNKNOWN, or a bare 404).
+    ManifestUnknown { registry: String, repository: String, reference: String },
+    /// No blob with that digest in the repository (BLOB_UNKNOWN, or a bare 404).
+    BlobUnknown { registry: String, repository: String, digest: Digest },
+    /// 401/403, UNAUTHORIZED/DENIED, or a token service that refused us.
+    Unauthorized { registry: String, what: String, message: String },
+    /// Content that does not hash to the digest it was asked for by.
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    /// A blob whose length differs from its descriptor's size.
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+    /// Any other HTTP status; `message` is the error envelope's, if the body had one.
+    Status { registry: String, what: String, status: u16, message: Option<String> },
+    /// A blob transfer that kept breaking off, retries included.
+    Interrupted { registry: String, what: String, attempts: u32, reason: String },
+    /// An answer we cannot use: bad JSON, a bad header, a body over the size limit.
+    InvalidResponse { registry: String, what: String, reason: String },
+    /// Writing what we downloaded failed on our side (the output file).
+    LocalIo { what: String, source: std::io::Error },
+    /// The Docker credentials file exists but cannot be used.
+    Credentials { path: PathBuf, reason: String },
+    /// The HTTP client could not be built.
+    Setup { reason: String },
+    /// A registry, repository, tag or digest that cannot even be put into a URL.
+    InvalidInput { reason: String },
+}
+
+impl RegistryError {
+    /// The thing asked for does not exist (repository, tag, manifest or blob).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::RepositoryUnknown { .. }
+                | RegistryError::ManifestUnknown { .. }
+                | RegistryError::BlobUnknown { .. }
+        )
+    }
+
+    /// Worth trying again later: the network or the server is having a bad moment
+    /// (connection failures, timeouts, broken transfers, 5xx, 408 and 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Unreachable { .. } | RegistryError::Interrupted { .. } => true,
+            RegistryError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            _ => false,
+        }
+    }
+
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, RegistryError::Unauthorized { .. })
+    }
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::Unreachable { registry, host, reason } if host == registry => {
+                write!(f, "cannot reach registry {registry}: {reason}")
+            }
+            RegistryError::Unreachable { registry, host, reason } => {
+                write!(f, "cannot reach registry {registry} (at {host}): {reason}")
+            }
+            RegistryError::RepositoryUnknown { registry, repository } => {
+                write!(f, "repository {repository} not found on registry {registry}")
+            }
+            RegistryError::ManifestUnknown { registry, repository, reference } => {
+                if reference.starts_with("sha256:") {
+                    write!(f, "manifest {reference} not found in {registry}/{repository}")
+                } else {
+                    write!(f, "tag {reference:?} not found in {registry}/{repository}")
+                }
+            }
+            RegistryError::BlobUnknown { registry, repository, digest } => {
+                write!(f, "blob {digest} not found in {registry}/{repository}")
+            }
+            RegistryError::Unauthorized { registry, what, message } => {
+                write!(f, "access to {what} denied by registry {registry}: {message}")
+            }
+            RegistryError::DigestMismatch { what, expected, actual } => {
+                write!(f, "digest mismatch for {what}: expected {expected}, got {actual}")
+            }
+            RegistryError::SizeMismatch { what, expected, actual } => {
+                write!(f, "size mismatch for {what}: expected {expected} bytes, got {actual}")
+            }
+            RegistryError::Status { registry, what, status, message } => {
+                let reason = StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+                write!(f, "registry {registry} answered {status} {reason} for {what}")?;
+                match message {
+                    Some(m) => write!(f, ": {m}"),
+                    None => Ok(()),
+                }
+            }
+            RegistryError::Interrupted { registry, what, attempts, reason } => {
+                write!(f, "download of {what} from registry {registry} failed after {attempts} attempts: {reason}")
+            }
+            RegistryError::InvalidResponse { registry, what, reason } => {
+                write!(f, "registry {registry} sent an unusable answer for {what}: {reason}")
+            }
+            RegistryError::LocalIo { what, source } => write!(f, "cannot store {what}: {source}"),
+            RegistryError::Credentials { path, reason } => {
+                write!(f, "cannot use Docker credentials from {}: {reason}", path.display())
+            }
+            RegistryError::Setup { reason } | RegistryError::InvalidInput { reason } => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegistryError::LocalIo { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the spec's error envelope.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub(crate) struct EnvelopeError {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// The errors of a `{"errors":[…]}` body; empty when the body is anything else.
+pub(crate) fn parse_envelope(body: &[u8]) -> Vec<EnvelopeError> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        errors: Vec<EnvelopeError>,
+    }
+    serde_json::from_slice::<Envelope>(body).map(|e| e.errors).unwrap_or_default()
+}
+
+/// The envelope's messages as one line: `message (detail)` joined by `; `. A detail is
+/// shown only when it is a plain string: distribution's structured details (`{"Tag":…}`)
+/// repeat what the error line already names.
+fn envelope_message(errors: &[EnvelopeError]) -> Option<String> {
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            let text = if e.message.is_empty() { e.code.to_lowercase().replace('_', " ") } else { e.message.clone() };
+            match e.detail.as_str() {
+                Some(d) if !d.is_empty() && d != text => format!("{text} ({d})"),
+                _ => text,
+            }
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("; "))
+    }
+}
+
+/// What a request was about; decides how a 404 reads and names the thing in messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Subject<'a> {
+    Ping,
+    Manifest { repository: &'a str, reference: &'a str },
+    Blob { repository: &'a str, digest: &'a Digest },
+    Tags { repository: &'a str },
+    Catalog,
+}
+
+impl Subject<'_> {
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            Subject::Manifest { repository, .. } | Subject::Blob { repository, .. } | Subject::Tags { repository } => {
+                Some(repository)
+            }
+            Subject::Ping | Subject::Catalog => None,
+        }
+    }
+
+    /// The thing, named for a message: `manifest reg/repo:tag`, `blob reg/repo@sha256:…`.
+    pub fn describe(&self, registry: &str) -> String {
+        match self {
+            Subject::Ping => format!("the API root of {registry}"),
+            Subject::Manifest { repository, reference } if reference.starts_with("sha256:") => {
+                format!("manifest {registry}/{repository}@{reference}")
+            }
+            Subject::Manifest { repository, reference } => format!("manifest {registry}/{repository}:{reference}"),
+            Subject::Blob { repository, digest } => format!("blob {registry}/{repository}@{digest}"),
+            Subject::Tags { repository } => format!("the tag list of {registry}/{repository}"),
+            Subject::Catalog => format!("the catalog of {registry}"),
+        }
+    }
+}
+
+/// The error for a non-success answer: the envelope's code when it has a known one,
+/// else the status.
+pub(crate) fn from_status(registry: &str, subject: Subject<'_>, status: StatusCode, body: &[u8]) -> RegistryError {
+    let errors = parse_envelope(body);
+    let message = envelope_message(&errors);
+    let codes: Vec<&str> = errors.iter().map(|e| e.code.as_str()).collect();
+    let registry_s = registry.to_string();
+    let repo = subject.repository().unwrap_or("").to_string();
+
+    let repository_unknown =
+        || RegistryError::RepositoryUnknown { registry: registry_s.clone(), repository: repo.clone() };
+    let not_found = || match subject {
+        Subject::Manifest { repository, reference } => RegistryError::ManifestUnknown {
+            registry: registry_s.clone(),
+            repository: repository.to_string(),
+            reference: reference.to_string(),
+        },
+        Subject::Blob { repository, digest } => RegistryError::BlobUnknown {
+            registry: registry_s.clone(),
+            repository: repository.to_string(),
+            digest: digest.clone(),
+        },
+        Subject::Tags { .. } => repository_unknown(),
+        Subject::Ping | Subject::Catalog => RegistryError::Status {
+            registry: registry_s.clone(),
+            what: subject.describe(registry),
+            status: status.as_u16(),
+            message: message.clone(),
+        },
+    };
+
+    if codes.contains(&"NAME_UNKNOWN") && subject.repository().is_some() {
+        return repository_unknown();
+    }
+    if codes.iter().any(|c| matches!(*c, "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN")) {
+        return not_found();
+    }
+    let denied = codes.iter().any(|c| matches!(*c, "UNAUTHORIZED" | "DENIED"));
+    if denied || status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let mut message = message.unwrap_or_else(|| status.to_string());
+        if subject.repository().is_some() {
+            // Docker Hub answers 401 for repositories that do not exist, so say both.
+            message.push_str(" (the repository may not exist, or may need credentials: docker login)");
+        }
+        return RegistryError::Unauthorized { registry: registry_s, what: subject.describe(registry), message };
+    }
+    if status == StatusCode::NOT_FOUND {
+        return not_found();
+    }
+    RegistryError::Status { registry: registry_s, what: subject.describe(registry), status: status.as_u16(), message }
+}
+
+/// A reqwest failure before any HTTP answer, as "cannot reach": the innermost causes
+/// say what happened (refused, DNS, timeout); reqwest's own top line repeats the URL.
+pub(crate) fn unreachable(registry: &str, host: &str, err: &reqwest::Error) -> RegistryError {
+    let mut causes: Vec<String> = Vec::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper's "client error (Connect)" only says which stage failed; its cause says how.
+        let generic = text.starts_with("client error (") && s.source().is_some();
+        if !generic && !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        source = s.source();
+    }
+    let reason = if err.is_timeout() && !causes.iter().any(|c| c.contains("timed out")) {
+        "timed out".to_string()
+    } else {
+        // The last two causes are the specific ones (e.g. "tcp connect error: Connection
+        // refused (os error 111)"); earlier ones are generic wrappers.
+        let n = causes.len();
+        let tail = if n > 2 { &causes[n - 2..] } else { &causes[..] };
+        if tail.is_empty() {
+            err.to_string()
+        } else {
+            tail.join(": ")
+        }
+    };
+    RegistryError::Unreachable { registry: registry.to_string(), host: host.to_string(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_codes_decide_over_the_status() {
+        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"x"}}]}"#;
+        let s = Subject::Manifest { repository: "x", reference: "latest" };
+        let e = from_status("r:5000", s, StatusCode::NOT_FOUND, body);
+        assert!(matches!(e, RegistryError::RepositoryUnknown { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "repository x not found on registry r:5000");
+
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"v9"}}]}"#;
+        let s = Subject::Manifest { repository: "x", reference: "v9" };
+        let e = from_status("r:5000", s, StatusCode::NOT_FOUND, body);
+        assert_eq!(e.to_string(), r#"tag "v9" not found in r:5000/x"#);
+        assert!(e.is_not_found());
+
+        let body = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        let e = from_status("docker.io", s, StatusCode::FORBIDDEN, body);
+        assert!(e.is_unauthorized());
+        assert_eq!(
+            e.to_string(),
+            "access to manifest docker.io/x:v9 denied by registry docker.io: requested access to the resource is denied \
+             (the repository may not exist, or may need credentials: docker login)"
+        );
+    }
+
+    #[test]
+    fn other_statuses_keep_the_envelope_message() {
+        let body = br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down","detail":"rate limit"}]}"#;
+        let e = from_status("r", Subject::Catalog, StatusCode::TOO_MANY_REQUESTS, body);
+        assert!(e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "registry r answered 429 Too Many Requests for the catalog of r: slow down (rate limit)"
+        );
+        let e = from_status("r", Subject::Ping, StatusCode::BAD_GATEWAY, b"<html>");
+        assert!(e.is_transient());
+        assert_eq!(e.to_string(), "registry r answered 502 Bad Gateway for the API root of r");
+        let e = from_status("r", Subject::Tags { repository: "a/b" }, StatusCode::NOT_FOUND, b"");
+        assert!(matches!(e, RegistryError::RepositoryUnknown { .. }));
+    }
+}

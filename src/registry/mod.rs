@@ -1,0 +1,490 @@
+//! A blocking client for the Docker Registry HTTP API v2 (the OCI distribution spec):
+//! ping, manifests, blobs (whole and by Range), tag lists and the catalog. It is called
+//! from FUSE worker threads, never from async code, so it uses reqwest's blocking
+//! client; one `Client` is shared by all threads (tokens are cached inside it).
+//!
+//! Everything fetched by digest is verified against that digest before it is handed
+//! out. Redirects are followed by hand so that credentials only ever go to the
+//! registry's own origin, never to the CDN a registry sends blob downloads to.
+
+mod auth;
+mod blob;
+mod endpoint;
+mod error;
+
+pub use error::RegistryError;
+
+use crate::digest::Digest;
+use crate::image;
+use error::Subject;
+use reqwest::blocking::Response;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE};
+use reqwest::{StatusCode, Url};
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A registry that does not answer the TCP/TLS handshake within this is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// With reqwest's blocking client this bounds each wait separately: the answer's
+/// headers, then every single read of the body. So a big blob may take as long as it
+/// takes, while a connection that goes silent fails after a minute.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_REDIRECTS: usize = 10;
+/// Entries per page for tag lists and the catalog (`?n=`); distribution's own default.
+const DEFAULT_PAGE_SIZE: usize = 100;
+/// containerd's limit: a manifest or index is JSON of a few KiB; anything far bigger is
+/// a broken or hostile server, and it would be held in memory.
+const MANIFEST_LIMIT: usize = 4 << 20;
+/// One page of tags or repositories.
+const LIST_LIMIT: usize = 32 << 20;
+/// Error bodies are read only for their envelope.
+const ERROR_BODY_LIMIT: usize = 64 << 10;
+
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Registries to reach over plain HTTP, as `host` (any port) or `host:port`.
+    /// Loopback registries always are.
+    pub insecure_registries: Vec<String>,
+    /// Where `config.json` with registry credentials lives; default `$DOCKER_CONFIG`,
+    /// else `~/.docker`.
+    pub docker_config_dir: Option<PathBuf>,
+}
+
+/// A manifest or index as the registry sent it, with the digest of exactly these bytes.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub body: Vec<u8>,
+    /// The Content-Type without parameters; the body's own `mediaType` when the
+    /// registry sent a generic one (`application/json`).
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+pub struct Client {
+    http: reqwest::blocking::Client,
+    insecure_registries: Vec<String>,
+    auth: auth::AuthState,
+    page_size: usize,
+}
+
+impl std::fmt::Debug for Client {
+    // Credentials and tokens stay out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("insecure_registries", &self.insecure_registries)
+            .field("page_size", &self.page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(opts: ClientOptions) -> Result<Client, RegistryError> {
+        let credentials = match opts.docker_config_dir.or_else(auth::default_docker_config_dir) {
+            Some(dir) => auth::load_docker_credentials(&dir)?,
+            None => Default::default(),
+        };
+        let http = reqwest::blocking::Client::builder()
+            .user_agent(concat!("imgfs/", env!("CARGO_PKG_VERSION")))
+            // Followed by hand in `send_following_redirects`, see there.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(IO_TIMEOUT)
+            .build()
+            .map_err(|e| RegistryError::Setup { reason: format!("cannot set up the HTTP client: {e}") })?;
+        Ok(Client {
+            http,
+            insecure_registries: opts.insecure_registries,
+            auth: auth::AuthState::new(credentials),
+            page_size: DEFAULT_PAGE_SIZE,
+        })
+    }
+
+    /// Ask for `n` entries per page of tag lists and catalogs (at least 1).
+    pub fn with_page_size(mut self, n: usize) -> Client {
+        self.page_size = n.max(1);
+        self
+    }
+
+    /// Check that the registry answers the v2 API (authenticating if it asks).
+    pub fn ping(&self, registry: &str) -> Result<(), RegistryError> {
+        let url = self.url(registry, "v2/")?;
+        let resp = self.get(registry, Subject::Ping, &url, &HeaderMap::new())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(fail(registry, Subject::Ping, resp))
+        }
+    }
+
+    /// reference = tag or "sha256:..". Sends Accept: image::MANIFEST_ACCEPT. digest =
+    /// sha256 of the body; when `reference` is a digest, a body whose digest differs is
+    /// an error (DigestMismatch), never returned.
+    pub fn get_manifest(
+        &self,
+        registry: &str,
+        repository: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        check_repository(repository)?;
+        check_manifest_reference(reference)?;
+        let subject = Subject::Manifest { repository, reference };
+        let url = self.url(registry, &format!("v2/{repository}/manifests/{reference}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_str(&image::MANIFEST_ACCEPT.join(", ")).expect("ASCII media types"));
+        let resp = self.get(registry, subject, &url, &headers)?;
+        if !resp.status().is_success() {
+            let err = fail(registry, subject, resp);
+            if matches!(err, RegistryError::ManifestUnknown { .. }) && self.repository_is_unknown(registry, repository)
+            {
+                return Err(RegistryError::RepositoryUnknown {
+                    registry: registry.to_string(),
+                    repository: repository.to_string(),
+                });
+            }
+            return Err(err);
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
+        let what = subject.describe(registry);
+        let body = read_body(registry, &what, resp, MANIFEST_LIMIT)?;
+        let digest = verify_manifest_digest(&what, reference, &body)?;
+        Ok(FetchedManifest { media_type: manifest_media_type(&content_type, &body), body, digest })
+    }
+
+    /// distribution answers MANIFEST_UNKNOWN for a tag of a repository that does not
+    /// exist at all; its tag list does say NAME_UNKNOWN. Asked only on that error path,
+    /// so that "no such repository" is not reported as "no such tag".
+    fn repository_is_unknown(&self, registry: &str, repository: &str) -> bool {
+        let subject = Subject::Tags { repository };
+        let Ok(url) = self.url(registry, &format!("v2/{repository}/tags/list?n=1")) else { return false };
+        match self.get(registry, subject, &url, &HeaderMap::new()) {
+            Ok(resp) if !resp.status().is_success() => {
+                let status = resp.status();
+                let mut body = Vec::new();
+                let _ = resp.take(ERROR_BODY_LIMIT as u64).read_to_end(&mut body);
+                // Only the explicit code counts: a bare 404 could mean "no tag listing".
+                error::parse_envelope(&body).iter().any(|e| e.code == "NAME_UNKNOWN") && status == StatusCode::NOT_FOUND
+            }
+            _ => false,
+        }
+    }
+
+    /// All tags, following pagination (`?n=` and the `Link: <...>; rel="next"` header).
+    pub fn list_tags(&self, registry: &str, repository: &str) -> Result<Vec<String>, RegistryError> {
+        check_repository(repository)?;
+        let url = self.url(registry, &format!("v2/{repository}/tags/list?n={}", self.page_size))?;
+        self.paginate(registry, Subject::Tags { repository }, url, "tags")
+    }
+
+    /// All repositories from /v2/_catalog, paginated the same way.
+    pub fn catalog(&self, registry: &str) -> Result<Vec<String>, RegistryError> {
+        let url = self.url(registry, &format!("v2/_catalog?n={}", self.page_size))?;
+        self.paginate(registry, Subject::Catalog, url, "repositories")
+    }
+
+    /// Collect `field` (an array of strings) from every page, following `rel="next"`.
+    fn paginate(
+        &self,
+        registry: &str,
+        subject: Subject<'_>,
+        first: Url,
+        field: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let what = subject.describe(registry);
+        let invalid = |reason: String| RegistryError::InvalidResponse {
+            registry: registry.to_string(),
+            what: what.clone(),
+            reason,
+        };
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut url = first;
+        loop {
+            if !seen.insert(url.to_string()) {
+                return Err(invalid(format!("the next-page link leads back to {url}")));
+            }
+            let resp = self.get(registry, subject, &url, &HeaderMap::new())?;
+            if !resp.status().is_success() {
+                return Err(fail(registry, subject, resp));
+            }
+            let next = match next_link(resp.headers()) {
+                Some(link) => Some(url.join(&link).map_err(|e| invalid(format!("bad next-page link {link:?}: {e}")))?),
+                None => None,
+            };
+            let body = read_body(registry, &what, resp, LIST_LIMIT)?;
+            let page: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+            match page.get(field) {
+                // distribution answers `"tags": null` for a repository with no tags left.
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Array(items)) => {
+                    for item in items {
+                        let s = item.as_str().ok_or_else(|| invalid(format!("`{field}` holds a non-string")))?;
+                        out.push(s.to_string());
+                    }
+                }
+                Some(_) => return Err(invalid(format!("`{field}` is not an array"))),
+            }
+            match next {
+                Some(n) => url = n,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn url(&self, registry: &str, path_and_query: &str) -> Result<Url, RegistryError> {
+        let base = endpoint::base_url(registry, &self.insecure_registries)
+            .map_err(|reason| RegistryError::InvalidInput { reason })?;
+        base.join(path_and_query)
+            .map_err(|e| RegistryError::InvalidInput { reason: format!("bad request path {path_and_query:?}: {e}") })
+    }
+
+    /// GET with authentication: send what credentials we already hold; on a 401 from
+    /// the registry, answer its challenge (fetch a token, or switch to basic) and send
+    /// once more. A second 401 is returned as is, for the caller to report.
+    fn get(
+        &self,
+        registry: &str,
+        subject: Subject<'_>,
+        url: &Url,
+        headers: &HeaderMap,
+    ) -> Result<Response, RegistryError> {
+        let scope = match subject {
+            Subject::Catalog => "registry:catalog:*".to_string(),
+            Subject::Ping => String::new(),
+            other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
+        };
+        let mut answered = false;
+        loop {
+            let auth = self.auth.header_for(registry, &scope);
+            let resp = self.send_following_redirects(registry, url.clone(), headers, auth.as_deref())?;
+            // Only the registry's own 401 is a challenge for it; a CDN's is just a failure.
+            if resp.status() != StatusCode::UNAUTHORIZED || answered || !endpoint::same_origin(resp.url(), url) {
+                return Ok(resp);
+            }
+            let values = resp.headers().get_all(WWW_AUTHENTICATE);
+            let Some(challenge) = auth::pick_challenge(values.iter().filter_map(|v| v.to_str().ok())) else {
+                return Ok(resp);
+            };
+            if !self.answer_challenge(registry, &scope, &challenge)? {
+                return Ok(resp);
+            }
+            answered = true;
+        }
+    }
+
+    /// Follow redirects by hand, sending `authorization` only to the origin of `url`.
+    /// (reqwest 0.12's own policy also drops Authorization on a cross-host hop, but
+    /// that is an implementation detail we would rather not lean on: a token leaked to
+    /// a CDN is a credential leaked.) Range, Accept etc. go along on every hop.
+    fn send_following_redirects(
+        &self,
+        registry: &str,
+        url: Url,
+        headers: &HeaderMap,
+        authorization: Option<&str>,
+    ) -> Result<Response, RegistryError> {
+        let origin = url.clone();
+        let mut url = url;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.http.get(url.clone()).headers(headers.clone());
+            if let Some(a) = authorization {
+                if endpoint::same_origin(&url, &origin) {
+                    req = req.header(AUTHORIZATION, a);
+                }
+            }
+            let resp = req.send().map_err(|e| error::unreachable(registry, &endpoint::authority(&url), &e))?;
+            let status = resp.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                if let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) {
+                    url = url.join(loc).map_err(|e| RegistryError::InvalidResponse {
+                        registry: registry.to_string(),
+                        what: format!("a redirect from {url}"),
+                        reason: format!("bad Location {loc:?}: {e}"),
+                    })?;
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
+        Err(RegistryError::InvalidResponse {
+            registry: registry.to_string(),
+            what: origin.to_string(),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+}
+
+/// The error for a non-success answer, from its status and error envelope.
+fn fail(registry: &str, subject: Subject<'_>, resp: Response) -> RegistryError {
+    let status = resp.status();
+    let mut body = Vec::new();
+    // Best effort: the status alone still makes an error if the body cannot be read.
+    let _ = resp.take(ERROR_BODY_LIMIT as u64).read_to_end(&mut body);
+    error::from_status(registry, subject, status, &body)
+}
+
+/// The whole body, refusing more than `limit` bytes.
+fn read_body(registry: &str, what: &str, resp: Response, limit: usize) -> Result<Vec<u8>, RegistryError> {
+    let host = endpoint::authority(resp.url());
+    let mut body = Vec::new();
+    resp.take(limit as u64 + 1).read_to_end(&mut body).map_err(|e| RegistryError::Unreachable {
+        registry: registry.to_string(),
+        host: if endpoint::api_host(registry) == host { registry.to_string() } else { host },
+        reason: format!("connection lost while reading {what}: {e}"),
+    })?;
+    if body.len() > limit {
+        return Err(RegistryError::InvalidResponse {
+            registry: registry.to_string(),
+            what: what.to_string(),
+            reason: format!("more than {limit} bytes"),
+        });
+    }
+    Ok(body)
+}
+
+/// The digest of a manifest body; when it was asked for by digest, that digest or an
+/// error (a registry or proxy serving other bytes under a digest must not be trusted).
+fn verify_manifest_digest(what: &str, reference: &str, body: &[u8]) -> Result<Digest, RegistryError> {
+    let actual = Digest::of(body);
+    if let Ok(expected) = reference.parse::<Digest>() {
+        if expected != actual {
+            return Err(RegistryError::DigestMismatch { what: what.to_string(), expected, actual });
+        }
+    }
+    Ok(actual)
+}
+
+/// The Content-Type when it names a manifest type; the body's `mediaType` when the
+/// registry sent something generic; else whatever the header said.
+fn manifest_media_type(content_type: &str, body: &[u8]) -> String {
+    if image::MANIFEST_ACCEPT.contains(&content_type) {
+        return content_type.to_string();
+    }
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| content_type.to_string())
+}
+
+/// The target of `rel="next"` in the Link headers (RFC 8288), as written (maybe relative).
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(LINK).iter().filter_map(|v| v.to_str().ok()) {
+        let mut rest = value;
+        while let Some(start) = rest.find('<') {
+            let after = &rest[start + 1..];
+            let end = after.find('>')?;
+            let target = &after[..end];
+            // Parameters run up to the next link (`, <`), or the end.
+            let params_all = &after[end + 1..];
+            let params_end = params_all.find('<').unwrap_or(params_all.len());
+            let params = &params_all[..params_end];
+            let is_next = params.split(';').any(|p| {
+                let Some((k, v)) = p.split_once('=') else { return false };
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim().trim_matches('"').split_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
+            });
+            if is_next {
+                return Some(target.to_string());
+            }
+            rest = &params_all[params_end..];
+        }
+    }
+    None
+}
+
+/// Repository names go into URL paths: only the spec's characters are let through.
+fn check_repository(repository: &str) -> Result<(), RegistryError> {
+    let ok = !repository.is_empty()
+        && !repository.starts_with('/')
+        && !repository.ends_with('/')
+        && !repository.contains("//")
+        && repository.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'/'))
+        && !repository.split('/').any(|c| c == "." || c == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidInput { reason: format!("invalid repository name {repository:?}") })
+    }
+}
+
+/// A tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) or a sha256 digest.
+fn check_manifest_reference(reference: &str) -> Result<(), RegistryError> {
+    let b = reference.as_bytes();
+    let tag = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if tag || reference.parse::<Digest>().is_ok() {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidInput { reason: format!("invalid tag or digest {reference:?}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_asked_for_by_digest_must_hash_to_it() {
+        let body = br#"{"schemaVersion":2}"#;
+        let right = Digest::of(body);
+        assert_eq!(verify_manifest_digest("m", right.as_str(), body).unwrap(), right);
+        assert_eq!(verify_manifest_digest("m", "latest", body).unwrap(), right);
+        let wrong = Digest::of(b"other");
+        match verify_manifest_digest("manifest r/x@..", wrong.as_str(), body) {
+            Err(RegistryError::DigestMismatch { expected, actual, .. }) => {
+                assert_eq!((expected, actual), (wrong, right));
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn next_link_is_found_among_several() {
+        let mut h = HeaderMap::new();
+        h.insert(LINK, HeaderValue::from_static(r#"</v2/_catalog?last=b&n=2>; rel="next""#));
+        assert_eq!(next_link(&h).as_deref(), Some("/v2/_catalog?last=b&n=2"));
+        let mut h = HeaderMap::new();
+        h.insert(LINK, HeaderValue::from_static(r#"<https://x/a?p=1,2>; rel="prev", <https://x/b?last=c>;rel=next"#));
+        assert_eq!(next_link(&h).as_deref(), Some("https://x/b?last=c"));
+        let mut h = HeaderMap::new();
+        h.insert(LINK, HeaderValue::from_static(r#"</x>; rel="prev""#));
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn media_type_falls_back_to_the_body() {
+        let body = format!(r#"{{"mediaType":"{}"}}"#, image::OCI_INDEX);
+        assert_eq!(manifest_media_type("application/json", body.as_bytes()), image::OCI_INDEX);
+        assert_eq!(manifest_media_type(image::DOCKER_MANIFEST, body.as_bytes()), image::DOCKER_MANIFEST);
+        assert_eq!(manifest_media_type("application/json", b"{}"), "application/json");
+    }
+
+    #[test]
+    fn names_that_would_bend_the_url_are_refused() {
+        assert!(check_repository("library/alpine").is_ok());
+        for bad in ["", "a/../b", "a?b", "/a", "A", "a//b", "a#b"] {
+            assert!(check_repository(bad).is_err(), "{bad}");
+        }
+        assert!(check_manifest_reference("v1.2-rc_3").is_ok());
+        assert!(check_manifest_reference(Digest::of(b"").as_str()).is_ok());
+        for bad in ["", ".x", "a/b", "a?b", "sha512:abc", "x y"] {
+            assert!(check_manifest_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Client>();
+    }
+}
