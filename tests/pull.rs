@@ -337,3 +337,16 @@ fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
     assert_eq!(tmp_files(r), 0, "no partial download left behind");
     assert!(!r.join("images.json").exists() || db(r)["images"].as_object().unwrap().is_empty());
 }
+
+#[test]
+fn search_lists_matching_repositories_of_a_registry_catalog() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let out = ok(&imgfs(root.path(), &["search", "--registry", &e.addr, "multi"]));
+    let names: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(names, vec![format!("{}/multi", e.addr), format!("{}/multi-docker", e.addr)]);
+    let out = ok(&imgfs(root.path(), &["search", "-q", "--limit", "1", "--registry", &e.addr, "multi"]));
+    assert_eq!(out.lines().count(), 1);
+    let err = fails(&imgfs(root.path(), &["search", "--registry", "127.0.0.1:1", "x"]));
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
