@@ -174,7 +174,14 @@ fn serve(
         reference: reference.to_string(),
         log: PathBuf::new(),
     };
-    ctx.store.add_mount_record(&rec)?;
+    // Written under the records lock, where rm and prune check for mounts, after
+    // making sure the image is still there: a mount racing an rm can't lose its image.
+    ctx.store.update_db(|db| {
+        if !db.images.contains_key(&record.id) {
+            bail!("image {} was removed before it could be mounted", record.id);
+        }
+        ctx.store.add_mount_record(&rec)
+    })?;
     unmount_on_signal(dir.to_path_buf());
     eprintln!("imgfs: serving {reference} ({}) at {}", record.id, dir.display());
     let settings = MountSettings { fsname: &fsname(reference), allow_other, threads: 4 };

@@ -1,0 +1,194 @@
+//! `imgfs inspect`: a JSON array shaped like `docker image inspect` (4-space indent,
+//! docker's keys and order), plus our own `Layers` list that says which layer blobs
+//! are in the store; or, with `--format`, a Go-style template applied to each image.
+//! As docker does, the images that were found are printed even when others were not,
+//! and the command then fails naming the missing ones.
+
+use super::Context;
+use crate::digest::Digest;
+use crate::image::ImageConfig;
+use crate::reference::familiar_name;
+use crate::store::db::{Db, ImageRecord};
+use crate::store::Store;
+use crate::template::Template;
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Write;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Format output with a Go-style template (e.g. `{{.Os}}/{{.Architecture}}`, `{{json .Config}}`)
+    #[arg(short, long)]
+    pub format: Option<String>,
+    /// Images to inspect (reference or ID)
+    #[arg(required = true, value_name = "REF|ID")]
+    pub images: Vec<String>,
+}
+
+/// One image as `docker image inspect` shows it. Field order is docker's.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Inspected {
+    id: Digest,
+    repo_tags: Vec<String>,
+    repo_digests: Vec<String>,
+    parent: String,
+    comment: String,
+    created: String,
+    docker_version: String,
+    author: String,
+    /// The config's `config` object as the image has it (unknown keys included).
+    config: Value,
+    architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
+    os: String,
+    size: u64,
+    #[serde(rename = "RootFS")]
+    root_fs: RootFs,
+    metadata: Metadata,
+    /// Not in docker: the layer blobs, and whether each is in the store yet (layers
+    /// are fetched lazily, so an image can be listed without all of them).
+    layers: Vec<Layer>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RootFs {
+    #[serde(rename = "Type")]
+    kind: String,
+    layers: Vec<Digest>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Metadata {
+    last_tag_time: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Layer {
+    digest: Digest,
+    size: u64,
+    media_type: String,
+    present: bool,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    // `--format json` is docker's name for the default output.
+    let template = match args.format.as_deref() {
+        None | Some("json") => None,
+        Some(f) => Some(Template::parse(f).map_err(|e| anyhow!("invalid --format: {e}"))?),
+    };
+    let db = ctx.store.db()?;
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in &args.images {
+        let view = db.find(name).and_then(|(id, _)| inspect(&ctx.store, &db, &db.images[&id]));
+        match view {
+            Ok(v) => found.push(v),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+
+    let mut out = std::io::stdout().lock();
+    match &template {
+        None => {
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            found.serialize(&mut ser)?;
+            out.write_all(b"\n")?;
+        }
+        Some(t) => {
+            for view in &found {
+                let value = serde_json::to_value(view)?;
+                let text = t.render(&value).map_err(|e| anyhow!("cannot format image {}: {e}", view.id))?;
+                writeln!(out, "{text}")?;
+            }
+        }
+    }
+    out.flush()?;
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(())
+}
+
+fn inspect(store: &Store, db: &Db, img: &ImageRecord) -> Result<Inspected> {
+    let bytes = store.read_blob(&img.id)?;
+    let raw: Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("config of image {} is not valid JSON", img.id))?;
+    let config: ImageConfig =
+        serde_json::from_value(raw.clone()).with_context(|| format!("config of image {} is malformed", img.id))?;
+    let mut repo_digests: Vec<String> = Vec::new();
+    for r in img.repo_digests.iter().chain(&img.pinned) {
+        let r = familiar_ref(r);
+        if !repo_digests.contains(&r) {
+            repo_digests.push(r);
+        }
+    }
+    Ok(Inspected {
+        id: img.id.clone(),
+        repo_tags: db.tags_of(&img.id).iter().map(|t| familiar_ref(t)).collect(),
+        repo_digests,
+        parent: String::new(),
+        comment: String::new(),
+        created: config.created.clone().unwrap_or_default(),
+        docker_version: String::new(),
+        author: config.author.clone().unwrap_or_default(),
+        config: raw.get("config").cloned().unwrap_or(Value::Null),
+        architecture: config.architecture.clone(),
+        variant: config.variant.clone().filter(|v| !v.is_empty()),
+        os: config.os.clone(),
+        size: img.size(),
+        root_fs: RootFs { kind: "layers".into(), layers: config.rootfs.diff_ids.clone() },
+        // Tag times are not recorded; the time the image entered the store is the
+        // closest thing we know.
+        metadata: Metadata {
+            last_tag_time: chrono::DateTime::from_timestamp(img.added, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+        },
+        layers: img
+            .layers
+            .iter()
+            .map(|l| Layer {
+                digest: l.digest.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+                present: store.has_blob(&l.digest),
+            })
+            .collect(),
+    })
+}
+
+/// A stored reference (`registry/repo:tag` or `registry/repo@sha256:…`) as docker
+/// prints it: `alpine:3`, `user/app@sha256:…`, `127.0.0.1:5000/app:1`.
+pub(crate) fn familiar_ref(stored: &str) -> String {
+    if let Some((name, digest)) = stored.split_once('@') {
+        return format!("{}@{digest}", familiar_name(name));
+    }
+    // The tag follows the last ':' after the last '/'; a ':' before it is a port.
+    let slash = stored.rfind('/').map_or(0, |i| i + 1);
+    match stored[slash..].rfind(':') {
+        Some(i) => format!("{}{}", familiar_name(&stored[..slash + i]), &stored[slash + i..]),
+        None => familiar_name(stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn familiar_references() {
+        assert_eq!(familiar_ref("docker.io/library/alpine:3"), "alpine:3");
+        assert_eq!(familiar_ref("docker.io/user/app:latest"), "user/app:latest");
+        assert_eq!(familiar_ref("127.0.0.1:5000/app:1"), "127.0.0.1:5000/app:1");
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(familiar_ref(&format!("docker.io/library/alpine@{d}")), format!("alpine@{d}"));
+        assert_eq!(familiar_ref(&format!("localhost:5000/a/b@{d}")), format!("localhost:5000/a/b@{d}"));
+    }
+}

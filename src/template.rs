@@ -1,0 +1,1110 @@
+//! Docker-style output templates: the part of Go's `text/template` that people put in
+//! `--format` (`{{.Field.Sub}}`, `{{json .X}}`, `{{index .Map "key"}}`, pipelines,
+//! `if`/`range`/`with`/`else`/`end`, variables, docker's extra functions), evaluated over
+//! a `serde_json::Value` so that `ls` and `inspect` share one engine. Values print the
+//! way Go's `fmt` prints them: strings raw, numbers plain, `[a b]` for lists,
+//! `map[k:v]` for maps, `<no value>` for a missing value. `align_table` is docker's
+//! tabwriter, for `table` formats.
+
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+/// A parsed template.
+#[derive(Debug)]
+pub struct Template {
+    nodes: Vec<Node>,
+    missing_key_error: bool,
+}
+
+#[derive(Debug)]
+enum Node {
+    Text(String),
+    Action(Pipeline),
+    If { cond: Pipeline, then: Vec<Node>, otherwise: Vec<Node> },
+    Range { over: Pipeline, body: Vec<Node>, otherwise: Vec<Node> },
+    With { value: Pipeline, body: Vec<Node>, otherwise: Vec<Node> },
+}
+
+#[derive(Debug)]
+struct Pipeline {
+    /// `$a := …` or `$i, $e := …` (range).
+    vars: Vec<String>,
+    /// `:=` declares; `=` assigns to an existing variable.
+    declare: bool,
+    commands: Vec<Command>,
+}
+
+#[derive(Debug)]
+struct Command {
+    operands: Vec<Operand>,
+}
+
+#[derive(Debug)]
+enum Operand {
+    Dot,
+    /// `.A.B`, relative to dot.
+    Field(Vec<String>),
+    /// `$x.A.B` (`$` alone is the data the template started with).
+    Variable(String, Vec<String>),
+    Literal(Value),
+    Func(String),
+    /// `(pipeline).A.B`
+    Sub(Box<Pipeline>, Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Dot,
+    Field(Vec<String>),
+    Var(String, Vec<String>),
+    Ident(String),
+    Str(String),
+    Num(String),
+    LParen,
+    /// `)` with the `.A.B` chain written right after it.
+    RParen(Vec<String>),
+    Pipe,
+    Declare,
+    Assign,
+    Comma,
+}
+
+enum Item {
+    Text(String),
+    Action(Vec<Tok>),
+}
+
+impl Template {
+    /// Parse `src`. A missing map key prints `<no value>`, as in Go by default.
+    pub fn parse(src: &str) -> Result<Template, String> {
+        let items = lex(src)?;
+        let mut pos = 0;
+        let (nodes, end) = parse_list(&items, &mut pos)?;
+        match end {
+            ListEnd::Eof => Ok(Template { nodes, missing_key_error: false }),
+            ListEnd::End => Err("template: unexpected {{end}}".into()),
+            ListEnd::Else(_) => Err("template: unexpected {{else}}".into()),
+        }
+    }
+
+    /// Make a missing map key an error (Go's `missingkey=error`), for data whose keys
+    /// are all known, where a missing one can only be a typo.
+    pub fn missing_key_error(mut self) -> Template {
+        self.missing_key_error = true;
+        self
+    }
+
+    pub fn render(&self, data: &Value) -> Result<String, String> {
+        self.run(data, false)
+    }
+
+    /// Render the header row of a `table` format: `data` maps each field to its column
+    /// title and the formatting functions (`json`, `upper`, …) pass their argument
+    /// through unchanged, as docker's header functions do.
+    pub fn render_header(&self, titles: &Value) -> Result<String, String> {
+        self.run(titles, true)
+    }
+
+    fn run(&self, data: &Value, header: bool) -> Result<String, String> {
+        let mut st = State {
+            vars: vec![("$".to_string(), data.clone())],
+            out: String::new(),
+            missing_key_error: self.missing_key_error,
+            header,
+        };
+        st.walk(&self.nodes, data).map_err(|e| format!("template: {e}"))?;
+        Ok(st.out)
+    }
+}
+
+// ---- lexing --------------------------------------------------------------------------
+
+fn lex(src: &str) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    let mut rest = src;
+    let mut trim_next_text = false;
+    loop {
+        let (text, after) = match rest.find("{{") {
+            Some(i) => (&rest[..i], Some(&rest[i + 2..])),
+            None => (rest, None),
+        };
+        let mut text = text.to_string();
+        if trim_next_text {
+            text = text.trim_start().to_string();
+        }
+        let Some(after) = after else {
+            if !text.is_empty() {
+                items.push(Item::Text(text));
+            }
+            return Ok(items);
+        };
+        // `{{- ` trims the whitespace before the action.
+        let mut body = after;
+        if let Some(b) = body.strip_prefix('-').filter(|b| b.starts_with(char::is_whitespace)) {
+            text = text.trim_end().to_string();
+            body = b;
+        }
+        if !text.is_empty() {
+            items.push(Item::Text(text));
+        }
+        let (toks, consumed, trim) = lex_action(body)?;
+        if let Some(t) = toks {
+            items.push(Item::Action(t));
+        }
+        trim_next_text = trim;
+        rest = &body[consumed..];
+    }
+}
+
+/// Lex one action body (after `{{`). Returns its tokens (None for a comment), how many
+/// bytes it used up to and including `}}`, and whether it ended with ` -}}`.
+fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), String> {
+    let b = s.as_bytes();
+    let trimmed = s.trim_start();
+    if trimmed.starts_with("/*") {
+        let start = s.len() - trimmed.len();
+        let close = s[start..].find("*/").ok_or("template: unclosed comment")? + start + 2;
+        let tail = &s[close..];
+        let t = tail.trim_start();
+        if let Some(r) = t.strip_prefix("-}}") {
+            return Ok((None, s.len() - r.len(), true));
+        }
+        if let Some(r) = t.strip_prefix("}}") {
+            return Ok((None, s.len() - r.len(), false));
+        }
+        return Err("template: comment ends before closing delimiter".into());
+    }
+    let mut toks = Vec::new();
+    let mut i = 0;
+    let ident_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let read_chain = |mut i: usize| -> (Vec<String>, usize) {
+        let mut chain = Vec::new();
+        while i + 1 < b.len() && b[i] == b'.' && (b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_') {
+            let start = i + 1;
+            i = start;
+            while i < b.len() && ident_char(b[i]) {
+                i += 1;
+            }
+            chain.push(s[start..i].to_string());
+        }
+        (chain, i)
+    };
+    loop {
+        if i >= b.len() {
+            return Err("template: unclosed action (missing }})".into());
+        }
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            let ws_end = i + s[i..].len() - s[i..].trim_start().len();
+            if s[ws_end..].starts_with("-}}") {
+                return Ok((Some(toks), ws_end + 3, true));
+            }
+            i = ws_end;
+            continue;
+        }
+        if s[i..].starts_with("}}") {
+            return Ok((Some(toks), i + 2, false));
+        }
+        match c {
+            b'"' => {
+                let (v, n) = lex_quoted(&s[i..])?;
+                toks.push(Tok::Str(v));
+                i += n;
+            }
+            b'`' => {
+                let close = s[i + 1..].find('`').ok_or("template: unterminated raw string")?;
+                toks.push(Tok::Str(s[i + 1..i + 1 + close].to_string()));
+                i += close + 2;
+            }
+            b'.' if i + 1 < b.len() && (b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_') => {
+                let (chain, n) = read_chain(i);
+                toks.push(Tok::Field(chain));
+                i = n;
+            }
+            b'.' if i + 1 < b.len() && b[i + 1].is_ascii_digit() => {
+                let n = number_len(&b[i..]);
+                toks.push(Tok::Num(s[i..i + n].to_string()));
+                i += n;
+            }
+            b'.' => {
+                toks.push(Tok::Dot);
+                i += 1;
+            }
+            b'$' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && ident_char(b[i]) {
+                    i += 1;
+                }
+                let name = s[start..i].to_string();
+                let (chain, n) = read_chain(i);
+                toks.push(Tok::Var(name, chain));
+                i = n;
+            }
+            b'0'..=b'9' => {
+                let n = number_len(&b[i..]);
+                toks.push(Tok::Num(s[i..i + n].to_string()));
+                i += n;
+            }
+            b'-' | b'+' if i + 1 < b.len() && (b[i + 1].is_ascii_digit() || b[i + 1] == b'.') => {
+                let n = 1 + number_len(&b[i + 1..]);
+                toks.push(Tok::Num(s[i..i + n].to_string()));
+                i += n;
+            }
+            b'(' => {
+                toks.push(Tok::LParen);
+                i += 1;
+            }
+            b')' => {
+                let (chain, n) = read_chain(i + 1);
+                toks.push(Tok::RParen(chain));
+                i = n;
+            }
+            b'|' => {
+                toks.push(Tok::Pipe);
+                i += 1;
+            }
+            b',' => {
+                toks.push(Tok::Comma);
+                i += 1;
+            }
+            b':' if s[i..].starts_with(":=") => {
+                toks.push(Tok::Declare);
+                i += 2;
+            }
+            b'=' => {
+                toks.push(Tok::Assign);
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && ident_char(b[i]) {
+                    i += 1;
+                }
+                toks.push(Tok::Ident(s[start..i].to_string()));
+            }
+            _ => {
+                let ch = s[i..].chars().next().unwrap_or('?');
+                return Err(format!("template: unexpected {ch:?} in action"));
+            }
+        }
+    }
+}
+
+fn number_len(b: &[u8]) -> usize {
+    let mut n = 0;
+    while n < b.len() {
+        let c = b[n];
+        let exp_sign = (c == b'-' || c == b'+') && n > 0 && matches!(b[n - 1], b'e' | b'E');
+        if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || exp_sign {
+            n += 1;
+        } else {
+            break;
+        }
+    }
+    n
+}
+
+/// A Go interpreted string literal at the start of `s`: its value and its length.
+fn lex_quoted(s: &str) -> Result<(String, usize), String> {
+    let mut out = String::new();
+    let mut chars = s.char_indices().skip(1);
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, i + 1)),
+            '\\' => {
+                let (_, e) = chars.next().ok_or("template: unterminated quoted string")?;
+                match e {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    '\\' => out.push('\\'),
+                    '"' => out.push('"'),
+                    '\'' => out.push('\''),
+                    'x' | 'u' | 'U' => {
+                        let n = match e {
+                            'x' => 2,
+                            'u' => 4,
+                            _ => 8,
+                        };
+                        let hex: String = (0..n).filter_map(|_| chars.next().map(|(_, h)| h)).collect();
+                        let ch = u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .and_then(char::from_u32)
+                            .ok_or_else(|| format!("template: bad escape \\{e}{hex}"))?;
+                        out.push(ch);
+                    }
+                    other => return Err(format!("template: unknown escape sequence \\{other}")),
+                }
+            }
+            '\n' => return Err("template: newline in quoted string".into()),
+            c => out.push(c),
+        }
+    }
+    Err("template: unterminated quoted string".into())
+}
+
+// ---- parsing -------------------------------------------------------------------------
+
+enum ListEnd {
+    Eof,
+    End,
+    /// `{{else …}}` with whatever followed `else` (`if …` for `else if`).
+    Else(Vec<Tok>),
+}
+
+fn parse_list(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, ListEnd), String> {
+    let mut nodes = Vec::new();
+    while *pos < items.len() {
+        let item = &items[*pos];
+        *pos += 1;
+        let toks = match item {
+            Item::Text(t) => {
+                nodes.push(Node::Text(t.clone()));
+                continue;
+            }
+            Item::Action(toks) => toks,
+        };
+        let keyword = match toks.first() {
+            Some(Tok::Ident(k)) => k.as_str(),
+            None => return Err("template: missing value for command".into()),
+            _ => "",
+        };
+        match keyword {
+            "end" => {
+                if toks.len() > 1 {
+                    return Err("template: unexpected tokens after end".into());
+                }
+                return Ok((nodes, ListEnd::End));
+            }
+            "else" => return Ok((nodes, ListEnd::Else(toks[1..].to_vec()))),
+            "if" | "range" | "with" => nodes.push(parse_block(keyword, &toks[1..], items, pos)?),
+            "define" | "template" | "block" | "break" | "continue" => {
+                return Err(format!("template: {{{{{keyword}}}}} is not supported"))
+            }
+            _ => nodes.push(Node::Action(parse_pipeline(toks)?)),
+        }
+    }
+    Ok((nodes, ListEnd::Eof))
+}
+
+fn parse_block(keyword: &str, toks: &[Tok], items: &[Item], pos: &mut usize) -> Result<Node, String> {
+    let pipe = parse_pipeline(toks)?;
+    if pipe.commands.is_empty() {
+        return Err(format!("template: missing value for {keyword}"));
+    }
+    let (body, end) = parse_list(items, pos)?;
+    let otherwise = match end {
+        ListEnd::Eof => return Err(format!("template: unexpected EOF: {{{{{keyword}}}}} has no {{{{end}}}}")),
+        ListEnd::End => Vec::new(),
+        ListEnd::Else(rest) if rest.is_empty() => match parse_list(items, pos)? {
+            (nodes, ListEnd::End) => nodes,
+            (_, ListEnd::Else(_)) => return Err("template: more than one {{else}}".into()),
+            (_, ListEnd::Eof) => return Err(format!("template: unexpected EOF: {{{{{keyword}}}}} has no {{{{end}}}}")),
+        },
+        // `{{else if …}}` / `{{else with …}}`: a nested block that ends at our `{{end}}`.
+        ListEnd::Else(rest) => match rest.first() {
+            Some(Tok::Ident(k)) if k == "if" || k == "with" => {
+                let k = k.clone();
+                vec![parse_block(&k, &rest[1..], items, pos)?]
+            }
+            _ => return Err("template: unexpected tokens after else".into()),
+        },
+    };
+    Ok(match keyword {
+        "if" => Node::If { cond: pipe, then: body, otherwise },
+        "range" => Node::Range { over: pipe, body, otherwise },
+        _ => Node::With { value: pipe, body, otherwise },
+    })
+}
+
+fn parse_pipeline(toks: &[Tok]) -> Result<Pipeline, String> {
+    let mut vars = Vec::new();
+    let mut declare = true;
+    let mut rest = toks;
+    // Leading `$a :=`, `$i, $e :=` or `$a =`.
+    let decl_end = toks.iter().position(|t| matches!(t, Tok::Declare | Tok::Assign));
+    if let Some(end) = decl_end {
+        let head = &toks[..end];
+        let is_decl = !head.is_empty()
+            && head.iter().enumerate().all(|(i, t)| match t {
+                Tok::Var(_, chain) => i % 2 == 0 && chain.is_empty(),
+                Tok::Comma => i % 2 == 1,
+                _ => false,
+            });
+        if is_decl {
+            vars = head.iter().filter_map(|t| if let Tok::Var(n, _) = t { Some(n.clone()) } else { None }).collect();
+            declare = toks[end] == Tok::Declare;
+            rest = &toks[end + 1..];
+        }
+    }
+    let mut commands = Vec::new();
+    let mut i = 0;
+    loop {
+        let (cmd, used) = parse_command(&rest[i..])?;
+        commands.push(cmd);
+        i += used;
+        match rest.get(i) {
+            None => break,
+            Some(Tok::Pipe) => i += 1,
+            Some(t) => return Err(format!("template: unexpected {t:?} in pipeline")),
+        }
+    }
+    Ok(Pipeline { vars, declare, commands })
+}
+
+/// A command runs until `|`, `)` or the end; returns it and the tokens it used.
+fn parse_command(toks: &[Tok]) -> Result<(Command, usize), String> {
+    let mut operands = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let op = match &toks[i] {
+            Tok::Pipe | Tok::RParen(_) => break,
+            Tok::Dot => Operand::Dot,
+            Tok::Field(chain) => Operand::Field(chain.clone()),
+            Tok::Var(n, chain) => Operand::Variable(n.clone(), chain.clone()),
+            Tok::Str(s) => Operand::Literal(Value::String(s.clone())),
+            Tok::Num(n) => Operand::Literal(parse_number(n)?),
+            Tok::Ident(id) => match id.as_str() {
+                "true" => Operand::Literal(Value::Bool(true)),
+                "false" => Operand::Literal(Value::Bool(false)),
+                "nil" => Operand::Literal(Value::Null),
+                _ => Operand::Func(id.clone()),
+            },
+            Tok::LParen => {
+                let close = matching_paren(&toks[i..]).ok_or("template: unclosed left paren")? + i;
+                let inner = parse_pipeline(&toks[i + 1..close])?;
+                let Tok::RParen(chain) = &toks[close] else { unreachable!() };
+                i = close;
+                Operand::Sub(Box::new(inner), chain.clone())
+            }
+            t => return Err(format!("template: unexpected {t:?} in command")),
+        };
+        operands.push(op);
+        i += 1;
+    }
+    if operands.is_empty() {
+        return Err("template: missing value for command".into());
+    }
+    if let Some(Tok::RParen(_)) = toks.get(i) {
+        return Err("template: unexpected right paren".into());
+    }
+    Ok((Command { operands }, i))
+}
+
+fn matching_paren(toks: &[Tok]) -> Option<usize> {
+    let mut depth = 0;
+    for (i, t) in toks.iter().enumerate() {
+        match t {
+            Tok::LParen => depth += 1,
+            Tok::RParen(_) => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_number(n: &str) -> Result<Value, String> {
+    if let Ok(i) = n.parse::<i64>() {
+        return Ok(Value::from(i));
+    }
+    n.parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Value::Number)
+        .ok_or_else(|| format!("template: bad number syntax: {n:?}"))
+}
+
+// ---- evaluation ----------------------------------------------------------------------
+
+struct State {
+    vars: Vec<(String, Value)>,
+    out: String,
+    missing_key_error: bool,
+    header: bool,
+}
+
+impl State {
+    fn walk(&mut self, nodes: &[Node], dot: &Value) -> Result<(), String> {
+        for node in nodes {
+            match node {
+                Node::Text(t) => self.out.push_str(t),
+                Node::Action(p) => {
+                    let v = self.pipeline(p, dot)?;
+                    // An action that only declares a variable prints nothing, as in Go.
+                    if p.vars.is_empty() {
+                        self.out.push_str(&go_print(&v));
+                    }
+                }
+                Node::If { cond, then, otherwise } => {
+                    let mark = self.vars.len();
+                    let v = self.pipeline(cond, dot)?;
+                    let r = self.walk(if truthy(&v) { then } else { otherwise }, dot);
+                    self.vars.truncate(mark);
+                    r?;
+                }
+                Node::With { value, body, otherwise } => {
+                    let mark = self.vars.len();
+                    let v = self.pipeline(value, dot)?;
+                    let r = if truthy(&v) { self.walk(body, &v) } else { self.walk(otherwise, dot) };
+                    self.vars.truncate(mark);
+                    r?;
+                }
+                Node::Range { over, body, otherwise } => {
+                    let mark = self.vars.len();
+                    let r = self.range(over, body, otherwise, dot);
+                    self.vars.truncate(mark);
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn range(&mut self, over: &Pipeline, body: &[Node], otherwise: &[Node], dot: &Value) -> Result<(), String> {
+        // The range variables are bound per element, not to the whole value.
+        let v = self.eval_commands(over, dot)?;
+        let elems: Vec<(Value, Value)> = match &v {
+            Value::Array(a) => a.iter().enumerate().map(|(i, e)| (Value::from(i), e.clone())).collect(),
+            Value::Object(m) => m.iter().map(|(k, e)| (Value::String(k.clone()), e.clone())).collect(),
+            Value::Null => Vec::new(),
+            Value::Number(n) if n.as_u64().is_some() => {
+                (0..n.as_u64().unwrap()).map(|i| (Value::from(i), Value::from(i))).collect()
+            }
+            other => return Err(format!("range can't iterate over {}", go_print(other))),
+        };
+        if elems.is_empty() {
+            return self.walk(otherwise, dot);
+        }
+        let mark = self.vars.len();
+        for (key, elem) in elems {
+            self.vars.truncate(mark);
+            match over.vars.as_slice() {
+                [] => {}
+                [e] => self.vars.push((e.clone(), elem.clone())),
+                [k, e] => {
+                    self.vars.push((k.clone(), key));
+                    self.vars.push((e.clone(), elem.clone()));
+                }
+                _ => return Err("too many declarations in range".into()),
+            }
+            self.walk(body, &elem)?;
+        }
+        Ok(())
+    }
+
+    fn pipeline(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, String> {
+        let v = self.eval_commands(p, dot)?;
+        for name in &p.vars {
+            if p.declare {
+                self.vars.push((name.clone(), v.clone()));
+            } else {
+                let slot = self.vars.iter_mut().rev().find(|(n, _)| n == name);
+                let slot = slot.ok_or_else(|| format!("undefined variable: {name}"))?;
+                slot.1 = v.clone();
+            }
+        }
+        Ok(v)
+    }
+
+    fn eval_commands(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, String> {
+        let mut piped: Option<Value> = None;
+        for cmd in &p.commands {
+            piped = Some(self.command(cmd, dot, piped)?);
+        }
+        Ok(piped.unwrap_or(Value::Null))
+    }
+
+    fn command(&mut self, cmd: &Command, dot: &Value, piped: Option<Value>) -> Result<Value, String> {
+        if let Operand::Func(name) = &cmd.operands[0] {
+            let mut args = Vec::new();
+            for op in &cmd.operands[1..] {
+                args.push(self.operand(op, dot)?);
+            }
+            args.extend(piped);
+            return self.call(name, args);
+        }
+        if cmd.operands.len() > 1 || piped.is_some() {
+            return Err(format!("can't give argument to non-function {}", describe(&cmd.operands[0])));
+        }
+        self.operand(&cmd.operands[0], dot)
+    }
+
+    fn operand(&mut self, op: &Operand, dot: &Value) -> Result<Value, String> {
+        match op {
+            Operand::Dot => Ok(dot.clone()),
+            Operand::Field(chain) => self.fields(dot, chain),
+            Operand::Variable(name, chain) => {
+                let v = self.vars.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                let v = v.ok_or_else(|| format!("undefined variable: {name}"))?;
+                self.fields(&v, chain)
+            }
+            Operand::Literal(v) => Ok(v.clone()),
+            Operand::Func(name) => self.call(name, Vec::new()),
+            Operand::Sub(p, chain) => {
+                let v = self.eval_commands(p, dot)?;
+                self.fields(&v, chain)
+            }
+        }
+    }
+
+    fn fields(&self, v: &Value, chain: &[String]) -> Result<Value, String> {
+        let mut cur = v.clone();
+        for name in chain {
+            cur = match cur {
+                Value::Object(mut m) => match m.remove(name) {
+                    Some(x) => x,
+                    None if self.missing_key_error => {
+                        let known: Vec<&str> = m.keys().map(String::as_str).collect();
+                        return Err(format!("no field {name:?} (known fields: {})", known.join(", ")));
+                    }
+                    None => Value::Null,
+                },
+                // A missing map along the way reads as a missing value, as indexing a
+                // nil map does in Go.
+                Value::Null => Value::Null,
+                other => return Err(format!("can't evaluate field {name} in type {}", type_name(&other))),
+            };
+        }
+        Ok(cur)
+    }
+
+    fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, String> {
+        let want = |n: usize| -> Result<(), String> {
+            if args.len() == n {
+                Ok(())
+            } else {
+                Err(format!("wrong number of args for {name}: want {n} got {}", args.len()))
+            }
+        };
+        // Docker renders table headers with these functions turned into identities.
+        if self.header && matches!(name, "json" | "split" | "join" | "title" | "lower" | "upper" | "truncate" | "pad") {
+            return args.into_iter().next().ok_or_else(|| format!("wrong number of args for {name}"));
+        }
+        match name {
+            "json" => {
+                want(1)?;
+                Ok(Value::String(serde_json::to_string(&args[0]).map_err(|e| e.to_string())?))
+            }
+            "index" => {
+                let mut it = args.into_iter();
+                let mut cur = it.next().ok_or("wrong number of args for index: want at least 1 got 0")?;
+                for key in it {
+                    cur = index(&cur, &key)?;
+                }
+                Ok(cur)
+            }
+            "len" => {
+                want(1)?;
+                let n = match &args[0] {
+                    Value::String(s) => s.len(),
+                    Value::Array(a) => a.len(),
+                    Value::Object(m) => m.len(),
+                    other => return Err(format!("len of type {}", type_name(other))),
+                };
+                Ok(Value::from(n))
+            }
+            "join" => {
+                want(2)?;
+                let sep = text_of(&args[1]);
+                match &args[0] {
+                    Value::Array(a) => Ok(Value::String(a.iter().map(text_of).collect::<Vec<_>>().join(&sep))),
+                    Value::Null => Ok(Value::String(String::new())),
+                    other => Err(format!("join: expected a list, got {}", type_name(other))),
+                }
+            }
+            "split" => {
+                want(2)?;
+                let (s, sep) = (text_of(&args[0]), text_of(&args[1]));
+                Ok(Value::Array(s.split(sep.as_str()).map(|p| Value::String(p.to_string())).collect()))
+            }
+            "lower" => {
+                want(1)?;
+                Ok(Value::String(text_of(&args[0]).to_lowercase()))
+            }
+            "upper" => {
+                want(1)?;
+                Ok(Value::String(text_of(&args[0]).to_uppercase()))
+            }
+            "title" => {
+                want(1)?;
+                Ok(Value::String(title(&text_of(&args[0]))))
+            }
+            "truncate" => {
+                want(2)?;
+                let n = args[1].as_u64().ok_or("truncate: the length must be a non-negative integer")?;
+                Ok(Value::String(text_of(&args[0]).chars().take(n as usize).collect()))
+            }
+            "pad" => {
+                want(3)?;
+                let (pre, post) = (args[1].as_u64().unwrap_or(0) as usize, args[2].as_u64().unwrap_or(0) as usize);
+                Ok(Value::String(format!("{}{}{}", " ".repeat(pre), text_of(&args[0]), " ".repeat(post))))
+            }
+            "print" => Ok(Value::String(sprint(&args))),
+            "println" => {
+                let parts: Vec<String> = args.iter().map(go_print_inner).collect();
+                Ok(Value::String(parts.join(" ") + "\n"))
+            }
+            "printf" => {
+                let (fmt, rest) = args.split_first().ok_or("wrong number of args for printf: want at least 1 got 0")?;
+                Ok(Value::String(sprintf(&text_of(fmt), rest)))
+            }
+            "not" => {
+                want(1)?;
+                Ok(Value::Bool(!truthy(&args[0])))
+            }
+            // Go's `and` / `or` return the deciding argument, not a bool.
+            "and" => Ok(args.iter().find(|a| !truthy(a)).or(args.last()).cloned().unwrap_or(Value::Null)),
+            "or" => Ok(args.iter().find(|a| truthy(a)).or(args.last()).cloned().unwrap_or(Value::Null)),
+            "eq" => {
+                let (first, rest) = args.split_first().ok_or("missing argument for comparison")?;
+                if rest.is_empty() {
+                    return Err("missing argument for comparison".into());
+                }
+                Ok(Value::Bool(rest.iter().any(|r| same(first, r))))
+            }
+            "ne" => {
+                want(2)?;
+                Ok(Value::Bool(!same(&args[0], &args[1])))
+            }
+            _ => Err(format!("function {name:?} not defined")),
+        }
+    }
+}
+
+fn describe(op: &Operand) -> String {
+    match op {
+        Operand::Dot => ".".into(),
+        Operand::Field(c) => format!(".{}", c.join(".")),
+        Operand::Variable(n, c) if c.is_empty() => n.clone(),
+        Operand::Variable(n, c) => format!("{n}.{}", c.join(".")),
+        Operand::Literal(v) => go_print(v),
+        Operand::Func(f) => f.clone(),
+        Operand::Sub(..) => "(…)".into(),
+    }
+}
+
+fn index(v: &Value, key: &Value) -> Result<Value, String> {
+    match v {
+        Value::Object(m) => Ok(m.get(&text_of(key)).cloned().unwrap_or(Value::Null)),
+        Value::Array(a) => {
+            let i = key.as_u64().ok_or_else(|| format!("cannot index list with {}", go_print(key)))? as usize;
+            a.get(i).cloned().ok_or_else(|| format!("error calling index: index out of range: {i}"))
+        }
+        Value::String(s) => {
+            let i = key.as_u64().ok_or_else(|| format!("cannot index string with {}", go_print(key)))? as usize;
+            s.as_bytes()
+                .get(i)
+                .map(|b| Value::from(*b))
+                .ok_or_else(|| format!("error calling index: index out of range: {i}"))
+        }
+        Value::Null => Ok(Value::Null),
+        other => Err(format!("can't index item of type {}", type_name(other))),
+    }
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nil",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float64",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
+    }
+}
+
+fn title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_letter = false;
+    for c in s.chars() {
+        if !prev_letter && c.is_alphabetic() {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        prev_letter = c.is_alphanumeric() || c == '_' || c == '\'';
+    }
+    out
+}
+
+/// A string argument as Go would see it (strings raw, other values printed).
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => go_print(other),
+    }
+}
+
+/// How a template action prints a value: Go's `fmt.Print`, with a missing value
+/// shown as `<no value>` at the top level.
+pub fn go_print(v: &Value) -> String {
+    match v {
+        Value::Null => "<no value>".into(),
+        other => go_print_inner(other),
+    }
+}
+
+fn go_print_inner(v: &Value) -> String {
+    match v {
+        Value::Null => "<nil>".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) => f.to_string(),
+            _ => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        Value::Array(a) => format!("[{}]", a.iter().map(go_print_inner).collect::<Vec<_>>().join(" ")),
+        Value::Object(m) => format!("map[{}]", print_map(m)),
+    }
+}
+
+fn print_map(m: &Map<String, Value>) -> String {
+    // serde_json's map iterates in key order, as Go prints maps.
+    m.iter().map(|(k, v)| format!("{k}:{}", go_print_inner(v))).collect::<Vec<_>>().join(" ")
+}
+
+/// Go's `fmt.Sprint`: a space between operands when neither side is a string.
+fn sprint(args: &[Value]) -> String {
+    let mut out = String::new();
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 && !args[i - 1].is_string() && !a.is_string() {
+            out.push(' ');
+        }
+        out.push_str(&go_print_inner(a));
+    }
+    out
+}
+
+/// The common verbs of Go's `fmt.Sprintf`: %s %v %d %q %%; anything else is copied.
+fn sprintf(fmt: &str, args: &[Value]) -> String {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(verb @ ('s' | 'v' | 'd' | 'q')) => match args.next() {
+                Some(a) if verb == 'q' => out.push_str(&serde_json::to_string(&text_of(a)).unwrap_or_default()),
+                Some(a) => out.push_str(&go_print_inner(a)),
+                None => {
+                    let _ = write!(out, "%!{verb}(MISSING)");
+                }
+            },
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push_str("%!(NOVERB)"),
+        }
+    }
+    out
+}
+
+/// Docker's table writer (Go's `tabwriter` with minwidth 10, padding 3, spaces):
+/// cells end at a tab; within a block of consecutive lines that have a cell in a
+/// column, that column is as wide as its widest cell plus 3, and at least 10. The last
+/// cell of a line is not padded.
+pub fn align_table(text: &str) -> String {
+    const MIN_WIDTH: usize = 10;
+    const PADDING: usize = 3;
+    let had_final_newline = text.ends_with('\n');
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let lines: Vec<Vec<&str>> = body.split('\n').map(|l| l.split('\t').collect()).collect();
+
+    fn format(lines: &[Vec<&str>], widths: &mut Vec<usize>, line0: usize, line1: usize, out: &mut Vec<String>) {
+        let column = widths.len();
+        let mut line0 = line0;
+        let mut this = line0;
+        while this < line1 {
+            // Does this line have a (tab-terminated) cell in `column`?
+            if column + 1 >= lines[this].len() {
+                this += 1;
+                continue;
+            }
+            write_lines(lines, widths, line0, this, out);
+            line0 = this;
+            let mut width = MIN_WIDTH;
+            while this < line1 && column + 1 < lines[this].len() {
+                width = width.max(lines[this][column].chars().count() + PADDING);
+                this += 1;
+            }
+            widths.push(width);
+            format(lines, widths, line0, this, out);
+            widths.pop();
+            line0 = this;
+        }
+        write_lines(lines, widths, line0, line1, out);
+    }
+
+    fn write_lines(lines: &[Vec<&str>], widths: &[usize], line0: usize, line1: usize, out: &mut Vec<String>) {
+        for cells in &lines[line0..line1] {
+            let mut s = String::new();
+            for (j, cell) in cells.iter().enumerate() {
+                s.push_str(cell);
+                if j < widths.len() && j + 1 < cells.len() {
+                    s.push_str(&" ".repeat(widths[j].saturating_sub(cell.chars().count())));
+                }
+            }
+            out.push(s);
+        }
+    }
+
+    let mut out = Vec::new();
+    format(&lines, &mut Vec::new(), 0, lines.len(), &mut out);
+    let mut s = out.join("\n");
+    if had_final_newline {
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(t: &str, data: &Value) -> String {
+        Template::parse(t).unwrap_or_else(|e| panic!("{t}: {e}")).render(data).unwrap_or_else(|e| panic!("{t}: {e}"))
+    }
+
+    fn data() -> Value {
+        json!({
+            "Id": "sha256:abc",
+            "Size": 1234567,
+            "Ratio": 1.5,
+            "RepoTags": ["app:1", "app:2"],
+            "Empty": [],
+            "Config": {"Labels": {"b": "2", "a": "1"}, "Env": ["A=1"], "User": ""},
+            "Nothing": null,
+            "Yes": true
+        })
+    }
+
+    #[test]
+    fn fields_print_as_go_does() {
+        let d = data();
+        assert_eq!(render("{{.Id}}", &d), "sha256:abc");
+        assert_eq!(render("{{.Size}}", &d), "1234567");
+        assert_eq!(render("{{.Ratio}}", &d), "1.5");
+        assert_eq!(render("{{.RepoTags}}", &d), "[app:1 app:2]");
+        assert_eq!(render("{{.Config.Labels}}", &d), "map[a:1 b:2]");
+        assert_eq!(render("{{.Nothing}}", &d), "<no value>");
+        assert_eq!(render("{{.Missing}}", &d), "<no value>");
+        assert_eq!(render("{{.Config.Missing.Deeper}}", &d), "<no value>");
+        assert_eq!(render("{{.Yes}}", &d), "true");
+        assert_eq!(render("{{.Empty}}", &d), "[]");
+        assert_eq!(render("x {{.Id}} y\n", &d), "x sha256:abc y\n");
+        assert_eq!(render("{{.}}", &json!({"a": [1, null]})), "map[a:[1 <nil>]]");
+    }
+
+    #[test]
+    fn json_index_and_pipelines() {
+        let d = data();
+        assert_eq!(render("{{json .Config.Labels}}", &d), r#"{"a":"1","b":"2"}"#);
+        assert_eq!(render("{{json .Id}}", &d), r#""sha256:abc""#);
+        assert_eq!(render("{{.Config.Labels | json}}", &d), r#"{"a":"1","b":"2"}"#);
+        assert_eq!(render(r#"{{index .Config.Labels "b"}}"#, &d), "2");
+        assert_eq!(render(r#"{{index .Config.Labels "zz"}}"#, &d), "<no value>");
+        assert_eq!(render("{{index .RepoTags 1}}", &d), "app:2");
+        assert_eq!(render(r#"{{join .RepoTags ", "}}"#, &d), "app:1, app:2");
+        assert_eq!(
+            render(r#"{{.Id | upper}} {{lower "AB"}} {{title "hello world"}}"#, &d),
+            "SHA256:ABC ab Hello World"
+        );
+        assert_eq!(render("{{len .RepoTags}}", &d), "2");
+        assert_eq!(render(r#"{{truncate .Id 6}}|{{pad "x" 1 2}}|"#, &d), "sha256| x  |");
+        assert_eq!(render(r#"{{split "a,b" ","}}"#, &d), "[a b]");
+        assert_eq!(render(r#"{{(index .RepoTags 0) | printf "%s!"}}"#, &d), "app:1!");
+        assert_eq!(render(r#"{{printf "%s=%d %q" "a" 3 "b"}}"#, &d), r#"a=3 "b""#);
+        assert_eq!(render(r#"{{print 1 2 "x" 3}}"#, &d), "1 2x3");
+        assert_eq!(render(r#"{{println "a" 1}}"#, &d), "a 1\n");
+    }
+
+    #[test]
+    fn control_structures_and_variables() {
+        let d = data();
+        assert_eq!(render("{{range .RepoTags}}[{{.}}]{{end}}", &d), "[app:1][app:2]");
+        assert_eq!(render("{{range $i, $t := .RepoTags}}{{$i}}={{$t}} {{end}}", &d), "0=app:1 1=app:2 ");
+        assert_eq!(render("{{range $k, $v := .Config.Labels}}{{$k}}:{{$v}};{{end}}", &d), "a:1;b:2;");
+        assert_eq!(render("{{range .Empty}}x{{else}}none{{end}}", &d), "none");
+        assert_eq!(render("{{if .Config.User}}u{{else if .Yes}}yes{{else}}no{{end}}", &d), "yes");
+        assert_eq!(render("{{if not .Nothing}}empty{{end}}", &d), "empty");
+        assert_eq!(render("{{with .Config}}{{.Env}}{{end}}", &d), "[A=1]");
+        assert_eq!(render("{{with .Nothing}}x{{else}}nothing{{end}}", &d), "nothing");
+        assert_eq!(render("{{$x := .Id}}{{range .RepoTags}}{{$x}} {{end}}", &d), "sha256:abc sha256:abc ");
+        assert_eq!(render("{{range .RepoTags}}{{$.Id}}{{end}}", &d), "sha256:abcsha256:abc");
+        assert_eq!(render(r#"{{if eq .Id "x" "sha256:abc"}}eq{{end}}{{if ne .Size 1}}ne{{end}}"#, &d), "eqne");
+        assert_eq!(render("{{and .Yes .Id}} {{or .Nothing .Size}}", &d), "sha256:abc 1234567");
+        assert_eq!(render("a  {{- /* note */ -}}  b {{- .Id -}} \n c", &d), "absha256:abcc");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let parse_err = |t: &str| Template::parse(t).unwrap_err();
+        assert!(parse_err("{{.Id").contains("unclosed action"), "{}", parse_err("{{.Id"));
+        assert!(parse_err("{{if .Id}}x").contains("has no {{end}}"));
+        assert!(parse_err("{{end}}").contains("unexpected {{end}}"));
+        assert!(parse_err("{{\"abc}}").contains("unterminated"));
+        assert!(parse_err("{{}}").contains("missing value"));
+        assert!(parse_err("{{template \"x\"}}").contains("not supported"));
+        let run_err = |t: &str| Template::parse(t).unwrap().render(&data()).unwrap_err();
+        assert!(run_err("{{nosuch .Id}}").contains(r#"function "nosuch" not defined"#));
+        assert!(run_err("{{.Id.Foo}}").contains("can't evaluate field Foo in type string"));
+        assert!(run_err("{{index .RepoTags 5}}").contains("out of range"));
+        assert!(run_err("{{.Id 1}}").contains("non-function"));
+        let strict = Template::parse("{{.Nope}}").unwrap().missing_key_error();
+        assert!(strict.render(&json!({"ID": 1})).unwrap_err().contains(r#"no field "Nope""#));
+        assert!(run_err("{{$nope}}").contains("undefined variable"));
+    }
+
+    #[test]
+    fn header_rendering_passes_functions_through() {
+        let t = Template::parse("{{.ID}}\t{{json .Size}}\t{{upper .Tag}}").unwrap();
+        let titles = json!({"ID": "IMAGE ID", "Size": "SIZE", "Tag": "TAG"});
+        assert_eq!(t.render_header(&titles).unwrap(), "IMAGE ID\tSIZE\tTAG");
+    }
+
+    #[test]
+    fn table_alignment_matches_docker() {
+        let text = "REPOSITORY\tTAG\tIMAGE ID\nalpine\tlatest\t0123456789ab\nlocalhost:5000/some/long/name\t1\tx\n";
+        let want = "REPOSITORY                      TAG       IMAGE ID\n\
+                    alpine                          latest    0123456789ab\n\
+                    localhost:5000/some/long/name   1         x\n";
+        assert_eq!(align_table(text), want);
+        // No tabs: unchanged.
+        assert_eq!(align_table("a\nb\n"), "a\nb\n");
+        // A trailing tab pads the last cell too.
+        assert_eq!(align_table("a\tb\t\n"), "a         b         \n");
+    }
+}
