@@ -126,7 +126,9 @@ fn start_background(
     let mut child = cmd.spawn().context("cannot start the mount server")?;
     let start = Instant::now();
     loop {
-        if is_fuse_mountpoint(dir) && std::fs::metadata(dir).is_ok() {
+        // statfs answers without reading any layer (a stat of the root would read
+        // the top layer for its attributes): the mount is up and nothing is fetched.
+        if is_fuse_mountpoint(dir) && statfs_answers(dir) {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -189,6 +191,14 @@ fn serve(
     ctx.store.remove_mount_record(pid);
     eprintln!("imgfs: {} unmounted", dir.display());
     result.with_context(|| format!("cannot mount at {}", dir.display()))
+}
+
+fn statfs_answers(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: c is a valid path and buf a properly sized, writable statvfs.
+    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statvfs(c.as_ptr(), &mut buf) == 0 }
 }
 
 /// The source column `mount` and `df` show. Commas would split the mount options.

@@ -75,11 +75,15 @@ impl Store {
     }
 }
 
-/// Field 22 of /proc/PID/stat, or None if there is no such process.
+/// Field 22 of /proc/PID/stat, or None if there is no such (living) process.
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
     let after = &stat[stat.rfind(')')? + 2..];
+    // A killed server its parent has not reaped yet is a zombie: dead all the same.
+    if matches!(after.split(' ').next(), Some("Z" | "X")) {
+        return None;
+    }
     after.split(' ').nth(19)?.parse().ok()
 }
 

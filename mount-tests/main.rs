@@ -1,0 +1,1074 @@
+//! Real FUSE mounts of the real `imgfs` binary against the real test registry that
+//! `scripts/test` starts (IMGFS_TEST_ENV names its state directory: registry.addr,
+//! registry.log, images.tsv and the `umoci unpack` reference trees).
+//!
+//! Every test has its own store (`--root` in a temp dir) and its own mountpoints, and
+//! every mountpoint is held by a `Mount` guard whose Drop detaches it and ends its
+//! server, so a failing assert never leaves a dead mount behind.
+//!
+//! Tests that count registry requests go through a private pass-through TCP proxy:
+//! the registry logs each request's Host header, which is then the proxy's own
+//! address, so requests made by tests running in parallel are never counted.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------
+// The test environment
+
+struct TestEnv {
+    dir: PathBuf,
+    addr: String,
+    /// images.tsv: (repo:tag, unpack dir) for the lines that have an unpack.
+    unpacked: Vec<(String, PathBuf)>,
+}
+
+fn env() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir =
+            PathBuf::from(std::env::var("IMGFS_TEST_ENV").expect(
+                "IMGFS_TEST_ENV is not set: run scripts/test (it starts the registry and builds the test images)",
+            ));
+        let addr = fs::read_to_string(dir.join("registry.addr"))
+            .unwrap_or_else(|e| panic!("{}/registry.addr: {e}: run scripts/test", dir.display()))
+            .trim()
+            .to_string();
+        let tsv = fs::read_to_string(dir.join("images.tsv"))
+            .unwrap_or_else(|e| panic!("{}/images.tsv: {e}: run scripts/test", dir.display()));
+        let unpacked = tsv
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                let (name, unpack) = (f.next()?, f.next()?);
+                (unpack != "-").then(|| (name.to_string(), PathBuf::from(unpack)))
+            })
+            .collect();
+        TestEnv { dir, addr, unpacked }
+    })
+}
+
+/// The unpack directory images.tsv gives for `repo_tag`.
+fn unpack_of(repo_tag: &str) -> PathBuf {
+    env()
+        .unpacked
+        .iter()
+        .find(|(n, _)| n == repo_tag)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| panic!("{repo_tag} has no unpack in images.tsv"))
+}
+
+fn reference_file(repo_tag: &str, rel: &str) -> Vec<u8> {
+    let p = unpack_of(repo_tag).join("rootfs").join(rel);
+    fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Running imgfs
+
+/// A store of its own for one test.
+struct Store {
+    tmp: TempDir,
+}
+
+impl Store {
+    fn new() -> Store {
+        Store { tmp: tempfile::tempdir().expect("temp store") }
+    }
+    fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+fn imgfs(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().expect("cannot run imgfs")
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout:\n{}--- stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs imgfs, asserts success, returns stdout.
+fn imgfs_ok(root: &Path, args: &[&str]) -> String {
+    let out = imgfs(root, args);
+    assert!(out.status.success(), "imgfs {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs imgfs, asserts failure with exactly one line on stderr, returns that line.
+fn imgfs_fails(root: &Path, args: &[&str]) -> String {
+    let out = imgfs(root, args);
+    assert!(!out.status.success(), "imgfs {args:?} should fail: {}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert_eq!(err.lines().count(), 1, "imgfs {args:?}: want a one-line error: {}", show(&out));
+    assert!(err.starts_with("imgfs: error: "), "imgfs {args:?}: {}", show(&out));
+    err
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounts and their teardown
+
+/// A mountpoint that is unmounted (lazily) and whose server is ended on drop, whether
+/// or not anything got mounted. It owns the temp dir the mountpoint lives in, which
+/// Drop removes only after the detach (never walking into a live or dead mount).
+struct Mount {
+    dir: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Mount {
+    /// A fresh, empty mountpoint; nothing mounted yet.
+    fn empty() -> Mount {
+        let tmp = tempfile::tempdir().expect("temp mountpoint");
+        Mount { dir: tmp.path().canonicalize().unwrap(), _tmp: tmp }
+    }
+
+    /// Guard `dir` (inside `tmp`, which is removed after the teardown).
+    fn at(dir: PathBuf, tmp: TempDir) -> Mount {
+        Mount { dir, _tmp: tmp }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn arg(&self) -> &str {
+        self.dir.to_str().expect("UTF-8 temp path")
+    }
+
+    /// The pid of the server serving this mountpoint (found in /proc, not in the
+    /// store, so it is found even if the store's records are wrong).
+    fn server(&self) -> u32 {
+        let pids = server_pids(&self.dir);
+        assert_eq!(pids.len(), 1, "want exactly one server for {}, have {pids:?}", self.dir.display());
+        pids[0]
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        teardown(&self.dir);
+    }
+}
+
+/// Mount `image` (with `extra` options before it) at a fresh mountpoint.
+fn mount(root: &Path, image: &str, extra: &[&str]) -> Mount {
+    let m = Mount::empty();
+    let mut args = vec!["mount"];
+    args.extend_from_slice(extra);
+    args.push(image);
+    args.push(m.arg());
+    imgfs_ok(root, &args);
+    assert!(mountinfo(&m.dir).is_some(), "imgfs mount {image} returned but {} is not mounted", m.dir.display());
+    m
+}
+
+/// Detach whatever is mounted at `dir` and make sure its server ends. Never panics:
+/// it runs in Drop, maybe while a failed assert unwinds.
+fn teardown(dir: &Path) {
+    if let Ok(c) = CString::new(dir.as_os_str().as_bytes()) {
+        // SAFETY: c is a valid NUL-terminated path; EINVAL (not mounted) is fine.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    for pid in server_pids(dir) {
+        // The detach ends the FUSE session, so the server should exit on its own.
+        if !wait_until(Duration::from_secs(5), || pid_gone(pid)) {
+            eprintln!("teardown: server {pid} for {} still running; killing it", dir.display());
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Mount servers (`imgfs ... mount -f ... DIR`) for `dir`, from /proc.
+fn server_pids(dir: &Path) -> Vec<u32> {
+    let want = dir.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = fs::read(p.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        let is_server = args.iter().any(|a| *a == b"mount")
+            && args.iter().any(|a| *a == b"-f" || *a == b"--foreground")
+            && args.last() == Some(&want);
+        if is_server && !pid_gone(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Has the process exited? A zombie has: reaping it is its parent's (init's) business.
+fn pid_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => matches!(stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next()), Some('Z' | 'X')),
+    }
+}
+
+/// Poll `f` until it holds or `timeout` passes; returns whether it held.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One /proc/self/mountinfo line, for the mount whose mountpoint is `dir`.
+#[derive(Debug)]
+struct MountInfo {
+    options: String,
+    fstype: String,
+    source: String,
+}
+
+fn mountinfo(dir: &Path) -> Option<MountInfo> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = dir.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        if unescape_mountinfo(f.get(4)?) != want {
+            return None;
+        }
+        Some(MountInfo {
+            options: f.get(5)?.to_string(),
+            fstype: f.get(sep + 1)?.to_string(),
+            source: unescape_mountinfo(f.get(sep + 2)?),
+        })
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push(b[i + 1..i + 4].iter().fold(0u8, |a, c| a.wrapping_mul(8) + (c - b'0')));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `imgfs mount` (no arguments): the listing of live mounts.
+fn mount_listing(root: &Path) -> String {
+    imgfs_ok(root, &["mount"])
+}
+
+fn errno_of<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("{what}: should fail, got {v:?}"),
+        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("{what}: not an OS error: {e}")),
+    }
+}
+
+/// Read every regular file under `dir` (symlinks not followed); returns how many.
+fn read_all(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path();
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        if md.is_dir() {
+            n += read_all(&p);
+        } else if md.is_file() {
+            fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Every directory under `dir`, `dir` included (symlinks not followed).
+fn all_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(all_dirs(&e.path()));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// treecmp.py
+
+/// Compare a mount with a reference tree; returns the differences that matter (empty:
+/// equal). umoci drops xattrs whose value is empty (Go's archive/tar skips such PAX
+/// records), so a difference that is only such an xattr missing from the reference is
+/// not one; `empty_xattr_value_is_served` checks that xattr on the mount directly.
+fn treecmp(mnt: &Path, reference: &Path, options: &[&str]) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-tests/treecmp.py");
+    let out = Command::new("python3").arg(script).args(options).arg(mnt).arg(reference).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => Vec::new(),
+        Some(1) => stdout.lines().filter(|l| !only_empty_xattrs_missing(l)).map(String::from).collect(),
+        _ => vec![format!("treecmp.py failed: {}", show(&out))],
+    }
+}
+
+/// Is `line` (`PATH: xattrs: {A} != {B}`) a difference only in xattrs with an empty
+/// value present on the mount (A) and absent from the reference (B)? Conservative: a
+/// value that doesn't split cleanly just stays a difference.
+fn only_empty_xattrs_missing(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once(": xattrs: {") else { return false };
+    let Some((a, b)) = rest.split_once("} != {") else { return false };
+    let Some(b) = b.strip_suffix('}') else { return false };
+    let split = |s: &str| -> Vec<String> { s.split(", ").filter(|x| !x.is_empty()).map(String::from).collect() };
+    let (a, b) = (split(a), split(b));
+    let a_kept: Vec<String> = a.iter().filter(|x| !(x.ends_with("=''") && !b.contains(x))).cloned().collect();
+    a_kept.len() < a.len() && a_kept == b
+}
+
+// ---------------------------------------------------------------------------------------
+// The registry: manifests and the request log
+
+/// The raw manifest of `repo:tag` (from the registry directly, with skopeo).
+fn manifest(repo_tag: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{}/{repo_tag}", env().addr))
+        .output()
+        .expect("cannot run skopeo");
+    assert!(out.status.success(), "skopeo inspect {repo_tag}: {}", show(&out));
+    serde_json::from_slice(&out.stdout).expect("manifest JSON")
+}
+
+fn layer_digests(repo_tag: &str) -> Vec<String> {
+    manifest(repo_tag)["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn config_digest(repo_tag: &str) -> String {
+    manifest(repo_tag)["config"]["digest"].as_str().unwrap().to_string()
+}
+
+fn blob_file(root: &Path, digest: &str) -> PathBuf {
+    root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+}
+
+fn registry_log() -> PathBuf {
+    env().dir.join("registry.log")
+}
+
+/// Where the registry log ends now: count requests made after this.
+fn log_mark() -> u64 {
+    fs::metadata(registry_log()).map(|m| m.len()).unwrap_or(0)
+}
+
+fn log_since(mark: u64) -> String {
+    let mut f = fs::File::open(registry_log()).expect("registry.log");
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(mark)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    // Only whole lines: the registry may be writing one right now.
+    match s.rfind('\n') {
+        Some(i) => s[..=i].to_string(),
+        None => String::new(),
+    }
+}
+
+/// GET requests for blob `digest` of `repo` that reached the registry (through the
+/// host `via`) since `mark`: one "response completed" line each.
+fn blob_gets(mark: u64, via: &str, repo: &str, digest: &str) -> usize {
+    let uri = format!("/v2/{repo}/blobs/{digest}");
+    let (host_q, host_p) = (format!("http.request.host=\"{via}\""), format!("http.request.host={via} "));
+    log_since(mark)
+        .lines()
+        .filter(|l| {
+            l.contains("msg=\"response completed")
+                && l.contains("http.request.method=GET ")
+                && l.contains(&uri)
+                && (l.contains(&host_q) || l.contains(&host_p))
+        })
+        .count()
+}
+
+/// Make sure the registry has logged every request answered so far: send one more
+/// (to a path of our own) and wait until it is in the log. The registry writes a
+/// request's line right after answering it, so earlier lines are there by then.
+fn sync_registry_log() {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = format!("/v2/imgfs-log-sync-{}-{}/tags/list", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    let mut s = TcpStream::connect(&env().addr).expect("connect to the registry");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", env().addr).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+    let ok = wait_until(Duration::from_secs(10), || {
+        fs::read_to_string(registry_log()).map(|l| l.contains(&path)).unwrap_or(false)
+    });
+    assert!(ok, "the registry never logged {path}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A switchable TCP proxy in front of the registry
+
+/// Forwards each connection to the registry while on; while off, closes new
+/// connections at once and cuts open ones at their next chunk (the client keeps
+/// connections alive between requests, so an off switch must reach those too).
+struct Proxy {
+    addr: String,
+    on: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().unwrap().to_string();
+        let on = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&on);
+        // Lives as long as the test binary; one idle thread per proxy.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(&env().addr) else { continue };
+                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                    let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    let flag = Arc::clone(&flag);
+                    std::thread::spawn(move || pump(from, to, &flag));
+                }
+            }
+        });
+        Proxy { addr, on }
+    }
+
+    fn set(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(n) if n > 0 && on.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_ok() => {}
+            _ => break,
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+// =======================================================================================
+// 1. The mounted tree is the reference unpack
+
+/// Every image with a reference unpack mounts as exactly that tree (types, modes,
+/// owners, sizes, contents, links, devices, xattrs, hardlink groups), directory mtimes
+/// aside (see the next test); multi-arch images also for linux/arm64.
+#[test]
+fn trees_match_reference_unpacks() {
+    let failures = compare_all(&["--no-dir-mtime"], |_| Vec::new());
+    assert!(failures.is_empty(), "trees differ:\n{}", failures.join("\n"));
+}
+
+/// Directory mtimes match too, wherever umoci itself gives a directory the mtime of its
+/// topmost tar entry (the unpack's dir-mtime-ignore lists where it doesn't).
+#[test]
+fn dir_mtimes_match_where_the_reference_defines_them() {
+    let failures = compare_all(&[], |unpack| {
+        vec!["--ignore-dir-mtime-of".to_string(), unpack.join("dir-mtime-ignore").display().to_string()]
+    });
+    assert!(failures.is_empty(), "trees differ:\n{}", failures.join("\n"));
+}
+
+/// Mount each image of images.tsv (and the arm64 side of the multi-arch ones) in turn
+/// into one store and compare; returns one message per image that differs.
+fn compare_all(options: &[&str], per_unpack: impl Fn(&Path) -> Vec<String>) -> Vec<String> {
+    let store = Store::new();
+    let mut cases: Vec<(String, Vec<&str>, PathBuf)> = Vec::new();
+    for (name, unpack) in &env().unpacked {
+        // images.tsv gives the amd64 unpack for the multi-arch images.
+        let platform = if name.starts_with("multi") && !cfg!(target_arch = "x86_64") {
+            vec!["--platform", "linux/amd64"]
+        } else {
+            vec![]
+        };
+        cases.push((name.clone(), platform, unpack.clone()));
+    }
+    let arm64 = env().dir.join("unpacked/multi-arm64");
+    for name in ["multi:1", "multi-docker:1"] {
+        cases.push((name.to_string(), vec!["--platform", "linux/arm64"], arm64.clone()));
+    }
+    assert!(cases.len() > 10, "images.tsv lists too few images: {cases:?}");
+    let mut failures = Vec::new();
+    for (name, platform, unpack) in cases {
+        let m = mount(store.root(), &format!("{}/{name}", env().addr), &platform);
+        let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        opts.extend(per_unpack(&unpack));
+        let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
+        let diffs = treecmp(&m.dir, &unpack.join("rootfs"), &opts);
+        if !diffs.is_empty() {
+            failures.push(format!("== {name} {platform:?} vs {}:\n{}", unpack.display(), diffs.join("\n")));
+        }
+    }
+    failures
+}
+
+/// edge:1's xattrs/file carries `user.empty` with an empty value (which the umoci
+/// reference cannot show), next to the others; getfattr reads them all.
+#[test]
+fn empty_xattr_value_is_served() {
+    let store = Store::new();
+    let m = mount(store.root(), &format!("{}/edge:1", env().addr), &[]);
+    let file = m.path("xattrs/file");
+    let names = listxattr(&file);
+    for want in ["user.empty", "user.foo", "user.unicode"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in listxattr {names:?}");
+    }
+    assert_eq!(getxattr(&file, "user.empty"), Some(Vec::new()));
+    assert_eq!(getxattr(&file, "user.foo"), Some(b"bar".to_vec()));
+    assert_eq!(getxattr(&file, "user.unicode"), Some("välue ✓".as_bytes().to_vec()));
+    assert_eq!(getxattr(&file, "user.nope"), None);
+    assert_eq!(getxattr(&m.path("xattrs"), "user.dir"), Some(b"on a directory".to_vec()));
+    let out = Command::new("getfattr").args(["-d", "-m", "-"]).arg(&file).output().expect("getfattr");
+    assert!(out.status.success(), "getfattr: {}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("user.empty=\"\"") && text.contains("user.foo=\"bar\""), "getfattr output:\n{text}");
+}
+
+fn listxattr(p: &Path) -> Vec<String> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf is writable for its length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0, "listxattr {}: {}", p.display(), std::io::Error::last_os_error());
+    buf[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into()).collect()
+}
+
+/// The value, or None for ENODATA.
+fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf is writable for its length.
+    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr {} {name}: {e}", p.display());
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}
+
+// =======================================================================================
+// 2, 3. Laziness and index reuse
+
+/// A mount fetches no layer; reading /top/c.txt fetches only the top layer (an upper
+/// layer settles the lookup); listing the root needs, and fetches, the other two, each
+/// once; the image is then in `imgfs ls`.
+#[test]
+fn layers_are_fetched_only_when_needed() {
+    let layers = layer_digests("lazy:1");
+    assert_eq!(layers.len(), 3, "lazy:1 should have 3 layers: {layers:?}");
+    let config = config_digest("lazy:1");
+    let proxy = Proxy::start();
+    let store = Store::new();
+    let mark = log_mark();
+    let m = mount(store.root(), &format!("{}/lazy:1", proxy.addr), &[]);
+    let gets = |d: &str| blob_gets(mark, &proxy.addr, "lazy", d);
+
+    // Every step is checked, and all that went wrong is reported at the end.
+    let mut wrong: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            wrong.push(what);
+        }
+    };
+    sync_registry_log();
+    check(gets(&config) == 1, format!("the mount fetched the config {} times, want 1", gets(&config)));
+    for l in &layers {
+        check(gets(l) == 0, format!("the mount itself fetched layer {l} ({} GETs)", gets(l)));
+        check(!blob_file(store.root(), l).exists(), format!("layer {l} is in the store right after the mount"));
+    }
+
+    let c = fs::read(m.path("top/c.txt")).expect("read top/c.txt");
+    assert_eq!(c, reference_file("lazy:1", "top/c.txt"));
+    sync_registry_log();
+    check(gets(&layers[2]) == 1, format!("top layer: {} GETs after reading top/c.txt, want 1", gets(&layers[2])));
+    for l in &layers[..2] {
+        check(gets(l) == 0, format!("reading top/c.txt fetched lower layer {l} ({} GETs)", gets(l)));
+        check(!blob_file(store.root(), l).exists(), format!("lower layer {l} is in the store after reading top/c.txt"));
+    }
+
+    let mut names: Vec<String> =
+        fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["bottom", "middle", "top"]);
+    sync_registry_log();
+    for l in &layers {
+        check(gets(l) == 1, format!("layer {l}: {} GETs after listing the root, want exactly 1", gets(l)));
+    }
+    assert!(wrong.is_empty(), "laziness:\n{}", wrong.join("\n"));
+
+    let ls = imgfs_ok(store.root(), &["ls"]);
+    let short_id = &config.trim_start_matches("sha256:")[..12];
+    assert!(
+        ls.lines().any(|l| l.contains(&format!("{}/lazy", proxy.addr)) && l.contains(short_id)),
+        "imgfs ls does not show {}/lazy:1 ({short_id}):\n{ls}",
+        proxy.addr
+    );
+}
+
+/// Layers indexed by one mount are never fetched or parsed again: after app:1 was read
+/// whole and unmounted, mounting app:1 again and app:2 (same base layer) leaves the
+/// index files as they were and fetches only app:2's own layer.
+#[test]
+fn remount_reuses_layer_indexes() {
+    let app1 = layer_digests("app:1");
+    let app2 = layer_digests("app:2");
+    assert_eq!(app1[0], app2[0], "app:1 and app:2 should share their base layer");
+    let proxy = Proxy::start();
+    let store = Store::new();
+    let index_dir = store.root().join("index/sha256");
+
+    let first = mount(store.root(), &format!("{}/app:1", proxy.addr), &[]);
+    assert!(read_all(&first.dir) > 5);
+    imgfs_ok(store.root(), &["umount", first.arg()]);
+    drop(first);
+
+    let idx_stamp = |d: &str| -> (u64, i64, i64, u64) {
+        let p = index_dir.join(format!("{}.idx", d.trim_start_matches("sha256:")));
+        let md = fs::metadata(&p).unwrap_or_else(|e| panic!("index of layer {d}: {}: {e}", p.display()));
+        (md.ino(), md.mtime(), md.mtime_nsec(), md.len())
+    };
+    let before: Vec<_> = app1.iter().map(|d| idx_stamp(d)).collect();
+
+    let mark = log_mark();
+    let again = mount(store.root(), &format!("{}/app:1", proxy.addr), &[]);
+    let other = mount(store.root(), &format!("{}/app:2", proxy.addr), &[]);
+    read_all(&again.dir);
+    read_all(&other.dir);
+    assert_eq!(fs::read(again.path("etc/hostname")).unwrap(), reference_file("app:1", "etc/hostname"));
+    assert_eq!(fs::read(other.path("etc/hostname")).unwrap(), reference_file("app:2", "etc/hostname"));
+
+    let after: Vec<_> = app1.iter().map(|d| idx_stamp(d)).collect();
+    assert_eq!(before, after, "index files of app:1's layers were rewritten (inode, mtime, size)");
+    idx_stamp(&app2[1]); // app:2's own layer got its index
+
+    sync_registry_log();
+    for d in &app1 {
+        assert_eq!(blob_gets(mark, &proxy.addr, "app", d), 0, "layer {d} of app:1 was fetched again");
+    }
+    assert_eq!(blob_gets(mark, &proxy.addr, "app", &app2[1]), 1, "app:2's own layer is fetched once");
+}
+
+// =======================================================================================
+// 4, 5. Unmounting, listing, a killed server
+
+/// `imgfs mount` lists live mounts (reference, mountpoint, pid); `imgfs umount`,
+/// `fusermount3 -u` and `umount` each unmount, and the server then exits and its
+/// listing line goes.
+#[test]
+fn unmount_by_imgfs_fusermount3_and_umount() {
+    let store = Store::new();
+    let image = format!("{}/lazy:1", env().addr);
+    let mounts: Vec<Mount> = (0..3).map(|_| mount(store.root(), &image, &[])).collect();
+    let pids: Vec<u32> = mounts.iter().map(|m| m.server()).collect();
+
+    let listing = mount_listing(store.root());
+    for (m, pid) in mounts.iter().zip(&pids) {
+        assert!(
+            listing.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&image.as_str())
+                    && f.contains(&m.arg())
+                    && f.last() == Some(&pid.to_string().as_str())
+            }),
+            "imgfs mount does not list {image} at {} (pid {pid}):\n{listing}",
+            m.arg()
+        );
+    }
+
+    let ways: [(&str, Vec<String>); 3] = [
+        (env!("CARGO_BIN_EXE_imgfs"), vec!["--root".into(), store.root().display().to_string(), "umount".into()]),
+        ("fusermount3", vec!["-u".into()]),
+        ("umount", vec![]),
+    ];
+    for ((m, pid), (cmd, args)) in mounts.iter().zip(&pids).zip(ways) {
+        let out = Command::new(cmd).args(&args).arg(&m.dir).output().expect(cmd);
+        assert!(out.status.success(), "{cmd} {args:?} {}: {}", m.arg(), show(&out));
+        assert!(mountinfo(&m.dir).is_none(), "{cmd}: {} is still mounted", m.arg());
+        assert!(wait_until(Duration::from_secs(10), || pid_gone(*pid)), "{cmd}: server {pid} did not exit");
+        let listing = mount_listing(store.root());
+        assert!(!listing.contains(m.arg()), "{cmd}: {} still listed:\n{listing}", m.arg());
+        assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{cmd}: {} is not an empty dir", m.arg());
+    }
+}
+
+/// A server killed with SIGKILL cannot clean up: the next listing recognises its
+/// record as dead and drops it, and `imgfs umount` detaches the dead mountpoint, which
+/// is then a plain directory again.
+#[test]
+fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
+    let store = Store::new();
+    let m = mount(store.root(), &format!("{}/lazy:1", env().addr), &[]);
+    let pid = m.server();
+    let record = store.root().join(format!("mounts/{pid}.json"));
+    assert!(record.exists(), "no mount record {}", record.display());
+    // SAFETY: plain kill(2) of the server we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // Wait for it to be gone, reaped included (a zombie is a separate matter).
+    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists()));
+
+    let listing = mount_listing(store.root());
+    assert!(!listing.contains(m.arg()), "a dead server is still listed:\n{listing}");
+    assert!(!record.exists(), "the dead server's record {} was not removed", record.display());
+
+    let e = errno_of("stat of a dead mount", fs::metadata(m.path("top")));
+    assert_eq!(e, libc::ENOTCONN);
+    imgfs_ok(store.root(), &["umount", m.arg()]);
+    assert!(mountinfo(&m.dir).is_none(), "{} is still mounted", m.arg());
+    assert!(fs::metadata(&m.dir).unwrap().is_dir());
+    assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{} is not a plain empty dir", m.arg());
+}
+
+// =======================================================================================
+// 6. rm and prune leave a mounted image alone
+
+#[test]
+fn rm_and_prune_spare_a_mounted_image() {
+    let store = Store::new();
+    let image = format!("{}/app:2", env().addr);
+    let mut blobs: Vec<String> = layer_digests("app:2");
+    blobs.push(config_digest("app:2"));
+    imgfs_ok(store.root(), &["pull", &image]);
+    let m = mount(store.root(), &image, &[]);
+
+    let out = imgfs(store.root(), &["rm", &image]);
+    assert!(!out.status.success(), "imgfs rm of a mounted image should fail: {}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(m.arg()), "rm's error should name the mount: {}", show(&out));
+
+    imgfs_ok(store.root(), &["prune", "-a", "-f"]);
+    for d in &blobs {
+        assert!(blob_file(store.root(), d).exists(), "prune -a removed blob {d} of the mounted image");
+    }
+    assert_eq!(fs::read(m.path("etc/hostname")).unwrap(), reference_file("app:2", "etc/hostname"));
+    assert_eq!(read_all(&m.dir), read_all(&unpack_of("app:2").join("rootfs")));
+
+    imgfs_ok(store.root(), &["umount", m.arg()]);
+    imgfs_ok(store.root(), &["rm", &image]);
+    let out = imgfs(store.root(), &["rm", &image]);
+    assert!(!out.status.success(), "the image should be gone after rm: {}", show(&out));
+}
+
+// =======================================================================================
+// 7. Read-only, errnos, attributes
+
+/// Anything that would write fails with EROFS; a missing name is ENOENT; symlinks read
+/// back their targets; directory link counts, block counts and statfs are what tools
+/// (find, du, df) expect.
+#[test]
+fn mount_is_read_only_with_posix_errnos_and_attrs() {
+    let store = Store::new();
+    let app = mount(store.root(), &format!("{}/app:1", env().addr), &[]);
+    let edge = mount(store.root(), &format!("{}/edge:1", env().addr), &[]);
+    let p = |rel: &str| app.path(rel);
+
+    let erofs = [
+        ("open for write", errno_of("w", fs::OpenOptions::new().write(true).open(p("etc/hostname")))),
+        ("truncate", errno_of("t", fs::OpenOptions::new().write(true).truncate(true).open(p("etc/hostname")))),
+        ("create", errno_of("c", fs::File::create(p("etc/new-file")))),
+        ("mkdir", errno_of("m", fs::create_dir(p("new-dir")))),
+        ("unlink", errno_of("u", fs::remove_file(p("etc/hostname")))),
+        ("rmdir", errno_of("r", fs::remove_dir(p("srv/www")))),
+        ("rename", errno_of("mv", fs::rename(p("etc/hostname"), p("etc/hostname2")))),
+        ("symlink", errno_of("ln", std::os::unix::fs::symlink("x", p("etc/new-link")))),
+        ("chmod", errno_of("chmod", fs::set_permissions(p("etc/hostname"), fs::Permissions::from_mode(0o600)))),
+        ("setxattr", setxattr(&p("etc/hostname"), "user.x", b"y")),
+    ];
+    for (what, e) in erofs {
+        assert_eq!(e, libc::EROFS, "{what}: errno {e}, want EROFS");
+    }
+
+    assert_eq!(errno_of("missing", fs::metadata(p("no/such/path"))), libc::ENOENT);
+    assert_eq!(errno_of("missing", fs::read(p("etc/no-such-file"))), libc::ENOENT);
+    // Whited out in app:1's upper layers: gone, not merely hidden from readdir.
+    assert_eq!(errno_of("whiteout", fs::metadata(p("etc/debian_version"))), libc::ENOENT);
+    assert_eq!(errno_of("whiteout", fs::metadata(p("usr/share/doc"))), libc::ENOENT);
+    assert_eq!(errno_of("readdir of a file", fs::read_dir(p("etc/hostname"))), libc::ENOTDIR);
+
+    assert_eq!(fs::read_link(p("etc/issue.link")).unwrap(), Path::new("issue"));
+    assert_eq!(fs::read_link(p("bin")).unwrap(), Path::new("/usr/bin"));
+    assert_eq!(fs::symlink_metadata(p("bin")).unwrap().len(), "/usr/bin".len() as u64);
+    assert_eq!(errno_of("readlink of a file", fs::read_link(p("etc/hostname"))), libc::EINVAL);
+    assert_eq!(fs::read(p("etc/issue.link")).unwrap(), fs::read(p("etc/issue")).unwrap());
+
+    for m in [&app, &edge] {
+        for dir in all_dirs(&m.dir) {
+            let subdirs =
+                fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir()).count();
+            let nlink = fs::metadata(&dir).unwrap().nlink();
+            assert_eq!(nlink, 2 + subdirs as u64, "{}: st_nlink {nlink}, {subdirs} subdirectories", dir.display());
+            for e in fs::read_dir(&dir).unwrap() {
+                let md = fs::symlink_metadata(e.unwrap().path()).unwrap();
+                if md.is_file() {
+                    assert!(
+                        md.blocks() * 512 >= md.len(),
+                        "{}: st_blocks {} for {} bytes",
+                        dir.display(),
+                        md.blocks(),
+                        md.len()
+                    );
+                }
+            }
+        }
+    }
+    let big = fs::symlink_metadata(p("usr/bin/true")).unwrap();
+    assert!(big.len() > 4096 && big.blocks() > 0);
+
+    let c = CString::new(app.arg()).unwrap();
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0, "statvfs: {}", std::io::Error::last_os_error());
+    assert!(sv.f_flag & libc::ST_RDONLY != 0, "statvfs: not ST_RDONLY");
+    assert!(sv.f_bsize > 0 && sv.f_namemax > 0, "statvfs: bsize {} namemax {}", sv.f_bsize, sv.f_namemax);
+    let df = Command::new("df").arg(&app.dir).output().expect("df");
+    assert!(df.status.success(), "df: {}", show(&df));
+    let du = Command::new("du").arg("-s").arg(&app.dir).output().expect("du");
+    assert!(du.status.success(), "du: {}", show(&du));
+}
+
+/// setxattr(2)'s errno.
+fn setxattr(p: &Path, name: &str, value: &[u8]) -> i32 {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid strings and buffer.
+    let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(r, -1, "setxattr on the mount succeeded");
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+/// The mount table shows an imgfs mount as a FUSE mount, ro,nosuid,nodev, with
+/// `imgfs:IMAGE` in the source column.
+#[test]
+fn mount_table_shows_imgfs_source_ro_nosuid_nodev() {
+    let store = Store::new();
+    let image = format!("{}/base:1", env().addr);
+    let m = mount(store.root(), &image, &[]);
+    let info = mountinfo(&m.dir).expect("in mountinfo");
+    let opts: Vec<&str> = info.options.split(',').collect();
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(opts.contains(&o), "mount options {:?} lack {o}", info.options);
+    }
+    assert!(info.source.starts_with("imgfs:"), "source {:?} does not say imgfs", info.source);
+    assert!(info.source.contains(&image), "source {:?} does not name {image}", info.source);
+    // fuser's own mount(2) as root registers the type as plain "fuse"; through
+    // fusermount3 (non-root) it is "fuse.imgfs". The source column names imgfs either way.
+    assert!(info.fstype == "fuse" || info.fstype == "fuse.imgfs", "{info:?}");
+    let out = Command::new("mount").output().expect("mount");
+    let line = String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains(m.arg())).map(String::from);
+    let line = line.unwrap_or_else(|| panic!("`mount` does not show {}", m.arg()));
+    assert!(line.starts_with("imgfs:") && line.contains(" type fuse"), "`mount` shows: {line}");
+}
+
+// =======================================================================================
+// 8. An unprivileged user
+
+const TEST_USER: &str = "imgfs-test";
+
+/// A user mounts through fusermount3 into a store of its own; the kernel checks
+/// permissions (default_permissions: the 0600 root file is EACCES for the user), and
+/// without allow_other nobody else may enter the mount, root included.
+#[test]
+fn unprivileged_user_mounts_via_fusermount3() {
+    let _ = Command::new("useradd").args(["-m", TEST_USER]).output(); // fails if it exists: fine
+    let uid = user_id(TEST_USER);
+    ensure_dev_fuse_is_world_usable();
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    for d in [tmp.path(), &store, &mnt] {
+        fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+    }
+    let m = Mount::at(mnt.canonicalize().unwrap(), tmp);
+    let as_user = |args: &[&str]| -> Output {
+        Command::new("runuser").args(["-u", TEST_USER, "--"]).args(args).output().expect("runuser")
+    };
+    let bin = env!("CARGO_BIN_EXE_imgfs");
+    let root = store.to_str().unwrap();
+    let image = format!("{}/base:1", env().addr);
+
+    let out = as_user(&[bin, "--root", root, "mount", &image, m.arg()]);
+    assert!(out.status.success(), "mount as {TEST_USER}: {}", show(&out));
+    let info = mountinfo(&m.dir).expect("mounted");
+    assert!(info.options.contains("ro"), "{info:?}");
+    let pid = m.server();
+    let owner = fs::metadata(format!("/proc/{pid}")).unwrap().uid();
+    assert_eq!(owner, uid, "the server should run as {TEST_USER}");
+
+    let out = as_user(&["cat", m.path("etc/hostname").to_str().unwrap()]);
+    assert!(out.status.success(), "{TEST_USER} reads etc/hostname: {}", show(&out));
+    assert_eq!(out.stdout, reference_file("base:1", "etc/hostname"));
+    let out = as_user(&["cat", m.path("etc/secret").to_str().unwrap()]);
+    assert!(!out.status.success(), "{TEST_USER} read the 0600 root file: {}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", show(&out));
+
+    // Without allow_other the kernel lets only the mounting user in; root too is refused.
+    assert_eq!(errno_of("root stats the user's mount", fs::metadata(m.path("etc/hostname"))), libc::EACCES);
+    assert_eq!(errno_of("root lists the user's mount", fs::read_dir(&m.dir)), libc::EACCES);
+
+    let out = as_user(&[bin, "--root", root, "mount"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(m.arg()), "{}", show(&out));
+    let out = as_user(&[bin, "--root", root, "umount", m.arg()]);
+    assert!(out.status.success(), "umount as {TEST_USER}: {}", show(&out));
+    assert!(mountinfo(&m.dir).is_none(), "still mounted after the user's umount");
+    assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)), "server {pid} did not exit");
+}
+
+fn user_id(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().expect("id");
+    assert!(out.status.success(), "no user {name}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// On a normal host udev makes /dev/fuse 0666 (systemd's 50-udev-default.rules) and
+/// unprivileged FUSE needs that (libfuse and fuser open it before calling fusermount3).
+/// A container without udev may leave it 0600: set the host default.
+fn ensure_dev_fuse_is_world_usable() {
+    let md = fs::metadata("/dev/fuse").expect("/dev/fuse");
+    if md.permissions().mode() & 0o666 != 0o666 {
+        eprintln!(
+            "note: /dev/fuse was {:o}; setting 0666 as udev does on a normal host",
+            md.permissions().mode() & 0o777
+        );
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).expect("chmod /dev/fuse");
+    }
+}
+
+// =======================================================================================
+// 9. A registry outage: EIO, then recovery
+
+/// With the registry unreachable, reading a file whose layer is not fetched yet fails
+/// with EIO (after the client's retries) while what is already known still reads; the
+/// server logs why and stays up; once the registry is back, the same read succeeds.
+#[test]
+fn registry_outage_gives_eio_and_recovers() {
+    let proxy = Proxy::start();
+    let store = Store::new();
+    let m = mount(store.root(), &format!("{}/lazy:1", proxy.addr), &[]);
+    let pid = m.server();
+    // Something known before the outage: top/c.txt, from the top layer only.
+    let c = reference_file("lazy:1", "top/c.txt");
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), c);
+
+    proxy.set(false);
+    // bottom/ is in the bottom layer, which no lookup has needed so far.
+    let e = errno_of("read bottom/a.txt with the registry down", fs::read(m.path("bottom/a.txt")));
+    assert_eq!(e, libc::EIO, "errno {e}, want EIO");
+    assert!(!pid_gone(pid), "the server died");
+    assert!(mountinfo(&m.dir).is_some(), "the mount went away");
+    assert!(fs::metadata(&m.dir).unwrap().is_dir(), "stat of the mount root fails");
+    assert_eq!(fs::read(m.path("top/c.txt")).expect("top/c.txt during the outage"), c);
+
+    let log = newest_log(store.root());
+    let text = fs::read_to_string(&log).unwrap();
+    let eio = text.lines().find(|l| l.contains("EIO"));
+    let eio = eio.unwrap_or_else(|| panic!("no EIO line in {}:\n{text}", log.display()));
+    let reason = eio.split_once("EIO").unwrap().1.trim_start_matches([':', ' ']);
+    assert!(reason.len() > 10, "EIO logged without a reason: {eio}");
+
+    proxy.set(true);
+    let a = fs::read(m.path("bottom/a.txt")).expect("read bottom/a.txt once the registry is back");
+    assert_eq!(a, reference_file("lazy:1", "bottom/a.txt"));
+    let mut names: Vec<String> =
+        fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["bottom", "middle", "top"]);
+}
+
+fn newest_log(root: &Path) -> PathBuf {
+    let logs = fs::read_dir(root.join("logs")).expect("logs dir");
+    logs.map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("no server log")
+}
+
+// =======================================================================================
+// 10. Bad input
+
+/// A missing mountpoint, a file as mountpoint, an unknown tag or repository: exit
+/// non-zero with one line naming the culprit, and nothing left mounted or listed.
+#[test]
+fn mount_rejects_bad_mountpoints_and_unknown_images() {
+    let store = Store::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let file = tmp.path().join("file");
+    fs::write(&file, "not a dir").unwrap();
+    let image = format!("{}/lazy:1", env().addr);
+
+    let err = imgfs_fails(store.root(), &["mount", &image, missing.to_str().unwrap()]);
+    assert!(err.contains("missing"), "{err}");
+    let err = imgfs_fails(store.root(), &["mount", &image, file.to_str().unwrap()]);
+    assert!(err.contains("file") && err.contains("not a directory"), "{err}");
+
+    let m = Mount::empty();
+    let err = imgfs_fails(store.root(), &["mount", &format!("{}/lazy:nosuchtag", env().addr), m.arg()]);
+    assert!(err.contains("nosuchtag"), "{err}");
+    let err = imgfs_fails(store.root(), &["mount", &format!("{}/nosuchrepo:1", env().addr), m.arg()]);
+    assert!(err.contains("nosuchrepo"), "{err}");
+    let err = imgfs_fails(store.root(), &["mount", "127.0.0.1:1/lazy:1", m.arg()]);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+
+    assert!(mountinfo(&m.dir).is_none(), "a failed mount left {} mounted", m.arg());
+    assert!(server_pids(&m.dir).is_empty());
+    let listing = mount_listing(store.root());
+    assert!(!listing.contains(m.arg()), "a failed mount is listed:\n{listing}");
+    assert!(fs::read_dir(store.root().join("mounts")).map_or(true, |mut d| d.next().is_none()), "mount records left");
+}
+
+/// Mounting over a live imgfs mount is refused, names the directory, and leaves the
+/// first mount serving.
+#[test]
+fn mount_refuses_an_existing_mount() {
+    let store = Store::new();
+    let image = format!("{}/lazy:1", env().addr);
+    let m = mount(store.root(), &image, &[]);
+    let pid = m.server();
+    let err = imgfs_fails(store.root(), &["mount", &image, m.arg()]);
+    assert!(err.contains(m.arg()), "{err}");
+    assert_eq!(server_pids(&m.dir), [pid], "a second server was started");
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+    // Only one mount stacked on the directory.
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(info.lines().filter(|l| l.split(' ').nth(4) == Some(m.arg())).count(), 1);
+}
