@@ -89,12 +89,16 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
                 .with_context(|| format!("{r}: layer {}", l.digest))?;
         }
     }
-    let existed = store.db()?.images.contains_key(&resolved.record.id)
-        && r.tag.as_ref().is_some_and(|t| store.db().map(|db| db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id)).unwrap_or(false));
+    // Up to date: the name already pointed at this very image before this pull.
+    let db = store.db()?;
+    let up_to_date = match &r.tag {
+        Some(t) => db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id),
+        None => db.images.get(&resolved.record.id).is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
+    };
     fetch::register(store, &resolved, r)?;
     say(format!("Digest: {}", resolved.top_digest));
     let shown = familiar(r);
-    if existed {
+    if up_to_date {
         say(format!("Status: Image is up to date for {shown}"));
     } else {
         say(format!("Status: Downloaded newer image for {shown}"));
