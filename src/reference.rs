@@ -84,6 +84,21 @@ impl Reference {
         familiar_name(&self.name())
     }
 
+    /// The whole reference as docker prints it: `alpine:3`, `user/app@sha256:…`,
+    /// `127.0.0.1:5000/app:1`.
+    pub fn familiar(&self) -> String {
+        let mut s = self.familiar_name();
+        if let Some(t) = &self.tag {
+            s.push(':');
+            s.push_str(t);
+        }
+        if let Some(d) = &self.digest {
+            s.push('@');
+            s.push_str(d.as_str());
+        }
+        s
+    }
+
     /// The same repository with another tag and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
         Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
@@ -105,6 +120,12 @@ pub fn familiar_name(full: &str) -> String {
         Some(rest) => rest.strip_prefix("library/").filter(|r| !r.contains('/')).unwrap_or(rest).to_string(),
         None => full.to_string(),
     }
+}
+
+/// A stored reference key (`registry/repo:tag` or `registry/repo@sha256:…`, always
+/// normalised) in docker's short form; a key that does not parse is shown as it is.
+pub fn familiar_ref(stored: &str) -> String {
+    Reference::parse(stored).map(|r| r.familiar()).unwrap_or_else(|_| stored.to_string())
 }
 
 impl fmt::Display for Reference {
@@ -196,6 +217,16 @@ mod tests {
         let r = p(&format!("x:1@{d}"));
         assert_eq!(r.tag.as_deref(), Some("1"));
         assert_eq!(r.manifest_reference(), d);
+    }
+
+    #[test]
+    fn familiar_references() {
+        assert_eq!(familiar_ref("docker.io/library/alpine:3"), "alpine:3");
+        assert_eq!(familiar_ref("docker.io/user/app:latest"), "user/app:latest");
+        assert_eq!(familiar_ref("127.0.0.1:5000/app:1"), "127.0.0.1:5000/app:1");
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(familiar_ref(&format!("docker.io/library/alpine@{d}")), format!("alpine@{d}"));
+        assert_eq!(familiar_ref(&format!("localhost:5000/a/b@{d}")), format!("localhost:5000/a/b@{d}"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::Context;
 use crate::digest::Digest;
 use crate::image::ImageConfig;
-use crate::reference::familiar_name;
+use crate::reference::familiar_ref;
 use crate::store::db::{Db, ImageRecord};
 use crate::store::Store;
 use crate::template::Template;
@@ -162,33 +162,4 @@ fn inspect(store: &Store, db: &Db, img: &ImageRecord) -> Result<Inspected> {
             })
             .collect(),
     })
-}
-
-/// A stored reference (`registry/repo:tag` or `registry/repo@sha256:…`) as docker
-/// prints it: `alpine:3`, `user/app@sha256:…`, `127.0.0.1:5000/app:1`.
-pub(crate) fn familiar_ref(stored: &str) -> String {
-    if let Some((name, digest)) = stored.split_once('@') {
-        return format!("{}@{digest}", familiar_name(name));
-    }
-    // The tag follows the last ':' after the last '/'; a ':' before it is a port.
-    let slash = stored.rfind('/').map_or(0, |i| i + 1);
-    match stored[slash..].rfind(':') {
-        Some(i) => format!("{}{}", familiar_name(&stored[..slash + i]), &stored[slash + i..]),
-        None => familiar_name(stored),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn familiar_references() {
-        assert_eq!(familiar_ref("docker.io/library/alpine:3"), "alpine:3");
-        assert_eq!(familiar_ref("docker.io/user/app:latest"), "user/app:latest");
-        assert_eq!(familiar_ref("127.0.0.1:5000/app:1"), "127.0.0.1:5000/app:1");
-        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(familiar_ref(&format!("docker.io/library/alpine@{d}")), format!("alpine@{d}"));
-        assert_eq!(familiar_ref(&format!("localhost:5000/a/b@{d}")), format!("localhost:5000/a/b@{d}"));
-    }
 }

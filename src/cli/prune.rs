@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                 continue;
             }
             if let Some(m) = mounted.get(id) {
-                let names = db.tags_of(id).iter().map(|t| super::inspect::familiar_ref(t)).collect::<Vec<_>>();
+                let names = db.tags_of(id).iter().map(|t| crate::reference::familiar_ref(t)).collect::<Vec<_>>();
                 skipped.push((id.clone(), names, m.clone()));
                 continue;
             }

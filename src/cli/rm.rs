@@ -9,7 +9,7 @@
 //! removes its record first and then sweeps unreferenced blobs, so a blob another image
 //! shares stays.
 
-use super::inspect::familiar_ref;
+use crate::reference::familiar_ref;
 use super::Context;
 use crate::digest::Digest;
 use crate::store::db::{Db, ImageRecord, LocalName};
