@@ -54,15 +54,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     };
     let config_desc = manifest.config.clone();
     if !store.has_blob(&config_desc.digest) {
-        let mut buf = Vec::new();
-        let (tmp, mut file) = store.temp_file()?;
-        let got = client.download_blob(&r.registry, &r.repository, &config_desc.digest, Some(config_desc.size), &mut file);
-        let _ = std::fs::remove_file(&tmp);
-        got.with_context(|| format!("cannot get config of {r}"))?;
-        use std::io::{Read, Seek};
-        file.rewind()?;
-        file.read_to_end(&mut buf)?;
-        store.put_blob_bytes(&config_desc.digest, &buf)?;
+        download(client, store, &r.name(), &config_desc).with_context(|| format!("cannot get config of {r}"))?;
     }
     let config: ImageConfig = serde_json::from_slice(&store.read_blob(&config_desc.digest)?)
         .with_context(|| format!("{r}: image config {} is not valid", config_desc.digest))?;
@@ -120,24 +112,24 @@ pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Opt
     })
 }
 
-/// Is the layer's blob already in the store?
-pub fn layer_present(store: &Store, layer: &Descriptor) -> bool {
-    store.has_blob(&layer.digest)
-}
-
 /// Download a layer blob into the store (verified against its digest and size).
 pub fn fetch_layer_blob(client: &Client, store: &Store, source: &str, layer: &Descriptor) -> Result<()> {
-    let (registry, repository) = source.split_once('/').context("image source has no repository")?;
     let _guard = store.writer_guard()?;
     if store.has_blob(&layer.digest) {
         return Ok(());
     }
-    store
-        .put_blob_with(&layer.digest, Some(layer.size), |file| {
-            client.download_blob(registry, repository, &layer.digest, Some(layer.size), file)?;
-            Ok(())
-        })
-        .with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))
+    download(client, store, source, layer).with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))
+}
+
+/// Stream a blob of `source` (`registry/repository`) into the store.
+fn download(client: &Client, store: &Store, source: &str, blob: &Descriptor) -> Result<()> {
+    let (registry, repository) = source.split_once('/').context("image source has no repository")?;
+    store.put_blob_with(&blob.digest, |file| {
+        // download_blob hashes the stream as it writes and answers Ok only when the
+        // bytes are exactly `blob.size` long and hash to `blob.digest`.
+        client.download_blob(registry, repository, &blob.digest, Some(blob.size), file)?;
+        Ok(blob.digest.clone())
+    })
 }
 
 /// Make sure a layer in the store has its index (and, if compressed, an

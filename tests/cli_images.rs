@@ -231,7 +231,6 @@ impl Env {
             mountpoint: PathBuf::from(at),
             image: image.id.clone(),
             reference: "test".into(),
-            log: self.dir.path().join("logs/test.log"),
         };
         self.store.add_mount_record(&rec).unwrap();
         pid

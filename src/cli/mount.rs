@@ -153,7 +153,6 @@ fn serve(
     config: ImageConfig,
     allow_other: bool,
 ) -> Result<()> {
-    let store = crate::store::Store::open(ctx.store.root())?;
     let options = ctx.client_options().clone();
     let client: Box<dyn Fn() -> Result<Arc<crate::registry::Client>> + Send + Sync> = {
         let cell = std::sync::OnceLock::new();
@@ -165,7 +164,7 @@ fn serve(
             Ok(Arc::clone(cell.get_or_init(|| c)))
         })
     };
-    let layers = StoreLayers::new(store, client, &record, &config);
+    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config);
     let fs = Fs::new(Tree::new(Arc::new(layers)), record.size());
     let pid = std::process::id();
     let rec = MountRecord {
@@ -174,7 +173,6 @@ fn serve(
         mountpoint: dir.to_path_buf(),
         image: record.id.clone(),
         reference: reference.to_string(),
-        log: PathBuf::new(),
     };
     // Written under the records lock, where rm and prune check for mounts, after
     // making sure the image is still there: a mount racing an rm can't lose its image.

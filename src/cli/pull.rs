@@ -53,10 +53,10 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
             println!("{s}");
         }
     };
-    say(format!("{}: Pulling from {}", r.tag.as_deref().unwrap_or(&r.manifest_reference()), crate::reference::familiar_name(&r.name())));
+    say(format!("{}: Pulling from {}", r.tag.as_deref().unwrap_or(&r.manifest_reference()), r.familiar_name()));
     let resolved = fetch::resolve(&client, store, r, platform)?;
     let layers = &resolved.record.layers;
-    let missing: Vec<usize> = (0..layers.len()).filter(|&i| !fetch::layer_present(store, &layers[i])).collect();
+    let missing: Vec<usize> = (0..layers.len()).filter(|&i| !store.has_blob(&layers[i].digest)).collect();
     for (i, l) in layers.iter().enumerate() {
         if !missing.contains(&i) {
             say(format!("{}: Already exists", l.digest.short()));
@@ -97,7 +97,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     };
     fetch::register(store, &resolved, r)?;
     say(format!("Digest: {}", resolved.top_digest));
-    let shown = familiar(r);
+    let shown = r.familiar();
     if up_to_date {
         say(format!("Status: Image is up to date for {shown}"));
     } else {
@@ -105,18 +105,4 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     }
     println!("{shown}");
     Ok(())
-}
-
-/// `127.0.0.1:5000/app:1`, `alpine:latest`, `x@sha256:…` as docker prints them.
-fn familiar(r: &Reference) -> String {
-    let mut s = r.familiar_name();
-    if let Some(t) = &r.tag {
-        s.push(':');
-        s.push_str(t);
-    }
-    if let Some(d) = &r.digest {
-        s.push('@');
-        s.push_str(d.as_str());
-    }
-    s
 }

@@ -33,6 +33,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Listing clears the record of a server that died instead of exiting cleanly.
         ctx.store.mounts()?;
     }
     Ok(())

@@ -94,12 +94,17 @@ impl Store {
     }
 
     /// Read, change and write back the records under the exclusive lock. `change`
-    /// returning an error leaves the records as they were.
+    /// returning an error, or changing nothing (a caller that only needs the lock, as
+    /// a mount recording itself), leaves the file as it was.
     pub fn update_db<T>(&self, change: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
         let _lock = FileLock::exclusive(&self.db_lock_path())?;
         let mut db = self.read_db()?;
+        let before = serde_json::to_vec_pretty(&db)?;
         let out = change(&mut db)?;
         let bytes = serde_json::to_vec_pretty(&db)?;
+        if bytes == before {
+            return Ok(out);
+        }
         let dest = self.db_path();
         self.write_derived(&dest, |f| {
             use std::io::Write;

@@ -18,13 +18,14 @@ pub mod gc;
 pub mod lock;
 pub mod mounts;
 
-use crate::digest::{digest_reader, Digest};
+use crate::digest::Digest;
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
 }
@@ -95,29 +96,19 @@ impl Store {
         self.commit_temp(tmp, written.map_err(Into::into), expected)
     }
 
-    /// Fill a temp file with `fill`, verify it against `expected` (and `size`), then
-    /// rename it into place. On any failure the temp file is removed, so a failed
-    /// download never leaves anything a later run would trust. Two processes racing
-    /// for the same blob both succeed: rename is atomic and both files are identical.
-    pub fn put_blob_with(
-        &self,
-        expected: &Digest,
-        size: Option<u64>,
-        fill: impl FnOnce(&mut File) -> Result<()>,
-    ) -> Result<()> {
+    /// Fill a temp file with `fill`, which returns the digest of what it wrote as it
+    /// hashed the bytes on their way in (the registry client does, while streaming), so
+    /// a blob is hashed once, not written and then read back. Only if that digest is
+    /// `expected` is the file renamed into place; on any failure it is removed, so a
+    /// failed download never leaves anything a later run would trust. Two processes
+    /// racing for the same blob both succeed: rename is atomic and the files identical.
+    pub fn put_blob_with(&self, expected: &Digest, fill: impl FnOnce(&mut File) -> Result<Digest>) -> Result<()> {
         let (tmp, mut file) = self.temp_file()?;
-        let result = fill(&mut file).and_then(|_| {
-            file.sync_all()?;
-            let (actual, n) = digest_reader(File::open(&tmp)?)?;
-            if let Some(s) = size {
-                if s != n {
-                    bail!("size mismatch for blob {expected}: expected {s} bytes, got {n}");
-                }
-            }
+        let result = fill(&mut file).and_then(|actual| {
             if &actual != expected {
                 bail!("digest mismatch: expected {expected}, got {actual}");
             }
-            Ok(())
+            Ok(file.sync_all()?)
         });
         self.commit_temp(tmp, result, expected)
     }

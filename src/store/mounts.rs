@@ -21,7 +21,6 @@ pub struct MountRecord {
     pub image: Digest,
     /// What the user asked to mount, for display.
     pub reference: String,
-    pub log: PathBuf,
 }
 
 impl Store {
@@ -89,7 +88,7 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
 
 /// Is `dir` currently a mountpoint of an imgfs FUSE filesystem (per mountinfo)?
 pub fn is_fuse_mountpoint(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize().or_else(|_| Ok::<_, ()>(dir.to_path_buf())) else { return false };
+    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
     info.lines().any(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
