@@ -117,7 +117,8 @@ impl Fs {
         out.push(DirEntry { name: b".".to_vec(), ino, kind: Kind::Dir });
         out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });
         for (name, child) in children {
-            let kind = self.getattr(child)?.kind;
+            // Only the type: a full getattr of a child directory could list it too.
+            let kind = self.tree.kind(child).ok_or(FsError::NotFound)?;
             out.push(DirEntry { name: name_to_bytes(&name), ino: child, kind });
         }
         Ok(out)

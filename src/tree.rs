@@ -71,8 +71,9 @@ struct DirState {
 
 enum NodeKind {
     Dir(DirState),
-    /// A non-directory: its data lives in entry `entry` of layer `layer`.
-    Leaf { layer: usize, entry: u32 },
+    /// A non-directory: its data lives in entry `entry` of layer `layer`. `linked`:
+    /// a hard link may give it other names, so its link count needs counting.
+    Leaf { layer: usize, entry: u32, linked: bool },
 }
 
 struct Node {
@@ -189,7 +190,7 @@ impl Tree {
         let (layer, entry) = {
             let st = self.lock();
             match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
-                Some(NodeKind::Leaf { layer, entry }) => {
+                Some(NodeKind::Leaf { layer, entry, .. }) => {
                     let idx = st.layers[*layer].clone().expect("a leaf's layer is loaded");
                     (*layer, idx.entry(*entry).clone())
                 }
@@ -198,6 +199,15 @@ impl Tree {
         };
         let data = self.source.data(layer).map_err(|e| LayerError(format!("layer {layer}: {e:#}")))?;
         Ok(Some((data, entry)))
+    }
+
+    /// What a node is, without computing its attributes (readdir needs no more).
+    pub fn kind(&self, ino: Ino) -> Option<Kind> {
+        let st = self.lock();
+        match &st.nodes.get((ino.wrapping_sub(1)) as usize)?.kind {
+            NodeKind::Dir(_) => Some(Kind::Dir),
+            NodeKind::Leaf { layer, entry, .. } => st.layers[*layer].as_ref().map(|idx| idx.entry(*entry).kind),
+        }
     }
 
     /// Number of nodes created so far.
@@ -334,7 +344,10 @@ impl Tree {
         if let Some(&ino) = st.leaves.get(&(dl, di)) {
             return Ok(ino);
         }
-        st.nodes.push(Node { kind: NodeKind::Leaf { layer: dl, entry: di } });
+        // Decided once, here, where every layer above the data has just been read,
+        // rather than on each getattr.
+        let linked = self.may_be_linked(st, dl, di)?;
+        st.nodes.push(Node { kind: NodeKind::Leaf { layer: dl, entry: di, linked } });
         let ino = st.nodes.len() as Ino;
         st.leaves.insert((dl, di), ino);
         Ok(ino)
@@ -427,11 +440,11 @@ impl Tree {
                     settled: listing.is_some() && explicit_known,
                 })
             }
-            NodeKind::Leaf { layer, entry } => {
-                let (layer, entry) = (*layer, *entry);
+            NodeKind::Leaf { layer, entry, linked } => {
+                let (layer, entry, linked) = (*layer, *entry, *linked);
                 let idx = self.layer(st, layer)?;
-                let e = idx.entry(entry).clone();
-                let nlink = if self.may_be_linked(st, layer, entry, &e)? { self.nlink(st, ino)? } else { 1 };
+                let e = idx.entry(entry);
+                let nlink = if linked { self.nlink(st, ino)? } else { 1 };
                 Ok(NodeInfo {
                     ino,
                     kind: e.kind,
@@ -456,13 +469,14 @@ impl Tree {
     /// Could some other visible name share this leaf? Only hard links make that so:
     /// one in the leaf's own layer, or one above it that points at its path. Every
     /// layer above the leaf has been read by the lookup that found it.
-    fn may_be_linked(&self, st: &mut State, layer: usize, entry: u32, e: &Entry) -> TResult<bool> {
+    fn may_be_linked(&self, st: &mut State, layer: usize, entry: u32) -> TResult<bool> {
         let idx = self.layer(st, layer)?;
         if idx.is_linked(entry) {
             return Ok(true);
         }
+        let path = &idx.entry(entry).path;
         for k in layer + 1..self.source.layer_count() {
-            if self.layer(st, k)?.links_to_lower(&e.path) {
+            if self.layer(st, k)?.links_to_lower(path) {
                 return Ok(true);
             }
         }
