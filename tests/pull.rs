@@ -183,6 +183,7 @@ fn platform_choice_from_oci_and_docker_indexes() {
         assert_eq!(config(&amd)["architecture"], "amd64");
         // The arm64 image lost its tag to the amd64 one: it is dangling now.
         assert!(db(r)["images"][&arm].is_object());
+        assert!(db(r)["tags"].as_object().unwrap().values().all(|v| v != arm.as_str()));
 
         let err = fails(&imgfs(r, &["pull", "--platform", "linux/s390x", &format!("{}/{repo}:1", e.addr)]));
         assert!(err.contains("linux/s390x") && err.contains("linux/amd64") && err.contains("linux/arm64/v8"), "{err}");

@@ -14,6 +14,8 @@ use std::sync::Arc;
 /// One tar entry to put in a test layer.
 enum E<'a> {
     Dir(&'a str),
+    /// A directory with these permission bits.
+    DirMode(&'a str, u32),
     File(&'a str, &'a str),
     Link(&'a str, &'a str),
     Hard(&'a str, &'a str),
@@ -29,9 +31,9 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
         h.set_uid(0);
         h.set_gid(0);
         match e {
-            E::Dir(p) => {
+            E::Dir(p) | E::DirMode(p, _) => {
                 h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
+                h.set_mode(if let E::DirMode(_, m) = e { *m } else { 0o755 });
                 h.set_size(0);
                 b.append_data(&mut h, p, &[][..]).unwrap();
             }
@@ -179,15 +181,14 @@ fn a_file_replaces_a_lower_directory_and_a_directory_a_lower_file() {
 
 #[test]
 fn directory_over_directory_merges_children_and_takes_upper_attributes() {
-    let mut lower_dir = tar::Header::new_gnu();
-    lower_dir.set_mode(0o700);
     let (fs, _) = fs_of(&[
-        vec![E::Dir("m"), E::File("m/low", "l")],
-        vec![E::Dir("m"), E::File("m/high", "h")],
+        vec![E::DirMode("m", 0o700), E::File("m/low", "l")],
+        vec![E::DirMode("m", 0o751), E::File("m/high", "h")],
     ]);
     assert_eq!(names(&fs, "m"), vec!["high", "low"]);
     let info = fs.getattr(walk(&fs, "m").unwrap()).unwrap();
     assert_eq!(info.kind, Kind::Dir);
+    assert_eq!(info.mode, 0o751, "the upper entry's attributes win");
     assert_eq!(info.nlink, 2);
 }
 
