@@ -530,6 +530,10 @@ fn compare_all(options: &[&str], per_unpack: impl Fn(&Path) -> Vec<String>) -> V
     let mut failures = Vec::new();
     for (name, platform, unpack) in cases {
         let m = mount(store.root(), &format!("{}/{name}", env().addr), &platform);
+        // The finished tree is what must be exact: a directory whose topmost entry is in
+        // a layer not fetched yet is served with provisional attributes until then, so
+        // fetch everything first (every file read, every directory listed).
+        read_all(&m.dir);
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.extend(per_unpack(&unpack));
         let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();

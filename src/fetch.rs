@@ -13,7 +13,7 @@ use crate::store::Store;
 use crate::tree::LayerSource;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A manifest resolved to one image, with its config, not yet registered.
 pub struct Resolved {
@@ -64,11 +64,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         }
     }
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        bail!(
-            "{r}: config lists {} diff_ids for {} layers",
-            config.rootfs.diff_ids.len(),
-            manifest.layers.len()
-        );
+        bail!("{r}: config lists {} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len());
     }
     for l in &manifest.layers {
         Compression::of_media_type(&l.media_type).map_err(|e| anyhow::anyhow!("{r}: layer {}: {e}", l.digest))?;
@@ -165,14 +161,17 @@ pub fn ensure_layer_index(store: &Store, layer: &Descriptor, diff_id: &Digest) -
 }
 
 /// The layers of one image, fetched from its registry and indexed on first use:
-/// what a mount's tree reads from.
+/// what a mount's tree reads from. Each layer is loaded once: callers that need a
+/// layer being loaded wait for that layer alone, and `is_local` never waits.
 pub struct StoreLayers {
     store: Store,
     client: Box<dyn Fn() -> Result<Arc<Client>> + Send + Sync>,
     source: String,
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
-    loaded: Vec<Mutex<Option<(Arc<LayerIndex>, Arc<LayerData>)>>>,
+    loaded: Vec<OnceLock<(Arc<LayerIndex>, Arc<LayerData>)>>,
+    /// Held while a layer loads, so that it is fetched and indexed once.
+    loading: Vec<Mutex<()>>,
 }
 
 impl StoreLayers {
@@ -188,14 +187,17 @@ impl StoreLayers {
             source: record.source.clone(),
             layers: record.layers.clone(),
             diff_ids: config.rootfs.diff_ids.clone(),
-            loaded: record.layers.iter().map(|_| Mutex::new(None)).collect(),
+            loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
+            loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
         }
     }
 
     fn load(&self, i: usize) -> Result<(Arc<LayerIndex>, Arc<LayerData>)> {
-        // One loader per layer at a time; others asking for the same layer wait here.
-        let mut slot = self.loaded[i].lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = slot.as_ref() {
+        if let Some(l) = self.loaded[i].get() {
+            return Ok(l.clone());
+        }
+        let _one_loader = self.loading[i].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = self.loaded[i].get() {
             return Ok(l.clone());
         }
         let layer = &self.layers[i];
@@ -208,8 +210,7 @@ impl StoreLayers {
             ensure_layer_index(&self.store, layer, &self.diff_ids[i])?
         };
         let loaded = (Arc::new(idx), Arc::new(LayerData::open(&data_path)?));
-        *slot = Some(loaded.clone());
-        Ok(loaded)
+        Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }
 
@@ -224,6 +225,6 @@ impl LayerSource for StoreLayers {
         Ok(self.load(i)?.1)
     }
     fn is_local(&self, i: usize) -> bool {
-        self.loaded[i].lock().map(|s| s.is_some()).unwrap_or(false) || self.store.index_path(&self.layers[i].digest).is_file()
+        self.loaded[i].get().is_some() || self.store.index_path(&self.layers[i].digest).is_file()
     }
 }

@@ -7,8 +7,11 @@
 
 use crate::layer::{name_from_bytes, name_to_bytes, Kind};
 use crate::tree::{Ino, LayerError, NodeInfo, Tree, ROOT};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum FsError {
@@ -19,6 +22,7 @@ pub enum FsError {
     ReadOnly,
     NoAttr,
     Range,
+    BadHandle,
     Io,
 }
 
@@ -32,6 +36,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
+            FsError::BadHandle => libc::EBADF,
             FsError::Io => libc::EIO,
         }
     }
@@ -51,6 +56,10 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
+/// The entries of a directory as they were when it was opened, `.` and `..` first:
+/// readdir calls stream from it by offset, so a listing is built once per open.
+pub type DirSnapshot = Arc<Vec<DirEntry>>;
+
 /// Totals for statfs.
 pub struct FsStats {
     pub bytes: u64,
@@ -61,11 +70,14 @@ pub struct Fs {
     tree: Tree,
     /// Sum of the image's layer sizes: what statfs reports as used.
     image_bytes: u64,
+    /// Open directories, by handle.
+    open_dirs: Mutex<HashMap<u64, DirSnapshot>>,
+    next_handle: AtomicU64,
 }
 
 impl Fs {
     pub fn new(tree: Tree, image_bytes: u64) -> Fs {
-        Fs { tree, image_bytes }
+        Fs { tree, image_bytes, open_dirs: Mutex::default(), next_handle: AtomicU64::new(1) }
     }
 
     /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
@@ -116,21 +128,35 @@ impl Fs {
         let mut out = Vec::with_capacity(children.len() + 2);
         out.push(DirEntry { name: b".".to_vec(), ino, kind: Kind::Dir });
         out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });
-        for (name, child) in children {
-            // Only the type: a full getattr of a child directory could list it too.
-            let kind = self.tree.kind(child).ok_or(FsError::NotFound)?;
+        for (name, child, kind) in children {
             out.push(DirEntry { name: name_to_bytes(&name), ino: child, kind });
         }
         Ok(out)
     }
 
+    /// Open a directory for reading: snapshot its entries under a new handle.
+    pub fn opendir(&self, ino: Ino, flags: i32) -> FsResult<u64> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(FsError::ReadOnly);
+        }
+        let entries = Arc::new(self.readdir(ino)?);
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// The snapshot taken when handle `fh` was opened.
+    pub fn dir_handle(&self, fh: u64) -> FsResult<DirSnapshot> {
+        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+    }
+
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
         let info = self.getattr(ino)?;
-        info.xattrs
-            .into_iter()
-            .find(|(k, _)| k.as_bytes() == name.as_bytes())
-            .map(|(_, v)| v)
-            .ok_or(FsError::NoAttr)
+        info.xattrs.into_iter().find(|(k, _)| k.as_bytes() == name.as_bytes()).map(|(_, v)| v).ok_or(FsError::NoAttr)
     }
 
     /// Attribute names, each followed by a NUL, as listxattr(2) returns them.

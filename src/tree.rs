@@ -15,26 +15,58 @@
 //! - a non-directory entry cuts everything below L at P;
 //! - `.wh.P` in L hides P in layers below L (L's own entry for P, if any, stays);
 //! - an opaque marker in P in L hides P's children in layers below L.
+//!
+//! Two things would otherwise pull in lower layers on real images, whose upper
+//! layers name the paths they change but not the directories above them (no `./`):
+//! - A directory's mode, owner and mtime come from its topmost explicit entry, which
+//!   for `/`, `/usr` or `/etc` is usually in the base layer. Until the layer holding
+//!   it is local, the directory is served with provisional attributes (0755, root,
+//!   mtime 0: what tar extractors give a directory with no entry), marked unsettled so
+//!   the kernel does not cache them; once the layer is local the exact ones are
+//!   served. `DirAttrs::Exact` fetches instead (for mounts other users can see, where
+//!   a provisional 0755 could let them into a directory that is really 0700).
+//! - A hard-link group's `st_nlink`: its names can only be in the layer holding its
+//!   data and above, which the lookup that found it has read already.
+//!
+//! Locking: one mutex guards the node table, and nothing slow happens under it. An
+//! operation runs under the lock until it needs a layer whose index is not loaded;
+//! then it drops the lock, waits for that layer alone (the `LayerSource` loads each
+//! layer once), and runs again from the start. The parts of the state it updated
+//! before stopping are complete facts, so a rerun only goes faster. Operations that
+//! don't need that layer never wait for it.
 
 use crate::layer::{join, Entry, Kind, LayerData, LayerIndex, Presence};
 use anyhow::Result;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where layers come from: the store (fetching from the registry on first use), or
 /// tarballs in memory in tests.
 pub trait LayerSource: Send + Sync {
     fn layer_count(&self) -> usize;
-    /// The index of layer `i` (0 = bottom), fetching and indexing it if needed.
+    /// The index of layer `i` (0 = bottom), fetching and indexing it if needed. May
+    /// take as long as a download; the tree never calls it under its lock.
     fn index(&self, i: usize) -> Result<Arc<LayerIndex>>;
     /// Random access to layer `i`'s uncompressed tar. Only called after `index(i)`.
     fn data(&self, i: usize) -> Result<Arc<LayerData>>;
-    /// Is layer `i` available without a fetch?
+    /// Is layer `i` available without a fetch? Answers at once, never waiting for a
+    /// fetch in progress.
     fn is_local(&self, i: usize) -> bool;
 }
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
+
+/// How a directory's mode, owner and mtime are served while the layer that holds its
+/// topmost entry is not local yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirAttrs {
+    /// Provisional attributes (0755, root, mtime 0, not cached) until that layer is
+    /// local; nothing is fetched to answer a stat.
+    Provisional,
+    /// Fetch that layer to answer.
+    Exact,
+}
 
 /// What a node is, with the attributes the filesystem serves.
 #[derive(Clone, Debug)]
@@ -51,7 +83,8 @@ pub struct NodeInfo {
     pub link: Option<String>,
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// False while the attributes may still change as more layers are read (a
-    /// directory's link count before all its layers are known): serve with no cache.
+    /// directory's link count before all its layers are known, or its provisional
+    /// mode and owner): serve with no cache.
     pub settled: bool,
 }
 
@@ -65,15 +98,20 @@ struct DirState {
     /// Topmost explicit entry (layer, entry index): the directory's attributes.
     attrs_from: Option<(usize, u32)>,
     lookups: HashMap<String, Option<Ino>>,
-    /// Set by readdir: every visible child, by name.
-    listing: Option<BTreeMap<String, Ino>>,
+    /// Set by the first listing: every visible child, by name.
+    listing: Option<Arc<BTreeMap<String, Ino>>>,
 }
 
 enum NodeKind {
     Dir(DirState),
-    /// A non-directory: its data lives in entry `entry` of layer `layer`. `linked`:
-    /// a hard link may give it other names, so its link count needs counting.
-    Leaf { layer: usize, entry: u32, linked: bool },
+    /// A non-directory: its data lives in entry `entry` of layer `layer`. `nlink` is
+    /// known at once for a leaf no hard link can name again, and counted on the first
+    /// getattr otherwise.
+    Leaf {
+        layer: usize,
+        entry: u32,
+        nlink: Option<u32>,
+    },
 }
 
 struct Node {
@@ -84,14 +122,13 @@ struct State {
     nodes: Vec<Node>,
     dirs: HashMap<String, Ino>,
     leaves: HashMap<(usize, u32), Ino>,
-    /// Link counts of hard-linked leaves, known once the whole tree has been walked.
-    nlinks: Option<HashMap<Ino, u32>>,
-    /// Layer indexes already loaded, so lookups don't go back to the source.
+    /// Layer indexes loaded so far; `None` until an operation needs the layer.
     layers: Vec<Option<Arc<LayerIndex>>>,
 }
 
 pub struct Tree {
     source: Arc<dyn LayerSource>,
+    dir_attrs: DirAttrs,
     state: Mutex<State>,
 }
 
@@ -107,8 +144,17 @@ impl std::fmt::Display for LayerError {
 
 type TResult<T> = std::result::Result<T, LayerError>;
 
+/// Why a step under the lock stopped short.
+enum Stop {
+    /// Layer k's index is not loaded: load it with the lock released, then rerun.
+    Need(usize),
+    Fail(LayerError),
+}
+
+type Step<T> = std::result::Result<T, Stop>;
+
 impl Tree {
-    pub fn new(source: Arc<dyn LayerSource>) -> Tree {
+    pub fn new(source: Arc<dyn LayerSource>, dir_attrs: DirAttrs) -> Tree {
         let n = source.layer_count();
         let root = Node {
             kind: NodeKind::Dir(DirState {
@@ -125,7 +171,8 @@ impl Tree {
         dirs.insert(String::new(), ROOT);
         Tree {
             source,
-            state: Mutex::new(State { nodes: vec![root], dirs, leaves: HashMap::new(), nlinks: None, layers: vec![None; n] }),
+            dir_attrs,
+            state: Mutex::new(State { nodes: vec![root], dirs, leaves: HashMap::new(), layers: vec![None; n] }),
         }
     }
 
@@ -133,53 +180,62 @@ impl Tree {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Find `name` in directory `parent`. `Ok(None)`: no such entry.
-    pub fn lookup(&self, parent: Ino, name: &str) -> TResult<Option<Ino>> {
-        let mut st = self.lock();
-        self.lookup_locked(&mut st, parent, name)
+    /// Run `op` under the lock; whenever it needs a layer that is not loaded, load that
+    /// layer with the lock released and run `op` again.
+    fn run<T>(&self, mut op: impl FnMut(&Self, &mut State) -> Step<T>) -> TResult<T> {
+        loop {
+            let need = {
+                let mut st = self.lock();
+                match op(self, &mut st) {
+                    Ok(v) => return Ok(v),
+                    Err(Stop::Fail(e)) => return Err(e),
+                    Err(Stop::Need(k)) => k,
+                }
+            };
+            let idx = self.source.index(need).map_err(|e| LayerError(format!("layer {need}: {e:#}")))?;
+            self.lock().layers[need].get_or_insert(idx);
+        }
     }
 
-    /// Attributes of a node. Directories whose layers are all local are completed
+    /// Find `name` in directory `parent`. `Ok(None)`: no such entry.
+    pub fn lookup(&self, parent: Ino, name: &str) -> TResult<Option<Ino>> {
+        self.run(|t, st| t.lookup_locked(st, parent, name))
+    }
+
+    /// Attributes of a node. Directories whose layers are all local are listed
     /// first, so their link count is exact; otherwise the answer is marked unsettled
     /// rather than fetching layers just to count subdirectories.
     pub fn info(&self, ino: Ino) -> TResult<Option<NodeInfo>> {
-        let mut st = self.lock();
-        if ino == 0 || ino as usize > st.nodes.len() {
-            return Ok(None);
-        }
-        if let NodeKind::Dir(d) = &st.nodes[(ino - 1) as usize].kind {
-            if d.listing.is_none() && self.all_local(d) {
-                self.list_locked(&mut st, ino)?;
+        self.run(|t, st| {
+            if ino == 0 || ino as usize > st.nodes.len() {
+                return Ok(None);
             }
-            // Mode, owner and mtime come from the topmost explicit entry: read down to
-            // it (usually the layer that made the directory visible in the first place).
-            loop {
-                let d = Self::dir(&mut st, ino);
-                if d.attrs_from.is_some() || d.floor.is_some() || d.next == 0 {
-                    break;
+            if Self::is_dir(st, ino) {
+                if Self::dir(st, ino).listing.is_none() && t.range_is_local(st, ino) {
+                    t.list_locked(st, ino)?;
                 }
-                let next = d.next - 1;
-                self.reaches(&mut st, ino, next)?;
+                t.find_dir_attrs(st, ino)?;
             }
-        }
-        self.info_locked(&mut st, ino).map(Some)
+            t.info_locked(st, ino).map(Some)
+        })
     }
 
-    fn all_local(&self, d: &DirState) -> bool {
-        let floor = d.floor.unwrap_or(0);
-        (floor..self.source.layer_count()).all(|i| self.source.is_local(i))
-    }
-
-    /// Every visible child of a directory, by name.
-    pub fn list(&self, ino: Ino) -> TResult<Vec<(String, Ino)>> {
-        let mut st = self.lock();
-        let listing = self.list_locked(&mut st, ino)?;
-        Ok(listing.into_iter().collect())
+    /// Every visible child of a directory, by name, with its type.
+    pub fn list(&self, ino: Ino) -> TResult<Vec<(String, Ino, Kind)>> {
+        self.run(|t, st| {
+            let listing = t.list_locked(st, ino)?;
+            let mut out = Vec::with_capacity(listing.len());
+            for (name, &child) in listing.iter() {
+                let kind = Self::kind_locked(st, child).expect("a listed child's layer is loaded");
+                out.push((name.clone(), child, kind));
+            }
+            Ok(out)
+        })
     }
 
     pub fn parent(&self, ino: Ino) -> Ino {
         let st = self.lock();
-        match st.nodes.get((ino - 1) as usize).map(|n| &n.kind) {
+        match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
             Some(NodeKind::Dir(d)) => d.parent,
             _ => ROOT,
         }
@@ -201,13 +257,9 @@ impl Tree {
         Ok(Some((data, entry)))
     }
 
-    /// What a node is, without computing its attributes (readdir needs no more).
+    /// What a node is, without computing its attributes.
     pub fn kind(&self, ino: Ino) -> Option<Kind> {
-        let st = self.lock();
-        match &st.nodes.get((ino.wrapping_sub(1)) as usize)?.kind {
-            NodeKind::Dir(_) => Some(Kind::Dir),
-            NodeKind::Leaf { layer, entry, .. } => st.layers[*layer].as_ref().map(|idx| idx.entry(*entry).kind),
-        }
+        Self::kind_locked(&self.lock(), ino)
     }
 
     /// Number of nodes created so far.
@@ -217,16 +269,29 @@ impl Tree {
 
     // ---- internals; all run under the state lock ----
 
-    fn layer(&self, st: &mut State, i: usize) -> TResult<Arc<LayerIndex>> {
-        if let Some(idx) = &st.layers[i] {
-            return Ok(idx.clone());
+    fn kind_locked(st: &State, ino: Ino) -> Option<Kind> {
+        match &st.nodes.get((ino.wrapping_sub(1)) as usize)?.kind {
+            NodeKind::Dir(_) => Some(Kind::Dir),
+            // A leaf is only made once its layer is loaded.
+            NodeKind::Leaf { layer, entry, .. } => st.layers[*layer].as_ref().map(|idx| idx.entry(*entry).kind),
         }
-        let idx = self.source.index(i).map_err(|e| LayerError(format!("layer {i}: {e:#}")))?;
-        st.layers[i] = Some(idx.clone());
-        Ok(idx)
     }
 
-    fn dir<'a>(st: &'a mut State, ino: Ino) -> &'a mut DirState {
+    fn layer(st: &State, i: usize) -> Step<Arc<LayerIndex>> {
+        st.layers[i].clone().ok_or(Stop::Need(i))
+    }
+
+    /// Can layer `i` be read without a fetch?
+    fn available(&self, st: &State, i: usize) -> bool {
+        st.layers[i].is_some() || self.source.is_local(i)
+    }
+
+    fn range_is_local(&self, st: &mut State, ino: Ino) -> bool {
+        let floor = Self::dir(st, ino).floor.unwrap_or(0);
+        (floor..self.source.layer_count()).all(|i| self.available(st, i))
+    }
+
+    fn dir(st: &mut State, ino: Ino) -> &mut DirState {
         match &mut st.nodes[(ino - 1) as usize].kind {
             NodeKind::Dir(d) => d,
             NodeKind::Leaf { .. } => unreachable!("caller checked that {ino} is a directory"),
@@ -237,9 +302,25 @@ impl Tree {
         matches!(st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind), Some(NodeKind::Dir(_)))
     }
 
+    /// Read down to the directory's topmost explicit entry, through local layers only
+    /// unless exact attributes were asked for.
+    fn find_dir_attrs(&self, st: &mut State, ino: Ino) -> Step<()> {
+        loop {
+            let d = Self::dir(st, ino);
+            if d.attrs_from.is_some() || d.floor.is_some() || d.next == 0 {
+                return Ok(());
+            }
+            let next = d.next - 1;
+            if self.dir_attrs == DirAttrs::Provisional && !self.available(st, next) {
+                return Ok(());
+            }
+            self.reaches(st, ino, next)?;
+        }
+    }
+
     /// Is layer `l` within directory `ino`'s range? Examines layers from the top
     /// down to `l` as needed.
-    fn reaches(&self, st: &mut State, ino: Ino, l: usize) -> TResult<bool> {
+    fn reaches(&self, st: &mut State, ino: Ino, l: usize) -> Step<bool> {
         loop {
             let d = Self::dir(st, ino);
             if let Some(f) = d.floor {
@@ -256,7 +337,7 @@ impl Tree {
                 d.next = k + 1;
                 continue;
             }
-            let idx = self.layer(st, k)?;
+            let idx = Self::layer(st, k)?;
             let d = Self::dir(st, ino);
             d.next = k;
             let present = match idx.presence(&path) {
@@ -285,7 +366,7 @@ impl Tree {
         }
     }
 
-    fn lookup_locked(&self, st: &mut State, parent: Ino, name: &str) -> TResult<Option<Ino>> {
+    fn lookup_locked(&self, st: &mut State, parent: Ino, name: &str) -> Step<Option<Ino>> {
         if !Self::is_dir(st, parent) {
             return Ok(None);
         }
@@ -298,7 +379,7 @@ impl Tree {
             if !self.reaches(st, parent, l)? {
                 break;
             }
-            let idx = self.layer(st, l)?;
+            let idx = Self::layer(st, l)?;
             match idx.presence(&child) {
                 Presence::Entry(e) if e.kind != Kind::Dir => {
                     let i = idx.entry_index(&child).expect("present");
@@ -315,6 +396,18 @@ impl Tree {
         }
         Self::dir(st, parent).lookups.insert(name.to_string(), found);
         Ok(found)
+    }
+
+    /// The node a path resolves to from the root, if any.
+    fn resolve_locked(&self, st: &mut State, path: &str) -> Step<Option<Ino>> {
+        let mut ino = ROOT;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            match self.lookup_locked(st, ino, name)? {
+                Some(child) => ino = child,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(ino))
     }
 
     fn dir_node(&self, st: &mut State, path: &str, parent: Ino, top: usize) -> Ino {
@@ -339,61 +432,70 @@ impl Tree {
 
     /// The node for entry `i` of layer `l`, following hard links to the entry that
     /// holds the data.
-    fn leaf_node(&self, st: &mut State, l: usize, i: u32) -> TResult<Ino> {
-        let (dl, di) = self.data_entry(st, l, i)?;
+    fn leaf_node(&self, st: &mut State, l: usize, i: u32) -> Step<Ino> {
+        let Some((dl, di)) = self.data_entry(st, l, i, 0)? else {
+            let e = Self::layer(st, l)?.entry(i).clone();
+            return Err(Stop::Fail(LayerError(format!(
+                "hard link {:?} in layer {l} points at {:?}, which does not exist",
+                e.path,
+                e.link.unwrap_or_default()
+            ))));
+        };
         if let Some(&ino) = st.leaves.get(&(dl, di)) {
             return Ok(ino);
         }
         // Decided once, here, where every layer above the data has just been read,
         // rather than on each getattr.
-        let linked = self.may_be_linked(st, dl, di)?;
-        st.nodes.push(Node { kind: NodeKind::Leaf { layer: dl, entry: di, linked } });
+        let nlink = if self.may_be_linked(st, dl, di)? { None } else { Some(1) };
+        st.nodes.push(Node { kind: NodeKind::Leaf { layer: dl, entry: di, nlink } });
         let ino = st.nodes.len() as Ino;
         st.leaves.insert((dl, di), ino);
         Ok(ino)
     }
 
     /// A hard link resolves to its target as the stream had it when the link was
-    /// read: an earlier entry of the same layer, else the path in the layers below.
-    fn data_entry(&self, st: &mut State, l: usize, i: u32) -> TResult<(usize, u32)> {
-        let idx = self.layer(st, l)?;
+    /// read: an earlier entry of the same layer, else the path in the layers below,
+    /// down to layer `floor` at the lowest. `None`: the target is not there.
+    fn data_entry(&self, st: &mut State, l: usize, i: u32, floor: usize) -> Step<Option<(usize, u32)>> {
+        let idx = Self::layer(st, l)?;
         let e = idx.entry(i);
         if e.kind != Kind::Hardlink {
-            return Ok((l, i));
+            return Ok(Some((l, i)));
         }
         if let Some(t) = e.link_entry {
-            return Ok((l, t));
+            // The earlier entry may itself be a link to a lower layer.
+            return self.data_entry(st, l, t, floor);
         }
         let target = e.link.clone().unwrap_or_default();
-        for k in (0..l).rev() {
-            let lower = self.layer(st, k)?;
+        for k in (floor..l).rev() {
+            let lower = Self::layer(st, k)?;
             match lower.presence(&target) {
                 Presence::Entry(t) if t.kind != Kind::Dir => {
                     let ti = lower.entry_index(&target).expect("present");
-                    return self.data_entry(st, k, ti);
+                    return self.data_entry(st, k, ti, floor);
                 }
                 Presence::Entry(_) | Presence::ImplicitDir => break,
                 Presence::Absent if lower.is_whiteout(&target) => break,
                 Presence::Absent => {}
             }
         }
-        Err(LayerError(format!("hard link {:?} in layer {l} points at {target:?}, which does not exist", e.path)))
+        Ok(None)
     }
 
-    fn list_locked(&self, st: &mut State, ino: Ino) -> TResult<BTreeMap<String, Ino>> {
+    fn list_locked(&self, st: &mut State, ino: Ino) -> Step<Arc<BTreeMap<String, Ino>>> {
         if !Self::is_dir(st, ino) {
-            return Ok(BTreeMap::new());
+            return Ok(Arc::default());
         }
         if let Some(l) = &Self::dir(st, ino).listing {
-            return Ok(l.clone());
+            return Ok(Arc::clone(l));
         }
         let path = Self::dir(st, ino).path.clone();
-        let mut names = std::collections::BTreeSet::new();
+        let mut names = BTreeSet::new();
         for l in (0..self.source.layer_count()).rev() {
             if !self.reaches(st, ino, l)? {
                 break;
             }
-            let idx = self.layer(st, l)?;
+            let idx = Self::layer(st, l)?;
             names.extend(idx.children(&path).iter().cloned());
         }
         let mut listing = BTreeMap::new();
@@ -402,29 +504,31 @@ impl Tree {
                 listing.insert(name, child);
             }
         }
-        Self::dir(st, ino).listing = Some(listing.clone());
+        let listing = Arc::new(listing);
+        Self::dir(st, ino).listing = Some(Arc::clone(&listing));
         Ok(listing)
     }
 
-    fn info_locked(&self, st: &mut State, ino: Ino) -> TResult<NodeInfo> {
+    fn info_locked(&self, st: &mut State, ino: Ino) -> Step<NodeInfo> {
         match &st.nodes[(ino - 1) as usize].kind {
             NodeKind::Dir(d) => {
                 let attrs_from = d.attrs_from;
                 let listing = d.listing.clone();
-                let explicit_known = attrs_from.is_some() || d.floor.is_some();
+                // Known once the topmost explicit entry is found, or once every layer
+                // in range has been read and none has one.
+                let explicit_known = attrs_from.is_some() || d.floor.is_some() || d.next == 0;
                 let (mode, uid, gid, mtime, xattrs) = match attrs_from {
                     Some((l, i)) => {
-                        let e = self.layer(st, l)?.entry(i).clone();
+                        let e = Self::layer(st, l)?.entry(i).clone();
                         (e.mode, e.uid, e.gid, e.mtime, e.xattrs)
                     }
                     // A directory no layer has an entry for (a parent left out of the
-                    // tar) gets the attributes tar extractors give it.
+                    // tar) gets the attributes tar extractors give it; so does one whose
+                    // entry is in a layer not read yet, provisionally.
                     None => (0o755, 0, 0, 0, Vec::new()),
                 };
-                let subdirs = listing
-                    .as_ref()
-                    .map(|l| l.values().filter(|c| Self::is_dir(st, **c)).count() as u32)
-                    .unwrap_or(0);
+                let subdirs =
+                    listing.as_ref().map(|l| l.values().filter(|c| Self::is_dir(st, **c)).count() as u32).unwrap_or(0);
                 Ok(NodeInfo {
                     ino,
                     kind: Kind::Dir,
@@ -440,11 +544,20 @@ impl Tree {
                     settled: listing.is_some() && explicit_known,
                 })
             }
-            NodeKind::Leaf { layer, entry, linked } => {
-                let (layer, entry, linked) = (*layer, *entry, *linked);
-                let idx = self.layer(st, layer)?;
+            NodeKind::Leaf { layer, entry, nlink } => {
+                let (layer, entry, nlink) = (*layer, *entry, *nlink);
+                let nlink = match nlink {
+                    Some(n) => n,
+                    None => {
+                        let n = self.count_links(st, ino, layer, entry)?;
+                        if let NodeKind::Leaf { nlink, .. } = &mut st.nodes[(ino - 1) as usize].kind {
+                            *nlink = Some(n);
+                        }
+                        n
+                    }
+                };
+                let idx = Self::layer(st, layer)?;
                 let e = idx.entry(entry);
-                let nlink = if linked { self.nlink(st, ino)? } else { 1 };
                 Ok(NodeInfo {
                     ino,
                     kind: e.kind,
@@ -469,37 +582,50 @@ impl Tree {
     /// Could some other visible name share this leaf? Only hard links make that so:
     /// one in the leaf's own layer, or one above it that points at its path. Every
     /// layer above the leaf has been read by the lookup that found it.
-    fn may_be_linked(&self, st: &mut State, layer: usize, entry: u32) -> TResult<bool> {
-        let idx = self.layer(st, layer)?;
+    fn may_be_linked(&self, st: &mut State, layer: usize, entry: u32) -> Step<bool> {
+        let idx = Self::layer(st, layer)?;
         if idx.is_linked(entry) {
             return Ok(true);
         }
         let path = &idx.entry(entry).path;
         for k in layer + 1..self.source.layer_count() {
-            if self.layer(st, k)?.links_to_lower(path) {
+            if Self::layer(st, k)?.links_to_lower(path) {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Link count of a hard-linked leaf: walk the whole tree once and count the
-    /// visible names of every leaf.
-    fn nlink(&self, st: &mut State, ino: Ino) -> TResult<u32> {
-        if st.nlinks.is_none() {
-            let mut counts: HashMap<Ino, u32> = HashMap::new();
-            let mut stack = vec![ROOT];
-            while let Some(dir) = stack.pop() {
-                for (_, child) in self.list_locked(st, dir)? {
-                    if Self::is_dir(st, child) {
-                        stack.push(child);
-                    } else {
-                        *counts.entry(child).or_default() += 1;
+    /// The visible names of the hard-link group whose data is entry `di` of layer `dl`
+    /// (node `ino`). A name of the group is either in layer `dl` (the data entry, or a
+    /// link to it) or a link in a higher layer to a path that was a name of the group
+    /// below it, so only layers `dl` and up are read: the ones the lookup that found
+    /// the node has read. A candidate name counts if the union resolves it to `ino`.
+    fn count_links(&self, st: &mut State, ino: Ino, dl: usize, di: u32) -> Step<u32> {
+        let base = Self::layer(st, dl)?;
+        let mut names: HashSet<String> = HashSet::new();
+        for i in std::iter::once(di).chain(base.links_to(di).iter().copied()) {
+            names.extend(base.final_path(i));
+        }
+        for k in dl + 1..self.source.layer_count() {
+            let idx = Self::layer(st, k)?;
+            let mut found = Vec::new();
+            for target in names.iter() {
+                for &li in idx.links_to_lower_path(target) {
+                    if self.data_entry(st, k, li, dl)? == Some((dl, di)) {
+                        found.extend(idx.final_path(li));
+                        found.extend(idx.links_to(li).iter().filter_map(|&i| idx.final_path(i)));
                     }
                 }
             }
-            st.nlinks = Some(counts);
+            names.extend(found);
         }
-        Ok(st.nlinks.as_ref().and_then(|c| c.get(&ino).copied()).unwrap_or(1))
+        let mut visible = 0;
+        for path in names {
+            if self.resolve_locked(st, &path)? == Some(ino) {
+                visible += 1;
+            }
+        }
+        Ok(visible.max(1))
     }
 }

@@ -5,7 +5,7 @@
 use imgfs::fs::{Fs, FsError};
 use imgfs::image::Compression;
 use imgfs::layer::{build, Kind, LayerData, LayerIndex};
-use imgfs::tree::{LayerSource, Tree, ROOT};
+use imgfs::tree::{DirAttrs, LayerSource, Tree, ROOT};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,7 +111,7 @@ impl LayerSource for MemLayers {
 
 fn fs_of(layers: &[Vec<E>]) -> (Fs, Arc<MemLayers>) {
     let src = MemLayers::new(layers);
-    (Fs::new(Tree::new(src.clone()), 0), src)
+    (Fs::new(Tree::new(src.clone(), DirAttrs::Provisional), 0), src)
 }
 
 /// Resolve a path from the root; None if any component is missing.
@@ -141,7 +141,14 @@ fn content(fs: &Fs, path: &str) -> String {
 #[test]
 fn whiteout_hides_a_file_and_a_whole_subtree_of_lower_layers() {
     let (fs, _) = fs_of(&[
-        vec![E::Dir("a"), E::File("a/keep", "k"), E::File("a/gone", "g"), E::Dir("d"), E::Dir("d/sub"), E::File("d/sub/f", "x")],
+        vec![
+            E::Dir("a"),
+            E::File("a/keep", "k"),
+            E::File("a/gone", "g"),
+            E::Dir("d"),
+            E::Dir("d/sub"),
+            E::File("d/sub/f", "x"),
+        ],
         vec![E::Dir("a"), E::Marker("a/.wh.gone"), E::Marker(".wh.d")],
     ]);
     assert_eq!(names(&fs, "a"), vec!["keep"]);
@@ -288,4 +295,224 @@ fn reads_return_the_requested_span_and_writes_are_refused() {
     assert_eq!(fs.open(f, libc::O_WRONLY), Err(FsError::ReadOnly));
     assert_eq!(fs.access(f, libc::W_OK), Err(FsError::ReadOnly));
     assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+}
+
+// ---- Real image shapes: upper layers without `./`, and no waiting on other layers ----
+
+/// A base layer with `./` (as debootstrap and umoci write it) and upper layers that
+/// name only what they change, as docker, BuildKit and `umoci repack` write them.
+fn real_shape() -> Vec<Vec<E<'static>>> {
+    vec![
+        vec![
+            E::DirMode("./", 0o750),
+            E::Dir("etc"),
+            E::File("etc/os-release", "ID=test\n"),
+            E::DirMode("root", 0o700),
+            E::File("root/.profile", "base"),
+            E::Dir("usr"),
+            E::Dir("usr/bin"),
+            E::File("usr/bin/sh", "shell"),
+        ],
+        vec![E::File("usr/bin/apt", "apt"), E::File("etc/apt.conf", "apt conf")],
+        vec![
+            E::Dir("opt"),
+            E::File("opt/tool", "tool data"),
+            E::Hard("opt/tool-a", "opt/tool"),
+            E::Hard("usr/bin/tool-b", "opt/tool"),
+            E::File("etc/app.conf", "top"),
+        ],
+    ]
+}
+
+#[test]
+fn implicit_directories_get_provisional_attributes_until_their_layer_is_local() {
+    let (fs, src) = fs_of(&real_shape());
+    let root = fs.getattr(ROOT).unwrap();
+    assert_eq!((root.mode, root.uid, root.settled), (0o755, 0, false), "provisional root");
+    assert_eq!(src.asked(), vec![false, false, false], "a stat of the root fetches nothing");
+    assert_eq!(content(&fs, "etc/app.conf"), "top");
+    let etc = fs.getattr(walk(&fs, "etc").unwrap()).unwrap();
+    assert!(!etc.settled, "etc's entry is in the base layer, not read yet");
+    assert_eq!(src.asked(), vec![false, false, true], "a top-layer file needs the top layer only");
+
+    // Once the base layer is local, the exact attributes are served, and settled.
+    assert_eq!(content(&fs, "usr/bin/sh"), "shell");
+    assert_eq!(src.asked(), vec![true, true, true]);
+    let root = fs.getattr(ROOT).unwrap();
+    assert_eq!((root.mode, root.settled), (0o750, true), "the base layer's `./`");
+    assert_eq!(fs.getattr(walk(&fs, "root").unwrap()).unwrap().mode, 0o700);
+}
+
+#[test]
+fn exact_directory_attributes_fetch_the_layer_that_holds_them() {
+    let src = MemLayers::new(&real_shape());
+    let fs = Fs::new(Tree::new(src.clone(), DirAttrs::Exact), 0);
+    assert_eq!(fs.getattr(ROOT).unwrap().mode, 0o750);
+    assert_eq!(src.asked(), vec![true, true, true]);
+}
+
+#[test]
+fn hard_link_counts_need_only_the_layers_holding_the_group() {
+    let (fs, src) = fs_of(&real_shape());
+    let attrs: Vec<_> = ["opt/tool", "opt/tool-a", "usr/bin/tool-b"]
+        .iter()
+        .map(|p| fs.getattr(walk(&fs, p).unwrap()).unwrap())
+        .collect();
+    assert!(attrs.iter().all(|a| a.nlink == 3 && a.ino == attrs[0].ino), "{attrs:?}");
+    assert_eq!(src.asked(), vec![false, false, true], "stat of the group's names reads the top layer only");
+    // Listing a directory needs every layer in its range (any of them may add names).
+    assert_eq!(names(&fs, "opt"), vec!["tool", "tool-a"]);
+    assert_eq!(src.asked(), vec![true, true, true]);
+    assert_eq!(fs.getattr(walk(&fs, "opt/tool").unwrap()).unwrap().nlink, 3);
+}
+
+#[test]
+fn a_hardlink_to_a_link_of_a_lower_file_reads_the_lower_data() {
+    let (fs, _) = fs_of(&[vec![E::File("base", "lower data")], vec![E::Hard("a", "base"), E::Hard("b", "a")]]);
+    assert_eq!(content(&fs, "b"), "lower data");
+    let (a, b) = (fs.getattr(walk(&fs, "a").unwrap()).unwrap(), fs.getattr(walk(&fs, "b").unwrap()).unwrap());
+    assert_eq!((a.ino, a.nlink, b.nlink, b.kind), (b.ino, 3, 3, Kind::File));
+}
+
+/// A source whose bottom layer is held back until the test lets it go, as a slow
+/// download would be.
+struct HeldLayers {
+    inner: Arc<MemLayers>,
+    gate: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    waiting: AtomicUsize,
+}
+
+impl LayerSource for HeldLayers {
+    fn layer_count(&self) -> usize {
+        self.inner.layer_count()
+    }
+    fn index(&self, i: usize) -> anyhow::Result<Arc<LayerIndex>> {
+        if i == 0 {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.gate.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        self.inner.index(i)
+    }
+    fn data(&self, i: usize) -> anyhow::Result<Arc<LayerData>> {
+        self.inner.data(i)
+    }
+    fn is_local(&self, i: usize) -> bool {
+        i != 0 && self.inner.is_local(i)
+    }
+}
+
+#[test]
+fn a_layer_being_fetched_blocks_only_the_operations_that_need_it() {
+    let held = Arc::new(HeldLayers {
+        inner: MemLayers::new(&real_shape()),
+        gate: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+        waiting: AtomicUsize::new(0),
+    });
+    let fs = Arc::new(Fs::new(Tree::new(held.clone(), DirAttrs::Provisional), 0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let slow = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let sh = content(&fs, "usr/bin/sh");
+            tx.send(()).unwrap();
+            sh
+        })
+    };
+    while held.waiting.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    // The bottom layer is "downloading"; everything the top layer settles still
+    // answers. (In a thread of its own, so that if it does block, the test opens the
+    // gate and fails instead of hanging.)
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let settled = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let root_mode = fs.getattr(ROOT).unwrap().mode;
+            let conf = content(&fs, "etc/app.conf");
+            let nlink = fs.getattr(walk(&fs, "opt/tool-a").unwrap()).unwrap().nlink;
+            done_tx.send(()).unwrap();
+            (root_mode, conf, nlink)
+        })
+    };
+    let finished = done_rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    let slow_done_early = rx.try_recv().is_ok();
+    *held.gate.lock().unwrap() = true;
+    held.opened.notify_all();
+    assert!(finished, "operations settled by the top layer waited for the bottom layer's fetch");
+    assert!(!slow_done_early, "the read of a base-layer file finished before its layer arrived");
+    assert_eq!(settled.join().unwrap(), (0o755, "top".to_string(), 3));
+    assert_eq!(slow.join().unwrap(), "shell");
+    assert_eq!(fs.getattr(ROOT).unwrap().mode, 0o750);
+}
+
+/// Many threads resolving and reading paths in different orders get what one thread
+/// gets, and agree on inode numbers.
+#[test]
+fn concurrent_operations_agree_with_a_single_thread() {
+    let mut layers: Vec<Vec<E<'static>>> = Vec::new();
+    let files: Vec<&'static str> =
+        (0..40).map(|i| &*Box::leak(format!("d{}/f{}", i % 7, i).into_boxed_str())).collect();
+    for l in 0..5 {
+        let mut entries = Vec::new();
+        for (i, n) in files.iter().enumerate() {
+            if (i + l) % 3 == 0 {
+                entries.push(E::File(n, Box::leak(format!("layer {l} file {i}").into_boxed_str())));
+            } else if (i + l) % 11 == 0 {
+                let (dir, file) = n.split_once('/').unwrap();
+                entries.push(E::Marker(Box::leak(format!("{dir}/.wh.{file}").into_boxed_str())));
+            }
+        }
+        if l == 3 {
+            entries.push(E::Marker("d2/.wh..wh..opq"));
+            entries.push(E::Hard("d5/link", files[5]));
+        }
+        layers.push(entries);
+    }
+    let mut paths: Vec<String> = files.iter().map(|s| s.to_string()).collect();
+    paths.extend((0..7).map(|d| format!("d{d}")));
+    paths.push("d5/link".into());
+    paths.push("missing/x".into());
+
+    let answer = |fs: &Fs, p: &str| -> Option<(u64, u32, u32, String)> {
+        let ino = walk(fs, p)?;
+        let a = fs.getattr(ino).unwrap();
+        let data = if a.kind == Kind::Dir { names(fs, p).join(",") } else { content(fs, p) };
+        Some((ino, a.mode, a.nlink, data))
+    };
+    let (single, _) = fs_of(&layers);
+    let expected: Vec<_> = paths.iter().map(|p| answer(&single, p).map(|(_, m, n, d)| (m, n, d))).collect();
+    assert!(expected.iter().filter(|e| e.is_some()).count() > 20, "the image is too sparse to test anything");
+
+    let (fs, _) = fs_of(&layers);
+    let fs = Arc::new(fs);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (fs, paths) = (fs.clone(), paths.clone());
+            std::thread::spawn(move || {
+                let mut order: Vec<usize> = (0..paths.len()).collect();
+                // A different order per thread (a fixed permutation, so a failure repeats).
+                order.sort_by_key(|&i| (i * (2 * t + 7) + t) % paths.len());
+                let mut got = vec![None; paths.len()];
+                for _ in 0..3 {
+                    for &i in &order {
+                        got[i] = answer(&fs, &paths[i]);
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, p) in paths.iter().enumerate() {
+        for r in &results {
+            assert_eq!(r[i].as_ref().map(|(_, m, n, d)| (*m, *n, d.clone())), expected[i], "{p}");
+            assert_eq!(r[i].as_ref().map(|a| a.0), results[0][i].as_ref().map(|a| a.0), "inode of {p}");
+        }
+    }
 }

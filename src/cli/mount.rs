@@ -12,7 +12,7 @@ use crate::image::{ImageConfig, Platform};
 use crate::reference::Reference;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{is_fuse_mountpoint, process_start_ticks, MountRecord};
-use crate::tree::Tree;
+use crate::tree::{DirAttrs, Tree};
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -165,7 +165,10 @@ fn serve(
         })
     };
     let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config);
-    let fs = Fs::new(Tree::new(Arc::new(layers)), record.size());
+    // A provisional directory mode could let other users into a directory that is
+    // really closed to them, so a mount they can see serves exact ones only.
+    let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
+    let fs = Fs::new(Tree::new(Arc::new(layers), dir_attrs), record.size());
     let pid = std::process::id();
     let rec = MountRecord {
         pid,
@@ -184,7 +187,9 @@ fn serve(
     })?;
     unmount_on_signal(dir.to_path_buf());
     eprintln!("imgfs: serving {reference} ({}) at {}", record.id, dir.display());
-    let settings = MountSettings { fsname: &fsname(reference), allow_other, threads: 4 };
+    // Enough workers that a thread waiting for a layer download leaves others free.
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
+    let settings = MountSettings { fsname: &fsname(reference), allow_other, threads };
     let result = fuse::serve(fs, dir, &settings);
     ctx.store.remove_mount_record(pid);
     eprintln!("imgfs: {} unmounted", dir.display());

@@ -69,7 +69,10 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
     for item in archive.entries().context("layer is not a tar archive")? {
         let mut te = item.context("corrupt tar entry in layer")?;
         let header_type = te.header().entry_type();
-        if matches!(header_type, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            header_type,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
             continue;
         }
         let Some(path) = normalise(&name_from_bytes(&te.path_bytes())) else {
@@ -105,10 +108,8 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
         let mut uid = header.uid().unwrap_or(0) as u32;
         let mut gid = header.gid().unwrap_or(0) as u32;
         let mut mtime = header.mtime().unwrap_or(0) as i64;
-        let rdev = (
-            header.device_major().ok().flatten().unwrap_or(0),
-            header.device_minor().ok().flatten().unwrap_or(0),
-        );
+        let rdev =
+            (header.device_major().ok().flatten().unwrap_or(0), header.device_minor().ok().flatten().unwrap_or(0));
         let link = match kind {
             Kind::Symlink => Some(name_from_bytes(&te.link_name_bytes().unwrap_or_default())),
             Kind::Hardlink => {
@@ -127,7 +128,8 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
                     xattrs.push((attr.to_string(), value.to_vec()));
                 } else if key == "mtime" {
                     // PAX times may be fractional ("1234.5"); whole seconds are what we serve.
-                    if let Some(secs) = std::str::from_utf8(value).ok().and_then(|v| v.split('.').next()?.parse().ok()) {
+                    if let Some(secs) = std::str::from_utf8(value).ok().and_then(|v| v.split('.').next()?.parse().ok())
+                    {
                         mtime = secs;
                     }
                 } else if key == "uid" {

@@ -97,8 +97,10 @@ pub struct LayerIndex {
     implicit: HashSet<String>,
     whiteouts: HashSet<String>,
     opaque: HashSet<String>,
-    /// Paths that hard links in this layer point at but that are not in this layer.
-    lower_link_targets: HashSet<String>,
+    /// Paths in lower layers that hard links of this layer point at → those links.
+    lower_links: HashMap<String, Vec<u32>>,
+    /// Entry → the hard links of this layer that resolved to it when they were read.
+    links_to: HashMap<u32, Vec<u32>>,
     /// Entries that share data with another entry through a hard link of this layer.
     linked: HashSet<u32>,
 }
@@ -138,17 +140,19 @@ impl LayerIndex {
         for names in children.values_mut() {
             names.sort();
         }
-        let mut lower_link_targets = HashSet::new();
+        let mut lower_links: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut links_to: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut linked = HashSet::new();
         for (i, e) in contents.entries.iter().enumerate() {
             if e.kind == Kind::Hardlink {
                 match e.link_entry {
                     Some(t) => {
+                        links_to.entry(t).or_default().push(i as u32);
                         linked.insert(t);
                         linked.insert(i as u32);
                     }
                     None => {
-                        lower_link_targets.insert(e.link.clone().unwrap_or_default());
+                        lower_links.entry(e.link.clone().unwrap_or_default()).or_default().push(i as u32);
                         linked.insert(i as u32);
                     }
                 }
@@ -161,7 +165,8 @@ impl LayerIndex {
             by_path,
             children,
             implicit,
-            lower_link_targets,
+            lower_links,
+            links_to,
             linked,
         }
     }
@@ -201,16 +206,29 @@ impl LayerIndex {
 
     /// Does a hard link in this layer point at `path` in a lower layer?
     pub fn links_to_lower(&self, path: &str) -> bool {
-        self.lower_link_targets.contains(path)
+        self.lower_links.contains_key(path)
+    }
+
+    /// The hard links of this layer that point at `path` in a lower layer.
+    pub fn links_to_lower_path(&self, path: &str) -> &[u32] {
+        self.lower_links.get(path).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The hard links of this layer that resolved to entry `i` when they were read.
+    pub fn links_to(&self, i: u32) -> &[u32] {
+        self.links_to.get(&i).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Entry `i`'s path, if `i` is what that path finally holds in this layer (a later
+    /// entry for the same path replaces it).
+    pub fn final_path(&self, i: u32) -> Option<String> {
+        let path = &self.entry(i).path;
+        (self.entry_index(path) == Some(i)).then(|| path.clone())
     }
 
     /// Is entry `i` part of a hard-link group formed within this layer?
     pub fn is_linked(&self, i: u32) -> bool {
         self.linked.contains(&i)
-    }
-
-    pub fn has_hardlinks(&self) -> bool {
-        !self.linked.is_empty()
     }
 
     pub fn save(&self, out: &mut File) -> Result<()> {
