@@ -6,6 +6,7 @@
 //! kept in the store keyed by the layer digest, so a remount never parses again.
 
 pub mod build;
+pub mod checkpoints;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
