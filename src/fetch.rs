@@ -1,19 +1,24 @@
 //! Getting images into the store: resolve a reference to a manifest (choosing a
 //! platform from an index), fetch the config, register the image under its names,
-//! and fetch, verify and index layers — all at once for `pull`, one at a time on
-//! first use for a mount (`StoreLayers`).
+//! and fetch, verify and index layers in one streaming pass each — all at once for
+//! `pull`, one at a time on first use for a mount (`StoreLayers`).
 
 use crate::digest::Digest;
 use crate::image::{self, Compression, Descriptor, ImageConfig, ManifestKind, Platform};
-use crate::layer::{build, LayerData, LayerIndex};
+use crate::layer::build::{self, Built};
+use crate::layer::spans::SpanCache;
+use crate::layer::{Access, IndexFile, LayerData, LayerIndex};
 use crate::reference::Reference;
+use crate::registry::blob::BlobSink;
 use crate::registry::Client;
 use crate::store::db::ImageRecord;
 use crate::store::Store;
 use crate::tree::LayerSource;
 use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 /// A manifest resolved to one image, with its config, not yet registered.
 pub struct Resolved {
@@ -108,15 +113,6 @@ pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Opt
     })
 }
 
-/// Download a layer blob into the store (verified against its digest and size).
-pub fn fetch_layer_blob(client: &Client, store: &Store, source: &str, layer: &Descriptor) -> Result<()> {
-    let _guard = store.writer_guard()?;
-    if store.has_blob(&layer.digest) {
-        return Ok(());
-    }
-    download(client, store, source, layer).with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))
-}
-
 /// Stream a blob of `source` (`registry/repository`) into the store.
 fn download(client: &Client, store: &Store, source: &str, blob: &Descriptor) -> Result<()> {
     let (registry, repository) = source.split_once('/').context("image source has no repository")?;
@@ -128,36 +124,242 @@ fn download(client: &Client, store: &Store, source: &str, blob: &Descriptor) -> 
     })
 }
 
-/// Make sure a layer in the store has its index (and, if compressed, an
-/// uncompressed copy); build them if not. Returns the index and the path of the
-/// uncompressed tar.
-pub fn ensure_layer_index(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Result<(LayerIndex, PathBuf)> {
+/// A layer ready to serve: its table of contents and random access to its data.
+pub type LoadedLayer = (Arc<LayerIndex>, Arc<LayerData>);
+
+/// Make a layer of image `source` ready to serve: from its index in the store if it
+/// has one; else by indexing the blob in the store; else by downloading the blob and
+/// indexing it on the way, in one pass (digest, decompression, diff_id, table of
+/// contents and checkpoints all while the bytes arrive). The blob is kept only if both
+/// its digest and its diff_id check out. A process fetching the same blob is waited
+/// for, not repeated: one fetcher per blob, through a lock in the store.
+pub fn load_layer(
+    client: &dyn Fn() -> Result<Arc<Client>>,
+    store: &Store,
+    source: &str,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    spans: &Arc<SpanCache>,
+) -> Result<LoadedLayer> {
+    // One lease against garbage collection for the whole load, from the first byte
+    // written to the index that names the blob.
+    let _lease = store.writer_guard()?;
+    if let Some(l) = open_indexed(store, layer, spans) {
+        return Ok(l);
+    }
+    let _fetching = store.fetch_lock(&layer.digest)?;
+    if let Some(l) = open_indexed(store, layer, spans) {
+        return Ok(l); // another process made it ready while we waited
+    }
     let compression = Compression::of_media_type(&layer.media_type).map_err(anyhow::Error::msg)?;
-    let idx_path = store.index_path(&layer.digest);
-    let data_path = match compression {
-        Compression::None => store.blob_path(&layer.digest),
-        _ => store.layer_tar_path(&layer.digest),
+    let (built, copy) = if store.has_blob(&layer.digest) {
+        index_local(store, layer, compression, diff_id)?
+    } else {
+        let client = client()?;
+        match download_and_index(&client, store, source, layer, compression, diff_id)? {
+            Some(done) => done,
+            // The registry restarted the blob midway; the blob is whole and verified
+            // now, so index it from the store.
+            None => index_local(store, layer, compression, diff_id)?,
+        }
     };
-    if idx_path.is_file() && data_path.is_file() {
-        if let Ok(idx) = LayerIndex::load(&idx_path) {
-            return Ok((idx, data_path));
+    finish(store, layer, compression, built, copy, spans)
+        .with_context(|| format!("cannot index layer {}", layer.digest))
+}
+
+/// The layer from its index and blob in the store, if both are there and usable. An
+/// index of another format version is not: the layer is indexed again.
+fn open_indexed(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>) -> Option<LoadedLayer> {
+    if !store.has_blob(&layer.digest) {
+        return None;
+    }
+    let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
+    let copy = store.layer_tar_path(&layer.digest);
+    let data = match file.access {
+        Access::Plain => LayerData::tar(&store.blob_path(&layer.digest)),
+        Access::Checkpoints(c) => {
+            // An uncompressed copy left by an older imgfs is not needed any more.
+            let _ = std::fs::remove_file(&copy);
+            LayerData::compressed(&store.blob_path(&layer.digest), c, Arc::clone(spans))
+        }
+        Access::Copy => LayerData::tar(&copy),
+    };
+    Some((Arc::new(file.index), Arc::new(data.ok()?)))
+}
+
+/// A temp file that receives the uncompressed tar of a layer that may not be
+/// seekable (zstd), renamed into place if it turns out to be needed.
+type CopyFile = Option<(PathBuf, File)>;
+
+fn copy_file(store: &Store, compression: Compression) -> Result<CopyFile> {
+    Ok(if compression == Compression::Zstd { Some(store.temp_file()?) } else { None })
+}
+
+/// Index a layer whose blob is in the store: one pass over the file.
+fn index_local(
+    store: &Store,
+    layer: &Descriptor,
+    compression: Compression,
+    diff_id: &Digest,
+) -> Result<(Built, CopyFile)> {
+    let blob = File::open(store.blob_path(&layer.digest))
+        .with_context(|| format!("layer {} is not in the store", layer.digest))?;
+    let mut copy = copy_file(store, compression)?;
+    match build::index_layer(blob, compression, Some(diff_id), copy.as_mut().map(|(_, f)| f)) {
+        Ok(built) => Ok((built, copy)),
+        Err(e) => {
+            if let Some((p, _)) = copy {
+                let _ = std::fs::remove_file(p);
+            }
+            Err(e.context(format!("layer {}", layer.digest)))
         }
     }
-    let mut blob = std::fs::File::open(store.blob_path(&layer.digest))
-        .with_context(|| format!("layer {} is not in the store", layer.digest))?;
-    let contents = if compression == Compression::None {
-        build::index_layer(&mut blob, compression, Some(diff_id), None)?
-    } else {
-        let mut contents = None;
-        store.write_derived(&data_path, |copy| {
-            contents = Some(build::index_layer(&mut blob, compression, Some(diff_id), Some(copy))?);
-            Ok(())
-        })?;
-        contents.expect("set by a successful write")
+}
+
+/// Download a layer blob into the store while indexing it from the same bytes, on a
+/// thread of its own fed through a bounded channel. `Ok(None)`: the blob is stored and
+/// verified, but the registry sent it again from the start midway, so the indexer saw
+/// a broken stream; index it from the store.
+fn download_and_index(
+    client: &Client,
+    store: &Store,
+    source: &str,
+    layer: &Descriptor,
+    compression: Compression,
+    diff_id: &Digest,
+) -> Result<Option<(Built, CopyFile)>> {
+    let (registry, repository) = source.split_once('/').context("image source has no repository")?;
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+    let mut copy = copy_file(store, compression)?;
+    std::thread::scope(|s| {
+        let indexer = s.spawn(move || {
+            let built =
+                build::index_layer(ChannelReader::new(rx), compression, Some(diff_id), copy.as_mut().map(|(_, f)| f));
+            (built, copy)
+        });
+        let mut restarted = false;
+        let mut outcome = None;
+        let stored = store.put_blob_with(&layer.digest, |file| {
+            let mut sink = TeeSink { file, tx: Some(tx), restarted: &mut restarted };
+            let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
+            drop(sink); // the indexer sees the end of the stream
+            let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
+            downloaded.with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))?;
+            if restarted {
+                if let Some((p, _)) = copy {
+                    let _ = std::fs::remove_file(p);
+                }
+            } else {
+                // Only a layer whose content checks out is kept.
+                outcome = Some((built.with_context(|| format!("layer {}", layer.digest))?, copy));
+            }
+            Ok(layer.digest.clone())
+        });
+        stored.map(|()| outcome)
+    })
+}
+
+/// Writes a blob to its file and hands each chunk to the indexer. If the indexer
+/// stopped (a bad layer), the download still completes; the indexer's error decides.
+struct TeeSink<'a> {
+    file: &'a mut File,
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    restarted: &'a mut bool,
+}
+
+impl Write for TeeSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all(buf)?;
+        if let Some(tx) = &self.tx {
+            if tx.send(buf.to_vec()).is_err() {
+                self.tx = None;
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobSink for TeeSink<'_> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.file.restart()?;
+        // The indexer has seen bytes that no longer count: cut it off.
+        self.tx = None;
+        *self.restarted = true;
+        Ok(())
+    }
+}
+
+/// Reads the chunks a `TeeSink` sends; ends when the sender is dropped.
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Vec<u8>>) -> ChannelReader {
+        ChannelReader { rx, chunk: Vec::new(), at: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => (self.chunk, self.at) = (c, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Save a freshly built index (keeping the uncompressed copy only for a layer that
+/// can't be entered midway) and open the layer.
+fn finish(
+    store: &Store,
+    layer: &Descriptor,
+    compression: Compression,
+    built: Built,
+    copy: CopyFile,
+    spans: &Arc<SpanCache>,
+) -> Result<LoadedLayer> {
+    let blob = store.blob_path(&layer.digest);
+    let tar_copy = store.layer_tar_path(&layer.digest);
+    let access = match (compression, built.checkpoints) {
+        (Compression::None, _) => Access::Plain,
+        (_, Some(c)) if c.is_seekable() => Access::Checkpoints(c),
+        _ => Access::Copy,
     };
-    let idx = LayerIndex::new(contents);
-    store.write_derived(&idx_path, |f| idx.save(f))?;
-    Ok((idx, data_path))
+    match (&access, copy) {
+        (Access::Copy, Some((tmp, f))) => {
+            f.sync_all()?;
+            std::fs::rename(&tmp, &tar_copy).with_context(|| format!("cannot write {}", tar_copy.display()))?;
+        }
+        (Access::Copy, None) => bail!("layer {} can't be read midway and has no uncompressed copy", layer.digest),
+        (_, Some((tmp, _))) => {
+            let _ = std::fs::remove_file(tmp);
+        }
+        (_, None) => {}
+    }
+    if !matches!(access, Access::Copy) {
+        let _ = std::fs::remove_file(&tar_copy); // left by an older imgfs
+    }
+    let file = IndexFile { index: LayerIndex::new(built.contents), access };
+    store.write_derived(&store.index_path(&layer.digest), |f| file.save(layer.digest.as_str(), f))?;
+    let IndexFile { index, access } = file;
+    let data = match access {
+        Access::Plain => LayerData::tar(&blob)?,
+        Access::Checkpoints(c) => LayerData::compressed(&blob, c, Arc::clone(spans))?,
+        Access::Copy => LayerData::tar(&tar_copy)?,
+    };
+    Ok((Arc::new(index), Arc::new(data)))
 }
 
 /// The layers of one image, fetched from its registry and indexed on first use:
@@ -169,8 +371,9 @@ pub struct StoreLayers {
     source: String,
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
-    loaded: Vec<OnceLock<(Arc<LayerIndex>, Arc<LayerData>)>>,
-    /// Held while a layer loads, so that it is fetched and indexed once.
+    spans: Arc<SpanCache>,
+    loaded: Vec<OnceLock<LoadedLayer>>,
+    /// Held while a layer loads, so that this process loads it once.
     loading: Vec<Mutex<()>>,
 }
 
@@ -180,6 +383,7 @@ impl StoreLayers {
         client: Box<dyn Fn() -> Result<Arc<Client>> + Send + Sync>,
         record: &ImageRecord,
         config: &ImageConfig,
+        spans: Arc<SpanCache>,
     ) -> StoreLayers {
         StoreLayers {
             store,
@@ -187,12 +391,13 @@ impl StoreLayers {
             source: record.source.clone(),
             layers: record.layers.clone(),
             diff_ids: config.rootfs.diff_ids.clone(),
+            spans,
             loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
             loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
         }
     }
 
-    fn load(&self, i: usize) -> Result<(Arc<LayerIndex>, Arc<LayerData>)> {
+    fn load(&self, i: usize) -> Result<LoadedLayer> {
         if let Some(l) = self.loaded[i].get() {
             return Ok(l.clone());
         }
@@ -203,13 +408,8 @@ impl StoreLayers {
         let layer = &self.layers[i];
         if !self.store.has_blob(&layer.digest) {
             eprintln!("imgfs: fetching layer {i} ({}, {} bytes) from {}", layer.digest, layer.size, self.source);
-            fetch_layer_blob(&*(self.client)()?, &self.store, &self.source, layer)?;
         }
-        let (idx, data_path) = {
-            let _guard = self.store.writer_guard()?;
-            ensure_layer_index(&self.store, layer, &self.diff_ids[i])?
-        };
-        let loaded = (Arc::new(idx), Arc::new(LayerData::open(&data_path)?));
+        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, &self.diff_ids[i], &self.spans)?;
         Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }

@@ -103,14 +103,12 @@ pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Opti
             3
         } else if arm64_v8(p) && arm64_v8(want) {
             2
-        } else if want.variant.is_none() && p.variant.is_none() {
-            2
         } else if want.variant.is_none() || (want.architecture != "arm64" && p.variant.is_none()) {
             1
         } else {
             0
         };
-        if score > 0 && best.map_or(true, |(_, s)| score > s) {
+        if score > 0 && best.is_none_or(|(_, s)| score > s) {
             best = Some((d, score));
         }
     }

@@ -21,14 +21,33 @@ fn env() -> (Env, std::sync::MutexGuard<'static, ()>) {
 }
 
 fn env_only() -> Env {
-    let dir = PathBuf::from(std::env::var("IMGFS_TEST_ENV").expect(
-        "IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry",
-    ));
+    let dir = PathBuf::from(
+        std::env::var("IMGFS_TEST_ENV")
+            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
+    );
     let addr = std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string();
     Env { dir, addr }
 }
 
 impl Env {
+    /// Wait until the registry has logged every request answered so far: it writes a
+    /// request's line right after answering, so once a request of ours made now is
+    /// in the log, the earlier ones are too.
+    fn sync_log(&self) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = format!("/v2/imgfs-log-sync-{}-{n}/tags/list", std::process::id());
+        let _ = reqwest::blocking::get(format!("http://{}{path}", self.addr));
+        for _ in 0..100 {
+            let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+            if log.contains(&path) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the registry never logged {path}");
+    }
+
     fn log_len(&self) -> usize {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default().lines().count()
     }
@@ -84,13 +103,19 @@ fn tmp_files(root: &Path) -> usize {
 /// Every stored blob's content hashes to its name.
 fn assert_blobs_verified(root: &Path) {
     for name in blob_names(root) {
-        let (d, _) = imgfs::digest::digest_reader(std::fs::File::open(root.join("blobs/sha256").join(&name)).unwrap()).unwrap();
+        let (d, _) =
+            imgfs::digest::digest_reader(std::fs::File::open(root.join("blobs/sha256").join(&name)).unwrap()).unwrap();
         assert_eq!(d.hex(), name);
     }
 }
 
 fn layers_of(root: &Path, id: &str) -> Vec<String> {
-    db(root)["images"][id]["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+    db(root)["images"][id]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn tag_target(root: &Path, tag: &str) -> Option<String> {
@@ -305,7 +330,8 @@ fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
     let tar = tar.into_inner().unwrap();
     let diff_id = imgfs::digest::Digest::of(&tar).to_string();
     let layer = push_blob(&tar);
-    let config = serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[diff_id]}});
+    let config =
+        serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[diff_id]}});
     let config = serde_json::to_vec(&config).unwrap();
     let config_digest = push_blob(&config);
     let manifest = serde_json::json!({
@@ -350,4 +376,46 @@ fn search_lists_matching_repositories_of_a_registry_catalog() {
     assert_eq!(out.lines().count(), 1);
     let err = fails(&imgfs(root.path(), &["search", "--registry", "127.0.0.1:1", "x"]));
     assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+/// Four pulls of one image into one store at once: every layer blob is downloaded
+/// once (the others wait for the first, through the store's fetch lock) and all four
+/// succeed with a verified store and no copies: a gzip layer is read from its blob.
+#[test]
+fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let since = e.log_len();
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let pulls: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    Command::new(env!("CARGO_BIN_EXE_imgfs"))
+                        .arg("--root")
+                        .arg(r)
+                        .args(["pull", "-q", &format!("{}/app:1", e.addr)])
+                        .output()
+                        .unwrap()
+                })
+            })
+            .collect();
+        pulls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for o in &outs {
+        ok(o);
+    }
+    let id = tag_target(r, &format!("{}/app:1", e.addr)).expect("app:1 is tagged");
+    let layers = layers_of(r, &id);
+    assert!(layers.len() >= 2, "app:1 has {} layers", layers.len());
+    e.sync_log();
+    let counts: Vec<usize> = layers.iter().map(|l| e.blob_gets_since(since, l)).collect();
+    assert_eq!(counts, vec![1; layers.len()], "GETs per layer blob for 4 concurrent pulls");
+    assert_blobs_verified(r);
+    assert_eq!(tmp_files(r), 0);
+    let copies = std::fs::read_dir(r.join("layers/sha256")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(copies, 0, "no uncompressed copies of gzip layers");
+    for l in &layers {
+        assert!(r.join("index/sha256").join(format!("{}.idx", &l[7..])).is_file(), "layer {l} has no index");
+    }
 }

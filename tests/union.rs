@@ -80,7 +80,7 @@ impl MemLayers {
             let mut f = tempfile::NamedTempFile::new().unwrap();
             f.write_all(&tar_of(l)).unwrap();
             let mut r = std::fs::File::open(f.path()).unwrap();
-            let contents = build::index_layer(&mut r, Compression::None, None, None).unwrap();
+            let contents = build::index_layer(&mut r, Compression::None, None, None).unwrap().contents;
             indexes.push(Arc::new(LayerIndex::new(contents)));
             files.push(f);
         }
@@ -102,7 +102,7 @@ impl LayerSource for MemLayers {
         Ok(self.indexes[i].clone())
     }
     fn data(&self, i: usize) -> anyhow::Result<Arc<LayerData>> {
-        Ok(Arc::new(LayerData::open(self.files[i].path())?))
+        Ok(Arc::new(LayerData::tar(self.files[i].path())?))
     }
     fn is_local(&self, i: usize) -> bool {
         self.asked[i].load(Ordering::SeqCst) > 0

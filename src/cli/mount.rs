@@ -9,6 +9,7 @@ use crate::fetch::{self, StoreLayers};
 use crate::fs::Fs;
 use crate::fuse::{self, MountSettings};
 use crate::image::{ImageConfig, Platform};
+use crate::layer::spans::SpanCache;
 use crate::reference::Reference;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{is_fuse_mountpoint, process_start_ticks, MountRecord};
@@ -31,6 +32,9 @@ pub struct Args {
     /// `user_allow_other` in /etc/fuse.conf)
     #[arg(long)]
     pub allow_other: bool,
+    /// Memory for decoded data of compressed layers, shared by all reads (MiB)
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub read_cache: u64,
     /// The image ID the parent already resolved (internal, for the background server)
     #[arg(long, hide = true)]
     pub resolved_id: Option<String>,
@@ -62,9 +66,9 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
         None => resolve(ctx, &reference, args.platform.as_deref())?,
     };
     if args.foreground {
-        serve(ctx, &reference, &dir, record, config, args.allow_other)
+        serve(ctx, &reference, &dir, record, config, &args)
     } else {
-        start_background(ctx, root, &reference, &dir, &record, args.allow_other)
+        start_background(ctx, root, &reference, &dir, &record, &args)
     }
 }
 
@@ -98,7 +102,7 @@ fn start_background(
     reference: &str,
     dir: &Path,
     record: &ImageRecord,
-    allow_other: bool,
+    args: &Args,
 ) -> Result<()> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     let log = ctx.store.logs_dir().join(format!("mount-{stamp}-{}.log", std::process::id()));
@@ -109,9 +113,10 @@ fn start_background(
         cmd.arg("--insecure-registry").arg(h);
     }
     cmd.args(["mount", "-f", "--resolved-id", record.id.as_str()]);
-    if allow_other {
+    if args.allow_other {
         cmd.arg("--allow-other");
     }
+    cmd.arg("--read-cache").arg(args.read_cache.to_string());
     cmd.arg(reference).arg(dir);
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     // A session of its own: the server outlives the shell that started it and
@@ -151,8 +156,9 @@ fn serve(
     dir: &Path,
     record: ImageRecord,
     config: ImageConfig,
-    allow_other: bool,
+    args: &Args,
 ) -> Result<()> {
+    let allow_other = args.allow_other;
     let options = ctx.client_options().clone();
     let client: Box<dyn Fn() -> Result<Arc<crate::registry::Client>> + Send + Sync> = {
         let cell = std::sync::OnceLock::new();
@@ -164,7 +170,8 @@ fn serve(
             Ok(Arc::clone(cell.get_or_init(|| c)))
         })
     };
-    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config);
+    let spans = Arc::new(SpanCache::new(args.read_cache << 20));
+    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans);
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
     let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
@@ -232,7 +239,7 @@ fn unmount_on_signal(dir: PathBuf) {
 
 fn list(ctx: &Context) -> Result<()> {
     let (live, _dead) = ctx.store.mounts()?;
-    println!("{:<40} {:<14} {:<40} {}", "IMAGE", "IMAGE ID", "MOUNTPOINT", "PID");
+    println!("{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT");
     for m in live {
         println!("{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid);
     }

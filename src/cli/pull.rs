@@ -4,8 +4,11 @@
 use super::Context;
 use crate::fetch;
 use crate::image::Platform;
+use crate::layer::spans::SpanCache;
 use crate::reference::Reference;
+use crate::registry::Client;
 use anyhow::{bail, Context as _, Result};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,9 +25,6 @@ pub struct Args {
     pub reference: String,
 }
 
-/// Layers downloaded at once.
-const PARALLEL_DOWNLOADS: usize = 3;
-
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
     let platform = args.platform.as_deref().map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
@@ -33,7 +33,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             bail!("tag can't be used with --all-tags: {}", args.reference);
         }
         let client = ctx.client()?;
-        let tags = client.list_tags(&r.registry, &r.repository).with_context(|| format!("cannot list tags of {}", r.name()))?;
+        let tags = client
+            .list_tags(&r.registry, &r.repository)
+            .with_context(|| format!("cannot list tags of {}", r.name()))?;
         if tags.is_empty() {
             bail!("repository {} has no tags", r.name());
         }
@@ -62,16 +64,23 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
             say(format!("{}: Already exists", l.digest.short()));
         }
     }
-    // Download in parallel: a handful of threads take layers off a shared queue.
-    let queue = std::sync::Mutex::new(missing.clone().into_iter());
+    // Fetch and index in parallel, a thread per core taking layers off a shared queue.
+    // Every layer is loaded, stored ones too: that checks each against the config's
+    // diff_id, and a later mount starts with nothing to parse.
+    let spans = Arc::new(SpanCache::new(0));
+    let client_fn = || -> Result<Arc<Client>> { Ok(Arc::clone(&client)) };
+    let queue = std::sync::Mutex::new(0..layers.len());
     let errors = std::sync::Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(layers.len());
     std::thread::scope(|s| {
-        for _ in 0..PARALLEL_DOWNLOADS.min(missing.len()) {
+        for _ in 0..threads {
             s.spawn(|| loop {
                 let Some(i) = queue.lock().unwrap().next() else { break };
                 let l = &layers[i];
-                match fetch::fetch_layer_blob(&client, store, &resolved.record.source, l) {
-                    Ok(()) => say(format!("{}: Pull complete", l.digest.short())),
+                let diff_id = &resolved.config.rootfs.diff_ids[i];
+                match fetch::load_layer(&client_fn, store, &resolved.record.source, l, diff_id, &spans) {
+                    Ok(_) if missing.contains(&i) => say(format!("{}: Pull complete", l.digest.short())),
+                    Ok(_) => {}
                     Err(e) => errors.lock().unwrap().push(e),
                 }
             });
@@ -80,20 +89,14 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
         return Err(e);
     }
-    // Index every layer now: this checks each one against the config's diff_id, and
-    // a later mount starts with nothing to parse.
-    {
-        let _guard = store.writer_guard()?;
-        for (i, l) in layers.iter().enumerate() {
-            fetch::ensure_layer_index(store, l, &resolved.config.rootfs.diff_ids[i])
-                .with_context(|| format!("{r}: layer {}", l.digest))?;
-        }
-    }
     // Up to date: the name already pointed at this very image before this pull.
     let db = store.db()?;
     let up_to_date = match &r.tag {
         Some(t) => db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id),
-        None => db.images.get(&resolved.record.id).is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
+        None => db
+            .images
+            .get(&resolved.record.id)
+            .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
     };
     fetch::register(store, &resolved, r)?;
     say(format!("Digest: {}", resolved.top_digest));

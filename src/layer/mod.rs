@@ -2,77 +2,59 @@
 //! attributes and where its bytes sit in the uncompressed tar), the layer's whiteouts
 //! and opaque directories, and random access to file data.
 //!
-//! A layer is parsed once, while its blob is decompressed (`build`), and the table is
-//! kept in the store keyed by the layer digest, so a remount never parses again.
+//! A layer is parsed once, while its blob streams in and is decompressed (`build`),
+//! and the table is kept in the store keyed by the layer digest, so a remount never
+//! parses again. File data is read from the blob itself: in place for an uncompressed
+//! layer, from the nearest decompression checkpoint for a compressed one (`data`).
 
 pub mod build;
 pub mod checkpoints;
+pub mod data;
+pub mod spans;
 
-use anyhow::{Context, Result};
+pub use data::LayerData;
+
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
-    #[serde(rename = "f")]
     File,
-    #[serde(rename = "d")]
     Dir,
-    #[serde(rename = "l")]
     Symlink,
     /// A hard link; `Entry::link` names the target path, `Entry::link_entry` the
     /// entry in this layer it resolved to when it was read (if any).
-    #[serde(rename = "h")]
     Hardlink,
-    #[serde(rename = "c")]
     Char,
-    #[serde(rename = "b")]
     Block,
-    #[serde(rename = "p")]
     Fifo,
 }
 
-/// One tar entry. Short serde names keep the on-disk index small: images with 50k+
-/// entries are common.
+/// One tar entry, as the on-disk index keeps it (postcard: fields in order, no names).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
     /// Normalised: relative, no `./`, no trailing `/`; the root is `""`.
-    #[serde(rename = "p")]
     pub path: String,
-    #[serde(rename = "k")]
     pub kind: Kind,
     /// Permission bits including setuid, setgid and sticky (07777).
-    #[serde(rename = "m")]
     pub mode: u32,
-    #[serde(rename = "u")]
     pub uid: u32,
-    #[serde(rename = "g")]
     pub gid: u32,
-    #[serde(rename = "s", default)]
     pub size: u64,
-    #[serde(rename = "t")]
     pub mtime: i64,
     /// Symlink target, or the (normalised) path a hard link points at.
-    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
     /// For a hard link: the entry of this layer holding the data, if the target was
     /// an earlier entry of the same layer. `None` means the target lies in a lower layer.
-    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub link_entry: Option<u32>,
-    #[serde(rename = "r", default, skip_serializing_if = "is_zero_pair")]
     pub rdev: (u32, u32),
-    #[serde(rename = "x", default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// Offset of the data in the uncompressed tar stream.
-    #[serde(rename = "o", default)]
     pub offset: u64,
-}
-
-fn is_zero_pair(p: &(u32, u32)) -> bool {
-    *p == (0, 0)
 }
 
 /// What the tar held, in stream order, before any lookup tables are built.
@@ -231,20 +213,103 @@ impl LayerIndex {
     pub fn is_linked(&self, i: u32) -> bool {
         self.linked.contains(&i)
     }
+}
 
-    pub fn save(&self, out: &mut File) -> Result<()> {
+/// What a layer's index file holds: the table of contents and how to reach the data.
+pub struct IndexFile {
+    pub index: LayerIndex,
+    pub access: Access,
+}
+
+/// How a layer's uncompressed bytes are read.
+pub enum Access {
+    /// The blob is an uncompressed tar.
+    Plain,
+    /// The blob is compressed; decoding starts at the checkpoint nearest a read.
+    Checkpoints(checkpoints::Checkpoints),
+    /// The blob is compressed in a way that can't be entered midway (a zstd layer in
+    /// one big frame): an uncompressed copy sits next to it.
+    Copy,
+}
+
+/// The index file's first bytes, then a format version: a file of another version
+/// is rebuilt from the blob, never misread.
+const MAGIC: &[u8; 8] = b"IMGFSIDX";
+const VERSION: u32 = 2;
+
+impl IndexFile {
+    /// Write the index of layer `digest`: header, contents (postcard), access.
+    pub fn save(&self, digest: &str, out: &mut File) -> Result<()> {
         let mut w = std::io::BufWriter::new(out);
-        serde_json::to_writer(&mut w, &self.contents)?;
-        std::io::Write::flush(&mut w)?;
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        write_chunk(&mut w, digest.as_bytes())?;
+        write_chunk(&mut w, &postcard::to_stdvec(&self.index.contents)?)?;
+        match &self.access {
+            Access::Plain => w.write_all(&[0])?,
+            Access::Checkpoints(c) => {
+                w.write_all(&[1])?;
+                let mut bytes = Vec::new();
+                c.save(&mut bytes)?;
+                write_chunk(&mut w, &bytes)?;
+            }
+            Access::Copy => w.write_all(&[2])?,
+        }
+        w.flush()?;
         Ok(())
     }
 
-    pub fn load(path: &Path) -> Result<LayerIndex> {
+    /// Read the index of layer `digest`; an error if the file is of another version,
+    /// for another layer, or damaged.
+    pub fn load(path: &Path, digest: &str) -> Result<IndexFile> {
         let f = File::open(path).with_context(|| format!("cannot open layer index {}", path.display()))?;
-        let contents: Contents = serde_json::from_reader(std::io::BufReader::new(f))
-            .with_context(|| format!("layer index {} is corrupt", path.display()))?;
-        Ok(LayerIndex::new(contents))
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let corrupt = || format!("layer index {} is damaged", path.display());
+        let mut head = [0u8; 12];
+        r.read_exact(&mut head).with_context(corrupt)?;
+        if &head[..8] != MAGIC || head[8..] != VERSION.to_le_bytes() {
+            bail!("layer index {} is of another format version", path.display());
+        }
+        if read_chunk(&mut r).with_context(corrupt)? != digest.as_bytes() {
+            bail!("layer index {} is not the index of {digest}", path.display());
+        }
+        let contents: Contents =
+            postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        let mut kind = [0u8; 1];
+        r.read_exact(&mut kind).with_context(corrupt)?;
+        let access = match kind[0] {
+            0 => Access::Plain,
+            1 => Access::Checkpoints(
+                checkpoints::Checkpoints::load(&read_chunk(&mut r).with_context(corrupt)?[..]).with_context(corrupt)?,
+            ),
+            2 => Access::Copy,
+            _ => bail!(corrupt()),
+        };
+        Ok(IndexFile { index: LayerIndex::new(contents), access })
     }
+}
+
+/// The longest chunk an index file may declare: more is damage, not a real layer.
+const MAX_CHUNK: u64 = 4 << 30;
+
+fn write_chunk(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    w.write_all(bytes)
+}
+
+fn read_chunk(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_CHUNK {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "chunk length out of range"));
+    }
+    let mut buf = Vec::new();
+    r.take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
 }
 
 /// Tar names are bytes; we keep them as `String`s. Bytes that are not valid UTF-8 are
@@ -292,29 +357,6 @@ pub fn join(dir: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{dir}/{name}")
-    }
-}
-
-/// Random access to the uncompressed tar of a layer: the blob itself for an
-/// uncompressed layer, else the uncompressed copy made while indexing.
-pub struct LayerData {
-    file: File,
-}
-
-impl LayerData {
-    pub fn open(path: &Path) -> Result<LayerData> {
-        Ok(LayerData { file: File::open(path).with_context(|| format!("cannot open layer data {}", path.display()))? })
-    }
-
-    /// Read up to `len` bytes of an entry's data starting at `pos` within the entry.
-    pub fn read(&self, entry: &Entry, pos: u64, len: u32) -> std::io::Result<Vec<u8>> {
-        if pos >= entry.size {
-            return Ok(Vec::new());
-        }
-        let n = (len as u64).min(entry.size - pos) as usize;
-        let mut buf = vec![0u8; n];
-        self.file.read_exact_at(&mut buf, entry.offset + pos)?;
-        Ok(buf)
     }
 }
 

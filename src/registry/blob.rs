@@ -20,6 +20,22 @@ const MAX_RETRIES: u32 = 5;
 const BACKOFF: Duration = Duration::from_millis(100);
 const COPY_BUFFER: usize = 256 << 10;
 
+/// Where a downloaded blob goes: a file, or a file plus something that reads the bytes
+/// as they pass (a layer's indexer).
+pub trait BlobSink: Write {
+    /// Forget everything written so far: the server is sending the blob again from its
+    /// first byte.
+    fn restart(&mut self) -> io::Result<()>;
+}
+
+impl BlobSink for File {
+    fn restart(&mut self) -> io::Result<()> {
+        self.set_len(0)?;
+        self.seek(SeekFrom::Start(0))?;
+        Ok(())
+    }
+}
+
 impl Client {
     /// Streams the blob into `out` (a fresh, empty file opened read+write), hashing
     /// while writing; on a dropped connection or a read error, retries (up to 5 times,
@@ -33,7 +49,7 @@ impl Client {
         repository: &str,
         digest: &Digest,
         expected_size: Option<u64>,
-        out: &mut File,
+        out: &mut dyn BlobSink,
     ) -> Result<u64, RegistryError> {
         check_repository(repository)?;
         let subject = Subject::Blob { repository, digest };
@@ -42,7 +58,7 @@ impl Client {
         let local = |e: io::Error| RegistryError::LocalIo { what: what.clone(), source: e };
         let mut retries = Retries { count: 0, registry, what: &what };
 
-        let mut sink = restart(HashingWriter::new(&mut *out)).map_err(local)?;
+        let mut sink = restart(HashingWriter::new(out)).map_err(local)?;
         let mut written: u64 = 0;
         loop {
             let resuming = written > 0;
@@ -220,12 +236,11 @@ impl Retries<'_> {
     }
 }
 
-/// Empty the file and start hashing afresh.
-fn restart(sink: HashingWriter<&mut File>) -> io::Result<HashingWriter<&mut File>> {
-    let (file, _, _) = sink.finish();
-    file.set_len(0)?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(HashingWriter::new(file))
+/// Empty the sink and start hashing afresh.
+fn restart(sink: HashingWriter<&mut dyn BlobSink>) -> io::Result<HashingWriter<&mut dyn BlobSink>> {
+    let (out, _, _) = sink.finish();
+    out.restart()?;
+    Ok(HashingWriter::new(out))
 }
 
 fn range_header(from: u64, to: Option<u64>) -> HeaderValue {

@@ -8,7 +8,7 @@
 //! registry's own origin, never to the CDN a registry sends blob downloads to.
 
 mod auth;
-mod blob;
+pub mod blob;
 mod endpoint;
 mod error;
 

@@ -1,6 +1,6 @@
 //! Garbage collection: mark every blob reachable from an image record, sweep the
-//! rest (with the layer indexes and uncompressed copies derived from them) and stale
-//! temp files.
+//! rest (with the layer indexes, checkpoints and uncompressed copies derived from
+//! them), stale temp files and fetch locks.
 //!
 //! It runs under the exclusive `gc.lock`. Everything that writes blobs (a pull, a
 //! mount server fetching a layer) holds the same lock shared while it works, so a
@@ -65,11 +65,14 @@ impl Store {
                 }
             }
         }
-        // No writer holds the shared lock now, so every temp file is left over.
-        for entry in fs::read_dir(self.root().join("tmp"))? {
-            let entry = entry?;
-            sweep.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = fs::remove_file(entry.path());
+        // No writer holds the shared lock now, so every temp file is left over, and no
+        // fetch lock is held (they are taken under the shared lock).
+        for dir in ["tmp", "locks"] {
+            for entry in fs::read_dir(self.root().join(dir))? {
+                let entry = entry?;
+                sweep.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = fs::remove_file(entry.path());
+            }
         }
         sweep.blobs.sort();
         Ok(sweep)

@@ -5,9 +5,11 @@
 //!   against its digest before it was renamed into place. A file there is trusted.
 //! - `tmp/`: downloads in progress. Nothing here is ever read as a blob; stale files
 //!   are removed by `prune`.
-//! - `index/sha256/HEX.idx`: a layer's table of contents, keyed by the layer's digest.
-//! - `layers/sha256/HEX.tar`: the uncompressed tar of a compressed layer, so reads can
-//!   seek (an uncompressed layer is read straight from its blob).
+//! - `index/sha256/HEX.idx`: a layer's table of contents and decompression
+//!   checkpoints, keyed by the layer's digest (see `layer::IndexFile`).
+//! - `layers/sha256/HEX.tar`: the uncompressed tar of a layer that can't be entered
+//!   midway (zstd in one frame); other layers are read from their blobs.
+//! - `locks/fetch-HEX.lock`: held by the one process fetching blob HEX.
 //! - `images.json`: image records and tags (see `db`).
 //! - `mounts/`: one record per running mount server (see `mounts`).
 //! - `logs/`: logs of background mount servers.
@@ -33,7 +35,7 @@ pub struct Store {
 impl Store {
     /// Open (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "mounts", "logs"] {
+        for sub in ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "locks", "mounts", "logs"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).with_context(|| format!("cannot create store directory {}", dir.display()))?;
         }
@@ -67,6 +69,14 @@ impl Store {
 
     pub fn layer_tar_path(&self, layer: &Digest) -> PathBuf {
         self.root.join("layers/sha256").join(format!("{}.tar", layer.hex()))
+    }
+
+    /// Wait until no other process is fetching blob `d`, then hold that right until
+    /// the guard drops. Taken under the writer guard, so a sweep (which empties
+    /// `tmp/` under the exclusive lock) never removes a lock file in use.
+    pub fn fetch_lock(&self, d: &Digest) -> Result<lock::FileLock> {
+        let path = self.root.join("locks").join(format!("fetch-{}.lock", d.hex()));
+        lock::FileLock::exclusive(&path).with_context(|| format!("cannot lock {}", path.display()))
     }
 
     pub fn logs_dir(&self) -> PathBuf {
@@ -129,10 +139,8 @@ impl Store {
     /// A new, uniquely named file under `tmp/`.
     pub fn temp_file(&self) -> Result<(PathBuf, File)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos);
         let path = self.root.join("tmp").join(name);
         let file = File::options()
