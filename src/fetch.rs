@@ -334,6 +334,10 @@ fn finish(
     let tar_copy = store.layer_tar_path(&layer.digest);
     let access = match (compression, built.checkpoints) {
         (Compression::None, _) => Access::Plain,
+        // A gzip checkpoint can only sit at a deflate block boundary, so a rare span
+        // runs long; decoding it is still far cheaper than a copy of the layer.
+        (Compression::Gzip, Some(c)) => Access::Checkpoints(c),
+        // zstd can only restart at a frame: one big frame can't be entered midway.
         (_, Some(c)) if c.is_seekable() => Access::Checkpoints(c),
         _ => Access::Copy,
     };

@@ -16,7 +16,12 @@ pub use data::LayerData;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
+
+/// foldhash: several times faster than SipHash on short paths, and seeded at random
+/// per process, so a layer can't be crafted to make every path collide.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
@@ -101,19 +106,25 @@ pub enum Presence<'a> {
 
 impl LayerIndex {
     pub fn new(contents: Contents) -> LayerIndex {
-        let mut by_path = HashMap::new();
+        let mut by_path = HashMap::default();
         for (i, e) in contents.entries.iter().enumerate() {
             by_path.insert(e.path.clone(), i as u32);
         }
-        let mut children: HashMap<String, Vec<String>> = HashMap::new();
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut implicit = HashSet::new();
+        let mut children: HashMap<String, Vec<String>> = HashMap::default();
+        let mut seen: HashSet<&str> = HashSet::default();
+        let mut implicit = HashSet::default();
         for path in by_path.keys() {
             // Register the path with its parent and any missing ancestors.
             let mut p: &str = path;
             while !p.is_empty() && seen.insert(p) {
                 let (parent, name) = split_parent(p);
-                children.entry(parent.to_string()).or_default().push(name.to_string());
+                // get_mut first: most parents are there already, and a key costs an allocation.
+                match children.get_mut(parent) {
+                    Some(names) => names.push(name.to_string()),
+                    None => {
+                        children.insert(parent.to_string(), vec![name.to_string()]);
+                    }
+                }
                 if !by_path.contains_key(parent) && !parent.is_empty() {
                     implicit.insert(parent.to_string());
                 }
@@ -123,9 +134,9 @@ impl LayerIndex {
         for names in children.values_mut() {
             names.sort();
         }
-        let mut lower_links: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut links_to: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut linked = HashSet::new();
+        let mut lower_links: HashMap<String, Vec<u32>> = HashMap::default();
+        let mut links_to: HashMap<u32, Vec<u32>> = HashMap::default();
+        let mut linked = HashSet::default();
         for (i, e) in contents.entries.iter().enumerate() {
             if e.kind == Kind::Hardlink {
                 match e.link_entry {
