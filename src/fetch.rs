@@ -6,6 +6,8 @@
 use crate::digest::Digest;
 use crate::image::{self, Compression, Descriptor, ImageConfig, ManifestKind, Platform};
 use crate::layer::build::{self, Built};
+use crate::layer::checkpoints::{Format, IndexingDecoder};
+use crate::layer::reframe::FrameWriter;
 use crate::layer::spans::SpanCache;
 use crate::layer::{Access, IndexFile, LayerData, LayerIndex};
 use crate::reference::Reference;
@@ -174,25 +176,34 @@ fn open_indexed(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>) -> Op
         return None;
     }
     let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
-    let copy = store.layer_tar_path(&layer.digest);
     let data = match file.access {
         Access::Plain => LayerData::tar(&store.blob_path(&layer.digest)),
-        Access::Checkpoints(c) => {
-            // An uncompressed copy left by an older imgfs is not needed any more.
-            let _ = std::fs::remove_file(&copy);
-            LayerData::compressed(&store.blob_path(&layer.digest), c, Arc::clone(spans))
-        }
-        Access::Copy => LayerData::tar(&copy),
+        Access::Checkpoints(c) => LayerData::compressed(&store.blob_path(&layer.digest), c, Arc::clone(spans)),
+        Access::Reframed(c) => LayerData::compressed(&store.reframed_path(&layer.digest), c, Arc::clone(spans)),
     };
     Some((Arc::new(file.index), Arc::new(data.ok()?)))
 }
 
-/// A temp file that receives the uncompressed tar of a layer that may not be
-/// seekable (zstd), renamed into place if it turns out to be needed.
-type CopyFile = Option<(PathBuf, File)>;
+/// Where a zstd layer's uncompressed stream is re-encoded in frames while it is
+/// indexed, in case it turns out to be one big frame.
+type Reframe = Option<(PathBuf, FrameWriter<File>)>;
 
-fn copy_file(store: &Store, compression: Compression) -> Result<CopyFile> {
-    Ok(if compression == Compression::Zstd { Some(store.temp_file()?) } else { None })
+fn reframe(store: &Store, compression: Compression) -> Result<Reframe> {
+    if compression != Compression::Zstd {
+        return Ok(None);
+    }
+    let (path, file) = store.temp_file()?;
+    Ok(Some((path, FrameWriter::new(file, build::SPAN as usize)?)))
+}
+
+fn as_sink(r: &mut Reframe) -> Option<&mut dyn Write> {
+    r.as_mut().map(|(_, w)| w as &mut dyn Write)
+}
+
+fn discard(r: Reframe) {
+    if let Some((p, _)) = r {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Index a layer whose blob is in the store: one pass over the file.
@@ -201,16 +212,14 @@ fn index_local(
     layer: &Descriptor,
     compression: Compression,
     diff_id: &Digest,
-) -> Result<(Built, CopyFile)> {
+) -> Result<(Built, Reframe)> {
     let blob = File::open(store.blob_path(&layer.digest))
         .with_context(|| format!("layer {} is not in the store", layer.digest))?;
-    let mut copy = copy_file(store, compression)?;
-    match build::index_layer(blob, compression, Some(diff_id), copy.as_mut().map(|(_, f)| f)) {
+    let mut copy = reframe(store, compression)?;
+    match build::index_layer(blob, compression, Some(diff_id), as_sink(&mut copy)) {
         Ok(built) => Ok((built, copy)),
         Err(e) => {
-            if let Some((p, _)) = copy {
-                let _ = std::fs::remove_file(p);
-            }
+            discard(copy);
             Err(e.context(format!("layer {}", layer.digest)))
         }
     }
@@ -227,14 +236,13 @@ fn download_and_index(
     layer: &Descriptor,
     compression: Compression,
     diff_id: &Digest,
-) -> Result<Option<(Built, CopyFile)>> {
+) -> Result<Option<(Built, Reframe)>> {
     let (registry, repository) = source.split_once('/').context("image source has no repository")?;
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
-    let mut copy = copy_file(store, compression)?;
+    let mut copy = reframe(store, compression)?;
     std::thread::scope(|s| {
         let indexer = s.spawn(move || {
-            let built =
-                build::index_layer(ChannelReader::new(rx), compression, Some(diff_id), copy.as_mut().map(|(_, f)| f));
+            let built = build::index_layer(ChannelReader::new(rx), compression, Some(diff_id), as_sink(&mut copy));
             (built, copy)
         });
         let mut restarted = false;
@@ -246,9 +254,7 @@ fn download_and_index(
             let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
             downloaded.with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))?;
             if restarted {
-                if let Some((p, _)) = copy {
-                    let _ = std::fs::remove_file(p);
-                }
+                discard(copy);
             } else {
                 // Only a layer whose content checks out is kept.
                 outcome = Some((built.with_context(|| format!("layer {}", layer.digest))?, copy));
@@ -320,48 +326,54 @@ impl Read for ChannelReader {
     }
 }
 
-/// Save a freshly built index (keeping the uncompressed copy only for a layer that
-/// can't be entered midway) and open the layer.
+/// Save a freshly built index (keeping the re-encoded form only of a layer that can't
+/// be entered midway) and open the layer.
 fn finish(
     store: &Store,
     layer: &Descriptor,
     compression: Compression,
     built: Built,
-    copy: CopyFile,
+    copy: Reframe,
     spans: &Arc<SpanCache>,
 ) -> Result<LoadedLayer> {
     let blob = store.blob_path(&layer.digest);
-    let tar_copy = store.layer_tar_path(&layer.digest);
-    let access = match (compression, built.checkpoints) {
-        (Compression::None, _) => Access::Plain,
+    let reframed = store.reframed_path(&layer.digest);
+    let access = match (compression, built.checkpoints, copy) {
+        (Compression::None, _, copy) => {
+            discard(copy);
+            Access::Plain
+        }
         // A gzip checkpoint can only sit at a deflate block boundary, so a rare span
-        // runs long; decoding it is still far cheaper than a copy of the layer.
-        (Compression::Gzip, Some(c)) => Access::Checkpoints(c),
-        // zstd can only restart at a frame: one big frame can't be entered midway.
-        (_, Some(c)) if c.is_seekable() => Access::Checkpoints(c),
-        _ => Access::Copy,
+        // runs long; decoding it is still far cheaper than another form of the layer.
+        (Compression::Gzip, Some(c), copy) => {
+            discard(copy);
+            Access::Checkpoints(c)
+        }
+        // zstd can only restart at a frame start: a layer in big frames is read from
+        // its re-encoded form.
+        (_, Some(c), copy) if c.is_seekable() => {
+            discard(copy);
+            Access::Checkpoints(c)
+        }
+        (_, _, Some((tmp, writer))) => {
+            let file = writer.finish()?;
+            file.sync_all()?;
+            let mut frames = IndexingDecoder::new(File::open(&tmp)?, Format::Zstd, build::SPAN)?;
+            io::copy(&mut frames, &mut io::sink())?;
+            let c = frames.finish()?;
+            std::fs::rename(&tmp, &reframed).with_context(|| format!("cannot write {}", reframed.display()))?;
+            Access::Reframed(c)
+        }
+        (_, _, None) => bail!("layer {} can't be read midway and was not re-encoded", layer.digest),
     };
-    match (&access, copy) {
-        (Access::Copy, Some((tmp, f))) => {
-            f.sync_all()?;
-            std::fs::rename(&tmp, &tar_copy).with_context(|| format!("cannot write {}", tar_copy.display()))?;
-        }
-        (Access::Copy, None) => bail!("layer {} can't be read midway and has no uncompressed copy", layer.digest),
-        (_, Some((tmp, _))) => {
-            let _ = std::fs::remove_file(tmp);
-        }
-        (_, None) => {}
-    }
-    if !matches!(access, Access::Copy) {
-        let _ = std::fs::remove_file(&tar_copy); // left by an older imgfs
-    }
+    let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
     let file = IndexFile { index: LayerIndex::new(built.contents), access };
     store.write_derived(&store.index_path(&layer.digest), |f| file.save(layer.digest.as_str(), f))?;
     let IndexFile { index, access } = file;
     let data = match access {
         Access::Plain => LayerData::tar(&blob)?,
         Access::Checkpoints(c) => LayerData::compressed(&blob, c, Arc::clone(spans))?,
-        Access::Copy => LayerData::tar(&tar_copy)?,
+        Access::Reframed(c) => LayerData::compressed(&reframed, c, Arc::clone(spans))?,
     };
     Ok((Arc::new(index), Arc::new(data)))
 }

@@ -225,8 +225,20 @@ fn docker_v2s2_zstd_and_uncompressed_layers_pull_and_index() {
         let id = tag_target(r, &format!("{}/{image}", e.addr)).unwrap();
         for l in layers_of(r, &id) {
             assert!(r.join("index/sha256").join(format!("{}.idx", &l[7..])).is_file(), "{image}: {l} indexed");
+            // Nothing next to a layer but its index, except a zstd layer in one big
+            // frame, re-encoded in frames: never an uncompressed copy.
+            let tar = r.join("layers/sha256").join(format!("{}.tar", &l[7..]));
+            assert!(!tar.exists(), "{image}: an uncompressed copy of {l}");
+            let zst = r.join("layers/sha256").join(format!("{}.zst", &l[7..]));
+            assert!(image == "zstd:1" || !zst.exists(), "{image}: {l} re-encoded");
         }
     }
+    // Store on disk against the blobs: checkpoints and indexes are a few percent.
+    let size = |dir: &str| -> u64 {
+        std::fs::read_dir(r.join(dir)).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    };
+    let (blobs, derived) = (size("blobs/sha256"), size("index/sha256") + size("layers/sha256"));
+    assert!(derived * 4 < blobs, "indexes and re-encoded layers take {derived} bytes next to {blobs} of blobs");
     assert_blobs_verified(r);
 }
 

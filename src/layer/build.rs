@@ -10,7 +10,6 @@ use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use tar::EntryType;
 
@@ -31,13 +30,13 @@ pub struct Built {
 }
 
 /// Index the layer whose (possibly compressed) bytes `blob` yields. When `copy` is
-/// given, the uncompressed tar is written to it as it streams. `diff_id`, when known,
+/// given, the uncompressed tar is written to it as it streams (for `reframe`). `diff_id`, when known,
 /// must match the uncompressed stream.
 pub fn index_layer(
     blob: impl Read,
     compression: Compression,
     diff_id: Option<&Digest>,
-    copy: Option<&mut File>,
+    copy: Option<&mut dyn Write>,
 ) -> Result<Built> {
     let raw = BufReader::with_capacity(1 << 20, blob);
     let (mut decoder, mut plain) = match compression {
@@ -74,7 +73,7 @@ pub fn index_layer(
 /// Copies what is read into `copy` as it passes.
 struct Tee<'a, R> {
     inner: R,
-    copy: Option<&'a mut File>,
+    copy: Option<&'a mut dyn Write>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {

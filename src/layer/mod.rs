@@ -10,6 +10,7 @@
 pub mod build;
 pub mod checkpoints;
 pub mod data;
+pub mod reframe;
 pub mod spans;
 
 pub use data::LayerData;
@@ -239,8 +240,9 @@ pub enum Access {
     /// The blob is compressed; decoding starts at the checkpoint nearest a read.
     Checkpoints(checkpoints::Checkpoints),
     /// The blob is compressed in a way that can't be entered midway (a zstd layer in
-    /// one big frame): an uncompressed copy sits next to it.
-    Copy,
+    /// one big frame): it was re-encoded in frames (`reframe`), read through these
+    /// checkpoints.
+    Reframed(checkpoints::Checkpoints),
 }
 
 /// The index file's first bytes, then a format version: a file of another version
@@ -258,13 +260,12 @@ impl IndexFile {
         write_chunk(&mut w, &postcard::to_stdvec(&self.index.contents)?)?;
         match &self.access {
             Access::Plain => w.write_all(&[0])?,
-            Access::Checkpoints(c) => {
-                w.write_all(&[1])?;
+            Access::Checkpoints(c) | Access::Reframed(c) => {
+                w.write_all(&[if matches!(self.access, Access::Checkpoints(_)) { 1 } else { 2 }])?;
                 let mut bytes = Vec::new();
                 c.save(&mut bytes)?;
                 write_chunk(&mut w, &bytes)?;
             }
-            Access::Copy => w.write_all(&[2])?,
         }
         w.flush()?;
         Ok(())
@@ -290,10 +291,15 @@ impl IndexFile {
         r.read_exact(&mut kind).with_context(corrupt)?;
         let access = match kind[0] {
             0 => Access::Plain,
-            1 => Access::Checkpoints(
-                checkpoints::Checkpoints::load(&read_chunk(&mut r).with_context(corrupt)?[..]).with_context(corrupt)?,
-            ),
-            2 => Access::Copy,
+            1 | 2 => {
+                let c = checkpoints::Checkpoints::load(&read_chunk(&mut r).with_context(corrupt)?[..])
+                    .with_context(corrupt)?;
+                if kind[0] == 1 {
+                    Access::Checkpoints(c)
+                } else {
+                    Access::Reframed(c)
+                }
+            }
             _ => bail!(corrupt()),
         };
         Ok(IndexFile { index: LayerIndex::new(contents), access })

@@ -136,7 +136,9 @@ impl Db {
         if let Some(r) = &as_ref {
             if let Some(d) = &r.digest {
                 let key = format!("{}@{}", r.name(), d);
-                if let Some(img) = self.images.values().find(|i| i.repo_digests.contains(&key) || i.pinned.contains(&key)) {
+                if let Some(img) =
+                    self.images.values().find(|i| i.repo_digests.contains(&key) || i.pinned.contains(&key))
+                {
                     return Ok((img.id.clone(), LocalName::Digest(key)));
                 }
             } else if let Some(t) = &r.tag {
@@ -158,7 +160,10 @@ impl Db {
         }
         match as_ref {
             Some(_) => anyhow::bail!("no such image: {input}"),
-            None => anyhow::bail!("no such image: {input} (not an image ID, and {})", crate::reference::Reference::parse(input).unwrap_err()),
+            None => anyhow::bail!(
+                "no such image: {input} (not an image ID, and {})",
+                crate::reference::Reference::parse(input).unwrap_err()
+            ),
         }
     }
 }

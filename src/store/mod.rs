@@ -7,8 +7,8 @@
 //!   are removed by `prune`.
 //! - `index/sha256/HEX.idx`: a layer's table of contents and decompression
 //!   checkpoints, keyed by the layer's digest (see `layer::IndexFile`).
-//! - `layers/sha256/HEX.tar`: the uncompressed tar of a layer that can't be entered
-//!   midway (zstd in one frame); other layers are read from their blobs.
+//! - `layers/sha256/HEX.zst`: a layer that can't be entered midway (zstd in one
+//!   frame), re-encoded in frames; other layers are read from their blobs.
 //! - `locks/fetch-HEX.lock`: held by the one process fetching blob HEX.
 //! - `images.json`: image records and tags (see `db`).
 //! - `mounts/`: one record per running mount server (see `mounts`).
@@ -67,7 +67,13 @@ impl Store {
         self.root.join("index/sha256").join(format!("{}.idx", layer.hex()))
     }
 
-    pub fn layer_tar_path(&self, layer: &Digest) -> PathBuf {
+    /// A layer re-encoded in zstd frames, for one that can't be entered midway.
+    pub fn reframed_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("layers/sha256").join(format!("{}.zst", layer.hex()))
+    }
+
+    /// The uncompressed copy an older imgfs kept of each compressed layer.
+    pub fn old_copy_path(&self, layer: &Digest) -> PathBuf {
         self.root.join("layers/sha256").join(format!("{}.tar", layer.hex()))
     }
 
