@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -439,9 +439,34 @@ fn sync_registry_log() {
 /// Forwards each connection to the registry while on; while off, closes new
 /// connections at once and cuts open ones at their next chunk (the client keeps
 /// connections alive between requests, so an off switch must reach those too).
+/// It can also hold back the answer to requests for one blob (`hold`) until the test
+/// opens the gate (`release`), passing everything else.
 struct Proxy {
     addr: String,
     on: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+/// Holds the responses on connections that asked for `digest`, until opened.
+#[derive(Default)]
+struct Gate {
+    digest: Mutex<Option<String>>,
+    open: Mutex<bool>,
+    opened: Condvar,
+    /// Requests held so far (connections that asked for the digest before the gate opened).
+    held: AtomicUsize,
+}
+
+impl Gate {
+    fn is_open(&self) -> bool {
+        *self.open.lock().unwrap()
+    }
+    fn wait_open(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
 }
 
 impl Proxy {
@@ -449,7 +474,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let addr = listener.local_addr().unwrap().to_string();
         let on = Arc::new(AtomicBool::new(true));
-        let flag = Arc::clone(&on);
+        let gate = Arc::new(Gate::default());
+        let (flag, gate2) = (Arc::clone(&on), Arc::clone(&gate));
         // Lives as long as the test binary; one idle thread per proxy.
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -459,27 +485,73 @@ impl Proxy {
                     continue;
                 }
                 let Ok(upstream) = TcpStream::connect(&env().addr) else { continue };
-                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                // Set by the request direction when a request names the held digest
+                // (before it is forwarded); the response direction then writes nothing
+                // more until the gate opens. HTTP/1.1 without pipelining: the bytes that
+                // come back after such a request are its answer.
+                let held = Arc::new(AtomicBool::new(false));
+                for (from, to, requests) in [(&client, &upstream, true), (&upstream, &client, false)] {
                     let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                    let flag = Arc::clone(&flag);
-                    std::thread::spawn(move || pump(from, to, &flag));
+                    let (flag, gate, held) = (Arc::clone(&flag), Arc::clone(&gate2), Arc::clone(&held));
+                    std::thread::spawn(move || pump(from, to, &flag, &gate, &held, requests));
                 }
             }
         });
-        Proxy { addr, on }
+        Proxy { addr, on, gate }
     }
 
     fn set(&self, on: bool) {
         self.on.store(on, Ordering::SeqCst);
     }
+
+    /// From now on, hold the answers to requests whose bytes contain `digest`.
+    fn hold(&self, digest: &str) {
+        *self.gate.digest.lock().unwrap() = Some(digest.to_string());
+    }
+
+    /// How many requests have been held so far.
+    fn held(&self) -> usize {
+        self.gate.held.load(Ordering::SeqCst)
+    }
+
+    /// Open the gate: held answers flow, and nothing is held any more.
+    fn release(&self) {
+        *self.gate.open.lock().unwrap() = true;
+        self.gate.opened.notify_all();
+    }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool) {
+impl Drop for Proxy {
+    /// Never leave a connection (and the thread of a test waiting on it) held.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool, gate: &Gate, held: &AtomicBool, requests: bool) {
     let mut buf = vec![0u8; 64 * 1024];
+    // The end of the previous chunk, so a digest split across two reads is still seen.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
-        match from.read(&mut buf) {
-            Ok(n) if n > 0 && on.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_ok() => {}
+        let n = match from.read(&mut buf) {
+            Ok(n) if n > 0 && on.load(Ordering::SeqCst) => n,
             _ => break,
+        };
+        if requests {
+            let digest = gate.digest.lock().unwrap().clone();
+            if let Some(d) = digest.filter(|_| !gate.is_open()) {
+                let mut seen = std::mem::take(&mut tail);
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(d.len()).any(|w| w == d.as_bytes()) && !held.swap(true, Ordering::SeqCst) {
+                    gate.held.fetch_add(1, Ordering::SeqCst);
+                }
+                tail = seen[seen.len().saturating_sub(d.len())..].to_vec();
+            }
+        } else if held.load(Ordering::SeqCst) {
+            gate.wait_open();
+        }
+        if !on.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+            break;
         }
     }
     let _ = from.shutdown(Shutdown::Both);
