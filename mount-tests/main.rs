@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -439,9 +439,34 @@ fn sync_registry_log() {
 /// Forwards each connection to the registry while on; while off, closes new
 /// connections at once and cuts open ones at their next chunk (the client keeps
 /// connections alive between requests, so an off switch must reach those too).
+/// It can also hold back the answer to requests for one blob (`hold`) until the test
+/// opens the gate (`release`), passing everything else.
 struct Proxy {
     addr: String,
     on: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+/// Holds the responses on connections that asked for `digest`, until opened.
+#[derive(Default)]
+struct Gate {
+    digest: Mutex<Option<String>>,
+    open: Mutex<bool>,
+    opened: Condvar,
+    /// Requests held so far (connections that asked for the digest before the gate opened).
+    held: AtomicUsize,
+}
+
+impl Gate {
+    fn is_open(&self) -> bool {
+        *self.open.lock().unwrap()
+    }
+    fn wait_open(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
 }
 
 impl Proxy {
@@ -449,7 +474,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let addr = listener.local_addr().unwrap().to_string();
         let on = Arc::new(AtomicBool::new(true));
-        let flag = Arc::clone(&on);
+        let gate = Arc::new(Gate::default());
+        let (flag, gate2) = (Arc::clone(&on), Arc::clone(&gate));
         // Lives as long as the test binary; one idle thread per proxy.
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -459,27 +485,73 @@ impl Proxy {
                     continue;
                 }
                 let Ok(upstream) = TcpStream::connect(&env().addr) else { continue };
-                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                // Set by the request direction when a request names the held digest
+                // (before it is forwarded); the response direction then writes nothing
+                // more until the gate opens. HTTP/1.1 without pipelining: the bytes that
+                // come back after such a request are its answer.
+                let held = Arc::new(AtomicBool::new(false));
+                for (from, to, requests) in [(&client, &upstream, true), (&upstream, &client, false)] {
                     let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                    let flag = Arc::clone(&flag);
-                    std::thread::spawn(move || pump(from, to, &flag));
+                    let (flag, gate, held) = (Arc::clone(&flag), Arc::clone(&gate2), Arc::clone(&held));
+                    std::thread::spawn(move || pump(from, to, &flag, &gate, &held, requests));
                 }
             }
         });
-        Proxy { addr, on }
+        Proxy { addr, on, gate }
     }
 
     fn set(&self, on: bool) {
         self.on.store(on, Ordering::SeqCst);
     }
+
+    /// From now on, hold the answers to requests whose bytes contain `digest`.
+    fn hold(&self, digest: &str) {
+        *self.gate.digest.lock().unwrap() = Some(digest.to_string());
+    }
+
+    /// How many requests have been held so far.
+    fn held(&self) -> usize {
+        self.gate.held.load(Ordering::SeqCst)
+    }
+
+    /// Open the gate: held answers flow, and nothing is held any more.
+    fn release(&self) {
+        *self.gate.open.lock().unwrap() = true;
+        self.gate.opened.notify_all();
+    }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool) {
+impl Drop for Proxy {
+    /// Never leave a connection (and the thread of a test waiting on it) held.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool, gate: &Gate, held: &AtomicBool, requests: bool) {
     let mut buf = vec![0u8; 64 * 1024];
+    // The end of the previous chunk, so a digest split across two reads is still seen.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
-        match from.read(&mut buf) {
-            Ok(n) if n > 0 && on.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_ok() => {}
+        let n = match from.read(&mut buf) {
+            Ok(n) if n > 0 && on.load(Ordering::SeqCst) => n,
             _ => break,
+        };
+        if requests {
+            let digest = gate.digest.lock().unwrap().clone();
+            if let Some(d) = digest.filter(|_| !gate.is_open()) {
+                let mut seen = std::mem::take(&mut tail);
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(d.len()).any(|w| w == d.as_bytes()) && !held.swap(true, Ordering::SeqCst) {
+                    gate.held.fetch_add(1, Ordering::SeqCst);
+                }
+                tail = seen[seen.len().saturating_sub(d.len())..].to_vec();
+            }
+        } else if held.load(Ordering::SeqCst) {
+            gate.wait_open();
+        }
+        if !on.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+            break;
         }
     }
     let _ = from.shutdown(Shutdown::Both);
@@ -1134,4 +1206,318 @@ fn mount_refuses_an_existing_mount() {
     // Only one mount stacked on the directory.
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert_eq!(info.lines().filter(|l| l.split(' ').nth(4) == Some(m.arg())).count(), 1);
+}
+
+// =======================================================================================
+// 11. Images shaped as real ones are (layered:1)
+//
+// layered:1 (scripts/build-test-images, build_layered) is built the way docker, BuildKit
+// and umoci build images: only the base layer (a busybox root) has a "./" entry; the
+// three layers above, made by `umoci repack`, list only what changed and the
+// directories whose mtime the change moved. Layers, bottom to top:
+//   0 busybox base: ./, bin/busybox + applet symlinks, etc, root 0700, tmp 1777,
+//     usr/local 2775 root:staff, 3 MiB of data (the big, slow download)
+//   1 apt-like: usr/bin/hello*, usr/share/doc/hello/, var/lib/dpkg/, etc/shells
+//     changed, etc/motd deleted (etc/.wh.motd)
+//   2 config: etc/hello/hello.conf, etc/hostname changed
+//   3 top: etc/app.conf, usr/local/bin/app, the new directory usr/local/lib/app/ with
+//     tool and tool-alias, hard links of usr/bin/app-tool (three names, one inode);
+//     no entry for usr/ or usr/local/ (this layer only passes through them)
+// With default_permissions the kernel asks for the attributes of the root and of
+// every directory on a path before it looks a name up in it; none of that may need a
+// layer that the answer does not depend on.
+
+const LAYERED: &str = "layered:1";
+/// Files of the top layer, and the hard-link group it adds.
+const TOP_FILE: &str = "usr/local/bin/app";
+const TOP_PARENTS: [&str; 4] = ["", "usr", "usr/local", "usr/local/bin"];
+const LINK_GROUP: [&str; 3] = ["usr/local/lib/app/tool", "usr/local/lib/app/tool-alias", "usr/bin/app-tool"];
+
+/// A mount of layered:1 through a private proxy, and the layer blob GETs it caused.
+/// Fields drop in this order: the proxy first (its Drop opens a held gate), then the
+/// mount (detached), then the store.
+struct Layered {
+    proxy: Proxy,
+    m: Mount,
+    store: Store,
+    layers: Vec<String>,
+    mark: u64,
+}
+
+impl Layered {
+    fn mount() -> Layered {
+        let layers = layer_digests(LAYERED);
+        assert_eq!(layers.len(), 4, "{LAYERED} should have 4 layers: {layers:?}");
+        let proxy = Proxy::start();
+        let store = Store::new();
+        let mark = log_mark();
+        let m = mount(store.root(), &format!("{}/{LAYERED}", proxy.addr), &[]);
+        Layered { proxy, m, store, layers, mark }
+    }
+
+    /// Blob GETs answered so far for each layer, bottom to top.
+    fn fetched(&self) -> Vec<usize> {
+        sync_registry_log();
+        let repo = LAYERED.split(':').next().unwrap();
+        self.layers.iter().map(|d| blob_gets(self.mark, &self.proxy.addr, repo, d)).collect()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.m.path(rel)
+    }
+}
+
+fn reference_meta(rel: &str) -> fs::Metadata {
+    let p = unpack_of(LAYERED).join("rootfs").join(rel);
+    fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// mode (with the file type and setuid/setgid/sticky), uid, gid, mtime: what the
+/// kernel checks and `ls -l` shows.
+fn attrs(md: &fs::Metadata) -> (String, u32, u32, i64) {
+    (format!("{:o}", md.mode()), md.uid(), md.gid(), md.mtime())
+}
+
+/// stat of every name of `rel` with its parents, root first.
+fn stat_path(m: &Mount, rel: &str) -> std::io::Result<()> {
+    let mut p = String::new();
+    fs::metadata(&m.dir)?;
+    for part in rel.split('/') {
+        p = if p.is_empty() { part.to_string() } else { format!("{p}/{part}") };
+        fs::symlink_metadata(m.path(&p))?;
+    }
+    Ok(())
+}
+
+/// `cat` of a file that the top layer settles fetches the top layer only, and stat of
+/// the root and of the file's parents (usr/ and usr/local/ have no entry in the top
+/// layer: their attributes are in the base) then fetches nothing more. (On code that
+/// reads a directory's attributes down to its topmost explicit entry, the root's getattr
+/// fetches every layer down to the base's "./".)
+#[test]
+fn layered_top_layer_file_fetches_only_the_top_layer() {
+    let l = Layered::mount();
+    assert_eq!(l.fetched(), [0, 0, 0, 0], "the mount itself fetched layers (bottom..top)");
+
+    let data = fs::read(l.path(TOP_FILE)).unwrap_or_else(|e| panic!("cat {TOP_FILE}: {e}"));
+    assert_eq!(data, reference_file(LAYERED, TOP_FILE));
+    assert_eq!(l.fetched(), [0, 0, 0, 1], "blob GETs per layer (bottom..top) after cat {TOP_FILE}");
+
+    for rel in TOP_PARENTS {
+        let md = fs::metadata(l.path(rel)).unwrap_or_else(|e| panic!("stat /{rel}: {e}"));
+        assert!(md.is_dir(), "/{rel} is not a directory");
+    }
+    // Exact where the top layer has the entry.
+    for rel in [TOP_FILE, "usr/local/bin", "etc/app.conf", "etc"] {
+        let md = fs::symlink_metadata(l.path(rel)).unwrap_or_else(|e| panic!("stat {rel}: {e}"));
+        assert_eq!(attrs(&md), attrs(&reference_meta(rel)), "{rel}: (mode, uid, gid, mtime)");
+    }
+    assert_eq!(fs::read(l.path("etc/app.conf")).unwrap(), reference_file(LAYERED, "etc/app.conf"));
+    assert_eq!(
+        l.fetched(),
+        [0, 0, 0, 1],
+        "blob GETs per layer (bottom..top) after stat of /, its parents and etc/app.conf"
+    );
+}
+
+/// The three names of the top layer's hard-link group: stat of each (what `ls -l
+/// NAME...` does; lookups by name) fetches only the top layer and shows st_nlink 3 and
+/// one st_ino, in the new directory and in usr/bin alike. `ls -l` of the new
+/// directory then lists the reference's names with the same link count and inode
+/// (listing a directory must read the lower layers too, since any of them could hold
+/// entries of that path: the layer count is not checked there). After the whole tree
+/// is read the mount equals the reference unpack, hard-link groups included, and a
+/// second mount, with every layer local, gives the same link count and inode.
+#[test]
+fn layered_hard_link_group_counts_links_from_its_own_layer() {
+    let l = Layered::mount();
+    let group = |m: &Mount| -> Vec<(u64, u64)> {
+        LINK_GROUP
+            .iter()
+            .map(|rel| {
+                let md = fs::symlink_metadata(m.path(rel)).unwrap_or_else(|e| panic!("stat {rel}: {e}"));
+                (md.ino(), md.nlink())
+            })
+            .collect()
+    };
+    let first = group(&l.m);
+    assert_eq!(l.fetched(), [0, 0, 0, 1], "blob GETs per layer (bottom..top) after stat of {LINK_GROUP:?}");
+    let ino = first[0].0;
+    assert_eq!(first, vec![(ino, 3); 3], "(st_ino, st_nlink) of {LINK_GROUP:?}");
+    let readme = fs::symlink_metadata(l.path("usr/local/lib/app/README")).unwrap();
+    assert!(readme.ino() != ino && readme.nlink() == 1, "README: ino {} nlink {}", readme.ino(), readme.nlink());
+    assert_eq!(fs::read(l.path(LINK_GROUP[1])).unwrap(), reference_file(LAYERED, LINK_GROUP[0]));
+    assert_eq!(l.fetched(), [0, 0, 0, 1], "blob GETs per layer (bottom..top) after reading {}", LINK_GROUP[1]);
+
+    // ls -l of the new directory.
+    let dir = l.path("usr/local/lib/app");
+    let mut listed: Vec<(String, u64, u64)> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("ls {}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), md.ino(), md.nlink())
+        })
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = fs::read_dir(unpack_of(LAYERED).join("rootfs/usr/local/lib/app"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    want.sort();
+    assert_eq!(listed.iter().map(|x| x.0.clone()).collect::<Vec<_>>(), want, "ls usr/local/lib/app");
+    for (name, i, n) in &listed {
+        let linked = name == "tool" || name == "tool-alias";
+        assert_eq!((*i == ino, *n), (linked, if linked { 3 } else { 1 }), "ls -l usr/local/lib/app: {name}");
+    }
+
+    // Everything read: the whole tree (hard-link groups and st_nlink included) is the
+    // reference's.
+    read_all(&l.m.dir);
+    assert_eq!(group(&l.m), first, "(st_ino, st_nlink) of {LINK_GROUP:?} after reading the whole tree");
+    let diffs = treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--no-dir-mtime"]);
+    assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
+    let reference: Vec<(u64, u64)> = LINK_GROUP
+        .iter()
+        .map(|rel| {
+            let md = reference_meta(rel);
+            (md.ino(), md.nlink())
+        })
+        .collect();
+    assert_eq!(reference, vec![(reference[0].0, 3); 3], "the reference unpack's link group");
+
+    // A second mount in the same store: every layer is local from the start.
+    let again = mount(l.store.root(), &format!("{}/{LAYERED}", l.proxy.addr), &[]);
+    let second = group(&again);
+    assert_eq!(
+        second,
+        vec![(second[0].0, 3); 3],
+        "(st_ino, st_nlink) of {LINK_GROUP:?} in a mount with every layer local"
+    );
+}
+
+/// stat of the mount root needs no layer: it answers with the registry unreachable
+/// right after the mount returned. Once the top layer is local, the top-layer file, its
+/// parents and its data are all served during an outage too, while a file only the
+/// base layer has fails with EIO (the outage is real) and reads once the registry is back.
+#[test]
+fn layered_root_and_settled_paths_answer_without_the_registry() {
+    let l = Layered::mount();
+    l.proxy.set(false);
+    let md =
+        fs::metadata(&l.m.dir).unwrap_or_else(|e| panic!("stat of the mount root with the registry unreachable: {e}"));
+    assert!(md.is_dir(), "the mount root is not a directory: {md:?}");
+
+    l.proxy.set(true);
+    assert_eq!(fs::read(l.path(TOP_FILE)).unwrap(), reference_file(LAYERED, TOP_FILE));
+    assert_eq!(l.fetched(), [0, 0, 0, 1], "blob GETs per layer (bottom..top) after cat {TOP_FILE}");
+
+    l.proxy.set(false);
+    stat_path(&l.m, TOP_FILE).unwrap_or_else(|e| panic!("stat of {TOP_FILE} and its parents during the outage: {e}"));
+    assert_eq!(
+        fs::read(l.path(TOP_FILE)).unwrap_or_else(|e| panic!("cat {TOP_FILE} during the outage: {e}")),
+        reference_file(LAYERED, TOP_FILE)
+    );
+    assert_eq!(
+        fs::read(l.path("etc/app.conf")).unwrap_or_else(|e| panic!("cat etc/app.conf during the outage: {e}")),
+        reference_file(LAYERED, "etc/app.conf")
+    );
+    let e = errno_of("read bin/busybox with the registry down", fs::read(l.path("bin/busybox")));
+    assert_eq!(e, libc::EIO, "errno {e}, want EIO");
+
+    l.proxy.set(true);
+    assert_eq!(fs::read(l.path("bin/busybox")).unwrap(), reference_file(LAYERED, "bin/busybox"));
+}
+
+/// A slow download of the base layer stalls only the operations that need it. The
+/// proxy holds the base layer's blob; a thread reads bin/busybox and waits on it; while
+/// it waits, stat and read of files that the top layer settles answer. Then the gate
+/// opens and bin/busybox reads whole. No timing assertion: the guards only keep the
+/// test from hanging (40 s: below the client's 60 s read timeout, so a held download
+/// does not time out before the gate opens); the time the settled operations took is
+/// printed.
+#[test]
+fn layered_slow_base_layer_stalls_nothing_else() {
+    let l = Layered::mount();
+    l.proxy.hold(&l.layers[0]);
+    let guard = Duration::from_secs(40);
+
+    let (base_tx, base_rx) = mpsc::channel();
+    let busybox = l.path("bin/busybox");
+    std::thread::spawn(move || {
+        let _ = base_tx.send(fs::read(&busybox));
+    });
+    let asked = wait_until(guard, || l.proxy.held() > 0);
+    if !asked {
+        l.proxy.release();
+        panic!("reading bin/busybox never asked for the base layer: {:?}", base_rx.recv_timeout(guard));
+    }
+    assert!(base_rx.try_recv().is_err(), "bin/busybox was read while its layer's download was held");
+
+    let (top_tx, top_rx) = mpsc::channel();
+    let (file, conf) = (l.path(TOP_FILE), l.path("etc/app.conf"));
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let r = (|| -> std::io::Result<(fs::Metadata, Vec<u8>, Vec<u8>)> {
+            let md = fs::metadata(&file)?;
+            Ok((md, fs::read(&file)?, fs::read(&conf)?))
+        })();
+        let _ = top_tx.send(r);
+    });
+    let settled = top_rx.recv_timeout(guard);
+    let took = started.elapsed();
+    let still_held = !l.proxy.gate.is_open() && matches!(base_rx.try_recv(), Err(mpsc::TryRecvError::Empty));
+    l.proxy.release();
+    let (md, data, app_conf) = match settled {
+        Ok(r) => r.unwrap_or_else(|e| panic!("stat/read of {TOP_FILE} and etc/app.conf while the base layer is held: {e}")),
+        Err(_) => panic!(
+            "stat/read of {TOP_FILE} and etc/app.conf got no answer in {guard:?} while the base layer's download was held: they wait behind it"
+        ),
+    };
+    eprintln!("layered_slow_base_layer_stalls_nothing_else: stat + read of the top-layer files took {took:?} while the base layer was held");
+    assert!(still_held, "the base layer's download was not held while the top-layer files were read");
+    assert_eq!(attrs(&md), attrs(&reference_meta(TOP_FILE)));
+    assert_eq!(data, reference_file(LAYERED, TOP_FILE));
+    assert_eq!(app_conf, reference_file(LAYERED, "etc/app.conf"));
+
+    let base =
+        base_rx.recv_timeout(Duration::from_secs(60)).expect("bin/busybox: no answer 60 s after the gate opened");
+    let base = base.unwrap_or_else(|e| panic!("read bin/busybox after the gate opened: {e}"));
+    assert!(base == reference_file(LAYERED, "bin/busybox"), "bin/busybox: wrong bytes ({} bytes)", base.len());
+    assert_eq!(l.fetched()[0], 1, "the base layer was fetched more than once");
+}
+
+/// Directories answered before the layer that settles their attributes was local (the
+/// root, usr/ and usr/local/, whose entries are in the base layer only) get exactly the
+/// reference's mode, owner, mtime and link count once everything is read: what was
+/// served before then was not cached. usr/local (2775 root:staff) and the root (mtime
+/// 1990) differ from what a provisional answer could guess.
+#[test]
+fn layered_provisional_dir_attrs_become_exact() {
+    let l = Layered::mount();
+    let dirs = ["", "usr", "usr/local"];
+    let ignored = fs::read_to_string(unpack_of(LAYERED).join("dir-mtime-ignore")).unwrap();
+    for d in dirs {
+        let name = if d.is_empty() { "." } else { d };
+        assert!(!ignored.lines().any(|x| x == name), "the reference's mtime of {name} is not that of its entry");
+    }
+    assert_eq!(fs::read(l.path(TOP_FILE)).unwrap(), reference_file(LAYERED, TOP_FILE));
+    for d in dirs {
+        fs::metadata(l.path(d)).unwrap_or_else(|e| panic!("stat /{d}: {e}"));
+    }
+
+    assert_eq!(read_all(&l.m.dir), read_all(&unpack_of(LAYERED).join("rootfs")), "regular files read");
+    assert_eq!(l.fetched(), [1, 1, 1, 1], "blob GETs per layer (bottom..top) after reading everything");
+    for d in dirs {
+        let md = fs::metadata(l.path(d)).unwrap();
+        assert_eq!(attrs(&md), attrs(&reference_meta(d)), "/{d}: (mode, uid, gid, mtime)");
+        let reference = unpack_of(LAYERED).join("rootfs").join(d);
+        let subdirs =
+            fs::read_dir(&reference).unwrap().filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir()).count();
+        assert_eq!(md.nlink(), 2 + subdirs as u64, "/{d}: st_nlink");
+    }
+    let ignore = unpack_of(LAYERED).join("dir-mtime-ignore");
+    let diffs =
+        treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
+    assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
