@@ -122,6 +122,10 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ =
             config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Without this the kernel sends one lookup or readdir per directory at a time,
+        // so a lookup in `/` waiting for a layer download would hold up every other
+        // lookup in `/`, whatever layer it needs.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
