@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     pub allow_other: bool,
     /// Memory for decoded data of compressed layers, shared by all reads (MiB)
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub read_cache: u64,
     /// The image ID the parent already resolved (internal, for the background server)
     #[arg(long, hide = true)]

@@ -1,7 +1,9 @@
-//! Random access to a layer's uncompressed tar, without an uncompressed copy where
-//! the format allows: an uncompressed blob is read in place; a compressed one is
-//! decoded from the checkpoint at or before a read, span by span, through the shared
-//! span cache; a zstd layer with no frames to start from has an uncompressed copy.
+//! Random access to a layer's uncompressed tar without an uncompressed copy: an
+//! uncompressed blob is read in place; a compressed one (or the re-encoded form of a
+//! zstd layer in one big frame) is decoded from the checkpoint at or before a read,
+//! span by span, through the shared span cache. A read that nears the end of a span
+//! has the next span decoded on another thread meanwhile, so a sequential reader keeps
+//! two cores busy: one decoding, one copying to the kernel.
 
 use super::checkpoints::Checkpoints;
 use super::spans::SpanCache;
@@ -11,18 +13,46 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub enum LayerData {
-    /// An uncompressed tar: the blob itself, or the uncompressed copy of a layer that
-    /// can't be entered midway.
+    /// An uncompressed layer: its blob, read in place.
     Tar(File),
-    Compressed {
-        blob: File,
-        checkpoints: Checkpoints,
-        spans: Arc<SpanCache>,
-        id: u64,
-    },
+    Compressed(Arc<Compressed>),
+}
+
+pub struct Compressed {
+    blob: File,
+    checkpoints: Checkpoints,
+    spans: Arc<SpanCache>,
+    id: u64,
+    /// A read-ahead decode is running; one at a time per layer is enough to stay
+    /// ahead of a sequential reader and leaves the other cores to other readers.
+    reading_ahead: AtomicBool,
+}
+
+impl Compressed {
+    fn span(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
+        let (s0, s1) = self.checkpoints.span_range(i);
+        self.spans.get(self.id, i, s1 - s0, || self.checkpoints.decode_span(&self.blob, i))
+    }
+
+    /// Decode span `i` on another thread, unless it is cached or a read-ahead runs.
+    fn read_ahead(self: &Arc<Self>, i: usize) {
+        if i >= self.checkpoints.span_count() || self.spans.contains(self.id, i) {
+            return;
+        }
+        if self.reading_ahead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        std::thread::spawn(move || {
+            // An error here is met again, and reported, by the read that needs the span.
+            let _ = this.span(i);
+            this.reading_ahead.store(false, Ordering::Release);
+        });
+    }
 }
 
 impl LayerData {
@@ -32,7 +62,14 @@ impl LayerData {
 
     pub fn compressed(blob: &Path, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> Result<LayerData> {
         let blob = File::open(blob).with_context(|| format!("cannot open layer blob {}", blob.display()))?;
-        Ok(LayerData::Compressed { blob, checkpoints, spans, id: SpanCache::layer_id() })
+        let id = SpanCache::layer_id();
+        Ok(LayerData::Compressed(Arc::new(Compressed {
+            blob,
+            checkpoints,
+            spans,
+            id,
+            reading_ahead: AtomicBool::new(false),
+        })))
     }
 
     /// Read up to `len` bytes of an entry's data starting at `pos` within the entry.
@@ -48,24 +85,28 @@ impl LayerData {
                 file.read_exact_at(&mut buf, start)?;
                 Ok(buf)
             }
-            LayerData::Compressed { blob, checkpoints, spans, id } => {
+            LayerData::Compressed(c) => {
                 let mut buf = Vec::with_capacity(n);
                 let end = start + n as u64;
                 let mut at = start;
                 while at < end {
-                    let span = checkpoints.span_of(at);
-                    let (s0, s1) = checkpoints.span_range(span);
-                    if s1 <= at {
+                    let span = c.checkpoints.span_of(at);
+                    if span >= c.checkpoints.span_count() {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the layer"));
                     }
-                    let bytes = spans.get(*id, span, s1 - s0, || checkpoints.decode_span(blob, span))?;
+                    let (s0, s1) = c.checkpoints.span_range(span);
+                    let bytes = c.span(span)?;
                     let from = (at - s0) as usize;
-                    let to = ((end.min(s1)) - s0) as usize;
+                    let to = (end.min(s1) - s0) as usize;
                     if to > bytes.len() {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, "a span decoded short"));
                     }
                     buf.extend_from_slice(&bytes[from..to]);
                     at = s0 + to as u64;
+                    // Past the middle of a span: a sequential reader wants the next one soon.
+                    if at >= s0 + (s1 - s0) / 2 {
+                        c.read_ahead(span + 1);
+                    }
                 }
                 Ok(buf)
             }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 /// A span of one layer: (the layer's cache id, span number).
 type Key = (u64, usize);
-type Slot = Arc<Mutex<Option<Arc<[u8]>>>>;
+type Slot = Arc<Mutex<Option<Arc<Vec<u8>>>>>;
 
 pub struct SpanCache {
     limit: u64,
@@ -47,7 +47,7 @@ impl SpanCache {
         span: usize,
         len: u64,
         decode: impl FnOnce() -> io::Result<Vec<u8>>,
-    ) -> io::Result<Arc<[u8]>> {
+    ) -> io::Result<Arc<Vec<u8>>> {
         let slot = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             match inner.slots.get(&(layer, span)) {
@@ -73,7 +73,7 @@ impl SpanCache {
         }
         match decode() {
             Ok(bytes) => {
-                let bytes: Arc<[u8]> = bytes.into();
+                let bytes = Arc::new(bytes);
                 *data = Some(Arc::clone(&bytes));
                 Ok(bytes)
             }
@@ -86,6 +86,11 @@ impl SpanCache {
                 Err(e)
             }
         }
+    }
+
+    /// Is span `span` of layer `layer` cached (or being decoded)?
+    pub fn contains(&self, layer: u64, span: usize) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).slots.contains(&(layer, span))
     }
 
     /// Bytes of decoded data accounted for now.
