@@ -73,11 +73,21 @@ pub struct Fs {
     /// Open directories, by handle.
     open_dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_handle: AtomicU64,
+    /// Each directory's snapshot, once listed, for kernels that read directories
+    /// without opening them (see `fuse`): the image never changes, so one per
+    /// directory serves every reader.
+    listings: Mutex<HashMap<Ino, DirSnapshot>>,
 }
 
 impl Fs {
     pub fn new(tree: Tree, image_bytes: u64) -> Fs {
-        Fs { tree, image_bytes, open_dirs: Mutex::default(), next_handle: AtomicU64::new(1) }
+        Fs {
+            tree,
+            image_bytes,
+            open_dirs: Mutex::default(),
+            next_handle: AtomicU64::new(1),
+            listings: Mutex::default(),
+        }
     }
 
     /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
@@ -148,6 +158,16 @@ impl Fs {
     /// The snapshot taken when handle `fh` was opened.
     pub fn dir_handle(&self, fh: u64) -> FsResult<DirSnapshot> {
         self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// The snapshot of directory `ino`, made on its first listing and kept.
+    pub fn listing(&self, ino: Ino) -> FsResult<DirSnapshot> {
+        if let Some(l) = self.listings.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
+            return Ok(Arc::clone(l));
+        }
+        let entries = Arc::new(self.readdir(ino)?);
+        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Arc::clone(listings.entry(ino).or_insert(entries)))
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -3,7 +3,7 @@
 //! settled attributes and entries (negative ones included) are cached for a long
 //! time, and file pages are kept across opens.
 
-use crate::fs::{Fs, FsError};
+use crate::fs::{DirSnapshot, Fs, FsError};
 use crate::layer::Kind;
 use crate::tree::NodeInfo;
 use fuser::{
@@ -25,6 +25,9 @@ pub struct FuseFs {
     /// The kernel takes ENOSYS from `open` to mean "no open needed, keep the page
     /// cache" and stops sending OPEN and RELEASE for files.
     no_open: bool,
+    /// Likewise for directories: no OPENDIR/RELEASEDIR, and the listing is kept in
+    /// the kernel's cache; readdir then comes with handle 0.
+    no_opendir: bool,
 }
 
 pub struct MountSettings<'a> {
@@ -46,7 +49,7 @@ pub fn serve(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<()
     ];
     config.acl = if settings.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(settings.threads);
-    fuser::mount(FuseFs { fs, no_open: false }, dir, &config)
+    fuser::mount(FuseFs { fs, no_open: false, no_opendir: false }, dir, &config)
 }
 
 fn errno(e: FsError) -> Errno {
@@ -119,6 +122,18 @@ fn negative_attr() -> FileAttr {
     }
 }
 
+impl FuseFs {
+    /// The entries a readdir streams from: the open handle's snapshot, or, where the
+    /// kernel reads directories without opening them, the directory's own.
+    fn snapshot(&self, ino: INodeNo, fh: FileHandle) -> Result<DirSnapshot, FsError> {
+        if self.no_opendir {
+            self.fs.listing(ino.0)
+        } else {
+            self.fs.dir_handle(fh.0)
+        }
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Larger reads mean fewer round trips for `cat` and `tar`; refused values are fine.
@@ -132,6 +147,7 @@ impl Filesystem for FuseFs {
         // Opening a file needs no state here, and the mount is read-only, so the kernel
         // refuses write opens itself (EROFS): two round trips fewer per file opened.
         self.no_open = config.capabilities().contains(fuser::InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = config.capabilities().contains(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -185,6 +201,9 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.opendir(ino.0, flags.0) {
             // The kernel may keep the listing in its page cache: the image never changes.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
@@ -192,8 +211,8 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.dir_handle(fh.0) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.snapshot(ino, fh) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
@@ -207,8 +226,8 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.fs.dir_handle(fh.0) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.snapshot(ino, fh) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     let info = match self.fs.getattr(e.ino) {

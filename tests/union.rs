@@ -516,3 +516,21 @@ fn concurrent_operations_agree_with_a_single_thread() {
         }
     }
 }
+
+/// A directory's entries are snapshotted once per open handle, and once per directory
+/// for kernels that read directories without opening them; both match readdir.
+#[test]
+fn directory_snapshots_match_readdir_and_are_built_once() {
+    let (fs, _) = fs_of(&real_shape());
+    let etc = walk(&fs, "etc").unwrap();
+    let want: Vec<Vec<u8>> = fs.readdir(etc).unwrap().into_iter().map(|e| e.name).collect();
+    let fh = fs.opendir(etc, libc::O_RDONLY).unwrap();
+    let by_handle: Vec<Vec<u8>> = fs.dir_handle(fh).unwrap().iter().map(|e| e.name.clone()).collect();
+    assert_eq!(by_handle, want);
+    fs.releasedir(fh);
+    assert_eq!(fs.dir_handle(fh).err(), Some(FsError::BadHandle));
+    let (a, b) = (fs.listing(etc).unwrap(), fs.listing(etc).unwrap());
+    assert!(Arc::ptr_eq(&a, &b), "the listing was built twice");
+    assert_eq!(a.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), want);
+    assert_eq!(fs.opendir(etc, libc::O_RDWR), Err(FsError::ReadOnly));
+}
