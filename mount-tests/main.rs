@@ -806,8 +806,11 @@ fn an_older_store_is_converted_on_first_use() {
     let layers = layer_digests("app:1");
     for l in &layers {
         let hex = l.trim_start_matches("sha256:");
-        fs::write(store.root().join(format!("index/sha256/{hex}.idx")), br#"{"entries":[],"whiteouts":[],"opaque":[]}"#)
-            .unwrap();
+        fs::write(
+            store.root().join(format!("index/sha256/{hex}.idx")),
+            br#"{"entries":[],"whiteouts":[],"opaque":[]}"#,
+        )
+        .unwrap();
         fs::write(store.root().join(format!("layers/sha256/{hex}.tar")), b"an old uncompressed copy").unwrap();
     }
     let mark = log_mark();

@@ -53,11 +53,9 @@ impl Platform {
             [os, arch] if !os.is_empty() && !arch.is_empty() => {
                 Ok(Platform { os: os.to_string(), architecture: normalise_arch(arch), variant: None })
             }
-            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: normalise_arch(arch),
-                variant: Some(v.to_string()),
-            }),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
+                Ok(Platform { os: os.to_string(), architecture: normalise_arch(arch), variant: Some(v.to_string()) })
+            }
             _ => Err(format!("invalid platform {s:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")),
         }
     }
@@ -147,8 +145,7 @@ pub enum ManifestKind {
 /// Decide by the Content-Type the registry sent, falling back to the body's own
 /// `mediaType` and shape (some registries send `application/json`).
 pub fn parse_manifest(content_type: &str, body: &[u8]) -> Result<ManifestKind, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
     let ct = content_type.split(';').next().unwrap_or("").trim();
     let declared = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
     let is_index = [ct, declared].iter().any(|t| *t == OCI_INDEX || *t == DOCKER_LIST)
@@ -236,8 +233,9 @@ pub enum Compression {
 impl Compression {
     pub fn of_media_type(mt: &str) -> Result<Compression, String> {
         match mt {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Ok(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
+                Ok(Compression::None)
+            }
             "application/vnd.oci.image.layer.v1.tar+gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -288,9 +286,7 @@ mod tests {
         let body = br#"{"schemaVersion":2,"manifests":[]}"#;
         assert!(matches!(parse_manifest("application/json", body), Ok(ManifestKind::Index(_))));
         let d = Digest::of(b"x");
-        let body = format!(
-            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#
-        );
+        let body = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#);
         assert!(matches!(parse_manifest(OCI_MANIFEST, body.as_bytes()), Ok(ManifestKind::Image(_))));
         assert!(parse_manifest(OCI_MANIFEST, br#"{"schemaVersion":1}"#).is_err());
     }

@@ -42,9 +42,7 @@ impl Reference {
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, remainder))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, remainder)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 (first.to_string(), remainder.to_string())
             }
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),

@@ -9,9 +9,9 @@
 //! removes its record first and then sweeps unreferenced blobs, so a blob another image
 //! shares stays.
 
-use crate::reference::familiar_ref;
 use super::Context;
 use crate::digest::Digest;
+use crate::reference::familiar_ref;
 use crate::store::db::{Db, ImageRecord, LocalName};
 use crate::store::gc::Sweep;
 use crate::store::Store;

@@ -59,11 +59,8 @@ pub fn detach(dir: &Path) -> Result<()> {
     if matches!(status, Ok(s) if s.success()) {
         return Ok(());
     }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-uz")
-        .arg(dir)
-        .status()
-        .context("cannot run fusermount3")?;
+    let status =
+        std::process::Command::new("fusermount3").arg("-uz").arg(dir).status().context("cannot run fusermount3")?;
     if !status.success() {
         bail!("cannot unmount {}: fusermount3 failed", dir.display());
     }

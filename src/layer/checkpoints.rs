@@ -104,10 +104,7 @@ impl Checkpoints {
     /// `i >= span_count()`, like slice indexing.
     pub fn span_range(&self, i: usize) -> (u64, u64) {
         let start = self.points[i].uncompressed;
-        let end = self
-            .points
-            .get(i + 1)
-            .map_or(self.uncompressed_size, |p| p.uncompressed);
+        let end = self.points.get(i + 1).map_or(self.uncompressed_size, |p| p.uncompressed);
         (start, end)
     }
 
@@ -127,11 +124,7 @@ impl Checkpoints {
 
     /// The longest span: the most a single small read may have to decode.
     pub fn max_span_len(&self) -> u64 {
-        (0..self.points.len())
-            .map(|i| self.span_range(i))
-            .map(|(s, e)| e - s)
-            .max()
-            .unwrap_or(0)
+        (0..self.points.len()).map(|i| self.span_range(i)).map(|(s, e)| e - s).max().unwrap_or(0)
     }
 
     /// Whether reading through the checkpoints is cheap enough: no span is longer than
@@ -145,10 +138,7 @@ impl Checkpoints {
     /// number of threads may call it at once on one `File`.
     pub fn decode_span(&self, blob: &File, i: usize) -> io::Result<Vec<u8>> {
         if i >= self.points.len() {
-            return Err(invalid_input(format!(
-                "span {i} out of range ({} spans)",
-                self.points.len()
-            )));
+            return Err(invalid_input(format!("span {i} out of range ({} spans)", self.points.len())));
         }
         let (start, end) = self.span_range(i);
         let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
@@ -206,10 +196,7 @@ impl Checkpoints {
         r.read_exact(&mut head).context("checkpoint file is truncated")?;
         ensure!(&head[..8] == MAGIC, "not a checkpoint file");
         let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
-        ensure!(
-            version == VERSION,
-            "checkpoint file version {version}, expected {VERSION}"
-        );
+        ensure!(version == VERSION, "checkpoint file version {version}, expected {VERSION}");
         let body_len = u64::from_le_bytes(head[12..20].try_into().unwrap());
         let mut body = Vec::new();
         r.by_ref().take(body_len).read_to_end(&mut body)?;
@@ -218,10 +205,7 @@ impl Checkpoints {
         r.read_exact(&mut crc).context("checkpoint file is truncated")?;
         let mut sum = flate2::Crc::new();
         sum.update(&body);
-        ensure!(
-            sum.sum() == u32::from_le_bytes(crc),
-            "checkpoint file is corrupt (CRC mismatch)"
-        );
+        ensure!(sum.sum() == u32::from_le_bytes(crc), "checkpoint file is corrupt (CRC mismatch)");
         let mut extra = [0; 1];
         ensure!(r.read(&mut extra)? == 0, "trailing bytes after checkpoint file");
         parse_body(&body)
@@ -241,10 +225,7 @@ fn parse_body(body: &[u8]) -> Result<Checkpoints> {
     let count = c.varint()?;
     ensure!(span > 0, "span is zero");
     // Each point takes at least four bytes, which bounds the allocation below.
-    ensure!(
-        count <= (c.0.len() / 4) as u64,
-        "checkpoint count {count} exceeds the file"
-    );
+    ensure!(count <= (c.0.len() / 4) as u64, "checkpoint count {count} exceeds the file");
     let mut points = Vec::with_capacity(count as usize);
     let (mut last_out, mut last_in) = (0u64, 0u64);
     for i in 0..count {
@@ -252,51 +233,22 @@ fn parse_body(body: &[u8]) -> Result<Checkpoints> {
         let d_in = c.varint()?;
         let bits = c.byte()?;
         let wlen = c.varint()?;
-        ensure!(
-            wlen <= MAX_STORED_WINDOW as u64,
-            "checkpoint {i}: window of {wlen} bytes"
-        );
+        ensure!(wlen <= MAX_STORED_WINDOW as u64, "checkpoint {i}: window of {wlen} bytes");
         let window = c.take(wlen as usize)?.to_vec();
         ensure!(i == 0 || d_out > 0, "checkpoint {i} does not advance");
         let uncompressed = last_out.checked_add(d_out).context("offset overflow")?;
         let compressed = last_in.checked_add(d_in).context("offset overflow")?;
         ensure!(i > 0 || uncompressed == 0, "first checkpoint is not at offset 0");
-        ensure!(
-            uncompressed < uncompressed_size,
-            "checkpoint {i} lies past the end of the stream"
-        );
-        ensure!(
-            compressed <= compressed_size,
-            "checkpoint {i} lies past the end of the blob"
-        );
-        ensure!(
-            bits < 8 && (bits == 0 || compressed > 0),
-            "checkpoint {i}: bad bit offset {bits}"
-        );
-        ensure!(
-            format == Format::Gzip || (bits == 0 && window.is_empty()),
-            "checkpoint {i}: zstd with a window"
-        );
-        points.push(Checkpoint {
-            uncompressed,
-            compressed,
-            bits,
-            window,
-        });
+        ensure!(uncompressed < uncompressed_size, "checkpoint {i} lies past the end of the stream");
+        ensure!(compressed <= compressed_size, "checkpoint {i} lies past the end of the blob");
+        ensure!(bits < 8 && (bits == 0 || compressed > 0), "checkpoint {i}: bad bit offset {bits}");
+        ensure!(format == Format::Gzip || (bits == 0 && window.is_empty()), "checkpoint {i}: zstd with a window");
+        points.push(Checkpoint { uncompressed, compressed, bits, window });
         (last_out, last_in) = (uncompressed, compressed);
     }
     ensure!(c.0.is_empty(), "trailing bytes in checkpoint body");
-    ensure!(
-        !points.is_empty() || uncompressed_size == 0,
-        "no checkpoints for a non-empty stream"
-    );
-    Ok(Checkpoints {
-        format,
-        span,
-        compressed_size,
-        uncompressed_size,
-        points,
-    })
+    ensure!(!points.is_empty() || uncompressed_size == 0, "no checkpoints for a non-empty stream");
+    Ok(Checkpoints { format, span, compressed_size, uncompressed_size, points })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -385,10 +337,7 @@ impl<R: Read> IndexingDecoder<R> {
                 deflater: flate2::Compress::new(flate2::Compression::fast(), false),
                 window: vec![0; WINDOW_SIZE].into_boxed_slice(),
             },
-            Format::Zstd => Engine::Zstd {
-                decoder: zstd::stream::raw::Decoder::new()?,
-                in_frame: false,
-            },
+            Format::Zstd => Engine::Zstd { decoder: zstd::stream::raw::Decoder::new()?, in_frame: false },
         };
         Ok(IndexingDecoder {
             inner,
@@ -443,9 +392,7 @@ impl<R: Read> IndexingDecoder<R> {
     }
 
     fn due(&self) -> bool {
-        self.points
-            .last()
-            .is_none_or(|p| self.out_total - p.uncompressed >= self.span)
+        self.points.last().is_none_or(|p| self.out_total - p.uncompressed >= self.span)
     }
 
     fn read_gzip(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -454,14 +401,7 @@ impl<R: Read> IndexingDecoder<R> {
                 self.fill()?;
                 continue;
             }
-            let Engine::Gzip {
-                inflater,
-                between_members,
-                first_member,
-                deflater,
-                window,
-            } = &mut self.engine
-            else {
+            let Engine::Gzip { inflater, between_members, first_member, deflater, window } = &mut self.engine else {
                 unreachable!()
             };
             if *between_members {
@@ -486,10 +426,7 @@ impl<R: Read> IndexingDecoder<R> {
                     // 128: stopped at a block boundary (or just after the header); 64: the
                     // block just finished was the member's last, so the trailer follows.
                     let at_boundary = state & 128 != 0 && state & 64 == 0;
-                    let due = self
-                        .points
-                        .last()
-                        .is_none_or(|p| self.out_total - p.uncompressed >= self.span);
+                    let due = self.points.last().is_none_or(|p| self.out_total - p.uncompressed >= self.span);
                     if at_boundary && due {
                         // Bits the inflater has taken but not used. zlib keeps fewer than 8 at
                         // a boundary; whole bytes are handed back just in case.
@@ -497,11 +434,7 @@ impl<R: Read> IndexingDecoder<R> {
                         let next = self.in_base + self.in_pos as u64;
                         let compressed = next.checked_sub(held / 8).ok_or_else(|| invalid_data("bit count"))?;
                         let n = inflater.dictionary(window)?;
-                        let stored = if n == 0 {
-                            Vec::new()
-                        } else {
-                            deflate_window(deflater, &window[..n])?
-                        };
+                        let stored = if n == 0 { Vec::new() } else { deflate_window(deflater, &window[..n])? };
                         self.points.push(Checkpoint {
                             uncompressed: self.out_total,
                             compressed,
@@ -534,9 +467,7 @@ impl<R: Read> IndexingDecoder<R> {
                 continue;
             }
             let due = self.due();
-            let Engine::Zstd { decoder, in_frame } = &mut self.engine else {
-                unreachable!()
-            };
+            let Engine::Zstd { decoder, in_frame } = &mut self.engine else { unreachable!() };
             if !*in_frame {
                 if self.in_pos == self.in_len {
                     self.done = true;
@@ -598,9 +529,7 @@ fn deflate_window(deflater: &mut flate2::Compress, window: &[u8]) -> io::Result<
 
 fn inflate_window(stored: &[u8]) -> io::Result<Vec<u8>> {
     let mut window = Vec::with_capacity(WINDOW_SIZE);
-    flate2::read::DeflateDecoder::new(stored)
-        .take(WINDOW_SIZE as u64 + 1)
-        .read_to_end(&mut window)?;
+    flate2::read::DeflateDecoder::new(stored).take(WINDOW_SIZE as u64 + 1).read_to_end(&mut window)?;
     if window.len() > WINDOW_SIZE {
         return Err(invalid_data("checkpoint window longer than 32 KiB"));
     }
@@ -664,12 +593,7 @@ fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            let nul = d
-                .get(p..)
-                .ok_or_else(bad)?
-                .iter()
-                .position(|&b| b == 0)
-                .ok_or_else(bad)?;
+            let nul = d.get(p..).ok_or_else(bad)?.iter().position(|&b| b == 0).ok_or_else(bad)?;
             p += nul + 1;
         }
     }
@@ -830,16 +754,7 @@ mod tests {
     /// Text, noise, zero runs and long-distance repeats, so blocks of every type and
     /// back-references across checkpoints all occur.
     fn mixed(len: usize, seed: u64) -> Vec<u8> {
-        const WORDS: [&str; 8] = [
-            "layer ",
-            "tar ",
-            "usr/lib/",
-            "checkpoint ",
-            "\n",
-            "0x7f ",
-            "zran ",
-            "ELF ",
-        ];
+        const WORDS: [&str; 8] = ["layer ", "tar ", "usr/lib/", "checkpoint ", "\n", "0x7f ", "zran ", "ELF "];
         let mut rng = Rng(seed | 1);
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
@@ -894,9 +809,7 @@ mod tests {
 
     impl Read for Dribble<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = (1 + self.rng.below(self.max as u64) as usize)
-                .min(buf.len())
-                .min(self.data.len());
+            let n = (1 + self.rng.below(self.max as u64) as usize).min(buf.len()).min(self.data.len());
             buf[..n].copy_from_slice(&self.data[..n]);
             self.data = &self.data[n..];
             Ok(n)
@@ -905,11 +818,7 @@ mod tests {
 
     /// Runs the indexing pass with uneven input and output chunks.
     fn index(blob: &[u8], format: Format, span: u64, max_chunk: usize) -> (Vec<u8>, Checkpoints) {
-        let input = Dribble {
-            data: blob,
-            rng: Rng(99),
-            max: max_chunk,
-        };
+        let input = Dribble { data: blob, rng: Rng(99), max: max_chunk };
         let mut dec = IndexingDecoder::new(input, format, span).unwrap();
         let mut rng = Rng(7);
         let mut out = Vec::new();
@@ -941,19 +850,11 @@ mod tests {
         let mut next = 0;
         for i in 0..n {
             let (start, end) = cps.span_range(i);
-            assert_eq!(
-                start,
-                next,
-                "span {i} does not start where span {} ended",
-                i.wrapping_sub(1)
-            );
+            assert_eq!(start, next, "span {i} does not start where span {} ended", i.wrapping_sub(1));
             assert!(end > start);
             assert_eq!((cps.span_of(start), cps.span_of(end - 1)), (i, i));
             let got = cps.decode_span(&file, i).unwrap();
-            assert!(
-                got == expected[start as usize..end as usize],
-                "span {i} ({start}..{end}) differs"
-            );
+            assert!(got == expected[start as usize..end as usize], "span {i} ({start}..{end}) differs");
             next = end;
         }
         assert_eq!(next, expected.len() as u64);
@@ -998,18 +899,7 @@ mod tests {
 
     #[test]
     fn multi_member_gzip() {
-        let sizes = [
-            10_000,
-            300_000,
-            0,
-            1_000,
-            700_000,
-            5_000,
-            2_000_000,
-            50_000,
-            64 * 1024,
-            3,
-        ];
+        let sizes = [10_000, 300_000, 0, 1_000, 700_000, 5_000, 2_000_000, 50_000, 64 * 1024, 3];
         let mut blob = Vec::new();
         let mut data = Vec::new();
         for (k, &n) in sizes.iter().enumerate() {
@@ -1017,9 +907,7 @@ mod tests {
             match k % 3 {
                 0 => blob.extend(gzip(&part, 6)),
                 1 => {
-                    let mut e = flate2::GzBuilder::new()
-                        .filename("layer.tar")
-                        .write(Vec::new(), Compression::fast());
+                    let mut e = flate2::GzBuilder::new().filename("layer.tar").write(Vec::new(), Compression::fast());
                     e.write_all(&part).unwrap();
                     blob.extend(e.finish().unwrap());
                 }
@@ -1042,11 +930,7 @@ mod tests {
         let mut data = Vec::new();
         for k in 0..40 {
             let part = mixed(1 + k * 997, 100 + k as u64);
-            blob.extend(if k % 2 == 0 {
-                gzip_all_fields(&part)
-            } else {
-                gzip(&part, 1)
-            });
+            blob.extend(if k % 2 == 0 { gzip_all_fields(&part) } else { gzip(&part, 1) });
             data.extend(part);
         }
         let (out, cps) = index(&blob, Format::Gzip, 4096, 3);
@@ -1068,10 +952,7 @@ mod tests {
     fn multi_frame_zstd() {
         let mut blob = Vec::new();
         let mut data = Vec::new();
-        for (k, n) in [100_000, 5, 300_000, 390_000, 20_000, 0, 350_000, 3]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, n) in [100_000, 5, 300_000, 390_000, 20_000, 0, 350_000, 3].into_iter().enumerate() {
             let part = mixed(n, 30 + k as u64);
             blob.extend(zstd::bulk::compress(&part, 3).unwrap());
             if k == 2 {
