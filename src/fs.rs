@@ -56,8 +56,9 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
-/// The entries of a directory as they were when it was opened, `.` and `..` first:
-/// readdir calls stream from it by offset, so a listing is built once per open.
+/// The entries of a directory, `.` and `..` first, taken once per open (or once per
+/// directory, see `Fs::listing`): readdir calls stream from it by offset, so a
+/// listing is never rebuilt per kernel call.
 pub type DirSnapshot = Arc<Vec<DirEntry>>;
 
 /// Totals for statfs.
