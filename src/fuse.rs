@@ -144,6 +144,9 @@ impl Filesystem for FuseFs {
         // so a lookup in `/` waiting for a layer download would hold up every other
         // lookup in `/`, whatever layer it needs.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Symlink targets never change either: let the kernel keep them, or every
+        // readlink (tar, ls -l, path walks through links) is a round trip.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
         // Opening a file needs no state here, and the mount is read-only, so the kernel
         // refuses write opens itself (EROFS): two round trips fewer per file opened.
         self.no_open = config.capabilities().contains(fuser::InitFlags::FUSE_NO_OPEN_SUPPORT);
