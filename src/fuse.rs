@@ -138,8 +138,10 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Larger reads mean fewer round trips for `cat` and `tar`; refused values are fine.
         let _ = config.set_max_readahead(1 << 20);
-        let _ =
-            config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Every readdir carries the entries' attributes (readdirplus, not only for the
+        // first batch as READDIRPLUS_AUTO would): attributes cost a table lookup here,
+        // while each entry left without them costs `ls -l` or `find` a LOOKUP round trip.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         // Without this the kernel sends one lookup or readdir per directory at a time,
         // so a lookup in `/` waiting for a layer download would hold up every other
         // lookup in `/`, whatever layer it needs.
