@@ -67,6 +67,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     // Fetch and index in parallel, a thread per core taking layers off a shared queue.
     // Every layer is loaded, stored ones too: that checks each against the config's
     // diff_id, and a later mount starts with nothing to parse.
+    // A pull reads no file data, so the layers it opens share an empty span cache.
     let spans = Arc::new(SpanCache::new(0));
     let client_fn = || -> Result<Arc<Client>> { Ok(Arc::clone(&client)) };
     let queue = std::sync::Mutex::new(0..layers.len());
