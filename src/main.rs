@@ -2,12 +2,16 @@
 //! choose the exit code. Everything else lives in the library.
 
 use clap::Parser;
+use std::io::ErrorKind;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = imgfs::cli::Cli::parse();
     match imgfs::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read our output stopped (`imgfs ls | head -1`): end quietly, as
+        // other Unix tools do.
+        Err(e) if closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` joins the context chain with ": ", keeping the error on one line.
             let msg = format!("{e:#}").replace('\n', " ");
@@ -15,4 +19,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Did the command fail only because its output pipe was closed? A broken pipe from
+/// elsewhere (a registry connection) is a real error, so stdout itself must be a pipe
+/// nobody reads any more.
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    let mut fd = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting; poll reports POLLERR on the write end of a
+    // pipe whose read end is closed.
+    let reader_gone = unsafe { libc::poll(&mut fd, 1, 0) } == 1 && fd.revents & libc::POLLERR != 0;
+    reader_gone
+        && e.chain().any(|c| {
+            let kind = match c.downcast_ref::<std::io::Error>() {
+                Some(io) => Some(io.kind()),
+                // serde_json wraps the write error of a serialisation to stdout.
+                None => c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind()),
+            };
+            kind == Some(ErrorKind::BrokenPipe)
+        })
 }

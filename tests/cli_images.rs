@@ -960,3 +960,38 @@ fn prune_sweeps_unreferenced_blobs_and_stale_temp_files() {
     assert_eq!(std::fs::read_dir(env.dir.path().join("tmp")).unwrap().count(), 0);
     assert!(env.has_image(&img) && env.store.has_blob(&img.id));
 }
+
+/// Whoever reads the output stops before it is written (`imgfs ls | head -0`): the
+/// command ends quietly with status 0, as other Unix tools do, never with a panic or
+/// an error about the pipe.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let env = Env::new();
+    for i in 0..50 {
+        let tag = format!("app:{i}");
+        env.add(Spec { tags: &[tag.as_str()], created: ago(Duration::hours(1)), salt: &tag, ..Default::default() });
+    }
+    for args in [&["ls"][..], &["ls", "--format", "json"], &["inspect", "app:1"], &["mount"]] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two descriptors; each is owned by exactly one File.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (read_end, write_end) = unsafe {
+            use std::os::fd::FromRawFd;
+            (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1]))
+        };
+        drop(read_end);
+        let out = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+            .arg("--root")
+            .arg(env.dir.path())
+            .args(args)
+            .env_remove("IMGFS_ROOT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "imgfs {args:?} into a closed pipe: {stderr}");
+        assert!(stderr.is_empty(), "imgfs {args:?} into a closed pipe said: {stderr}");
+    }
+}

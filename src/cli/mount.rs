@@ -15,6 +15,7 @@ use crate::store::db::ImageRecord;
 use crate::store::mounts::{is_fuse_mountpoint, process_start_ticks, MountRecord};
 use crate::tree::{DirAttrs, Tree};
 use anyhow::{bail, Context as _, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -254,9 +255,10 @@ fn unmount_on_signal(dir: PathBuf) {
 
 fn list(ctx: &Context) -> Result<()> {
     let (live, _dead) = ctx.store.mounts()?;
-    println!("{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT")?;
     for m in live {
-        println!("{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid);
+        writeln!(out, "{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid)?;
     }
     Ok(())
 }

@@ -85,8 +85,9 @@ fn confirm(all: bool) -> Result<bool> {
     let stdin = std::io::stdin();
     let terminal = stdin.is_terminal();
     if terminal {
-        print!("{prompt}");
-        std::io::stdout().flush()?;
+        let mut out = std::io::stdout().lock();
+        write!(out, "{prompt}")?;
+        out.flush()?;
     } else {
         eprint!("{prompt}");
     }

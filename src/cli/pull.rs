@@ -8,6 +8,7 @@ use crate::layer::spans::SpanCache;
 use crate::reference::Reference;
 use crate::registry::Client;
 use anyhow::{bail, Context as _, Result};
+use std::io::Write;
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
@@ -50,9 +51,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bool) -> Result<()> {
     let client = ctx.client()?;
     let store = &ctx.store;
+    // Progress lines: if nobody reads them any more (`imgfs pull … | head -1`), the
+    // pull still completes; only the final line's write failure ends the command.
     let say = |s: String| {
         if !quiet {
-            println!("{s}");
+            let _ = writeln!(std::io::stdout(), "{s}");
         }
     };
     say(format!("{}: Pulling from {}", r.tag.as_deref().unwrap_or(&r.manifest_reference()), r.familiar_name()));
@@ -107,6 +110,6 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     } else {
         say(format!("Status: Downloaded newer image for {shown}"));
     }
-    println!("{shown}");
+    writeln!(std::io::stdout(), "{shown}")?;
     Ok(())
 }

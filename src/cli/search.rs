@@ -4,6 +4,7 @@
 
 use super::Context;
 use anyhow::Result;
+use std::io::Write;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,11 +24,12 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let repos = ctx.client()?.catalog(&args.registry)?;
     let hits: Vec<&String> = repos.iter().filter(|r| r.contains(&args.term)).take(args.limit).collect();
+    let mut out = std::io::stdout().lock();
     if !args.quiet {
-        println!("NAME");
+        writeln!(out, "NAME")?;
     }
     for r in hits {
-        println!("{}", crate::reference::familiar_name(&format!("{}/{}", args.registry, r)));
+        writeln!(out, "{}", crate::reference::familiar_name(&format!("{}/{}", args.registry, r)))?;
     }
     Ok(())
 }
