@@ -169,6 +169,24 @@ pub fn load_layer(
         .with_context(|| format!("cannot index layer {}", layer.digest))
 }
 
+/// Make sure a layer is stored and indexed, as `load_layer` does, without opening it
+/// when it already is: a pull of an image already in the store reads one header per
+/// layer, not every table of contents and checkpoint.
+pub fn prepare_layer(
+    client: &dyn Fn() -> Result<Arc<Client>>,
+    store: &Store,
+    source: &str,
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<()> {
+    if store.has_blob(&layer.digest) && IndexFile::is_current(&store.index_path(&layer.digest), layer.digest.as_str()) {
+        return Ok(());
+    }
+    // Nothing will read file data through these layers.
+    let spans = Arc::new(SpanCache::new(0));
+    load_layer(client, store, source, layer, diff_id, &spans).map(drop)
+}
+
 /// The layer from its index and blob in the store, if both are there and usable. An
 /// index of another format version is not: the layer is indexed again.
 fn open_indexed(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>) -> Option<LoadedLayer> {

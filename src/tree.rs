@@ -257,11 +257,6 @@ impl Tree {
         Ok(Some((data, entry)))
     }
 
-    /// What a node is, without computing its attributes.
-    pub fn kind(&self, ino: Ino) -> Option<Kind> {
-        Self::kind_locked(&self.lock(), ino)
-    }
-
     /// Number of nodes created so far.
     pub fn node_count(&self) -> usize {
         self.lock().nodes.len()
@@ -589,7 +584,7 @@ impl Tree {
         }
         let path = &idx.entry(entry).path;
         for k in layer + 1..self.source.layer_count() {
-            if Self::layer(st, k)?.links_to_lower(path) {
+            if !Self::layer(st, k)?.links_to_lower(path).is_empty() {
                 return Ok(true);
             }
         }
@@ -611,7 +606,7 @@ impl Tree {
             let idx = Self::layer(st, k)?;
             let mut found = Vec::new();
             for target in names.iter() {
-                for &li in idx.links_to_lower_path(target) {
+                for &li in idx.links_to_lower(target) {
                     if self.data_entry(st, k, li, dl)? == Some((dl, di)) {
                         found.extend(idx.final_path(li));
                         found.extend(idx.links_to(li).iter().filter_map(|&i| idx.final_path(i)));

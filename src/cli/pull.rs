@@ -4,7 +4,6 @@
 use super::Context;
 use crate::fetch;
 use crate::image::Platform;
-use crate::layer::spans::SpanCache;
 use crate::reference::Reference;
 use crate::registry::Client;
 use anyhow::{bail, Context as _, Result};
@@ -68,10 +67,8 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
         }
     }
     // Fetch and index in parallel, a thread per core taking layers off a shared queue.
-    // Every layer is loaded, stored ones too: that checks each against the config's
-    // diff_id, and a later mount starts with nothing to parse.
-    // A pull reads no file data, so the layers it opens share an empty span cache.
-    let spans = Arc::new(SpanCache::new(0));
+    // A stored layer without a current index is indexed too (checked against the
+    // config's diff_id on the way), so a later mount starts with nothing to parse.
     let client_fn = || -> Result<Arc<Client>> { Ok(Arc::clone(&client)) };
     let queue = std::sync::Mutex::new(0..layers.len());
     let errors = std::sync::Mutex::new(Vec::new());
@@ -82,7 +79,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
                 let Some(i) = queue.lock().unwrap().next() else { break };
                 let l = &layers[i];
                 let diff_id = &resolved.config.rootfs.diff_ids[i];
-                match fetch::load_layer(&client_fn, store, &resolved.record.source, l, diff_id, &spans) {
+                match fetch::prepare_layer(&client_fn, store, &resolved.record.source, l, diff_id) {
                     Ok(_) if missing.contains(&i) => say(format!("{}: Pull complete", l.digest.short())),
                     Ok(_) => {}
                     Err(e) => errors.lock().unwrap().push(e),

@@ -200,13 +200,8 @@ impl LayerIndex {
         self.children.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Does a hard link in this layer point at `path` in a lower layer?
-    pub fn links_to_lower(&self, path: &str) -> bool {
-        self.lower_links.contains_key(path)
-    }
-
     /// The hard links of this layer that point at `path` in a lower layer.
-    pub fn links_to_lower_path(&self, path: &str) -> &[u32] {
+    pub fn links_to_lower(&self, path: &str) -> &[u32] {
         self.lower_links.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -274,11 +269,17 @@ impl IndexFile {
         Ok(())
     }
 
-    /// Read the index of layer `digest`; an error if the file is of another version,
-    /// for another layer, or damaged.
-    pub fn load(path: &Path, digest: &str) -> Result<IndexFile> {
+    /// Is there an index of layer `digest` in the current format at `path`? Reads the
+    /// header only: what a pull needs to know to leave a stored layer alone.
+    pub fn is_current(path: &Path, digest: &str) -> bool {
+        Self::open_header(path, digest, 256).is_ok()
+    }
+
+    /// Open an index file and check its header (format version, layer digest); the
+    /// reader is left at the contents.
+    fn open_header(path: &Path, digest: &str, buffer: usize) -> Result<BufReader<File>> {
         let f = File::open(path).with_context(|| format!("cannot open layer index {}", path.display()))?;
-        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut r = BufReader::with_capacity(buffer, f);
         let corrupt = || format!("layer index {} is damaged", path.display());
         let mut head = [0u8; 12];
         r.read_exact(&mut head).with_context(corrupt)?;
@@ -288,6 +289,14 @@ impl IndexFile {
         if read_chunk(&mut r).with_context(corrupt)? != digest.as_bytes() {
             bail!("layer index {} is not the index of {digest}", path.display());
         }
+        Ok(r)
+    }
+
+    /// Read the index of layer `digest`; an error if the file is of another version,
+    /// for another layer, or damaged.
+    pub fn load(path: &Path, digest: &str) -> Result<IndexFile> {
+        let mut r = Self::open_header(path, digest, 1 << 20)?;
+        let corrupt = || format!("layer index {} is damaged", path.display());
         let contents: Contents =
             postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
         let mut kind = [0u8; 1];
