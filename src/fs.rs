@@ -56,9 +56,9 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
-/// The entries of a directory, `.` and `..` first, taken once per open (or once per
-/// directory, see `Fs::listing`): readdir calls stream from it by offset, so a
-/// listing is never rebuilt per kernel call.
+/// The entries of a directory, `.` and `..` first, taken once per directory (see
+/// `Fs::listing`): readdir calls stream from it by offset, so a listing is never
+/// rebuilt per open or per kernel call.
 pub type DirSnapshot = Arc<Vec<DirEntry>>;
 
 /// Totals for statfs.
@@ -74,9 +74,9 @@ pub struct Fs {
     /// Open directories, by handle.
     open_dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_handle: AtomicU64,
-    /// Each directory's snapshot, once listed, for kernels that read directories
-    /// without opening them (see `fuse`): the image never changes, so one per
-    /// directory serves every reader.
+    /// Each directory's snapshot, made on its first listing: the image never changes,
+    /// so one per directory serves every open handle, and the kernels that read
+    /// directories without opening them (see `fuse`).
     listings: Mutex<HashMap<Ino, DirSnapshot>>,
 }
 
@@ -145,12 +145,13 @@ impl Fs {
         Ok(out)
     }
 
-    /// Open a directory for reading: snapshot its entries under a new handle.
+    /// Open a directory for reading: its snapshot (made on the first open, shared by
+    /// the later ones: the image never changes) under a new handle.
     pub fn opendir(&self, ino: Ino, flags: i32) -> FsResult<u64> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(FsError::ReadOnly);
         }
-        let entries = Arc::new(self.readdir(ino)?);
+        let entries = self.listing(ino)?;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
         Ok(fh)
