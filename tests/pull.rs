@@ -399,19 +399,9 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let since = e.log_len();
+    let image = format!("{}/app:1", e.addr);
     let outs: Vec<Output> = std::thread::scope(|s| {
-        let pulls: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    Command::new(env!("CARGO_BIN_EXE_imgfs"))
-                        .arg("--root")
-                        .arg(r)
-                        .args(["pull", "-q", &format!("{}/app:1", e.addr)])
-                        .output()
-                        .unwrap()
-                })
-            })
-            .collect();
+        let pulls: Vec<_> = (0..4).map(|_| s.spawn(|| imgfs(r, &["pull", "-q", &image]))).collect();
         pulls.into_iter().map(|p| p.join().unwrap()).collect()
     });
     for o in &outs {
