@@ -23,6 +23,10 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+// The mount server's lifecycle (signals, kill -9, many readers) and its security.
+mod lifecycle;
+mod security;
+
 // ---------------------------------------------------------------------------------------
 // The test environment
 
@@ -871,31 +875,36 @@ fn unmount_by_imgfs_fusermount3_and_umount() {
     }
 }
 
-/// A server killed with SIGKILL cannot clean up: the next listing recognises its
-/// record as dead and drops it, and `imgfs umount` detaches the dead mountpoint, which
-/// is then a plain directory again.
+/// A server killed with SIGKILL cannot clean up: the next imgfs command recognises its
+/// record as dead, drops it and detaches the dead mountpoint, which is then a plain
+/// directory again; `imgfs umount` of such a mountpoint does the same and succeeds.
 #[test]
 fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
     let store = Store::new();
-    let m = mount(store.root(), &format!("{}/lazy:1", env().addr), &[]);
-    let pid = m.server();
-    let record = store.root().join(format!("mounts/{pid}.json"));
-    assert!(record.exists(), "no mount record {}", record.display());
-    // SAFETY: plain kill(2) of the server we started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    // Wait for it to be gone, reaped included (a zombie is a separate matter).
-    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists()));
+    let image = format!("{}/lazy:1", env().addr);
+    let (a, b) = (mount(store.root(), &image, &[]), mount(store.root(), &image, &[]));
+    let mut records = Vec::new();
+    for m in [&a, &b] {
+        let pid = m.server();
+        let record = store.root().join(format!("mounts/{pid}.json"));
+        assert!(record.exists(), "no mount record {}", record.display());
+        // SAFETY: plain kill(2) of the server we started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        // Wait for it to be gone, reaped included (a zombie is a separate matter).
+        assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists()));
+        assert_eq!(errno_of("stat of a dead mount", fs::metadata(m.path("top"))), libc::ENOTCONN);
+        records.push(record);
+    }
 
+    // umount first: it detaches b and clears a's mountpoint and record on the way.
+    imgfs_ok(store.root(), &["umount", b.arg()]);
     let listing = mount_listing(store.root());
-    assert!(!listing.contains(m.arg()), "a dead server is still listed:\n{listing}");
-    assert!(!record.exists(), "the dead server's record {} was not removed", record.display());
-
-    let e = errno_of("stat of a dead mount", fs::metadata(m.path("top")));
-    assert_eq!(e, libc::ENOTCONN);
-    imgfs_ok(store.root(), &["umount", m.arg()]);
-    assert!(mountinfo(&m.dir).is_none(), "{} is still mounted", m.arg());
-    assert!(fs::metadata(&m.dir).unwrap().is_dir());
-    assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{} is not a plain empty dir", m.arg());
+    for (m, record) in [&a, &b].into_iter().zip(&records) {
+        assert!(!listing.contains(m.arg()), "a dead server is still listed:\n{listing}");
+        assert!(!record.exists(), "the dead server's record {} was not removed", record.display());
+        assert!(mountinfo(&m.dir).is_none(), "{} is still mounted", m.arg());
+        assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{} is not a plain empty dir", m.arg());
+    }
 }
 
 // =======================================================================================

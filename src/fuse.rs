@@ -36,8 +36,9 @@ pub struct MountSettings<'a> {
     pub threads: usize,
 }
 
-/// Mount `fs` at `dir` and serve it until it is unmounted.
-pub fn serve(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<()> {
+/// Mount `fs` at `dir`. Nothing is served until the session's `run`, which returns
+/// once the mount is gone; dropping the session unmounts.
+pub fn mount(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<fuser::Session<FuseFs>> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -49,7 +50,7 @@ pub fn serve(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<()
     ];
     config.acl = if settings.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(settings.threads);
-    fuser::mount(FuseFs { fs, no_open: false, no_opendir: false }, dir, &config)
+    fuser::Session::new(FuseFs { fs, no_open: false, no_opendir: false }, dir, &config)
 }
 
 fn errno(e: FsError) -> Errno {

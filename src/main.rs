@@ -7,6 +7,13 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = imgfs::cli::Cli::parse();
+    // A mount server handles its signals on one thread of its own; the mask that
+    // keeps them from every other thread must be set before any thread exists.
+    if let imgfs::cli::Command::Mount(args) = &cli.command {
+        if imgfs::cli::mount::is_server(args) {
+            imgfs::cli::mount::handle_server_signals();
+        }
+    }
     match imgfs::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // Whoever read our output stopped (`imgfs ls | head -1`): end quietly, as

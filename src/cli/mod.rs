@@ -90,6 +90,12 @@ pub fn run(cli: Cli) -> Result<()> {
         client_options: ClientOptions { insecure_registries: insecure, docker_config_dir: None },
         client: OnceLock::new(),
     };
+    // A server killed with SIGKILL leaves its record and a dead mountpoint (ENOTCONN
+    // to everything) behind: whichever command comes next clears both. `umount` does
+    // it itself, so that it can say it unmounted that directory.
+    if !matches!(cli.command, Command::Umount(_)) {
+        let _ = ctx.store.mounts();
+    }
     match cli.command {
         Command::Pull(a) => pull::run(&ctx, a),
         Command::Ls(a) => ls::run(&ctx, a),

@@ -12,13 +12,17 @@ use crate::image::{ImageConfig, Platform};
 use crate::layer::spans::SpanCache;
 use crate::reference::Reference;
 use crate::store::db::ImageRecord;
-use crate::store::mounts::{is_fuse_mountpoint, process_start_ticks, MountRecord};
+use crate::store::mounts::{
+    detach, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mountpoint_path, process_start_ticks, statfs_errno,
+    MountRecord,
+};
+use crate::store::Store;
 use crate::tree::{DirAttrs, Tree};
 use anyhow::{bail, Context as _, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -54,13 +58,18 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     let (Some(reference), Some(dir)) = (args.reference.clone(), args.dir.clone()) else {
         return list(ctx);
     };
+    clear_dead_mount(&dir)?;
     let meta = std::fs::metadata(&dir).with_context(|| format!("mountpoint {}", dir.display()))?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", dir.display());
     }
     let dir = dir.canonicalize().with_context(|| format!("mountpoint {}", dir.display()))?;
-    if is_fuse_mountpoint(&dir) {
-        bail!("{} is already a FUSE mountpoint (imgfs umount it first)", dir.display());
+    match mount_at(&dir) {
+        Some(m) if m.is_imgfs() => bail!("{} is already an imgfs mount (imgfs umount it first)", dir.display()),
+        Some(m) if m.is_fuse() => {
+            bail!("{} is already a FUSE mountpoint ({}); unmount it first", dir.display(), m.source)
+        }
+        _ => {}
     }
     let (record, config) = match &args.resolved_id {
         Some(id) => local_image(ctx, id)?,
@@ -86,6 +95,20 @@ fn resolve(ctx: &Context, reference: &str, platform: Option<&str>) -> Result<(Im
     let resolved = fetch::resolve(&*ctx.client()?, &ctx.store, &r, platform.as_ref())?;
     fetch::register(&ctx.store, &resolved, &r)?;
     Ok((resolved.record, resolved.config))
+}
+
+/// A server killed with SIGKILL leaves its mountpoint dead (ENOTCONN to everything);
+/// mounting there again detaches it first. Only an imgfs mount: a dead mount of
+/// another filesystem is its owner's to clear.
+fn clear_dead_mount(dir: &Path) -> Result<()> {
+    let path = mountpoint_path(dir);
+    if is_dead_imgfs_mount(&path) {
+        detach(&path)?;
+        eprintln!("imgfs: detached the dead mount a killed server left at {}", path.display());
+    } else if statfs_errno(&path) == Some(libc::ENOTCONN) {
+        bail!("mountpoint {} is a dead mount that is not imgfs's; unmount it first", path.display());
+    }
+    Ok(())
 }
 
 fn local_image(ctx: &Context, id: &str) -> Result<(ImageRecord, ImageConfig)> {
@@ -186,23 +209,38 @@ fn serve(
         image: record.id.clone(),
         reference: reference.to_string(),
     };
-    // Written under the records lock, where rm and prune check for mounts, after
-    // making sure the image is still there: a mount racing an rm can't lose its image.
-    ctx.store.update_db(|db| {
-        if !db.images.contains_key(&record.id) {
-            bail!("image {} was removed before it could be mounted", record.id);
-        }
-        ctx.store.add_mount_record(&rec)
-    })?;
-    unmount_on_signal(dir.to_path_buf());
-    eprintln!("imgfs: serving {reference} ({}) at {}", record.id, dir.display());
     // Enough workers that a thread waiting for a layer download leaves others free.
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
     let settings = MountSettings { fsname: &fsname(reference), allow_other, threads };
-    let result = fuse::serve(fs, dir, &settings);
+    // The record and the mount come into being under the phase lock, so a signal
+    // finds either nothing to undo or a mount to detach (see `handle_server_signals`).
+    let session = {
+        let mut phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
+        // Written under the records lock, where rm and prune check for mounts, after
+        // making sure the image is still there: a mount racing an rm can't lose its image.
+        ctx.store.update_db(|db| {
+            if !db.images.contains_key(&record.id) {
+                bail!("image {} was removed before it could be mounted", record.id);
+            }
+            ctx.store.add_mount_record(&rec)
+        })?;
+        match fuse::mount(fs, dir, &settings) {
+            Ok(session) => {
+                *phase = Phase::Serving { dir: dir.to_path_buf(), store: ctx.store.clone(), pid };
+                session
+            }
+            Err(e) => {
+                ctx.store.remove_mount_record(pid);
+                return Err(e).with_context(|| format!("cannot mount at {}", dir.display()));
+            }
+        }
+    };
+    eprintln!("imgfs: serving {reference} ({}) at {}", record.id, dir.display());
+    let result = session.run();
+    *PHASE.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Stopping;
     ctx.store.remove_mount_record(pid);
     eprintln!("imgfs: {} unmounted", dir.display());
-    result.with_context(|| format!("cannot mount at {}", dir.display()))
+    result.with_context(|| format!("serving {} failed", dir.display()))
 }
 
 /// glibc gives each thread a malloc arena of its own and keeps what is freed there.
@@ -220,11 +258,7 @@ fn limit_malloc_arenas() {
 }
 
 fn statfs_answers(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
-    // SAFETY: c is a valid path and buf a properly sized, writable statvfs.
-    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statvfs(c.as_ptr(), &mut buf) == 0 }
+    statfs_errno(dir).is_none()
 }
 
 /// The source column `mount` and `df` show. Commas would split the mount options.
@@ -232,24 +266,83 @@ fn fsname(reference: &str) -> String {
     format!("imgfs:{}", reference.replace([',', ' '], "_"))
 }
 
-/// On SIGINT/SIGTERM/SIGHUP, detach the mount so the FUSE session ends and the
-/// server exits through its normal path (removing its record).
-fn unmount_on_signal(dir: PathBuf) {
-    // SAFETY: plain signal-mask calls on a zeroed sigset; done before the FUSE
-    // worker threads start, so they inherit the mask and only the waiter gets signals.
-    unsafe {
+// ---- Signals: the server's one place for SIGINT, SIGTERM and SIGHUP ------------------
+//
+// A thread is created with its creator's signal mask, and the kernel hands a signal
+// sent to the process to any thread that doesn't block it. A thread started before the
+// mask was set (the blocking HTTP client's runtime, started while the image resolves)
+// would take SIGINT's default action and end the server without unmounting, leaving a
+// dead mountpoint and a stale record. So `main` blocks these signals before any thread
+// exists, and one thread waits for them and acts on how far the server got.
+
+/// How far the server got, as the signal thread sees it.
+enum Phase {
+    /// Resolving: nothing mounted, no record written. A signal ends the process.
+    Starting,
+    /// Mounted: a signal detaches the mount, removes the record and ends the process.
+    /// Exiting rather than waiting for the session to end is what stops a mount that
+    /// was busy (an open file keeps a lazily detached mount alive): closing the FUSE
+    /// device aborts the connection, and whoever still reads gets ENOTCONN.
+    Serving { dir: PathBuf, store: Store, pid: u32 },
+    /// Detached, or the session is over: the main thread is on its way out.
+    Stopping,
+}
+
+static PHASE: Mutex<Phase> = Mutex::new(Phase::Starting);
+
+/// Is this `mount` the server itself (`mount -f REF DIR`, also what the background
+/// mount runs)?
+pub fn is_server(args: &Args) -> bool {
+    args.foreground && args.dir.is_some()
+}
+
+/// Block SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread started
+/// after it, and handle them on a thread of their own. Call it before any other
+/// thread starts.
+pub fn handle_server_signals() {
+    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises.
+    let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
-            eprintln!("imgfs: signal {sig}, unmounting {}", dir.display());
-            let _ = super::umount::detach(&dir);
-        });
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: set is an initialised sigset_t and sig a writable int.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        let phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*phase {
+            Phase::Starting => {
+                eprintln!("imgfs: signal {sig} before the mount was up; exiting");
+                std::process::exit(128 + sig);
+            }
+            Phase::Serving { dir, store, pid } => {
+                eprintln!("imgfs: signal {sig}, unmounting {}", dir.display());
+                match detach(dir) {
+                    Ok(()) => {
+                        store.remove_mount_record(*pid);
+                        eprintln!("imgfs: {} unmounted", dir.display());
+                        std::process::exit(0);
+                    }
+                    // Still serving: a later signal tries again.
+                    Err(e) => eprintln!("imgfs: {e:#}"),
+                }
+            }
+            Phase::Stopping => {}
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the thread the signals would stay blocked and the server could not be
+        // stopped but by SIGKILL or an unmount; better to keep the default actions.
+        eprintln!("imgfs: cannot start the signal thread ({e}); signals end the server without unmounting");
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     }
 }
 

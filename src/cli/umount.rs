@@ -1,12 +1,12 @@
 //! `imgfs umount DIR`: unmount an imgfs mount and wait for its server to exit. A
-//! mountpoint left behind by a killed server is detached too.
+//! mountpoint left behind by a killed server is detached too. Any other mount, FUSE
+//! or not, is refused: as root an unmount would succeed on anything, an sshfs mount
+//! included, and that is not this command's business.
 
 use super::Context;
-use crate::store::mounts::is_fuse_mountpoint;
-use anyhow::{bail, Context as _, Result};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use crate::store::mounts::{detach, mount_at, mountpoint_path, process_start_ticks};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -16,17 +16,27 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
-    let (live, _) = ctx.store.mounts()?;
-    let server = live.iter().find(|m| m.mountpoint == dir).cloned();
-    if !is_fuse_mountpoint(&dir) {
-        bail!("{} is not mounted", dir.display());
+    let dir = mountpoint_path(&args.dir);
+    let Some(entry) = mount_at(&dir) else { bail!("{} is not mounted", dir.display()) };
+    if !entry.is_imgfs() {
+        bail!(
+            "{} is not an imgfs mount (it is {} from {}); unmount it with umount or fusermount3 -u",
+            dir.display(),
+            entry.fstype,
+            entry.source
+        );
     }
+    // This also detaches the mountpoint of a dead server that has a record here.
+    let (live, dead) = ctx.store.mounts()?;
+    if dead.iter().any(|m| m.mountpoint == dir) && mount_at(&dir).is_none() {
+        return Ok(());
+    }
+    let server = live.iter().find(|m| m.mountpoint == dir).cloned();
     detach(&dir)?;
     // Let the server see the session end and remove its record.
     if let Some(m) = server {
         let start = Instant::now();
-        while crate::store::mounts::process_start_ticks(m.pid) == Some(m.start_ticks) {
+        while process_start_ticks(m.pid) == Some(m.start_ticks) {
             if start.elapsed() > Duration::from_secs(10) {
                 eprintln!("imgfs: server {} still running after unmount", m.pid);
                 break;
@@ -35,34 +45,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         }
         // Listing clears the record of a server that died instead of exiting cleanly.
         ctx.store.mounts()?;
-    }
-    Ok(())
-}
-
-/// Unmount `dir`: a plain unmount first, then a lazy detach if something holds it
-/// busy. As root that is umount2(2) directly; otherwise fusermount3 does it.
-pub fn detach(dir: &Path) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c = CString::new(dir.as_os_str().as_bytes())?;
-        // SAFETY: c is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-            return Ok(());
-        }
-        // SAFETY: as above.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return Ok(());
-        }
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", dir.display()));
-    }
-    let status = std::process::Command::new("fusermount3").arg("-u").arg(dir).status();
-    if matches!(status, Ok(s) if s.success()) {
-        return Ok(());
-    }
-    let status =
-        std::process::Command::new("fusermount3").arg("-uz").arg(dir).status().context("cannot run fusermount3")?;
-    if !status.success() {
-        bail!("cannot unmount {}: fusermount3 failed", dir.display());
     }
     Ok(())
 }

@@ -1,9 +1,16 @@
-//! Records of running mount servers, one JSON file per server under `mounts/`.
+//! Records of running mount servers, one JSON file per server under `mounts/`, and
+//! the kernel's mount table as far as imgfs mounts go.
 //!
-//! They let `rm` and `prune` leave mounted images alone and let `imgfs mount` list
+//! Records let `rm` and `prune` leave mounted images alone and let `imgfs mount` list
 //! what is mounted. A record names its server by pid *and* the process start time,
 //! so a server killed with SIGKILL (which cannot clean up) is recognised as dead even
-//! if its pid has been reused; dead records are removed by whoever notices.
+//! if its pid has been reused; dead records are removed by whoever notices, and so is
+//! the dead mountpoint such a server leaves (every access fails with ENOTCONN until it
+//! is detached).
+//!
+//! A mount is imgfs's when the mount table says so (a FUSE mount whose source is
+//! `imgfs:REF`): `imgfs umount` and the dead-mount cleanup never touch another
+//! filesystem, an sshfs mount included.
 
 use super::Store;
 use crate::digest::Digest;
@@ -60,6 +67,11 @@ impl Store {
             if process_start_ticks(rec.pid) == Some(rec.start_ticks) {
                 live.push(rec);
             } else {
+                if is_dead_imgfs_mount(&rec.mountpoint) {
+                    if let Err(e) = detach(&rec.mountpoint) {
+                        eprintln!("imgfs: dead mount of a killed server: {e:#}");
+                    }
+                }
                 let _ = fs::remove_file(&path);
                 dead.push(rec);
             }
@@ -86,17 +98,109 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     after.split(' ').nth(19)?.parse().ok()
 }
 
-/// Is `dir` currently a mountpoint of an imgfs FUSE filesystem (per mountinfo)?
+/// Is `dir` currently a FUSE mountpoint (per mountinfo)?
 pub fn is_fuse_mountpoint(dir: &Path) -> bool {
-    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().any(|line| {
+    mount_at(&mountpoint_path(dir)).is_some_and(|m| m.is_fuse())
+}
+
+/// The topmost mount at a directory, from /proc/self/mountinfo.
+#[derive(Debug)]
+pub struct MountEntry {
+    pub fstype: String,
+    /// The source column (FUSE: the fsname; imgfs's is `imgfs:REF`).
+    pub source: String,
+}
+
+impl MountEntry {
+    pub fn is_fuse(&self) -> bool {
+        self.fstype == "fuse" || self.fstype == "fuseblk" || self.fstype.starts_with("fuse.")
+    }
+
+    /// Mounted by imgfs: as root its type is plain `fuse`, through fusermount3
+    /// `fuse.imgfs`; the source is the fsname imgfs gives.
+    pub fn is_imgfs(&self) -> bool {
+        (self.fstype == "fuse" || self.fstype == "fuse.imgfs") && self.source.starts_with("imgfs:")
+    }
+}
+
+/// The topmost mount whose mountpoint is `dir` (absolute, as `mountpoint_path` gives).
+pub fn mount_at(dir: &Path) -> Option<MountEntry> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = dir.to_str()?;
+    // Mounts stacked on one directory are listed in mount order: the last is on top.
+    info.lines().rev().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { return false };
-        let mp = fields.get(4).map(|m| unescape_mountinfo(m));
-        let fstype = fields.get(sep + 1).copied().unwrap_or("");
-        mp.as_deref() == Some(canon.as_os_str().to_str().unwrap_or("")) && fstype.starts_with("fuse")
+        let sep = fields.iter().position(|f| *f == "-")?;
+        if unescape_mountinfo(fields.get(4)?) != want {
+            return None;
+        }
+        let fstype = fields.get(sep + 1)?.to_string();
+        let source = unescape_mountinfo(fields.get(sep + 2)?);
+        Some(MountEntry { fstype, source })
     })
+}
+
+/// `dir` as the mount table names it: absolute, with symlinks resolved. A dead mount
+/// can't be resolved itself (stat fails with ENOTCONN), so then its parent is.
+pub fn mountpoint_path(dir: &Path) -> PathBuf {
+    if let Ok(c) = dir.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match (abs.parent().and_then(|p| p.canonicalize().ok()), abs.file_name()) {
+        (Some(parent), Some(name)) => parent.join(name),
+        _ => abs,
+    }
+}
+
+/// Is `dir` an imgfs mount whose server is gone (the kernel answers ENOTCONN)?
+pub fn is_dead_imgfs_mount(dir: &Path) -> bool {
+    mount_at(dir).is_some_and(|m| m.is_imgfs()) && statfs_errno(dir) == Some(libc::ENOTCONN)
+}
+
+/// statfs(2) of `dir`: None if it answers, else its errno.
+pub fn statfs_errno(dir: &Path) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return Some(libc::EINVAL) };
+    // SAFETY: c is a valid path and buf a properly sized, writable statvfs.
+    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut buf) } == 0 {
+        return None;
+    }
+    std::io::Error::last_os_error().raw_os_error()
+}
+
+/// Unmount `dir`: a plain unmount first, then a lazy detach if something holds it
+/// busy. As root that is umount2(2) directly; otherwise fusermount3 does it.
+pub fn detach(dir: &Path) -> Result<()> {
+    use anyhow::bail;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+        // SAFETY: c is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", dir.display()));
+    }
+    let quiet = |flags: &str| {
+        std::process::Command::new("fusermount3").arg(flags).arg(dir).stderr(std::process::Stdio::null()).status()
+    };
+    if matches!(quiet("-u"), Ok(s) if s.success()) {
+        return Ok(());
+    }
+    let out =
+        std::process::Command::new("fusermount3").arg("-uz").arg(dir).output().context("cannot run fusermount3")?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
+        bail!("cannot unmount {}: fusermount3 failed: {why}", dir.display());
+    }
+    Ok(())
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.

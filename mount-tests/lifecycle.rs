@@ -1,0 +1,331 @@
+//! The mount server's life: signals to a foreground server, a server killed with
+//! SIGKILL (its reader, its record, its dead mountpoint, a remount over it), and many
+//! readers at once.
+//!
+//! A signal test starts `imgfs mount -f` itself (no background parent in between) of an
+//! image that is not pulled, so the server resolves it over HTTP first: the blocking
+//! client starts a runtime thread then, which is where a signal used to land and kill the
+//! server without unmounting.
+
+use super::*;
+use std::os::unix::fs::FileExt;
+use std::process::{Child, Stdio};
+
+/// A `imgfs mount -f` started by the test, its stderr kept in a file for the asserts.
+struct Foreground {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Foreground {
+    fn start(root: &Path, image: &str, m: &Mount) -> Foreground {
+        let log = root.join("foreground.log");
+        let err = fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+            .arg("--root")
+            .arg(root)
+            .args(["mount", "-f", image, m.arg()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("cannot start imgfs mount -f");
+        Foreground { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our own child (not reaped yet, so the pid is still its).
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Wait for the server to exit; returns how it ended.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "server {} did not exit: {}", self.pid(), self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Mount records in the store (the files themselves: listing them through imgfs would
+/// clear a dead one on the way).
+fn records(root: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir(root.join("mounts")) else { return Vec::new() };
+    dir.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect()
+}
+
+/// Is `dir` served (mounted and answering)?
+fn answers(dir: &Path) -> bool {
+    mountinfo(dir).is_some() && fs::metadata(dir).is_ok()
+}
+
+/// SIGINT, SIGTERM and SIGHUP to `imgfs mount -f`, at several moments of its life
+/// (while it resolves the image, once it serves, while a reader has a file open and
+/// reads, twice in a row): every time the server exits, the mountpoint is unmounted (a
+/// plain empty directory again) and its record is gone.
+#[test]
+fn signals_to_a_foreground_server_always_unmount() {
+    #[derive(Debug, Clone, Copy)]
+    enum Moment {
+        Starting(u64),
+        Serving,
+        Reading,
+        Twice,
+    }
+    let image = format!("{}/lazy:1", env().addr);
+    let mut rounds = Vec::new();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        for moment in [Moment::Serving, Moment::Reading, Moment::Twice, Moment::Serving, Moment::Starting(0)] {
+            rounds.push((sig, moment));
+        }
+    }
+    rounds.extend([(libc::SIGHUP, Moment::Serving), (libc::SIGINT, Moment::Starting(30))]);
+    for (sig, moment) in rounds {
+        let what = format!("signal {sig} at {moment:?}");
+        let store = Store::new();
+        let m = Mount::empty();
+        let mut server = Foreground::start(store.root(), &image, &m);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut reader = None;
+        match moment {
+            Moment::Starting(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            _ => {
+                let up = wait_until(Duration::from_secs(20), || answers(&m.dir));
+                assert!(up, "{what}: the mount never came up: {}", server.stderr());
+            }
+        }
+        if let Moment::Reading = moment {
+            let (file, stop) = (m.path("top/c.txt"), Arc::clone(&stop));
+            let want = reference_file("lazy:1", "top/c.txt");
+            let f = fs::File::open(&file).unwrap();
+            reader = Some(std::thread::spawn(move || {
+                let mut buf = vec![0u8; want.len()];
+                while !stop.load(Ordering::SeqCst) {
+                    match f.read_at(&mut buf, 0) {
+                        Ok(n) => assert_eq!(&buf[..n], &want[..n], "wrong bytes from {}", file.display()),
+                        Err(_) => break,
+                    }
+                }
+            }));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.signal(sig);
+        if let Moment::Twice = moment {
+            server.signal(sig);
+        }
+        let status = server.wait();
+        stop.store(true, Ordering::SeqCst);
+        if let Some(r) = reader {
+            r.join().expect("reader");
+        }
+        let log = server.stderr();
+        assert!(mountinfo(&m.dir).is_none(), "{what}: server exited ({status}) leaving {} mounted: {log}", m.arg());
+        assert_eq!(records(store.root()), Vec::<PathBuf>::new(), "{what}: record left ({status}): {log}");
+        assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{what}: {} is not a plain empty dir", m.arg());
+        assert!(!log.contains("panicked"), "{what}: {log}");
+    }
+}
+
+/// A small xorshift generator: the tests need varied offsets, not good randomness, and
+/// print the seed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> (Rng, u64) {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        (Rng(seed), seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform enough in 0..n (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Drop the page cache of `f` so that the next read of it reaches the server.
+fn drop_cache(f: &fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open fd; DONTNEED only evicts clean cached pages.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Read `want.len()`-bounded spans of `f` at random offsets and compare each with
+/// `want`; Ok(reads) or the first mismatch.
+fn check_read(f: &fs::File, want: &[u8], rng: &mut Rng, max_len: u64) -> Result<(), String> {
+    let size = want.len() as u64;
+    let off = rng.below(size);
+    let len = 1 + rng.below(max_len);
+    let expect = &want[off as usize..(off + len).min(size) as usize];
+    let mut buf = vec![0u8; len as usize];
+    let mut got = 0;
+    // A read may come back short only at the end of the file; FUSE hands a request of
+    // up to max_read at a time, so loop like any reader would.
+    while got < expect.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => return Err(format!("read at {} of {len}: end of file after {got} bytes", off)),
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("read at {off} of {len}: {e}")),
+        }
+    }
+    if &buf[..expect.len()] != expect {
+        let first = buf.iter().zip(expect).position(|(a, b)| a != b).unwrap();
+        return Err(format!("read at {off} of {len}: wrong bytes from offset {}", off + first as u64));
+    }
+    Ok(())
+}
+
+/// 16 readers at once, each reading spans of random offset and length across a mounted
+/// image (two 24 MiB / 1 MiB files in one gzip layer, and the files of a four-layer
+/// image), with a small decoded-span cache so spans are evicted and decoded again while
+/// others read, and the page cache dropped now and then so reads reach the server:
+/// every byte matches the reference unpack.
+#[test]
+fn sixteen_random_readers_read_exact_bytes() {
+    const READERS: usize = 16;
+    const READS: usize = 60;
+    let store = Store::new();
+    let mounts = [
+        (mount(store.root(), &format!("{}/big:1", env().addr), &["--read-cache", "2"]), "big:1"),
+        (mount(store.root(), &format!("{}/{LAYERED}", env().addr), &["--read-cache", "2"]), LAYERED),
+    ];
+    let mut files: Vec<(PathBuf, Arc<Vec<u8>>)> = Vec::new();
+    for (m, image) in &mounts {
+        let rootfs = unpack_of(image).join("rootfs");
+        for rel in regular_files(&rootfs, &rootfs) {
+            let want = fs::read(rootfs.join(&rel)).unwrap();
+            if !want.is_empty() {
+                files.push((m.path(&rel), Arc::new(want)));
+            }
+        }
+    }
+    let big = files.iter().position(|(p, _)| p.ends_with("data/big.bin")).expect("big.bin");
+    let (_, seed) = Rng::seeded();
+    let files = Arc::new(files);
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let files = Arc::clone(&files);
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed.wrapping_mul(r as u64 + 1) | 1);
+                let mut errors = Vec::new();
+                for i in 0..READS {
+                    // Half the reads go to the multi-MB file, the rest to any file.
+                    let which = if i % 2 == 0 { big } else { rng.below(files.len() as u64) as usize };
+                    let (path, want) = &files[which];
+                    let f = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    if let Err(e) = check_read(&f, want, &mut rng, 256 << 10) {
+                        errors.push(format!("reader {r}: {}: {e}", path.display()));
+                    }
+                    if rng.below(2) == 0 {
+                        drop_cache(&f);
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let errors: Vec<String> = readers.into_iter().flat_map(|t| t.join().expect("reader panicked")).collect();
+    assert!(errors.is_empty(), "seed {seed}: {} bad reads:\n{}", errors.len(), errors.join("\n"));
+}
+
+/// Regular files under `dir`, relative to `base`.
+fn regular_files(base: &Path, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            out.extend(regular_files(base, &p));
+        } else if md.is_file() {
+            out.push(p.strip_prefix(base).unwrap().to_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// A server killed with SIGKILL while a reader reads a multi-MB file of a gzip layer:
+/// the reader gets an error, never wrong bytes; the next imgfs command (`ls`, which has
+/// nothing to do with mounts) clears the dead record and detaches the mountpoint; and a
+/// remount at the same directory serves the file again.
+#[test]
+fn killed_server_fails_its_reader_and_the_next_command_clears_it() {
+    let store = Store::new();
+    let image = format!("{}/big:1", env().addr);
+    let m = mount(store.root(), &image, &[]);
+    let pid = m.server();
+    let record = store.root().join(format!("mounts/{pid}.json"));
+    assert!(record.exists());
+    let want = Arc::new(reference_file("big:1", "data/big.bin"));
+    let (ready_tx, ready) = mpsc::channel();
+    let (path, want2) = (m.path("data/big.bin"), Arc::clone(&want));
+    let (_, seed) = Rng::seeded();
+    let reader = std::thread::spawn(move || {
+        let mut rng = Rng(seed);
+        let f = fs::File::open(&path).unwrap();
+        for i in 0..100_000 {
+            if i == 20 {
+                ready_tx.send(()).unwrap();
+            }
+            if let Err(e) = check_read(&f, &want2, &mut rng, 256 << 10) {
+                return Some(e);
+            }
+            drop_cache(&f);
+        }
+        None
+    });
+    ready.recv_timeout(Duration::from_secs(60)).expect("the reader never got going");
+    // SAFETY: plain kill(2) of the server we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let failure = reader.join().expect("reader panicked");
+    let failure = failure.expect("the reader read on after its server was killed");
+    assert!(
+        failure.contains("os error 107") || failure.contains("os error 5"),
+        "seed {seed}: want ENOTCONN or EIO, not wrong bytes or a short read: {failure}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)));
+
+    imgfs_ok(store.root(), &["ls"]);
+    assert!(!record.exists(), "the dead server's record {} is still there", record.display());
+    assert!(mountinfo(&m.dir).is_none(), "the dead mount at {} is still there", m.arg());
+    assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{} is not a plain empty dir", m.arg());
+
+    imgfs_ok(store.root(), &["mount", &image, m.arg()]);
+    assert!(fs::read(m.path("data/big.bin")).unwrap() == *want, "data/big.bin differs after the remount");
+}
+
+/// Mounting at the dead mountpoint of a killed server (one this store has no record
+/// of, so nothing cleared it before) detaches it first and mounts; only one mount is
+/// left on the directory.
+#[test]
+fn mount_over_a_dead_mountpoint_detaches_it_first() {
+    let image = format!("{}/lazy:1", env().addr);
+    let first = Store::new();
+    let m = mount(first.root(), &image, &[]);
+    let pid = m.server();
+    // SAFETY: plain kill(2) of the server we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)));
+    assert_eq!(errno_of("stat of the dead mount", fs::metadata(&m.dir)), libc::ENOTCONN);
+
+    let other = Store::new();
+    imgfs_ok(other.root(), &["mount", &image, m.arg()]);
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(info.lines().filter(|l| l.split(' ').nth(4) == Some(m.arg())).count(), 1, "stacked mounts");
+}

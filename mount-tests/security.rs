@@ -1,0 +1,1 @@
+//! Who may reach a mount and what the mount commands may touch.
