@@ -1056,8 +1056,7 @@ const TEST_USER: &str = "imgfs-test";
 /// without allow_other nobody else may enter the mount, root included.
 #[test]
 fn unprivileged_user_mounts_via_fusermount3() {
-    let _ = Command::new("useradd").args(["-m", TEST_USER]).output(); // fails if it exists: fine
-    let uid = user_id(TEST_USER);
+    let uid = test_user();
     ensure_dev_fuse_is_world_usable();
 
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -1099,6 +1098,15 @@ fn unprivileged_user_mounts_via_fusermount3() {
     assert!(out.status.success(), "umount as {TEST_USER}: {}", show(&out));
     assert!(mountinfo(&m.dir).is_none(), "still mounted after the user's umount");
     assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)), "server {pid} did not exit");
+}
+
+/// The uid of TEST_USER, created once (tests running at once must not race useradd).
+fn test_user() -> u32 {
+    static UID: OnceLock<u32> = OnceLock::new();
+    *UID.get_or_init(|| {
+        let _ = Command::new("useradd").args(["-m", TEST_USER]).output(); // fails if it exists: fine
+        user_id(TEST_USER)
+    })
 }
 
 fn user_id(name: &str) -> u32 {
