@@ -158,8 +158,9 @@ fn umount_and_mount_leave_other_fuse_mounts_alone() {
 
 /// A non-root user, with a store of its own, pulls an image, mounts it through
 /// fusermount3 (type fuse.imgfs, user_id = the user), reads it, stops a second mount's
-/// server with SIGTERM (unmounted through fusermount3, record gone), and unmounts the
-/// first with `imgfs umount`. `--allow-other` without `user_allow_other` in
+/// server with SIGTERM (unmounted through fusermount3, record gone), has a third one's
+/// dead mount (SIGKILL) cleared by its next command, and unmounts the first with
+/// `imgfs umount`. `--allow-other` without `user_allow_other` in
 /// /etc/fuse.conf fails with one line that says so, and leaves nothing behind.
 #[test]
 fn non_root_user_pulls_mounts_reads_and_umounts() {
@@ -212,6 +213,17 @@ fn non_root_user_pulls_mounts_reads_and_umounts() {
     assert!(wait_until(Duration::from_secs(10), || pid_gone(pid2)), "SIGTERM did not end server {pid2}");
     assert!(mountinfo(&m2.dir).is_none(), "SIGTERM left {} mounted", m2.arg());
     assert!(!store.join(format!("mounts/{pid2}.json")).exists(), "SIGTERM left the record");
+
+    // A killed server of the user's: the user's next command detaches the dead mount
+    // (through fusermount3) and drops its record.
+    ok(&["mount", &image, m2.arg()]);
+    let pid2 = m2.server();
+    // SAFETY: plain kill(2) of the user's server.
+    assert_eq!(unsafe { libc::kill(pid2 as i32, libc::SIGKILL) }, 0);
+    assert!(wait_until(Duration::from_secs(10), || pid_gone(pid2)));
+    ok(&["ls"]);
+    assert!(mountinfo(&m2.dir).is_none(), "the user's dead mount at {} is still there", m2.arg());
+    assert!(!store.join(format!("mounts/{pid2}.json")).exists(), "the dead server's record is still there");
 
     let fuse_conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
     if !fuse_conf.lines().any(|l| l.trim() == "user_allow_other") {
