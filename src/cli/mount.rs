@@ -284,7 +284,7 @@ enum Phase {
     /// was busy (an open file keeps a lazily detached mount alive): closing the FUSE
     /// device aborts the connection, and whoever still reads gets ENOTCONN.
     Serving { dir: PathBuf, store: Store, pid: u32 },
-    /// Detached, or the session is over: the main thread is on its way out.
+    /// The session is over (unmounted from outside): the main thread is on its way out.
     Stopping,
 }
 

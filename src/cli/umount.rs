@@ -26,13 +26,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             entry.source
         );
     }
-    // This also detaches the mountpoint of a dead server that has a record here.
-    let (live, dead) = ctx.store.mounts()?;
-    if dead.iter().any(|m| m.mountpoint == dir) && mount_at(&dir).is_none() {
-        return Ok(());
-    }
-    let server = live.iter().find(|m| m.mountpoint == dir).cloned();
     detach(&dir)?;
+    // Its server, if it is alive, is still running (it exits once it sees the session
+    // end); the record of a dead one is dropped here.
+    let (live, _) = ctx.store.mounts()?;
+    let server = live.iter().find(|m| m.mountpoint == dir).cloned();
     // Let the server see the session end and remove its record.
     if let Some(m) = server {
         let start = Instant::now();

@@ -235,6 +235,25 @@ mod tests {
     }
 
     #[test]
+    fn only_fuse_mounts_named_imgfs_are_imgfs_mounts() {
+        let entry = |fstype: &str, source: &str| MountEntry { fstype: fstype.into(), source: source.into() };
+        assert!(entry("fuse", "imgfs:alpine").is_imgfs());
+        assert!(entry("fuse.imgfs", "imgfs:127.0.0.1:5000/app:1").is_imgfs());
+        assert!(!entry("fuse.sshfs", "imgfs:x").is_imgfs());
+        assert!(!entry("fuse.sshfs", "me@host:/srv").is_imgfs());
+        assert!(!entry("fuse", "/srv/data").is_imgfs());
+        assert!(!entry("tmpfs", "imgfs:x").is_imgfs());
+        assert!(entry("fuse.sshfs", "me@host:/srv").is_fuse() && !entry("tmpfs", "tmpfs").is_fuse());
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_resolved_is_made_absolute_through_its_parent() {
+        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+        assert_eq!(mountpoint_path(Path::new("no-such-dir-here")), cwd.join("no-such-dir-here"));
+        assert_eq!(mountpoint_path(Path::new("/")), PathBuf::from("/"));
+    }
+
+    #[test]
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
