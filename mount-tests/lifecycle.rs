@@ -73,8 +73,9 @@ fn answers(dir: &Path) -> bool {
 
 /// SIGINT, SIGTERM and SIGHUP to `imgfs mount -f`, at several moments of its life
 /// (while it resolves the image, once it serves, while a reader has a file open and
-/// reads, twice in a row): every time the server exits, the mountpoint is unmounted (a
-/// plain empty directory again) and its record is gone.
+/// reads, twice in a row, while a read waits for a layer download the registry holds
+/// back): every time the server exits, the mountpoint is unmounted (a plain empty
+/// directory again) and its record is gone, and a waiting reader gets an error.
 #[test]
 fn signals_to_a_foreground_server_always_unmount() {
     #[derive(Debug, Clone, Copy)]
@@ -83,6 +84,7 @@ fn signals_to_a_foreground_server_always_unmount() {
         Serving,
         Reading,
         Twice,
+        Fetching,
     }
     let image = format!("{}/lazy:1", env().addr);
     let mut rounds = Vec::new();
@@ -91,11 +93,23 @@ fn signals_to_a_foreground_server_always_unmount() {
             rounds.push((sig, moment));
         }
     }
-    rounds.extend([(libc::SIGHUP, Moment::Serving), (libc::SIGINT, Moment::Starting(30))]);
+    rounds.extend([
+        (libc::SIGHUP, Moment::Serving),
+        (libc::SIGINT, Moment::Starting(30)),
+        (libc::SIGINT, Moment::Fetching),
+        (libc::SIGTERM, Moment::Fetching),
+    ]);
+    let bottom_layer = layer_digests("lazy:1")[0].clone();
     for (sig, moment) in rounds {
         let what = format!("signal {sig} at {moment:?}");
         let store = Store::new();
         let m = Mount::empty();
+        // Dropped after the server has exited (declared before it), opening the gate.
+        let proxy = Proxy::start();
+        let image = match moment {
+            Moment::Fetching => format!("{}/lazy:1", proxy.addr),
+            _ => image.clone(),
+        };
         let mut server = Foreground::start(store.root(), &image, &m);
         let stop = Arc::new(AtomicBool::new(false));
         let mut reader = None;
@@ -121,6 +135,14 @@ fn signals_to_a_foreground_server_always_unmount() {
             }));
             std::thread::sleep(Duration::from_millis(20));
         }
+        let mut waiting = None;
+        if let Moment::Fetching = moment {
+            proxy.hold(&bottom_layer);
+            let file = m.path("bottom/a.txt");
+            waiting = Some(std::thread::spawn(move || fs::read(file)));
+            let asked = wait_until(Duration::from_secs(20), || proxy.held() > 0);
+            assert!(asked, "{what}: reading bottom/a.txt never asked for its layer");
+        }
         server.signal(sig);
         if let Moment::Twice = moment {
             server.signal(sig);
@@ -129,6 +151,10 @@ fn signals_to_a_foreground_server_always_unmount() {
         stop.store(true, Ordering::SeqCst);
         if let Some(r) = reader {
             r.join().expect("reader");
+        }
+        if let Some(w) = waiting {
+            let read = w.join().expect("waiting reader");
+            assert!(read.is_err(), "{what}: the read waiting for a held layer succeeded: {read:?}");
         }
         let log = server.stderr();
         assert!(mountinfo(&m.dir).is_none(), "{what}: server exited ({status}) leaving {} mounted: {log}", m.arg());
