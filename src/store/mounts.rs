@@ -69,7 +69,11 @@ impl Store {
             } else {
                 if is_dead_imgfs_mount(&rec.mountpoint) {
                     if let Err(e) = detach(&rec.mountpoint) {
-                        eprintln!("imgfs: dead mount of a killed server: {e:#}");
+                        // Another command may have detached it at the same moment: only
+                        // a mount that is still there is worth a word.
+                        if is_dead_imgfs_mount(&rec.mountpoint) {
+                            eprintln!("imgfs: dead mount of a killed server: {e:#}");
+                        }
                     }
                 }
                 let _ = fs::remove_file(&path);
