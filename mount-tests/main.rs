@@ -23,10 +23,6 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-// The mount server's lifecycle (signals, kill -9, many readers) and its security.
-mod lifecycle;
-mod security;
-
 // ---------------------------------------------------------------------------------------
 // The test environment
 
@@ -1541,3 +1537,9 @@ fn layered_provisional_dir_attrs_become_exact() {
         treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
     assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
+
+// =======================================================================================
+// The mount server's lifecycle (signals, kill -9, many readers) and its security
+
+mod lifecycle;
+mod security;
