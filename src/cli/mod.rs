@@ -91,9 +91,21 @@ pub fn run(cli: Cli) -> Result<()> {
         client: OnceLock::new(),
     };
     // A server killed with SIGKILL leaves its record and a dead mountpoint (ENOTCONN
-    // to everything) behind: whichever command comes next clears both. `umount` does
-    // it itself, so that it can say it unmounted that directory.
-    if !matches!(cli.command, Command::Umount(_)) {
+    // to everything) behind: the next everyday command clears both. Not `umount`, which
+    // does it itself so that it can say it unmounted that directory, nor a command that
+    // inspects the store and wants to see them.
+    let everyday = matches!(
+        cli.command,
+        Command::Pull(_)
+            | Command::Ls(_)
+            | Command::Inspect(_)
+            | Command::Tag(_)
+            | Command::Rm(_)
+            | Command::Prune(_)
+            | Command::Mount(_)
+            | Command::Search(_)
+    );
+    if everyday {
         let _ = ctx.store.mounts();
     }
     match cli.command {
