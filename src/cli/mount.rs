@@ -299,13 +299,22 @@ pub fn is_server(args: &Args) -> bool {
 /// Block SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread started
 /// after it, and handle them on a thread of their own. Call it before any other
 /// thread starts.
+///
+/// A signal the server was started with ignored stays ignored, as in any program:
+/// `nohup` ignores SIGHUP, a script's background job SIGINT. (Blocked, it would be
+/// queued for `sigwait` instead of being dropped.)
 pub fn handle_server_signals() {
-    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises.
+    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises;
+    // sigaction with a null new action only reads the current one.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut set, s);
+            }
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
