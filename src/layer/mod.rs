@@ -44,8 +44,9 @@ pub enum Kind {
 /// One tar entry, as the on-disk index keeps it (postcard: fields in order, no names).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
-    /// Normalised: relative, no `./`, no trailing `/`; the root is `""`.
-    pub path: String,
+    /// The name's bytes as the tar had them (names need not be UTF-8), normalised:
+    /// relative, no `./` or `..`, no trailing `/`; the root is empty.
+    pub path: Vec<u8>,
     pub kind: Kind,
     /// Permission bits including setuid, setgid and sticky (07777).
     pub mode: u32,
@@ -53,8 +54,8 @@ pub struct Entry {
     pub gid: u32,
     pub size: u64,
     pub mtime: i64,
-    /// Symlink target, or the (normalised) path a hard link points at.
-    pub link: Option<String>,
+    /// Symlink target (as is), or the (normalised) path a hard link points at.
+    pub link: Option<Vec<u8>>,
     /// For a hard link: the entry of this layer holding the data, if the target was
     /// an earlier entry of the same layer. `None` means the target lies in a lower layer.
     pub link_entry: Option<u32>,
@@ -71,24 +72,24 @@ pub struct Contents {
     /// link read before the duplicate still points at the earlier one).
     pub entries: Vec<Entry>,
     /// Paths named by `.wh.NAME` markers: hidden in lower layers.
-    pub whiteouts: Vec<String>,
+    pub whiteouts: Vec<Vec<u8>>,
     /// Directories holding a `.wh..wh..opq` marker: their lower children are hidden.
-    pub opaque: Vec<String>,
+    pub opaque: Vec<Vec<u8>>,
 }
 
 /// The table of contents of one layer with the lookup tables the union needs.
 pub struct LayerIndex {
     pub contents: Contents,
     /// Path → index of the entry that finally holds that path in this layer.
-    by_path: HashMap<String, u32>,
+    by_path: HashMap<Vec<u8>, u32>,
     /// Directory path → names of its children in this layer (entries and implicit dirs).
-    children: HashMap<String, Vec<String>>,
+    children: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     /// Directories that only exist as parents of entries, with no entry of their own.
-    implicit: HashSet<String>,
-    whiteouts: HashSet<String>,
-    opaque: HashSet<String>,
+    implicit: HashSet<Vec<u8>>,
+    whiteouts: HashSet<Vec<u8>>,
+    opaque: HashSet<Vec<u8>>,
     /// Paths in lower layers that hard links of this layer point at → those links.
-    lower_links: HashMap<String, Vec<u32>>,
+    lower_links: HashMap<Vec<u8>, Vec<u32>>,
     /// Entry → the hard links of this layer that resolved to it when they were read.
     links_to: HashMap<u32, Vec<u32>>,
     /// Entries that share data with another entry through a hard link of this layer.
@@ -112,23 +113,23 @@ impl LayerIndex {
         for (i, e) in contents.entries.iter().enumerate() {
             by_path.insert(e.path.clone(), i as u32);
         }
-        let mut children: HashMap<String, Vec<String>> = HashMap::default();
-        let mut seen: HashSet<&str> = HashSet::default();
+        let mut children: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::default();
+        let mut seen: HashSet<&[u8]> = HashSet::default();
         let mut implicit = HashSet::default();
         for path in by_path.keys() {
             // Register the path with its parent and any missing ancestors.
-            let mut p: &str = path;
+            let mut p: &[u8] = path;
             while !p.is_empty() && seen.insert(p) {
                 let (parent, name) = split_parent(p);
                 // get_mut first: most parents are there already, and a key costs an allocation.
                 match children.get_mut(parent) {
-                    Some(names) => names.push(name.to_string()),
+                    Some(names) => names.push(name.to_vec()),
                     None => {
-                        children.insert(parent.to_string(), vec![name.to_string()]);
+                        children.insert(parent.to_vec(), vec![name.to_vec()]);
                     }
                 }
                 if !by_path.contains_key(parent) && !parent.is_empty() {
-                    implicit.insert(parent.to_string());
+                    implicit.insert(parent.to_vec());
                 }
                 p = parent;
             }
@@ -136,7 +137,7 @@ impl LayerIndex {
         for names in children.values_mut() {
             names.sort();
         }
-        let mut lower_links: HashMap<String, Vec<u32>> = HashMap::default();
+        let mut lower_links: HashMap<Vec<u8>, Vec<u32>> = HashMap::default();
         let mut links_to: HashMap<u32, Vec<u32>> = HashMap::default();
         let mut linked = HashSet::default();
         for (i, e) in contents.entries.iter().enumerate() {
@@ -167,7 +168,7 @@ impl LayerIndex {
         }
     }
 
-    pub fn presence(&self, path: &str) -> Presence<'_> {
+    pub fn presence(&self, path: &[u8]) -> Presence<'_> {
         if let Some(&i) = self.by_path.get(path) {
             return Presence::Entry(&self.contents.entries[i as usize]);
         }
@@ -177,7 +178,7 @@ impl LayerIndex {
         Presence::Absent
     }
 
-    pub fn entry_index(&self, path: &str) -> Option<u32> {
+    pub fn entry_index(&self, path: &[u8]) -> Option<u32> {
         self.by_path.get(path).copied()
     }
 
@@ -186,22 +187,22 @@ impl LayerIndex {
     }
 
     /// Is `path` whited out (for lower layers) by this layer?
-    pub fn is_whiteout(&self, path: &str) -> bool {
+    pub fn is_whiteout(&self, path: &[u8]) -> bool {
         self.whiteouts.contains(path)
     }
 
     /// Does this layer hide the lower children of directory `path`?
-    pub fn is_opaque(&self, path: &str) -> bool {
+    pub fn is_opaque(&self, path: &[u8]) -> bool {
         self.opaque.contains(path)
     }
 
     /// Names directly below directory `path` in this layer.
-    pub fn children(&self, path: &str) -> &[String] {
+    pub fn children(&self, path: &[u8]) -> &[Vec<u8>] {
         self.children.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The hard links of this layer that point at `path` in a lower layer.
-    pub fn links_to_lower(&self, path: &str) -> &[u32] {
+    pub fn links_to_lower(&self, path: &[u8]) -> &[u32] {
         self.lower_links.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -212,7 +213,7 @@ impl LayerIndex {
 
     /// Entry `i`'s path, if `i` is what that path finally holds in this layer (a later
     /// entry for the same path replaces it).
-    pub fn final_path(&self, i: u32) -> Option<String> {
+    pub fn final_path(&self, i: u32) -> Option<Vec<u8>> {
         let path = &self.entry(i).path;
         (self.entry_index(path) == Some(i)).then(|| path.clone())
     }
@@ -244,7 +245,9 @@ pub enum Access {
 /// The index file's first bytes, then a format version: a file of another version
 /// is rebuilt from the blob, never misread.
 const MAGIC: &[u8; 8] = b"IMGFSIDX";
-const VERSION: u32 = 2;
+/// 3: names are bytes (2 kept them as strings, with non-UTF-8 bytes mapped to
+/// private-use characters that a real name could also hold).
+const VERSION: u32 = 3;
 
 impl IndexFile {
     /// Write the index of layer `digest`: header, contents (postcard), access.
@@ -341,51 +344,31 @@ fn read_chunk(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Tar names are bytes; we keep them as `String`s. Bytes that are not valid UTF-8 are
-/// carried as code points U+10FF80..U+10FFFF (the end of a private-use plane, which no
-/// real name uses) so that every name round-trips exactly to the bytes the layer had.
-pub fn name_from_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for &b in chunk.invalid() {
-            out.push(char::from_u32(ESCAPE_BASE + b as u32).expect("valid code point"));
-        }
+/// A name for messages: UTF-8 as is, other bytes as `\xNN`, quoted.
+pub fn show(name: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in name.utf8_chunks() {
+        out.extend(chunk.valid().escape_debug());
+        out.extend(chunk.invalid().iter().map(|b| format!("\\x{b:02x}")));
     }
+    out.push('"');
     out
 }
-
-/// The inverse of `name_from_bytes`.
-pub fn name_to_bytes(name: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len());
-    for c in name.chars() {
-        let v = c as u32;
-        if (ESCAPE_BASE + 0x80..=ESCAPE_BASE + 0xff).contains(&v) {
-            out.push((v - ESCAPE_BASE) as u8);
-        } else {
-            let mut buf = [0u8; 4];
-            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-        }
-    }
-    out
-}
-
-const ESCAPE_BASE: u32 = 0x10FF00;
 
 /// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`).
-pub fn split_parent(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
+pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("", path),
+        None => (b"", path),
     }
 }
 
 /// Join a directory path and a name in the normalised form.
-pub fn join(dir: &str, name: &str) -> String {
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
-        name.to_string()
+        name.to_vec()
     } else {
-        format!("{dir}/{name}")
+        [dir, b"/", name].concat()
     }
 }
 
@@ -410,9 +393,9 @@ mod tests {
         file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
 
         let back = IndexFile::load(&path, "sha256:aa").unwrap();
-        let e = back.index.entry(back.index.entry_index("etc/x").unwrap());
+        let e = back.index.entry(back.index.entry_index(b"etc/x").unwrap());
         assert_eq!((e.kind, e.mode, e.size), (Kind::File, 0o640, 5));
-        assert!(matches!(back.index.presence("etc"), Presence::ImplicitDir));
+        assert!(matches!(back.index.presence(b"etc"), Presence::ImplicitDir));
 
         let err = IndexFile::load(&path, "sha256:bb").err().unwrap().to_string();
         assert!(err.contains("not the index of sha256:bb"), "{err}");
@@ -427,11 +410,8 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip_including_invalid_utf8() {
-        for bytes in [&b"plain"[..], "héllo wörld ✓".as_bytes(), b"caf\xe9", b"\xff\xfe/x\x80"] {
-            let name = name_from_bytes(bytes);
-            assert_eq!(name_to_bytes(&name), bytes);
-        }
-        assert_eq!(name_from_bytes("ü".as_bytes()), "ü");
+    fn names_show_escaped_where_not_utf8() {
+        assert_eq!(show("caf\u{e9}/x".as_bytes()), "\"caf\u{e9}/x\"");
+        assert_eq!(show(b"caf\xe9\n"), "\"caf\\xe9\\n\"");
     }
 }
