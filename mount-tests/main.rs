@@ -23,6 +23,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+mod hostile;
+
 // ---------------------------------------------------------------------------------------
 // The test environment
 
