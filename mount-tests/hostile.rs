@@ -78,7 +78,8 @@ fn a_mount_serves_bad_entries_as_documented() {
 /// Layers a pull refuses, each with an error naming the layer and what is wrong.
 #[test]
 fn a_pull_refuses_bad_layers_with_a_clear_error() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Vars = &'static [(&'static str, &'static str)];
+    let cases: &[(&str, Vars, &str)] = &[
         ("hostile-nottar:1", &[], "layer is not a tar archive"),
         ("hostile-truncgz:1", &[], "layer is truncated: its gzip stream ends early"),
         ("hostile-trunczst:1", &[], "layer is truncated: its zstd stream ends early"),
