@@ -791,3 +791,23 @@ fn a_full_disk_while_copying_the_layer_says_no_space() {
     let err = format!("{err:#}");
     assert!(err.starts_with("cannot write the re-encoded layer: No space left on device"), "{err}");
 }
+
+#[test]
+fn tar_headers_for_one_entry_are_bounded() {
+    let big = vec![b'x'; 2 << 20];
+    let tar = raw_tar(&[Raw { pax: vec![("comment", &big)], ..raw(b"f", tar::EntryType::Regular) }]);
+    let err = index_error(&tar, Compression::None, &build::Limits::DEFAULT);
+    assert!(
+        err.contains("layer has over 1048576 bytes of tar headers (PAX records or a GNU long name) for one entry"),
+        "{err}"
+    );
+    // Under the bound, with a large file before it, is fine.
+    let fine = vec![b'y'; 512 << 10];
+    let tar = raw_tar(&[
+        Raw { data: &big, ..raw(b"large", tar::EntryType::Regular) },
+        Raw { pax: vec![("SCHILY.xattr.user.big", &fine)], ..raw(b"g", tar::EntryType::Regular) },
+    ]);
+    let fs = fs_of_tars(&[tar]);
+    assert_eq!(fs.getxattr(walk(&fs, "g").unwrap(), OsStr::new("user.big")).unwrap().len(), 512 << 10);
+    assert_eq!(fs.read(walk(&fs, "large").unwrap(), 0, 10).unwrap(), b"xxxxxxxxxx");
+}

@@ -9,6 +9,7 @@ use super::{join, show, split_parent, Contents, Entry, Kind};
 use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
 use anyhow::{bail, Context, Result};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use tar::EntryType;
@@ -112,11 +113,14 @@ pub fn index_layer_with(
             (None, Some(p)) => p,
             (None, None) => unreachable!("one of the two is set"),
         };
-        let mut watch = Watch { inner: decompressed, copy, read: 0, max: limits.max_bytes, failure: None };
+        let frontier = Cell::new(MAX_HEADERS);
+        let mut watch =
+            Watch { inner: decompressed, copy, read: 0, max: limits.max_bytes, frontier: &frontier, failure: None };
         let mut hashed = HashingReader::new(&mut watch);
-        let parsed = parse_tar_with(&mut hashed, limits).and_then(|contents| {
+        let parsed = parse_entries(&mut hashed, limits, Some(&frontier)).and_then(|contents| {
             // The tar parser stops at the end-of-archive blocks; the diff_id covers the
             // padding after them too.
+            frontier.set(u64::MAX);
             io::copy(&mut hashed, &mut io::sink()).context("cannot read the end of the layer")?;
             Ok(contents)
         });
@@ -141,19 +145,22 @@ pub fn index_layer_with(
 }
 
 /// Sits between the decompressor and the tar parser: counts the uncompressed bytes
-/// against the limit, copies them to `copy` if asked, and remembers the first failure
-/// below the parser, which then names the cause (a bomb, a truncated or invalid
-/// compressed stream, a full disk) instead of a corrupt tar entry.
-struct Watch<'a, R> {
+/// against the limit and the parser's frontier (see `parse_entries`), copies them to
+/// `copy` if asked, and remembers the first failure below the parser, which then names
+/// the cause (a bomb, a truncated or invalid compressed stream, a full disk) instead of
+/// a corrupt tar entry.
+struct Watch<'a, 'f, R> {
     inner: R,
     copy: Option<&'a mut dyn Write>,
     read: u64,
     max: u64,
+    frontier: &'f Cell<u64>,
     failure: Option<Failure>,
 }
 
 enum Failure {
     TooLarge,
+    HeadersTooLarge,
     /// Reading or decompressing the blob failed.
     Source(io::Error),
     /// Writing the uncompressed copy failed.
@@ -166,6 +173,9 @@ impl Failure {
             Failure::TooLarge => anyhow::anyhow!(
                 "layer is larger than {} bytes uncompressed, the limit (set {BYTES_VAR} to raise it)",
                 limits.max_bytes
+            ),
+            Failure::HeadersTooLarge => anyhow::anyhow!(
+                "layer has over {MAX_HEADERS} bytes of tar headers (PAX records or a GNU long name) for one entry"
             ),
             Failure::Source(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 anyhow::anyhow!("layer is truncated: its {} stream ends early", name_of(compression))
@@ -187,7 +197,7 @@ fn name_of(compression: Compression) -> &'static str {
     }
 }
 
-impl<R: Read> Read for Watch<'_, R> {
+impl<R: Read> Read for Watch<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.failure.is_some() {
             return Err(io::Error::other("layer read stopped"));
@@ -204,6 +214,10 @@ impl<R: Read> Read for Watch<'_, R> {
         if self.read > self.max {
             self.failure = Some(Failure::TooLarge);
             return Err(io::Error::other("layer is over the size limit"));
+        }
+        if self.read > self.frontier.get() {
+            self.failure = Some(Failure::HeadersTooLarge);
+            return Err(io::Error::other("tar headers over the limit"));
         }
         if let Some(c) = self.copy.as_mut() {
             if let Err(e) = c.write_all(&buf[..n]) {
@@ -230,6 +244,18 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
 /// kernel could not serve, or that would reach outside the image, make the layer fail
 /// with an error naming the entry; see `check_name`.
 pub fn parse_tar_with(stream: impl Read, limits: &Limits) -> Result<Contents> {
+    parse_entries(stream, limits, None)
+}
+
+/// Tar header bytes (PAX records, GNU long names, the headers themselves) allowed
+/// before one entry: the `tar` crate holds them in memory whole, and no real name or set
+/// of attributes needs a fraction of this.
+const MAX_HEADERS: u64 = 1 << 20;
+
+/// `parse_tar_with`; when `frontier` is given, it is kept at the stream offset the parser
+/// may read up to before it yields the next entry (the end of this entry's data plus
+/// `MAX_HEADERS`), for a reader below to enforce.
+fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>>) -> Result<Contents> {
     let mut archive = tar::Archive::new(stream);
     let mut contents = Contents::default();
     // Path → latest entry, to resolve hard links "at that point of the stream".
@@ -241,6 +267,9 @@ pub fn parse_tar_with(stream: impl Read, limits: &Limits) -> Result<Contents> {
             None => anyhow::Error::new(e).context("layer is not a tar archive"),
             Some(p) => anyhow::Error::new(e).context(format!("corrupt tar entry after {}", show(p))),
         })?;
+        if let Some(f) = frontier {
+            f.set(te.raw_file_position().saturating_add(te.size().div_ceil(512) * 512).saturating_add(MAX_HEADERS));
+        }
         count += 1;
         if count > limits.max_entries {
             bail!("layer has more than {} entries, the limit (set {ENTRIES_VAR} to raise it)", limits.max_entries);
