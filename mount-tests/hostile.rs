@@ -60,6 +60,11 @@ fn a_mount_serves_bad_entries_as_documented() {
     assert_eq!(fs::metadata(m.path("links/ok")).unwrap().nlink(), 2);
     assert_eq!(fs::read(m.path("links/later")).unwrap(), b"written after the link\n");
     assert_eq!(fs::read(m.path("escaped")).unwrap(), b"climbed\n");
+    // Nothing is ever unpacked: `../../../escaped` is a name in the mount, never a file
+    // written beside the store or the mountpoint.
+    for dir in [store.root(), store.root().parent().unwrap(), m.dir.parent().unwrap(), Path::new("/")] {
+        assert!(!dir.join("escaped").exists(), "{}/escaped", dir.display());
+    }
     assert_eq!(fs::read_link(m.path("sym/passwd")).unwrap(), Path::new("/etc/passwd"));
     assert_eq!(fs::read_link(m.path("sym/up")).unwrap(), Path::new("../../../../etc"));
     assert_eq!(names_in(&m.path("lowdir")), vec![b"f".to_vec()]);
