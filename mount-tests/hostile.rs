@@ -108,6 +108,7 @@ fn a_pull_refuses_bad_layers_with_a_clear_error() {
         let layer = &layer_digests(tag)[0];
         assert!(err.contains(want), "{tag}: {err}");
         assert!(err.contains(layer.as_str()), "{tag}: the error names the layer {layer}: {err}");
+        assert!(!blob_file(store.root(), layer).exists(), "{tag}: the refused layer was kept");
     }
     // Within the default limits the bomb is an ordinary image.
     let store = Store::new();

@@ -266,7 +266,7 @@ fn download_and_index(
         let mut restarted = false;
         let mut outcome = None;
         let stored = store.put_blob_with(&layer.digest, |file| {
-            let mut sink = TeeSink { file, tx: Some(tx), restarted: &mut restarted };
+            let mut sink = TeeSink { file, tx: Some(tx), sent: false, restarted: &mut restarted };
             let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
             drop(sink); // the indexer sees the end of the stream
             let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
@@ -288,6 +288,8 @@ fn download_and_index(
 struct TeeSink<'a> {
     file: &'a mut File,
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Has the indexer been handed any bytes?
+    sent: bool,
     restarted: &'a mut bool,
 }
 
@@ -295,6 +297,7 @@ impl Write for TeeSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
         if let Some(tx) = &self.tx {
+            self.sent = true;
             if tx.send(buf.to_vec()).is_err() {
                 self.tx = None;
             }
@@ -309,9 +312,12 @@ impl Write for TeeSink<'_> {
 impl BlobSink for TeeSink<'_> {
     fn restart(&mut self) -> io::Result<()> {
         self.file.restart()?;
-        // The indexer has seen bytes that no longer count: cut it off.
-        self.tx = None;
-        *self.restarted = true;
+        // The client empties the sink before its first request too: only bytes the
+        // indexer has seen and that no longer count cut it off.
+        if self.sent {
+            self.tx = None;
+            *self.restarted = true;
+        }
         Ok(())
     }
 }

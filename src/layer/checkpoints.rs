@@ -524,6 +524,9 @@ fn deflate_window(deflater: &mut flate2::Compress, window: &[u8]) -> io::Result<
     if status != flate2::Status::StreamEnd {
         return Err(io::Error::other("deflated window does not fit"));
     }
+    // Kept for the life of the layer: one per span, so the room reserved for the worst
+    // case (37 KiB) would cost that much per MiB of layer even for a window of zeros.
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -894,6 +897,19 @@ mod tests {
         assert!(cps.points.iter().any(|p| p.bits != 0));
         assert!(cps.points.iter().skip(1).all(|p| !p.window.is_empty()));
         assert!(cps.is_seekable());
+        check_random_access(&blob, &data, &cps);
+    }
+
+    /// Checkpoints live as long as the layer: a window of zeros must cost its deflated
+    /// size (tens of bytes), not the room reserved for the worst case.
+    #[test]
+    fn windows_of_zeros_keep_little_memory() {
+        let data = vec![0u8; 16 << 20];
+        let blob = gzip(&data, 9);
+        let (_, cps) = index(&blob, Format::Gzip, 1 << 20, 1 << 16);
+        assert!(cps.span_count() >= 3, "only {} spans", cps.span_count());
+        let held: usize = cps.points.iter().map(|p| p.window.capacity()).sum();
+        assert!(held < cps.span_count() * 1024, "{held} bytes for {} windows", cps.span_count());
         check_random_access(&blob, &data, &cps);
     }
 
