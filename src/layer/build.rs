@@ -452,6 +452,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size(" 16M "), Some(16 << 20));
+        assert_eq!(parse_size("32G"), Some(32 << 30));
+        assert_eq!(parse_size("1KiB"), Some(1024));
+        assert_eq!(parse_size("2t"), Some(2 << 40));
+        for bad in ["", "G", "x", "-1", "1.5G", "99999999999T"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn normalise_paths() {
         assert_eq!(normalise(b"./a/b/"), b"a/b");
         assert_eq!(normalise(b"/a//b"), b"a/b");
