@@ -177,7 +177,7 @@ impl Fs {
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
         let info = self.getattr(ino)?;
-        info.xattrs.into_iter().find(|(k, _)| k.as_bytes() == name.as_bytes()).map(|(_, v)| v).ok_or(FsError::NoAttr)
+        info.xattrs.into_iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v).ok_or(FsError::NoAttr)
     }
 
     /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
@@ -185,7 +185,7 @@ impl Fs {
         let info = self.getattr(ino)?;
         let mut out = Vec::new();
         for (k, _) in info.xattrs {
-            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&k);
             out.push(0);
         }
         Ok(out)

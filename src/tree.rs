@@ -81,7 +81,7 @@ pub struct NodeInfo {
     pub rdev: (u32, u32),
     pub nlink: u32,
     pub link: Option<Vec<u8>>,
-    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// False while the attributes may still change as more layers are read (a
     /// directory's link count before all its layers are known, or its provisional
     /// mode and owner): serve with no cache.

@@ -552,7 +552,7 @@ struct Raw<'a> {
     data: &'a [u8],
     /// `None`: the mode field is left blank, as some tar writers do.
     mode: Option<u32>,
-    pax: Vec<(&'a str, &'a [u8])>,
+    pax: Vec<(&'a [u8], &'a [u8])>,
 }
 
 fn raw<'a>(name: &'a [u8], kind: tar::EntryType) -> Raw<'a> {
@@ -576,7 +576,7 @@ fn raw_tar(entries: &[Raw]) -> Vec<u8> {
             records.extend(pax_record(b"linkpath", e.link));
         }
         for (k, v) in &e.pax {
-            records.extend(pax_record(k.as_bytes(), v));
+            records.extend(pax_record(k, v));
         }
         let mut x = tar::Header::new_ustar();
         x.set_entry_type(tar::EntryType::XHeader);
@@ -716,7 +716,7 @@ fn names_no_kernel_can_serve_fail_the_layer_with_the_entry_named() {
         (raw_tar(&[raw(b"./", tar::EntryType::Regular)]), "makes the image's root a File"),
         (
             raw_tar(&[Raw {
-                pax: vec![("GNU.sparse.major", b"1"), ("GNU.sparse.name", b"real")],
+                pax: vec![(b"GNU.sparse.major", b"1"), (b"GNU.sparse.name", b"real")],
                 ..raw(b"GNUSparseFile.0/real", tar::EntryType::Regular)
             }]),
             r#"sparse file "GNUSparseFile.0/real" (PAX) in layer is not supported"#,
@@ -795,7 +795,7 @@ fn a_full_disk_while_copying_the_layer_says_no_space() {
 #[test]
 fn tar_headers_for_one_entry_are_bounded() {
     let big = vec![b'x'; 2 << 20];
-    let tar = raw_tar(&[Raw { pax: vec![("comment", &big)], ..raw(b"f", tar::EntryType::Regular) }]);
+    let tar = raw_tar(&[Raw { pax: vec![(b"comment", &big)], ..raw(b"f", tar::EntryType::Regular) }]);
     let err = index_error(&tar, Compression::None, &build::Limits::DEFAULT);
     assert!(
         err.contains("layer has over 1048576 bytes of tar headers (PAX records or a GNU long name) for one entry"),
@@ -805,9 +805,23 @@ fn tar_headers_for_one_entry_are_bounded() {
     let fine = vec![b'y'; 512 << 10];
     let tar = raw_tar(&[
         Raw { data: &big, ..raw(b"large", tar::EntryType::Regular) },
-        Raw { pax: vec![("SCHILY.xattr.user.big", &fine)], ..raw(b"g", tar::EntryType::Regular) },
+        Raw { pax: vec![(b"SCHILY.xattr.user.big", &fine)], ..raw(b"g", tar::EntryType::Regular) },
     ]);
     let fs = fs_of_tars(&[tar]);
     assert_eq!(fs.getxattr(walk(&fs, "g").unwrap(), OsStr::new("user.big")).unwrap().len(), 512 << 10);
     assert_eq!(fs.read(walk(&fs, "large").unwrap(), 0, 10).unwrap(), b"xxxxxxxxxx");
+}
+
+#[test]
+fn xattr_names_are_bytes_too() {
+    use std::os::unix::ffi::OsStrExt;
+    let tar = raw_tar(&[Raw {
+        pax: vec![(b"SCHILY.xattr.user.caf\xe9", b"latin-1"), (b"SCHILY.xattr.user.plain", b"p")],
+        ..raw(b"f", tar::EntryType::Regular)
+    }]);
+    let fs = fs_of_tars(&[tar]);
+    let f = walk(&fs, "f").unwrap();
+    // Before, a key that is not UTF-8 was dropped.
+    assert_eq!(fs.getxattr(f, OsStr::from_bytes(b"user.caf\xe9")).unwrap(), b"latin-1");
+    assert_eq!(fs.listxattr(f).unwrap(), b"user.caf\xe9\0user.plain\0");
 }

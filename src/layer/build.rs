@@ -353,19 +353,20 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
         if let Some(pax) = te.pax_extensions()? {
             for ext in pax {
                 let ext = ext?;
-                let key = ext.key().unwrap_or("");
+                let key = ext.key_bytes();
                 let value = ext.value_bytes();
-                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
-                    xattrs.push((attr.to_string(), value.to_vec()));
-                } else if key == "mtime" {
+                if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
+                    // Attribute names are bytes to the kernel too.
+                    xattrs.push((attr.to_vec(), value.to_vec()));
+                } else if key == b"mtime" {
                     // PAX times may be fractional ("1234.5"); whole seconds are what we serve.
                     if let Some(secs) = std::str::from_utf8(value).ok().and_then(|v| v.split('.').next()?.parse().ok())
                     {
                         mtime = secs;
                     }
-                } else if key == "uid" {
+                } else if key == b"uid" {
                     uid = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(uid);
-                } else if key == "gid" {
+                } else if key == b"gid" {
                     gid = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(gid);
                 }
             }

@@ -60,7 +60,7 @@ pub struct Entry {
     /// an earlier entry of the same layer. `None` means the target lies in a lower layer.
     pub link_entry: Option<u32>,
     pub rdev: (u32, u32),
-    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Offset of the data in the uncompressed tar stream.
     pub offset: u64,
 }
