@@ -405,7 +405,7 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
 
 /// Refuse a name no kernel could serve: a component over 255 bytes, a path over 4096,
 /// or a NUL byte (a PAX name can hold one; a C string ends there).
-fn check_name(path: &[u8]) -> Result<()> {
+pub(crate) fn check_name(path: &[u8]) -> Result<()> {
     if path.contains(&0) {
         bail!("the name holds a NUL byte");
     }

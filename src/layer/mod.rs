@@ -77,6 +77,27 @@ pub struct Contents {
     pub opaque: Vec<Vec<u8>>,
 }
 
+impl Contents {
+    /// Does this hold only what `build` makes? Names normalised and servable, hard links
+    /// resolved to earlier entries. An index file that passes holds nothing the tree
+    /// could trip on.
+    pub fn check(&self) -> Result<()> {
+        let normal = |p: &[u8]| build::normalise(p) == p && build::check_name(p).is_ok();
+        for (i, e) in self.entries.iter().enumerate() {
+            if !normal(&e.path) {
+                bail!("entry {i} has the name {}", show(&e.path));
+            }
+            if e.link_entry.is_some_and(|t| t as usize >= i) {
+                bail!("hard link {} resolves to a later entry", show(&e.path));
+            }
+        }
+        if let Some(p) = self.whiteouts.iter().chain(&self.opaque).find(|p| !normal(p)) {
+            bail!("a whiteout names {}", show(p));
+        }
+        Ok(())
+    }
+}
+
 /// The table of contents of one layer with the lookup tables the union needs.
 pub struct LayerIndex {
     pub contents: Contents,
@@ -108,7 +129,14 @@ pub enum Presence<'a> {
 }
 
 impl LayerIndex {
-    pub fn new(contents: Contents) -> LayerIndex {
+    pub fn new(mut contents: Contents) -> LayerIndex {
+        // A hard link resolves to an earlier entry (`build` makes it so); anything else,
+        // from contents not made by `build`, would send the tree round in circles.
+        for (i, e) in contents.entries.iter_mut().enumerate() {
+            if e.link_entry.is_some_and(|t| t as usize >= i) {
+                e.link_entry = None;
+            }
+        }
         let mut by_path = HashMap::default();
         for (i, e) in contents.entries.iter().enumerate() {
             by_path.insert(e.path.clone(), i as u32);
@@ -302,6 +330,7 @@ impl IndexFile {
         let corrupt = || format!("layer index {} is damaged", path.display());
         let contents: Contents =
             postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        contents.check().with_context(corrupt)?;
         let mut kind = [0u8; 1];
         r.read_exact(&mut kind).with_context(corrupt)?;
         let access = match kind[0] {
@@ -407,6 +436,58 @@ mod tests {
         std::fs::write(&path, br#"{"entries":[]}"#).unwrap();
         let err = IndexFile::load(&path, "sha256:aa").err().unwrap().to_string();
         assert!(err.contains("another format version"), "{err}");
+    }
+
+    fn entry(path: &[u8], kind: Kind, link_entry: Option<u32>) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            link: (kind == Kind::Hardlink).then(|| b"x".to_vec()),
+            link_entry,
+            rdev: (0, 0),
+            xattrs: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// An index file holding what `build` never makes is damage: names not normalised or
+    /// not servable, a hard link resolved to itself or a later entry.
+    #[test]
+    fn index_files_with_contents_build_never_makes_are_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.idx");
+        let cases = [
+            vec![entry(b"a/../b", Kind::File, None)],
+            vec![entry(b"/abs", Kind::File, None)],
+            vec![entry(b"a//b", Kind::File, None)],
+            vec![entry(b"nul\0", Kind::File, None)],
+            vec![entry(b"x", Kind::Hardlink, Some(0))],
+            vec![entry(b"x", Kind::Hardlink, Some(1)), entry(b"y", Kind::File, None)],
+        ];
+        for entries in cases {
+            let what = format!("{:?}", entries.iter().map(|e| show(&e.path)).collect::<Vec<_>>());
+            let contents = Contents { entries, whiteouts: vec![], opaque: vec![] };
+            let file = IndexFile { index: LayerIndex::new(Contents::default()), access: Access::Plain };
+            // Save the hand-made contents as they are (LayerIndex::new would mend them).
+            let mut index = file.index;
+            index.contents = contents;
+            let file = IndexFile { index, access: Access::Plain };
+            file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
+            let err = format!("{:#}", IndexFile::load(&path, "sha256:aa").err().expect(&what));
+            assert!(err.contains("is damaged"), "{what}: {err}");
+        }
+        // Handed such contents directly, the index drops a link that would loop.
+        let index = LayerIndex::new(Contents {
+            entries: vec![entry(b"x", Kind::Hardlink, Some(0))],
+            whiteouts: vec![],
+            opaque: vec![],
+        });
+        assert_eq!(index.entry(0).link_entry, None);
     }
 
     #[test]
