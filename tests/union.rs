@@ -825,3 +825,23 @@ fn xattr_names_are_bytes_too() {
     assert_eq!(fs.getxattr(f, OsStr::from_bytes(b"user.caf\xe9")).unwrap(), b"latin-1");
     assert_eq!(fs.listxattr(f).unwrap(), b"user.caf\xe9\0user.plain\0");
 }
+
+/// The deepest path a layer may hold (just under 4096 bytes: 2047 directories) resolves
+/// on an ordinary thread's stack, with the directories in a lower layer than the file.
+#[test]
+fn the_deepest_path_resolves() {
+    let dirs = vec!["d"; 2046].join("/");
+    let file = format!("{dirs}/f");
+    assert!(file.len() < 4096);
+    let lower = raw_tar(&[raw(dirs.as_bytes(), tar::EntryType::Directory)]);
+    let upper = raw_tar(&[Raw { data: b"deep", ..raw(file.as_bytes(), tar::EntryType::Regular) }]);
+    let fs = fs_of_tars(&[lower, upper]);
+    let mut ino = ROOT;
+    for _ in 0..2046 {
+        ino = fs.lookup(ino, OsStr::new("d")).unwrap().unwrap().ino;
+        assert_eq!(fs.getattr(ino).unwrap().kind, Kind::Dir);
+    }
+    let f = fs.lookup(ino, OsStr::new("f")).unwrap().unwrap();
+    assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"deep");
+    assert_eq!(fs.readdir(ino).unwrap().len(), 3);
+}
