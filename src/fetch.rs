@@ -14,6 +14,7 @@ use crate::reference::Reference;
 use crate::registry::blob::BlobSink;
 use crate::registry::Client;
 use crate::store::db::ImageRecord;
+use crate::store::lock::FileLock;
 use crate::store::Store;
 use crate::tree::LayerSource;
 use anyhow::{bail, Context, Result};
@@ -28,6 +29,11 @@ pub struct Resolved {
     pub config: ImageConfig,
     /// The digest of the top-level manifest (the index for a multi-arch image).
     pub top_digest: Digest,
+    /// A lease against garbage collection, taken before the first blob was stored and
+    /// held as long as this value lives: the caller keeps it through its layer fetches
+    /// and `register`, so no sweep runs between a blob landing and the record that
+    /// names it.
+    _lease: FileLock,
 }
 
 /// Fetch the manifest for `r` (and, from an index, the one for `platform`), then the
@@ -36,7 +42,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     let top = client
         .get_manifest(&r.registry, &r.repository, &r.manifest_reference())
         .with_context(|| format!("cannot get manifest for {r}"))?;
-    let _guard = store.writer_guard()?;
+    let lease = store.writer_guard()?;
     store.put_blob_bytes(&top.digest, &top.body)?;
     let kind = image::parse_manifest(&top.media_type, &top.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
     let (manifest, manifest_digest, media_type, index) = match kind {
@@ -88,11 +94,12 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         pinned: Vec::new(),
         added: chrono::Utc::now().timestamp(),
     };
-    Ok(Resolved { record, config, top_digest: top.digest })
+    Ok(Resolved { record, config, top_digest: top.digest, _lease: lease })
 }
 
 /// Record the image and point `r`'s tag (or, for a digest reference, a pin) at it.
-/// Returns the image the tag pointed at before, if it moved.
+/// Returns the image the tag pointed at before, if it moved. Still under the lease
+/// `resolved` holds.
 pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Option<Digest>> {
     store.update_db(|db| {
         let rec = db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
@@ -443,7 +450,12 @@ impl StoreLayers {
         if !self.store.has_blob(&layer.digest) {
             eprintln!("imgfs: fetching layer {i} ({}, {} bytes) from {}", layer.digest, layer.size, self.source);
         }
-        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, &self.diff_ids[i], &self.spans)?;
+        // Records and config are checked against each other at pull; records edited or
+        // damaged since are an error here, not a panic.
+        let diff_id = self.diff_ids.get(i).with_context(|| {
+            format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
+        })?;
+        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans)?;
         Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }
