@@ -23,7 +23,8 @@ impl FileLock {
     }
 
     fn take(path: &Path, op: libc::c_int) -> io::Result<FileLock> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(super::FILE_MODE).open(path)?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(super::FILE_MODE).open(path)?;
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is passed.
             let rc = unsafe { libc::flock(file.as_raw_fd(), op) };

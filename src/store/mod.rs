@@ -260,8 +260,7 @@ fn finish_temp(tmp: PathBuf, mut file: File, dest: &Path, fill: impl FnOnce(&mut
 /// isn't of that form (an older imgfs's) is left for `prune`.
 fn owner_is_dead(name: &str) -> bool {
     let mut parts = name.split('-');
-    let (Some(Ok(pid)), Some(Ok(ticks))) =
-        (parts.next().map(str::parse::<u32>), parts.next().map(str::parse::<u64>))
+    let (Some(Ok(pid)), Some(Ok(ticks))) = (parts.next().map(str::parse::<u32>), parts.next().map(str::parse::<u64>))
     else {
         return false;
     };
