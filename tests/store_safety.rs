@@ -163,12 +163,12 @@ fn record_writes_survive_a_concurrent_temp_sweep() {
     let name = image("base:1");
     ok(root, &["pull", &name]);
     let pruner = Loop::start(root, &["prune", "-f"]);
-    for i in 0..60 {
+    for i in 0..150 {
         ok(root, &["tag", &name, &format!("copy:{i}")]);
     }
     pruner.finish();
     let tags = db(root)["tags"].as_object().unwrap().len();
-    assert_eq!(tags, 61, "every tag made it");
+    assert_eq!(tags, 151, "every tag made it");
     check_clean(root);
 }
 
@@ -351,6 +351,16 @@ fn check_finds_each_kind_of_damage_and_repair_removes_it() {
     check_clean(root);
 }
 
+/// Temp files of every kind: in tmp/, and `.tmp-…` beside records and indexes.
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let beside = [root.to_path_buf(), root.join("mounts"), root.join("index/sha256")];
+    let mut v = files_in(&root.join("tmp"));
+    for dir in beside {
+        v.extend(files_in(&dir).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-")));
+    }
+    v
+}
+
 /// A small xorshift generator: the kill points differ run to run of the loop but the
 /// test needs no crate for it.
 fn next(seed: &mut u64) -> u64 {
@@ -379,6 +389,8 @@ fn pulls_killed_at_random_points_leave_a_consistent_store() {
             ok(root, &["prune", "-f"]);
         }
         check_clean(root);
+        // check was the next command: the killed pull's temp files went with it.
+        assert_eq!(temp_files(root), Vec::<PathBuf>::new(), "round {round}");
     }
     for name in &names {
         ok(root, &["pull", name]);
