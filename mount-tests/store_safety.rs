@@ -81,3 +81,65 @@ fn the_store_stays_private_with_a_mount_running_whatever_the_umask() {
     assert!(fs::read_dir(root.join("logs")).unwrap().count() == 1, "the mount log is there");
     assert!(seen > 8, "{seen} files");
 }
+
+/// The layer blobs of a stored image, in order.
+fn layer_blobs(root: &Path, name: &str) -> Vec<PathBuf> {
+    let v: serde_json::Value = serde_json::from_str(&imgfs_ok(root, &["inspect", name])).unwrap();
+    v[0]["Layers"].as_array().unwrap().iter().map(|l| blob_file(root, l["Digest"].as_str().unwrap())).collect()
+}
+
+/// Flip the byte at `at` of `path`.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at] ^= 0x20;
+    fs::write(path, bytes).unwrap();
+}
+
+/// The read fails with EIO, and the server's log says why.
+fn assert_eio_logged(root: &Path, path: &Path) {
+    assert_eq!(errno_of(&path.display().to_string(), fs::read(path)), libc::EIO, "{}", path.display());
+    let logs: String = fs::read_dir(root.join("logs"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("damaged on disk"), "the mount log does not say why: {logs}");
+}
+
+#[test]
+fn layer_bytes_damaged_on_disk_are_never_served() {
+    // An uncompressed layer is read in place: a flipped byte used to be served as is.
+    let store = Store::new();
+    let root = store.root();
+    let name = format!("{}/plain:1", env().addr);
+    imgfs_ok(root, &["pull", &name]);
+    let m = mount(root, &name, &[]);
+    let two = reference_file("plain:1", "data/two.txt");
+    let top = &layer_blobs(root, &name)[1];
+    let bytes = fs::read(top).unwrap();
+    let at = bytes.windows(two.len()).position(|w| w == &two[..]).expect("data/two.txt's bytes in the top layer");
+    flip(top, at + two.len() / 2);
+    assert!(m.path("data").is_dir() && m.path("etc/plain-release").exists(), "lookups need no file data");
+    assert_eio_logged(root, &m.path("data/two.txt"));
+    assert_eq!(fs::read(m.path("etc/plain-release")).unwrap(), reference_file("plain:1", "etc/plain-release"));
+    drop(m);
+
+    // A gzip layer: a byte flipped in the middle of the blob is inside big.bin's data;
+    // the other files of the same layer still read.
+    let name = format!("{}/big:1", env().addr);
+    imgfs_ok(root, &["pull", &name]);
+    let m = mount(root, &name, &[]);
+    let blob = &layer_blobs(root, &name)[0];
+    flip(blob, fs::metadata(blob).unwrap().len() as usize / 2);
+    assert_eio_logged(root, &m.path("data/big.bin"));
+    for f in ["data/1m.bin", "data/small.txt"] {
+        assert_eq!(fs::read(m.path(f)).unwrap(), reference_file("big:1", f), "{f}");
+    }
+    drop(m);
+    // check finds both damaged blobs; after --repair a pull fetches them again and
+    // the mount serves the right bytes.
+    assert!(!imgfs(root, &["check"]).status.success());
+    imgfs_ok(root, &["check", "--repair"]);
+    imgfs_ok(root, &["pull", &name]);
+    let m = mount(root, &name, &[]);
+    assert_eq!(fs::read(m.path("data/big.bin")).unwrap(), reference_file("big:1", "data/big.bin"));
+}

@@ -7,6 +7,7 @@ use crate::digest::Digest;
 use crate::image::{self, Compression, Descriptor, ImageConfig, ManifestKind, Platform};
 use crate::layer::build::{self, Built};
 use crate::layer::checkpoints::{Format, IndexingDecoder};
+use crate::layer::data::BlockSums;
 use crate::layer::reframe::FrameWriter;
 use crate::layer::spans::SpanCache;
 use crate::layer::{Access, IndexFile, LayerData, LayerIndex};
@@ -201,12 +202,26 @@ fn open_indexed(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>) -> Op
         return None;
     }
     let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
-    let data = match file.access {
-        Access::Plain => LayerData::tar(&store.blob_path(&layer.digest)),
-        Access::Checkpoints(c) => LayerData::compressed(&store.blob_path(&layer.digest), c, Arc::clone(spans)),
-        Access::Reframed(c) => LayerData::compressed(&store.reframed_path(&layer.digest), c, Arc::clone(spans)),
-    };
+    let data = open_data(store, layer, file.access, file.sums, spans);
     Some((Arc::new(file.index), Arc::new(data.ok()?)))
+}
+
+/// The layer's data, every read from disk checked against `sums`.
+fn open_data(
+    store: &Store,
+    layer: &Descriptor,
+    access: Access,
+    sums: BlockSums,
+    spans: &Arc<SpanCache>,
+) -> Result<LayerData> {
+    let blob = store.blob_path(&layer.digest);
+    match access {
+        Access::Plain => LayerData::tar_checked(&blob, sums),
+        Access::Checkpoints(c) => LayerData::compressed_checked(&blob, c, Arc::clone(spans), Some(sums)),
+        Access::Reframed(c) => {
+            LayerData::compressed_checked(&store.reframed_path(&layer.digest), c, Arc::clone(spans), Some(sums))
+        }
+    }
 }
 
 /// Where a zstd layer's uncompressed stream is re-encoded in frames while it is
@@ -392,14 +407,15 @@ fn finish(
         (_, _, None) => bail!("layer {} can't be read midway and was not re-encoded", layer.digest),
     };
     let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
-    let file = IndexFile { index: LayerIndex::new(built.contents), access };
+    // Checksums of what reads will come from, taken right after the blob's digest (and
+    // the layer's diff_id) checked out; the file is still in the page cache.
+    let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { &blob };
+    let sums =
+        File::open(stored).and_then(BlockSums::of).with_context(|| format!("cannot read {}", stored.display()))?;
+    let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
     store.write_derived(&store.index_path(&layer.digest), |f| file.save(layer.digest.as_str(), f))?;
-    let IndexFile { index, access } = file;
-    let data = match access {
-        Access::Plain => LayerData::tar(&blob)?,
-        Access::Checkpoints(c) => LayerData::compressed(&blob, c, Arc::clone(spans))?,
-        Access::Reframed(c) => LayerData::compressed(&reframed, c, Arc::clone(spans))?,
-    };
+    let IndexFile { index, access, sums } = file;
+    let data = open_data(store, layer, access, sums, spans)?;
     Ok((Arc::new(index), Arc::new(data)))
 }
 

@@ -227,6 +227,9 @@ impl LayerIndex {
 pub struct IndexFile {
     pub index: LayerIndex,
     pub access: Access,
+    /// Checksums of the stored file the data is read from (the blob, or the
+    /// re-encoded copy), checked on every read from disk (see `data`).
+    pub sums: data::BlockSums,
 }
 
 /// How a layer's uncompressed bytes are read.
@@ -244,7 +247,7 @@ pub enum Access {
 /// The index file's first bytes, then a format version: a file of another version
 /// is rebuilt from the blob, never misread.
 const MAGIC: &[u8; 8] = b"IMGFSIDX";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 impl IndexFile {
     /// Write the index of layer `digest`: header, contents (postcard), access.
@@ -265,6 +268,7 @@ impl IndexFile {
             c.save(&mut bytes)?;
             write_chunk(&mut w, &bytes)?;
         }
+        write_chunk(&mut w, &postcard::to_stdvec(&self.sums)?)?;
         w.flush()?;
         Ok(())
     }
@@ -314,7 +318,8 @@ impl IndexFile {
             }
             _ => bail!(corrupt()),
         };
-        Ok(IndexFile { index: LayerIndex::new(contents), access })
+        let sums = postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        Ok(IndexFile { index: LayerIndex::new(contents), access, sums })
     }
 }
 
@@ -404,7 +409,8 @@ mod tests {
             b.into_inner().unwrap()
         };
         let contents = build::index_layer(&tar[..], crate::image::Compression::None, None, None).unwrap().contents;
-        let file = IndexFile { index: LayerIndex::new(contents), access: Access::Plain };
+        let sums = data::BlockSums::of(&tar[..]).unwrap();
+        let file = IndexFile { index: LayerIndex::new(contents), access: Access::Plain, sums: sums.clone() };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.idx");
         file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
@@ -413,6 +419,7 @@ mod tests {
         let e = back.index.entry(back.index.entry_index("etc/x").unwrap());
         assert_eq!((e.kind, e.mode, e.size), (Kind::File, 0o640, 5));
         assert!(matches!(back.index.presence("etc"), Presence::ImplicitDir));
+        assert_eq!(back.sums, sums);
 
         let err = IndexFile::load(&path, "sha256:bb").err().unwrap().to_string();
         assert!(err.contains("not the index of sha256:bb"), "{err}");
