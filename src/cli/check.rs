@@ -30,6 +30,9 @@ pub struct Args {
     pub repair: bool,
 }
 
+/// One pass of the check over one kind of item.
+type Step = fn(&Store, &mut Counts) -> Result<Vec<Damage>>;
+
 /// One damaged item: what to say, and how to remove it.
 struct Damage {
     what: String,
@@ -54,7 +57,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut failed = 0;
     // Blobs first: with --repair a damaged blob is gone before the records that name
     // it are checked, so those are reported (and removed) too.
-    let steps: [fn(&Store, &mut Counts) -> Result<Vec<Damage>>; 4] = [blobs, indexes, records, mounts];
+    let steps: [Step; 4] = [blobs, indexes, records, mounts];
     for step in steps {
         for d in step(store, &mut counts)? {
             damaged += 1;

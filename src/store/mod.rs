@@ -63,7 +63,7 @@ impl Store {
         }
         // A root that is not 0700 is new or was made by an older imgfs: tighten all of
         // it, then the root last, so an interrupted walk is done again next time.
-        let loose = fs::symlink_metadata(root).map_or(true, |m| m.permissions().mode() & 0o7777 != DIR_MODE);
+        let loose = fs::metadata(root).map_or(true, |m| m.permissions().mode() & 0o7777 != DIR_MODE);
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true).mode(DIR_MODE);
         for sub in SUBDIRS {
@@ -88,7 +88,7 @@ impl Store {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
                 let owner = if dir == "tmp" { Some(&*name) } else { name.strip_prefix(DERIVED_TEMP) };
-                if owner.is_some_and(|o| owner_is_dead(o)) {
+                if owner.is_some_and(owner_is_dead) {
                     let _ = fs::remove_file(entry.path());
                 }
             }
