@@ -143,3 +143,80 @@ fn layer_bytes_damaged_on_disk_are_never_served() {
     let m = mount(root, &name, &[]);
     assert_eq!(fs::read(m.path("data/big.bin")).unwrap(), reference_file("big:1", "data/big.bin"));
 }
+
+/// Runs imgfs with `args` over and over on other threads until dropped; a panic in
+/// imgfs fails the test.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Churn {
+    fn start(root: &Path, commands: &[Vec<String>]) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = commands
+            .iter()
+            .map(|args| {
+                let (root, args, stop) = (root.to_path_buf(), args.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        let out = imgfs(&root, &args);
+                        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", show(&out));
+                    }
+                })
+            })
+            .collect();
+        Churn { stop, threads }
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn mounts_racing_pulls_prune_and_rm_serve_their_image_and_lose_no_blob() {
+    let store = Store::new();
+    let root = store.root();
+    let [app1, app2, base] = ["app:1", "app:2", "base:1"].map(|n| format!("{}/{n}", env().addr));
+    // Images that share app:1's base layer come and go all the time, and whatever no
+    // mount uses is pruned; each mount of app:1 fetches its layers lazily meanwhile.
+    let churn = Churn::start(
+        root,
+        &[
+            vec!["pull".into(), app2.clone()],
+            vec!["pull".into(), base.clone()],
+            vec!["rm".into(), base.clone()],
+            vec!["prune".into(), "-a".into(), "-f".into()],
+        ],
+    );
+    for round in 0..4 {
+        // prune -a may take the image between its registration and the mount's
+        // record: that mount fails saying so, and the next try fetches it again.
+        let m = loop {
+            let m = Mount::empty();
+            let out = imgfs(root, &["mount", &app1, m.arg()]);
+            if out.status.success() {
+                break m;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("was removed before it could be mounted"), "round {round}: {}", show(&out));
+        };
+        let diff = treecmp(&m.dir, &unpack_of("app:1").join("rootfs"), &["--no-dir-mtime"]);
+        assert!(diff.is_empty(), "round {round}: the mount differs:\n{}", diff.join("\n"));
+    }
+    drop(churn);
+    let out = imgfs_ok(root, &["check"]);
+    assert!(out.contains("is consistent"), "{out}");
+    for name in [&app1, &app2, &base] {
+        imgfs_ok(root, &["pull", name]);
+    }
+    let out = imgfs_ok(root, &["check"]);
+    assert!(out.contains("is consistent"), "{out}");
+}
