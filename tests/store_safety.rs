@@ -248,7 +248,13 @@ fn the_store_is_private_to_its_owner_whatever_the_umask() {
         let mode = if p.is_dir() { 0o755 } else { 0o644 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
+    // A file of the user's own in the directory they made the root is left alone.
+    let own = root.join("notes.sh");
+    std::fs::write(&own, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
     ok(&root, &["ls"]);
+    assert_eq!(own.metadata().unwrap().permissions().mode() & 0o7777, 0o755);
+    std::fs::remove_file(&own).unwrap();
     assert_private(&root);
 }
 

@@ -267,10 +267,21 @@ fn owner_is_dead(name: &str) -> bool {
     mounts::process_start_ticks(pid) != Some(ticks)
 }
 
-/// Make everything under `root` private: directories 0700, files 0600. Symlinks are
-/// not followed (the store has none of its own).
+/// Make the store private: directories 0700, files 0600. Only what the store itself
+/// made is touched (its subdirectories and top-level files), never other files a user
+/// keeps in a directory they pointed `--root` at. Symlinks are not followed.
 fn tighten(root: &Path) -> std::io::Result<()> {
-    let mut stack = vec![root.to_path_buf()];
+    for file in ["images.json", "db.lock", "gc.lock"] {
+        match fs::set_permissions(root.join(file), fs::Permissions::from_mode(FILE_MODE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs"];
+    let mut stack: Vec<PathBuf> = tops.iter().map(|t| root.join(t)).collect();
+    for dir in &stack {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
+    }
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
