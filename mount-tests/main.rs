@@ -1526,3 +1526,7 @@ fn layered_provisional_dir_attrs_become_exact() {
         treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
     assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------
+// The store's integrity with mounts (races with prune, file modes, damaged layer data)
+mod store_safety;

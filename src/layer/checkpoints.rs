@@ -133,6 +133,14 @@ impl Checkpoints {
         self.max_span_len() <= self.span.saturating_mul(MAX_SPAN_FACTOR)
     }
 
+    /// The blob bytes `decode_span(_, i)` reads, as `(start, end)`, end exclusive.
+    /// Panics if `i >= span_count()`.
+    pub fn compressed_range(&self, i: usize) -> (u64, u64) {
+        let point = &self.points[i];
+        let cend = self.points.get(i + 1).map_or(self.compressed_size, |p| p.compressed);
+        (point.compressed - u64::from(point.bits > 0), cend)
+    }
+
     /// Decodes exactly span `i`'s uncompressed bytes from `blob`, the same compressed bytes
     /// the checkpoints were taken from. Uses only positioned reads and local state, so any
     /// number of threads may call it at once on one `File`.

@@ -256,6 +256,9 @@ impl LayerIndex {
 pub struct IndexFile {
     pub index: LayerIndex,
     pub access: Access,
+    /// Checksums of the stored file the data is read from (the blob, or the
+    /// re-encoded copy), checked on every read from disk (see `data`).
+    pub sums: data::BlockSums,
 }
 
 /// How a layer's uncompressed bytes are read.
@@ -275,7 +278,8 @@ pub enum Access {
 const MAGIC: &[u8; 8] = b"IMGFSIDX";
 /// 3: names are bytes (2 kept them as strings, with non-UTF-8 bytes mapped to
 /// private-use characters that a real name could also hold).
-const VERSION: u32 = 3;
+/// 4: a CRC-32 per 64 KiB block of the stored data file, checked on every read from disk.
+const VERSION: u32 = 4;
 
 impl IndexFile {
     /// Write the index of layer `digest`: header, contents (postcard), access.
@@ -296,6 +300,7 @@ impl IndexFile {
             c.save(&mut bytes)?;
             write_chunk(&mut w, &bytes)?;
         }
+        write_chunk(&mut w, &postcard::to_stdvec(&self.sums)?)?;
         w.flush()?;
         Ok(())
     }
@@ -346,7 +351,8 @@ impl IndexFile {
             }
             _ => bail!(corrupt()),
         };
-        Ok(IndexFile { index: LayerIndex::new(contents), access })
+        let sums = postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        Ok(IndexFile { index: LayerIndex::new(contents), access, sums })
     }
 }
 
@@ -416,7 +422,8 @@ mod tests {
             b.into_inner().unwrap()
         };
         let contents = build::index_layer(&tar[..], crate::image::Compression::None, None, None).unwrap().contents;
-        let file = IndexFile { index: LayerIndex::new(contents), access: Access::Plain };
+        let sums = data::BlockSums::of(&tar[..]).unwrap();
+        let file = IndexFile { index: LayerIndex::new(contents), access: Access::Plain, sums: sums.clone() };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.idx");
         file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
@@ -425,6 +432,7 @@ mod tests {
         let e = back.index.entry(back.index.entry_index(b"etc/x").unwrap());
         assert_eq!((e.kind, e.mode, e.size), (Kind::File, 0o640, 5));
         assert!(matches!(back.index.presence(b"etc"), Presence::ImplicitDir));
+        assert_eq!(back.sums, sums);
 
         let err = IndexFile::load(&path, "sha256:bb").err().unwrap().to_string();
         assert!(err.contains("not the index of sha256:bb"), "{err}");
@@ -472,11 +480,12 @@ mod tests {
         for entries in cases {
             let what = format!("{:?}", entries.iter().map(|e| show(&e.path)).collect::<Vec<_>>());
             let contents = Contents { entries, whiteouts: vec![], opaque: vec![] };
-            let file = IndexFile { index: LayerIndex::new(Contents::default()), access: Access::Plain };
+            let sums = data::BlockSums::of(&b""[..]).unwrap();
+            let file = IndexFile { index: LayerIndex::new(Contents::default()), access: Access::Plain, sums };
             // Save the hand-made contents as they are (LayerIndex::new would mend them).
             let mut index = file.index;
             index.contents = contents;
-            let file = IndexFile { index, access: Access::Plain };
+            let file = IndexFile { index, access: Access::Plain, sums: file.sums };
             file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
             let err = format!("{:#}", IndexFile::load(&path, "sha256:aa").err().expect(&what));
             assert!(err.contains("is damaged"), "{what}: {err}");
