@@ -23,6 +23,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+mod hostile;
+
 // ---------------------------------------------------------------------------------------
 // The test environment
 
@@ -1537,6 +1539,10 @@ fn layered_provisional_dir_attrs_become_exact() {
         treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
     assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------
+// The store's integrity with mounts (races with prune, file modes, damaged layer data)
+mod store_safety;
 
 // =======================================================================================
 // The mount server's lifecycle (signals, kill -9, many readers) and its security

@@ -7,6 +7,7 @@ use crate::digest::Digest;
 use crate::image::{self, Compression, Descriptor, ImageConfig, ManifestKind, Platform};
 use crate::layer::build::{self, Built};
 use crate::layer::checkpoints::{Format, IndexingDecoder};
+use crate::layer::data::BlockSums;
 use crate::layer::reframe::FrameWriter;
 use crate::layer::spans::SpanCache;
 use crate::layer::{Access, IndexFile, LayerData, LayerIndex};
@@ -14,6 +15,7 @@ use crate::reference::Reference;
 use crate::registry::blob::BlobSink;
 use crate::registry::Client;
 use crate::store::db::ImageRecord;
+use crate::store::lock::FileLock;
 use crate::store::Store;
 use crate::tree::LayerSource;
 use anyhow::{bail, Context, Result};
@@ -28,6 +30,11 @@ pub struct Resolved {
     pub config: ImageConfig,
     /// The digest of the top-level manifest (the index for a multi-arch image).
     pub top_digest: Digest,
+    /// A lease against garbage collection, taken before the first blob was stored and
+    /// held as long as this value lives: the caller keeps it through its layer fetches
+    /// and `register`, so no sweep runs between a blob landing and the record that
+    /// names it.
+    _lease: FileLock,
 }
 
 /// Fetch the manifest for `r` (and, from an index, the one for `platform`), then the
@@ -36,7 +43,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     let top = client
         .get_manifest(&r.registry, &r.repository, &r.manifest_reference())
         .with_context(|| format!("cannot get manifest for {r}"))?;
-    let _guard = store.writer_guard()?;
+    let lease = store.writer_guard()?;
     store.put_blob_bytes(&top.digest, &top.body)?;
     let kind = image::parse_manifest(&top.media_type, &top.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
     let (manifest, manifest_digest, media_type, index) = match kind {
@@ -88,11 +95,12 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         pinned: Vec::new(),
         added: chrono::Utc::now().timestamp(),
     };
-    Ok(Resolved { record, config, top_digest: top.digest })
+    Ok(Resolved { record, config, top_digest: top.digest, _lease: lease })
 }
 
 /// Record the image and point `r`'s tag (or, for a digest reference, a pin) at it.
-/// Returns the image the tag pointed at before, if it moved.
+/// Returns the image the tag pointed at before, if it moved. Still under the lease
+/// `resolved` holds.
 pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Option<Digest>> {
     store.update_db(|db| {
         let rec = db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
@@ -194,12 +202,26 @@ fn open_indexed(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>) -> Op
         return None;
     }
     let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
-    let data = match file.access {
-        Access::Plain => LayerData::tar(&store.blob_path(&layer.digest)),
-        Access::Checkpoints(c) => LayerData::compressed(&store.blob_path(&layer.digest), c, Arc::clone(spans)),
-        Access::Reframed(c) => LayerData::compressed(&store.reframed_path(&layer.digest), c, Arc::clone(spans)),
-    };
+    let data = open_data(store, layer, file.access, file.sums, spans);
     Some((Arc::new(file.index), Arc::new(data.ok()?)))
+}
+
+/// The layer's data, every read from disk checked against `sums`.
+fn open_data(
+    store: &Store,
+    layer: &Descriptor,
+    access: Access,
+    sums: BlockSums,
+    spans: &Arc<SpanCache>,
+) -> Result<LayerData> {
+    let blob = store.blob_path(&layer.digest);
+    match access {
+        Access::Plain => LayerData::tar_checked(&blob, sums),
+        Access::Checkpoints(c) => LayerData::compressed_checked(&blob, c, Arc::clone(spans), Some(sums)),
+        Access::Reframed(c) => {
+            LayerData::compressed_checked(&store.reframed_path(&layer.digest), c, Arc::clone(spans), Some(sums))
+        }
+    }
 }
 
 /// Where a zstd layer's uncompressed stream is re-encoded in frames while it is
@@ -266,7 +288,7 @@ fn download_and_index(
         let mut restarted = false;
         let mut outcome = None;
         let stored = store.put_blob_with(&layer.digest, |file| {
-            let mut sink = TeeSink { file, tx: Some(tx), restarted: &mut restarted };
+            let mut sink = TeeSink { file, tx: Some(tx), sent: false, restarted: &mut restarted };
             let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
             drop(sink); // the indexer sees the end of the stream
             let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
@@ -288,6 +310,8 @@ fn download_and_index(
 struct TeeSink<'a> {
     file: &'a mut File,
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Has the indexer been handed any bytes?
+    sent: bool,
     restarted: &'a mut bool,
 }
 
@@ -295,6 +319,7 @@ impl Write for TeeSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
         if let Some(tx) = &self.tx {
+            self.sent = true;
             if tx.send(buf.to_vec()).is_err() {
                 self.tx = None;
             }
@@ -309,9 +334,12 @@ impl Write for TeeSink<'_> {
 impl BlobSink for TeeSink<'_> {
     fn restart(&mut self) -> io::Result<()> {
         self.file.restart()?;
-        // The indexer has seen bytes that no longer count: cut it off.
-        self.tx = None;
-        *self.restarted = true;
+        // The client empties the sink before its first request too: only bytes the
+        // indexer has seen and that no longer count cut it off.
+        if self.sent {
+            self.tx = None;
+            *self.restarted = true;
+        }
         Ok(())
     }
 }
@@ -385,14 +413,15 @@ fn finish(
         (_, _, None) => bail!("layer {} can't be read midway and was not re-encoded", layer.digest),
     };
     let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
-    let file = IndexFile { index: LayerIndex::new(built.contents), access };
+    // Checksums of what reads will come from, taken right after the blob's digest (and
+    // the layer's diff_id) checked out; the file is still in the page cache.
+    let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { &blob };
+    let sums =
+        File::open(stored).and_then(BlockSums::of).with_context(|| format!("cannot read {}", stored.display()))?;
+    let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
     store.write_derived(&store.index_path(&layer.digest), |f| file.save(layer.digest.as_str(), f))?;
-    let IndexFile { index, access } = file;
-    let data = match access {
-        Access::Plain => LayerData::tar(&blob)?,
-        Access::Checkpoints(c) => LayerData::compressed(&blob, c, Arc::clone(spans))?,
-        Access::Reframed(c) => LayerData::compressed(&reframed, c, Arc::clone(spans))?,
-    };
+    let IndexFile { index, access, sums } = file;
+    let data = open_data(store, layer, access, sums, spans)?;
     Ok((Arc::new(index), Arc::new(data)))
 }
 
@@ -443,7 +472,12 @@ impl StoreLayers {
         if !self.store.has_blob(&layer.digest) {
             eprintln!("imgfs: fetching layer {i} ({}, {} bytes) from {}", layer.digest, layer.size, self.source);
         }
-        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, &self.diff_ids[i], &self.spans)?;
+        // Records and config are checked against each other at pull; records edited or
+        // damaged since are an error here, not a panic.
+        let diff_id = self.diff_ids.get(i).with_context(|| {
+            format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
+        })?;
+        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans)?;
         Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }

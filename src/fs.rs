@@ -5,7 +5,7 @@
 //! A failure to fetch or read a layer is logged with its reason and answered with EIO;
 //! nothing is cached about the failure, so the same operation is tried afresh later.
 
-use crate::layer::{name_from_bytes, name_to_bytes, Kind};
+use crate::layer::Kind;
 use crate::tree::{Ino, LayerError, NodeInfo, Tree, ROOT};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -93,8 +93,7 @@ impl Fs {
 
     /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Option<NodeInfo>> {
-        let name = name_from_bytes(name.as_bytes());
-        match self.tree.lookup(parent, &name).map_err(|e| io_error("lookup", parent, e))? {
+        match self.tree.lookup(parent, name.as_bytes()).map_err(|e| io_error("lookup", parent, e))? {
             Some(ino) => self.getattr(ino).map(Some),
             None => Ok(None),
         }
@@ -107,7 +106,7 @@ impl Fs {
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
         let info = self.getattr(ino)?;
         match (info.kind, info.link) {
-            (Kind::Symlink, Some(l)) => Ok(name_to_bytes(&l)),
+            (Kind::Symlink, Some(l)) => Ok(l),
             _ => Err(FsError::NotLink),
         }
     }
@@ -140,7 +139,7 @@ impl Fs {
         out.push(DirEntry { name: b".".to_vec(), ino, kind: Kind::Dir });
         out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });
         for (name, child, kind) in children {
-            out.push(DirEntry { name: name_to_bytes(&name), ino: child, kind });
+            out.push(DirEntry { name, ino: child, kind });
         }
         Ok(out)
     }
@@ -178,7 +177,7 @@ impl Fs {
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
         let info = self.getattr(ino)?;
-        info.xattrs.into_iter().find(|(k, _)| k.as_bytes() == name.as_bytes()).map(|(_, v)| v).ok_or(FsError::NoAttr)
+        info.xattrs.into_iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v).ok_or(FsError::NoAttr)
     }
 
     /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
@@ -186,7 +185,7 @@ impl Fs {
         let info = self.getattr(ino)?;
         let mut out = Vec::new();
         for (k, _) in info.xattrs {
-            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&k);
             out.push(0);
         }
         Ok(out)

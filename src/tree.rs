@@ -35,7 +35,7 @@
 //! before stopping are complete facts, so a rerun only goes faster. Operations that
 //! don't need that layer never wait for it.
 
-use crate::layer::{join, Entry, Kind, LayerData, LayerIndex, Presence};
+use crate::layer::{join, show, Entry, Kind, LayerData, LayerIndex, Presence};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,8 +80,8 @@ pub struct NodeInfo {
     pub mtime: i64,
     pub rdev: (u32, u32),
     pub nlink: u32,
-    pub link: Option<String>,
-    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub link: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// False while the attributes may still change as more layers are read (a
     /// directory's link count before all its layers are known, or its provisional
     /// mode and owner): serve with no cache.
@@ -89,7 +89,7 @@ pub struct NodeInfo {
 }
 
 struct DirState {
-    path: String,
+    path: Vec<u8>,
     parent: Ino,
     /// Layers with index >= next have been examined for this directory (next may be
     /// 0 and `floor` set when done).
@@ -97,9 +97,20 @@ struct DirState {
     floor: Option<usize>,
     /// Topmost explicit entry (layer, entry index): the directory's attributes.
     attrs_from: Option<(usize, u32)>,
-    lookups: HashMap<String, Option<Ino>>,
+    lookups: HashMap<Vec<u8>, Child>,
     /// Set by the first listing: every visible child, by name.
-    listing: Option<Arc<BTreeMap<String, Ino>>>,
+    listing: Option<Arc<BTreeMap<Vec<u8>, Ino>>>,
+}
+
+/// What a name in a directory resolves to.
+#[derive(Clone)]
+enum Child {
+    Node(Ino),
+    Absent,
+    /// An entry the image has but that can't be served: a hard link whose target is
+    /// missing at that point of the stream, or is a directory. That name alone fails
+    /// (EIO, with this reason); listings leave it out, and the rest of the image is served.
+    Broken(Arc<str>),
 }
 
 enum NodeKind {
@@ -120,7 +131,7 @@ struct Node {
 
 struct State {
     nodes: Vec<Node>,
-    dirs: HashMap<String, Ino>,
+    dirs: HashMap<Vec<u8>, Ino>,
     leaves: HashMap<(usize, u32), Ino>,
     /// Layer indexes loaded so far; `None` until an operation needs the layer.
     layers: Vec<Option<Arc<LayerIndex>>>,
@@ -158,7 +169,7 @@ impl Tree {
         let n = source.layer_count();
         let root = Node {
             kind: NodeKind::Dir(DirState {
-                path: String::new(),
+                path: Vec::new(),
                 parent: ROOT,
                 next: n,
                 floor: if n == 0 { Some(0) } else { None },
@@ -168,7 +179,7 @@ impl Tree {
             }),
         };
         let mut dirs = HashMap::new();
-        dirs.insert(String::new(), ROOT);
+        dirs.insert(Vec::new(), ROOT);
         Tree {
             source,
             dir_attrs,
@@ -198,8 +209,12 @@ impl Tree {
     }
 
     /// Find `name` in directory `parent`. `Ok(None)`: no such entry.
-    pub fn lookup(&self, parent: Ino, name: &str) -> TResult<Option<Ino>> {
-        self.run(|t, st| t.lookup_locked(st, parent, name))
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> TResult<Option<Ino>> {
+        self.run(|t, st| match t.lookup_locked(st, parent, name)? {
+            Child::Node(ino) => Ok(Some(ino)),
+            Child::Absent => Ok(None),
+            Child::Broken(why) => Err(Stop::Fail(LayerError(why.to_string()))),
+        })
     }
 
     /// Attributes of a node. Directories whose layers are all local are listed
@@ -221,7 +236,7 @@ impl Tree {
     }
 
     /// Every visible child of a directory, by name, with its type.
-    pub fn list(&self, ino: Ino) -> TResult<Vec<(String, Ino, Kind)>> {
+    pub fn list(&self, ino: Ino) -> TResult<Vec<(Vec<u8>, Ino, Kind)>> {
         self.run(|t, st| {
             let listing = t.list_locked(st, ino)?;
             let mut out = Vec::with_capacity(listing.len());
@@ -361,15 +376,15 @@ impl Tree {
         }
     }
 
-    fn lookup_locked(&self, st: &mut State, parent: Ino, name: &str) -> Step<Option<Ino>> {
+    fn lookup_locked(&self, st: &mut State, parent: Ino, name: &[u8]) -> Step<Child> {
         if !Self::is_dir(st, parent) {
-            return Ok(None);
+            return Ok(Child::Absent);
         }
         if let Some(hit) = Self::dir(st, parent).lookups.get(name) {
-            return Ok(*hit);
+            return Ok(hit.clone());
         }
         let child = join(&Self::dir(st, parent).path, name);
-        let mut found = None;
+        let mut found = Child::Absent;
         for l in (0..self.source.layer_count()).rev() {
             if !self.reaches(st, parent, l)? {
                 break;
@@ -378,40 +393,40 @@ impl Tree {
             match idx.presence(&child) {
                 Presence::Entry(e) if e.kind != Kind::Dir => {
                     let i = idx.entry_index(&child).expect("present");
-                    found = Some(self.leaf_node(st, l, i)?);
+                    found = self.leaf_node(st, l, i)?;
                     break;
                 }
                 Presence::Entry(_) | Presence::ImplicitDir => {
-                    found = Some(self.dir_node(st, &child, parent, l));
+                    found = Child::Node(self.dir_node(st, &child, parent, l));
                     break;
                 }
                 Presence::Absent if idx.is_whiteout(&child) => break,
                 Presence::Absent => {}
             }
         }
-        Self::dir(st, parent).lookups.insert(name.to_string(), found);
+        Self::dir(st, parent).lookups.insert(name.to_vec(), found.clone());
         Ok(found)
     }
 
     /// The node a path resolves to from the root, if any.
-    fn resolve_locked(&self, st: &mut State, path: &str) -> Step<Option<Ino>> {
+    fn resolve_locked(&self, st: &mut State, path: &[u8]) -> Step<Option<Ino>> {
         let mut ino = ROOT;
-        for name in path.split('/').filter(|c| !c.is_empty()) {
+        for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             match self.lookup_locked(st, ino, name)? {
-                Some(child) => ino = child,
-                None => return Ok(None),
+                Child::Node(child) => ino = child,
+                Child::Absent | Child::Broken(_) => return Ok(None),
             }
         }
         Ok(Some(ino))
     }
 
-    fn dir_node(&self, st: &mut State, path: &str, parent: Ino, top: usize) -> Ino {
+    fn dir_node(&self, st: &mut State, path: &[u8], parent: Ino, top: usize) -> Ino {
         if let Some(&ino) = st.dirs.get(path) {
             return ino;
         }
         st.nodes.push(Node {
             kind: NodeKind::Dir(DirState {
-                path: path.to_string(),
+                path: path.to_vec(),
                 parent,
                 next: top + 1,
                 floor: None,
@@ -421,23 +436,26 @@ impl Tree {
             }),
         });
         let ino = st.nodes.len() as Ino;
-        st.dirs.insert(path.to_string(), ino);
+        st.dirs.insert(path.to_vec(), ino);
         ino
     }
 
     /// The node for entry `i` of layer `l`, following hard links to the entry that
     /// holds the data.
-    fn leaf_node(&self, st: &mut State, l: usize, i: u32) -> Step<Ino> {
+    fn leaf_node(&self, st: &mut State, l: usize, i: u32) -> Step<Child> {
         let Some((dl, di)) = self.data_entry(st, l, i, 0)? else {
             let e = Self::layer(st, l)?.entry(i).clone();
-            return Err(Stop::Fail(LayerError(format!(
-                "hard link {:?} in layer {l} points at {:?}, which does not exist",
-                e.path,
-                e.link.unwrap_or_default()
-            ))));
+            return Ok(Child::Broken(
+                format!(
+                    "hard link {} in layer {l} points at {}, which is not a file of the image at that point",
+                    show(&e.path),
+                    show(&e.link.unwrap_or_default())
+                )
+                .into(),
+            ));
         };
         if let Some(&ino) = st.leaves.get(&(dl, di)) {
-            return Ok(ino);
+            return Ok(Child::Node(ino));
         }
         // Decided once, here, where every layer above the data has just been read,
         // rather than on each getattr.
@@ -445,7 +463,7 @@ impl Tree {
         st.nodes.push(Node { kind: NodeKind::Leaf { layer: dl, entry: di, nlink } });
         let ino = st.nodes.len() as Ino;
         st.leaves.insert((dl, di), ino);
-        Ok(ino)
+        Ok(Child::Node(ino))
     }
 
     /// A hard link resolves to its target as the stream had it when the link was
@@ -454,6 +472,9 @@ impl Tree {
     fn data_entry(&self, st: &mut State, l: usize, i: u32, floor: usize) -> Step<Option<(usize, u32)>> {
         let idx = Self::layer(st, l)?;
         let e = idx.entry(i);
+        if e.kind == Kind::Dir {
+            return Ok(None); // a hard link to a directory
+        }
         if e.kind != Kind::Hardlink {
             return Ok(Some((l, i)));
         }
@@ -477,7 +498,7 @@ impl Tree {
         Ok(None)
     }
 
-    fn list_locked(&self, st: &mut State, ino: Ino) -> Step<Arc<BTreeMap<String, Ino>>> {
+    fn list_locked(&self, st: &mut State, ino: Ino) -> Step<Arc<BTreeMap<Vec<u8>, Ino>>> {
         if !Self::is_dir(st, ino) {
             return Ok(Arc::default());
         }
@@ -495,8 +516,13 @@ impl Tree {
         }
         let mut listing = BTreeMap::new();
         for name in names {
-            if let Some(child) = self.lookup_locked(st, ino, &name)? {
-                listing.insert(name, child);
+            match self.lookup_locked(st, ino, &name)? {
+                Child::Node(child) => {
+                    listing.insert(name, child);
+                }
+                Child::Absent => {}
+                // Logged once: the listing is kept.
+                Child::Broken(why) => eprintln!("imgfs: {} left out of its directory: {why}", show(&name)),
             }
         }
         let listing = Arc::new(listing);
@@ -560,7 +586,7 @@ impl Tree {
                     uid: e.uid,
                     gid: e.gid,
                     size: match e.kind {
-                        Kind::Symlink => e.link.as_deref().map_or(0, |l| crate::layer::name_to_bytes(l).len() as u64),
+                        Kind::Symlink => e.link.as_ref().map_or(0, |l| l.len() as u64),
                         _ => e.size,
                     },
                     mtime: e.mtime,
@@ -598,7 +624,7 @@ impl Tree {
     /// the node has read. A candidate name counts if the union resolves it to `ino`.
     fn count_links(&self, st: &mut State, ino: Ino, dl: usize, di: u32) -> Step<u32> {
         let base = Self::layer(st, dl)?;
-        let mut names: HashSet<String> = HashSet::new();
+        let mut names: HashSet<Vec<u8>> = HashSet::new();
         for i in std::iter::once(di).chain(base.links_to(di).iter().copied()) {
             names.extend(base.final_path(i));
         }

@@ -954,7 +954,9 @@ fn prune_sweeps_unreferenced_blobs_and_stale_temp_files() {
     let img = env.add(Spec { tags: &["app:1"], salt: "a", ..Default::default() });
     let stray = b"0123456789";
     env.store.put_blob_bytes(&Digest::of(stray), stray).unwrap();
-    std::fs::write(env.dir.path().join("tmp/12345-0-0"), b"12345").unwrap();
+    // A name that says no owner (a temp file of a dead owner is gone before prune runs:
+    // every command removes those when it opens the store).
+    std::fs::write(env.dir.path().join("tmp/left-by-an-older-imgfs"), b"12345").unwrap();
     assert_eq!(env.imgfs(&["prune", "-f"]).ok(), "Total reclaimed space: 15B\n");
     assert!(!env.store.has_blob(&Digest::of(stray)));
     assert_eq!(std::fs::read_dir(env.dir.path().join("tmp")).unwrap().count(), 0);

@@ -74,17 +74,21 @@ struct MemLayers {
 
 impl MemLayers {
     fn new(layers: &[Vec<E>]) -> Arc<MemLayers> {
+        Self::of_tars(&layers.iter().map(|l| tar_of(l)).collect::<Vec<_>>())
+    }
+
+    fn of_tars(tars: &[Vec<u8>]) -> Arc<MemLayers> {
         let mut files = Vec::new();
         let mut indexes = Vec::new();
-        for l in layers {
+        for tar in tars {
             let mut f = tempfile::NamedTempFile::new().unwrap();
-            f.write_all(&tar_of(l)).unwrap();
+            f.write_all(tar).unwrap();
             let mut r = std::fs::File::open(f.path()).unwrap();
             let contents = build::index_layer(&mut r, Compression::None, None, None).unwrap().contents;
             indexes.push(Arc::new(LayerIndex::new(contents)));
             files.push(f);
         }
-        let asked = layers.iter().map(|_| AtomicUsize::new(0)).collect();
+        let asked = tars.iter().map(|_| AtomicUsize::new(0)).collect();
         Arc::new(MemLayers { files, indexes, asked })
     }
 
@@ -533,4 +537,311 @@ fn directory_snapshots_match_readdir_and_are_built_once() {
     assert!(Arc::ptr_eq(&a, &b), "the listing was built twice");
     assert_eq!(a.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), want);
     assert_eq!(fs.opendir(etc, libc::O_RDWR), Err(FsError::ReadOnly));
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile layer content: names as bytes, broken hard links, entries that would reach
+// outside the image or that no kernel could serve, and the bounds on a layer.
+
+/// One raw tar entry: the name and link target go in a PAX header as the bytes given
+/// (the `tar` crate's builder refuses `..` and other names a hostile tar may hold).
+struct Raw<'a> {
+    name: &'a [u8],
+    kind: tar::EntryType,
+    link: &'a [u8],
+    data: &'a [u8],
+    /// `None`: the mode field is left blank, as some tar writers do.
+    mode: Option<u32>,
+    pax: Vec<(&'a [u8], &'a [u8])>,
+}
+
+fn raw<'a>(name: &'a [u8], kind: tar::EntryType) -> Raw<'a> {
+    Raw { name, kind, link: b"", data: b"", mode: Some(0o644), pax: Vec::new() }
+}
+
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body = [b" ", key, b"=", value, b"\n"].concat();
+    let mut len = body.len() + 1;
+    while len.to_string().len() + body.len() != len {
+        len += 1;
+    }
+    [len.to_string().as_bytes(), &body].concat()
+}
+
+fn raw_tar(entries: &[Raw]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut records = pax_record(b"path", e.name);
+        if !e.link.is_empty() {
+            records.extend(pax_record(b"linkpath", e.link));
+        }
+        for (k, v) in &e.pax {
+            records.extend(pax_record(k, v));
+        }
+        let mut x = tar::Header::new_ustar();
+        x.set_entry_type(tar::EntryType::XHeader);
+        x.set_size(records.len() as u64);
+        x.set_path("pax").unwrap();
+        x.set_cksum();
+        b.append(&x, &records[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("placeholder").unwrap();
+        h.set_entry_type(e.kind);
+        h.set_size(e.data.len() as u64);
+        h.set_mtime(1_600_000_000);
+        match e.mode {
+            Some(m) => h.set_mode(m),
+            None => h.as_old_mut().mode = [0; 8],
+        }
+        h.set_cksum();
+        b.append(&h, e.data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn fs_of_tars(tars: &[Vec<u8>]) -> Fs {
+    Fs::new(Tree::new(MemLayers::of_tars(tars), DirAttrs::Provisional), 0)
+}
+
+/// The error indexing this layer gives, within these limits.
+fn index_error(blob: &[u8], compression: Compression, limits: &build::Limits) -> String {
+    match build::index_layer_with(blob, compression, None, None, limits) {
+        Ok(_) => panic!("the layer was accepted"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn names_are_bytes_so_two_names_never_collapse_into_one() {
+    use std::os::unix::ffi::OsStrExt;
+    // Before names were bytes, the byte 0xe9 was kept as U+10FFE9: one entry for both.
+    let latin1 = &b"caf\xe9"[..];
+    let private = "caf\u{10FFE9}".as_bytes();
+    let tar = raw_tar(&[
+        Raw { data: b"latin-1", ..raw(latin1, tar::EntryType::Regular) },
+        Raw { data: b"private use", ..raw(private, tar::EntryType::Regular) },
+        Raw { link: b"caf\xe9", ..raw(b"to-latin1", tar::EntryType::Symlink) },
+    ]);
+    let fs = fs_of_tars(&[tar]);
+    let listed: Vec<Vec<u8>> = fs.readdir(ROOT).unwrap().into_iter().map(|e| e.name).skip(2).collect();
+    assert_eq!(listed, vec![latin1.to_vec(), private.to_vec(), b"to-latin1".to_vec()]);
+    for (name, want) in [(latin1, &b"latin-1"[..]), (private, b"private use")] {
+        let info = fs.lookup(ROOT, OsStr::from_bytes(name)).unwrap().unwrap();
+        assert_eq!(fs.read(info.ino, 0, 100).unwrap(), want);
+    }
+    let link = fs.lookup(ROOT, OsStr::new("to-latin1")).unwrap().unwrap();
+    assert_eq!((fs.readlink(link.ino).unwrap(), link.size), (b"caf\xe9".to_vec(), 4));
+}
+
+#[test]
+fn a_broken_hard_link_fails_alone_and_the_rest_of_the_image_is_served() {
+    let (fs, _) = fs_of(&[
+        vec![E::Dir("lowdir"), E::File("lowdir/f", "low")],
+        vec![
+            E::File("ok", "fine"),
+            E::Hard("missing", "/etc/passwd"),
+            E::Hard("early", "later"),
+            E::File("later", "written after the link"),
+            E::Dir("d"),
+            E::Hard("to-dir", "d"),
+            E::Hard("to-lower-dir", "lowdir"),
+        ],
+    ]);
+    // Before, the root's listing (which looks up every name) failed with EIO.
+    assert_eq!(names(&fs, ""), vec!["d", "later", "lowdir", "ok"]);
+    assert_eq!(content(&fs, "ok"), "fine");
+    assert_eq!(content(&fs, "later"), "written after the link");
+    for name in ["missing", "early", "to-dir", "to-lower-dir"] {
+        assert_eq!(fs.lookup(ROOT, OsStr::new(name)).err(), Some(FsError::Io), "{name}");
+    }
+    assert_eq!(content(&fs, "lowdir/f"), "low");
+}
+
+#[test]
+fn a_directory_with_no_mode_is_traversable() {
+    let tar = raw_tar(&[
+        Raw { mode: None, ..raw(b"d", tar::EntryType::Directory) },
+        Raw { mode: None, data: b"x", ..raw(b"d/f", tar::EntryType::Regular) },
+    ]);
+    let fs = fs_of_tars(&[tar]);
+    assert_eq!(fs.getattr(walk(&fs, "d").unwrap()).unwrap().mode, 0o755);
+    assert_eq!(fs.getattr(walk(&fs, "d/f").unwrap()).unwrap().mode, 0o644);
+}
+
+#[test]
+fn dot_dot_and_absolute_names_stay_inside_the_image() {
+    let tar = raw_tar(&[
+        Raw { data: b"climbed", ..raw(b"../../../escape", tar::EntryType::Regular) },
+        Raw { data: b"absolute", ..raw(b"/abs/file", tar::EntryType::Regular) },
+        Raw { data: b"middle", ..raw(b"a/b/../c", tar::EntryType::Regular) },
+        Raw { link: b"/abs/file", ..raw(b"hard-abs", tar::EntryType::Link) },
+        Raw { link: b"../../../etc/passwd", ..raw(b"sym-out", tar::EntryType::Symlink) },
+    ]);
+    let fs = fs_of_tars(&[tar]);
+    assert_eq!(names(&fs, ""), vec!["a", "abs", "escape", "hard-abs", "sym-out"]);
+    assert_eq!(content(&fs, "escape"), "climbed");
+    assert_eq!(content(&fs, "a/c"), "middle");
+    assert_eq!(content(&fs, "hard-abs"), "absolute", "an absolute hard link names a file of the image");
+    // Symlinks are served as they are: the reader's kernel resolves them.
+    assert_eq!(fs.readlink(walk(&fs, "sym-out").unwrap()).unwrap(), b"../../../etc/passwd");
+
+    let out = raw_tar(&[Raw { link: b"a/../../etc/passwd", ..raw(b"hard-out", tar::EntryType::Link) }]);
+    let err = index_error(&out, Compression::None, &build::Limits::DEFAULT);
+    assert!(err.contains(r#"hard link "hard-out" points outside the image, at "a/../../etc/passwd""#), "{err}");
+}
+
+#[test]
+fn invalid_whiteouts_hide_nothing_and_are_never_shown() {
+    let (fs, _) = fs_of(&[
+        vec![E::Dir("d"), E::File("d/f", "kept"), E::File("top", "t")],
+        vec![E::Dir("d"), E::Marker("d/.wh."), E::Marker("d/.wh.."), E::Marker("d/.wh..."), E::Marker(".wh..")],
+    ]);
+    assert_eq!(names(&fs, ""), vec!["d", "top"]);
+    assert_eq!(names(&fs, "d"), vec!["f"]);
+    assert_eq!(content(&fs, "d/f"), "kept");
+}
+
+#[test]
+fn names_no_kernel_can_serve_fail_the_layer_with_the_entry_named() {
+    let long = vec![b'n'; 256];
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (raw_tar(&[raw(&long, tar::EntryType::Regular)]), "a name component is longer than 255 bytes"),
+        (raw_tar(&[raw(b"nul\0name", tar::EntryType::Regular)]), "the name holds a NUL byte"),
+        (raw_tar(&[raw(b"./", tar::EntryType::Regular)]), "makes the image's root a File"),
+        (
+            raw_tar(&[Raw {
+                pax: vec![(b"GNU.sparse.major", b"1"), (b"GNU.sparse.name", b"real")],
+                ..raw(b"GNUSparseFile.0/real", tar::EntryType::Regular)
+            }]),
+            r#"sparse file "GNUSparseFile.0/real" (PAX) in layer is not supported"#,
+        ),
+    ];
+    for (tar, want) in cases {
+        let err = index_error(&tar, Compression::None, &build::Limits::DEFAULT);
+        assert!(err.contains(want), "{err}");
+    }
+    // 255 bytes is fine.
+    let fs = fs_of_tars(&[raw_tar(&[raw(&long[..255], tar::EntryType::Regular)])]);
+    assert_eq!(names(&fs, "")[0].len(), 255);
+}
+
+#[test]
+fn a_layer_that_is_not_a_tar_or_is_cut_short_says_so() {
+    let tar = tar_of(&[E::File("f", &"x".repeat(100_000))]);
+    let not_tar = b"this is not a tar archive, just text that goes on for a while".repeat(20);
+    let err = index_error(&not_tar, Compression::None, &build::Limits::DEFAULT);
+    assert!(err.contains("layer is not a tar archive"), "{err}");
+    let err = index_error(&gzip(&not_tar), Compression::Gzip, &build::Limits::DEFAULT);
+    assert!(err.contains("layer is not a tar archive"), "{err}");
+
+    let gz = gzip(&tar);
+    let err = index_error(&gz[..gz.len() / 2], Compression::Gzip, &build::Limits::DEFAULT);
+    assert!(err.contains("layer is truncated: its gzip stream ends early"), "{err}");
+    let zs = zstd::encode_all(&tar[..], 3).unwrap();
+    let err = index_error(&zs[..zs.len() / 2], Compression::Zstd, &build::Limits::DEFAULT);
+    assert!(err.contains("layer is truncated: its zstd stream ends early"), "{err}");
+    let err = index_error(&not_tar, Compression::Gzip, &build::Limits::DEFAULT);
+    assert!(err.contains("layer is not valid gzip"), "{err}");
+}
+
+#[test]
+fn a_layer_over_the_size_or_entry_limit_fails_naming_the_limit() {
+    // A small gzip bomb: 64 MiB of zeros in one file compress to about 64 KiB.
+    let zeros = vec![0u8; 64 << 20];
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(zeros.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "zeros", &zeros[..]).unwrap();
+    let bomb = gzip(&b.into_inner().unwrap());
+    assert!(bomb.len() < 1 << 20);
+    let limits = build::Limits { max_bytes: 8 << 20, max_entries: 1000 };
+    let err = index_error(&bomb, Compression::Gzip, &limits);
+    assert!(
+        err.contains("layer is larger than 8388608 bytes uncompressed, the limit (set IMGFS_MAX_LAYER_SIZE"),
+        "{err}"
+    );
+
+    let many: Vec<E> = (0..200).map(|_| E::Marker("f")).collect();
+    let limits = build::Limits { max_bytes: 1 << 30, max_entries: 100 };
+    let err = index_error(&tar_of(&many), Compression::None, &limits);
+    assert!(err.contains("layer has more than 100 entries, the limit (set IMGFS_MAX_LAYER_ENTRIES"), "{err}");
+}
+
+#[test]
+fn a_full_disk_while_copying_the_layer_says_no_space() {
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let tar = tar_of(&[E::File("f", "data")]);
+    let zs = zstd::encode_all(&tar[..], 3).unwrap();
+    let err = build::index_layer(&zs[..], Compression::Zstd, None, Some(&mut Full)).err().unwrap();
+    let err = format!("{err:#}");
+    assert!(err.starts_with("cannot write the re-encoded layer: No space left on device"), "{err}");
+}
+
+#[test]
+fn tar_headers_for_one_entry_are_bounded() {
+    let big = vec![b'x'; 2 << 20];
+    let tar = raw_tar(&[Raw { pax: vec![(b"comment", &big)], ..raw(b"f", tar::EntryType::Regular) }]);
+    let err = index_error(&tar, Compression::None, &build::Limits::DEFAULT);
+    assert!(
+        err.contains("layer has over 1048576 bytes of tar headers (PAX records or a GNU long name) for one entry"),
+        "{err}"
+    );
+    // Under the bound, with a large file before it, is fine.
+    let fine = vec![b'y'; 512 << 10];
+    let tar = raw_tar(&[
+        Raw { data: &big, ..raw(b"large", tar::EntryType::Regular) },
+        Raw { pax: vec![(b"SCHILY.xattr.user.big", &fine)], ..raw(b"g", tar::EntryType::Regular) },
+    ]);
+    let fs = fs_of_tars(&[tar]);
+    assert_eq!(fs.getxattr(walk(&fs, "g").unwrap(), OsStr::new("user.big")).unwrap().len(), 512 << 10);
+    assert_eq!(fs.read(walk(&fs, "large").unwrap(), 0, 10).unwrap(), b"xxxxxxxxxx");
+}
+
+#[test]
+fn xattr_names_are_bytes_too() {
+    use std::os::unix::ffi::OsStrExt;
+    let tar = raw_tar(&[Raw {
+        pax: vec![(b"SCHILY.xattr.user.caf\xe9", b"latin-1"), (b"SCHILY.xattr.user.plain", b"p")],
+        ..raw(b"f", tar::EntryType::Regular)
+    }]);
+    let fs = fs_of_tars(&[tar]);
+    let f = walk(&fs, "f").unwrap();
+    // Before, a key that is not UTF-8 was dropped.
+    assert_eq!(fs.getxattr(f, OsStr::from_bytes(b"user.caf\xe9")).unwrap(), b"latin-1");
+    assert_eq!(fs.listxattr(f).unwrap(), b"user.caf\xe9\0user.plain\0");
+}
+
+/// The deepest path a layer may hold (just under 4096 bytes: 2047 directories) resolves
+/// on an ordinary thread's stack, with the directories in a lower layer than the file.
+#[test]
+fn the_deepest_path_resolves() {
+    let dirs = vec!["d"; 2046].join("/");
+    let file = format!("{dirs}/f");
+    assert!(file.len() < 4096);
+    let lower = raw_tar(&[raw(dirs.as_bytes(), tar::EntryType::Directory)]);
+    let upper = raw_tar(&[Raw { data: b"deep", ..raw(file.as_bytes(), tar::EntryType::Regular) }]);
+    let fs = fs_of_tars(&[lower, upper]);
+    let mut ino = ROOT;
+    for _ in 0..2046 {
+        ino = fs.lookup(ino, OsStr::new("d")).unwrap().unwrap().ino;
+        assert_eq!(fs.getattr(ino).unwrap().kind, Kind::Dir);
+    }
+    let f = fs.lookup(ino, OsStr::new("f")).unwrap().unwrap();
+    assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"deep");
+    assert_eq!(fs.readdir(ino).unwrap().len(), 3);
 }

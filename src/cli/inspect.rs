@@ -86,7 +86,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &args.images {
-        let view = db.find(name).and_then(|(id, _)| inspect(&ctx.store, &db, &db.images[&id]));
+        let view = db.find(name).and_then(|(id, _)| {
+            let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
+            inspect(&ctx.store, &db, rec)
+        });
         match view {
             Ok(v) => found.push(v),
             Err(e) => errors.push(format!("{e:#}")),

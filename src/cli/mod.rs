@@ -2,6 +2,7 @@
 //! subcommand runs with. Each subcommand lives in its own module with its clap `Args`
 //! and its `run`.
 
+pub mod check;
 pub mod inspect;
 pub mod ls;
 pub mod mount;
@@ -56,6 +57,8 @@ pub enum Command {
     Umount(umount::Args),
     /// List repositories of a registry whose name contains a term
     Search(search::Args),
+    /// Verify the store (blobs, indexes, records, mounts); --repair removes what is damaged
+    Check(check::Args),
 }
 
 /// What every subcommand gets: the store and a lazily built registry client.
@@ -118,5 +121,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mount(a) => mount::run(&ctx, a, &root),
         Command::Umount(a) => umount::run(&ctx, a),
         Command::Search(a) => search::run(&ctx, a),
+        Command::Check(a) => check::run(&ctx, a),
     }
 }

@@ -20,6 +20,7 @@ use crate::store::Store;
 use crate::tree::{DirAttrs, Tree};
 use anyhow::{bail, Context as _, Result};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -130,7 +131,14 @@ fn start_background(
 ) -> Result<()> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     let log = ctx.store.logs_dir().join(format!("mount-{stamp}-{}.log", std::process::id()));
-    let out = std::fs::File::create(&log).with_context(|| format!("cannot create log {}", log.display()))?;
+    // Private like everything in the store (see store::FILE_MODE), whatever the umask.
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::store::FILE_MODE)
+        .open(&log)
+        .with_context(|| format!("cannot create log {}", log.display()))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--root").arg(root);
     for h in &ctx.client_options().insecure_registries {

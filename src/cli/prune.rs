@@ -34,8 +34,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // Configs (labels, times) are read before taking the records lock; an image a
     // concurrent pull adds meanwhile is simply not considered.
     let images = load_images(store, &store.db()?);
-    let mounted: HashMap<_, _> = store.mounts()?.0.into_iter().map(|m| (m.image.clone(), m)).collect();
     let (deleted, skipped) = store.update_db(|db| {
+        // Mounts are read under the records lock, where a mount server records itself
+        // after checking its image is there: a mount starting now is either seen here
+        // or finds its image gone and fails.
+        let mounted: HashMap<_, _> = store.mounts()?.0.into_iter().map(|m| (m.image.clone(), m)).collect();
         let mut deleted = Vec::new();
         let mut skipped = Vec::new();
         for (id, listed) in &images {
@@ -48,7 +51,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                 skipped.push((id.clone(), names, m.clone()));
                 continue;
             }
-            deleted.push(delete_image(db, id));
+            deleted.extend(delete_image(db, id));
         }
         Ok((deleted, skipped))
     })?;
@@ -150,6 +153,11 @@ fn parse_until(v: &str, now: DateTime<Utc>) -> Result<i64> {
         anyhow!("invalid until filter {v:?}: expected a duration such as 10m or 24h, an RFC 3339 time, or Unix seconds")
     };
     if let Some(secs) = go_duration(v) {
+        // Go's durations are int64 nanoseconds (about 292 years); beyond that Go, and
+        // so docker, refuses the value, and the subtraction below could overflow.
+        if !secs.is_finite() || secs.abs() > i64::MAX as f64 / 1e9 {
+            bail!("invalid until filter {v:?}: the duration is out of range (at most about 292 years)");
+        }
         return Ok(now.timestamp() - secs.round() as i64);
     }
     if v.contains('-') {
@@ -239,7 +247,7 @@ mod tests {
         assert_eq!(parse_until("1704164645.25", now).unwrap(), 1704164645);
         assert!(parse_until("2024-01-02", now).is_ok());
         assert!(parse_until("2024-01-02T03:04:05", now).is_ok());
-        for bad in ["yesterday", "2024-13-01", "", "1e9", "1.2.3"] {
+        for bad in ["yesterday", "2024-13-01", "", "1e9", "1.2.3", "-9999999999999999h", "9999999999999999h"] {
             let e = parse_until(bad, now).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains("invalid until filter"), "{bad}: {e}");
         }

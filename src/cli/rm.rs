@@ -15,7 +15,7 @@ use crate::reference::familiar_ref;
 use crate::store::db::{Db, ImageRecord, LocalName};
 use crate::store::gc::Sweep;
 use crate::store::Store;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use std::collections::HashSet;
 use std::io::Write;
 
@@ -69,7 +69,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 fn remove(store: &Store, name: &str, force: bool) -> Result<Outcome> {
     store.update_db(|db| {
         let (id, how) = db.find(name)?;
-        let img = &db.images[&id];
+        let img = db.images.get(&id).context("the image was just found in the records")?;
         let tags = db.tags_of(&id);
         match how {
             LocalName::Tag(key) | LocalName::Digest(key) => {
@@ -81,7 +81,7 @@ fn remove(store: &Store, name: &str, force: bool) -> Result<Outcome> {
                 };
                 if last {
                     refuse_if_mounted(store, name, &id)?;
-                    return Ok(Outcome::Deleted(Box::new(delete_image(db, &id))));
+                    return Ok(Outcome::Deleted(Box::new(delete_image(db, &id).context("the image has no record")?)));
                 }
                 if is_tag {
                     db.tags.remove(&key);
@@ -106,7 +106,7 @@ fn remove(store: &Store, name: &str, force: bool) -> Result<Outcome> {
                         id.short()
                     );
                 }
-                Ok(Outcome::Deleted(Box::new(delete_image(db, &id))))
+                Ok(Outcome::Deleted(Box::new(delete_image(db, &id).context("the image has no record")?)))
             }
         }
     })
@@ -121,13 +121,15 @@ pub(crate) fn refuse_if_mounted(store: &Store, name: &str, id: &Digest) -> Resul
     Ok(())
 }
 
-/// Remove image `id` and every name that refers to it from the records.
-pub(crate) fn delete_image(db: &mut Db, id: &Digest) -> Deletion {
+/// Remove image `id` and every name that refers to it from the records (None, and
+/// nothing changed, if it has no record).
+pub(crate) fn delete_image(db: &mut Db, id: &Digest) -> Option<Deletion> {
+    db.images.get(id)?;
     let tags = db.tags_of(id);
     for t in &tags {
         db.tags.remove(t);
     }
-    let record = db.images.remove(id).expect("the image was just found in the records");
+    let record = db.images.remove(id)?;
     let mut names: Vec<String> = tags.iter().map(|t| familiar_ref(t)).collect();
     for r in record.pinned.iter().chain(&record.repo_digests) {
         let r = familiar_ref(r);
@@ -135,7 +137,7 @@ pub(crate) fn delete_image(db: &mut Db, id: &Digest) -> Deletion {
             names.push(r);
         }
     }
-    Deletion { record, names }
+    Some(Deletion { record, names })
 }
 
 /// What to report as deleted for a removed image: its ID, then those of its manifest,

@@ -5,16 +5,17 @@
 //! out.
 
 use super::checkpoints::{Checkpoints, Format, IndexingDecoder};
-use super::{join, name_from_bytes, split_parent, Contents, Entry, Kind};
+use super::{join, show, split_parent, Contents, Entry, Kind};
 use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
 use anyhow::{bail, Context, Result};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use tar::EntryType;
 
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// Uncompressed bytes between two checkpoints: a read decodes at most this much
 /// before its first byte. 1 MiB keeps a cold small read at about a millisecond of
@@ -29,14 +30,76 @@ pub struct Built {
     pub checkpoints: Option<Checkpoints>,
 }
 
-/// Index the layer whose (possibly compressed) bytes `blob` yields. When `copy` is
-/// given, the uncompressed tar is written to it as it streams (for `reframe`). `diff_id`, when known,
-/// must match the uncompressed stream.
+/// Bounds on what one layer may hold, so that a hostile layer (a decompression bomb,
+/// millions of tiny entries) can't exhaust the disk or memory: indexing stops with an
+/// error once the uncompressed stream or the entry count passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Uncompressed bytes. The checkpoints kept in memory and in the index grow with
+    /// this (at most about 3.6%: a 32 KiB window per 1 MiB span, stored deflated), and
+    /// so does a re-encoded copy of a zstd layer in one frame.
+    pub max_bytes: u64,
+    /// Tar entries, markers included. The table of contents kept in memory and in the
+    /// index grows with this (a few hundred bytes per entry, plus its name).
+    pub max_entries: u64,
+}
+
+pub const BYTES_VAR: &str = "IMGFS_MAX_LAYER_SIZE";
+pub const ENTRIES_VAR: &str = "IMGFS_MAX_LAYER_ENTRIES";
+
+impl Limits {
+    /// 32 GiB uncompressed (larger than the largest layers of common images, CUDA and
+    /// ML ones included) and 2 million entries (a full TeX Live tree is about 200k).
+    pub const DEFAULT: Limits = Limits { max_bytes: 32 << 30, max_entries: 2_000_000 };
+
+    /// The defaults, or what IMGFS_MAX_LAYER_SIZE (bytes, or with a K, M, G or T
+    /// suffix, powers of 1024) and IMGFS_MAX_LAYER_ENTRIES say.
+    pub fn from_env() -> Result<Limits> {
+        let mut limits = Limits::DEFAULT;
+        if let Ok(v) = std::env::var(BYTES_VAR) {
+            limits.max_bytes = parse_size(&v).with_context(|| format!("{BYTES_VAR}={v:?} is not a size"))?;
+        }
+        if let Ok(v) = std::env::var(ENTRIES_VAR) {
+            limits.max_entries = v.trim().parse().with_context(|| format!("{ENTRIES_VAR}={v:?} is not a count"))?;
+        }
+        Ok(limits)
+    }
+}
+
+/// `123`, `64K`, `10M`, `32G`, `1T` (powers of 1024; a trailing `B`/`iB` is allowed).
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_suffix("iB").or_else(|| v.strip_suffix('B')).unwrap_or(v);
+    let (digits, shift) = match v.char_indices().last()? {
+        (i, 'K' | 'k') => (&v[..i], 10),
+        (i, 'M' | 'm') => (&v[..i], 20),
+        (i, 'G' | 'g') => (&v[..i], 30),
+        (i, 'T' | 't') => (&v[..i], 40),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Index the layer whose (possibly compressed) bytes `blob` yields, within the limits
+/// of the environment (`Limits::from_env`). When `copy` is given, the uncompressed tar
+/// is written to it as it streams (for `reframe`). `diff_id`, when known, must match
+/// the uncompressed stream.
 pub fn index_layer(
     blob: impl Read,
     compression: Compression,
     diff_id: Option<&Digest>,
     copy: Option<&mut dyn Write>,
+) -> Result<Built> {
+    index_layer_with(blob, compression, diff_id, copy, &Limits::from_env()?)
+}
+
+/// `index_layer` within the given limits.
+pub fn index_layer_with(
+    blob: impl Read,
+    compression: Compression,
+    diff_id: Option<&Digest>,
+    copy: Option<&mut dyn Write>,
+    limits: &Limits,
 ) -> Result<Built> {
     let raw = BufReader::with_capacity(1 << 20, blob);
     let (mut decoder, mut plain) = match compression {
@@ -50,12 +113,23 @@ pub fn index_layer(
             (None, Some(p)) => p,
             (None, None) => unreachable!("one of the two is set"),
         };
-        let mut hashed = HashingReader::new(Tee { inner: decompressed, copy });
-        let contents = parse_tar(&mut hashed)?;
-        // The tar parser stops at the end-of-archive blocks; the diff_id covers the
-        // padding after them too.
-        io::copy(&mut hashed, &mut io::sink()).context("layer stream is truncated")?;
+        let frontier = Cell::new(MAX_HEADERS);
+        let mut watch =
+            Watch { inner: decompressed, copy, read: 0, max: limits.max_bytes, frontier: &frontier, failure: None };
+        let mut hashed = HashingReader::new(&mut watch);
+        let parsed = parse_entries(&mut hashed, limits, Some(&frontier)).and_then(|contents| {
+            // The tar parser stops at the end-of-archive blocks; the diff_id covers the
+            // padding after them too.
+            frontier.set(u64::MAX);
+            io::copy(&mut hashed, &mut io::sink()).context("cannot read the end of the layer")?;
+            Ok(contents)
+        });
         let (actual, _) = hashed.finish();
+        // What went wrong below the tar parser says more than the parser's own error.
+        if let Some(failure) = watch.failure.take() {
+            return Err(failure.into_error(compression, limits));
+        }
+        let contents = parsed?;
         if let Some(want) = diff_id {
             if &actual != want {
                 bail!("layer content does not match the config's diff_id: expected {want}, got {actual}");
@@ -70,30 +144,136 @@ pub fn index_layer(
     Ok(Built { contents, checkpoints })
 }
 
-/// Copies what is read into `copy` as it passes.
-struct Tee<'a, R> {
+/// Sits between the decompressor and the tar parser: counts the uncompressed bytes
+/// against the limit and the parser's frontier (see `parse_entries`), copies them to
+/// `copy` if asked, and remembers the first failure below the parser, which then names
+/// the cause (a bomb, a truncated or invalid compressed stream, a full disk) instead of
+/// a corrupt tar entry.
+struct Watch<'a, 'f, R> {
     inner: R,
     copy: Option<&'a mut dyn Write>,
+    read: u64,
+    max: u64,
+    frontier: &'f Cell<u64>,
+    failure: Option<Failure>,
 }
 
-impl<R: Read> Read for Tee<'_, R> {
+enum Failure {
+    TooLarge,
+    HeadersTooLarge,
+    /// Reading or decompressing the blob failed.
+    Source(io::Error),
+    /// Writing the uncompressed copy failed.
+    Copy(io::Error),
+}
+
+impl Failure {
+    fn into_error(self, compression: Compression, limits: &Limits) -> anyhow::Error {
+        match self {
+            Failure::TooLarge => anyhow::anyhow!(
+                "layer is larger than {} bytes uncompressed, the limit (set {BYTES_VAR} to raise it)",
+                limits.max_bytes
+            ),
+            Failure::HeadersTooLarge => anyhow::anyhow!(
+                "layer has over {MAX_HEADERS} bytes of tar headers (PAX records or a GNU long name) for one entry"
+            ),
+            Failure::Source(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                anyhow::anyhow!("layer is truncated: its {} stream ends early", name_of(compression))
+            }
+            Failure::Source(e) if compression != Compression::None && e.raw_os_error().is_none() => {
+                anyhow::anyhow!("layer is not valid {}: {e}", name_of(compression))
+            }
+            Failure::Source(e) => anyhow::Error::new(e).context("cannot read the layer"),
+            Failure::Copy(e) => anyhow::Error::new(e).context("cannot write the re-encoded layer"),
+        }
+    }
+}
+
+fn name_of(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => "tar",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
+impl<R: Read> Read for Watch<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if self.failure.is_some() {
+            return Err(io::Error::other("layer read stopped"));
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failure = Some(Failure::Source(e));
+                return Err(copy);
+            }
+        };
+        self.read += n as u64;
+        if self.read > self.max {
+            self.failure = Some(Failure::TooLarge);
+            return Err(io::Error::other("layer is over the size limit"));
+        }
+        if self.read > self.frontier.get() {
+            self.failure = Some(Failure::HeadersTooLarge);
+            return Err(io::Error::other("tar headers over the limit"));
+        }
         if let Some(c) = self.copy.as_mut() {
-            c.write_all(&buf[..n])?;
+            if let Err(e) = c.write_all(&buf[..n]) {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failure = Some(Failure::Copy(e));
+                return Err(copy);
+            }
         }
         Ok(n)
     }
 }
 
-/// Parse an uncompressed tar stream into entries, whiteouts and opaque markers.
+/// Longest name component Linux (and so FUSE) can serve, and longest whole path.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4096;
+
+/// Parse an uncompressed tar stream into entries, whiteouts and opaque markers, with
+/// the default (or environment-configured) limits.
 pub fn parse_tar(stream: impl Read) -> Result<Contents> {
+    parse_tar_with(stream, &Limits::from_env()?)
+}
+
+/// Parse an uncompressed tar stream. Names are kept as the bytes the tar has. Entries a
+/// kernel could not serve, or that would reach outside the image, make the layer fail
+/// with an error naming the entry; see `check_name`.
+pub fn parse_tar_with(stream: impl Read, limits: &Limits) -> Result<Contents> {
+    parse_entries(stream, limits, None)
+}
+
+/// Tar header bytes (PAX records, GNU long names, the headers themselves) allowed
+/// before one entry: the `tar` crate holds them in memory whole, and no real name or set
+/// of attributes needs a fraction of this.
+const MAX_HEADERS: u64 = 1 << 20;
+
+/// `parse_tar_with`; when `frontier` is given, it is kept at the stream offset the parser
+/// may read up to before it yields the next entry (the end of this entry's data plus
+/// `MAX_HEADERS`), for a reader below to enforce.
+fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>>) -> Result<Contents> {
     let mut archive = tar::Archive::new(stream);
     let mut contents = Contents::default();
     // Path → latest entry, to resolve hard links "at that point of the stream".
-    let mut latest: HashMap<String, u32> = HashMap::new();
+    let mut latest: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut count: u64 = 0;
+    let mut last: Option<Vec<u8>> = None;
     for item in archive.entries().context("layer is not a tar archive")? {
-        let mut te = item.context("corrupt tar entry in layer")?;
+        let mut te = item.map_err(|e| match &last {
+            None => anyhow::Error::new(e).context("layer is not a tar archive"),
+            Some(p) => anyhow::Error::new(e).context(format!("corrupt tar entry after {}", show(p))),
+        })?;
+        if let Some(f) = frontier {
+            f.set(te.raw_file_position().saturating_add(te.size().div_ceil(512) * 512).saturating_add(MAX_HEADERS));
+        }
+        count += 1;
+        if count > limits.max_entries {
+            bail!("layer has more than {} entries, the limit (set {ENTRIES_VAR} to raise it)", limits.max_entries);
+        }
         let header_type = te.header().entry_type();
         if matches!(
             header_type,
@@ -101,19 +281,30 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
         ) {
             continue;
         }
-        let Some(path) = normalise(&name_from_bytes(&te.path_bytes())) else {
-            continue; // an entry escaping the root (`..`) is never shown
-        };
+        let raw_path = te.path_bytes().into_owned();
+        // Like containerd and umoci: `..` never climbs above the root.
+        let path = normalise(&raw_path);
+        check_name(&path).with_context(|| format!("tar entry {}", show(&raw_path)))?;
+        last = Some(path.clone());
         let (parent, name) = split_parent(&path);
         if name == OPAQUE_MARKER {
-            contents.opaque.push(parent.to_string());
+            contents.opaque.push(parent.to_vec());
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if !hidden.is_empty() {
+            // A bare `.wh.`, a whiteout of `.` or `..`, and other `.wh..wh.` markers are
+            // invalid or unknown: they hide nothing, and are never shown.
+            if !hidden.is_empty() && hidden != b"." && hidden != b".." && !hidden.starts_with(WHITEOUT_PREFIX) {
                 contents.whiteouts.push(join(parent, hidden));
             }
-            continue; // a bare `.wh.` is invalid and ignored
+            continue;
+        }
+        let sparse = match te.pax_extensions()? {
+            Some(pax) => pax.filter_map(|e| e.ok()).any(|e| e.key_bytes().starts_with(b"GNU.sparse.")),
+            None => false,
+        };
+        if sparse {
+            bail!("sparse file {} (PAX) in layer is not supported", show(&path));
         }
         let kind = match header_type {
             EntryType::Regular | EntryType::Continuous => Kind::File,
@@ -125,22 +316,36 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
             EntryType::Fifo => Kind::Fifo,
             // Old tars mark regular files with a NUL type byte; tar maps other unknown
             // bytes to Other. Sparse files are not supported.
-            EntryType::GNUSparse => bail!("sparse file {path:?} in layer is not supported"),
+            EntryType::GNUSparse => bail!("sparse file {} in layer is not supported", show(&path)),
             other if other.as_byte() == 0 => Kind::File,
-            other => bail!("unsupported tar entry type {:?} for {path:?}", other.as_byte() as char),
+            other => bail!("unsupported tar entry type {:?} for {}", other.as_byte() as char, show(&path)),
         };
+        if path.is_empty() && kind != Kind::Dir {
+            bail!("tar entry {} makes the image's root a {kind:?}, not a directory", show(&raw_path));
+        }
         let header = te.header().clone();
-        let mut mode = header.mode().unwrap_or(0o644) & 0o7777;
+        // A missing mode: what tar extractors give (a directory must stay traversable).
+        let mode = header.mode().unwrap_or(if kind == Kind::Dir { 0o755 } else { 0o644 }) & 0o7777;
         let mut uid = header.uid().unwrap_or(0) as u32;
         let mut gid = header.gid().unwrap_or(0) as u32;
         let mut mtime = header.mtime().unwrap_or(0) as i64;
         let rdev =
             (header.device_major().ok().flatten().unwrap_or(0), header.device_minor().ok().flatten().unwrap_or(0));
         let link = match kind {
-            Kind::Symlink => Some(name_from_bytes(&te.link_name_bytes().unwrap_or_default())),
+            Kind::Symlink => {
+                // Served as it is: the reader's kernel resolves it, inside the mount or not.
+                let target = te.link_name_bytes().unwrap_or_default().into_owned();
+                if target.len() >= PATH_MAX || target.contains(&0) {
+                    bail!("symlink {} has a target no kernel can serve", show(&path));
+                }
+                Some(target)
+            }
             Kind::Hardlink => {
-                let raw = name_from_bytes(&te.link_name_bytes().unwrap_or_default());
-                Some(normalise(&raw).with_context(|| format!("hard link {path:?} points outside the layer"))?)
+                let raw = te.link_name_bytes().unwrap_or_default().into_owned();
+                let target = normalise_inside(&raw).with_context(|| {
+                    format!("hard link {} points outside the image, at {}", show(&path), show(&raw))
+                })?;
+                Some(target)
             }
             _ => None,
         };
@@ -148,27 +353,27 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
         if let Some(pax) = te.pax_extensions()? {
             for ext in pax {
                 let ext = ext?;
-                let key = ext.key().unwrap_or("");
+                let key = ext.key_bytes();
                 let value = ext.value_bytes();
-                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
-                    xattrs.push((attr.to_string(), value.to_vec()));
-                } else if key == "mtime" {
+                if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
+                    // Attribute names are bytes to the kernel too.
+                    xattrs.push((attr.to_vec(), value.to_vec()));
+                } else if key == b"mtime" {
                     // PAX times may be fractional ("1234.5"); whole seconds are what we serve.
                     if let Some(secs) = std::str::from_utf8(value).ok().and_then(|v| v.split('.').next()?.parse().ok())
                     {
                         mtime = secs;
                     }
-                } else if key == "uid" {
+                } else if key == b"uid" {
                     uid = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(uid);
-                } else if key == "gid" {
+                } else if key == b"gid" {
                     gid = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(gid);
                 }
             }
         }
-        if kind == Kind::Dir && mode & 0o7777 == 0 && header.mode().is_err() {
-            mode = 0o755;
-        }
         let link_entry = match kind {
+            // The entry the target path held at this point of the stream. It may be a
+            // directory: the tree then serves the link as broken, alone.
             Kind::Hardlink => link.as_ref().and_then(|t| latest.get(t)).map(|&i| {
                 // A link to a link shares the first link's data entry.
                 let target = &contents.entries[i as usize];
@@ -198,17 +403,49 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
     Ok(contents)
 }
 
-/// Normalise a tar path: strip `./` and leading `/`, collapse `//` and `.`; refuse `..`.
-pub fn normalise(raw: &str) -> Option<String> {
-    let mut parts = Vec::new();
-    for c in raw.split('/') {
+/// Refuse a name no kernel could serve: a component over 255 bytes, a path over 4096,
+/// or a NUL byte (a PAX name can hold one; a C string ends there).
+pub(crate) fn check_name(path: &[u8]) -> Result<()> {
+    if path.contains(&0) {
+        bail!("the name holds a NUL byte");
+    }
+    if path.len() >= PATH_MAX {
+        bail!("the name is longer than {PATH_MAX} bytes");
+    }
+    if path.split(|&b| b == b'/').any(|c| c.len() > NAME_MAX) {
+        bail!("a name component is longer than {NAME_MAX} bytes");
+    }
+    Ok(())
+}
+
+/// Normalise a tar path as containerd and umoci do (as if joined to `/` and cleaned):
+/// strip `./` and leading `/`, collapse `//` and `.`, and apply `..` lexically, never
+/// above the root (`../../etc` is `etc`).
+pub fn normalise(raw: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
         match c {
-            "" | "." => {}
-            ".." => return None,
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
             c => parts.push(c),
         }
     }
-    Some(parts.join("/"))
+    parts.join(&b'/')
+}
+
+/// Normalise a hard link's target; `None` if a `..` would climb above the root.
+pub fn normalise_inside(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut depth = 0usize;
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => depth = depth.checked_sub(1)?,
+            _ => depth += 1,
+        }
+    }
+    Some(normalise(raw))
 }
 
 #[cfg(test)]
@@ -216,10 +453,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size(" 16M "), Some(16 << 20));
+        assert_eq!(parse_size("32G"), Some(32 << 30));
+        assert_eq!(parse_size("1KiB"), Some(1024));
+        assert_eq!(parse_size("2t"), Some(2 << 40));
+        for bad in ["", "G", "x", "-1", "1.5G", "99999999999T"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn normalise_paths() {
-        assert_eq!(normalise("./a/b/").as_deref(), Some("a/b"));
-        assert_eq!(normalise("/a//b").as_deref(), Some("a/b"));
-        assert_eq!(normalise("./").as_deref(), Some(""));
-        assert_eq!(normalise("a/../b"), None);
+        assert_eq!(normalise(b"./a/b/"), b"a/b");
+        assert_eq!(normalise(b"/a//b"), b"a/b");
+        assert_eq!(normalise(b"./"), b"");
+        assert_eq!(normalise(b"a/../b"), b"b");
+        assert_eq!(normalise(b"../../etc/passwd"), b"etc/passwd");
+        assert_eq!(normalise_inside(b"a/../b").as_deref(), Some(&b"b"[..]));
+        assert_eq!(normalise_inside(b"/etc/passwd").as_deref(), Some(&b"etc/passwd"[..]));
+        assert_eq!(normalise_inside(b"a/../../etc/passwd"), None);
     }
 }

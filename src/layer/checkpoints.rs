@@ -133,6 +133,14 @@ impl Checkpoints {
         self.max_span_len() <= self.span.saturating_mul(MAX_SPAN_FACTOR)
     }
 
+    /// The blob bytes `decode_span(_, i)` reads, as `(start, end)`, end exclusive.
+    /// Panics if `i >= span_count()`.
+    pub fn compressed_range(&self, i: usize) -> (u64, u64) {
+        let point = &self.points[i];
+        let cend = self.points.get(i + 1).map_or(self.compressed_size, |p| p.compressed);
+        (point.compressed - u64::from(point.bits > 0), cend)
+    }
+
     /// Decodes exactly span `i`'s uncompressed bytes from `blob`, the same compressed bytes
     /// the checkpoints were taken from. Uses only positioned reads and local state, so any
     /// number of threads may call it at once on one `File`.
@@ -524,6 +532,9 @@ fn deflate_window(deflater: &mut flate2::Compress, window: &[u8]) -> io::Result<
     if status != flate2::Status::StreamEnd {
         return Err(io::Error::other("deflated window does not fit"));
     }
+    // Kept for the life of the layer: one per span, so the room reserved for the worst
+    // case (37 KiB) would cost that much per MiB of layer even for a window of zeros.
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -894,6 +905,19 @@ mod tests {
         assert!(cps.points.iter().any(|p| p.bits != 0));
         assert!(cps.points.iter().skip(1).all(|p| !p.window.is_empty()));
         assert!(cps.is_seekable());
+        check_random_access(&blob, &data, &cps);
+    }
+
+    /// Checkpoints live as long as the layer: a window of zeros must cost its deflated
+    /// size (tens of bytes), not the room reserved for the worst case.
+    #[test]
+    fn windows_of_zeros_keep_little_memory() {
+        let data = vec![0u8; 16 << 20];
+        let blob = gzip(&data, 9);
+        let (_, cps) = index(&blob, Format::Gzip, 1 << 20, 1 << 16);
+        assert!(cps.span_count() >= 3, "only {} spans", cps.span_count());
+        let held: usize = cps.points.iter().map(|p| p.window.capacity()).sum();
+        assert!(held < cps.span_count() * 1024, "{held} bytes for {} windows", cps.span_count());
         check_random_access(&blob, &data, &cps);
     }
 

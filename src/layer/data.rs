@@ -4,26 +4,157 @@
 //! span by span, through the shared span cache. A read that nears the end of a span
 //! has the next span decoded on another thread meanwhile, so a sequential reader keeps
 //! two cores busy: one decoding, one copying to the kernel.
+//!
+//! Bytes damaged on disk are never served: the index keeps a CRC-32 of every 64 KiB
+//! block of the stored file the data is read from (`BlockSums`, taken when the layer
+//! was indexed, right after its digest was verified), and every read from disk checks
+//! the blocks it touches. Verification stays lazy and cheap: only what is read is
+//! checked, a compressed span once per decode. A mismatch fails that read (EIO, logged
+//! by the filesystem) and nothing else.
 
 use super::checkpoints::Checkpoints;
 use super::spans::SpanCache;
 use super::Entry;
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub enum LayerData {
     /// An uncompressed layer: its blob, read in place.
-    Tar(File),
+    Tar(Stored),
     Compressed(Arc<Compressed>),
 }
 
+/// CRC-32 of each `BLOCK` bytes of a stored file (the last block may be short).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSums {
+    len: u64,
+    sums: Vec<u32>,
+}
+
+impl BlockSums {
+    const BLOCK: u64 = 64 << 10;
+
+    /// The sums of everything `file` holds.
+    pub fn of(file: impl Read) -> io::Result<BlockSums> {
+        let mut file = io::BufReader::with_capacity(Self::BLOCK as usize, file);
+        let (mut len, mut sums) = (0, Vec::new());
+        let mut block = vec![0u8; Self::BLOCK as usize];
+        loop {
+            let n = read_full(&mut file, &mut block)?;
+            if n == 0 {
+                break;
+            }
+            sums.push(crc32fast::hash(&block[..n]));
+            len += n as u64;
+        }
+        Ok(BlockSums { len, sums })
+    }
+
+    /// Read `buf.len()` bytes at `at` from `file`, whole blocks at a time, each checked
+    /// against its sum.
+    fn read_exact_at(&self, file: &File, path: &Path, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let end = at + buf.len() as u64;
+        if end > self.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the stored layer"));
+        }
+        let first = at / Self::BLOCK;
+        let from = first * Self::BLOCK;
+        let to = end.div_ceil(Self::BLOCK).saturating_mul(Self::BLOCK).min(self.len);
+        let mut blocks = vec![0u8; (to - from) as usize];
+        file.read_exact_at(&mut blocks, from)?;
+        for (k, chunk) in blocks.chunks(Self::BLOCK as usize).enumerate() {
+            let b = first as usize + k;
+            if self.sums.get(b) != Some(&crc32fast::hash(chunk)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is damaged on disk: bytes {}..{} fail their checksum (imgfs check --repair removes it)",
+                        path.display(),
+                        b as u64 * Self::BLOCK,
+                        b as u64 * Self::BLOCK + chunk.len() as u64
+                    ),
+                ));
+            }
+        }
+        let skip = (at - from) as usize;
+        buf.copy_from_slice(&blocks[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    /// Check every block of `file` (for `imgfs check`).
+    pub fn verify(&self, path: &Path) -> io::Result<()> {
+        let file = File::open(path)?;
+        let real = file.metadata()?.len();
+        if real != self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is {real} bytes, its index says {}", path.display(), self.len),
+            ));
+        }
+        let mut at = 0;
+        while at < self.len {
+            let n = Self::BLOCK.min(self.len - at);
+            self.read_exact_at(&file, path, &mut vec![0u8; n as usize], at)?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// Read until `buf` is full or the end; the count read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A file layer data is read from, checked against its sums when it has them (an
+/// index of the store always does).
+pub struct Stored {
+    file: File,
+    path: PathBuf,
+    sums: Option<BlockSums>,
+}
+
+impl Stored {
+    fn open(path: &Path, sums: Option<BlockSums>) -> Result<Stored> {
+        let file = File::open(path).with_context(|| format!("cannot open layer data {}", path.display()))?;
+        Ok(Stored { file, path: path.to_path_buf(), sums })
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        match &self.sums {
+            Some(s) => s.read_exact_at(&self.file, &self.path, buf, at),
+            None => self.file.read_exact_at(buf, at),
+        }
+    }
+
+    /// Check bytes `start..end` without keeping them.
+    fn verify(&self, start: u64, end: u64) -> io::Result<()> {
+        match &self.sums {
+            Some(s) if end > start => {
+                s.read_exact_at(&self.file, &self.path, &mut vec![0u8; (end - start) as usize], start)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 pub struct Compressed {
-    blob: File,
+    blob: Stored,
     checkpoints: Checkpoints,
     spans: Arc<SpanCache>,
     id: u64,
@@ -35,7 +166,12 @@ pub struct Compressed {
 impl Compressed {
     fn span(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
         let (s0, s1) = self.checkpoints.span_range(i);
-        self.spans.get(self.id, i, s1 - s0, || self.checkpoints.decode_span(&self.blob, i))
+        self.spans.get(self.id, i, s1 - s0, || {
+            // The compressed bytes are checked first: a damaged block may still decode.
+            let (c0, c1) = self.checkpoints.compressed_range(i);
+            self.blob.verify(c0, c1)?;
+            self.checkpoints.decode_span(&self.blob.file, i)
+        })
     }
 
     /// Decode span `i` on another thread, unless it is cached or a read-ahead runs.
@@ -56,12 +192,28 @@ impl Compressed {
 }
 
 impl LayerData {
+    /// An uncompressed layer read unchecked (for layers outside the store).
     pub fn tar(path: &Path) -> Result<LayerData> {
-        Ok(LayerData::Tar(File::open(path).with_context(|| format!("cannot open layer data {}", path.display()))?))
+        Ok(LayerData::Tar(Stored::open(path, None)?))
+    }
+
+    /// An uncompressed layer whose reads are checked against `sums`.
+    pub fn tar_checked(path: &Path, sums: BlockSums) -> Result<LayerData> {
+        Ok(LayerData::Tar(Stored::open(path, Some(sums))?))
     }
 
     pub fn compressed(blob: &Path, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> Result<LayerData> {
-        let blob = File::open(blob).with_context(|| format!("cannot open layer blob {}", blob.display()))?;
+        Self::compressed_checked(blob, checkpoints, spans, None)
+    }
+
+    /// A compressed layer whose reads from `blob` are checked against `sums`.
+    pub fn compressed_checked(
+        blob: &Path,
+        checkpoints: Checkpoints,
+        spans: Arc<SpanCache>,
+        sums: Option<BlockSums>,
+    ) -> Result<LayerData> {
+        let blob = Stored::open(blob, sums)?;
         let id = SpanCache::layer_id();
         Ok(LayerData::Compressed(Arc::new(Compressed {
             blob,
@@ -80,9 +232,9 @@ impl LayerData {
         let n = (len as u64).min(entry.size - pos) as usize;
         let start = entry.offset + pos;
         match self {
-            LayerData::Tar(file) => {
+            LayerData::Tar(stored) => {
                 let mut buf = vec![0u8; n];
-                file.read_exact_at(&mut buf, start)?;
+                stored.read_exact_at(&mut buf, start)?;
                 Ok(buf)
             }
             LayerData::Compressed(c) => {
@@ -111,5 +263,41 @@ impl LayerData {
                 Ok(buf)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn block_sums_serve_exact_bytes_across_blocks_and_refuse_a_flipped_byte() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&data).unwrap();
+        let sums = BlockSums::of(&data[..]).unwrap();
+        let stored = Stored::open(tmp.path(), Some(sums.clone())).unwrap();
+        for (at, len) in [(0, 1), (65_535, 2), (65_000, 70_000), (131_072, 68_928), (199_999, 1)] {
+            let mut buf = vec![0u8; len];
+            stored.read_exact_at(&mut buf, at as u64).unwrap();
+            assert_eq!(buf, data[at..at + len], "{at}+{len}");
+        }
+        let mut past = [0u8; 2];
+        assert!(stored.read_exact_at(&mut past, 199_999).is_err());
+        sums.verify(tmp.path()).unwrap();
+
+        // One byte flipped in the second block: reads touching it fail, others don't.
+        let mut bad = data.clone();
+        bad[100_000] ^= 1;
+        std::fs::write(tmp.path(), &bad).unwrap();
+        let stored = Stored::open(tmp.path(), Some(sums.clone())).unwrap();
+        let mut buf = vec![0u8; 10];
+        let e = stored.read_exact_at(&mut buf, 99_990).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("damaged on disk"), "{e}");
+        stored.read_exact_at(&mut buf, 10).unwrap();
+        stored.read_exact_at(&mut buf, 140_000).unwrap();
+        assert!(sums.verify(tmp.path()).is_err());
     }
 }

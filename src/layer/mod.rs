@@ -44,8 +44,9 @@ pub enum Kind {
 /// One tar entry, as the on-disk index keeps it (postcard: fields in order, no names).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
-    /// Normalised: relative, no `./`, no trailing `/`; the root is `""`.
-    pub path: String,
+    /// The name's bytes as the tar had them (names need not be UTF-8), normalised:
+    /// relative, no `./` or `..`, no trailing `/`; the root is empty.
+    pub path: Vec<u8>,
     pub kind: Kind,
     /// Permission bits including setuid, setgid and sticky (07777).
     pub mode: u32,
@@ -53,13 +54,13 @@ pub struct Entry {
     pub gid: u32,
     pub size: u64,
     pub mtime: i64,
-    /// Symlink target, or the (normalised) path a hard link points at.
-    pub link: Option<String>,
+    /// Symlink target (as is), or the (normalised) path a hard link points at.
+    pub link: Option<Vec<u8>>,
     /// For a hard link: the entry of this layer holding the data, if the target was
     /// an earlier entry of the same layer. `None` means the target lies in a lower layer.
     pub link_entry: Option<u32>,
     pub rdev: (u32, u32),
-    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Offset of the data in the uncompressed tar stream.
     pub offset: u64,
 }
@@ -71,24 +72,45 @@ pub struct Contents {
     /// link read before the duplicate still points at the earlier one).
     pub entries: Vec<Entry>,
     /// Paths named by `.wh.NAME` markers: hidden in lower layers.
-    pub whiteouts: Vec<String>,
+    pub whiteouts: Vec<Vec<u8>>,
     /// Directories holding a `.wh..wh..opq` marker: their lower children are hidden.
-    pub opaque: Vec<String>,
+    pub opaque: Vec<Vec<u8>>,
+}
+
+impl Contents {
+    /// Does this hold only what `build` makes? Names normalised and servable, hard links
+    /// resolved to earlier entries. An index file that passes holds nothing the tree
+    /// could trip on.
+    pub fn check(&self) -> Result<()> {
+        let normal = |p: &[u8]| build::normalise(p) == p && build::check_name(p).is_ok();
+        for (i, e) in self.entries.iter().enumerate() {
+            if !normal(&e.path) {
+                bail!("entry {i} has the name {}", show(&e.path));
+            }
+            if e.link_entry.is_some_and(|t| t as usize >= i) {
+                bail!("hard link {} resolves to a later entry", show(&e.path));
+            }
+        }
+        if let Some(p) = self.whiteouts.iter().chain(&self.opaque).find(|p| !normal(p)) {
+            bail!("a whiteout names {}", show(p));
+        }
+        Ok(())
+    }
 }
 
 /// The table of contents of one layer with the lookup tables the union needs.
 pub struct LayerIndex {
     pub contents: Contents,
     /// Path → index of the entry that finally holds that path in this layer.
-    by_path: HashMap<String, u32>,
+    by_path: HashMap<Vec<u8>, u32>,
     /// Directory path → names of its children in this layer (entries and implicit dirs).
-    children: HashMap<String, Vec<String>>,
+    children: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     /// Directories that only exist as parents of entries, with no entry of their own.
-    implicit: HashSet<String>,
-    whiteouts: HashSet<String>,
-    opaque: HashSet<String>,
+    implicit: HashSet<Vec<u8>>,
+    whiteouts: HashSet<Vec<u8>>,
+    opaque: HashSet<Vec<u8>>,
     /// Paths in lower layers that hard links of this layer point at → those links.
-    lower_links: HashMap<String, Vec<u32>>,
+    lower_links: HashMap<Vec<u8>, Vec<u32>>,
     /// Entry → the hard links of this layer that resolved to it when they were read.
     links_to: HashMap<u32, Vec<u32>>,
     /// Entries that share data with another entry through a hard link of this layer.
@@ -107,28 +129,35 @@ pub enum Presence<'a> {
 }
 
 impl LayerIndex {
-    pub fn new(contents: Contents) -> LayerIndex {
+    pub fn new(mut contents: Contents) -> LayerIndex {
+        // A hard link resolves to an earlier entry (`build` makes it so); anything else,
+        // from contents not made by `build`, would send the tree round in circles.
+        for (i, e) in contents.entries.iter_mut().enumerate() {
+            if e.link_entry.is_some_and(|t| t as usize >= i) {
+                e.link_entry = None;
+            }
+        }
         let mut by_path = HashMap::default();
         for (i, e) in contents.entries.iter().enumerate() {
             by_path.insert(e.path.clone(), i as u32);
         }
-        let mut children: HashMap<String, Vec<String>> = HashMap::default();
-        let mut seen: HashSet<&str> = HashSet::default();
+        let mut children: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::default();
+        let mut seen: HashSet<&[u8]> = HashSet::default();
         let mut implicit = HashSet::default();
         for path in by_path.keys() {
             // Register the path with its parent and any missing ancestors.
-            let mut p: &str = path;
+            let mut p: &[u8] = path;
             while !p.is_empty() && seen.insert(p) {
                 let (parent, name) = split_parent(p);
                 // get_mut first: most parents are there already, and a key costs an allocation.
                 match children.get_mut(parent) {
-                    Some(names) => names.push(name.to_string()),
+                    Some(names) => names.push(name.to_vec()),
                     None => {
-                        children.insert(parent.to_string(), vec![name.to_string()]);
+                        children.insert(parent.to_vec(), vec![name.to_vec()]);
                     }
                 }
                 if !by_path.contains_key(parent) && !parent.is_empty() {
-                    implicit.insert(parent.to_string());
+                    implicit.insert(parent.to_vec());
                 }
                 p = parent;
             }
@@ -136,7 +165,7 @@ impl LayerIndex {
         for names in children.values_mut() {
             names.sort();
         }
-        let mut lower_links: HashMap<String, Vec<u32>> = HashMap::default();
+        let mut lower_links: HashMap<Vec<u8>, Vec<u32>> = HashMap::default();
         let mut links_to: HashMap<u32, Vec<u32>> = HashMap::default();
         let mut linked = HashSet::default();
         for (i, e) in contents.entries.iter().enumerate() {
@@ -167,7 +196,7 @@ impl LayerIndex {
         }
     }
 
-    pub fn presence(&self, path: &str) -> Presence<'_> {
+    pub fn presence(&self, path: &[u8]) -> Presence<'_> {
         if let Some(&i) = self.by_path.get(path) {
             return Presence::Entry(&self.contents.entries[i as usize]);
         }
@@ -177,7 +206,7 @@ impl LayerIndex {
         Presence::Absent
     }
 
-    pub fn entry_index(&self, path: &str) -> Option<u32> {
+    pub fn entry_index(&self, path: &[u8]) -> Option<u32> {
         self.by_path.get(path).copied()
     }
 
@@ -186,22 +215,22 @@ impl LayerIndex {
     }
 
     /// Is `path` whited out (for lower layers) by this layer?
-    pub fn is_whiteout(&self, path: &str) -> bool {
+    pub fn is_whiteout(&self, path: &[u8]) -> bool {
         self.whiteouts.contains(path)
     }
 
     /// Does this layer hide the lower children of directory `path`?
-    pub fn is_opaque(&self, path: &str) -> bool {
+    pub fn is_opaque(&self, path: &[u8]) -> bool {
         self.opaque.contains(path)
     }
 
     /// Names directly below directory `path` in this layer.
-    pub fn children(&self, path: &str) -> &[String] {
+    pub fn children(&self, path: &[u8]) -> &[Vec<u8>] {
         self.children.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The hard links of this layer that point at `path` in a lower layer.
-    pub fn links_to_lower(&self, path: &str) -> &[u32] {
+    pub fn links_to_lower(&self, path: &[u8]) -> &[u32] {
         self.lower_links.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -212,7 +241,7 @@ impl LayerIndex {
 
     /// Entry `i`'s path, if `i` is what that path finally holds in this layer (a later
     /// entry for the same path replaces it).
-    pub fn final_path(&self, i: u32) -> Option<String> {
+    pub fn final_path(&self, i: u32) -> Option<Vec<u8>> {
         let path = &self.entry(i).path;
         (self.entry_index(path) == Some(i)).then(|| path.clone())
     }
@@ -227,6 +256,9 @@ impl LayerIndex {
 pub struct IndexFile {
     pub index: LayerIndex,
     pub access: Access,
+    /// Checksums of the stored file the data is read from (the blob, or the
+    /// re-encoded copy), checked on every read from disk (see `data`).
+    pub sums: data::BlockSums,
 }
 
 /// How a layer's uncompressed bytes are read.
@@ -244,7 +276,10 @@ pub enum Access {
 /// The index file's first bytes, then a format version: a file of another version
 /// is rebuilt from the blob, never misread.
 const MAGIC: &[u8; 8] = b"IMGFSIDX";
-const VERSION: u32 = 2;
+/// 3: names are bytes (2 kept them as strings, with non-UTF-8 bytes mapped to
+/// private-use characters that a real name could also hold).
+/// 4: a CRC-32 per 64 KiB block of the stored data file, checked on every read from disk.
+const VERSION: u32 = 4;
 
 impl IndexFile {
     /// Write the index of layer `digest`: header, contents (postcard), access.
@@ -265,6 +300,7 @@ impl IndexFile {
             c.save(&mut bytes)?;
             write_chunk(&mut w, &bytes)?;
         }
+        write_chunk(&mut w, &postcard::to_stdvec(&self.sums)?)?;
         w.flush()?;
         Ok(())
     }
@@ -299,6 +335,7 @@ impl IndexFile {
         let corrupt = || format!("layer index {} is damaged", path.display());
         let contents: Contents =
             postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        contents.check().with_context(corrupt)?;
         let mut kind = [0u8; 1];
         r.read_exact(&mut kind).with_context(corrupt)?;
         let access = match kind[0] {
@@ -314,7 +351,8 @@ impl IndexFile {
             }
             _ => bail!(corrupt()),
         };
-        Ok(IndexFile { index: LayerIndex::new(contents), access })
+        let sums = postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        Ok(IndexFile { index: LayerIndex::new(contents), access, sums })
     }
 }
 
@@ -341,51 +379,31 @@ fn read_chunk(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Tar names are bytes; we keep them as `String`s. Bytes that are not valid UTF-8 are
-/// carried as code points U+10FF80..U+10FFFF (the end of a private-use plane, which no
-/// real name uses) so that every name round-trips exactly to the bytes the layer had.
-pub fn name_from_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for &b in chunk.invalid() {
-            out.push(char::from_u32(ESCAPE_BASE + b as u32).expect("valid code point"));
-        }
+/// A name for messages: UTF-8 as is, other bytes as `\xNN`, quoted.
+pub fn show(name: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in name.utf8_chunks() {
+        out.extend(chunk.valid().escape_debug());
+        out.extend(chunk.invalid().iter().map(|b| format!("\\x{b:02x}")));
     }
+    out.push('"');
     out
 }
-
-/// The inverse of `name_from_bytes`.
-pub fn name_to_bytes(name: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len());
-    for c in name.chars() {
-        let v = c as u32;
-        if (ESCAPE_BASE + 0x80..=ESCAPE_BASE + 0xff).contains(&v) {
-            out.push((v - ESCAPE_BASE) as u8);
-        } else {
-            let mut buf = [0u8; 4];
-            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-        }
-    }
-    out
-}
-
-const ESCAPE_BASE: u32 = 0x10FF00;
 
 /// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`).
-pub fn split_parent(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
+pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("", path),
+        None => (b"", path),
     }
 }
 
 /// Join a directory path and a name in the normalised form.
-pub fn join(dir: &str, name: &str) -> String {
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
-        name.to_string()
+        name.to_vec()
     } else {
-        format!("{dir}/{name}")
+        [dir, b"/", name].concat()
     }
 }
 
@@ -404,15 +422,17 @@ mod tests {
             b.into_inner().unwrap()
         };
         let contents = build::index_layer(&tar[..], crate::image::Compression::None, None, None).unwrap().contents;
-        let file = IndexFile { index: LayerIndex::new(contents), access: Access::Plain };
+        let sums = data::BlockSums::of(&tar[..]).unwrap();
+        let file = IndexFile { index: LayerIndex::new(contents), access: Access::Plain, sums: sums.clone() };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.idx");
         file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
 
         let back = IndexFile::load(&path, "sha256:aa").unwrap();
-        let e = back.index.entry(back.index.entry_index("etc/x").unwrap());
+        let e = back.index.entry(back.index.entry_index(b"etc/x").unwrap());
         assert_eq!((e.kind, e.mode, e.size), (Kind::File, 0o640, 5));
-        assert!(matches!(back.index.presence("etc"), Presence::ImplicitDir));
+        assert!(matches!(back.index.presence(b"etc"), Presence::ImplicitDir));
+        assert_eq!(back.sums, sums);
 
         let err = IndexFile::load(&path, "sha256:bb").err().unwrap().to_string();
         assert!(err.contains("not the index of sha256:bb"), "{err}");
@@ -426,12 +446,62 @@ mod tests {
         assert!(err.contains("another format version"), "{err}");
     }
 
-    #[test]
-    fn names_round_trip_including_invalid_utf8() {
-        for bytes in [&b"plain"[..], "héllo wörld ✓".as_bytes(), b"caf\xe9", b"\xff\xfe/x\x80"] {
-            let name = name_from_bytes(bytes);
-            assert_eq!(name_to_bytes(&name), bytes);
+    fn entry(path: &[u8], kind: Kind, link_entry: Option<u32>) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            link: (kind == Kind::Hardlink).then(|| b"x".to_vec()),
+            link_entry,
+            rdev: (0, 0),
+            xattrs: Vec::new(),
+            offset: 0,
         }
-        assert_eq!(name_from_bytes("ü".as_bytes()), "ü");
+    }
+
+    /// An index file holding what `build` never makes is damage: names not normalised or
+    /// not servable, a hard link resolved to itself or a later entry.
+    #[test]
+    fn index_files_with_contents_build_never_makes_are_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.idx");
+        let cases = [
+            vec![entry(b"a/../b", Kind::File, None)],
+            vec![entry(b"/abs", Kind::File, None)],
+            vec![entry(b"a//b", Kind::File, None)],
+            vec![entry(b"nul\0", Kind::File, None)],
+            vec![entry(b"x", Kind::Hardlink, Some(0))],
+            vec![entry(b"x", Kind::Hardlink, Some(1)), entry(b"y", Kind::File, None)],
+        ];
+        for entries in cases {
+            let what = format!("{:?}", entries.iter().map(|e| show(&e.path)).collect::<Vec<_>>());
+            let contents = Contents { entries, whiteouts: vec![], opaque: vec![] };
+            let sums = data::BlockSums::of(&b""[..]).unwrap();
+            let file = IndexFile { index: LayerIndex::new(Contents::default()), access: Access::Plain, sums };
+            // Save the hand-made contents as they are (LayerIndex::new would mend them).
+            let mut index = file.index;
+            index.contents = contents;
+            let file = IndexFile { index, access: Access::Plain, sums: file.sums };
+            file.save("sha256:aa", &mut File::create(&path).unwrap()).unwrap();
+            let err = format!("{:#}", IndexFile::load(&path, "sha256:aa").err().expect(&what));
+            assert!(err.contains("is damaged"), "{what}: {err}");
+        }
+        // Handed such contents directly, the index drops a link that would loop.
+        let index = LayerIndex::new(Contents {
+            entries: vec![entry(b"x", Kind::Hardlink, Some(0))],
+            whiteouts: vec![],
+            opaque: vec![],
+        });
+        assert_eq!(index.entry(0).link_entry, None);
+    }
+
+    #[test]
+    fn names_show_escaped_where_not_utf8() {
+        assert_eq!(show("caf\u{e9}/x".as_bytes()), "\"caf\u{e9}/x\"");
+        assert_eq!(show(b"caf\xe9\n"), "\"caf\\xe9\\n\"");
     }
 }

@@ -43,7 +43,8 @@ pub struct ImageRecord {
 impl ImageRecord {
     /// Total size of the blobs that make up the image.
     pub fn size(&self) -> u64 {
-        self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
+        // Sizes come from a registry's manifest: add without overflowing.
+        self.layers.iter().fold(self.config.size, |n, l| n.saturating_add(l.size))
     }
 }
 
@@ -128,8 +129,20 @@ pub enum LocalName {
 
 impl Db {
     /// Resolve what a user typed (`alpine`, `app:1`, `1a2b3c`, `sha256:…`,
-    /// `repo@sha256:…`) to a local image.
+    /// `repo@sha256:…`) to a local image, which is in `images` (a tag naming an image
+    /// that has no record, in records edited or damaged by hand, is an error, not a
+    /// panic later).
     pub fn find(&self, input: &str) -> Result<(Digest, LocalName)> {
+        let (id, how) = self.find_name(input)?;
+        if !self.images.contains_key(&id) {
+            anyhow::bail!(
+                "store records are inconsistent: {input} names image {id}, which has no record (run imgfs check --repair)"
+            );
+        }
+        Ok((id, how))
+    }
+
+    fn find_name(&self, input: &str) -> Result<(Digest, LocalName)> {
         // An ID prefix of at least 4 hex digits wins over a repository of the same
         // name only when no such tag exists, as in docker.
         let as_ref = crate::reference::Reference::parse(input).ok();

@@ -2,9 +2,13 @@
 //! rest (with the layer indexes, checkpoints and uncompressed copies derived from
 //! them), stale temp files and fetch locks.
 //!
-//! It runs under the exclusive `gc.lock`. Everything that writes blobs (a pull, a
-//! mount server fetching a layer) holds the same lock shared while it works, so a
-//! sweep never removes a blob between its download and the record that names it.
+//! It runs under the exclusive `gc.lock`. Everything that writes blobs holds the same
+//! lock shared (a lease) while it works: a pull from its first blob through the record
+//! that names the image (`fetch::Resolved` carries the lease), a mount server while it
+//! fetches and indexes a layer, `imgfs check` while it looks. So a sweep never removes
+//! a blob between its download and the record that names it. flock has no writer
+//! preference: a lease taken while a sweep waits is granted, so nested leases in one
+//! process can't deadlock.
 
 use super::lock::FileLock;
 use super::Store;
@@ -65,8 +69,9 @@ impl Store {
                 }
             }
         }
-        // No writer holds the shared lock now, so every temp file is left over, and no
-        // fetch lock is held (they are taken under the shared lock).
+        // No writer holds the shared lock now, so every temp file in tmp/ is left over
+        // (records, written without a lease, keep theirs beside them, out of reach
+        // here), and no fetch lock is held (they are taken under the shared lock).
         for dir in ["tmp", "locks"] {
             for entry in fs::read_dir(self.root().join(dir))? {
                 let entry = entry?;

@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// A held lock; dropping it (closing the file) releases it.
@@ -22,7 +23,8 @@ impl FileLock {
     }
 
     fn take(path: &Path, op: libc::c_int) -> io::Result<FileLock> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(super::FILE_MODE).open(path)?;
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is passed.
             let rc = unsafe { libc::flock(file.as_raw_fd(), op) };

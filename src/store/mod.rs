@@ -3,8 +3,10 @@
 //! Layout under the root directory:
 //! - `blobs/sha256/HEX`: manifests, indexes, configs and layer blobs, each verified
 //!   against its digest before it was renamed into place. A file there is trusted.
-//! - `tmp/`: downloads in progress. Nothing here is ever read as a blob; stale files
-//!   are removed by `prune`.
+//! - `tmp/`: downloads and derived files in progress, written only under a GC lease
+//!   (see `gc`). Nothing here is ever read as a blob. A temp file is named after its
+//!   owner (pid and process start time): one whose owner is dead is removed by the
+//!   next command that opens the store, the rest by `prune`.
 //! - `index/sha256/HEX.idx`: a layer's table of contents and decompression
 //!   checkpoints, keyed by the layer's digest (see `layer::IndexFile`).
 //! - `layers/sha256/HEX.zst`: a layer that can't be entered midway (zstd in one
@@ -14,6 +16,15 @@
 //! - `mounts/`: one record per running mount server (see `mounts`).
 //! - `logs/`: logs of background mount servers.
 //! - `db.lock`, `gc.lock`: `flock` files that order writers (see `lock`).
+//!
+//! Records (`images.json`, `mounts/*.json`) are written without a GC lease, so their
+//! temp files sit beside them (`.tmp-…`, as do those of indexes), where the sweep of
+//! `tmp/` can't reach.
+//!
+//! The store is private to its owner whatever the umask: directories 0700, files
+//! 0600, so no other local user reads an image's files from it (bypassing a mount's
+//! permissions). A store made by an older imgfs is tightened the first time it is
+//! opened.
 
 pub mod db;
 pub mod gc;
@@ -24,8 +35,19 @@ use crate::digest::Digest;
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Mode of every directory in the store.
+const DIR_MODE: u32 = 0o700;
+/// Mode of every file in the store.
+pub const FILE_MODE: u32 = 0o600;
+/// The subdirectories, created on open.
+const SUBDIRS: [&str; 7] = ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "locks", "mounts", "logs"];
+/// Where `write_derived` puts files, and so its temp files (`.tmp-…`).
+const DERIVED_DIRS: [&str; 3] = ["", "mounts", "index/sha256"];
 
 #[derive(Clone)]
 pub struct Store {
@@ -33,13 +55,44 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (creating if needed) the store at `root`.
+    /// Open (creating if needed) the store at `root`, private to its owner, and remove
+    /// the temp files of processes that died (a pull killed with SIGKILL).
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "locks", "mounts", "logs"] {
-            let dir = root.join(sub);
-            fs::create_dir_all(&dir).with_context(|| format!("cannot create store directory {}", dir.display()))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        // A root that is not 0700 is new or was made by an older imgfs: tighten all of
+        // it, then the root last, so an interrupted walk is done again next time.
+        let loose = fs::metadata(root).map_or(true, |m| m.permissions().mode() & 0o7777 != DIR_MODE);
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true).mode(DIR_MODE);
+        for sub in SUBDIRS {
+            let dir = root.join(sub);
+            builder.create(&dir).with_context(|| format!("cannot create store directory {}", dir.display()))?;
+        }
+        if loose {
+            tighten(root).with_context(|| format!("cannot make the store {} private", root.display()))?;
+        }
+        let store = Store { root: root.to_path_buf() };
+        store.remove_orphaned_temps();
+        Ok(store)
+    }
+
+    /// Remove temp files whose owner is dead. Safe without any lock: no one else
+    /// writes a file named after another process.
+    fn remove_orphaned_temps(&self) {
+        let dirs = std::iter::once("tmp").chain(DERIVED_DIRS);
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(self.root.join(dir)) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let owner = if dir == "tmp" { Some(&*name) } else { name.strip_prefix(DERIVED_TEMP) };
+                if owner.is_some_and(owner_is_dead) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 
     /// The default root: `/var/lib/imgfs` for root, else the XDG data dir.
@@ -142,36 +195,20 @@ impl Store {
         }
     }
 
-    /// A new, uniquely named file under `tmp/`.
+    /// A new, uniquely named file under `tmp/`. Only for a holder of a GC lease: a
+    /// sweep empties `tmp/`.
     pub fn temp_file(&self) -> Result<(PathBuf, File)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let name = format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos);
-        let path = self.root.join("tmp").join(name);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("cannot create temp file {}", path.display()))?;
-        Ok((path, file))
+        create_temp(&self.root.join("tmp"), "")
     }
 
-    /// Write a derived file (an index, an uncompressed layer) through a temp file and
-    /// rename, so that readers only ever see complete files.
+    /// Write a file (an index, a record) whole through a temp file beside it and a
+    /// rename, so that readers only ever see complete files. Beside it, not in `tmp/`:
+    /// records are written without a GC lease, and a sweep of `tmp/` (which needs no
+    /// records lock) must not take the temp file away midway.
     pub fn write_derived(&self, dest: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-        let (tmp, mut file) = self.temp_file()?;
-        match fill(&mut file).and_then(|_| Ok(file.sync_all()?)) {
-            Ok(()) => {
-                fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        let dir = dest.parent().context("a store file has no directory")?;
+        let (tmp, file) = create_temp(dir, DERIVED_TEMP)?;
+        finish_temp(tmp, file, dest, fill)
     }
 
     pub fn db_lock_path(&self) -> PathBuf {
@@ -181,4 +218,81 @@ impl Store {
     pub fn gc_lock_path(&self) -> PathBuf {
         self.root.join("gc.lock")
     }
+}
+
+/// Prefix of the temp file of `write_derived`, beside its target.
+const DERIVED_TEMP: &str = ".tmp-";
+
+/// A new file `DIR/PREFIX<pid>-<start ticks>-<n>`, mode 0600: the name says which
+/// process owns it, so a dead owner's files can be told apart from a live one's.
+fn create_temp(dir: &Path, prefix: &str) -> Result<(PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    let pid = std::process::id();
+    let ticks = *TICKS.get_or_init(|| mounts::process_start_ticks(pid).unwrap_or(0));
+    let name = format!("{prefix}{pid}-{ticks}-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    let path = dir.join(name);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&path)
+        .with_context(|| format!("cannot create temp file {}", path.display()))?;
+    Ok((path, file))
+}
+
+/// Fill a temp file, sync it and rename it to `dest`; on failure remove it.
+fn finish_temp(tmp: PathBuf, mut file: File, dest: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    match fill(&mut file).and_then(|_| Ok(file.sync_all()?)) {
+        Ok(()) => {
+            fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Is the owner named by a temp file (`<pid>-<start ticks>-…`) gone? A name that
+/// isn't of that form (an older imgfs's) is left for `prune`.
+fn owner_is_dead(name: &str) -> bool {
+    let mut parts = name.split('-');
+    let (Some(Ok(pid)), Some(Ok(ticks))) = (parts.next().map(str::parse::<u32>), parts.next().map(str::parse::<u64>))
+    else {
+        return false;
+    };
+    mounts::process_start_ticks(pid) != Some(ticks)
+}
+
+/// Make the store private: directories 0700, files 0600. Only what the store itself
+/// made is touched (its subdirectories and top-level files), never other files a user
+/// keeps in a directory they pointed `--root` at. Symlinks are not followed.
+fn tighten(root: &Path) -> std::io::Result<()> {
+    for file in ["images.json", "db.lock", "gc.lock"] {
+        match fs::set_permissions(root.join(file), fs::Permissions::from_mode(FILE_MODE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs"];
+    let mut stack: Vec<PathBuf> = tops.iter().map(|t| root.join(t)).collect();
+    for dir in &stack {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
+    }
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(DIR_MODE))?;
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(FILE_MODE))?;
+            }
+        }
+    }
+    fs::set_permissions(root, fs::Permissions::from_mode(DIR_MODE))
 }

@@ -1,0 +1,225 @@
+//! The store with live mounts: a prune that races a starting mount must not take its
+//! image, the store stays private (0700/0600) with mounts running whatever the umask,
+//! and layer bytes damaged on disk are never served.
+
+use super::*;
+
+/// Run `imgfs prune -a -f` under strace with its second `flock` (the records lock it
+/// deletes under) held back by `delay` microseconds, returning once it is about to
+/// make that call. Real processes throughout; strace only widens the window.
+fn prune_held_before_its_records_lock(root: &Path, delay: u64) -> (std::process::Child, PathBuf) {
+    let trace = root.join("prune.strace");
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,flock"])
+        .arg("-e")
+        .arg(format!("inject=flock:delay_enter={delay}:when=2"))
+        .arg("-o")
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("--root")
+        .arg(root)
+        .args(["prune", "-a", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace (Debian package strace) runs imgfs");
+    // Its second open of db.lock comes right before that flock.
+    let opened_twice = || fs::read_to_string(&trace).unwrap_or_default().matches("db.lock").count() >= 2;
+    assert!(wait_until(Duration::from_secs(30), opened_twice), "prune never reached its records lock");
+    (child, trace)
+}
+
+#[test]
+fn a_mount_that_starts_while_prune_runs_keeps_its_image() {
+    let store = Store::new();
+    let root = store.root();
+    let name = format!("{}/lazy:1", env().addr);
+    imgfs_ok(root, &["pull", &name]);
+    // prune -a has read the records and is about to take the lock it deletes under;
+    // the mount starts and records itself meanwhile. Reading the mount records before
+    // that lock (as prune did) missed it and deleted the mounted image.
+    let (prune, _trace) = prune_held_before_its_records_lock(root, 2_000_000);
+    let m = mount(root, &name, &[]);
+    let out = prune.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skipping image") && err.contains("in use by the mount"), "{}", show(&out));
+    assert!(imgfs_ok(root, &["ls", "-q"]).trim().len() >= 12, "the mounted image was removed");
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+    assert_eq!(fs::read(m.path("bottom/a.txt")).unwrap(), reference_file("lazy:1", "bottom/a.txt"));
+}
+
+#[test]
+fn the_store_stays_private_with_a_mount_running_whatever_the_umask() {
+    let store = Store::new();
+    let root = store.root().join("store");
+    // SAFETY: umask only sets this process's file-creation mask, which the imgfs
+    // children (and their mount server) inherit.
+    let old = unsafe { libc::umask(0o022) };
+    let name = format!("{}/app:1", env().addr);
+    imgfs_ok(&root, &["pull", &name]);
+    let m = mount(&root, &name, &[]);
+    unsafe { libc::umask(old) };
+    read_all(&m.dir);
+    let mut seen = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                seen += 1;
+                assert_eq!(meta.permissions().mode() & 0o7777, 0o600, "{}", p.display());
+            }
+        }
+    }
+    assert!(fs::read_dir(root.join("mounts")).unwrap().count() == 1, "the mount record is there");
+    assert!(fs::read_dir(root.join("logs")).unwrap().count() == 1, "the mount log is there");
+    assert!(seen > 8, "{seen} files");
+}
+
+/// The layer blobs of a stored image, in order.
+fn layer_blobs(root: &Path, name: &str) -> Vec<PathBuf> {
+    let v: serde_json::Value = serde_json::from_str(&imgfs_ok(root, &["inspect", name])).unwrap();
+    v[0]["Layers"].as_array().unwrap().iter().map(|l| blob_file(root, l["Digest"].as_str().unwrap())).collect()
+}
+
+/// Flip the byte at `at` of `path`.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at] ^= 0x20;
+    fs::write(path, bytes).unwrap();
+}
+
+/// The read fails with EIO, and the server's log says why.
+fn assert_eio_logged(root: &Path, path: &Path) {
+    assert_eq!(errno_of(&path.display().to_string(), fs::read(path)), libc::EIO, "{}", path.display());
+    let logs: String = fs::read_dir(root.join("logs"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("damaged on disk"), "the mount log does not say why: {logs}");
+}
+
+#[test]
+fn layer_bytes_damaged_on_disk_are_never_served() {
+    // An uncompressed layer is read in place: a flipped byte used to be served as is.
+    let store = Store::new();
+    let root = store.root();
+    let name = format!("{}/plain:1", env().addr);
+    imgfs_ok(root, &["pull", &name]);
+    let m = mount(root, &name, &[]);
+    let two = reference_file("plain:1", "data/two.txt");
+    let top = &layer_blobs(root, &name)[1];
+    let bytes = fs::read(top).unwrap();
+    let at = bytes.windows(two.len()).position(|w| w == &two[..]).expect("data/two.txt's bytes in the top layer");
+    flip(top, at + two.len() / 2);
+    assert!(m.path("data").is_dir() && m.path("etc/plain-release").exists(), "lookups need no file data");
+    assert_eio_logged(root, &m.path("data/two.txt"));
+    assert_eq!(fs::read(m.path("etc/plain-release")).unwrap(), reference_file("plain:1", "etc/plain-release"));
+    drop(m);
+
+    // A gzip layer: a byte flipped in the middle of the blob is inside big.bin's data;
+    // the other files of the same layer still read.
+    let name = format!("{}/big:1", env().addr);
+    imgfs_ok(root, &["pull", &name]);
+    let m = mount(root, &name, &[]);
+    let blob = &layer_blobs(root, &name)[0];
+    flip(blob, fs::metadata(blob).unwrap().len() as usize / 2);
+    assert_eio_logged(root, &m.path("data/big.bin"));
+    for f in ["data/1m.bin", "data/small.txt"] {
+        assert_eq!(fs::read(m.path(f)).unwrap(), reference_file("big:1", f), "{f}");
+    }
+    drop(m);
+    // check finds both damaged blobs; after --repair a pull fetches them again and
+    // the mount serves the right bytes.
+    assert!(!imgfs(root, &["check"]).status.success());
+    imgfs_ok(root, &["check", "--repair"]);
+    imgfs_ok(root, &["pull", &name]);
+    let m = mount(root, &name, &[]);
+    assert_eq!(fs::read(m.path("data/big.bin")).unwrap(), reference_file("big:1", "data/big.bin"));
+}
+
+/// Runs imgfs with `args` over and over on other threads until dropped; a panic in
+/// imgfs fails the test.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Churn {
+    fn start(root: &Path, commands: &[Vec<String>]) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = commands
+            .iter()
+            .map(|args| {
+                let (root, args, stop) = (root.to_path_buf(), args.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        let out = imgfs(&root, &args);
+                        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", show(&out));
+                    }
+                })
+            })
+            .collect();
+        Churn { stop, threads }
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn mounts_racing_pulls_prune_and_rm_serve_their_image_and_lose_no_blob() {
+    let store = Store::new();
+    let root = store.root();
+    let [app1, app2, base] = ["app:1", "app:2", "base:1"].map(|n| format!("{}/{n}", env().addr));
+    // Images that share app:1's base layer come and go all the time, and whatever no
+    // mount uses is pruned; each mount of app:1 fetches its layers lazily meanwhile.
+    let churn = Churn::start(
+        root,
+        &[
+            vec!["pull".into(), app2.clone()],
+            vec!["pull".into(), base.clone()],
+            vec!["rm".into(), base.clone()],
+            vec!["prune".into(), "-a".into(), "-f".into()],
+        ],
+    );
+    for round in 0..4 {
+        // prune -a may take the image between its registration and the mount's
+        // record (in the parent or in its server): that mount fails saying so, and
+        // the next try fetches it again.
+        let m = loop {
+            let m = Mount::empty();
+            let out = imgfs(root, &["mount", &app1, m.arg()]);
+            if out.status.success() {
+                break m;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            let removed =
+                err.contains("was removed before it could be mounted") || err.contains("no such image: sha256:");
+            assert!(removed, "round {round}: {}", show(&out));
+        };
+        let diff = treecmp(&m.dir, &unpack_of("app:1").join("rootfs"), &["--no-dir-mtime"]);
+        assert!(diff.is_empty(), "round {round}: the mount differs:\n{}", diff.join("\n"));
+    }
+    drop(churn);
+    let out = imgfs_ok(root, &["check"]);
+    assert!(out.contains("is consistent"), "{out}");
+    for name in [&app1, &app2, &base] {
+        imgfs_ok(root, &["pull", name]);
+    }
+    let out = imgfs_ok(root, &["check"]);
+    assert!(out.contains("is consistent"), "{out}");
+}
