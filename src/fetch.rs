@@ -102,6 +102,17 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
 /// Returns the image the tag pointed at before, if it moved. Still under the lease
 /// `resolved` holds.
 pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Option<Digest>> {
+    register_and(store, resolved, r, |_| Ok(()))
+}
+
+/// `register`, then `also` under the same records lock, so that nothing can remove
+/// the image in between (a mount records that it holds the image this way).
+pub fn register_and(
+    store: &Store,
+    resolved: &Resolved,
+    r: &Reference,
+    also: impl FnOnce(&crate::store::db::Db) -> Result<()>,
+) -> Result<Option<Digest>> {
     store.update_db(|db| {
         let rec = db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
         for d in &resolved.record.repo_digests {
@@ -119,6 +130,7 @@ pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Opt
             Some(t) => db.set_tag(&format!("{}:{t}", r.name()), &resolved.record.id),
             None => None,
         };
+        also(db)?;
         Ok(moved)
     })
 }

@@ -231,6 +231,7 @@ impl Env {
             mountpoint: PathBuf::from(at),
             image: image.id.clone(),
             reference: "test".into(),
+            starting: false,
         };
         self.store.add_mount_record(&rec).unwrap();
         pid

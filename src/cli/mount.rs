@@ -5,6 +5,7 @@
 //! returns once the mountpoint answers. With no arguments it lists running mounts.
 
 use super::Context;
+use crate::digest::Digest;
 use crate::fetch::{self, StoreLayers};
 use crate::fs::Fs;
 use crate::fuse::{self, MountSettings};
@@ -73,29 +74,58 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
         _ => {}
     }
     let (record, config) = match &args.resolved_id {
+        // A server started by `imgfs mount`: its parent holds the image for it.
         Some(id) => local_image(ctx, id)?,
-        None => resolve(ctx, &reference, args.platform.as_deref())?,
+        None => resolve(ctx, &reference, &dir, args.platform.as_deref())?,
     };
-    if args.foreground {
+    let result = if args.foreground {
         serve(ctx, &reference, &dir, record, config, &args)
     } else {
         start_background(ctx, root, &reference, &dir, &record, &args)
-    }
+    };
+    // The server has recorded itself (or failed): the hold `resolve` took ends. In the
+    // foreground the server is this process and its record replaced the hold already.
+    ctx.store.remove_mount_record(std::process::id());
+    result
 }
 
 /// Find the image locally (by name or ID), else fetch its manifest and config from
-/// the registry and register it; layers are left for the mount to fetch.
-fn resolve(ctx: &Context, reference: &str, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
+/// the registry and register it; layers are left for the mount to fetch. Whichever it
+/// is, the image is held for the mount under the same records lock that found or
+/// registered it, so that a `prune -a` or `rm` before the server records itself
+/// leaves it alone.
+fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
     let platform = platform.map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
     if platform.is_none() {
-        if let Ok((id, _)) = ctx.store.db()?.find(reference) {
-            return local_image(ctx, id.as_str());
+        let held = ctx.store.update_db(|db| {
+            let Ok((id, _)) = db.find(reference) else { return Ok(None) };
+            let record = db.images.get(&id).cloned().with_context(|| format!("no such image: {id}"))?;
+            hold(ctx, &record.id, reference, dir)?;
+            Ok(Some(record))
+        })?;
+        if let Some(record) = held {
+            let config = serde_json::from_slice(&ctx.store.read_blob(&record.id)?)
+                .with_context(|| format!("image config {} is not valid", record.id))?;
+            return Ok((record, config));
         }
     }
     let r = Reference::parse(reference).map_err(anyhow::Error::msg)?;
     let resolved = fetch::resolve(&*ctx.client()?, &ctx.store, &r, platform.as_ref())?;
-    fetch::register(&ctx.store, &resolved, &r)?;
+    fetch::register_and(&ctx.store, &resolved, &r, |_| hold(ctx, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))
+}
+
+/// A mount record of this process marked `starting`: the image is in use from now on.
+fn hold(ctx: &Context, image: &Digest, reference: &str, dir: &Path) -> Result<()> {
+    let pid = std::process::id();
+    ctx.store.add_mount_record(&MountRecord {
+        pid,
+        start_ticks: process_start_ticks(pid).unwrap_or(0),
+        mountpoint: dir.to_path_buf(),
+        image: image.clone(),
+        reference: reference.to_string(),
+        starting: true,
+    })
 }
 
 /// A server killed with SIGKILL leaves its mountpoint dead (ENOTCONN to everything);
@@ -216,6 +246,7 @@ fn serve(
         mountpoint: dir.to_path_buf(),
         image: record.id.clone(),
         reference: reference.to_string(),
+        starting: false,
     };
     // Enough workers that a thread waiting for a layer download leaves others free.
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
@@ -367,7 +398,7 @@ fn list(ctx: &Context) -> Result<()> {
     let (live, _dead) = ctx.store.mounts()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT")?;
-    for m in live {
+    for m in live.into_iter().filter(|m| !m.starting) {
         writeln!(out, "{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid)?;
     }
     Ok(())

@@ -30,7 +30,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // Its server, if it is alive, is still running (it exits once it sees the session
     // end); the record of a dead one is dropped here.
     let (live, _) = ctx.store.mounts()?;
-    let server = live.iter().find(|m| m.mountpoint == dir).cloned();
+    let server = live.iter().find(|m| m.mountpoint == dir && !m.starting).cloned();
     // Let the server see the session end and remove its record.
     if let Some(m) = server {
         let start = Instant::now();

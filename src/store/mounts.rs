@@ -28,6 +28,10 @@ pub struct MountRecord {
     pub image: Digest,
     /// What the user asked to mount, for display.
     pub reference: String,
+    /// Held by an `imgfs mount` whose server is not up yet: the image is in use (rm
+    /// and prune leave it), but there is no mount to list or unmount.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 impl Store {
