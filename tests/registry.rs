@@ -20,6 +20,7 @@ fn client() -> Client {
     Client::new(ClientOptions {
         insecure_registries: vec![],
         docker_config_dir: Some(PathBuf::from("/nonexistent/imgfs-test-docker-config")),
+        ..Default::default()
     })
     .unwrap()
 }
@@ -602,8 +603,7 @@ fn docker_config(auths: serde_json::Value) -> tempfile::TempDir {
 }
 
 fn client_with_config(dir: &tempfile::TempDir) -> Client {
-    Client::new(ClientOptions { insecure_registries: vec![], docker_config_dir: Some(dir.path().to_path_buf()) })
-        .unwrap()
+    Client::new(ClientOptions { docker_config_dir: Some(dir.path().to_path_buf()), ..Default::default() }).unwrap()
 }
 
 #[test]
