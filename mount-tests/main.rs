@@ -23,6 +23,11 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+// Registry faults under a mount, through the fault proxy the pull tests use (issue 8).
+#[path = "../tests/faultproxy/mod.rs"]
+mod faultproxy;
+mod faults;
+
 // ---------------------------------------------------------------------------------------
 // The test environment
 

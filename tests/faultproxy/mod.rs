@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 pub enum Fault {
     /// Send the headers and this many body bytes, then close the connection.
     DropAfter(u64),
+    /// As DropAfter, and from then on refuse connections (the registry went away
+    /// mid-transfer) until `set_down(false)`.
+    DieAfter(u64),
     /// Flip the low bit of the body byte at this offset.
     FlipByte(u64),
     /// Read the request, then close the connection without an answer.
@@ -154,9 +157,9 @@ fn accept_loop(
         match l.accept() {
             Ok((conn, _)) => {
                 conn.set_nonblocking(false).unwrap();
-                let (state, stop, upstream) = (state.clone(), stop.clone(), upstream.to_string());
+                let (state, stop, down, upstream) = (state.clone(), stop.clone(), down.clone(), upstream.to_string());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, &state, &stop);
+                    let _ = serve(conn, &upstream, &state, &stop, &down);
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -202,7 +205,13 @@ fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
     })
 }
 
-fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>, stop: &AtomicBool) -> std::io::Result<()> {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    state: &Mutex<State>,
+    stop: &AtomicBool,
+    down: &AtomicBool,
+) -> std::io::Result<()> {
     let mut from_client = BufReader::new(client.try_clone()?);
     let mut to_client = client;
     let up = TcpStream::connect(upstream)?;
@@ -259,9 +268,11 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>, stop: &AtomicB
         let mut buf = vec![0u8; 64 << 10];
         while sent < len {
             let mut want = (len - sent).min(buf.len() as u64) as usize;
-            if let Some(Fault::DropAfter(n)) = fault {
+            if let Some(Fault::DropAfter(n) | Fault::DieAfter(n)) = fault {
                 if sent >= n {
-                    to_client.flush()?;
+                    if let Some(Fault::DieAfter(_)) = fault {
+                        down.store(true, Ordering::SeqCst);
+                    }
                     let _ = to_client.shutdown(Shutdown::Both);
                     return Ok(());
                 }
