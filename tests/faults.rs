@@ -152,7 +152,7 @@ fn a_stalled_registry_times_out_with_a_clear_error() {
     let root = tempfile::tempdir().unwrap();
     let reference = format!("{}/app:1", proxy.addr);
     let err = fails(&imgfs(root.path(), &["pull", &reference], &[("IMGFS_TIMEOUT", "1")]));
-    assert!(err.contains("timed out") && err.contains("app"), "{err}");
+    assert!(err.contains("timed out") && err.contains("app") && err.contains("IMGFS_TIMEOUT"), "{err}");
 }
 
 /// A registry that stalls once: the timeout (here from `--timeout`) fires and the

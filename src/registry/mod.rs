@@ -76,6 +76,8 @@ pub struct Client {
     insecure_registries: Vec<String>,
     auth: auth::AuthState,
     page_size: usize,
+    /// For messages: the limit a timed-out request ran into.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -107,6 +109,7 @@ impl Client {
             insecure_registries: opts.insecure_registries,
             auth: auth::AuthState::new(credentials),
             page_size: DEFAULT_PAGE_SIZE,
+            timeout: opts.timeout.unwrap_or(IO_TIMEOUT),
         })
     }
 
@@ -355,7 +358,15 @@ impl Client {
                     req = req.header(AUTHORIZATION, a);
                 }
             }
-            let resp = req.send().map_err(|e| error::unreachable(registry, &endpoint::authority(&url), &e))?;
+            let resp = req.send().map_err(|e| {
+                let mut err = error::unreachable(registry, &endpoint::authority(&url), &e);
+                if let (true, RegistryError::Unreachable { reason, .. }) = (e.is_timeout(), &mut err) {
+                    // Say which limit, and where it is set: the fix may be a longer one.
+                    let limit = if e.is_connect() { self.timeout.min(CONNECT_TIMEOUT) } else { self.timeout };
+                    reason.push_str(&format!(" (limit {} s: --timeout, IMGFS_TIMEOUT)", limit.as_secs()));
+                }
+                err
+            })?;
             let status = resp.status();
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 if let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) {
