@@ -34,9 +34,9 @@ impl BlobSink for File {
 impl Client {
     /// Streams the blob into `out` (a fresh, empty file opened read+write), hashing
     /// while writing; on a dropped connection or a read error, retries (retry.rs; an
-    /// attempt that brought bytes renews the budget) resuming with `Range: bytes=N-`
-    /// from what is already written; if the server answers a resume with 200 instead of 206, truncates and
-    /// starts over. At the end checks size (if expected_size is Some) and digest;
+    /// attempt that got further than any before renews the budget) resuming with
+    /// `Range: bytes=N-` from what is already written; if the server answers a resume
+    /// with 200 instead of 206, truncates and starts over. At the end checks size (if expected_size is Some) and digest;
     /// mismatch -> error (the caller deletes the temp file). Returns bytes written.
     pub fn download_blob(
         &self,

@@ -3,6 +3,9 @@
 //! from FUSE worker threads, never from async code, so it uses reqwest's blocking
 //! client; one `Client` is shared by all threads (tokens are cached inside it).
 //!
+//! Requests that fail for a reason that may pass (no connection, a broken body, a
+//! timeout, 5xx, 429) are tried again under one policy, in retry.rs.
+//!
 //! Everything fetched by digest is verified against that digest before it is handed
 //! out. Redirects are followed by hand so that credentials only ever go to the
 //! registry's own origin, never to the CDN a registry sends blob downloads to.
