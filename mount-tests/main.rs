@@ -23,7 +23,16 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+// Test modules of their own: hostile layers, registry faults, the store's integrity,
+// the server's lifecycle and security. They use the helpers below.
+// The fault proxy is shared with the pull tests.
+#[path = "../tests/faultproxy/mod.rs"]
+mod faultproxy;
+mod faults;
 mod hostile;
+mod lifecycle;
+mod security;
+mod store_safety;
 
 // ---------------------------------------------------------------------------------------
 // The test environment
@@ -1539,13 +1548,3 @@ fn layered_provisional_dir_attrs_become_exact() {
         treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
     assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
-
-// ---------------------------------------------------------------------------------------
-// The store's integrity with mounts (races with prune, file modes, damaged layer data)
-mod store_safety;
-
-// =======================================================================================
-// The mount server's lifecycle (signals, kill -9, many readers) and its security
-
-mod lifecycle;
-mod security;

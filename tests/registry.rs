@@ -20,6 +20,7 @@ fn client() -> Client {
     Client::new(ClientOptions {
         insecure_registries: vec![],
         docker_config_dir: Some(PathBuf::from("/nonexistent/imgfs-test-docker-config")),
+        ..Default::default()
     })
     .unwrap()
 }
@@ -602,8 +603,7 @@ fn docker_config(auths: serde_json::Value) -> tempfile::TempDir {
 }
 
 fn client_with_config(dir: &tempfile::TempDir) -> Client {
-    Client::new(ClientOptions { insecure_registries: vec![], docker_config_dir: Some(dir.path().to_path_buf()) })
-        .unwrap()
+    Client::new(ClientOptions { docker_config_dir: Some(dir.path().to_path_buf()), ..Default::default() }).unwrap()
 }
 
 #[test]
@@ -822,4 +822,73 @@ fn server_errors_are_transient_and_keep_the_registry_message() {
             server.addr
         )
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Credentials: where they may go, and where they must never show (issue 8)
+
+/// A loopback registry whose bearer challenge names `realm` and `scope`; it never takes
+/// a token (these tests are about what happens before).
+fn challenging_registry(realm: &'static str, scope: &'static str) -> FakeServer {
+    FakeServer::start("127.0.0.1", move |addr| {
+        let realm = realm.replace("{addr}", addr);
+        Box::new(move |req: &Req| {
+            if req.path_only() == "/token" {
+                return Reply::new(401).json(serde_json::json!({"details": "no token for you"}));
+            }
+            let challenge = format!(r#"Bearer realm="{realm}",service="svc",scope="{scope}""#);
+            Reply::new(401).header("WWW-Authenticate", &challenge)
+        })
+    })
+}
+
+/// An HTTPS registry's token realm may be plain HTTP on another host; the Basic
+/// credentials must not travel there in the clear. (The registry under test is on
+/// loopback; the rule is about the realm's host. `.invalid` never resolves, so no
+/// request can leave the machine even without the rule.)
+#[test]
+fn credentials_never_go_over_plain_http_to_a_remote_token_realm() {
+    let server = challenging_registry("http://token.invalid/token", "repository:lib/x:pull");
+    let cfg = docker_config(serde_json::json!({ server.addr.clone(): {"username": "bob", "password": "pw"} }));
+    let e = client_with_config(&cfg).get_manifest(&server.addr, "lib/x", "latest").unwrap_err();
+    assert!(e.is_unauthorized(), "{e:?}");
+    assert!(
+        e.to_string().contains("refusing to send the credentials") && e.to_string().contains("token.invalid"),
+        "{e}"
+    );
+    // A loopback realm over plain HTTP is fine (the other tests use one).
+}
+
+#[test]
+fn passwords_in_a_realm_url_do_not_show_in_errors() {
+    let server = challenging_registry("ftp://user:realm-s3cret@{addr}/token", "repository:lib/x:pull");
+    let e = client().get_manifest(&server.addr, "lib/x", "latest").unwrap_err();
+    assert!(e.to_string().contains("not an http(s) URL") && !e.to_string().contains("realm-s3cret"), "{e}");
+    assert!(!format!("{e:?}").contains("realm-s3cret"), "{e:?}");
+}
+
+#[test]
+fn tokens_and_passwords_do_not_show_in_errors() {
+    let hub = FakeHub::start(60, b"{}".to_vec(), None);
+    hub.state.accept_from.store(usize::MAX, Ordering::SeqCst);
+    let cfg =
+        docker_config(serde_json::json!({ hub.server.addr.clone(): {"username": "bob", "password": "pw-s3cret"} }));
+    let e = client_with_config(&cfg).get_manifest(&hub.server.addr, "lib/x", "latest").unwrap_err();
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(!shown.contains("tok-") && !shown.contains("pw-s3cret"), "{shown}");
+    }
+    assert!(!format!("{:?}", client_with_config(&cfg)).contains("pw-s3cret"));
+}
+
+/// A registry may challenge with a wider scope than we need (push too); a token is only
+/// ever asked for pulling.
+#[test]
+fn tokens_are_asked_for_with_pull_scope_only() {
+    let server = challenging_registry("http://{addr}/token", "repository:lib/x:pull,push");
+    let c = client();
+    let _ = c.ping(&server.addr);
+    let _ = c.get_manifest(&server.addr, "lib/x", "latest");
+    let scopes: Vec<Option<String>> =
+        server.requests().iter().filter(|q| q.path_only() == "/token").map(|q| q.query("scope")).collect();
+    assert_eq!(scopes, [Some("repository:lib/x:pull".to_string()), Some("repository:lib/x:pull".to_string())]);
 }

@@ -31,6 +31,12 @@ pub struct Cli {
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     pub insecure_registries: Vec<String>,
 
+    /// Give up on a registry that stays silent this long (to connect, answer, or send
+    /// more of a body) [default: 60]
+    #[arg(long, global = true, env = "IMGFS_TIMEOUT", value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -90,7 +96,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let ctx = Context {
         store: Store::open(&root)?,
-        client_options: ClientOptions { insecure_registries: insecure, docker_config_dir: None },
+        client_options: ClientOptions {
+            insecure_registries: insecure,
+            docker_config_dir: None,
+            timeout: cli.timeout.map(std::time::Duration::from_secs),
+        },
         client: OnceLock::new(),
     };
     // A server killed with SIGKILL leaves its record and a dead mountpoint (ENOTCONN

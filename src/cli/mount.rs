@@ -174,6 +174,9 @@ fn start_background(
     for h in &ctx.client_options().insecure_registries {
         cmd.arg("--insecure-registry").arg(h);
     }
+    if let Some(t) = ctx.client_options().timeout {
+        cmd.arg("--timeout").arg(t.as_secs().to_string());
+    }
     cmd.args(["mount", "-f", "--resolved-id", record.id.as_str()]);
     if args.allow_other {
         cmd.arg("--allow-other");

@@ -303,8 +303,10 @@ impl Client {
             }
             Challenge::Bearer { realm, service, scope: challenge_scope } => {
                 // Ask for the scope the operation needs (pull only); fall back to the
-                // challenge's own scope for requests that need none of their own.
-                let want = if scope.is_empty() { challenge_scope.as_deref().unwrap_or("") } else { scope };
+                // challenge's own scope, cut down to pulling, for requests that need
+                // none of their own. We never ask for more than we use.
+                let fallback = challenge_scope.as_deref().map(pull_only).unwrap_or_default();
+                let want = if scope.is_empty() { fallback.as_str() } else { scope };
                 let (token, life) = self.fetch_token(registry, realm, service.as_deref(), want)?;
                 self.auth.store_token(registry, scope, token, life);
                 Ok(true)
@@ -326,10 +328,12 @@ impl Client {
             what: if scope.is_empty() { format!("registry {registry}") } else { format!("scope {scope}") },
             message,
         };
-        let mut url = Url::parse(realm)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| denied(format!("the token realm {realm:?} is not an http(s) URL")))?;
+        let mut url = match Url::parse(realm) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            Ok(u) => return Err(denied(format!("the token realm {} is not an http(s) URL", endpoint::redacted(&u)))),
+            // Printed without its text: it might hold a password.
+            Err(e) => return Err(denied(format!("the token realm is not a URL: {e}"))),
+        };
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -340,6 +344,12 @@ impl Client {
             }
         }
         let auth = self.auth.credentials(registry).map(Credentials::basic_header);
+        if auth.is_some() && !endpoint::may_carry_credentials(&url, &self.insecure_registries) {
+            return Err(denied(format!(
+                "refusing to send the credentials for {registry} over plain HTTP to the token service at {}",
+                endpoint::authority(&url)
+            )));
+        }
         let resp = self.send_following_redirects(registry, url.clone(), &Default::default(), auth.as_deref())?;
         let status = resp.status();
         let host = endpoint::authority(&url);
@@ -367,9 +377,35 @@ impl Client {
     }
 }
 
+/// A scope string (`repository:a/b:pull,push repository:c:*`) with every action but
+/// `pull` taken out, and resources left with no action dropped. `registry:catalog:*`
+/// stays: listing repositories (search) changes nothing.
+pub(crate) fn pull_only(scope: &str) -> String {
+    let kept: Vec<String> = scope
+        .split_whitespace()
+        .filter_map(|item| {
+            if item == "registry:catalog:*" {
+                return Some(item.to_string());
+            }
+            let (resource, actions) = item.rsplit_once(':')?;
+            actions.split(',').any(|a| a == "pull").then(|| format!("{resource}:pull"))
+        })
+        .collect();
+    kept.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_pull_is_ever_asked_for() {
+        assert_eq!(pull_only("repository:a/b:pull,push"), "repository:a/b:pull");
+        assert_eq!(pull_only("repository:a/b:push repository:c:pull"), "repository:c:pull");
+        assert_eq!(pull_only("repository:a/b:*"), "");
+        assert_eq!(pull_only("registry:catalog:*"), "registry:catalog:*");
+        assert_eq!(pull_only(""), "");
+    }
 
     #[test]
     fn challenge_values_may_hold_commas_and_escapes() {

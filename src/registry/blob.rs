@@ -4,6 +4,7 @@
 //! registries that ignore `Range` and send the whole blob with 200.
 
 use super::error::{RegistryError, Subject};
+use super::retry::Retries;
 use super::{check_repository, fail, Client};
 use crate::digest::{Digest, HashingWriter};
 use reqwest::blocking::Response;
@@ -11,13 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::time::Duration;
 
-/// How many times a broken transfer is taken up again before giving up.
-const MAX_RETRIES: u32 = 5;
-/// The pause before retry n is BACKOFF * 2^(n-1): 0.1, 0.2, 0.4, 0.8, 1.6 s. Long
-/// enough for a registry's connection churn, short enough not to stall a FUSE read.
-const BACKOFF: Duration = Duration::from_millis(100);
 const COPY_BUFFER: usize = 256 << 10;
 
 /// Where a downloaded blob goes: a file, or a file plus something that reads the bytes
@@ -38,10 +33,10 @@ impl BlobSink for File {
 
 impl Client {
     /// Streams the blob into `out` (a fresh, empty file opened read+write), hashing
-    /// while writing; on a dropped connection or a read error, retries (up to 5 times,
-    /// with short backoff) resuming with `Range: bytes=N-` from what is already
-    /// written; if the server answers a resume with 200 instead of 206, truncates and
-    /// starts over. At the end checks size (if expected_size is Some) and digest;
+    /// while writing; on a dropped connection or a read error, retries (retry.rs; an
+    /// attempt that got further than any before renews the budget) resuming with
+    /// `Range: bytes=N-` from what is already written; if the server answers a resume
+    /// with 200 instead of 206, truncates and starts over. At the end checks size (if expected_size is Some) and digest;
     /// mismatch -> error (the caller deletes the temp file). Returns bytes written.
     pub fn download_blob(
         &self,
@@ -56,25 +51,19 @@ impl Client {
         let what = subject.describe(registry);
         let url = self.url(registry, &format!("v2/{repository}/blobs/{digest}"))?;
         let local = |e: io::Error| RegistryError::LocalIo { what: what.clone(), source: e };
-        let mut retries = Retries { count: 0, registry, what: &what };
+        let mut retries = Retries::new(registry, &what);
 
         let mut sink = restart(HashingWriter::new(out)).map_err(local)?;
         let mut written: u64 = 0;
+        let mut furthest: u64 = 0;
         loop {
             let resuming = written > 0;
             let mut headers = HeaderMap::new();
             if resuming {
                 headers.insert(RANGE, range_header(written, None));
             }
-            let resp = match self.get(registry, subject, &url, &headers) {
-                Ok(r) => r,
-                // Failing to reconnect after a break is part of the same bad moment.
-                Err(e) if retries.count > 0 && e.is_transient() => {
-                    retries.pause(e.to_string())?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            // `get` itself retries failures to connect and 5xx/429 answers.
+            let resp = self.get(registry, subject, &url, &headers)?;
             let status = resp.status();
             match status {
                 StatusCode::OK => {
@@ -96,10 +85,6 @@ impl Client {
                     retries.pause(format!("asked for bytes from {asked}, got {s} with another range"))?;
                     continue;
                 }
-                s if s.is_server_error() && retries.count > 0 => {
-                    retries.pause(fail(registry, subject, resp).to_string())?;
-                    continue;
-                }
                 _ => return Err(fail(registry, subject, resp)),
             }
 
@@ -108,6 +93,12 @@ impl Client {
             let limit = expected_size.map(|s| s.saturating_sub(written) + 1);
             let (n, copied) = copy_body(resp, &mut sink, limit);
             written += n;
+            // Progress means further into the blob than ever: a server that ignores
+            // Range and breaks off at the same place each time is not progressing.
+            if written > furthest {
+                furthest = written;
+                retries.progressed();
+            }
             if let Some(expected) = expected_size.filter(|s| written > *s) {
                 return Err(RegistryError::SizeMismatch { what: what.clone(), expected, actual: written });
             }
@@ -153,7 +144,7 @@ impl Client {
         let url = self.url(registry, &format!("v2/{repository}/blobs/{digest}"))?;
         let end = offset.saturating_add(len); // exclusive
         let what = format!("bytes {offset}..{end} of {}", subject.describe(registry));
-        let mut retries = Retries { count: 0, registry, what: &what };
+        let mut retries = Retries::new(registry, &what);
         let mut data = Vec::with_capacity(len.min(8 << 20) as usize);
         loop {
             let from = offset + data.len() as u64;
@@ -162,14 +153,7 @@ impl Client {
             }
             let mut headers = HeaderMap::new();
             headers.insert(RANGE, range_header(from, Some(end - 1)));
-            let mut resp = match self.get(registry, subject, &url, &headers) {
-                Ok(r) => r,
-                Err(e) if retries.count > 0 && e.is_transient() => {
-                    retries.pause(e.to_string())?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let mut resp = self.get(registry, subject, &url, &headers)?;
             match resp.status() {
                 StatusCode::PARTIAL_CONTENT => match content_range_start(resp.headers()) {
                     Some(start) if start == from => {}
@@ -196,43 +180,19 @@ impl Client {
                     }
                 }
                 StatusCode::RANGE_NOT_SATISFIABLE => return Ok(data), // `from` is past the end
-                s if s.is_server_error() && retries.count > 0 => {
-                    retries.pause(fail(registry, subject, resp).to_string())?;
-                    continue;
-                }
                 _ => return Err(fail(registry, subject, resp)),
             }
             let want = end - from;
-            let (_, copied) = copy_body(resp, &mut data, Some(want));
+            let (n, copied) = copy_body(resp, &mut data, Some(want));
+            if n > 0 {
+                retries.progressed(); // `data` only ever grows
+            }
             match copied {
                 Ok(()) => return Ok(data),
                 Err(CopyError::Read(e)) => retries.pause(format!("connection lost: {e}"))?,
                 Err(CopyError::Write(e)) => unreachable!("writing to a Vec cannot fail: {e}"),
             }
         }
-    }
-}
-
-/// Counts retries of one transfer and waits before each; the error once they run out.
-struct Retries<'a> {
-    count: u32,
-    registry: &'a str,
-    what: &'a str,
-}
-
-impl Retries<'_> {
-    fn pause(&mut self, reason: String) -> Result<(), RegistryError> {
-        self.count += 1;
-        if self.count > MAX_RETRIES {
-            return Err(RegistryError::Interrupted {
-                registry: self.registry.to_string(),
-                what: self.what.to_string(),
-                attempts: self.count,
-                reason,
-            });
-        }
-        std::thread::sleep(BACKOFF * 2u32.pow(self.count - 1));
-        Ok(())
     }
 }
 

@@ -84,6 +84,22 @@ pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// A URL for a message: without the user name and password it may carry (a token
+/// realm or a redirect can hold them, and errors end up in logs).
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// Whether credentials may travel to `url`: over HTTPS, or over plain HTTP to a
+/// loopback host or one the user named insecure (where they chose plain HTTP).
+pub(crate) fn may_carry_credentials(url: &Url, insecure_registries: &[String]) -> bool {
+    let host = authority(url);
+    url.scheme() == "https" || is_loopback(&host) || is_listed_insecure(&host, insecure_registries)
+}
+
 /// `host[:port]` of a URL, for messages.
 pub(crate) fn authority(url: &Url) -> String {
     match (url.host_str(), url.port()) {
@@ -129,6 +145,24 @@ mod tests {
         assert_eq!(base("reg.lan:5001", &["reg.lan:5000"]), "https://reg.lan:5001/");
         assert_eq!(base("reg.lan", &["reg.lan:5000"]), "https://reg.lan/");
         assert_eq!(base("other.lan", &["reg.lan"]), "https://other.lan/");
+    }
+
+    #[test]
+    fn credentials_go_over_plain_http_only_to_loopback_or_insecure_hosts() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let insecure = ["reg.lan:5000".to_string()];
+        assert!(may_carry_credentials(&u("https://auth.example.com/token"), &[]));
+        assert!(may_carry_credentials(&u("http://127.0.0.1:5001/token"), &[]));
+        assert!(may_carry_credentials(&u("http://[::1]:5001/token"), &[]));
+        assert!(may_carry_credentials(&u("http://reg.lan:5000/token"), &insecure));
+        assert!(!may_carry_credentials(&u("http://reg.lan:5001/token"), &insecure));
+        assert!(!may_carry_credentials(&u("http://auth.example.com/token"), &insecure));
+    }
+
+    #[test]
+    fn redacted_urls_hold_no_userinfo() {
+        let u = Url::parse("https://user:s3cret@auth.example.com/token?scope=x").unwrap();
+        assert_eq!(redacted(&u), "https://auth.example.com/token?scope=x");
     }
 
     #[test]

@@ -283,7 +283,12 @@ pub(crate) fn unreachable(registry: &str, host: &str, err: &reqwest::Error) -> R
         let n = causes.len();
         let tail = if n > 2 { &causes[n - 2..] } else { &causes[..] };
         if tail.is_empty() {
-            err.to_string()
+            // reqwest's own text names the URL, which may carry a user and password.
+            let text = err.to_string();
+            match err.url() {
+                Some(u) => text.replace(u.as_str(), &super::endpoint::redacted(u)),
+                None => text,
+            }
         } else {
             tail.join(": ")
         }

@@ -3,6 +3,9 @@
 //! from FUSE worker threads, never from async code, so it uses reqwest's blocking
 //! client; one `Client` is shared by all threads (tokens are cached inside it).
 //!
+//! Requests that fail for a reason that may pass (no connection, a broken body, a
+//! timeout, 5xx, 429) are tried again under one policy, in retry.rs.
+//!
 //! Everything fetched by digest is verified against that digest before it is handed
 //! out. Redirects are followed by hand so that credentials only ever go to the
 //! registry's own origin, never to the CDN a registry sends blob downloads to.
@@ -11,6 +14,7 @@ mod auth;
 pub mod blob;
 mod endpoint;
 mod error;
+mod retry;
 
 pub use error::RegistryError;
 
@@ -18,7 +22,9 @@ use crate::digest::Digest;
 use crate::image;
 use error::Subject;
 use reqwest::blocking::Response;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{StatusCode, Url};
 use std::collections::HashSet;
 use std::io::Read;
@@ -29,7 +35,8 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// With reqwest's blocking client this bounds each wait separately: the answer's
 /// headers, then every single read of the body. So a big blob may take as long as it
-/// takes, while a connection that goes silent fails after a minute.
+/// takes, while a connection that goes silent fails after a minute (by default; see
+/// `ClientOptions::timeout`).
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 10;
 /// Entries per page for tag lists and the catalog (`?n=`); distribution's own default.
@@ -41,6 +48,8 @@ const MANIFEST_LIMIT: usize = 4 << 20;
 const LIST_LIMIT: usize = 32 << 20;
 /// Error bodies are read only for their envelope.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
+/// The digest of a manifest, as the registry computed it.
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
@@ -50,6 +59,9 @@ pub struct ClientOptions {
     /// Where `config.json` with registry credentials lives; default `$DOCKER_CONFIG`,
     /// else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
+    /// How long to wait for a registry that has gone silent (to connect, for an
+    /// answer, or for the next bytes of a body); default 60 s.
+    pub timeout: Option<Duration>,
 }
 
 /// A manifest or index as the registry sent it, with the digest of exactly these bytes.
@@ -67,6 +79,8 @@ pub struct Client {
     insecure_registries: Vec<String>,
     auth: auth::AuthState,
     page_size: usize,
+    /// For messages: the limit a timed-out request ran into.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -89,8 +103,8 @@ impl Client {
             .user_agent(concat!("imgfs/", env!("CARGO_PKG_VERSION")))
             // Followed by hand in `send_following_redirects`, see there.
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(IO_TIMEOUT)
+            .connect_timeout(opts.timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)))
+            .timeout(opts.timeout.unwrap_or(IO_TIMEOUT))
             .build()
             .map_err(|e| RegistryError::Setup { reason: format!("cannot set up the HTTP client: {e}") })?;
         Ok(Client {
@@ -98,6 +112,7 @@ impl Client {
             insecure_registries: opts.insecure_registries,
             auth: auth::AuthState::new(credentials),
             page_size: DEFAULT_PAGE_SIZE,
+            timeout: opts.timeout.unwrap_or(IO_TIMEOUT),
         })
     }
 
@@ -119,8 +134,9 @@ impl Client {
     }
 
     /// reference = tag or "sha256:..". Sends Accept: image::MANIFEST_ACCEPT. digest =
-    /// sha256 of the body; when `reference` is a digest, a body whose digest differs is
-    /// an error (DigestMismatch), never returned.
+    /// sha256 of the body; when `reference` is a digest, or the registry named one in
+    /// `Docker-Content-Digest`, a body whose digest differs is an error
+    /// (DigestMismatch), never returned. A body cut off midway is fetched again.
     pub fn get_manifest(
         &self,
         registry: &str,
@@ -133,28 +149,46 @@ impl Client {
         let url = self.url(registry, &format!("v2/{repository}/manifests/{reference}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_str(&image::MANIFEST_ACCEPT.join(", ")).expect("ASCII media types"));
-        let resp = self.get(registry, subject, &url, &headers)?;
-        if !resp.status().is_success() {
-            let err = fail(registry, subject, resp);
+        let what = subject.describe(registry);
+        let mut retries = retry::Retries::new(registry, &what);
+        loop {
+            let resp = self.get(registry, subject, &url, &headers)?;
+            if !resp.status().is_success() {
+                return Err(self.manifest_error(registry, subject, resp));
+            }
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+                .unwrap_or_default();
+            let announced = resp.headers().get(DOCKER_CONTENT_DIGEST).and_then(|v| v.to_str().ok()?.parse().ok());
+            let body = match read_body(registry, &what, resp, MANIFEST_LIMIT) {
+                Ok(b) => b,
+                Err(e) if e.is_transient() => {
+                    retries.pause(e.to_string())?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let digest = verify_manifest_digest(&what, reference, announced, &body)?;
+            return Ok(FetchedManifest { media_type: manifest_media_type(&content_type, &body), body, digest });
+        }
+    }
+
+    /// The error for a manifest request answered with a failure.
+    fn manifest_error(&self, registry: &str, subject: Subject<'_>, resp: Response) -> RegistryError {
+        let err = fail(registry, subject, resp);
+        if let Subject::Manifest { repository, .. } = subject {
             if matches!(err, RegistryError::ManifestUnknown { .. }) && self.repository_is_unknown(registry, repository)
             {
-                return Err(RegistryError::RepositoryUnknown {
+                return RegistryError::RepositoryUnknown {
                     registry: registry.to_string(),
                     repository: repository.to_string(),
-                });
+                };
             }
-            return Err(err);
         }
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
-            .unwrap_or_default();
-        let what = subject.describe(registry);
-        let body = read_body(registry, &what, resp, MANIFEST_LIMIT)?;
-        let digest = verify_manifest_digest(&what, reference, &body)?;
-        Ok(FetchedManifest { media_type: manifest_media_type(&content_type, &body), body, digest })
+        err
     }
 
     /// distribution answers MANIFEST_UNKNOWN for a tag of a repository that does not
@@ -207,7 +241,7 @@ impl Client {
         let mut url = first;
         loop {
             if !seen.insert(url.to_string()) {
-                return Err(invalid(format!("the next-page link leads back to {url}")));
+                return Err(invalid(format!("the next-page link leads back to {}", endpoint::redacted(&url))));
             }
             let resp = self.get(registry, subject, &url, &HeaderMap::new())?;
             if !resp.status().is_success() {
@@ -245,10 +279,37 @@ impl Client {
             .map_err(|e| RegistryError::InvalidInput { reason: format!("bad request path {path_and_query:?}: {e}") })
     }
 
+    /// GET with authentication (`get_authenticated`), tried again under the retry
+    /// policy (retry.rs) while it fails to connect or the registry answers 5xx, 408 or
+    /// 429. When retries run out, the last answer is returned for the caller to report,
+    /// or the last connection error.
+    fn get(
+        &self,
+        registry: &str,
+        subject: Subject<'_>,
+        url: &Url,
+        headers: &HeaderMap,
+    ) -> Result<Response, RegistryError> {
+        let what = subject.describe(registry);
+        let mut retries = retry::Retries::new(registry, &what);
+        loop {
+            let wait = match self.get_authenticated(registry, subject, url, headers) {
+                Ok(resp) if retry::retryable_status(resp.status()) => {
+                    retry::retry_after(resp.headers(), std::time::SystemTime::now())
+                }
+                Err(e) if e.is_transient() => None,
+                other => return other,
+            };
+            if !retries.wait(wait) {
+                return self.get_authenticated(registry, subject, url, headers);
+            }
+        }
+    }
+
     /// GET with authentication: send what credentials we already hold; on a 401 from
     /// the registry, answer its challenge (fetch a token, or switch to basic) and send
     /// once more. A second 401 is returned as is, for the caller to report.
-    fn get(
+    fn get_authenticated(
         &self,
         registry: &str,
         subject: Subject<'_>,
@@ -260,6 +321,7 @@ impl Client {
             Subject::Ping => String::new(),
             other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
         };
+        debug_assert_eq!(auth::pull_only(&scope), scope, "a token is only ever asked for pulling");
         let mut answered = false;
         loop {
             let auth = self.auth.header_for(registry, &scope);
@@ -299,13 +361,21 @@ impl Client {
                     req = req.header(AUTHORIZATION, a);
                 }
             }
-            let resp = req.send().map_err(|e| error::unreachable(registry, &endpoint::authority(&url), &e))?;
+            let resp = req.send().map_err(|e| {
+                let mut err = error::unreachable(registry, &endpoint::authority(&url), &e);
+                if let (true, RegistryError::Unreachable { reason, .. }) = (e.is_timeout(), &mut err) {
+                    // Say which limit, and where it is set: the fix may be a longer one.
+                    let limit = if e.is_connect() { self.timeout.min(CONNECT_TIMEOUT) } else { self.timeout };
+                    reason.push_str(&format!(" (limit {} s: --timeout, IMGFS_TIMEOUT)", limit.as_secs()));
+                }
+                err
+            })?;
             let status = resp.status();
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 if let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) {
                     url = url.join(loc).map_err(|e| RegistryError::InvalidResponse {
                         registry: registry.to_string(),
-                        what: format!("a redirect from {url}"),
+                        what: format!("a redirect from {}", endpoint::redacted(&url)),
                         reason: format!("bad Location {loc:?}: {e}"),
                     })?;
                     continue;
@@ -315,7 +385,7 @@ impl Client {
         }
         Err(RegistryError::InvalidResponse {
             registry: registry.to_string(),
-            what: origin.to_string(),
+            what: endpoint::redacted(&origin),
             reason: format!("more than {MAX_REDIRECTS} redirects"),
         })
     }
@@ -349,11 +419,18 @@ fn read_body(registry: &str, what: &str, resp: Response, limit: usize) -> Result
     Ok(body)
 }
 
-/// The digest of a manifest body; when it was asked for by digest, that digest or an
-/// error (a registry or proxy serving other bytes under a digest must not be trusted).
-fn verify_manifest_digest(what: &str, reference: &str, body: &[u8]) -> Result<Digest, RegistryError> {
+/// The digest of a manifest body; when it was asked for by digest, or the registry
+/// announced one (`Docker-Content-Digest`, for a tag), that digest or an error: bytes
+/// changed on the way, or a registry serving other bytes than it says, must not be
+/// trusted.
+fn verify_manifest_digest(
+    what: &str,
+    reference: &str,
+    announced: Option<Digest>,
+    body: &[u8],
+) -> Result<Digest, RegistryError> {
     let actual = Digest::of(body);
-    if let Ok(expected) = reference.parse::<Digest>() {
+    if let Some(expected) = reference.parse::<Digest>().ok().or(announced) {
         if expected != actual {
             return Err(RegistryError::DigestMismatch { what: what.to_string(), expected, actual });
         }
@@ -437,10 +514,12 @@ mod tests {
     fn a_manifest_asked_for_by_digest_must_hash_to_it() {
         let body = br#"{"schemaVersion":2}"#;
         let right = Digest::of(body);
-        assert_eq!(verify_manifest_digest("m", right.as_str(), body).unwrap(), right);
-        assert_eq!(verify_manifest_digest("m", "latest", body).unwrap(), right);
+        assert_eq!(verify_manifest_digest("m", right.as_str(), None, body).unwrap(), right);
+        assert_eq!(verify_manifest_digest("m", "latest", None, body).unwrap(), right);
+        assert_eq!(verify_manifest_digest("m", "latest", Some(right.clone()), body).unwrap(), right);
         let wrong = Digest::of(b"other");
-        match verify_manifest_digest("manifest r/x@..", wrong.as_str(), body) {
+        assert!(verify_manifest_digest("m", "latest", Some(wrong.clone()), body).is_err());
+        match verify_manifest_digest("manifest r/x@..", wrong.as_str(), None, body) {
             Err(RegistryError::DigestMismatch { expected, actual, .. }) => {
                 assert_eq!((expected, actual), (wrong, right));
             }

@@ -43,8 +43,9 @@ pub struct ImageRecord {
 impl ImageRecord {
     /// Total size of the blobs that make up the image.
     pub fn size(&self) -> u64 {
-        // Sizes come from a registry's manifest: add without overflowing.
-        self.layers.iter().fold(self.config.size, |n, l| n.saturating_add(l.size))
+        // Sizes come from a manifest, not from bytes received: a hostile one can claim
+        // sizes that add up past u64.
+        self.layers.iter().fold(self.config.size, |sum, l| sum.saturating_add(l.size))
     }
 }
 
