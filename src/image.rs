@@ -20,11 +20,20 @@ pub struct Descriptor {
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
     pub digest: Digest,
+    #[serde(deserialize_with = "blob_size")]
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A descriptor's `size`: a whole number of bytes, so a hostile `-1` or `1.5` is
+/// refused with a message that says which field is wrong. (A huge size is accepted
+/// here; a download never trusts it beyond the bytes it receives.)
+fn blob_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64().ok_or_else(|| serde::de::Error::custom(format!("descriptor size {n} is not a whole number of bytes")))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -289,5 +298,35 @@ mod tests {
         let body = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#);
         assert!(matches!(parse_manifest(OCI_MANIFEST, body.as_bytes()), Ok(ManifestKind::Image(_))));
         assert!(parse_manifest(OCI_MANIFEST, br#"{"schemaVersion":1}"#).is_err());
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused_naming_the_problem() {
+        let d = Digest::of(b"x");
+        let manifest = |layer_size: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},
+                "layers":[{{"mediaType":"b","digest":"{d}","size":{layer_size}}}]}}"#
+            )
+        };
+        let err = |body: &str| match parse_manifest(OCI_MANIFEST, body.as_bytes()) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted: {body}"),
+        };
+        let e = err(&manifest("-1"));
+        assert!(e.starts_with("bad image manifest: descriptor size -1 is not a whole number of bytes"), "{e}");
+        assert!(err(&manifest("1.5")).contains("descriptor size 1.5 is not"));
+        assert!(err(&manifest(r#""12""#)).starts_with("bad image manifest: "));
+        // Huge but whole: accepted here, not trusted by the download.
+        match parse_manifest(OCI_MANIFEST, manifest("1000000000000000").as_bytes()) {
+            Ok(ManifestKind::Image(m)) => assert_eq!(m.layers[0].size, 1_000_000_000_000_000),
+            _ => panic!("a 10^15 size is a parse error"),
+        }
+        let whole = manifest("1");
+        for cut in [1, whole.len() / 2, whole.len() - 1] {
+            assert!(err(&whole[..cut]).starts_with("manifest is not valid JSON"), "{}", err(&whole[..cut]));
+        }
+        let e = err(r#"{"schemaVersion":2,"manifests":[{"digest":"sha256:12","size":1}]}"#);
+        assert!(e.starts_with("bad image index: "), "{e}");
     }
 }

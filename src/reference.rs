@@ -7,6 +7,8 @@ use std::fmt;
 
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 pub const DEFAULT_TAG: &str = "latest";
+/// The longest `registry/repository` name, as docker's reference grammar has it.
+const MAX_NAME_LEN: usize = 255;
 
 /// A normalised image reference. `tag` is `None` only when the reference was given by
 /// digest alone (`name@sha256:…`).
@@ -52,8 +54,8 @@ impl Reference {
         } else {
             registry
         };
-        if registry.is_empty() || registry.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(bad("invalid registry host"));
+        if !valid_registry(&registry) {
+            return Err(bad("invalid registry host (expected HOST[:PORT])"));
         }
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
@@ -62,6 +64,11 @@ impl Reference {
         };
         if repository.is_empty() || !repository.split('/').all(valid_path_component) {
             return Err(bad("repository names must be lowercase letters, digits and separators (. _ __ -)"));
+        }
+        // The distribution spec's limit, on the name as the registry sees it.
+        let name_len = registry.len() + 1 + repository.len();
+        if name_len > MAX_NAME_LEN {
+            return Err(bad(&format!("repository name is {name_len} characters, more than {MAX_NAME_LEN}")));
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
@@ -137,6 +144,30 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// `host[:port]` as docker's grammar allows: DNS labels or an IPv4 address, or an
+/// IPv6 address in brackets; a port of digits. Anything else would end up in a URL.
+fn valid_registry(r: &str) -> bool {
+    let (host, port) = match r.rsplit_once(':') {
+        Some((h, p)) if !r.ends_with(']') => (h, Some(p)),
+        _ => (r, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.'),
+        None => {
+            !host.is_empty()
+                && host.split('.').all(|label| {
+                    let b = label.as_bytes();
+                    !b.is_empty()
+                        && b[0].is_ascii_alphanumeric()
+                        && b[b.len() - 1].is_ascii_alphanumeric()
+                        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                })
+        }
+    };
+    port_ok && host_ok
 }
 
 fn valid_tag(t: &str) -> bool {
@@ -232,6 +263,25 @@ mod tests {
         for bad in ["", "UPPER", "a//b", "x:", "x:-bad", "x@sha256:1234", "a/-b", "x y", "a__-b"] {
             let e = Reference::parse(bad).unwrap_err();
             assert!(e.starts_with("invalid reference"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn over_long_names_and_odd_hosts_are_refused() {
+        let ok = format!("127.0.0.1:5000/{}", "a".repeat(255 - 15));
+        assert_eq!(p(&ok).repository.len(), 240);
+        let long = format!("127.0.0.1:5000/{}", "a".repeat(256 - 15));
+        let e = Reference::parse(&long).unwrap_err();
+        assert!(e.contains("repository name is 256 characters, more than 255"), "{e}");
+        // Docker Hub names count with their implied `docker.io/library/`.
+        assert!(Reference::parse(&"a".repeat(237)).is_ok());
+        assert!(Reference::parse(&"a".repeat(238)).is_err());
+        for host in ["a?b.io", "a#b.io", "[::1", "h.io:99999999", "h.io:", "-h.io", "h..io", "h.io:80x"] {
+            let e = Reference::parse(&format!("{host}/x")).unwrap_err();
+            assert!(e.contains("invalid registry host"), "{host}: {e}");
+        }
+        for host in ["[::1]:5000", "localhost:5000", "my-reg.example.com", "10.0.0.1:443"] {
+            assert_eq!(p(&format!("{host}/x")).registry, host);
         }
     }
 }

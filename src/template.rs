@@ -5,9 +5,22 @@
 //! way Go's `fmt` prints them: strings raw, numbers plain, `[a b]` for lists,
 //! `map[k:v]` for maps, `<no value>` for a missing value. `align_table` is docker's
 //! tabwriter, for `table` formats.
+//!
+//! A template comes from the command line, so nothing in it may crash or exhaust the
+//! machine: nesting is limited when parsing, and a render stops with an error once it
+//! has taken `MAX_STEPS` steps or made a string longer than `MAX_TEXT` bytes
+//! (`{{range 1000000000000}}`, `{{pad . 99999999999 0}}`, a string doubled in a loop).
 
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
+
+/// How deeply blocks (`if`/`range`/`with`) and parentheses may nest: far more than a
+/// real format needs, few enough that parsing and evaluating cannot exhaust the stack.
+const MAX_NESTING: usize = 100;
+/// The most nodes, range iterations and commands one render may evaluate.
+const MAX_STEPS: u64 = 1_000_000;
+/// The longest string (the output included) a render may make, in bytes.
+const MAX_TEXT: usize = 16 << 20;
 
 /// A parsed template.
 #[derive(Debug)]
@@ -78,6 +91,7 @@ impl Template {
     /// Parse `src`. A missing map key prints `<no value>`, as in Go by default.
     pub fn parse(src: &str) -> Result<Template, String> {
         let items = lex(src)?;
+        check_nesting(&items)?;
         let mut pos = 0;
         let (nodes, end) = parse_list(&items, &mut pos)?;
         match end {
@@ -111,6 +125,7 @@ impl Template {
             out: String::new(),
             missing_key_error: self.missing_key_error,
             header,
+            steps: 0,
         };
         st.walk(&self.nodes, data).map_err(|e| format!("template: {e}"))?;
         Ok(st.out)
@@ -346,6 +361,36 @@ fn lex_quoted(s: &str) -> Result<(String, usize), String> {
 
 // ---- parsing -------------------------------------------------------------------------
 
+/// Refuse a template whose blocks or parentheses nest more than `MAX_NESTING` deep,
+/// before the recursive parser sees it.
+fn check_nesting(items: &[Item]) -> Result<(), String> {
+    let mut blocks = 0usize;
+    for item in items {
+        let Item::Action(toks) = item else { continue };
+        match toks.first() {
+            Some(Tok::Ident(k)) if matches!(k.as_str(), "if" | "range" | "with") => blocks += 1,
+            Some(Tok::Ident(k)) if k == "end" => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        let mut parens = 0usize;
+        let mut deepest = 0;
+        for t in toks {
+            match t {
+                Tok::LParen => {
+                    parens += 1;
+                    deepest = deepest.max(parens);
+                }
+                Tok::RParen(_) => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if blocks > MAX_NESTING || deepest > MAX_NESTING {
+            return Err(format!("template: nested more than {MAX_NESTING} levels deep"));
+        }
+    }
+    Ok(())
+}
+
 enum ListEnd {
     Eof,
     End,
@@ -527,18 +572,37 @@ struct State {
     out: String,
     missing_key_error: bool,
     header: bool,
+    /// Steps taken so far, against `MAX_STEPS`.
+    steps: u64,
 }
 
 impl State {
+    fn step(&mut self) -> Result<(), String> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(format!("evaluation stopped after {MAX_STEPS} steps (a range too long?)"));
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, text: &str) -> Result<(), String> {
+        if self.out.len() + text.len() > MAX_TEXT {
+            return Err(format!("output longer than {} MiB", MAX_TEXT >> 20));
+        }
+        self.out.push_str(text);
+        Ok(())
+    }
+
     fn walk(&mut self, nodes: &[Node], dot: &Value) -> Result<(), String> {
         for node in nodes {
+            self.step()?;
             match node {
-                Node::Text(t) => self.out.push_str(t),
+                Node::Text(t) => self.emit(t)?,
                 Node::Action(p) => {
                     let v = self.pipeline(p, dot)?;
                     // An action that only declares a variable prints nothing, as in Go.
                     if p.vars.is_empty() {
-                        self.out.push_str(&go_print(&v));
+                        self.emit(&go_print(&v))?;
                     }
                 }
                 Node::If { cond, then, otherwise } => {
@@ -569,29 +633,44 @@ impl State {
     fn range(&mut self, over: &Pipeline, body: &[Node], otherwise: &[Node], dot: &Value) -> Result<(), String> {
         // The range variables are bound per element, not to the whole value.
         let v = self.eval_commands(over, dot)?;
-        let elems: Vec<(Value, Value)> = match &v {
-            Value::Array(a) => a.iter().enumerate().map(|(i, e)| (Value::from(i), e.clone())).collect(),
-            Value::Object(m) => m.iter().map(|(k, e)| (Value::String(k.clone()), e.clone())).collect(),
-            Value::Null => Vec::new(),
-            Value::Number(n) if n.as_u64().is_some() => {
-                (0..n.as_u64().unwrap()).map(|i| (Value::from(i), Value::from(i))).collect()
-            }
+        // Elements are made one at a time: a range over a large number must cost steps
+        // (and stop at the limit), not memory up front.
+        let count = match &v {
+            Value::Array(a) => a.len() as u64,
+            Value::Object(m) => m.len() as u64,
+            Value::Null => 0,
+            Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
             other => return Err(format!("range can't iterate over {}", go_print(other))),
         };
-        if elems.is_empty() {
+        if count == 0 {
             return self.walk(otherwise, dot);
         }
+        if over.vars.len() > 2 {
+            return Err("too many declarations in range".into());
+        }
+        let mut keys = match &v {
+            Value::Object(m) => Some(m.iter()),
+            _ => None,
+        };
         let mark = self.vars.len();
-        for (key, elem) in elems {
+        for i in 0..count {
+            self.step()?;
+            let (key, elem) = match (&v, keys.as_mut()) {
+                (Value::Array(a), _) => (Value::from(i), a[i as usize].clone()),
+                (_, Some(it)) => match it.next() {
+                    Some((k, e)) => (Value::String(k.clone()), e.clone()),
+                    None => break,
+                },
+                _ => (Value::from(i), Value::from(i)),
+            };
             self.vars.truncate(mark);
             match over.vars.as_slice() {
-                [] => {}
                 [e] => self.vars.push((e.clone(), elem.clone())),
                 [k, e] => {
                     self.vars.push((k.clone(), key));
                     self.vars.push((e.clone(), elem.clone()));
                 }
-                _ => return Err("too many declarations in range".into()),
+                _ => {}
             }
             self.walk(body, &elem)?;
         }
@@ -621,13 +700,14 @@ impl State {
     }
 
     fn command(&mut self, cmd: &Command, dot: &Value, piped: Option<Value>) -> Result<Value, String> {
+        self.step()?;
         if let Operand::Func(name) = &cmd.operands[0] {
             let mut args = Vec::new();
             for op in &cmd.operands[1..] {
                 args.push(self.operand(op, dot)?);
             }
             args.extend(piped);
-            return self.call(name, args);
+            return self.call(name, args).and_then(capped);
         }
         if cmd.operands.len() > 1 || piped.is_some() {
             return Err(format!("can't give argument to non-function {}", describe(&cmd.operands[0])));
@@ -645,7 +725,7 @@ impl State {
                 self.fields(&v, chain)
             }
             Operand::Literal(v) => Ok(v.clone()),
-            Operand::Func(name) => self.call(name, Vec::new()),
+            Operand::Func(name) => self.call(name, Vec::new()).and_then(capped),
             Operand::Sub(p, chain) => {
                 let v = self.eval_commands(p, dot)?;
                 self.fields(&v, chain)
@@ -713,7 +793,15 @@ impl State {
                 want(2)?;
                 let sep = text_of(&args[1]);
                 match &args[0] {
-                    Value::Array(a) => Ok(Value::String(a.iter().map(text_of).collect::<Vec<_>>().join(&sep))),
+                    Value::Array(a) => {
+                        // Check the length first: a long separator between many parts
+                        // multiplies.
+                        let parts: Vec<String> = a.iter().map(text_of).collect();
+                        let sep_total = sep.len().saturating_mul(parts.len().saturating_sub(1));
+                        let total = parts.iter().fold(sep_total, |n, p| n.saturating_add(p.len()));
+                        check_len("join", total)?;
+                        Ok(Value::String(parts.join(&sep)))
+                    }
                     Value::Null => Ok(Value::String(String::new())),
                     other => Err(format!("join: expected a list, got {}", type_name(other))),
                 }
@@ -721,6 +809,8 @@ impl State {
             "split" => {
                 want(2)?;
                 let (s, sep) = (text_of(&args[0]), text_of(&args[1]));
+                // Splitting by "" makes a part per character: keep the list bounded too.
+                check_len("split", s.len().saturating_mul(8))?;
                 Ok(Value::Array(s.split(sep.as_str()).map(|p| Value::String(p.to_string())).collect()))
             }
             "lower" => {
@@ -742,17 +832,27 @@ impl State {
             }
             "pad" => {
                 want(3)?;
-                let (pre, post) = (args[1].as_u64().unwrap_or(0) as usize, args[2].as_u64().unwrap_or(0) as usize);
-                Ok(Value::String(format!("{}{}{}", " ".repeat(pre), text_of(&args[0]), " ".repeat(post))))
+                let width = |v: &Value| usize::try_from(v.as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
+                let (pre, post, text) = (width(&args[1]), width(&args[2]), text_of(&args[0]));
+                check_len("pad", pre.saturating_add(post).saturating_add(text.len()))?;
+                Ok(Value::String(format!("{}{text}{}", " ".repeat(pre), " ".repeat(post))))
             }
-            "print" => Ok(Value::String(sprint(&args))),
+            "print" => Ok(Value::String(sprint(&args)?)),
             "println" => {
-                let parts: Vec<String> = args.iter().map(go_print_inner).collect();
-                Ok(Value::String(parts.join(" ") + "\n"))
+                let mut out = String::new();
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str(&go_print_inner(a));
+                    check_len("println", out.len())?;
+                }
+                out.push('\n');
+                Ok(Value::String(out))
             }
             "printf" => {
                 let (fmt, rest) = args.split_first().ok_or("wrong number of args for printf: want at least 1 got 0")?;
-                Ok(Value::String(sprintf(&text_of(fmt), rest)))
+                Ok(Value::String(sprintf(&text_of(fmt), rest)?))
             }
             "not" => {
                 want(1)?;
@@ -775,6 +875,23 @@ impl State {
             _ => Err(format!("function {name:?} not defined")),
         }
     }
+}
+
+/// Refuse to make a string longer than `MAX_TEXT` bytes (before making it, where the
+/// length is known in advance).
+fn check_len(what: &str, len: usize) -> Result<(), String> {
+    if len > MAX_TEXT {
+        return Err(format!("{what}: result longer than {} MiB", MAX_TEXT >> 20));
+    }
+    Ok(())
+}
+
+/// A function's result, if it is not longer than `MAX_TEXT`.
+fn capped(v: Value) -> Result<Value, String> {
+    if let Value::String(s) = &v {
+        check_len("string", s.len())?;
+    }
+    Ok(v)
 }
 
 fn describe(op: &Operand) -> String {
@@ -891,23 +1008,25 @@ fn print_map(m: &Map<String, Value>) -> String {
 }
 
 /// Go's `fmt.Sprint`: a space between operands when neither side is a string.
-fn sprint(args: &[Value]) -> String {
+fn sprint(args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     for (i, a) in args.iter().enumerate() {
         if i > 0 && !args[i - 1].is_string() && !a.is_string() {
             out.push(' ');
         }
         out.push_str(&go_print_inner(a));
+        check_len("print", out.len())?;
     }
-    out
+    Ok(out)
 }
 
 /// The common verbs of Go's `fmt.Sprintf`: %s %v %d %q %%; anything else is copied.
-fn sprintf(fmt: &str, args: &[Value]) -> String {
+fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     let mut args = args.iter();
     let mut chars = fmt.chars();
     while let Some(c) = chars.next() {
+        check_len("printf", out.len())?;
         if c != '%' {
             out.push(c);
             continue;
@@ -928,7 +1047,8 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             None => out.push_str("%!(NOVERB)"),
         }
     }
-    out
+    check_len("printf", out.len())?;
+    Ok(out)
 }
 
 /// Docker's table writer (Go's `tabwriter` with minwidth 10, padding 3, spaces):
@@ -942,46 +1062,50 @@ pub fn align_table(text: &str) -> String {
     let body = text.strip_suffix('\n').unwrap_or(text);
     let lines: Vec<Vec<&str>> = body.split('\n').map(|l| l.split('\t').collect()).collect();
 
-    fn format(lines: &[Vec<&str>], widths: &mut Vec<usize>, line0: usize, line1: usize, out: &mut Vec<String>) {
-        let column = widths.len();
-        let mut line0 = line0;
-        let mut this = line0;
-        while this < line1 {
-            // Does this line have a (tab-terminated) cell in `column`?
-            if column + 1 >= lines[this].len() {
-                this += 1;
-                continue;
+    // A column's width is shared by each run of consecutive lines that have a cell in
+    // it (a cell is tab-terminated, so a line of n tabs has cells in columns 0..n). A
+    // line with a cell in column c has one in every column before it, so the runs nest
+    // as tabwriter's recursion nests its blocks; computed column by column here, so
+    // that a line of many tabs costs no stack.
+    // One pass: `open[c]` is the run that column c is in (its first line, its width so
+    // far); a line without column c ends it, and its width is given to its lines.
+    let mut widths: Vec<Vec<usize>> = lines.iter().map(|cells| vec![0; cells.len() - 1]).collect();
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    let close = |open: &mut Vec<(usize, usize)>, keep: usize, line: usize, widths: &mut Vec<Vec<usize>>| {
+        while open.len() > keep {
+            let column = open.len() - 1;
+            let (start, width) = open.pop().unwrap_or_default();
+            for w in &mut widths[start..line] {
+                w[column] = width;
             }
-            write_lines(lines, widths, line0, this, out);
-            line0 = this;
-            let mut width = MIN_WIDTH;
-            while this < line1 && column + 1 < lines[this].len() {
-                width = width.max(lines[this][column].chars().count() + PADDING);
-                this += 1;
-            }
-            widths.push(width);
-            format(lines, widths, line0, this, out);
-            widths.pop();
-            line0 = this;
         }
-        write_lines(lines, widths, line0, line1, out);
+    };
+    for (i, cells) in lines.iter().enumerate() {
+        let have = cells.len() - 1;
+        close(&mut open, have, i, &mut widths);
+        for (column, cell) in cells[..have].iter().enumerate() {
+            let width = cell.chars().count() + PADDING;
+            match open.get_mut(column) {
+                Some((_, w)) => *w = (*w).max(width),
+                None => open.push((i, width.max(MIN_WIDTH))),
+            }
+        }
     }
-
-    fn write_lines(lines: &[Vec<&str>], widths: &[usize], line0: usize, line1: usize, out: &mut Vec<String>) {
-        for cells in &lines[line0..line1] {
+    close(&mut open, 0, lines.len(), &mut widths);
+    let out: Vec<String> = lines
+        .iter()
+        .zip(&widths)
+        .map(|(cells, widths)| {
             let mut s = String::new();
             for (j, cell) in cells.iter().enumerate() {
                 s.push_str(cell);
-                if j < widths.len() && j + 1 < cells.len() {
-                    s.push_str(&" ".repeat(widths[j].saturating_sub(cell.chars().count())));
+                if let Some(w) = widths.get(j) {
+                    s.push_str(&" ".repeat(w.saturating_sub(cell.chars().count())));
                 }
             }
-            out.push(s);
-        }
-    }
-
-    let mut out = Vec::new();
-    format(&lines, &mut Vec::new(), 0, lines.len(), &mut out);
+            s
+        })
+        .collect();
     let mut s = out.join("\n");
     if had_final_newline {
         s.push('\n');
@@ -1086,6 +1210,34 @@ mod tests {
         let strict = Template::parse("{{.Nope}}").unwrap().missing_key_error();
         assert!(strict.render(&json!({"ID": 1})).unwrap_err().contains(r#"no field "Nope""#));
         assert!(run_err("{{$nope}}").contains("undefined variable"));
+    }
+
+    #[test]
+    fn hostile_templates_fail_with_an_error_instead_of_exhausting_the_machine() {
+        let run_err = |t: &str| Template::parse(t).unwrap().render(&data()).unwrap_err();
+        assert!(run_err("{{pad .Id 99999999999 0}}").contains("pad: result longer than 16 MiB"));
+        assert!(run_err("{{pad .Id 9223372036854775807 9223372036854775807}}").contains("longer than"));
+        assert!(run_err("{{range 1000000000000}}{{end}}").contains("evaluation stopped after"));
+        assert!(run_err("{{range 100000}}{{range 100000}}{{end}}{{end}}").contains("evaluation stopped after"));
+        assert!(run_err(r#"{{$x := "ab"}}{{range 64}}{{$x = print $x $x}}{{end}}"#).contains("longer than"));
+        assert!(run_err(r#"{{$x := "ab"}}{{range 64}}{{$x = printf "%s%s" $x $x}}{{end}}"#).contains("longer than"));
+        let long_join = r#"{{$x := "ab"}}{{range 20}}{{$x = print $x $x}}{{end}}{{join (split $x "") $x}}"#;
+        assert!(run_err(long_join).contains("longer than"));
+        assert!(run_err(r#"{{range 2000000}}x{{end}}"#).contains("stopped after"));
+        // A small range still works.
+        assert_eq!(render("{{range 3}}{{.}}{{end}}", &data()), "012");
+        assert_eq!(render("{{range $i, $e := 2}}{{$i}}{{$e}};{{end}}", &data()), "00;11;");
+        let parse_err = |t: &str| Template::parse(t).unwrap_err();
+        let deep_parens = format!("{{{{{}1{}}}}}", "(".repeat(50_000), ")".repeat(50_000));
+        assert!(parse_err(&deep_parens).contains("nested more than 100 levels"));
+        let deep_blocks = format!("{}{}", "{{if 1}}".repeat(50_000), "{{end}}".repeat(50_000));
+        assert!(parse_err(&deep_blocks).contains("nested more than 100 levels"));
+        // 100 levels are fine.
+        let ok = format!("{}x{}", "{{if 1}}".repeat(100), "{{end}}".repeat(100));
+        assert_eq!(render(&ok, &data()), "x");
+        // Many columns cost no stack.
+        let cols = "a\t".repeat(200_000);
+        assert_eq!(align_table(&format!("{cols}\n")).len(), 200_000 * 10 + 1);
     }
 
     #[test]
