@@ -1,0 +1,290 @@
+//! Hostile input through the real `imgfs` binary: what a user types (`--format`
+//! templates, `--filter` patterns, references) and what a registry serves (manifests
+//! and configs that are malformed, truncated or inconsistent, pushed to the real test
+//! registry through its HTTP API, since umoci and skopeo cannot make broken images).
+//! Each must end in one clear `imgfs: error:` line and a non-zero exit, never a panic
+//! or a hang, and a failed pull or mount records nothing in the store.
+
+use imgfs::digest::Digest;
+use imgfs::image::{Descriptor, OCI_MANIFEST};
+use imgfs::store::db::ImageRecord;
+use imgfs::store::Store;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn imgfs(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("IMGFS_ROOT")
+        .output()
+        .unwrap()
+}
+
+/// The one-line error of a command that must fail with status 1 (a panic exits 101, an
+/// abort by signal has no code).
+fn fails(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit status 1: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "error is one line: {err}");
+    assert!(err.starts_with("imgfs: error: "), "{err}");
+    err.trim_end().to_string()
+}
+
+/// A store holding one image tagged `app:1`, made through the library as a pull would
+/// leave it, for the commands that render it.
+fn store_with_an_image() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
+        "config": {"Labels": {"a": "1"}}, "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .unwrap();
+    let id = Digest::of(&config);
+    store.put_blob_bytes(&id, &config).unwrap();
+    let config_desc = Descriptor {
+        media_type: "application/vnd.oci.image.config.v1+json".into(),
+        digest: id.clone(),
+        size: config.len() as u64,
+        platform: None,
+        annotations: None,
+    };
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc, "layers": [],
+    }))
+    .unwrap();
+    let manifest_digest = Digest::of(&manifest);
+    store.put_blob_bytes(&manifest_digest, &manifest).unwrap();
+    let record = ImageRecord {
+        id: id.clone(),
+        manifest: manifest_digest.clone(),
+        manifest_media_type: OCI_MANIFEST.into(),
+        index: None,
+        config: config_desc,
+        layers: Vec::new(),
+        source: "docker.io/library/app".into(),
+        repo_digests: vec![format!("docker.io/library/app@{manifest_digest}")],
+        pinned: Vec::new(),
+        added: 1_700_000_000,
+    };
+    store
+        .update_db(|db| {
+            db.images.insert(id.clone(), record);
+            db.set_tag("docker.io/library/app:1", &id);
+            Ok(())
+        })
+        .unwrap();
+    dir
+}
+
+#[test]
+fn huge_template_widths_and_ranges_are_errors_not_crashes() {
+    let dir = store_with_an_image();
+    let root = dir.path();
+    for (format, want) in [
+        ("{{pad .ID 99999999999 0}}", "pad: result longer than 16 MiB"),
+        ("{{pad .ID 9223372036854775807 9223372036854775807}}", "pad: result longer than 16 MiB"),
+        ("{{range 1000000000000}}{{end}}", "evaluation stopped after 1000000 steps"),
+        (r#"{{$x := "ab"}}{{range 60}}{{$x = print $x $x}}{{end}}"#, "print: result longer than 16 MiB"),
+    ] {
+        let err = fails(&imgfs(root, &["ls", "--format", format]));
+        assert!(err.contains("invalid --format: template: ") && err.contains(want), "{format}: {err}");
+        let err = fails(&imgfs(root, &["inspect", "--format", format, "app:1"]));
+        assert!(err.contains(want), "inspect {format}: {err}");
+    }
+    let deep = format!("{}.ID{}", "{{if 1}}".repeat(5_000), "{{end}}".repeat(5_000));
+    let err = fails(&imgfs(root, &["ls", "--format", &deep]));
+    assert!(err.contains("nested more than 100 levels deep"), "{err}");
+    let deep = format!("{{{{{}.ID{}}}}}", "(".repeat(30_000), ")".repeat(30_000));
+    assert!(fails(&imgfs(root, &["ls", "--format", &deep])).contains("nested more than 100 levels deep"));
+    // (An argument is at most 128 KiB.) A table of very many columns is aligned, not a stack overflow.
+    let wide = format!("table {}", "{{.Tag}}\\t".repeat(8_000));
+    let out = imgfs(root, &["ls", "--format", &wide]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().starts_with("1         1         "));
+}
+
+#[test]
+fn hostile_reference_filters_are_answered_quickly_or_refused() {
+    let dir = store_with_an_image();
+    let root = dir.path();
+    // Exponential for a backtracking matcher; Go's algorithm is linear in the pattern.
+    let stars = format!("reference={}b", "*a".repeat(20));
+    let out = imgfs(root, &["ls", "-q", "--filter", &stars]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    // A very long pattern (one stack frame per character before).
+    let long = format!("reference={}", "*".repeat(100_000));
+    let out = imgfs(root, &["ls", "-q", "--filter", &long]);
+    assert!(out.status.success() && !out.stdout.is_empty(), "{out:?}");
+    for (filter, want) in [
+        ("reference=[", "invalid reference filter \"[\": malformed character class"),
+        ("dangling=maybe", "invalid dangling filter value \"maybe\""),
+        ("before=nosuch", "invalid before filter"),
+        ("since=", "invalid since filter"),
+        ("label==", "bad label filter"),
+        ("=x", "bad filter \"=x\""),
+    ] {
+        let err = fails(&imgfs(root, &["ls", "--filter", filter]));
+        assert!(err.contains(want), "{filter}: {err}");
+    }
+}
+
+#[test]
+fn over_long_repository_names_are_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 9 (discard) is never asked: the name is refused first.
+    let long = format!("127.0.0.1:9/{}:1", "a".repeat(300));
+    for cmd in ["pull", "inspect", "rm"] {
+        let err = fails(&imgfs(dir.path(), &[cmd, &long]));
+        assert!(err.contains("repository name is 312 characters, more than 255"), "{cmd}: {err}");
+    }
+    let err = fails(&imgfs(dir.path(), &["pull", "h?x.io/app"]));
+    assert!(err.contains("invalid registry host"), "{err}");
+}
+
+// ---- hostile images from the real registry --------------------------------------------
+
+struct Registry {
+    addr: String,
+    http: reqwest::blocking::Client,
+}
+
+fn registry() -> Registry {
+    let dir = PathBuf::from(
+        std::env::var("IMGFS_TEST_ENV")
+            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
+    );
+    let addr = std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string();
+    Registry { addr, http: reqwest::blocking::Client::new() }
+}
+
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+
+impl Registry {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Monolithic upload: POST for an upload URL, then PUT the bytes with their digest.
+    fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let digest = Digest::of(data);
+        let r = self.http.post(self.url(&format!("/v2/{repo}/blobs/uploads/"))).send().unwrap();
+        assert_eq!(r.status(), 202, "starting an upload to {repo}");
+        let location = r.headers()["location"].to_str().unwrap();
+        let mut url = reqwest::Url::parse(&self.url("/")).unwrap().join(location).unwrap();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let r =
+            self.http.put(url).header("content-type", "application/octet-stream").body(data.to_vec()).send().unwrap();
+        assert_eq!(r.status(), 201, "finishing the upload of {digest}: {:?}", r.text());
+        digest
+    }
+
+    /// Push a manifest whose config and layers are these blobs, with `edit` applied to
+    /// its JSON first; returns `addr/repo:tag` to pull.
+    fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        config: &[u8],
+        layers: &[&[u8]],
+        edit: impl Fn(&mut serde_json::Value),
+    ) -> String {
+        let config_digest = self.push_blob(repo, config);
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|l| json!({"mediaType": LAYER_TYPE, "digest": self.push_blob(repo, l), "size": l.len()}))
+            .collect();
+        let mut manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": config.len()},
+            "layers": layers,
+        });
+        edit(&mut manifest);
+        let r = self
+            .http
+            .put(self.url(&format!("/v2/{repo}/manifests/{tag}")))
+            .header("content-type", OCI_MANIFEST)
+            .body(serde_json::to_vec(&manifest).unwrap())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "pushing manifest {repo}:{tag}: {:?}", r.text());
+        format!("{}/{repo}:{tag}", self.addr)
+    }
+}
+
+/// A one-file layer as an uncompressed tar.
+fn layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "f", &b"hi"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn config_for(layers: &[&[u8]]) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
+    serde_json::to_vec(
+        &json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}),
+    )
+    .unwrap()
+}
+
+/// Pull `reference` and mount it: both must fail with one line containing `want`, and
+/// leave no image, tag or temp file behind.
+fn refused(reference: &str, want: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let err = fails(&imgfs(root, &["pull", reference]));
+    assert!(err.contains(want), "pull {reference}: expected {want:?} in: {err}");
+    let mnt = tempfile::tempdir().unwrap();
+    let out = imgfs(root, &["mount", reference, mnt.path().to_str().unwrap()]);
+    if out.status.success() {
+        // It must not have, but a mount left behind would outlive the test.
+        let _ = imgfs(root, &["umount", mnt.path().to_str().unwrap()]);
+    }
+    let err = fails(&out);
+    assert!(err.contains(want), "mount {reference}: expected {want:?} in: {err}");
+    let ls = imgfs(root, &["ls", "-q"]);
+    assert!(ls.status.success() && ls.stdout.is_empty(), "an image was recorded: {ls:?}");
+    let tmp = std::fs::read_dir(root.join("tmp")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(tmp, 0, "temp files left in the store");
+}
+
+#[test]
+fn a_negative_layer_size_is_refused_naming_it() {
+    let reg = registry();
+    let l = layer();
+    let r = reg.push_image("hostile/negsize", "1", &config_for(&[&l]), &[&l], |m| m["layers"][0]["size"] = json!(-1));
+    refused(&r, "bad image manifest: descriptor size -1 is not a whole number of bytes");
+}
+
+#[test]
+fn a_config_listing_too_few_diff_ids_is_refused() {
+    let reg = registry();
+    let l = layer();
+    let r = reg.push_image("hostile/diffids", "1", &config_for(&[]), &[&l], |_| {});
+    refused(&r, "config lists 0 diff_ids for 1 layers");
+}
+
+#[test]
+fn malformed_and_truncated_configs_are_refused_naming_the_config() {
+    let reg = registry();
+    let l = layer();
+    let whole = config_for(&[&l]);
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("truncated", whole[..whole.len() / 2].to_vec()),
+        ("notjson", b"\x00\x01 not json".to_vec()),
+        ("wrongtypes", br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":5}}"#.to_vec()),
+        ("norootfs", br#"{"architecture":"amd64","os":"linux"}"#.to_vec()),
+    ];
+    for (tag, config) in cases {
+        let r = reg.push_image("hostile/config", tag, &config, &[&l], |_| {});
+        refused(&r, &format!("image config {} is not valid", Digest::of(&config)));
+    }
+}
