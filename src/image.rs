@@ -28,12 +28,14 @@ pub struct Descriptor {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// A descriptor's `size`: a whole number of bytes, so a hostile `-1` or `1.5` is
-/// refused with a message that says which field is wrong. (A huge size is accepted
-/// here; a download never trusts it beyond the bytes it receives.)
+/// A descriptor's `size`: a whole number of bytes that fits the spec's int64, so a
+/// hostile `-1` or `1.5` is refused with a message that says which field is wrong. (A
+/// huge size is accepted here; a download never trusts it beyond the bytes it receives.)
 fn blob_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    n.as_u64().ok_or_else(|| serde::de::Error::custom(format!("descriptor size {n} is not a whole number of bytes")))
+    n.as_u64()
+        .filter(|s| *s <= i64::MAX as u64)
+        .ok_or_else(|| serde::de::Error::custom(format!("descriptor size {n} is not a whole number of bytes")))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -316,6 +318,7 @@ mod tests {
         let e = err(&manifest("-1"));
         assert!(e.starts_with("bad image manifest: descriptor size -1 is not a whole number of bytes"), "{e}");
         assert!(err(&manifest("1.5")).contains("descriptor size 1.5 is not"));
+        assert!(err(&manifest("9223372036854775808")).contains("descriptor size 9223372036854775808 is not"));
         assert!(err(&manifest(r#""12""#)).starts_with("bad image manifest: "));
         // Huge but whole: accepted here, not trusted by the download.
         match parse_manifest(OCI_MANIFEST, manifest("1000000000000000").as_bytes()) {

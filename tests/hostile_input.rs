@@ -36,6 +36,12 @@ fn fails(out: &Output) -> String {
 /// A store holding one image tagged `app:1`, made through the library as a pull would
 /// leave it, for the commands that render it.
 fn store_with_an_image() -> tempfile::TempDir {
+    store_with_layer_sizes(&[])
+}
+
+/// The same, its record naming layers of these sizes (as a mount records an image
+/// before fetching its layers, trusting the manifest's sizes).
+fn store_with_layer_sizes(sizes: &[u64]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let config = serde_json::to_vec(&json!({
@@ -64,7 +70,16 @@ fn store_with_an_image() -> tempfile::TempDir {
         manifest_media_type: OCI_MANIFEST.into(),
         index: None,
         config: config_desc,
-        layers: Vec::new(),
+        layers: sizes
+            .iter()
+            .map(|&size| Descriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                digest: Digest::of(&size.to_le_bytes()),
+                size,
+                platform: None,
+                annotations: None,
+            })
+            .collect(),
         source: "docker.io/library/app".into(),
         repo_digests: vec![format!("docker.io/library/app@{manifest_digest}")],
         pinned: Vec::new(),
@@ -105,6 +120,16 @@ fn huge_template_widths_and_ranges_are_errors_not_crashes() {
     let out = imgfs(root, &["ls", "--format", &wide]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().starts_with("1         1         "));
+}
+
+#[test]
+fn declared_sizes_that_overflow_a_total_are_listed() {
+    let dir = store_with_layer_sizes(&[i64::MAX as u64, i64::MAX as u64, i64::MAX as u64]);
+    let out = imgfs(dir.path(), &["ls", "--format", "{{.Size}}"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "18.4EB\n");
+    let out = imgfs(dir.path(), &["inspect", "--format", "{{.Size}}", "app:1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
