@@ -1,0 +1,192 @@
+//! What each fuzz target does with one input, shared by the targets in fuzz_targets/
+//! (run by scripts/fuzz) and by tests/fuzz_regressions.rs, which replays every input
+//! that once crashed a target in the normal `cargo test`. Each function must return
+//! for every input: a panic, an abort or a hang is the bug. Results are thrown away
+//! except where a property must hold (a parsed reference's normal form parses back to
+//! the same reference).
+
+use imgfs::digest::Digest;
+use imgfs::fs::Fs;
+use imgfs::image::{self, Compression, ImageConfig, ManifestKind, Platform};
+use imgfs::layer::build;
+use imgfs::layer::spans::SpanCache;
+use imgfs::layer::{Kind, LayerData, LayerIndex};
+use imgfs::reference::{familiar_ref, Reference};
+use imgfs::template::{align_table, Template};
+use imgfs::tree::{DirAttrs, LayerSource, Tree, ROOT};
+use serde_json::json;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// An image reference as a user types it, and the other small parsers of user input.
+pub fn reference(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Ok(r) = Reference::parse(s) {
+        let normal = r.to_string();
+        let again = Reference::parse(&normal).unwrap_or_else(|e| panic!("{s:?} parses, its normal form does not: {e}"));
+        assert_eq!(again, r, "{s:?} and its normal form {normal:?} differ");
+        let _ = (r.familiar(), r.manifest_reference(), familiar_ref(&normal));
+    }
+    let _ = familiar_ref(s);
+    let _ = s.parse::<Digest>();
+    let _ = Platform::parse(s);
+}
+
+/// A manifest, index or config body as a registry sends it. The first byte picks the
+/// Content-Type the registry claims.
+pub fn manifest(data: &[u8]) {
+    const TYPES: [&str; 6] =
+        [image::OCI_MANIFEST, image::OCI_INDEX, image::DOCKER_MANIFEST, image::DOCKER_LIST, "application/json", ""];
+    let Some((&pick, body)) = data.split_first() else { return };
+    match image::parse_manifest(TYPES[pick as usize % TYPES.len()], body) {
+        Ok(ManifestKind::Image(m)) => {
+            for l in &m.layers {
+                let _ = Compression::of_media_type(&l.media_type);
+            }
+            let _ = serde_json::to_vec(&m);
+        }
+        Ok(ManifestKind::Index(idx)) => {
+            for p in ["linux/amd64", "linux/arm64", "linux/arm/v7", "windows/amd64"] {
+                let _ = image::select_platform(&idx.manifests, &Platform::parse(p).unwrap());
+            }
+            let _ = serde_json::to_vec(&idx);
+        }
+        Err(_) => {}
+    }
+    if let Ok(config) = serde_json::from_slice::<ImageConfig>(body) {
+        let _ = (config.created_at(), config.labels(), serde_json::to_vec(&config));
+    }
+}
+
+/// A `--format` template, parsed and rendered against records shaped as `ls` and
+/// `inspect` give them, strict and lax, header and table alignment included.
+pub fn template(data: &[u8]) {
+    let Ok(src) = std::str::from_utf8(data) else { return };
+    let Ok(t) = Template::parse(src) else { return };
+    let row = json!({
+        "Containers": "N/A", "CreatedAt": "2024-01-02 03:04:05 +0000 UTC", "CreatedSince": "2 hours ago",
+        "Digest": "sha256:0123", "ID": "0123456789ab", "Repository": "127.0.0.1:5000/app", "SharedSize": "N/A",
+        "Size": "1.23MB", "Tag": "v1", "UniqueSize": "N/A", "VirtualSize": "1.23MB",
+    });
+    let inspect = json!({
+        "Id": "sha256:abc", "RepoTags": ["app:1", "app:2"], "RepoDigests": [], "Size": 1234567,
+        "Created": "2024-01-02T03:04:05Z", "Ratio": 1.5, "Nothing": null,
+        "Config": {"Env": ["A=1", "B=2"], "Cmd": ["/bin/sh"], "Labels": {"a": "1", "b": ""}, "User": ""},
+        "RootFS": {"Type": "layers", "Layers": ["sha256:1", "sha256:2"]},
+    });
+    for data in [&row, &inspect] {
+        if let Ok(out) = t.render(data) {
+            let _ = align_table(&out);
+        }
+    }
+    let _ = t.render_header(&row);
+    let _ = Template::parse(src).map(|t| t.missing_key_error().render(&row));
+}
+
+/// One or two layer blobs, indexed as a pull indexes them and stacked into the union
+/// a mount serves, which is then walked: every directory listed, every name looked up,
+/// every node stat'ed, every link read and every file read. The first byte picks the
+/// compression of each layer and whether there are two; the next two where the bytes
+/// split between them.
+pub fn layer(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let blobs: Vec<&[u8]> = if pick & 0x80 != 0 && rest.len() >= 2 {
+        let at = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+        let rest = &rest[2..];
+        let at = at.min(rest.len());
+        vec![&rest[..at], &rest[at..]]
+    } else {
+        vec![rest]
+    };
+    let mut layers = Layers { files: Vec::new(), indexes: Vec::new(), data: Vec::new() };
+    let spans = Arc::new(SpanCache::new(4 << 20));
+    for (i, blob) in blobs.iter().enumerate() {
+        let compression = [Compression::None, Compression::Gzip, Compression::Zstd][(pick >> (2 * i)) as usize % 3];
+        let Ok(built) = build::index_layer(*blob, compression, None, None) else { return };
+        let file = TempFile::new(blob);
+        let data = match built.checkpoints {
+            Some(c) => LayerData::compressed(&file.0, c, spans.clone()),
+            None => LayerData::tar(&file.0),
+        };
+        layers.indexes.push(Arc::new(LayerIndex::new(built.contents)));
+        layers.data.push(Arc::new(data.expect("the layer file was just written")));
+        layers.files.push(file);
+    }
+    let fs = Fs::new(Tree::new(Arc::new(layers), DirAttrs::Exact), 0);
+    let mut budget = 10_000;
+    walk(&fs, ROOT, &mut budget);
+}
+
+fn walk(fs: &Fs, dir: u64, budget: &mut usize) {
+    let Ok(entries) = fs.readdir(dir) else { return };
+    for odd in [&b""[..], b".", b"..", b"a/b", b"\xff"] {
+        let _ = fs.lookup(dir, OsStr::from_bytes(odd));
+    }
+    for e in entries {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        if e.name == b"." || e.name == b".." {
+            continue;
+        }
+        let _ = fs.lookup(dir, OsStr::from_bytes(&e.name));
+        let Ok(info) = fs.getattr(e.ino) else { continue };
+        let _ = fs.listxattr(e.ino);
+        for (name, _) in &info.xattrs {
+            let _ = fs.getxattr(e.ino, OsStr::new(name));
+        }
+        match info.kind {
+            Kind::Dir => walk(fs, e.ino, budget),
+            Kind::Symlink => drop(fs.readlink(e.ino)),
+            Kind::File => {
+                let _ = fs.read(e.ino, 0, 4096);
+                let _ = fs.read(e.ino, info.size.saturating_sub(1), 4096);
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Layers {
+    files: Vec<TempFile>,
+    indexes: Vec<Arc<LayerIndex>>,
+    data: Vec<Arc<LayerData>>,
+}
+
+impl LayerSource for Layers {
+    fn layer_count(&self) -> usize {
+        self.indexes.len()
+    }
+    fn index(&self, i: usize) -> anyhow::Result<Arc<LayerIndex>> {
+        Ok(self.indexes[i].clone())
+    }
+    fn data(&self, i: usize) -> anyhow::Result<Arc<LayerData>> {
+        Ok(self.data[i].clone())
+    }
+    fn is_local(&self, _: usize) -> bool {
+        true
+    }
+}
+
+/// A layer blob on disk (layer data is read from a file), removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(bytes: &[u8]) -> TempFile {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("imgfs-fuzz-{}-{n}", std::process::id()));
+        std::fs::write(&path, bytes).expect("write a temp file");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

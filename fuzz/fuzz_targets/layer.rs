@@ -1,0 +1,7 @@
+//! Fuzz target `layer`: see checks::layer.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::layer(data));
