@@ -6,7 +6,7 @@
 //! or a hang, and a failed pull or mount records nothing in the store.
 
 use imgfs::digest::Digest;
-use imgfs::image::{Descriptor, OCI_MANIFEST};
+use imgfs::image::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use imgfs::store::db::ImageRecord;
 use imgfs::store::Store;
 use serde_json::json;
@@ -242,6 +242,36 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Push an OCI index whose one entry, for linux/amd64, is the manifest `target`
+    /// names (a tag in `repo`); returns `addr/repo:tag` to pull.
+    fn push_index(&self, repo: &str, tag: &str, target: &str, platform: serde_json::Value) -> String {
+        let r = self
+            .http
+            .get(self.url(&format!("/v2/{repo}/manifests/{target}")))
+            .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "getting {repo}:{target}");
+        let media_type = r.headers()["content-type"].to_str().unwrap().to_string();
+        let body = r.bytes().unwrap();
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": media_type, "digest": Digest::of(&body), "size": body.len(), "platform": platform}],
+        });
+        let r = self
+            .http
+            .put(self.url(&format!("/v2/{repo}/manifests/{tag}")))
+            .header("content-type", OCI_INDEX)
+            .body(serde_json::to_vec(&index).unwrap())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "pushing index {repo}:{tag}: {:?}", r.text());
+        format!("{}/{repo}:{tag}", self.addr)
+    }
+}
+
 /// A one-file layer as an uncompressed tar.
 fn layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -312,4 +342,19 @@ fn malformed_and_truncated_configs_are_refused_naming_the_config() {
         let r = reg.push_image("hostile/config", tag, &config, &[&l], |_| {});
         refused(&r, &format!("image config {} is not valid", Digest::of(&config)));
     }
+}
+
+#[test]
+fn an_index_pointing_at_an_index_or_lacking_the_platform_is_refused() {
+    let reg = registry();
+    let l = layer();
+    reg.push_image("hostile/index", "image", &config_for(&[&l]), &[&l], |_| {});
+    let amd64 = json!({"os": "linux", "architecture": "amd64"});
+    reg.push_index("hostile/index", "inner", "image", amd64.clone());
+    let r = reg.push_index("hostile/index", "nested", "inner", amd64);
+    refused(&r, "the index for linux/amd64 points at another index");
+    let r = reg.push_index("hostile/index", "s390x", "image", json!({"os": "linux", "architecture": "s390x"}));
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(&imgfs(dir.path(), &["pull", "--platform", "linux/amd64", &r]));
+    assert!(err.contains("no image for platform linux/amd64 in the index; it has: linux/s390x"), "{err}");
 }
