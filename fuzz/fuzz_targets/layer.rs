@@ -1,6 +1,8 @@
 //! Fuzz target `layer`: see checks::layer.
 #![no_main]
 
+// Each target uses one of the checks.
+#[allow(dead_code)]
 #[path = "../checks.rs"]
 mod checks;
 

@@ -1,6 +1,8 @@
 //! Fuzz target `manifest`: see checks::manifest.
 #![no_main]
 
+// Each target uses one of the checks.
+#[allow(dead_code)]
 #[path = "../checks.rs"]
 mod checks;
 
