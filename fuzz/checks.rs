@@ -136,7 +136,7 @@ fn walk(fs: &Fs, dir: u64, budget: &mut usize) {
         let Ok(info) = fs.getattr(e.ino) else { continue };
         let _ = fs.listxattr(e.ino);
         for (name, _) in &info.xattrs {
-            let _ = fs.getxattr(e.ino, OsStr::new(name));
+            let _ = fs.getxattr(e.ino, OsStr::from_bytes(name));
         }
         match info.kind {
             Kind::Dir => walk(fs, e.ino, budget),
