@@ -227,9 +227,14 @@ fn server_pids(dir: &Path) -> Vec<u32> {
 
 /// Has the process exited? A zombie has: reaping it is its parent's (init's) business.
 fn pid_gone(pid: u32) -> bool {
+    // A zombie leader whose other threads are still exiting has not closed its files
+    // (/dev/fuse among them) yet: gone means no thread is left but the zombie.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => matches!(stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next()), Some('Z' | 'X')),
+        Ok(stat) => {
+            matches!(stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next()), Some('Z' | 'X'))
+                && imgfs::store::mounts::threads_left(pid) <= 1
+        }
     }
 }
 

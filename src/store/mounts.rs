@@ -100,10 +100,18 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
     let after = &stat[stat.rfind(')')? + 2..];
     // A killed server its parent has not reaped yet is a zombie: dead all the same.
-    if matches!(after.split(' ').next(), Some("Z" | "X")) {
+    // But a killed thread-group leader shows as a zombie while its other threads are
+    // still exiting, and the last of them closes /dev/fuse: until then the mount is not
+    // dead yet (ENOTCONN), so the process counts as alive.
+    if matches!(after.split(' ').next(), Some("Z" | "X")) && threads_left(pid) <= 1 {
         return None;
     }
     after.split(' ').nth(19)?.parse().ok()
+}
+
+/// How many threads of `pid` are still there (a zombie leader counts itself).
+pub fn threads_left(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// Is `dir` currently a FUSE mountpoint (per mountinfo)?
