@@ -37,18 +37,21 @@ pub struct Resolved {
     _lease: FileLock,
 }
 
+/// An image config is JSON of a few KiB (a long history makes it hundreds): a claimed
+/// size past this is not an image config, and is not downloaded into memory.
+const MAX_CONFIG_SIZE: u64 = 32 << 20;
+
 /// Fetch the manifest for `r` (and, from an index, the one for `platform`), then the
-/// config; store all three blobs, verified.
+/// config; check them all, and only then store the blobs, verified. An image that
+/// fails a check leaves nothing in the store.
 pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&Platform>) -> Result<Resolved> {
     let top = client
         .get_manifest(&r.registry, &r.repository, &r.manifest_reference())
         .with_context(|| format!("cannot get manifest for {r}"))?;
-    let lease = store.writer_guard()?;
-    store.put_blob_bytes(&top.digest, &top.body)?;
     let kind = image::parse_manifest(&top.media_type, &top.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
-    let (manifest, manifest_digest, media_type, index) = match kind {
+    let (manifest, manifest_digest, media_type, index, sub_body) = match kind {
         // A single-platform image is checked against --platform below, from its config.
-        ManifestKind::Image(m) => (m, top.digest.clone(), top.media_type.clone(), None),
+        ManifestKind::Image(m) => (m, top.digest.clone(), top.media_type.clone(), None, None),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
             let Some(d) = image::select_platform(&idx.manifests, &want) else {
@@ -59,18 +62,39 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
             let sub = client
                 .get_manifest(&r.registry, &r.repository, d.digest.as_str())
                 .with_context(|| format!("cannot get the {want} manifest of {r}"))?;
-            store.put_blob_bytes(&sub.digest, &sub.body)?;
             match image::parse_manifest(&sub.media_type, &sub.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))? {
-                ManifestKind::Image(m) => (m, sub.digest, sub.media_type, Some(top.digest.clone())),
+                ManifestKind::Image(m) => (m, sub.digest, sub.media_type, Some(top.digest.clone()), Some(sub.body)),
                 ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
             }
         }
     };
     let config_desc = manifest.config.clone();
-    if !store.has_blob(&config_desc.digest) {
-        download(client, store, &r.name(), &config_desc).with_context(|| format!("cannot get config of {r}"))?;
-    }
-    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&config_desc.digest)?)
+    let config_body = if store.has_blob(&config_desc.digest) {
+        None
+    } else {
+        if config_desc.size > MAX_CONFIG_SIZE {
+            bail!(
+                "{r}: image config {} claims {} bytes, more than {MAX_CONFIG_SIZE}",
+                config_desc.digest,
+                config_desc.size
+            );
+        }
+        let (registry, repository) = (&r.registry, &r.repository);
+        let mut body = Vec::new();
+        client
+            .download_blob(registry, repository, &config_desc.digest, Some(config_desc.size), &mut body)
+            .with_context(|| format!("cannot get config of {r}"))?;
+        Some(body)
+    };
+    let stored;
+    let config_bytes = match &config_body {
+        Some(body) => body,
+        None => {
+            stored = store.read_blob(&config_desc.digest)?;
+            &stored
+        }
+    };
+    let config: ImageConfig = serde_json::from_slice(config_bytes)
         .with_context(|| format!("{r}: image config {} is not valid", config_desc.digest))?;
     if let (Some(want), None) = (platform, &index) {
         if config.os != want.os || config.architecture != want.architecture {
@@ -82,6 +106,16 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     }
     for l in &manifest.layers {
         Compression::of_media_type(&l.media_type).map_err(|e| anyhow::anyhow!("{r}: layer {}: {e}", l.digest))?;
+    }
+    // Everything checks out: store the blobs (each verified against its digest again
+    // as it is written) under the lease the caller keeps until `register`.
+    let lease = store.writer_guard()?;
+    store.put_blob_bytes(&top.digest, &top.body)?;
+    if let Some(body) = &sub_body {
+        store.put_blob_bytes(&manifest_digest, body)?;
+    }
+    if let Some(body) = &config_body {
+        store.put_blob_bytes(&config_desc.digest, body)?;
     }
     let record = ImageRecord {
         id: config_desc.digest.clone(),
@@ -132,17 +166,6 @@ pub fn register_and(
         };
         also(db)?;
         Ok(moved)
-    })
-}
-
-/// Stream a blob of `source` (`registry/repository`) into the store.
-fn download(client: &Client, store: &Store, source: &str, blob: &Descriptor) -> Result<()> {
-    let (registry, repository) = source.split_once('/').context("image source has no repository")?;
-    store.put_blob_with(&blob.digest, |file| {
-        // download_blob hashes the stream as it writes and answers Ok only when the
-        // bytes are exactly `blob.size` long and hash to `blob.digest`.
-        client.download_blob(registry, repository, &blob.digest, Some(blob.size), file)?;
-        Ok(blob.digest.clone())
     })
 }
 

@@ -291,7 +291,7 @@ fn config_for(layers: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Pull `reference` and mount it: both must fail with one line containing `want`, and
-/// leave no image, tag or temp file behind.
+/// leave no image, tag, blob or temp file behind.
 fn refused(reference: &str, want: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -309,6 +309,11 @@ fn refused(reference: &str, want: &str) {
     assert!(ls.status.success() && ls.stdout.is_empty(), "an image was recorded: {ls:?}");
     let tmp = std::fs::read_dir(root.join("tmp")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(tmp, 0, "temp files left in the store");
+    // Not even the verified manifest or config: a refused image stores no blob.
+    let blobs: Vec<_> = std::fs::read_dir(root.join("blobs/sha256"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(blobs.is_empty(), "blobs left in the store: {blobs:?}");
 }
 
 #[test]

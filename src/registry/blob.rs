@@ -31,6 +31,14 @@ impl BlobSink for File {
     }
 }
 
+/// A small blob (an image config) kept in memory until it has been checked.
+impl BlobSink for Vec<u8> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
 impl Client {
     /// Streams the blob into `out` (a fresh, empty file opened read+write), hashing
     /// while writing; on a dropped connection or a read error, retries (retry.rs; an
