@@ -998,3 +998,51 @@ fn a_closed_stdout_ends_the_command_quietly() {
         assert!(stderr.is_empty(), "imgfs {args:?} into a closed pipe said: {stderr}");
     }
 }
+
+#[test]
+fn ls_positional_repo_and_tag_filter_like_docker_images() {
+    let env = Env::new();
+    let one = env.add(Spec {
+        tags: &["app:1", "127.0.0.1:5000/app:1"],
+        created: ago(Duration::days(3)),
+        labels: &[("team", "a")],
+        salt: "one",
+        ..Default::default()
+    });
+    let _two = env.add(Spec {
+        tags: &["app:2", "user/app:2"],
+        created: ago(Duration::days(2)),
+        labels: &[("team", "b")],
+        salt: "two",
+        ..Default::default()
+    });
+    let _pinned =
+        env.add(Spec { pinned: &["app"], created: ago(Duration::days(1)), salt: "pinned", ..Default::default() });
+    let ls = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["ls", "--format", "{{.Repository}}:{{.Tag}}"];
+        all.extend(args);
+        env.imgfs(&all).ok().lines().map(String::from).collect()
+    };
+    // Without a tag, every tag of the repository and its untagged digests; the name
+    // is normalised as references are, so the long Docker Hub form is the same repo.
+    assert_eq!(ls(&["app"]), ["app:<none>", "app:2", "app:1"]);
+    assert_eq!(ls(&["docker.io/library/app"]), ["app:<none>", "app:2", "app:1"]);
+    assert_eq!(ls(&["user/app"]), ["user/app:2"]);
+    assert_eq!(ls(&["127.0.0.1:5000/app"]), ["127.0.0.1:5000/app:1"]);
+    // With a tag, that tag only; the tag may be a glob, as docker's reference filter.
+    assert_eq!(ls(&["app:1"]), ["app:1"]);
+    assert_eq!(ls(&["index.docker.io/library/app:2"]), ["app:2"]);
+    assert_eq!(ls(&["app:[12]"]), ["app:2", "app:1"]);
+    assert_eq!(ls(&["app:9"]), Vec::<String>::new());
+    assert_eq!(ls(&["nothing"]), Vec::<String>::new());
+    // `images` is the same command, and the other flags apply to the match.
+    let images = env.imgfs(&["images", "-q", "127.0.0.1:5000/app:1"]);
+    assert_eq!(lines(images.ok()), [one.short()]);
+    // The positional and --filter must both hold.
+    assert_eq!(ls(&["--filter", "label=team=a", "app"]), ["app:1"]);
+    assert_eq!(ls(&["--filter", "label=team=b", "app:1"]), Vec::<String>::new());
+    assert_eq!(ls(&["--filter", "reference=*/app", "app"]), Vec::<String>::new());
+    // A name that is no reference is a one-line error naming it.
+    let err = env.imgfs(&["ls", "App"]).fails().to_string();
+    assert!(err.contains("\"App\""), "{err}");
+}

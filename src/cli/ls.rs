@@ -8,7 +8,7 @@
 use super::Context;
 use crate::digest::Digest;
 use crate::image::ImageConfig;
-use crate::reference::familiar_name;
+use crate::reference::{familiar_name, Reference};
 use crate::store::db::{Db, ImageRecord};
 use crate::store::Store;
 use crate::template::{align_table, Template};
@@ -37,6 +37,9 @@ pub struct Args {
     /// Format output with a Go-style template, `table TEMPLATE`, or `json`
     #[arg(long)]
     pub format: Option<String>,
+    /// Only list this repository (every tag), or this REPO:TAG; the tag may be a glob
+    #[arg(value_name = "REPO[:TAG]")]
+    pub repository: Option<String>,
 }
 
 const DEFAULT_TABLE: &str = "{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}";
@@ -47,7 +50,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let output = Output::choose(&args)?;
     let db = ctx.store.db()?;
     let images = load_images(&ctx.store, &db);
-    let filter = ListFilter::parse(&args.filters, &db, &images)?;
+    let mut filter = ListFilter::parse(&args.filters, &db, &images)?;
+    filter.repository = args.repository.as_deref().map(repository_pattern).transpose()?;
 
     let mut order: Vec<&Listed> = images.values().collect();
     order.sort_by(|a, b| b.time().cmp(&a.time()).then(b.rec.added.cmp(&a.rec.added)).then(a.rec.id.cmp(&b.rec.id)));
@@ -220,6 +224,8 @@ struct ListFilter {
     since: Option<i64>,
     labels: Vec<LabelFilter>,
     references: Vec<String>,
+    /// The `REPO[:TAG]` argument as a `reference` pattern; it must hold besides the filters.
+    repository: Option<String>,
 }
 
 impl ListFilter {
@@ -275,8 +281,10 @@ impl ListFilter {
         }
         // Docker matches a pattern against the familiar name and against the familiar
         // reference (`name:tag` or `name@digest`), and shows only the matching names.
+        let matches = |p: &String, name: &str, full: &str| glob_match(p, full) || glob_match(p, name);
         let wanted = |name: &str, full: &str| {
-            self.references.is_empty() || self.references.iter().any(|p| glob_match(p, full) || glob_match(p, name))
+            (self.references.is_empty() || self.references.iter().any(|p| matches(p, name, full)))
+                && self.repository.iter().all(|p| matches(p, name, full))
         };
         let mut rows = Vec::new();
         let mut tagged_repos = HashSet::new();
@@ -301,11 +309,41 @@ impl ListFilter {
                 rows.push(Row::new(img, repo, "<none>".into(), Some(digest)));
             }
         }
-        if rows.is_empty() && dangling && self.references.is_empty() {
+        if rows.is_empty() && dangling && self.references.is_empty() && self.repository.is_none() {
             rows.push(Row::new(img, "<none>".into(), "<none>".into(), None));
         }
         rows
     }
+}
+
+/// The `REPO[:TAG]` argument of `ls` as a `reference` pattern over familiar names, as
+/// `docker images REPO[:TAG]` turns it into one: the repository is normalised as a
+/// reference is (`docker.io/library/app` is `app`), so both spellings find the same
+/// rows; the tag (or `@digest`) part is kept as written and may be a glob.
+fn repository_pattern(arg: &str) -> Result<String> {
+    let (rest, digest) = match arg.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (arg, None),
+    };
+    // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    // A name with glob characters cannot be parsed; it is matched as written.
+    let name = if name.contains(['*', '?', '[', '\\']) {
+        name.to_string()
+    } else {
+        Reference::parse(name).map_err(|e| anyhow!("{e}"))?.familiar_name()
+    };
+    let pattern = match (tag, digest) {
+        (Some(t), _) => format!("{name}:{t}"),
+        (None, Some(d)) => format!("{name}@{d}"),
+        (None, None) => name,
+    };
+    check_glob(&pattern).map_err(|e| anyhow!("invalid repository {arg:?}: {e}"))?;
+    Ok(pattern)
 }
 
 /// The digest part of the image's RepoDigests entry for repository `name`.
