@@ -215,6 +215,44 @@ fn platform_choice_from_oci_and_docker_indexes() {
     }
 }
 
+/// `DOCKER_DEFAULT_PLATFORM` picks the platform when `--platform` is not given, and
+/// `--platform` wins over it, as in docker.
+#[test]
+fn docker_default_platform_picks_the_platform_and_the_flag_wins() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let reference = format!("{}/multi:1", e.addr);
+    let arch = |id: &str| -> serde_json::Value {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(r.join("blobs/sha256").join(&id[7..])).unwrap()).unwrap();
+        config["architecture"].clone()
+    };
+    let with_default = |platform: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_imgfs"))
+            .arg("--root")
+            .arg(r)
+            .args(args)
+            .env("DOCKER_DEFAULT_PLATFORM", platform)
+            .output()
+            .unwrap()
+    };
+    // Both platforms, so the test proves the variable is read whatever the host is.
+    for (platform, want) in [("linux/arm64", "arm64"), ("linux/amd64", "amd64")] {
+        ok(&with_default(platform, &["pull", &reference]));
+        assert_eq!(arch(&tag_target(r, &reference).unwrap()), want, "DOCKER_DEFAULT_PLATFORM={platform}");
+    }
+    ok(&with_default("linux/arm64", &["pull", "--platform", "linux/amd64", &reference]));
+    assert_eq!(arch(&tag_target(r, &reference).unwrap()), "amd64");
+    // Set but empty is unset: the host's platform, as without the variable.
+    ok(&with_default("", &["pull", &reference]));
+    let host = tag_target(r, &reference).unwrap();
+    ok(&imgfs(r, &["pull", &reference]));
+    assert_eq!(tag_target(r, &reference).unwrap(), host);
+    let err = fails(&with_default("linux/s390x", &["pull", &reference]));
+    assert!(err.contains("linux/s390x"), "{err}");
+}
+
 #[test]
 fn docker_v2s2_zstd_and_uncompressed_layers_pull_and_index() {
     let (e, _serial) = env();

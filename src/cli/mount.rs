@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Platform to mount from a multi-arch image (OS/ARCH[/VARIANT])
-    #[arg(long)]
+    // Docker's variable for the default platform; the flag wins over it.
+    #[arg(long, env = "DOCKER_DEFAULT_PLATFORM")]
     pub platform: Option<String>,
     /// Stay in the foreground and log to stderr
     #[arg(short, long)]
@@ -95,7 +96,8 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
 /// registered it, so that a `prune -a` or `rm` before the server records itself
 /// leaves it alone.
 fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
-    let platform = platform.map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
+    let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
     if platform.is_none() {
         let held = ctx.store.update_db(|db| {
             let Ok((id, _)) = db.find(reference) else { return Ok(None) };

@@ -13,7 +13,8 @@ use std::sync::Arc;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Platform to pull from a multi-arch image (OS/ARCH[/VARIANT])
-    #[arg(long)]
+    // Docker's variable for the default platform; the flag wins over it.
+    #[arg(long, env = "DOCKER_DEFAULT_PLATFORM")]
     pub platform: Option<String>,
     /// Pull every tag of the repository
     #[arg(short = 'a', long = "all-tags")]
@@ -27,7 +28,14 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
-    let platform = args.platform.as_deref().map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
+    let platform = args
+        .platform
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(Platform::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     if args.all_tags {
         if r.digest.is_some() || args.reference.rsplit('/').next().is_some_and(|last| last.contains(':')) {
             bail!("tag can't be used with --all-tags: {}", args.reference);
