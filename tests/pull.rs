@@ -251,6 +251,16 @@ fn docker_default_platform_picks_the_platform_and_the_flag_wins() {
     assert_eq!(tag_target(r, &reference).unwrap(), host);
     let err = fails(&with_default("linux/s390x", &["pull", &reference]));
     assert!(err.contains("linux/s390x"), "{err}");
+    // mount reads it too: the platform the index lacks is refused before anything mounts.
+    let dir = r.join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let out = with_default("linux/s390x", &["mount", &reference, dir.to_str().unwrap()]);
+    if out.status.success() {
+        // Ignoring the variable mounted the host's image: take it down before failing.
+        let _ = imgfs(r, &["umount", dir.to_str().unwrap()]);
+    }
+    let err = fails(&out);
+    assert!(err.contains("linux/s390x"), "{err}");
 }
 
 #[test]
