@@ -65,6 +65,10 @@ pub enum Command {
     Search(search::Args),
     /// Verify the store (blobs, indexes, records, mounts); --repair removes what is damaged
     Check(check::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout
+    Man,
 }
 
 /// What every subcommand gets: the store and a lazily built registry client.
@@ -89,6 +93,12 @@ impl Context {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // These only print what clap knows: no store to open (it may not exist yet).
+    match cli.command {
+        Command::Completions(a) => return completions(a),
+        Command::Man => return man_page(),
+        _ => {}
+    }
     let root = cli.root.clone().unwrap_or_else(Store::default_root);
     let mut insecure = cli.insecure_registries.clone();
     if let Ok(env) = std::env::var("IMGFS_INSECURE_REGISTRIES") {
@@ -132,5 +142,36 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount(a) => umount::run(&ctx, a),
         Command::Search(a) => search::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
+        // Returned above, before the store was opened.
+        Command::Completions(a) => completions(a),
+        Command::Man => man_page(),
     }
+}
+
+/// `imgfs completions SHELL`: the completion script, generated from the same clap
+/// definitions as the parser so that it cannot drift from it.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// Shell to complete for
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+fn completions(args: CompletionsArgs) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(args.shell, &mut cmd, "imgfs", &mut out);
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+/// `imgfs man`: the roff man page, from the same definitions; each subcommand's
+/// options are on its `--help`.
+fn man_page() -> Result<()> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub struct Args {
     /// Only print the image reference
     #[arg(short, long)]
     pub quiet: bool,
+    /// Image reference ([registry/]name[:tag][@sha256:…]), or the repository with -a
     #[arg(value_name = "REF")]
     pub reference: String,
 }

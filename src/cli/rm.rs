@@ -24,6 +24,7 @@ pub struct Args {
     /// Remove an image even when several tags refer to it
     #[arg(short, long)]
     pub force: bool,
+    /// Images to untag or remove (reference or ID)
     #[arg(required = true, value_name = "REF|ID")]
     pub images: Vec<String>,
 }

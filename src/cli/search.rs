@@ -17,6 +17,7 @@ pub struct Args {
     /// Only print names
     #[arg(short, long)]
     pub quiet: bool,
+    /// Text the repository names must contain
     #[arg(value_name = "TERM")]
     pub term: String,
 }

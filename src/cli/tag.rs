@@ -9,8 +9,10 @@ use anyhow::{anyhow, bail, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Image to name (reference or ID)
     #[arg(value_name = "SOURCE")]
     pub source: String,
+    /// The new name ([registry/]name[:tag])
     #[arg(value_name = "TARGET")]
     pub target: String,
 }

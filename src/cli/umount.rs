@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Mountpoint of an imgfs mount
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 }
