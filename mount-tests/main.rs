@@ -1553,3 +1553,26 @@ fn layered_provisional_dir_attrs_become_exact() {
         treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
     assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
+
+/// `DOCKER_DEFAULT_PLATFORM` (issue 9) names the platform a mount wants: a pulled image
+/// of that platform is mounted from the store, without asking its registry (here a
+/// name on a port where nothing answers).
+#[test]
+fn a_default_platform_the_pulled_image_has_mounts_it_without_the_registry() {
+    let store = Store::new();
+    let root = store.root();
+    let image = format!("{}/lazy:1", env().addr);
+    imgfs_ok(root, &["pull", &image]);
+    let platform = imgfs_ok(root, &["inspect", "--format", "{{.Os}}/{{.Architecture}}", &image]);
+    imgfs_ok(root, &["tag", &image, "127.0.0.1:9/lazy:1"]);
+    let m = Mount::empty();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("--root")
+        .arg(root)
+        .env("DOCKER_DEFAULT_PLATFORM", platform.trim())
+        .args(["mount", "127.0.0.1:9/lazy:1", m.arg()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+}

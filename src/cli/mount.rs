@@ -90,7 +90,7 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     result
 }
 
-/// Find the image locally (by name or ID), else fetch its manifest and config from
+/// Find the image locally (by name or ID, and of the platform asked for), else fetch its manifest and config from
 /// the registry and register it; layers are left for the mount to fetch. Whichever it
 /// is, the image is held for the mount under the same records lock that found or
 /// registered it, so that a `prune -a` or `rm` before the server records itself
@@ -98,18 +98,21 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
 fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
     let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
-    if platform.is_none() {
-        let held = ctx.store.update_db(|db| {
-            let Ok((id, _)) = db.find(reference) else { return Ok(None) };
-            let record = db.images.get(&id).cloned().with_context(|| format!("no such image: {id}"))?;
-            hold(ctx, &record.id, reference, dir)?;
-            Ok(Some(record))
-        })?;
-        if let Some(record) = held {
-            let config = serde_json::from_slice(&ctx.store.read_blob(&record.id)?)
-                .with_context(|| format!("image config {} is not valid", record.id))?;
-            return Ok((record, config));
+    // A local image serves when no platform is asked for, or when it is that platform
+    // (so `DOCKER_DEFAULT_PLATFORM` doesn't send a mount of a pulled image to the registry).
+    let held = ctx.store.update_db(|db| {
+        let Ok((id, _)) = db.find(reference) else { return Ok(None) };
+        let record = db.images.get(&id).cloned().with_context(|| format!("no such image: {id}"))?;
+        let config: ImageConfig = serde_json::from_slice(&ctx.store.read_blob(&record.id)?)
+            .with_context(|| format!("image config {} is not valid", record.id))?;
+        if platform.as_ref().is_some_and(|p| p.os != config.os || p.architecture != config.architecture) {
+            return Ok(None);
         }
+        hold(ctx, &record.id, reference, dir)?;
+        Ok(Some((record, config)))
+    })?;
+    if let Some(found) = held {
+        return Ok(found);
     }
     let r = Reference::parse(reference).map_err(anyhow::Error::msg)?;
     let resolved = fetch::resolve(&*ctx.client()?, &ctx.store, &r, platform.as_ref())?;
