@@ -13,6 +13,9 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "pushing/mod.rs"]
+mod pushing;
+
 fn imgfs(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs"))
         .arg("--root")
@@ -194,18 +197,8 @@ impl Registry {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Monolithic upload: POST for an upload URL, then PUT the bytes with their digest.
     fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let digest = Digest::of(data);
-        let r = self.http.post(self.url(&format!("/v2/{repo}/blobs/uploads/"))).send().unwrap();
-        assert_eq!(r.status(), 202, "starting an upload to {repo}");
-        let location = r.headers()["location"].to_str().unwrap();
-        let mut url = reqwest::Url::parse(&self.url("/")).unwrap().join(location).unwrap();
-        url.query_pairs_mut().append_pair("digest", digest.as_str());
-        let r =
-            self.http.put(url).header("content-type", "application/octet-stream").body(data.to_vec()).send().unwrap();
-        assert_eq!(r.status(), 201, "finishing the upload of {digest}: {:?}", r.text());
-        digest
+        pushing::push_blob(&self.http, &self.addr, repo, data)
     }
 
     /// Push a manifest whose config and layers are these blobs, with `edit` applied to
@@ -230,14 +223,14 @@ impl Registry {
             "layers": layers,
         });
         edit(&mut manifest);
-        let r = self
-            .http
-            .put(self.url(&format!("/v2/{repo}/manifests/{tag}")))
-            .header("content-type", OCI_MANIFEST)
-            .body(serde_json::to_vec(&manifest).unwrap())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "pushing manifest {repo}:{tag}: {:?}", r.text());
+        pushing::push_manifest(
+            &self.http,
+            &self.addr,
+            repo,
+            tag,
+            OCI_MANIFEST,
+            &serde_json::to_vec(&manifest).unwrap(),
+        );
         format!("{}/{repo}:{tag}", self.addr)
     }
 }
@@ -260,14 +253,7 @@ impl Registry {
             "mediaType": OCI_INDEX,
             "manifests": [{"mediaType": media_type, "digest": Digest::of(&body), "size": body.len(), "platform": platform}],
         });
-        let r = self
-            .http
-            .put(self.url(&format!("/v2/{repo}/manifests/{tag}")))
-            .header("content-type", OCI_INDEX)
-            .body(serde_json::to_vec(&index).unwrap())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "pushing index {repo}:{tag}: {:?}", r.text());
+        pushing::push_manifest(&self.http, &self.addr, repo, tag, OCI_INDEX, &serde_json::to_vec(&index).unwrap());
         format!("{}/{repo}:{tag}", self.addr)
     }
 }

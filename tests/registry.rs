@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "pushing/mod.rs"]
+mod pushing;
+
 /// A client that sees no credentials from the machine it runs on.
 fn client() -> Client {
     Client::new(ClientOptions {
@@ -120,29 +123,12 @@ impl LocalRegistry {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Monolithic upload: POST for an upload URL, then PUT the bytes with their digest.
     fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let digest = Digest::of(data);
-        let r = self.http.post(self.url(&format!("/v2/{repo}/blobs/uploads/"))).send().unwrap();
-        assert_eq!(r.status(), 202, "starting an upload to {repo}");
-        let location = r.headers()["location"].to_str().unwrap();
-        let mut url = reqwest::Url::parse(&self.url("/")).unwrap().join(location).unwrap();
-        url.query_pairs_mut().append_pair("digest", digest.as_str());
-        let r =
-            self.http.put(url).header("content-type", "application/octet-stream").body(data.to_vec()).send().unwrap();
-        assert_eq!(r.status(), 201, "finishing the upload of {digest}: {:?}", r.text());
-        digest
+        pushing::push_blob(&self.http, &self.addr, repo, data)
     }
 
     fn push_manifest(&self, repo: &str, reference: &str, body: &[u8]) {
-        let r = self
-            .http
-            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
-            .header("content-type", OCI_MANIFEST)
-            .body(body.to_vec())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "pushing manifest {repo}:{reference}: {:?}", r.text());
+        pushing::push_manifest(&self.http, &self.addr, repo, reference, OCI_MANIFEST, body)
     }
 
     /// A one-layer OCI image under each of `tags`; returns the manifest and its digest.
