@@ -6,16 +6,6 @@
 use super::*;
 use std::ffi::OsStr;
 
-/// Runs imgfs with extra environment variables.
-fn imgfs_env(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgfs"));
-    cmd.arg("--root").arg(root).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("cannot run imgfs")
-}
-
 /// The one-line error of a pull that must fail; nothing of the image is listed after.
 fn pull_fails(root: &Path, env: &[(&str, &str)], image: &str) -> String {
     let out = imgfs_env(root, env, &["pull", image]);
@@ -70,8 +60,7 @@ fn a_mount_serves_bad_entries_as_documented() {
     assert_eq!(names_in(&m.path("lowdir")), vec![b"f".to_vec()]);
     assert_eq!(fs::read(m.path("lowdir/f")).unwrap(), b"still here\n");
 
-    let logs = fs::read_dir(store.root().join("logs")).unwrap().map(|e| fs::read_to_string(e.unwrap().path()).unwrap());
-    let logs: String = logs.collect();
+    let logs = server_logs(store.root());
     assert!(
         logs.contains(
             r#"hard link "links/passwd" in layer 1 points at "etc/passwd", which is not a file of the image"#
@@ -127,10 +116,7 @@ fn a_mount_of_a_layer_over_the_limit_fails_the_operation_not_the_mount() {
     assert_eq!(errno_of("ls", fs::read_dir(m.path("many"))), libc::EIO);
     assert_eq!(errno_of("ls", fs::read_dir(m.path("many"))), libc::EIO, "tried again, fails again");
     assert!(mountinfo(&m.dir).is_some(), "the mount is still up");
-    let logs: String = fs::read_dir(store.root().join("logs"))
-        .unwrap()
-        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
+    let logs = server_logs(store.root());
     assert!(logs.contains("the limit (set IMGFS_MAX_LAYER_SIZE to raise it)"), "{logs}");
 }
 

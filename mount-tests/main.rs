@@ -102,7 +102,23 @@ impl Store {
 }
 
 fn imgfs(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().expect("cannot run imgfs")
+    imgfs_env(root, &[], args)
+}
+
+/// `imgfs` with environment variables set (limits, the default platform).
+fn imgfs_env(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgfs"));
+    cmd.arg("--root").arg(root).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cannot run imgfs")
+}
+
+/// Everything the store's mount servers have logged, in one string.
+fn server_logs(root: &Path) -> String {
+    let logs = fs::read_dir(root.join("logs")).expect("logs dir");
+    logs.map(|e| fs::read_to_string(e.unwrap().path()).unwrap_or_default()).collect()
 }
 
 fn show(out: &Output) -> String {
@@ -1566,13 +1582,8 @@ fn a_default_platform_the_pulled_image_has_mounts_it_without_the_registry() {
     let platform = imgfs_ok(root, &["inspect", "--format", "{{.Os}}/{{.Architecture}}", &image]);
     imgfs_ok(root, &["tag", &image, "127.0.0.1:9/lazy:1"]);
     let m = Mount::empty();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgfs"))
-        .arg("--root")
-        .arg(root)
-        .env("DOCKER_DEFAULT_PLATFORM", platform.trim())
-        .args(["mount", "127.0.0.1:9/lazy:1", m.arg()])
-        .output()
-        .unwrap();
+    let out =
+        imgfs_env(root, &[("DOCKER_DEFAULT_PLATFORM", platform.trim())], &["mount", "127.0.0.1:9/lazy:1", m.arg()]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
 }

@@ -98,10 +98,7 @@ fn flip(path: &Path, at: usize) {
 /// The read fails with EIO, and the server's log says why.
 fn assert_eio_logged(root: &Path, path: &Path) {
     assert_eq!(errno_of(&path.display().to_string(), fs::read(path)), libc::EIO, "{}", path.display());
-    let logs: String = fs::read_dir(root.join("logs"))
-        .unwrap()
-        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap_or_default())
-        .collect();
+    let logs = server_logs(root);
     assert!(logs.contains("damaged on disk"), "the mount log does not say why: {logs}");
 }
 
