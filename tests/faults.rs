@@ -39,19 +39,22 @@ fn fails(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
+/// The manifest of an image in the test registry, straight from the registry.
+fn manifest_of(repo_tag: &str) -> serde_json::Value {
+    let (repo, tag) = repo_tag.split_once(':').unwrap();
+    let body = reqwest::blocking::Client::new()
+        .get(format!("http://{}/v2/{repo}/manifests/{tag}", registry_addr()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
 /// The layer digests of an image in the test registry, from its manifest.
 fn layers_of(repo_tag: &str) -> Vec<String> {
-    let (repo, tag) = repo_tag.split_once(':').unwrap();
-    let m: serde_json::Value = serde_json::from_slice(
-        &reqwest::blocking::Client::new()
-            .get(format!("http://{}/v2/{repo}/manifests/{tag}", registry_addr()))
-            .header("accept", "application/vnd.oci.image.manifest.v1+json")
-            .send()
-            .unwrap()
-            .bytes()
-            .unwrap(),
-    )
-    .unwrap();
+    let m = manifest_of(repo_tag);
     m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
 }
 
@@ -98,16 +101,7 @@ fn a_manifest_cut_midway_is_fetched_again() {
 #[test]
 fn a_config_whose_connection_closes_unanswered_is_fetched_again() {
     let proxy = FaultProxy::start(&registry_addr());
-    let m: serde_json::Value = serde_json::from_str(
-        &reqwest::blocking::Client::new()
-            .get(format!("http://{}/v2/app/manifests/1", registry_addr()))
-            .header("accept", "application/vnd.oci.image.manifest.v1+json")
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-    )
-    .unwrap();
+    let m = manifest_of("app:1");
     let config = m["config"]["digest"].as_str().unwrap().to_string();
     proxy.add(Rule::new(&config, Fault::Close).times(2));
     let root = tempfile::tempdir().unwrap();
