@@ -133,7 +133,9 @@ impl Checkpoints {
         self.max_span_len() <= self.span.saturating_mul(MAX_SPAN_FACTOR)
     }
 
-    /// The blob bytes `decode_span(_, i)` reads, as `(start, end)`, end exclusive.
+    /// The blob bytes span `i` decodes from, as `(start, end)`, end exclusive: everything
+    /// the span needs lies before the next checkpoint, including any member trailers and
+    /// headers it crosses.
     /// Panics if `i >= span_count()`.
     pub fn compressed_range(&self, i: usize) -> (u64, u64) {
         let point = &self.points[i];
@@ -145,28 +147,36 @@ impl Checkpoints {
     /// the checkpoints were taken from. Uses only positioned reads and local state, so any
     /// number of threads may call it at once on one `File`.
     pub fn decode_span(&self, blob: &File, i: usize) -> io::Result<Vec<u8>> {
-        if i >= self.points.len() {
-            return Err(invalid_input(format!("span {i} out of range ({} spans)", self.points.len())));
-        }
-        let (start, end) = self.span_range(i);
-        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
-        let point = &self.points[i];
-        // Everything the span needs lies before the next checkpoint, including any member
-        // trailers and headers it crosses.
-        let cend = self.points.get(i + 1).map_or(self.compressed_size, |p| p.compressed);
-        let cstart = point.compressed - u64::from(point.bits > 0);
+        self.check_span(i)?;
+        let (cstart, cend) = self.compressed_range(i);
         let clen = usize::try_from(cend - cstart).map_err(|_| invalid_input("span too large".into()))?;
         let mut data = vec![0; clen];
         blob.read_exact_at(&mut data, cstart)?;
+        self.decode_span_from(i, &data)
+    }
+
+    /// Decodes span `i` from `data`, the blob bytes `compressed_range(i)` names (read by
+    /// a caller that checks them on the way).
+    pub fn decode_span_from(&self, i: usize, data: &[u8]) -> io::Result<Vec<u8>> {
+        self.check_span(i)?;
+        let (start, end) = self.span_range(i);
+        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
         let mut out = vec![0; len];
         match self.format {
-            Format::Gzip => inflate_span(point, &data, &mut out)?,
+            Format::Gzip => inflate_span(&self.points[i], data, &mut out)?,
             Format::Zstd => {
-                let mut dec = zstd::stream::read::Decoder::with_buffer(&data[..])?;
+                let mut dec = zstd::stream::read::Decoder::with_buffer(data)?;
                 dec.read_exact(&mut out)?;
             }
         }
         Ok(out)
+    }
+
+    fn check_span(&self, i: usize) -> io::Result<()> {
+        if i >= self.points.len() {
+            return Err(invalid_input(format!("span {i} out of range ({} spans)", self.points.len())));
+        }
+        Ok(())
     }
 
     /// Writes the checkpoints: magic, version, body length, body, CRC-32 of the body.

@@ -141,16 +141,6 @@ impl Stored {
             None => self.file.read_exact_at(buf, at),
         }
     }
-
-    /// Check bytes `start..end` without keeping them.
-    fn verify(&self, start: u64, end: u64) -> io::Result<()> {
-        match &self.sums {
-            Some(s) if end > start => {
-                s.read_exact_at(&self.file, &self.path, &mut vec![0u8; (end - start) as usize], start)
-            }
-            _ => Ok(()),
-        }
-    }
 }
 
 pub struct Compressed {
@@ -167,10 +157,12 @@ impl Compressed {
     fn span(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
         let (s0, s1) = self.checkpoints.span_range(i);
         self.spans.get(self.id, i, s1 - s0, || {
-            // The compressed bytes are checked first: a damaged block may still decode.
+            // The compressed bytes are read once, checked on the way (a damaged block
+            // may still decode), and decoded from memory.
             let (c0, c1) = self.checkpoints.compressed_range(i);
-            self.blob.verify(c0, c1)?;
-            self.checkpoints.decode_span(&self.blob.file, i)
+            let mut data = vec![0; usize::try_from(c1 - c0).map_err(|_| io::Error::other("span too large"))?];
+            self.blob.read_exact_at(&mut data, c0)?;
+            self.checkpoints.decode_span_from(i, &data)
         })
     }
 
