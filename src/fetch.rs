@@ -69,32 +69,28 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         }
     };
     let config_desc = manifest.config.clone();
-    let config_body = if store.has_blob(&config_desc.digest) {
-        None
-    } else {
-        if config_desc.size > MAX_CONFIG_SIZE {
-            bail!(
-                "{r}: image config {} claims {} bytes, more than {MAX_CONFIG_SIZE}",
-                config_desc.digest,
-                config_desc.size
-            );
-        }
-        let (registry, repository) = (&r.registry, &r.repository);
-        let mut body = Vec::new();
-        client
-            .download_blob(registry, repository, &config_desc.digest, Some(config_desc.size), &mut body)
-            .with_context(|| format!("cannot get config of {r}"))?;
-        Some(body)
-    };
-    let stored;
-    let config_bytes = match &config_body {
-        Some(body) => body,
-        None => {
-            stored = store.read_blob(&config_desc.digest)?;
-            &stored
+    // A config already in the store is read, not fetched, but kept in memory all the
+    // same: until the lease below is taken a GC may sweep it (it can belong to an image
+    // just removed), and then it is stored again from here. A damaged copy is fetched.
+    let config_body = match store.read_blob(&config_desc.digest) {
+        Ok(body) if Digest::of(&body) == config_desc.digest => body,
+        _ => {
+            if config_desc.size > MAX_CONFIG_SIZE {
+                bail!(
+                    "{r}: image config {} claims {} bytes, more than {MAX_CONFIG_SIZE}",
+                    config_desc.digest,
+                    config_desc.size
+                );
+            }
+            let (registry, repository) = (&r.registry, &r.repository);
+            let mut body = Vec::new();
+            client
+                .download_blob(registry, repository, &config_desc.digest, Some(config_desc.size), &mut body)
+                .with_context(|| format!("cannot get config of {r}"))?;
+            body
         }
     };
-    let config: ImageConfig = serde_json::from_slice(config_bytes)
+    let config: ImageConfig = serde_json::from_slice(&config_body)
         .with_context(|| format!("{r}: image config {} is not valid", config_desc.digest))?;
     if let (Some(want), None) = (platform, &index) {
         if config.os != want.os || config.architecture != want.architecture {
@@ -114,9 +110,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     if let Some(body) = &sub_body {
         store.put_blob_bytes(&manifest_digest, body)?;
     }
-    if let Some(body) = &config_body {
-        store.put_blob_bytes(&config_desc.digest, body)?;
-    }
+    store.put_blob_bytes(&config_desc.digest, &config_body)?;
     let record = ImageRecord {
         id: config_desc.digest.clone(),
         manifest: manifest_digest,

@@ -436,3 +436,42 @@ fn pulls_of_images_sharing_layers_race_prune_and_rm_and_lose_nothing() {
     }
     check_clean(&root);
 }
+
+/// Whether `pid` waits for a file lock (a `->` line of /proc/locks names it).
+fn waits_for_a_lock(pid: u32) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|l| l.contains("->") && l.split_whitespace().nth(5) == Some(pid.to_string().as_str()))
+}
+
+#[test]
+fn a_config_swept_while_a_pull_waits_for_its_lease_is_stored_again() {
+    // A pull that finds the config blob already in the store (left by an image just
+    // removed) must not trust it past the sweep that removes it: a GC can run between
+    // the look and the lease. Here the test plays that GC, holding its lock while the
+    // pull waits, and removes the blob before letting the pull on.
+    let store = tempfile::tempdir().unwrap();
+    let root = store.path();
+    let name = image("layered:1");
+    ok(root, &["pull", &name]);
+    let config = blob(root, &id_of(root, &name));
+    let kept = std::fs::read(&config).unwrap();
+    ok(root, &["rm", &name]);
+    assert!(!config.exists(), "rm sweeps the config");
+    std::fs::write(&config, &kept).unwrap();
+
+    let gc = std::fs::File::open(root.join("gc.lock")).unwrap();
+    gc.lock().unwrap();
+    let mut pull = command(root, &["pull", &name]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while !waits_for_a_lock(pull.id()) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the pull never waited for the GC lock");
+        assert!(pull.try_wait().unwrap().is_none(), "the pull ended without waiting for the GC lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(&config).unwrap();
+    gc.unlock().unwrap();
+    let out = pull.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&config).unwrap(), kept, "the pull stored the config again");
+    check_clean(root);
+}
