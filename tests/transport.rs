@@ -283,6 +283,23 @@ fn plain_http_registry_on_loopback_still_works() {
     assert_ne!(stored_images(&root), "");
 }
 
+#[test]
+fn plain_http_registry_off_loopback_needs_naming_insecure() {
+    let ip = host_ip();
+    let reg = Registry::start_on(&ip, tempfile::tempdir().unwrap(), "", "");
+    copy_base_image(&format!("{}/base:1", reg.addr), None);
+    let image = format!("{}/base:1", reg.addr);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    // Not named: HTTPS only, which a plain-HTTP registry cannot answer.
+    let err = fails(&imgfs(&root, &[], &["pull", "-q", &image]));
+    assert!(err.contains(&reg.addr), "{err}");
+    assert_eq!(stored_images(&root), "");
+    // Named insecure: HTTPS is tried first and fails, plain HTTP answers.
+    ok(&imgfs(&root, &[("IMGFS_INSECURE_REGISTRIES", &reg.addr)], &["pull", "-q", &image]));
+    assert_ne!(stored_images(&root), "");
+}
+
 /// A docker-registry running as a pull-through cache of the shared test registry.
 fn pull_through_cache() -> Registry {
     Registry::start(tempfile::tempdir().unwrap(), &format!("proxy:\n  remoteurl: http://{}\n", shared_addr()), "")

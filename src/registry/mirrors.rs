@@ -119,7 +119,9 @@ impl Mirrors {
                 return Err("a [[registry]] has neither location nor prefix".into());
             }
             if prefix.starts_with("*.") {
-                return Err(format!("wildcard prefix {prefix:?} is not supported"));
+                // Not supported yet; skipped rather than refused, so that a system
+                // configuration made for podman does not stop imgfs altogether.
+                continue;
             }
             if r.insecure && !location.is_empty() {
                 self.insecure.push(host_of(&location).to_string());
@@ -329,5 +331,8 @@ location = "internal.lan/special-copy"
         assert!(m.route("bad.lan", "x", false).unwrap_err().to_string().contains("blocked"));
         assert!(Mirrors::default().add_registries_conf("[[registry]\n").is_err());
         assert!(Mirrors::default().add_registries_conf("[[registry]]\ninsecure = true\n").is_err());
+        let mut m = Mirrors::default();
+        m.add_registries_conf("[[registry]]\nprefix = \"*.lan\"\n[[registry.mirror]]\nlocation = \"m.lan\"\n").unwrap();
+        assert!(m.route("a.lan", "x", false).unwrap().mirrors.is_empty());
     }
 }
