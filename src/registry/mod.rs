@@ -421,7 +421,13 @@ impl Client {
             // A TLS port answers plain HTTP with 400 ("Client sent an HTTP request to an
             // HTTPS server"), or with bytes that are not HTTP at all.
             Ok(resp) => second == "https" && resp.status() == StatusCode::BAD_REQUEST,
-            Err(RegistryError::Unreachable { .. } | RegistryError::UntrustedCertificate { .. }) => true,
+            // A closed port is closed to either scheme. A silent one may be a plain-HTTP
+            // server waiting for a request line that our TLS hello never ends, so plain
+            // HTTP still gets its turn after HTTPS; never the other way round (a TLS
+            // server answers plain HTTP at once), which would only double the wait.
+            Err(RegistryError::Unreachable { reason, .. }) => {
+                !reason.contains("Connection refused") && (second == "http" || !reason.contains("timed out"))
+            }
             Err(_) => false,
         };
         if !try_other {

@@ -45,18 +45,17 @@ impl Clients {
     }
 
     /// The client for `authority` (`host[:port]`); `verify` false for a host whose
-    /// certificate is not checked (loopback, named insecure). Building one reads the
-    /// host's certs.d, which is small local files: done under the lock so that two
-    /// threads do not build the same client twice.
+    /// certificate is not checked (loopback, named insecure). Built outside the lock
+    /// (it reads certs.d and the system store): threads dialling other hosts do not
+    /// wait for it, and of two threads racing for one host, the first one's is kept.
     pub fn for_host(&self, authority: &str, verify: bool) -> Result<HttpClient, RegistryError> {
-        let mut map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
         let key = (authority.to_string(), verify);
-        if let Some(c) = map.get(&key) {
+        if let Some(c) = self.by_host.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
-        let c = self.build(authority, verify)?;
-        map.insert(key, c.clone());
-        Ok(c)
+        let built = self.build(authority, verify)?;
+        let mut map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(key).or_insert(built).clone())
     }
 
     fn build(&self, authority: &str, verify: bool) -> Result<HttpClient, RegistryError> {
