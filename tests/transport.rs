@@ -238,6 +238,21 @@ fn tls_registry_with_a_private_ca_is_trusted_through_docker_certs_d() {
 }
 
 #[test]
+fn the_system_trust_store_is_trusted() {
+    // rustls-native-certs reads the system store, or the file SSL_CERT_FILE names
+    // instead (as OpenSSL does): the private CA given that way, and nothing in certs.d.
+    let ip = host_ip();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path(), &ip);
+    let reg = Registry::start_on(&ip, tempfile::tempdir().unwrap(), "", &pki.registry_tls(false));
+    copy_base_image(&format!("{}/base:1", reg.addr), Some(&pki.cert_dir(false)));
+    let root = tmp.path().join("store");
+    let ca = pki.path("ca.crt");
+    ok(&imgfs(&root, &[("SSL_CERT_FILE", &ca)], &["pull", "-q", &format!("{}/base:1", reg.addr)]));
+    assert_ne!(stored_images(&root), "");
+}
+
+#[test]
 fn mutual_tls_takes_the_client_certificate_from_containers_certs_d() {
     let ip = host_ip();
     let tmp = tempfile::tempdir().unwrap();
