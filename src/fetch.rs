@@ -175,10 +175,6 @@ pub trait LayerProgress: Sync {
     fn verifying(&self) {}
 }
 
-/// For callers that show nothing.
-pub struct Silent;
-impl LayerProgress for Silent {}
-
 /// A layer ready to serve: its table of contents and random access to its data.
 pub type LoadedLayer = (Arc<LayerIndex>, Arc<LayerData>);
 
@@ -494,11 +490,12 @@ fn finish(
     Ok((Arc::new(index), Arc::new(data)))
 }
 
+/// Makes the progress reporter for a fetch of layer `i` (a mount's log).
+pub type ReportFn = dyn Fn(usize, &Descriptor) -> Box<dyn LayerProgress> + Send + Sync;
+
 /// The layers of one image, fetched from its registry and indexed on first use:
 /// what a mount's tree reads from. Each layer is loaded once: callers that need a
 /// layer being loaded wait for that layer alone, and `is_local` never waits.
-pub type ReportFn = dyn Fn(usize, &Descriptor) -> Box<dyn LayerProgress> + Send + Sync;
-
 pub struct StoreLayers {
     store: Store,
     client: Box<dyn Fn() -> Result<Arc<Client>> + Send + Sync>,
@@ -506,7 +503,6 @@ pub struct StoreLayers {
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
     spans: Arc<SpanCache>,
-    /// Makes the progress reporter for a fetch of layer `i` (the mount's log).
     report: Box<ReportFn>,
     loaded: Vec<OnceLock<LoadedLayer>>,
     /// Held while a layer loads, so that this process loads it once.
