@@ -31,6 +31,7 @@ mod faultproxy;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod progress;
 mod security;
 mod store_safety;
 

@@ -163,6 +163,18 @@ pub fn register_and(
     })
 }
 
+/// What a layer fetch reports while it runs, for whoever shows it: `pull` draws bars
+/// on a terminal, a mount server writes lines to its log. The fetch code only calls
+/// these; it never prints. Calls come from the thread doing the fetch.
+pub trait LayerProgress: Sync {
+    /// `done` of `total` compressed bytes have arrived (back to 0 if the registry sent
+    /// the blob again from the start).
+    fn downloading(&self, _done: u64, _total: u64) {}
+    /// The bytes are all here; the digest, diff_id and index are being finished (or,
+    /// for a blob already stored, computed in one pass over it).
+    fn verifying(&self) {}
+}
+
 /// A layer ready to serve: its table of contents and random access to its data.
 pub type LoadedLayer = (Arc<LayerIndex>, Arc<LayerData>);
 
@@ -179,6 +191,7 @@ pub fn load_layer(
     layer: &Descriptor,
     diff_id: &Digest,
     spans: &Arc<SpanCache>,
+    progress: &dyn LayerProgress,
 ) -> Result<LoadedLayer> {
     // One lease against garbage collection for the whole load, from the first byte
     // written to the index that names the blob.
@@ -192,10 +205,11 @@ pub fn load_layer(
     }
     let compression = Compression::of_media_type(&layer.media_type).map_err(anyhow::Error::msg)?;
     let (built, copy) = if store.has_blob(&layer.digest) {
+        progress.verifying();
         index_local(store, layer, compression, diff_id)?
     } else {
         let client = client()?;
-        match download_and_index(&client, store, source, layer, compression, diff_id)? {
+        match download_and_index(&client, store, source, layer, compression, diff_id, progress)? {
             Some(done) => done,
             // The registry restarted the blob midway; the blob is whole and verified
             // now, so index it from the store.
@@ -215,13 +229,14 @@ pub fn prepare_layer(
     source: &str,
     layer: &Descriptor,
     diff_id: &Digest,
+    progress: &dyn LayerProgress,
 ) -> Result<()> {
     if store.has_blob(&layer.digest) && IndexFile::is_current(&store.index_path(&layer.digest), layer.digest.as_str()) {
         return Ok(());
     }
     // Nothing will read file data through these layers.
     let spans = Arc::new(SpanCache::new(0));
-    load_layer(client, store, source, layer, diff_id, &spans).map(drop)
+    load_layer(client, store, source, layer, diff_id, &spans, progress).map(drop)
 }
 
 /// The layer from its index and blob in the store, if both are there and usable. An
@@ -305,6 +320,7 @@ fn download_and_index(
     layer: &Descriptor,
     compression: Compression,
     diff_id: &Digest,
+    progress: &dyn LayerProgress,
 ) -> Result<Option<(Built, Reframe)>> {
     let (registry, repository) = source.split_once('/').context("image source has no repository")?;
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
@@ -317,9 +333,21 @@ fn download_and_index(
         let mut restarted = false;
         let mut outcome = None;
         let stored = store.put_blob_with(&layer.digest, |file| {
-            let mut sink = TeeSink { file, tx: Some(tx), sent: false, restarted: &mut restarted };
+            let mut sink = TeeSink {
+                file,
+                tx: Some(tx),
+                sent: false,
+                restarted: &mut restarted,
+                received: 0,
+                total: layer.size,
+                progress,
+            };
             let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
             drop(sink); // the indexer sees the end of the stream
+            if downloaded.is_ok() {
+                // The indexer may still be a few seconds behind the network.
+                progress.verifying();
+            }
             let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
             downloaded.with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))?;
             if restarted {
@@ -342,11 +370,17 @@ struct TeeSink<'a> {
     /// Has the indexer been handed any bytes?
     sent: bool,
     restarted: &'a mut bool,
+    /// Bytes of the blob written so far, of `total`, for `progress`.
+    received: u64,
+    total: u64,
+    progress: &'a dyn LayerProgress,
 }
 
 impl Write for TeeSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
+        self.received += buf.len() as u64;
+        self.progress.downloading(self.received, self.total);
         if let Some(tx) = &self.tx {
             self.sent = true;
             if tx.send(buf.to_vec()).is_err() {
@@ -363,6 +397,8 @@ impl Write for TeeSink<'_> {
 impl BlobSink for TeeSink<'_> {
     fn restart(&mut self) -> io::Result<()> {
         self.file.restart()?;
+        self.received = 0;
+        self.progress.downloading(0, self.total);
         // The client empties the sink before its first request too: only bytes the
         // indexer has seen and that no longer count cut it off.
         if self.sent {
@@ -454,6 +490,9 @@ fn finish(
     Ok((Arc::new(index), Arc::new(data)))
 }
 
+/// Makes the progress reporter for a fetch of layer `i` (a mount's log).
+pub type ReportFn = dyn Fn(usize, &Descriptor) -> Box<dyn LayerProgress> + Send + Sync;
+
 /// The layers of one image, fetched from its registry and indexed on first use:
 /// what a mount's tree reads from. Each layer is loaded once: callers that need a
 /// layer being loaded wait for that layer alone, and `is_local` never waits.
@@ -464,6 +503,7 @@ pub struct StoreLayers {
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
     spans: Arc<SpanCache>,
+    report: Box<ReportFn>,
     loaded: Vec<OnceLock<LoadedLayer>>,
     /// Held while a layer loads, so that this process loads it once.
     loading: Vec<Mutex<()>>,
@@ -476,6 +516,7 @@ impl StoreLayers {
         record: &ImageRecord,
         config: &ImageConfig,
         spans: Arc<SpanCache>,
+        report: Box<ReportFn>,
     ) -> StoreLayers {
         StoreLayers {
             store,
@@ -484,6 +525,7 @@ impl StoreLayers {
             layers: record.layers.clone(),
             diff_ids: config.rootfs.diff_ids.clone(),
             spans,
+            report,
             loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
             loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
         }
@@ -498,15 +540,13 @@ impl StoreLayers {
             return Ok(l.clone());
         }
         let layer = &self.layers[i];
-        if !self.store.has_blob(&layer.digest) {
-            eprintln!("imgfs: fetching layer {i} ({}, {} bytes) from {}", layer.digest, layer.size, self.source);
-        }
         // Records and config are checked against each other at pull; records edited or
         // damaged since are an error here, not a panic.
         let diff_id = self.diff_ids.get(i).with_context(|| {
             format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
         })?;
-        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans)?;
+        let progress = (self.report)(i, layer);
+        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans, &*progress)?;
         Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }

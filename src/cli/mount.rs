@@ -242,7 +242,11 @@ fn serve(
         })
     };
     let spans = Arc::new(SpanCache::new(args.read_cache << 20));
-    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans);
+    let source = record.source.clone();
+    let report: Box<fetch::ReportFn> = Box::new(move |i, layer| {
+        Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
+    });
+    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, report);
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
     let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
@@ -288,6 +292,76 @@ fn serve(
     ctx.store.remove_mount_record(pid);
     eprintln!("imgfs: {} unmounted", dir.display());
     result.with_context(|| format!("serving {} failed", dir.display()))
+}
+
+/// How a layer fetched under a mount shows in the server's log: a line when the
+/// download starts, one at each tenth of the layer and one every `FetchLog::EVERY` in
+/// between (a slow link still shows it is moving), and one when it is all here and
+/// being verified, never a line per chunk.
+struct FetchLog {
+    layer: usize,
+    digest: Digest,
+    total: u64,
+    source: String,
+    state: Mutex<Option<Logged>>,
+}
+
+/// Set by the first bytes: when the download started, and what the last line said.
+struct Logged {
+    started: Instant,
+    last_line: Instant,
+    last_tenth: u64,
+}
+
+impl FetchLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(layer: usize, digest: Digest, total: u64, source: String) -> FetchLog {
+        FetchLog { layer, digest, total, source, state: Mutex::new(None) }
+    }
+}
+
+impl fetch::LayerProgress for FetchLog {
+    fn downloading(&self, done: u64, total: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let logged = state.get_or_insert_with(|| {
+            eprintln!(
+                "imgfs: fetching layer {} ({}, {}) from {}",
+                self.layer,
+                self.digest,
+                indicatif::DecimalBytes(self.total),
+                self.source
+            );
+            Logged { started: now, last_line: now, last_tenth: 0 }
+        });
+        let tenth = (done * 10).checked_div(total).unwrap_or(0);
+        if (tenth > logged.last_tenth && tenth < 10) || now - logged.last_line >= Self::EVERY {
+            eprintln!(
+                "imgfs: layer {}: {} of {} ({}%) in {:.1}s",
+                self.layer,
+                indicatif::DecimalBytes(done),
+                indicatif::DecimalBytes(total),
+                (done * 100).checked_div(total).unwrap_or(0),
+                (now - logged.started).as_secs_f64()
+            );
+            logged.last_line = now;
+        }
+        logged.last_tenth = tenth;
+    }
+
+    fn verifying(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*state {
+            Some(logged) => eprintln!(
+                "imgfs: layer {}: {} downloaded in {:.1}s; verifying and indexing",
+                self.layer,
+                indicatif::DecimalBytes(self.total),
+                logged.started.elapsed().as_secs_f64()
+            ),
+            None => eprintln!("imgfs: indexing layer {} ({}) from the store", self.layer, self.digest),
+        }
+    }
 }
 
 /// glibc gives each thread a malloc arena of its own and keeps what is freed there.
