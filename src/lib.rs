@@ -18,6 +18,7 @@ pub mod fs;
 pub mod fuse;
 pub mod fusermount;
 pub mod image;
+pub mod index_artifact;
 pub mod layer;
 pub mod reference;
 pub mod registry;

@@ -1,0 +1,427 @@
+//! A layer's index as it is published next to its image (see `referrers`): everything a
+//! host needs to serve the layer without downloading it first.
+//!
+//! One artifact blob per layer holds the table of contents (the same `Contents` the store
+//! keeps), how to reach the uncompressed bytes (decompression checkpoints for a gzip or
+//! zstd layer, plain byte ranges for a tar), and a SHA-256 of the compressed bytes of
+//! every span. A host that later fetches one span by HTTP Range trusts it only if its
+//! bytes hash to the digest in this index, which itself was fetched by digest from the
+//! artifact manifest. The blob is bound to its layer (layer digest, diff_id, compressed
+//! size inside) so an index published for one layer can't be passed off as another's.
+//!
+//! Layout: `IMGFSRIX`, a little-endian u32 format version, then a zstd frame of the
+//! postcard-encoded body. It comes from the network, so decoding bounds every size
+//! before it allocates, and refuses anything `build` would not have made.
+
+use crate::digest::Digest;
+use crate::image::{Compression, Descriptor};
+use crate::layer::checkpoints::{Checkpoints, Format};
+use crate::layer::{Access, Contents, IndexFile};
+use crate::store::Store;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+/// The media type of one artifact blob (one layer's index).
+pub const MEDIA_TYPE: &str = "application/vnd.imgfs.index.layer.v1+zstd";
+
+const MAGIC: &[u8; 8] = b"IMGFSRIX";
+const VERSION: u32 = 1;
+
+/// Span length for a layer read as plain byte ranges (a tar, or a compressed stream
+/// that can only be decoded from its start): the same 1 MiB as the checkpoints' spans.
+pub const CHUNK: u64 = 1 << 20;
+const MIN_CHUNK: u64 = 4 << 10;
+const MAX_CHUNK: u64 = 64 << 20;
+
+/// The most an artifact blob may be, compressed and decoded. A layer of a million empty
+/// files makes a store index of 26 MB: these leave room for ten times that, and no more.
+pub const MAX_BLOB: u64 = 256 << 20;
+const MAX_DECODED: u64 = 1 << 30;
+/// As many entries as the default layer bound lets a pull index.
+const MAX_ENTRIES: usize = 2_000_000;
+
+/// How the spans of a layer map onto its blob.
+pub enum Spans {
+    /// An uncompressed tar: span `i` is blob bytes `[i*chunk, (i+1)*chunk)`, and the
+    /// same bytes of the tar.
+    Plain { chunk: u64 },
+    /// A gzip or zstd blob: span `i` is `compressed_range(i)` of the checkpoints, which
+    /// decodes alone into `span_range(i)` of the tar.
+    Checkpoints(Checkpoints),
+    /// A compressed blob that can only be decoded from its start (a zstd layer in one
+    /// big frame): spans are fixed blob ranges as for `Plain`, fetched and checked one
+    /// by one, but decoded in order.
+    Stream { chunk: u64 },
+}
+
+/// One layer's published index, decoded and checked.
+pub struct IndexArtifact {
+    pub layer: Digest,
+    pub diff_id: Digest,
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+    pub contents: Contents,
+    pub spans: Spans,
+    /// SHA-256 of span `i`'s compressed bytes (`compressed_range(i)`).
+    pub span_digests: Vec<[u8; 32]>,
+}
+
+/// What travels, in this order (postcard: no field names).
+#[derive(Serialize, Deserialize)]
+struct Body {
+    layer: Digest,
+    diff_id: Digest,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    contents: Contents,
+    spans: WireSpans,
+    span_digests: Vec<[u8; 32]>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireSpans {
+    Plain { chunk: u64 },
+    /// `Checkpoints::save`'s bytes: versioned and checked on their own.
+    Checkpoints(Vec<u8>),
+    Stream { chunk: u64 },
+}
+
+/// What the artifact must be bound to: the layer descriptor from the image manifest and
+/// the diff_id from its config.
+pub struct Expected<'a> {
+    pub layer: &'a Descriptor,
+    pub diff_id: &'a Digest,
+}
+
+impl IndexArtifact {
+    /// Build the artifact of a stored layer from its store index and blob (one read of
+    /// the blob for the span digests).
+    pub fn build(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Result<IndexArtifact> {
+        let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str())?;
+        let blob_path = store.blob_path(&layer.digest);
+        let blob = File::open(&blob_path).with_context(|| format!("layer {} is not in the store", layer.digest))?;
+        let compressed_size = blob.metadata()?.len();
+        ensure!(
+            compressed_size == layer.size,
+            "layer {} is {compressed_size} bytes in the store, not {}",
+            layer.digest,
+            layer.size
+        );
+        let (spans, uncompressed_size) = match file.access {
+            Access::Plain => (Spans::Plain { chunk: CHUNK }, compressed_size),
+            Access::Checkpoints(c) => {
+                let u = c.uncompressed_size();
+                (Spans::Checkpoints(c), u)
+            }
+            // The checkpoints are of the store's re-encoded copy, not of the blob.
+            Access::Reframed(c) => (Spans::Stream { chunk: CHUNK }, c.uncompressed_size()),
+        };
+        let mut artifact = IndexArtifact {
+            layer: layer.digest.clone(),
+            diff_id: diff_id.clone(),
+            compressed_size,
+            uncompressed_size,
+            contents: file.index.contents,
+            spans,
+            span_digests: Vec::new(),
+        };
+        let mut buf = Vec::new();
+        for i in 0..artifact.span_count() {
+            let (start, end) = artifact.compressed_range(i);
+            buf.resize((end - start) as usize, 0);
+            blob.read_exact_at(&mut buf, start).with_context(|| format!("cannot read {}", blob_path.display()))?;
+            artifact.span_digests.push(Sha256::digest(&buf).into());
+        }
+        Ok(artifact)
+    }
+
+    pub fn span_count(&self) -> usize {
+        match &self.spans {
+            Spans::Plain { chunk } | Spans::Stream { chunk } => self.compressed_size.div_ceil(*chunk) as usize,
+            Spans::Checkpoints(c) => c.span_count(),
+        }
+    }
+
+    /// The blob bytes of span `i`, as `(start, end)`, end exclusive: what a Range read
+    /// fetches and what `span_digests[i]` covers. Panics if `i >= span_count()`.
+    pub fn compressed_range(&self, i: usize) -> (u64, u64) {
+        match &self.spans {
+            Spans::Plain { chunk } | Spans::Stream { chunk } => {
+                assert!(i < self.span_count(), "span {i} out of range");
+                let start = i as u64 * chunk;
+                (start, (start + chunk).min(self.compressed_size))
+            }
+            Spans::Checkpoints(c) => c.compressed_range(i),
+        }
+    }
+
+    /// Are `bytes` the compressed bytes of span `i` the index was made from?
+    pub fn check_span(&self, i: usize, bytes: &[u8]) -> Result<()> {
+        let want = self.span_digests.get(i).with_context(|| format!("span {i} out of range"))?;
+        let got: [u8; 32] = Sha256::digest(bytes).into();
+        ensure!(&got == want, "span {i} of layer {} does not match its published digest", self.layer);
+        Ok(())
+    }
+
+    /// The artifact blob: header, then the body, postcard in a zstd frame.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let spans = match &self.spans {
+            Spans::Plain { chunk } => WireSpans::Plain { chunk: *chunk },
+            Spans::Stream { chunk } => WireSpans::Stream { chunk: *chunk },
+            Spans::Checkpoints(c) => {
+                let mut bytes = Vec::new();
+                c.save(&mut bytes)?;
+                WireSpans::Checkpoints(bytes)
+            }
+        };
+        // Borrowing would need a second set of types; the contents are cloned once per push.
+        let body = Body {
+            layer: self.layer.clone(),
+            diff_id: self.diff_id.clone(),
+            compressed_size: self.compressed_size,
+            uncompressed_size: self.uncompressed_size,
+            contents: Contents {
+                entries: self.contents.entries.clone(),
+                whiteouts: self.contents.whiteouts.clone(),
+                opaque: self.contents.opaque.clone(),
+            },
+            spans,
+            span_digests: self.span_digests.clone(),
+        };
+        let mut out = Vec::from(&MAGIC[..]);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        // Level 19: paths compress well, the windows in the checkpoints hardly; the
+        // blob is made once and fetched by every host.
+        out.extend(zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?);
+        Ok(out)
+    }
+
+    /// Decode an artifact blob fetched for the layer `expect` names, refusing one of
+    /// another format version, for another layer, or anything `build` would not make.
+    pub fn decode(bytes: &[u8], expect: &Expected<'_>) -> Result<IndexArtifact> {
+        let layer = &expect.layer.digest;
+        Self::decode_unbound(bytes, layer)
+            .and_then(|a| a.check_binding(expect).map(|()| a))
+            .with_context(|| format!("the published index of layer {layer} is not valid"))
+    }
+
+    fn decode_unbound(bytes: &[u8], layer: &Digest) -> Result<IndexArtifact> {
+        ensure!(bytes.len() as u64 <= MAX_BLOB, "it is larger than {MAX_BLOB} bytes");
+        ensure!(bytes.len() >= 12 && &bytes[..8] == MAGIC, "it is not an imgfs layer index");
+        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+        ensure!(version == VERSION, "it is of format version {version}; this imgfs reads version {VERSION}");
+        let mut decoded = Vec::new();
+        zstd::stream::read::Decoder::new(&bytes[12..])?
+            .take(MAX_DECODED + 1)
+            .read_to_end(&mut decoded)
+            .context("its zstd frame is damaged")?;
+        ensure!(decoded.len() as u64 <= MAX_DECODED, "it decodes to more than {MAX_DECODED} bytes");
+        let body: Body = postcard::from_bytes(&decoded).context("its body is damaged")?;
+        ensure!(&body.layer == layer, "it is the index of layer {}", body.layer);
+        let spans = match body.spans {
+            WireSpans::Plain { chunk } => Spans::Plain { chunk },
+            WireSpans::Stream { chunk } => Spans::Stream { chunk },
+            WireSpans::Checkpoints(bytes) => Spans::Checkpoints(Checkpoints::load(&bytes[..])?),
+        };
+        let artifact = IndexArtifact {
+            layer: body.layer,
+            diff_id: body.diff_id,
+            compressed_size: body.compressed_size,
+            uncompressed_size: body.uncompressed_size,
+            contents: body.contents,
+            spans,
+            span_digests: body.span_digests,
+        };
+        artifact.check_shape()?;
+        Ok(artifact)
+    }
+
+    /// Everything inside agrees with itself: sizes, span counts, entries within the tar.
+    fn check_shape(&self) -> Result<()> {
+        match &self.spans {
+            Spans::Plain { chunk } | Spans::Stream { chunk } => {
+                ensure!((MIN_CHUNK..=MAX_CHUNK).contains(chunk), "its span length {chunk} is out of range");
+            }
+            Spans::Checkpoints(c) => {
+                ensure!(c.compressed_size() == self.compressed_size, "its checkpoints are of a blob of another size");
+                ensure!(c.uncompressed_size() == self.uncompressed_size, "its checkpoints are of a stream of another size");
+            }
+        }
+        if let Spans::Plain { .. } = self.spans {
+            ensure!(self.uncompressed_size == self.compressed_size, "a plain layer's sizes differ");
+        }
+        let spans = self.span_count();
+        ensure!(
+            self.span_digests.len() == spans,
+            "it has {} span digests for {spans} spans",
+            self.span_digests.len()
+        );
+        let c = &self.contents;
+        ensure!(c.entries.len() <= MAX_ENTRIES, "it has {} entries, more than {MAX_ENTRIES}", c.entries.len());
+        c.check()?;
+        for e in &c.entries {
+            let end = e.offset.checked_add(e.size);
+            ensure!(
+                end.is_some_and(|end| end <= self.uncompressed_size),
+                "entry {} lies past the end of the layer",
+                crate::layer::show(&e.path)
+            );
+        }
+        Ok(())
+    }
+
+    /// Bound to the layer the image names: digest, size, diff_id and compression.
+    fn check_binding(&self, expect: &Expected<'_>) -> Result<()> {
+        let l = expect.layer;
+        ensure!(self.compressed_size == l.size, "it is of a blob of {} bytes, not {}", self.compressed_size, l.size);
+        ensure!(&self.diff_id == expect.diff_id, "it names diff_id {}, not {}", self.diff_id, expect.diff_id);
+        let compression = Compression::of_media_type(&l.media_type).map_err(anyhow::Error::msg)?;
+        let fits = match (&self.spans, compression) {
+            (Spans::Plain { .. }, Compression::None) => true,
+            (Spans::Checkpoints(c), Compression::Gzip) => c.format() == Format::Gzip,
+            (Spans::Checkpoints(c), Compression::Zstd) => c.format() == Format::Zstd,
+            (Spans::Stream { .. }, Compression::Zstd) => true,
+            _ => false,
+        };
+        if !fits {
+            bail!("its spans are not those of a {compression:?} layer");
+        }
+        Ok(())
+    }
+
+    /// How the spans are laid out, for people: `gzip checkpoints`, `plain`, `stream`.
+    pub fn span_kind(&self) -> &'static str {
+        match &self.spans {
+            Spans::Plain { .. } => "plain",
+            Spans::Checkpoints(c) if c.format() == Format::Gzip => "gzip",
+            Spans::Checkpoints(_) => "zstd",
+            Spans::Stream { .. } => "stream",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::build;
+    use std::io::Write;
+
+    fn tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for i in 0..40 {
+            // Noisy bytes, so that deflate ends blocks (and leaves checkpoints) often.
+            let data: Vec<u8> = (0..100_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b'a' + (x % 16) as u8
+                })
+                .collect();
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("d/f{i}"), &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// An artifact made by hand as `build` makes one from the store, for a gzip layer.
+    fn gzip_artifact() -> (IndexArtifact, Vec<u8>, Descriptor) {
+        let tar = tar();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let built = build::index_layer(&blob[..], Compression::Gzip, None, None).unwrap();
+        let c = built.checkpoints.unwrap();
+        let layer = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(&blob),
+            size: blob.len() as u64,
+            platform: None,
+            annotations: None,
+        };
+        let mut a = IndexArtifact {
+            layer: layer.digest.clone(),
+            diff_id: Digest::of(&tar),
+            compressed_size: blob.len() as u64,
+            uncompressed_size: tar.len() as u64,
+            contents: built.contents,
+            spans: Spans::Checkpoints(c),
+            span_digests: vec![],
+        };
+        a.span_digests = (0..a.span_count())
+            .map(|i| {
+                let (s, e) = a.compressed_range(i);
+                Sha256::digest(&blob[s as usize..e as usize]).into()
+            })
+            .collect();
+        (a, blob, layer)
+    }
+
+    #[test]
+    fn an_artifact_round_trips_and_its_spans_decode_and_check() {
+        let (a, blob, layer) = gzip_artifact();
+        let diff_id = a.diff_id.clone();
+        assert!(a.span_count() > 1, "several spans");
+        let bytes = a.encode().unwrap();
+        let back = IndexArtifact::decode(&bytes, &Expected { layer: &layer, diff_id: &diff_id }).unwrap();
+        assert_eq!(back.contents.entries.len(), 40);
+        let Spans::Checkpoints(c) = &back.spans else { panic!("gzip spans") };
+        let tar = tar();
+        for i in 0..back.span_count() {
+            let (s, e) = back.compressed_range(i);
+            let span = &blob[s as usize..e as usize];
+            back.check_span(i, span).unwrap();
+            let (us, ue) = c.span_range(i);
+            assert_eq!(c.decode_span_from(i, span).unwrap(), &tar[us as usize..ue as usize]);
+        }
+        let mut bad = blob[..].to_vec();
+        let (s, _) = back.compressed_range(1);
+        bad[s as usize + 3] ^= 1;
+        let (s, e) = back.compressed_range(1);
+        assert!(back.check_span(1, &bad[s as usize..e as usize]).is_err());
+    }
+
+    #[test]
+    fn artifacts_for_other_layers_versions_or_damaged_are_refused() {
+        let (a, _, layer) = gzip_artifact();
+        let diff_id = a.diff_id.clone();
+        let bytes = a.encode().unwrap();
+        let expect = Expected { layer: &layer, diff_id: &diff_id };
+        let err = |b: &[u8], e: &Expected<'_>| format!("{:#}", IndexArtifact::decode(b, e).err().expect("refused"));
+
+        let other = Descriptor { digest: Digest::of(b"other"), ..layer.clone() };
+        assert!(err(&bytes, &Expected { layer: &other, diff_id: &diff_id }).contains("is the index of layer"));
+        let bigger = Descriptor { size: layer.size + 1, ..layer.clone() };
+        assert!(err(&bytes, &Expected { layer: &bigger, diff_id: &diff_id }).contains("not"));
+        let plain = Descriptor { media_type: "application/vnd.oci.image.layer.v1.tar".into(), ..layer.clone() };
+        assert!(err(&bytes, &Expected { layer: &plain, diff_id: &diff_id }).contains("not those of a None layer"));
+        assert!(err(&bytes, &Expected { layer: &layer, diff_id: &Digest::of(b"x") }).contains("diff_id"));
+
+        let mut v2 = bytes.clone();
+        v2[8] = 2;
+        assert!(err(&v2, &expect).contains("format version 2"));
+        for cut in [0, 5, 12, 40, bytes.len() / 2, bytes.len() - 1] {
+            let e = err(&bytes[..cut], &expect);
+            assert!(e.contains("is not valid"), "cut at {cut}: {e}");
+        }
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        assert!(IndexArtifact::decode(&flipped, &expect).is_err());
+
+        // Consistent bytes that don't add up: a digest missing, an entry past the end.
+        let (mut a, _, _) = gzip_artifact();
+        a.span_digests.pop();
+        assert!(err(&a.encode().unwrap(), &expect).contains("span digests"));
+        let (mut a, _, _) = gzip_artifact();
+        a.contents.entries[3].offset = a.uncompressed_size;
+        assert!(err(&a.encode().unwrap(), &expect).contains("past the end"));
+    }
+}
