@@ -84,10 +84,14 @@ struct Body {
 
 #[derive(Serialize, Deserialize)]
 enum WireSpans {
-    Plain { chunk: u64 },
+    Plain {
+        chunk: u64,
+    },
     /// `Checkpoints::save`'s bytes: versioned and checked on their own.
     Checkpoints(Vec<u8>),
-    Stream { chunk: u64 },
+    Stream {
+        chunk: u64,
+    },
 }
 
 /// What the artifact must be bound to: the layer descriptor from the image manifest and
@@ -248,18 +252,17 @@ impl IndexArtifact {
             }
             Spans::Checkpoints(c) => {
                 ensure!(c.compressed_size() == self.compressed_size, "its checkpoints are of a blob of another size");
-                ensure!(c.uncompressed_size() == self.uncompressed_size, "its checkpoints are of a stream of another size");
+                ensure!(
+                    c.uncompressed_size() == self.uncompressed_size,
+                    "its checkpoints are of a stream of another size"
+                );
             }
         }
         if let Spans::Plain { .. } = self.spans {
             ensure!(self.uncompressed_size == self.compressed_size, "a plain layer's sizes differ");
         }
         let spans = self.span_count();
-        ensure!(
-            self.span_digests.len() == spans,
-            "it has {} span digests for {spans} spans",
-            self.span_digests.len()
-        );
+        ensure!(self.span_digests.len() == spans, "it has {} span digests for {spans} spans", self.span_digests.len());
         let c = &self.contents;
         ensure!(c.entries.len() <= MAX_ENTRIES, "it has {} entries, more than {MAX_ENTRIES}", c.entries.len());
         c.check()?;

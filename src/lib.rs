@@ -21,6 +21,7 @@ pub mod image;
 pub mod index_artifact;
 pub mod layer;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod store;
 pub mod template;

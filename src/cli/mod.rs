@@ -3,6 +3,7 @@
 //! and its `run`.
 
 pub mod check;
+pub mod index;
 pub mod inspect;
 pub mod ls;
 pub mod mount;
@@ -65,6 +66,8 @@ pub enum Command {
     Search(search::Args),
     /// Verify the store (blobs, indexes, records, mounts); --repair removes what is damaged
     Check(check::Args),
+    /// Publish layer indexes next to an image in its registry, or inspect them
+    Index(index::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout
@@ -142,6 +145,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount(a) => umount::run(&ctx, a),
         Command::Search(a) => search::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
+        Command::Index(a) => index::run(&ctx, a),
         // Returned above, before the store was opened.
         Command::Completions(a) => completions(a),
         Command::Man => man_page(),

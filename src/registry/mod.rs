@@ -20,6 +20,7 @@ pub mod blob;
 mod endpoint;
 mod error;
 mod mirrors;
+mod push;
 mod retry;
 mod tls;
 
@@ -32,7 +33,7 @@ use reqwest::blocking::Response;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE,
 };
-use reqwest::{StatusCode, Url};
+use reqwest::{Method, StatusCode, Url};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
@@ -324,7 +325,7 @@ impl Client {
             .map_err(|e| RegistryError::InvalidInput { reason: format!("bad request path {path_and_query:?}: {e}") })
     }
 
-    /// GET with authentication (`get_authenticated`), tried again under the retry
+    /// GET with authentication (`send_authenticated`) for pull scope, tried again under the retry
     /// policy (retry.rs) while it fails to connect or the registry answers 5xx, 408 or
     /// 429. When retries run out, the last answer is returned for the caller to report,
     /// or the last connection error.
@@ -335,10 +336,23 @@ impl Client {
         url: &Url,
         headers: &HeaderMap,
     ) -> Result<Response, RegistryError> {
+        self.send(registry, subject, &pull_scope(subject), &Outgoing::GET, url, headers)
+    }
+
+    /// Any request, authenticated for `scope` and retried as `get` says.
+    fn send(
+        &self,
+        registry: &str,
+        subject: Subject<'_>,
+        scope: &str,
+        req: &Outgoing<'_>,
+        url: &Url,
+        headers: &HeaderMap,
+    ) -> Result<Response, RegistryError> {
         let what = subject.describe(registry);
         let mut retries = retry::Retries::new(registry, &what);
         loop {
-            let wait = match self.get_authenticated(registry, subject, url, headers) {
+            let wait = match self.send_authenticated(registry, scope, req, url, headers) {
                 Ok(resp) if retry::retryable_status(resp.status()) => {
                     retry::retry_after(resp.headers(), std::time::SystemTime::now())
                 }
@@ -348,31 +362,27 @@ impl Client {
                 other => return other,
             };
             if !retries.wait(wait) {
-                return self.get_authenticated(registry, subject, url, headers);
+                return self.send_authenticated(registry, scope, req, url, headers);
             }
         }
     }
 
-    /// GET with authentication: send what credentials we already hold; on a 401 from
-    /// the registry, answer its challenge (fetch a token, or switch to basic) and send
-    /// once more. A second 401 is returned as is, for the caller to report.
-    fn get_authenticated(
+    /// A request with authentication: send what credentials we already hold; on a 401
+    /// from the registry, answer its challenge (fetch a token for `scope`, or switch to
+    /// basic) and send once more. A second 401 is returned as is, for the caller to
+    /// report.
+    fn send_authenticated(
         &self,
         registry: &str,
-        subject: Subject<'_>,
+        scope: &str,
+        req: &Outgoing<'_>,
         url: &Url,
         headers: &HeaderMap,
     ) -> Result<Response, RegistryError> {
-        let scope = match subject {
-            Subject::Catalog => "registry:catalog:*".to_string(),
-            Subject::Ping => String::new(),
-            other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
-        };
-        debug_assert_eq!(auth::pull_only(&scope), scope, "a token is only ever asked for pulling");
         let mut answered = false;
         loop {
-            let auth = self.auth.header_for(registry, &scope);
-            let (resp, sent_to) = self.send_to_registry(registry, url, headers, auth.as_deref())?;
+            let auth = self.auth.header_for(registry, scope);
+            let (resp, sent_to) = self.send_to_registry(registry, req, url, headers, auth.as_deref())?;
             // Only the registry's own 401 is a challenge for it; a CDN's is just a failure.
             if resp.status() != StatusCode::UNAUTHORIZED || answered || !endpoint::same_origin(resp.url(), &sent_to) {
                 return Ok(resp);
@@ -381,7 +391,7 @@ impl Client {
             let Some(challenge) = auth::pick_challenge(values.iter().filter_map(|v| v.to_str().ok())) else {
                 return Ok(resp);
             };
-            if !self.answer_challenge(registry, &scope, &challenge)? {
+            if !self.answer_challenge(registry, scope, &challenge)? {
                 return Ok(resp);
             }
             answered = true;
@@ -399,6 +409,7 @@ impl Client {
     fn send_to_registry(
         &self,
         registry: &str,
+        req: &Outgoing<'_>,
         url: &Url,
         headers: &HeaderMap,
         authorization: Option<&str>,
@@ -412,7 +423,7 @@ impl Client {
             }
             None => endpoint::fallback_scheme(&authority, &self.insecure_registries),
         };
-        let first = self.send_following_redirects(registry, url.clone(), headers, authorization);
+        let first = self.send_request(registry, req, url.clone(), headers, authorization);
         let Some(second) = second else { return first.map(|r| (r, url)) };
         let settle = |scheme: &'static str| {
             self.schemes.lock().unwrap_or_else(|p| p.into_inner()).insert(authority.clone(), scheme);
@@ -438,7 +449,7 @@ impl Client {
         }
         let mut other = url.clone();
         let _ = other.set_scheme(second);
-        match self.send_following_redirects(registry, other.clone(), headers, authorization) {
+        match self.send_request(registry, req, other.clone(), headers, authorization) {
             // Plain HTTP answered 400 after HTTPS failed: the port speaks TLS and the
             // handshake failed; the HTTPS error says why.
             Ok(resp) if second == "http" && resp.status() == StatusCode::BAD_REQUEST => first.map(|r| (r, url)),
@@ -461,12 +472,29 @@ impl Client {
         headers: &HeaderMap,
         authorization: Option<&str>,
     ) -> Result<Response, RegistryError> {
+        self.send_request(registry, &Outgoing::GET, url, headers, authorization)
+    }
+
+    /// `send_following_redirects` for any method. Only GET and HEAD follow redirects: a
+    /// write is never sent on to somewhere the registry did not name as its API.
+    fn send_request(
+        &self,
+        registry: &str,
+        out: &Outgoing<'_>,
+        url: Url,
+        headers: &HeaderMap,
+        authorization: Option<&str>,
+    ) -> Result<Response, RegistryError> {
         let origin = url.clone();
         let mut url = url;
         for _ in 0..=MAX_REDIRECTS {
             let host = endpoint::authority(&url);
             let verify = !endpoint::skips_verification(&host, &self.insecure_registries);
-            let mut req = self.http.for_host(&host, verify)?.get(url.clone()).headers(headers.clone());
+            let mut req =
+                self.http.for_host(&host, verify)?.request(out.method.clone(), url.clone()).headers(headers.clone());
+            if let Some(body) = out.body {
+                req = req.body(body.to_vec());
+            }
             if let Some(a) = authorization {
                 if endpoint::same_origin(&url, &origin) {
                     req = req.header(AUTHORIZATION, a);
@@ -500,7 +528,8 @@ impl Client {
                 err
             })?;
             let status = resp.status();
-            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            let follows = out.method == Method::GET || out.method == Method::HEAD;
+            if follows && status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 if let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) {
                     url = url.join(loc).map_err(|e| RegistryError::InvalidResponse {
                         registry: registry.to_string(),
@@ -518,6 +547,27 @@ impl Client {
             reason: format!("more than {MAX_REDIRECTS} redirects"),
         })
     }
+}
+
+/// What a request sends besides its URL and headers.
+pub(crate) struct Outgoing<'a> {
+    method: reqwest::Method,
+    body: Option<&'a [u8]>,
+}
+
+impl Outgoing<'static> {
+    const GET: Outgoing<'static> = Outgoing { method: Method::GET, body: None };
+}
+
+/// The token scope a read needs: pull, never more.
+fn pull_scope(subject: Subject<'_>) -> String {
+    let scope = match subject {
+        Subject::Catalog => "registry:catalog:*".to_string(),
+        Subject::Ping => String::new(),
+        other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
+    };
+    debug_assert_eq!(auth::pull_only(&scope), scope, "a read only ever asks for pulling");
+    scope
 }
 
 /// The error for a non-success answer, from its status and error envelope.

@@ -1,0 +1,299 @@
+//! Layer indexes published next to their image as an OCI 1.1 artifact, and found again.
+//!
+//! The artifact is an image manifest with `artifactType` [`ARTIFACT_TYPE`], the empty
+//! config, one blob per image layer (`index_artifact`, annotated with the layer's
+//! digest) and `subject` = the image manifest, pushed by digest to the image's own
+//! repository. Registries with the referrers API list it there; for those without it
+//! (distribution 2.8) it is also listed under the referrers tag scheme: the tag
+//! `sha256-<hex of the image manifest digest>` holds an OCI index of every referrer,
+//! updated by reading it, adding ours and writing it back, other entries kept.
+//!
+//! The artifact is made deterministically (no timestamps), so publishing the same image
+//! twice gives the same manifest digest and leaves the referrers list as it was.
+
+use crate::digest::Digest;
+use crate::image::{self, Descriptor, ManifestKind, Platform};
+use crate::index_artifact::{self, Expected, IndexArtifact};
+use crate::reference::Reference;
+use crate::registry::Client;
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// What the artifact manifest says it is; what the referrers are filtered by.
+pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v1";
+/// The layer digest an artifact blob indexes, as an annotation on its descriptor.
+pub const LAYER_ANNOTATION: &str = "io.imgfs.layer.digest";
+/// The OCI empty descriptor's content: `{}`.
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY: &[u8] = b"{}";
+/// An image has at most this many layers (docker's own limit is 127): a manifest
+/// listing more is not read further.
+const MAX_LAYERS: usize = 1000;
+
+/// The image an index is for: where it lives, its manifest, and its layers.
+pub struct Image {
+    pub registry: String,
+    pub repository: String,
+    /// The image manifest (for a multi-arch image, the one of the chosen platform).
+    pub manifest: Descriptor,
+    pub layers: Vec<Descriptor>,
+    pub diff_ids: Vec<Digest>,
+}
+
+/// One layer's published index as found: the artifact and its blob's size.
+pub struct Found {
+    pub artifact: IndexArtifact,
+    pub blob_size: u64,
+}
+
+/// Push the artifact blobs (one per layer of `image`, in order) and the artifact
+/// manifest, and list it under the referrers tag. Returns the manifest's digest.
+pub fn publish(client: &Client, image: &Image, blobs: &[Vec<u8>]) -> Result<Digest> {
+    ensure!(blobs.len() == image.layers.len(), "one index per layer");
+    let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
+    let push = |what: &str, digest: &Digest, bytes: &[u8]| {
+        client.upload_blob(reg, repo, digest, bytes).with_context(|| format!("cannot push {what} to {reg}/{repo}"))
+    };
+    push("the empty config", &Digest::of(EMPTY), EMPTY)?;
+    let mut layers = Vec::new();
+    for (layer, blob) in image.layers.iter().zip(blobs) {
+        let digest = Digest::of(blob);
+        push(&format!("the index of layer {}", layer.digest), &digest, blob)?;
+        layers.push(json!({
+            "mediaType": index_artifact::MEDIA_TYPE,
+            "digest": digest,
+            "size": blob.len(),
+            "annotations": { LAYER_ANNOTATION: layer.digest },
+        }));
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": image::OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": Digest::of(EMPTY), "size": EMPTY.len(), "data": "e30=" },
+        "layers": layers,
+        "subject": {
+            "mediaType": image.manifest.media_type,
+            "digest": image.manifest.digest,
+            "size": image.manifest.size,
+        },
+    });
+    let body = serde_json::to_vec(&manifest)?;
+    let digest = Digest::of(&body);
+    client
+        .put_manifest(reg, repo, digest.as_str(), image::OCI_MANIFEST, &body)
+        .with_context(|| format!("cannot push the index manifest to {reg}/{repo}"))?;
+    let entry = json!({
+        "mediaType": image::OCI_MANIFEST,
+        "digest": digest,
+        "size": body.len(),
+        "artifactType": ARTIFACT_TYPE,
+    });
+    add_to_referrers_tag(client, image, entry).with_context(|| {
+        format!(
+            "cannot list the index under the referrers tag {} of {reg}/{repo}",
+            referrers_tag(&image.manifest.digest)
+        )
+    })?;
+    Ok(digest)
+}
+
+/// The referrers tag scheme's tag for a subject: `sha256-<hex>`.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
+}
+
+/// Read the referrers index under the tag (or start one), add `entry` unless it is
+/// there already, and write it back. Entries of other referrers are kept as they are.
+/// (Two pushers at once may each write back without the other's entry: distribution
+/// has no conditional PUT. Pushing again puts it back.)
+fn add_to_referrers_tag(client: &Client, image: &Image, entry: Value) -> Result<()> {
+    let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
+    let tag = referrers_tag(&image.manifest.digest);
+    let mut index = match client.get_manifest_at_origin(reg, repo, &tag) {
+        Ok(m) => {
+            let v: Value = serde_json::from_slice(&m.body).context("the referrers index is not JSON")?;
+            ensure!(
+                v.get("manifests").is_some_and(Value::is_array),
+                "the tag holds something other than an OCI index ({})",
+                m.media_type
+            );
+            v
+        }
+        Err(e) if e.is_not_found() => {
+            json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": [] })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let manifests = index["manifests"].as_array_mut().expect("checked above");
+    if manifests.iter().any(|m| m.get("digest") == entry.get("digest")) {
+        return Ok(());
+    }
+    manifests.push(entry);
+    let body = serde_json::to_vec(&index)?;
+    client.put_manifest(reg, repo, &tag, image::OCI_INDEX, &body)?;
+    Ok(())
+}
+
+/// An entry of a referrers index; `artifactType` is what `image::Descriptor` drops.
+#[derive(serde::Deserialize)]
+struct Referrer {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: Digest,
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Referrers {
+    #[serde(default)]
+    manifests: Vec<Referrer>,
+}
+
+/// The imgfs index artifacts published for an image (their manifest digests), newest
+/// listed last: from the referrers API, or, where the registry has none, the
+/// referrers tag.
+pub fn list(client: &Client, image: &Image) -> Result<Vec<Digest>> {
+    let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
+    let subject = &image.manifest.digest;
+    let body = match client.get_referrers(reg, repo, subject, ARTIFACT_TYPE)? {
+        Some(body) => body,
+        None => match client.get_manifest(reg, repo, &referrers_tag(subject)) {
+            Ok(m) => m.body,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let index: Referrers = serde_json::from_slice(&body).context("the referrers index is not valid")?;
+    // The referrers API may ignore the filter, and the tag lists every referrer.
+    Ok(index
+        .manifests
+        .into_iter()
+        .filter(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE) && d.media_type == image::OCI_MANIFEST)
+        .map(|d| d.digest)
+        .collect())
+}
+
+/// Find the index published for `image` and fetch and check every layer's: the newest
+/// artifact that loads whole. Returns its manifest digest and one `Found` per layer.
+pub fn find(client: &Client, image: &Image) -> Result<(Digest, Vec<Found>)> {
+    let candidates = list(client, image)?;
+    let Some(newest) = candidates.last() else {
+        bail!("no imgfs index is published for {}/{}@{}", image.registry, image.repository, image.manifest.digest);
+    };
+    let mut first_error = None;
+    for d in candidates.iter().rev() {
+        match load(client, image, d) {
+            Ok(found) => return Ok((d.clone(), found)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let e = first_error.expect("one candidate at least");
+    Err(e.context(format!("the index {} published for {} is not usable", newest, image.manifest.digest)))
+}
+
+/// The artifact manifest's fields that matter here.
+#[derive(serde::Deserialize)]
+struct ArtifactManifest {
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
+    layers: Vec<Descriptor>,
+    subject: Option<Descriptor>,
+}
+
+/// Fetch artifact manifest `digest` (checked against it), then every layer's blob
+/// (checked against its descriptor), and decode each bound to its layer.
+fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
+    let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
+    let m = client.get_manifest(reg, repo, digest.as_str())?;
+    let manifest: ArtifactManifest =
+        serde_json::from_slice(&m.body).with_context(|| format!("index manifest {digest} is not valid"))?;
+    ensure!(
+        manifest.artifact_type.as_deref() == Some(ARTIFACT_TYPE),
+        "manifest {digest} is not an imgfs index (artifactType {:?})",
+        manifest.artifact_type
+    );
+    ensure!(
+        manifest.subject.as_ref().map(|s| &s.digest) == Some(&image.manifest.digest),
+        "index manifest {digest} is for another image"
+    );
+    ensure!(manifest.layers.len() <= MAX_LAYERS, "index manifest {digest} lists {} blobs", manifest.layers.len());
+    let by_layer: BTreeMap<&str, &Descriptor> = manifest
+        .layers
+        .iter()
+        .filter_map(|d| Some((d.annotations.as_ref()?.get(LAYER_ANNOTATION)?.as_str(), d)))
+        .collect();
+    let mut found = Vec::new();
+    for (layer, diff_id) in image.layers.iter().zip(&image.diff_ids) {
+        let d = by_layer
+            .get(layer.digest.as_str())
+            .with_context(|| format!("index manifest {digest} has no index for layer {}", layer.digest))?;
+        ensure!(
+            d.media_type == index_artifact::MEDIA_TYPE,
+            "the index of layer {} is of media type {:?}",
+            layer.digest,
+            d.media_type
+        );
+        ensure!(
+            d.size <= index_artifact::MAX_BLOB,
+            "the index of layer {} claims {} bytes, more than {}",
+            layer.digest,
+            d.size,
+            index_artifact::MAX_BLOB
+        );
+        let mut blob = Vec::new();
+        client
+            .download_blob(reg, repo, &d.digest, Some(d.size), &mut blob)
+            .with_context(|| format!("cannot get the index of layer {}", layer.digest))?;
+        let artifact = IndexArtifact::decode(&blob, &Expected { layer, diff_id })?;
+        found.push(Found { artifact, blob_size: blob.len() as u64 });
+    }
+    Ok(found)
+}
+
+/// The image `r` names in its registry, without storing anything: its manifest (the
+/// `platform` one from an index), layers and diff_ids.
+pub fn remote_image(client: &Client, r: &Reference, platform: Option<&Platform>) -> Result<Image> {
+    let (reg, repo) = (r.registry.as_str(), r.repository.as_str());
+    let top = client.get_manifest(reg, repo, &r.manifest_reference()).with_context(|| format!("cannot get {r}"))?;
+    let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body).map_err(anyhow::Error::msg)? {
+        ManifestKind::Image(m) => (m, top),
+        ManifestKind::Index(idx) => {
+            let want = platform.cloned().unwrap_or_else(Platform::host);
+            let d = image::select_platform(&idx.manifests, &want)
+                .with_context(|| format!("{r}: no image for platform {want} in the index"))?;
+            let sub = client.get_manifest(reg, repo, d.digest.as_str())?;
+            match image::parse_manifest(&sub.media_type, &sub.body).map_err(anyhow::Error::msg)? {
+                ManifestKind::Image(m) => (m, sub),
+                ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
+            }
+        }
+    };
+    ensure!(manifest.config.size <= 32 << 20, "{r}: image config claims {} bytes", manifest.config.size);
+    let mut config = Vec::new();
+    client.download_blob(reg, repo, &manifest.config.digest, Some(manifest.config.size), &mut config)?;
+    let config: image::ImageConfig = serde_json::from_slice(&config).with_context(|| format!("{r}: bad config"))?;
+    ensure!(
+        config.rootfs.diff_ids.len() == manifest.layers.len(),
+        "{r}: config lists {} diff_ids for {} layers",
+        config.rootfs.diff_ids.len(),
+        manifest.layers.len()
+    );
+    Ok(Image {
+        registry: r.registry.clone(),
+        repository: r.repository.clone(),
+        manifest: Descriptor {
+            media_type: fetched.media_type,
+            digest: fetched.digest,
+            size: fetched.body.len() as u64,
+            platform: None,
+            annotations: None,
+        },
+        layers: manifest.layers,
+        diff_ids: config.rootfs.diff_ids,
+    })
+}
