@@ -9,9 +9,16 @@
 //! artifact manifest. The blob is bound to its layer (layer digest, diff_id, compressed
 //! size inside) so an index published for one layer can't be passed off as another's.
 //!
-//! Layout: `IMGFSRIX`, a little-endian u32 format version, then a zstd frame of the
-//! postcard-encoded body. It comes from the network, so decoding bounds every size
-//! before it allocates, and refuses anything `build` would not have made.
+//! Layout: `IMGFSRIX`, a little-endian u32 format version, the u64 length of the head,
+//! the head (a zstd frame of the postcard-encoded body: everything but the gzip
+//! windows), then the windows, one after another. The head is what every lookup needs
+//! (about 0.2% of a layer); the windows are most of the bytes (a deflated 32 KiB per
+//! 1 MiB span), and a reader needs only the one before the span it reads: the head
+//! holds each window's length and SHA-256, so a window fetched alone by Range is
+//! checked like a span. The head's own digest goes in the artifact manifest
+//! (`referrers`), so it can be fetched alone too. It all comes from the network, so
+//! decoding bounds every size before it allocates, and refuses anything `build` would
+//! not have made.
 
 use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
@@ -44,6 +51,23 @@ const MAX_DECODED: u64 = 1 << 30;
 /// As many entries as the default layer bound lets a pull index.
 const MAX_ENTRIES: usize = 2_000_000;
 
+const HEADER: usize = 20;
+/// A deflated 32 KiB window, with room for incompressible bytes (as `checkpoints` bounds it).
+const MAX_WINDOW: usize = 40 << 10;
+
+impl Window {
+    fn of(window: &[u8]) -> Window {
+        Window { len: window.len() as u32, sha256: Sha256::digest(window).into() }
+    }
+
+    /// Are these the window's bytes?
+    pub fn check(&self, bytes: &[u8]) -> Result<()> {
+        let got: [u8; 32] = Sha256::digest(bytes).into();
+        ensure!(bytes.len() == self.len as usize && got == self.sha256, "window does not match its published digest");
+        Ok(())
+    }
+}
+
 /// How the spans of a layer map onto its blob.
 pub enum Spans {
     /// An uncompressed tar: span `i` is blob bytes `[i*chunk, (i+1)*chunk)`, and the
@@ -68,6 +92,17 @@ pub struct IndexArtifact {
     pub spans: Spans,
     /// SHA-256 of span `i`'s compressed bytes (`compressed_range(i)`).
     pub span_digests: Vec<[u8; 32]>,
+    /// For checkpoint spans, checkpoint `i`'s window as stored after the head (empty
+    /// otherwise): its length and SHA-256.
+    pub windows: Vec<Window>,
+}
+
+/// One checkpoint's window (raw-deflated, as `Checkpoints` keeps it) in the artifact
+/// blob, after the head and the windows before it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Window {
+    pub len: u32,
+    pub sha256: [u8; 32],
 }
 
 /// What travels, in this order (postcard: no field names).
@@ -80,6 +115,7 @@ struct Body {
     contents: Contents,
     spans: WireSpans,
     span_digests: Vec<[u8; 32]>,
+    windows: Vec<Window>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,7 +123,8 @@ enum WireSpans {
     Plain {
         chunk: u64,
     },
-    /// `Checkpoints::save`'s bytes: versioned and checked on their own.
+    /// `Checkpoints::save`'s bytes with the windows taken out: versioned and checked
+    /// on their own.
     Checkpoints(Vec<u8>),
     Stream {
         chunk: u64,
@@ -132,7 +169,11 @@ impl IndexArtifact {
             contents: file.index.contents,
             spans,
             span_digests: Vec::new(),
+            windows: Vec::new(),
         };
+        if let Spans::Checkpoints(c) = &artifact.spans {
+            artifact.windows = c.clone().take_windows().iter().map(|w| Window::of(w)).collect();
+        }
         let mut buf = Vec::new();
         for i in 0..artifact.span_count() {
             let (start, end) = artifact.compressed_range(i);
@@ -171,12 +212,15 @@ impl IndexArtifact {
         Ok(())
     }
 
-    /// The artifact blob: header, then the body, postcard in a zstd frame.
+    /// The artifact blob: header, head (the body, postcard in a zstd frame), windows.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut windows = Vec::new();
         let spans = match &self.spans {
             Spans::Plain { chunk } => WireSpans::Plain { chunk: *chunk },
             Spans::Stream { chunk } => WireSpans::Stream { chunk: *chunk },
             Spans::Checkpoints(c) => {
+                let mut c = c.clone();
+                windows = c.take_windows();
                 let mut bytes = Vec::new();
                 c.save(&mut bytes)?;
                 WireSpans::Checkpoints(bytes)
@@ -195,13 +239,42 @@ impl IndexArtifact {
             },
             spans,
             span_digests: self.span_digests.clone(),
+            windows: windows.iter().map(|w| Window::of(w)).collect(),
         };
+        // Level 19: paths compress well; the blob is made once and fetched by every host.
+        let head = zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?;
         let mut out = Vec::from(&MAGIC[..]);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        // Level 19: paths compress well, the windows in the checkpoints hardly; the
-        // blob is made once and fetched by every host.
-        out.extend(zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?);
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend(head);
+        // Already deflated: zstd would not shrink them, and they must stay addressable.
+        out.extend(windows.concat());
         Ok(out)
+    }
+
+    /// The head of an artifact blob: its first bytes, up to the windows. What a reader
+    /// fetches (and checks against the manifest's annotation) before anything else.
+    pub fn head(blob: &[u8]) -> Result<&[u8]> {
+        ensure!(blob.len() >= HEADER && &blob[..8] == MAGIC, "it is not an imgfs layer index");
+        let version = u32::from_le_bytes(blob[8..12].try_into().unwrap());
+        ensure!(version == VERSION, "it is of format version {version}; this imgfs reads version {VERSION}");
+        let len = u64::from_le_bytes(blob[12..20].try_into().unwrap());
+        ensure!(len <= MAX_BLOB, "its head is longer than {MAX_BLOB} bytes");
+        blob.get(..HEADER + len as usize).context("its head is cut short")
+    }
+
+    /// Where each checkpoint's window lies in the artifact blob whose head is
+    /// `head_len` bytes: `(start, end)`, end exclusive, in checkpoint order.
+    pub fn window_ranges(&self, head_len: u64) -> Vec<(u64, u64)> {
+        let mut start = head_len;
+        self.windows
+            .iter()
+            .map(|w| {
+                let range = (start, start + u64::from(w.len));
+                start = range.1;
+                range
+            })
+            .collect()
     }
 
     /// Decode an artifact blob fetched for the layer `expect` names, refusing one of
@@ -215,11 +288,37 @@ impl IndexArtifact {
 
     fn decode_unbound(bytes: &[u8], layer: &Digest) -> Result<IndexArtifact> {
         ensure!(bytes.len() as u64 <= MAX_BLOB, "it is larger than {MAX_BLOB} bytes");
-        ensure!(bytes.len() >= 12 && &bytes[..8] == MAGIC, "it is not an imgfs layer index");
-        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-        ensure!(version == VERSION, "it is of format version {version}; this imgfs reads version {VERSION}");
+        let head = Self::head(bytes)?;
+        let mut artifact = Self::decode_head_unbound(head, layer)?;
+        let head_len = head.len() as u64;
+        let total = artifact.windows.iter().map(|w| u64::from(w.len)).sum::<u64>();
+        ensure!(head_len + total == bytes.len() as u64, "its windows do not fill the rest of the blob");
+        // Bounded by the sum above: every window lies within the blob.
+        let ranges = artifact.window_ranges(head_len);
+        if let Spans::Checkpoints(c) = &mut artifact.spans {
+            for (i, (w, (start, end))) in artifact.windows.iter().zip(ranges).enumerate() {
+                let window = &bytes[start as usize..end as usize];
+                w.check(window).with_context(|| format!("window {i}"))?;
+                c.set_window(i, window.to_vec())?;
+            }
+        }
+        Ok(artifact)
+    }
+
+    /// Decode the head alone (`head`), for a reader that fetches windows one by one
+    /// (`window_ranges`, checked with `Window::check`, put back with
+    /// `Checkpoints::set_window`).
+    pub fn decode_head(head: &[u8], expect: &Expected<'_>) -> Result<IndexArtifact> {
+        let layer = &expect.layer.digest;
+        Self::decode_head_unbound(head, layer)
+            .and_then(|a| a.check_binding(expect).map(|()| a))
+            .with_context(|| format!("the published index of layer {layer} is not valid"))
+    }
+
+    fn decode_head_unbound(head: &[u8], layer: &Digest) -> Result<IndexArtifact> {
+        let head = Self::head(head)?;
         let mut decoded = Vec::new();
-        zstd::stream::read::Decoder::new(&bytes[12..])?
+        zstd::stream::read::Decoder::new(&head[HEADER..])?
             .take(MAX_DECODED + 1)
             .read_to_end(&mut decoded)
             .context("its zstd frame is damaged")?;
@@ -239,6 +338,7 @@ impl IndexArtifact {
             contents: body.contents,
             spans,
             span_digests: body.span_digests,
+            windows: body.windows,
         };
         artifact.check_shape()?;
         Ok(artifact)
@@ -263,6 +363,11 @@ impl IndexArtifact {
         }
         let spans = self.span_count();
         ensure!(self.span_digests.len() == spans, "it has {} span digests for {spans} spans", self.span_digests.len());
+        let windows = if let Spans::Checkpoints(c) = &self.spans { c.span_count() } else { 0 };
+        ensure!(self.windows.len() == windows, "it has {} windows for {windows} checkpoints", self.windows.len());
+        if let Some(i) = self.windows.iter().position(|w| w.len as usize > MAX_WINDOW) {
+            bail!("its window {i} is of {} bytes", self.windows[i].len);
+        }
         let c = &self.contents;
         ensure!(c.entries.len() <= MAX_ENTRIES, "it has {} entries, more than {MAX_ENTRIES}", c.entries.len());
         c.check()?;
@@ -355,6 +460,7 @@ mod tests {
             compressed_size: blob.len() as u64,
             uncompressed_size: tar.len() as u64,
             contents: built.contents,
+            windows: c.clone().take_windows().iter().map(|w| Window::of(w)).collect(),
             spans: Spans::Checkpoints(c),
             span_digests: vec![],
         };
@@ -389,6 +495,36 @@ mod tests {
         bad[s as usize + 3] ^= 1;
         let (s, e) = back.compressed_range(1);
         assert!(back.check_span(1, &bad[s as usize..e as usize]).is_err());
+    }
+
+    /// A reader with the head alone fetches the one window a span needs, checks it, and
+    /// decodes the span.
+    #[test]
+    fn the_head_alone_and_one_window_decode_a_span() {
+        let (a, blob, layer) = gzip_artifact();
+        let diff_id = a.diff_id.clone();
+        let bytes = a.encode().unwrap();
+        let head = IndexArtifact::head(&bytes).unwrap();
+        let mut back = IndexArtifact::decode_head(head, &Expected { layer: &layer, diff_id: &diff_id }).unwrap();
+        let ranges = back.window_ranges(head.len() as u64);
+        assert_eq!(ranges.last().unwrap().1, bytes.len() as u64);
+        let i = back.span_count() - 1;
+        let (ws, we) = ranges[i];
+        let window = &bytes[ws as usize..we as usize];
+        back.windows[i].check(window).unwrap();
+        assert!(back.windows[i].check(&window[1..]).is_err());
+        let (s, e) = back.compressed_range(i);
+        let span = &blob[s as usize..e as usize];
+        back.check_span(i, span).unwrap();
+        let Spans::Checkpoints(c) = &mut back.spans else { panic!("gzip spans") };
+        let (us, ue) = c.span_range(i);
+        let tar = tar();
+        if !window.is_empty() {
+            // Without its window the span does not decode to the tar's bytes.
+            assert_ne!(c.decode_span_from(i, span).ok().as_deref(), Some(&tar[us as usize..ue as usize]));
+        }
+        c.set_window(i, window.to_vec()).unwrap();
+        assert_eq!(c.decode_span_from(i, span).unwrap(), &tar[us as usize..ue as usize]);
     }
 
     #[test]

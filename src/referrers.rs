@@ -24,6 +24,10 @@ use std::collections::BTreeMap;
 pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v1";
 /// The layer digest an artifact blob indexes, as an annotation on its descriptor.
 pub const LAYER_ANNOTATION: &str = "io.imgfs.layer.digest";
+/// The head of an artifact blob (`IndexArtifact::head`: what lookups need, without the
+/// windows), as `<size> <digest>`, so that a reader can fetch it alone by Range and
+/// trust it.
+pub const HEAD_ANNOTATION: &str = "io.imgfs.index.head";
 /// The OCI empty descriptor's content: `{}`.
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY: &[u8] = b"{}";
@@ -45,6 +49,8 @@ pub struct Image {
 pub struct Found {
     pub artifact: IndexArtifact,
     pub blob_size: u64,
+    /// The head alone: what lookups need before any window.
+    pub head_size: u64,
 }
 
 /// Push the artifact blobs (one per layer of `image`, in order) and the artifact
@@ -60,11 +66,15 @@ pub fn publish(client: &Client, image: &Image, blobs: &[Vec<u8>]) -> Result<Dige
     for (layer, blob) in image.layers.iter().zip(blobs) {
         let digest = Digest::of(blob);
         push(&format!("the index of layer {}", layer.digest), &digest, blob)?;
+        let head = IndexArtifact::head(blob)?;
         layers.push(json!({
             "mediaType": index_artifact::MEDIA_TYPE,
             "digest": digest,
             "size": blob.len(),
-            "annotations": { LAYER_ANNOTATION: layer.digest },
+            "annotations": {
+                LAYER_ANNOTATION: layer.digest,
+                HEAD_ANNOTATION: format!("{} {}", head.len(), Digest::of(head)),
+            },
         }));
     }
     let manifest = json!({
@@ -250,7 +260,16 @@ fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
             .download_blob(reg, repo, &d.digest, Some(d.size), &mut blob)
             .with_context(|| format!("cannot get the index of layer {}", layer.digest))?;
         let artifact = IndexArtifact::decode(&blob, &Expected { layer, diff_id })?;
-        found.push(Found { artifact, blob_size: blob.len() as u64 });
+        // The head's annotation must name this blob's head: a reader that trusts it to
+        // fetch the head alone gets what a whole download would have.
+        let head = IndexArtifact::head(&blob)?;
+        let annotated = d.annotations.as_ref().and_then(|a| a.get(HEAD_ANNOTATION));
+        ensure!(
+            annotated.map(String::as_str) == Some(&format!("{} {}", head.len(), Digest::of(head))),
+            "the index of layer {} has a wrong or no {HEAD_ANNOTATION} annotation",
+            layer.digest
+        );
+        found.push(Found { artifact, blob_size: blob.len() as u64, head_size: head.len() as u64 });
     }
     Ok(found)
 }

@@ -324,7 +324,13 @@ fn no_index_and_tampered_indexes_are_refused_with_one_line() {
         m["layers"][1]["size"] = json!(blob.len() - 7);
         m
     };
+    let wrong_head = {
+        let mut m = good.clone();
+        m["layers"][1]["annotations"]["io.imgfs.index.head"] = json!(format!("40 {}", Digest::of(b"x")));
+        m
+    };
     for (what, bad, expect) in [
+        ("a head annotation that names other bytes", wrong_head, "io.imgfs.index.head".to_string()),
         ("a flipped byte", flipped, top.to_string()),
         ("indexes swapped between layers", swapped, "is the index of layer".to_string()),
         ("a truncated blob", truncated, top.to_string()),

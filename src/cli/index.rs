@@ -141,6 +141,7 @@ fn inspect(ctx: &Context, args: InspectArgs) -> Result<()> {
                     "compressed_size": a.compressed_size,
                     "uncompressed_size": a.uncompressed_size,
                     "index_size": f.blob_size,
+                    "head_size": f.head_size,
                     "span_kind": a.span_kind(),
                     "entries": c.entries.iter().map(|e| String::from_utf8_lossy(&e.path)).collect::<Vec<_>>(),
                     "whiteouts": c.whiteouts.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
@@ -157,21 +158,23 @@ fn inspect(ctx: &Context, args: InspectArgs) -> Result<()> {
     writeln!(out, "INDEX {digest} for {}", image.manifest.digest)?;
     writeln!(
         out,
-        "{:<14} {:<7} {:>9} {:>7} {:>12} {:>12} {:>7}",
-        "LAYER", "KIND", "ENTRIES", "SPANS", "LAYER SIZE", "INDEX SIZE", "RATIO"
+        "{:<14} {:<7} {:>9} {:>7} {:>12} {:>12} {:>7} {:>10} {:>7}",
+        "LAYER", "KIND", "ENTRIES", "SPANS", "LAYER SIZE", "INDEX SIZE", "RATIO", "HEAD SIZE", "RATIO"
     )?;
     for (l, f) in image.layers.iter().zip(&found) {
         let a = &f.artifact;
         writeln!(
             out,
-            "{:<14} {:<7} {:>9} {:>7} {:>12} {:>12} {:>6.2}%",
+            "{:<14} {:<7} {:>9} {:>7} {:>12} {:>12} {:>6.2}% {:>10} {:>6.2}%",
             l.digest.short(),
             a.span_kind(),
             a.contents.entries.len(),
             a.span_count(),
             a.compressed_size,
             f.blob_size,
-            100.0 * f.blob_size as f64 / a.compressed_size.max(1) as f64
+            100.0 * f.blob_size as f64 / a.compressed_size.max(1) as f64,
+            f.head_size,
+            100.0 * f.head_size as f64 / a.compressed_size.max(1) as f64
         )?;
     }
     Ok(())

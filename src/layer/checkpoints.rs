@@ -143,6 +143,22 @@ impl Checkpoints {
         (point.compressed - u64::from(point.bits > 0), cend)
     }
 
+    /// Takes every point's window out, leaving the points without them: a published
+    /// index keeps the windows apart, so that a reader fetches only the one its span
+    /// needs (`index_artifact`).
+    pub fn take_windows(&mut self) -> Vec<Vec<u8>> {
+        self.points.iter_mut().map(|p| std::mem::take(&mut p.window)).collect()
+    }
+
+    /// Puts back point `i`'s window, as `take_windows` gave it.
+    pub fn set_window(&mut self, i: usize, window: Vec<u8>) -> Result<()> {
+        ensure!(i < self.points.len(), "checkpoint {i} out of range");
+        ensure!(window.len() <= MAX_STORED_WINDOW, "checkpoint {i}: window of {} bytes", window.len());
+        ensure!(self.format == Format::Gzip || window.is_empty(), "checkpoint {i}: zstd with a window");
+        self.points[i].window = window;
+        Ok(())
+    }
+
     /// Decodes exactly span `i`'s uncompressed bytes from `blob`, the same compressed bytes
     /// the checkpoints were taken from. Uses only positioned reads and local state, so any
     /// number of threads may call it at once on one `File`.
