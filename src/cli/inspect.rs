@@ -7,8 +7,9 @@
 use super::Context;
 use crate::digest::Digest;
 use crate::image::ImageConfig;
+use crate::local_source::{self, LocalRef};
 use crate::reference::familiar_ref;
-use crate::store::db::{Db, ImageRecord};
+use crate::store::db::ImageRecord;
 use crate::store::Store;
 use crate::template::Template;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -21,7 +22,8 @@ pub struct Args {
     /// Format output with a Go-style template (e.g. `{{.Os}}/{{.Architecture}}`, `{{json .Config}}`)
     #[arg(short, long)]
     pub format: Option<String>,
-    /// Images to inspect (reference or ID)
+    /// Images to inspect (reference or ID; `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or
+    /// `docker-archive:FILE[:REF]` reads the image from there without storing it)
     #[arg(required = true, value_name = "REF|ID")]
     pub images: Vec<String>,
 }
@@ -51,6 +53,9 @@ struct Inspected {
     /// Not in docker: the layer blobs, and whether each is in the store yet (layers
     /// are fetched lazily, so an image can be listed without all of them).
     layers: Vec<Layer>,
+    /// Not in docker: where the image came from (`registry/repository`, or
+    /// `oci:DIR`, `oci-archive:FILE`, `docker-archive:FILE` for a local source).
+    source: String,
 }
 
 #[derive(Serialize)]
@@ -86,10 +91,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &args.images {
-        let view = db.find(name).and_then(|(id, _)| {
-            let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
-            inspect(&ctx.store, &db, rec)
-        });
+        let view = match LocalRef::parse(name) {
+            Some(local) => local.and_then(|l| inspect_local(&ctx.store, &l)),
+            None => db.find(name).and_then(|(id, _)| {
+                let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
+                inspect(&ctx.store, rec, &ctx.store.read_blob(&rec.id)?, db.tags_of(&rec.id))
+            }),
+        };
         match view {
             Ok(v) => found.push(v),
             Err(e) => errors.push(format!("{e:#}")),
@@ -119,10 +127,17 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-fn inspect(store: &Store, db: &Db, img: &ImageRecord) -> Result<Inspected> {
-    let bytes = store.read_blob(&img.id)?;
+/// An image as its local source has it (read, checked, not stored); named as a pull
+/// would name it.
+fn inspect_local(store: &Store, local: &LocalRef) -> Result<Inspected> {
+    let image = local_source::resolve(local, None)?;
+    let config = image.blobs.iter().find(|(d, _)| d == &image.record.id).map(|(_, b)| b.as_slice()).unwrap_or(&[]);
+    inspect(store, &image.record, config, image.names.clone())
+}
+
+fn inspect(store: &Store, img: &ImageRecord, bytes: &[u8], tags: Vec<String>) -> Result<Inspected> {
     let raw: Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("config of image {} is not valid JSON", img.id))?;
+        serde_json::from_slice(bytes).with_context(|| format!("config of image {} is not valid JSON", img.id))?;
     let config: ImageConfig =
         serde_json::from_value(raw.clone()).with_context(|| format!("config of image {} is malformed", img.id))?;
     let mut repo_digests: Vec<String> = Vec::new();
@@ -134,7 +149,7 @@ fn inspect(store: &Store, db: &Db, img: &ImageRecord) -> Result<Inspected> {
     }
     Ok(Inspected {
         id: img.id.clone(),
-        repo_tags: db.tags_of(&img.id).iter().map(|t| familiar_ref(t)).collect(),
+        repo_tags: tags.iter().map(|t| familiar_ref(t)).collect(),
         repo_digests,
         parent: String::new(),
         comment: String::new(),
@@ -164,5 +179,6 @@ fn inspect(store: &Store, db: &Db, img: &ImageRecord) -> Result<Inspected> {
                 present: store.has_blob(&l.digest),
             })
             .collect(),
+        source: img.source.clone(),
     })
 }

@@ -11,6 +11,7 @@ use crate::fs::Fs;
 use crate::fuse::{self, MountSettings};
 use crate::image::{ImageConfig, Platform};
 use crate::layer::spans::SpanCache;
+use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
@@ -98,6 +99,9 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
 fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
     let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    if let Some(local) = LocalRef::parse(reference) {
+        return resolve_local(ctx, &local?, reference, dir, platform.as_ref());
+    }
     // A local image serves when no platform is asked for, or when it is that platform
     // (so `DOCKER_DEFAULT_PLATFORM` doesn't send a mount of a pulled image to the registry).
     let held = ctx.store.update_db(|db| {
@@ -118,6 +122,40 @@ fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -
     let resolved = fetch::resolve(&*ctx.client()?, &ctx.store, &r, platform.as_ref())?;
     fetch::register_and(&ctx.store, &resolved, &r, |_| hold(ctx, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))
+}
+
+/// Read an image from an OCI layout or archive and register it, held for the mount.
+/// An archive's layer blobs are copied into the store now (a tar member can't be
+/// read in place cheaply); a layout's stay where they are, read by the server.
+fn resolve_local(
+    ctx: &Context,
+    local: &LocalRef,
+    reference: &str,
+    dir: &Path,
+    platform: Option<&Platform>,
+) -> Result<(ImageRecord, ImageConfig)> {
+    let image = local_source::resolve(local, platform)?;
+    let resolved =
+        fetch::stored(&ctx.store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+    if local.layout_dir().is_none() {
+        for l in &resolved.record.layers {
+            if !ctx.store.has_blob(&l.digest) {
+                image.copy_blob(&ctx.store, l)?;
+            }
+        }
+    }
+    fetch::register_names(&ctx.store, &resolved, &image.names, |_| hold(ctx, &resolved.record.id, reference, dir))?;
+    Ok((resolved.record, resolved.config))
+}
+
+/// The OCI layout a mount reads layer blobs from in place: the one named by the
+/// mount's reference, else the one the image was first read from.
+fn layout_of(reference: &str, record: &ImageRecord) -> Option<PathBuf> {
+    [reference, record.source.as_str()].into_iter().find_map(|s| {
+        let local = LocalRef::parse(s)?.ok()?;
+        let dir = local.layout_dir()?;
+        Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+    })
 }
 
 /// A mount record of this process marked `starting`: the image is in use from now on.
@@ -242,7 +280,8 @@ fn serve(
         })
     };
     let spans = Arc::new(SpanCache::new(args.read_cache << 20));
-    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans);
+    let in_place = layout_of(reference, &record);
+    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place);
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
     let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };

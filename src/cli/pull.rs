@@ -4,6 +4,7 @@
 use super::Context;
 use crate::fetch;
 use crate::image::Platform;
+use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
 use crate::registry::Client;
 use anyhow::{bail, Context as _, Result};
@@ -28,7 +29,6 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
     let platform = args
         .platform
@@ -37,6 +37,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .map(Platform::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    if let Some(local) = LocalRef::parse(&args.reference) {
+        if args.all_tags {
+            bail!("--all-tags takes a registry repository, not {}", args.reference);
+        }
+        return pull_local(ctx, &local?, platform.as_ref(), args.quiet);
+    }
+    let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
     if args.all_tags {
         if r.digest.is_some() || args.reference.rsplit('/').next().is_some_and(|last| last.contains(':')) {
             bail!("tag can't be used with --all-tags: {}", args.reference);
@@ -117,5 +124,36 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
         say(format!("Status: Downloaded newer image for {shown}"));
     }
     writeln!(std::io::stdout(), "{shown}")?;
+    Ok(())
+}
+
+/// Pull from an OCI layout or an archive: the same checks and store as a registry
+/// pull, the blobs copied from the files (verified) instead of downloaded.
+fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: bool) -> Result<()> {
+    let store = &ctx.store;
+    let say = |s: String| {
+        if !quiet {
+            let _ = writeln!(std::io::stdout(), "{s}");
+        }
+    };
+    let image = local_source::resolve(r, platform)?;
+    let resolved =
+        fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+    let no_registry = || -> Result<Arc<Client>> { bail!("{r} is not a registry") };
+    for (l, diff_id) in resolved.record.layers.iter().zip(&resolved.config.rootfs.diff_ids) {
+        let had = store.has_blob(&l.digest);
+        if !had {
+            image.copy_blob(store, l)?;
+        }
+        // The blob is in the store now: this indexes it (checking its diff_id) and
+        // never asks a registry.
+        fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id)?;
+        say(format!("{}: {}", l.digest.short(), if had { "Already exists" } else { "Pull complete" }));
+    }
+    fetch::register_names(store, &resolved, &image.names, |_| Ok(()))?;
+    say(format!("Digest: {}", resolved.top_digest));
+    // The image's name, or its ID when the source gave it none (as podman prints).
+    let shown = image.names.first().map(|n| crate::reference::familiar_ref(n));
+    writeln!(std::io::stdout(), "{}", shown.unwrap_or_else(|| resolved.record.id.to_string()))?;
     Ok(())
 }
