@@ -501,7 +501,14 @@ fn inspect_prints_docker_shaped_json() {
         "\"Parent\"",
         "\"Created\"",
         "\"Config\"",
+        "\"Hostname\"",
+        "\"AttachStdin\"",
+        "\"Env\"",
+        "\"Entrypoint\"",
+        "\"Labels\"",
         "\"Os\"",
+        "\"Size\"",
+        "\"GraphDriver\"",
         "\"RootFS\"",
         "\"Layers\": [",
     ];
@@ -520,21 +527,38 @@ fn inspect_prints_docker_shaped_json() {
             "Created": "2024-01-02T03:04:05Z",
             "DockerVersion": "",
             "Author": "tester",
+            // Docker's keys, with docker's zero values for what the image leaves out.
             "Config": {
+                "Hostname": "",
+                "Domainname": "",
+                "User": "",
+                "AttachStdin": false,
+                "AttachStdout": false,
+                "AttachStderr": false,
+                "ExposedPorts": {"80/tcp": {}},
+                "Tty": false,
+                "OpenStdin": false,
+                "StdinOnce": false,
                 "Env": ["PATH=/usr/bin:/bin", "SALT=i"],
                 "Cmd": ["/bin/sh"],
+                "Image": "",
+                "Volumes": null,
                 "WorkingDir": "/app",
-                "ExposedPorts": {"80/tcp": {}},
+                "Entrypoint": null,
+                "OnBuild": null,
                 "Labels": {"team": "a", "org.example.x": "y"},
             },
             "Architecture": "amd64",
             "Os": "linux",
+            // These layers are no tars and were never indexed: they count with their
+            // blob sizes.
             "Size": std::fs::metadata(env.store.blob_path(&img.id)).unwrap().len() + 9 + 9,
+            "GraphDriver": {"Data": null, "Name": "imgfs"},
             "RootFS": {"Type": "layers", "Layers": [Digest::of(b"layer one").to_string(), Digest::of(b"layer two").to_string()]},
             "Metadata": {"LastTagTime": "2023-11-14T22:13:20Z"},
             "Layers": [
-                {"Digest": img.layers[0].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": true},
-                {"Digest": img.layers[1].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": false},
+                {"Digest": img.layers[0].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": true, "UncompressedSize": null},
+                {"Digest": img.layers[1].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": false, "UncompressedSize": null},
             ],
         }])
     );
@@ -564,7 +588,15 @@ fn inspect_formats() {
     assert_eq!(f("{{.Config.Labels}}"), "map[team:a]\n");
     assert_eq!(f(r#"{{index .Config.Labels "team"}}"#), "a\n");
     assert_eq!(f("{{.Config.Labels.team}}"), "a\n");
-    assert_eq!(f("{{.Variant}}"), "<no value>\n");
+    // Docker runs templates over its structs: unset strings print empty, unset lists
+    // `[]`, unset maps `map[]`, never `<no value>`.
+    assert_eq!(f("{{.Variant}}"), "\n");
+    assert_eq!(f("{{.Config.User}}"), "\n");
+    assert_eq!(f("{{.Config.Entrypoint}}"), "[]\n");
+    assert_eq!(f("{{.Config.OnBuild}}|{{.Config.Volumes}}|{{.GraphDriver.Data}}"), "[]|map[]|map[]\n");
+    assert_eq!(f("{{.Config.AttachStdin}} {{.Config.Tty}} {{.GraphDriver.Name}}"), "false false imgfs\n");
+    assert_eq!(f("{{len .Config.Entrypoint}}{{range .Config.Entrypoint}}x{{end}}"), "0\n");
+    assert_eq!(f("{{.Config.Cmd}} {{.Config.WorkingDir}}"), "[/bin/sh] /app\n");
     assert_eq!(f("{{range .Layers}}{{.Present}} {{.Size}}{{end}}"), "true 2\n");
     assert_eq!(f("{{len .RootFS.Layers}}"), "1\n");
     // One line per image; `--format json` is the default array.

@@ -15,6 +15,7 @@ pub mod blob;
 mod endpoint;
 mod error;
 mod retry;
+pub mod search;
 
 pub use error::RegistryError;
 
@@ -318,7 +319,8 @@ impl Client {
     ) -> Result<Response, RegistryError> {
         let scope = match subject {
             Subject::Catalog => "registry:catalog:*".to_string(),
-            Subject::Ping => String::new(),
+            // The Hub's search API takes no scope (docker sends it no token).
+            Subject::Ping | Subject::Search { .. } => String::new(),
             other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
         };
         debug_assert_eq!(auth::pull_only(&scope), scope, "a token is only ever asked for pulling");
