@@ -1458,6 +1458,35 @@ mod tests {
     }
 
     #[test]
+    fn printf_takes_go_flags_widths_and_precisions() {
+        let d = data();
+        let p = |f: &str| render(f, &d);
+        assert_eq!(p(r#"{{printf "%-10s|" "app"}}"#), "app       |");
+        assert_eq!(p(r#"{{printf "%10s|" "app"}}"#), "       app|");
+        assert_eq!(p(r#"{{printf "%5d|%-5d|%05d|%+d" 42 42 42 42}}"#), "   42|42   |00042|+42");
+        assert_eq!(p(r#"{{printf "%05d|% d|%x|%X|%#x|%o|%b" -42 7 255 255 255 8 5}}"#), "-0042| 7|ff|FF|0xff|10|101");
+        assert_eq!(
+            p(r#"{{printf "%.2f|%8.3f|%e|%g|%.3g" 3.14159 2.5 1234.5 0.5 1234.5}}"#),
+            "3.14|   2.500|1.234500e+03|0.5|1.23e+03"
+        );
+        assert_eq!(p(r#"{{printf "%.3s|%-6.2s|" "abcdef" "xyz"}}"#), "abc|xy    |");
+        assert_eq!(p(r#"{{printf "%q|%t|%c|%v|%%" "a\"b" true 65 .RepoTags}}"#), r#""a\"b"|true|A|[app:1 app:2]|%"#);
+        assert_eq!(p(r#"{{printf "%*d|%-*s|" 4 7 3 "x"}}"#), "   7|x  |");
+        // Widths count characters, not bytes.
+        assert_eq!(p(r#"{{printf "%-4s|" "é"}}"#), "é   |");
+        assert_eq!(p(r#"{{printf "%x" "hi"}}"#), "6869");
+        // What Go prints for a verb that does not fit, a missing or an extra argument.
+        assert_eq!(p(r#"{{printf "%d" "x"}}"#), "%!d(string=x)");
+        assert_eq!(p(r#"{{printf "%s %s" "a"}}"#), "a %!s(MISSING)");
+        assert_eq!(p(r#"{{printf "%s" "a" 1}}"#), "a%!(EXTRA int=1)");
+        assert_eq!(p(r#"{{printf "%-12s%s" .Id "!"}}"#), "sha256:abc  !");
+        assert_eq!(p(r#"{{printf "%7d" .Size}}"#), "1234567");
+        // A huge width is refused, not allocated.
+        let err = Template::parse(r#"{{printf "%99999999999d" 1}}"#).unwrap().render(&d).unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+    }
+
+    #[test]
     fn control_structures_and_variables() {
         let d = data();
         assert_eq!(render("{{range .RepoTags}}[{{.}}]{{end}}", &d), "[app:1][app:2]");

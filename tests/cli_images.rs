@@ -465,6 +465,9 @@ fn ls_formats() {
     assert_eq!(first["ID"], img.id.to_string());
     // The default and an explicit `table` are the same.
     assert_eq!(env.imgfs(&["ls", "--format", "table"]).ok(), env.imgfs(&["ls"]).ok());
+    // printf with Go's widths and flags.
+    let out = env.imgfs(&["ls", "--format", r#"{{printf "%-8s|%6s|%.3s" .Repository .Tag .ID}}"#]);
+    assert_eq!(lines(out.ok())[0], format!("app     |     1|{}", &img.short()[..3]));
 }
 
 #[test]
@@ -605,6 +608,34 @@ fn inspect_formats() {
     assert_eq!(env.imgfs(&["inspect", "--format", "json", "app:1"]).ok(), env.imgfs(&["inspect", "app:1"]).ok());
     assert!(env.imgfs(&["inspect", "--format", "{{.Os", "app:1"]).fails().contains("invalid --format"));
     assert!(env.imgfs(&["inspect", "--format", "{{.Id.X}}", "app:1"]).fails().contains("can't evaluate field X"));
+}
+
+/// `imgfs mount` with no image lists mounts through the same `--format` engine as `ls`:
+/// docker's table, `json` lines, templates with printf widths.
+#[test]
+fn the_mount_list_takes_formats() {
+    let env = Env::new();
+    let img = env.add(Spec { tags: &["app:1"], layers: &[b"l1"], salt: "m", ..Default::default() });
+    let pid = env.mount(&img, "/mnt/some/where");
+    let table = env.imgfs(&["mount"]).ok().to_string();
+    assert_eq!(
+        table,
+        format!(
+            "IMAGE     IMAGE ID       MOUNTPOINT        PID\ntest      {}   /mnt/some/where   {pid}\n",
+            img.short()
+        )
+    );
+    let json_line = env.imgfs(&["mount", "--format", "json"]).ok().to_string();
+    let v: Value = serde_json::from_str(json_line.trim_end()).unwrap();
+    assert_eq!(v, json!({"Image": "test", "ID": img.short(), "Mountpoint": "/mnt/some/where", "PID": pid}));
+    assert_eq!(
+        env.imgfs(&["mount", "--format", r#"{{printf "%-18s|" .Mountpoint}}{{.Image}}"#]).ok(),
+        "/mnt/some/where   |test\n"
+    );
+    assert_eq!(env.imgfs(&["mount", "--format", "table {{.Mountpoint}}"]).ok(), "MOUNTPOINT\n/mnt/some/where\n");
+    assert!(env.imgfs(&["mount", "--format", "{{.Nope}}"]).fails().contains("invalid --format"));
+    // A format is for the list: with an image to mount it is a usage error.
+    assert_eq!(env.imgfs(&["mount", "--format", "json", "app:1", "/tmp"]).code, 2);
 }
 
 #[test]

@@ -56,6 +56,17 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         Format::parse(args.format.as_deref(), DEFAULT_TABLE, true)
     };
     let format = format.map_err(|e| anyhow!("invalid --format: {e}"))?;
+    let titles = json!({
+        "Name": "NAME",
+        "Description": "DESCRIPTION",
+        "StarCount": "STARS",
+        "IsOfficial": "OFFICIAL",
+        "IsAutomated": "AUTOMATED",
+    });
+    // A field that does not exist shows when a row is rendered: try one before asking
+    // anybody, so that a typo costs no request.
+    let sample = row(&SearchResult::default(), true, format.is_json());
+    format.render(&[sample], &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
 
     let results = match target(&args) {
         Target::Hub(term) => ctx.client()?.hub_search(&index_url()?, &term, limit)?,
@@ -64,13 +75,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // As docker's daemon does: the filters apply to the results the index gave.
     let rows: Vec<Value> =
         results.iter().filter(|r| filter.matches(r)).map(|r| row(r, !args.no_trunc, format.is_json())).collect();
-    let titles = json!({
-        "Name": "NAME",
-        "Description": "DESCRIPTION",
-        "StarCount": "STARS",
-        "IsOfficial": "OFFICIAL",
-        "IsAutomated": "AUTOMATED",
-    });
     let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
