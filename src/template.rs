@@ -1126,8 +1126,9 @@ fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
             chars.next();
             spec.precision = Some(number(&mut chars).unwrap_or(0));
         }
-        // The padding is made before the string that holds it: bound it first.
-        check_len("printf", spec.width.unwrap_or(0).saturating_add(out.len()))?;
+        // Padding and precision digits are made before the string that holds them:
+        // bound them first.
+        check_len("printf", spec.width.unwrap_or(0).max(spec.precision.unwrap_or(0)).saturating_add(out.len()))?;
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
             break;
@@ -1482,8 +1483,14 @@ mod tests {
         assert_eq!(p(r#"{{printf "%-12s%s" .Id "!"}}"#), "sha256:abc  !");
         assert_eq!(p(r#"{{printf "%7d" .Size}}"#), "1234567");
         // A huge width is refused, not allocated.
-        let err = Template::parse(r#"{{printf "%99999999999d" 1}}"#).unwrap().render(&d).unwrap_err();
-        assert!(err.contains("longer than"), "{err}");
+        for huge in [
+            r#"{{printf "%99999999999d" 1}}"#,
+            r#"{{printf "%.99999999999d" 1}}"#,
+            r#"{{printf "%.*f" 99999999999 1.5}}"#,
+        ] {
+            let err = Template::parse(huge).unwrap().render(&d).unwrap_err();
+            assert!(err.contains("longer than"), "{huge}: {err}");
+        }
     }
 
     #[test]
