@@ -14,6 +14,9 @@ pub enum RegistryError {
     /// Connection refused, DNS failure, TLS failure, timeout: nothing HTTP came back.
     /// `host` is the host actually dialled (the API host, a token service or a CDN).
     Unreachable { registry: String, host: String, reason: String },
+    /// The TLS handshake failed because the host's certificate is not trusted: no CA we
+    /// know signed it, or it is expired or for another name. Not transient.
+    UntrustedCertificate { registry: String, host: String, reason: String },
     /// The registry does not know the repository (NAME_UNKNOWN).
     RepositoryUnknown { registry: String, repository: String },
     /// No manifest under that tag or digest (MANIFEST_UNKNOWN, or a bare 404).
@@ -77,6 +80,12 @@ impl fmt::Display for RegistryError {
             RegistryError::Unreachable { registry, host, reason } => {
                 write!(f, "cannot reach registry {registry} (at {host}): {reason}")
             }
+            RegistryError::UntrustedCertificate { registry, host, reason } => write!(
+                f,
+                "cannot reach registry {registry}: the TLS certificate of {host} is not trusted ({reason}); put the \
+                 certificate of the CA that signed it in /etc/docker/certs.d/{host}/ca.crt or \
+                 /etc/containers/certs.d/{host}/ca.crt, or name {host} with --insecure-registry"
+            ),
             RegistryError::RepositoryUnknown { registry, repository } => {
                 write!(f, "repository {repository} not found on registry {registry}")
             }
