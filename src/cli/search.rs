@@ -72,9 +72,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         Target::Hub(term) => ctx.client()?.hub_search(&index_url()?, &term, limit)?,
         Target::Registry(host, term) => catalog_matches(ctx, &host, &term, limit)?,
     };
-    // As docker's daemon does: the filters apply to the results the index gave.
-    let rows: Vec<Value> =
-        results.iter().filter(|r| filter.matches(r)).map(|r| row(r, !args.no_trunc, format.is_json())).collect();
+    // As docker's daemon does: the filters apply to the results the index gave (no
+    // more than were asked for, whatever it sent).
+    let rows: Vec<Value> = results
+        .iter()
+        .take(limit)
+        .filter(|r| filter.matches(r))
+        .map(|r| row(r, !args.no_trunc, format.is_json()))
+        .collect();
     let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
