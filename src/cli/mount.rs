@@ -18,8 +18,9 @@ use crate::store::mounts::{
     MountRecord,
 };
 use crate::store::Store;
+use crate::template::Format;
 use crate::tree::{DirAttrs, Tree};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,10 @@ pub struct Args {
     /// Memory for decoded data of compressed layers, shared by all reads (MiB)
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub read_cache: u64,
+    /// With no image: format the list of mounts with a Go-style template, `table
+    /// TEMPLATE`, or `json` (fields .Image .ID .Mountpoint .PID)
+    #[arg(long, conflicts_with = "reference")]
+    pub format: Option<String>,
     /// The image ID the parent already resolved (internal, for the background server)
     #[arg(long, hide = true)]
     pub resolved_id: Option<String>,
@@ -59,7 +64,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     let (Some(reference), Some(dir)) = (args.reference.clone(), args.dir.clone()) else {
-        return list(ctx);
+        return list(ctx, args.format.as_deref());
     };
     clear_dead_mount(&dir)?;
     let meta = std::fs::metadata(&dir).with_context(|| format!("mountpoint {}", dir.display()))?;
@@ -476,12 +481,26 @@ pub fn handle_server_signals() {
     }
 }
 
-fn list(ctx: &Context) -> Result<()> {
+const LIST_TABLE: &str = "{{.Image}}\t{{.ID}}\t{{.Mountpoint}}\t{{.PID}}";
+
+fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
+    let format = Format::parse(format, LIST_TABLE, true).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let (live, _dead) = ctx.store.mounts()?;
+    let rows: Vec<serde_json::Value> = live
+        .into_iter()
+        .filter(|m| !m.starting)
+        .map(|m| {
+            serde_json::json!({
+                "Image": m.reference,
+                "ID": m.image.short(),
+                "Mountpoint": m.mountpoint.display().to_string(),
+                "PID": m.pid,
+            })
+        })
+        .collect();
+    let titles = serde_json::json!({"Image": "IMAGE", "ID": "IMAGE ID", "Mountpoint": "MOUNTPOINT", "PID": "PID"});
+    let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT")?;
-    for m in live.into_iter().filter(|m| !m.starting) {
-        writeln!(out, "{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid)?;
-    }
+    out.write_all(text.as_bytes())?;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod endpoint;
 mod error;
 mod mirrors;
 mod retry;
+pub mod search;
 mod tls;
 
 pub use error::RegistryError;
@@ -365,7 +366,8 @@ impl Client {
     ) -> Result<Response, RegistryError> {
         let scope = match subject {
             Subject::Catalog => "registry:catalog:*".to_string(),
-            Subject::Ping => String::new(),
+            // The Hub's search API takes no scope (docker sends it no token).
+            Subject::Ping | Subject::Search { .. } => String::new(),
             other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
         };
         debug_assert_eq!(auth::pull_only(&scope), scope, "a token is only ever asked for pulling");
