@@ -32,6 +32,7 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod local_sources;
+mod progress;
 mod security;
 mod store_safety;
 

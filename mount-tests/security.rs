@@ -243,3 +243,57 @@ fn non_root_user_pulls_mounts_reads_and_umounts() {
     let records = fs::read_dir(store.join("mounts")).unwrap().count();
     assert_eq!(records, 0, "mount records left in the user's store");
 }
+
+/// A non-root user who may not open /dev/fuse (a host or container that leaves it
+/// 0600) goes through fusermount3 as libfuse does; Debian's fusermount3 opens the
+/// device as the user too, so it fails the same way, and `imgfs mount` says so in one
+/// line that names /dev/fuse and the fix; without fusermount3 the line says to install
+/// fuse3. The 0600 device is a node of our own bind-mounted over /dev/fuse in a private
+/// mount namespace (`unshare -m`), so the machine's /dev/fuse, and every other test,
+/// are untouched; whatever is mounted in there goes with the namespace.
+#[test]
+fn non_root_mount_without_access_to_dev_fuse_fails_with_one_line_naming_the_fix() {
+    let uid = test_user();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("m"));
+    for d in [&store, &dir] {
+        fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+    }
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let closed = tmp.path().join("fuse-0600");
+    let guard = Mount::at(dir.clone(), tmp);
+    let image = format!("{}/app:1", env().addr);
+    let try_mount = |path: &str| -> Output {
+        let script = r#"set -e
+            rm -f "$1"; mknod -m 0600 "$1" c 10 229; mount --bind "$1" /dev/fuse
+            shift; exec runuser -u "$@""#;
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(&closed)
+            .args([TEST_USER, "--", "env", &format!("PATH={path}"), env!("CARGO_BIN_EXE_imgfs"), "--root"])
+            .arg(&store)
+            .args(["mount", &image])
+            .arg(&dir)
+            .output()
+            .expect("unshare")
+    };
+    let one_line = |out: &Output| -> String {
+        assert_eq!(out.status.code(), Some(1), "{}", show(out));
+        let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+        assert_eq!(err.lines().count(), 1, "want a one-line error: {}", show(out));
+        assert!(err.starts_with("imgfs: error: ") && err.contains("/dev/fuse (mode 0600"), "{err}");
+        assert!(err.contains("chmod 0666 /dev/fuse"), "the fix is not named: {err}");
+        err
+    };
+    let err = one_line(&try_mount("/usr/sbin:/usr/bin:/sbin:/bin"));
+    assert!(err.contains("fusermount3 failed too"), "fusermount3 was not tried: {err}");
+    let err = one_line(&try_mount("/nonexistent"));
+    assert!(err.contains("install fuse3"), "{err}");
+    // Nothing left: no server, no mount record, and the real /dev/fuse as it was.
+    assert!(server_pids(&guard.dir).is_empty(), "a server is still running for {}", guard.arg());
+    assert_eq!(fs::read_dir(store.join("mounts")).map(|d| d.count()).unwrap_or(0), 0, "mount records left");
+    assert!(mountinfo(&guard.dir).is_none());
+    let real = fs::metadata("/dev/fuse").unwrap();
+    assert!(real.file_type().is_char_device(), "/dev/fuse changed outside the namespace");
+}

@@ -196,15 +196,31 @@ pub fn register_and(
     })
 }
 
+/// What a layer fetch reports while it runs, for whoever shows it: `pull` draws bars
+/// on a terminal, a mount server writes lines to its log. The fetch code only calls
+/// these; it never prints. Calls come from the thread doing the fetch.
+pub trait LayerProgress: Sync {
+    /// `done` of `total` compressed bytes have arrived (back to 0 if the registry sent
+    /// the blob again from the start).
+    fn downloading(&self, _done: u64, _total: u64) {}
+    /// The bytes are all here; the digest, diff_id and index are being finished (or,
+    /// for a blob already stored, computed in one pass over it).
+    fn verifying(&self) {}
+}
+
 /// A layer ready to serve: its table of contents and random access to its data.
 pub type LoadedLayer = (Arc<LayerIndex>, Arc<LayerData>);
 
 /// Make a layer of image `source` ready to serve: from its index in the store if it
-/// has one; else by indexing the blob in the store; else by downloading the blob and
+/// has one; else by indexing the blob in the store, or where it is in the OCI layout
+/// `in_place` (checked against its digest on the way, not copied); else by downloading the blob and
 /// indexing it on the way, in one pass (digest, decompression, diff_id, table of
 /// contents and checkpoints all while the bytes arrive). The blob is kept only if both
 /// its digest and its diff_id check out. A process fetching the same blob is waited
 /// for, not repeated: one fetcher per blob, through a lock in the store.
+// Where the blob may come from (a registry, a layout in place), where it goes, and who
+// hears of it: each a separate caller's choice.
+#[allow(clippy::too_many_arguments)]
 pub fn load_layer(
     client: &dyn Fn() -> Result<Arc<Client>>,
     store: &Store,
@@ -213,6 +229,7 @@ pub fn load_layer(
     diff_id: &Digest,
     spans: &Arc<SpanCache>,
     in_place: Option<&Path>,
+    progress: &dyn LayerProgress,
 ) -> Result<LoadedLayer> {
     // One lease against garbage collection for the whole load, from the first byte
     // written to the index that names the blob.
@@ -226,14 +243,16 @@ pub fn load_layer(
     }
     let compression = Compression::of_media_type(&layer.media_type).map_err(anyhow::Error::msg)?;
     let (built, copy) = if store.has_blob(&layer.digest) {
+        progress.verifying();
         index_local(store, layer, compression, diff_id)?
     } else if let Some(blob) = blob_in_place(layer, in_place) {
+        progress.verifying();
         let built = index_in_place(store, &blob, layer, compression, diff_id)?;
         return finish(store, &blob, layer, compression, built, spans)
             .with_context(|| format!("cannot index layer {}", layer.digest));
     } else {
         let client = client()?;
-        match download_and_index(&client, store, source, layer, compression, diff_id)? {
+        match download_and_index(&client, store, source, layer, compression, diff_id, progress)? {
             Some(done) => done,
             // The registry restarted the blob midway; the blob is whole and verified
             // now, so index it from the store.
@@ -300,13 +319,14 @@ pub fn prepare_layer(
     source: &str,
     layer: &Descriptor,
     diff_id: &Digest,
+    progress: &dyn LayerProgress,
 ) -> Result<()> {
     if store.has_blob(&layer.digest) && IndexFile::is_current(&store.index_path(&layer.digest), layer.digest.as_str()) {
         return Ok(());
     }
     // Nothing will read file data through these layers.
     let spans = Arc::new(SpanCache::new(0));
-    load_layer(client, store, source, layer, diff_id, &spans, None).map(drop)
+    load_layer(client, store, source, layer, diff_id, &spans, None, progress).map(drop)
 }
 
 /// The layer from its index and blob in the store, if both are there and usable. An
@@ -393,6 +413,7 @@ fn download_and_index(
     layer: &Descriptor,
     compression: Compression,
     diff_id: &Digest,
+    progress: &dyn LayerProgress,
 ) -> Result<Option<(Built, Reframe)>> {
     let (registry, repository) = source.split_once('/').context("image source has no repository")?;
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
@@ -405,9 +426,21 @@ fn download_and_index(
         let mut restarted = false;
         let mut outcome = None;
         let stored = store.put_blob_with(&layer.digest, |file| {
-            let mut sink = TeeSink { file, tx: Some(tx), sent: false, restarted: &mut restarted };
+            let mut sink = TeeSink {
+                file,
+                tx: Some(tx),
+                sent: false,
+                restarted: &mut restarted,
+                received: 0,
+                total: layer.size,
+                progress,
+            };
             let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
             drop(sink); // the indexer sees the end of the stream
+            if downloaded.is_ok() {
+                // The indexer may still be a few seconds behind the network.
+                progress.verifying();
+            }
             let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
             downloaded.with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))?;
             if restarted {
@@ -430,11 +463,17 @@ struct TeeSink<'a> {
     /// Has the indexer been handed any bytes?
     sent: bool,
     restarted: &'a mut bool,
+    /// Bytes of the blob written so far, of `total`, for `progress`.
+    received: u64,
+    total: u64,
+    progress: &'a dyn LayerProgress,
 }
 
 impl Write for TeeSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
+        self.received += buf.len() as u64;
+        self.progress.downloading(self.received, self.total);
         if let Some(tx) = &self.tx {
             self.sent = true;
             if tx.send(buf.to_vec()).is_err() {
@@ -451,6 +490,8 @@ impl Write for TeeSink<'_> {
 impl BlobSink for TeeSink<'_> {
     fn restart(&mut self) -> io::Result<()> {
         self.file.restart()?;
+        self.received = 0;
+        self.progress.downloading(0, self.total);
         // The client empties the sink before its first request too: only bytes the
         // indexer has seen and that no longer count cut it off.
         if self.sent {
@@ -541,6 +582,9 @@ fn finish(
     Ok((Arc::new(index), Arc::new(data)))
 }
 
+/// Makes the progress reporter for a fetch of layer `i` (a mount's log).
+pub type ReportFn = dyn Fn(usize, &Descriptor) -> Box<dyn LayerProgress> + Send + Sync;
+
 /// The layers of one image, fetched from its registry and indexed on first use:
 /// what a mount's tree reads from. Each layer is loaded once: callers that need a
 /// layer being loaded wait for that layer alone, and `is_local` never waits.
@@ -553,6 +597,7 @@ pub struct StoreLayers {
     spans: Arc<SpanCache>,
     /// An OCI layout whose layer blobs are read where they are, not copied.
     in_place: Option<PathBuf>,
+    report: Box<ReportFn>,
     loaded: Vec<OnceLock<LoadedLayer>>,
     /// Held while a layer loads, so that this process loads it once.
     loading: Vec<Mutex<()>>,
@@ -566,6 +611,7 @@ impl StoreLayers {
         config: &ImageConfig,
         spans: Arc<SpanCache>,
         in_place: Option<PathBuf>,
+        report: Box<ReportFn>,
     ) -> StoreLayers {
         StoreLayers {
             store,
@@ -575,6 +621,7 @@ impl StoreLayers {
             diff_ids: config.rootfs.diff_ids.clone(),
             spans,
             in_place,
+            report,
             loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
             loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
         }
@@ -589,16 +636,15 @@ impl StoreLayers {
             return Ok(l.clone());
         }
         let layer = &self.layers[i];
-        if !self.store.has_blob(&layer.digest) && blob_in_place(layer, self.in_place.as_deref()).is_none() {
-            eprintln!("imgfs: fetching layer {i} ({}, {} bytes) from {}", layer.digest, layer.size, self.source);
-        }
         // Records and config are checked against each other at pull; records edited or
         // damaged since are an error here, not a panic.
         let diff_id = self.diff_ids.get(i).with_context(|| {
             format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
         })?;
+        let progress = (self.report)(i, layer);
         let in_place = self.in_place.as_deref();
-        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans, in_place)?;
+        let loaded =
+            load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans, in_place, &*progress)?;
         Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }

@@ -37,7 +37,9 @@ pub struct MountSettings<'a> {
 }
 
 /// Mount `fs` at `dir`. Nothing is served until the session's `run`, which returns
-/// once the mount is gone; dropping the session unmounts.
+/// once the mount is gone; dropping the session unmounts (a session mounted through
+/// our own fusermount3 call is unmounted by the server's signal handling and `umount`
+/// instead, through `store::mounts::detach`).
 pub fn mount(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<fuser::Session<FuseFs>> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -50,7 +52,53 @@ pub fn mount(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<fu
     ];
     config.acl = if settings.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(settings.threads);
-    fuser::Session::new(FuseFs { fs, no_open: false, no_opendir: false }, dir, &config)
+    let fs = FuseFs { fs, no_open: false, no_opendir: false };
+    if dev_fuse_is_closed_to_us() {
+        // fuser would fail on the open and stop there. Go through fusermount3, as
+        // libfuse does; Debian's opens the device with the user's rights too and
+        // fails the same way, and then the error must say what to change.
+        let mut options = String::from("ro,nodev,nosuid,default_permissions,subtype=imgfs");
+        options.push_str(&format!(",fsname={}", settings.fsname));
+        if settings.allow_other {
+            options.push_str(",allow_other");
+        }
+        let fd = crate::fusermount::mount(dir, &options).map_err(|e| {
+            let dev = dev_fuse_description();
+            let fix = "let the user open /dev/fuse: chmod 0666 /dev/fuse (what udev sets), or give it a group \
+                       the user is in (chgrp fuse /dev/fuse; chmod 0660 /dev/fuse; usermod -aG fuse USER)";
+            let msg = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("/dev/fuse ({dev}) is not open to this user and fusermount3 is not installed: install fuse3, or {fix}")
+            } else {
+                format!("/dev/fuse ({dev}) is not open to this user, and {e}: {fix}")
+            };
+            std::io::Error::new(e.kind(), msg)
+        })?;
+        let acl = config.acl;
+        return fuser::Session::from_fd(fs, fd, acl, config);
+    }
+    fuser::Session::new(fs, dir, &config)
+}
+
+/// "mode 0600, owner 0:0", for the error that says why /dev/fuse is closed.
+fn dev_fuse_description() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/dev/fuse") {
+        Ok(m) => format!("mode {:04o}, owner {}:{}", m.mode() & 0o7777, m.uid(), m.gid()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Can't a non-root user open /dev/fuse (a host or container that leaves it 0600)?
+/// Root always can; a missing device is left to fuser's own error.
+fn dev_fuse_is_closed_to_us() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return false;
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
 }
 
 fn errno(e: FsError) -> Errno {

@@ -8,7 +8,8 @@
 //! layers into the `store`, verified; `layer` turns a layer blob into a table of
 //! contents with random access to file data; `tree` stacks the layers into the OCI
 //! union, lazily; `fs` answers filesystem operations with plain values and errnos;
-//! `fuse` adapts that to the kernel through `fuser`. `cli` holds one module per
+//! `fuse` adapts that to the kernel through `fuser` (`fusermount` mounts through
+//! fusermount3 when /dev/fuse is closed to the user). `cli` holds one module per
 //! subcommand.
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod digest;
 pub mod fetch;
 pub mod fs;
 pub mod fuse;
+pub mod fusermount;
 pub mod image;
 pub mod layer;
 pub mod local_source;

@@ -96,3 +96,63 @@ fn man_page_is_roff_and_names_every_subcommand() {
         assert!(page.contains(&sub), "man page does not mention {sub}");
     }
 }
+
+/// The test registry's address (scripts/test starts it and exports IMGFS_TEST_ENV).
+fn registry() -> String {
+    let dir = std::env::var("IMGFS_TEST_ENV")
+        .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry");
+    std::fs::read_to_string(std::path::Path::new(&dir).join("registry.addr")).unwrap().trim().to_string()
+}
+
+/// Run a shell pipeline with `imgfs` standing for this binary on this store.
+fn shell(root: &std::path::Path, pipeline: &str) -> Output {
+    let imgfs = format!("{} --root {}", env!("CARGO_BIN_EXE_imgfs"), root.display());
+    Command::new("sh").arg("-c").arg(pipeline.replace("imgfs", &imgfs)).output().unwrap()
+}
+
+/// Results alone on stdout make pipelines work: the references `pull` prints feed
+/// `inspect`, and `ls -q | xargs rm` removes every image, with nothing but results
+/// on stdout and nothing on stderr along the way.
+#[test]
+fn stdout_results_feed_other_commands() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let addr = registry();
+    let out = shell(
+        r,
+        &format!("imgfs pull {addr}/base:1 && imgfs pull {addr}/app:1 | xargs imgfs inspect --format '{{{{.Id}}}}'"),
+    );
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "the base reference, then the app image's ID: {lines:?}");
+    assert_eq!(lines[0], format!("{addr}/base:1"));
+    assert!(lines[1].starts_with("sha256:") && lines[1].len() == 71, "{lines:?}");
+
+    let out = shell(r, "imgfs ls -q | xargs imgfs rm");
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let removed = String::from_utf8(out.stdout).unwrap();
+    assert!(removed.lines().all(|l| l.starts_with("Untagged: ") || l.starts_with("Deleted: ")), "{removed}");
+    assert!(imgfs(r, &["ls", "-q"]).stdout.is_empty(), "images left after ls -q | xargs rm");
+}
+
+/// `prune` asks on stderr even when stdin is a terminal, so a report redirected to a
+/// file holds the report alone (the terminal is a pty from script(1)).
+#[test]
+fn prune_asks_on_stderr_when_its_report_goes_to_a_file() {
+    let root = tempfile::tempdir().unwrap();
+    let report = root.path().join("report.txt");
+    let cmd = format!("{} --root {} prune > {}", env!("CARGO_BIN_EXE_imgfs"), root.path().display(), report.display());
+    let mut child = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"y\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("Are you sure you want to continue? [y/N]"), "no prompt on the terminal: {screen:?}");
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "Total reclaimed space: 0B\n");
+}

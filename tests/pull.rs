@@ -75,6 +75,19 @@ fn ok(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
+/// `imgfs pull` on a terminal (a pty from script(1)), where it shows docker's status
+/// lines: what the terminal got, stdout and stderr together, escape codes and all.
+fn pull_on_a_terminal(root: &Path, args: &[&str]) -> String {
+    let mut cmd = format!("{} --root {} pull", env!("CARGO_BIN_EXE_imgfs"), root.display());
+    for a in args {
+        cmd = format!("{cmd} {a}");
+    }
+    let out = Command::new("script").args(["-qefc", &cmd, "/dev/null"]).output().expect("script");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd}: {screen}");
+    screen
+}
+
 /// The one-line error of a failed command.
 fn fails(out: &Output) -> String {
     assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
@@ -128,15 +141,15 @@ fn a_second_image_fetches_only_the_layers_the_store_lacks() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let before = e.log_len();
-    let out = ok(&imgfs(r, &["pull", &format!("{}/base:1", e.addr)]));
-    assert!(out.contains("Pull complete"), "{out}");
+    let status = pull_on_a_terminal(r, &[&format!("{}/base:1", e.addr)]);
+    assert!(status.contains("Pull complete"), "{status}");
     let base_id = tag_target(r, &format!("{}/base:1", e.addr)).unwrap();
     let base_layer = layers_of(r, &base_id)[0].clone();
     assert_eq!(e.blob_gets_since(before, &base_layer), 1);
 
     let before = e.log_len();
-    let out = ok(&imgfs(r, &["pull", &format!("{}/app:1", e.addr)]));
-    assert!(out.contains(&format!("{}: Already exists", &base_layer[7..19])), "{out}");
+    let status = pull_on_a_terminal(r, &[&format!("{}/app:1", e.addr)]);
+    assert!(status.contains(&format!("{}: Already exists", &base_layer[7..19])), "{status}");
     let app_id = tag_target(r, &format!("{}/app:1", e.addr)).unwrap();
     let app_layers = layers_of(r, &app_id);
     assert_eq!(app_layers[0], base_layer, "the test images share their base layer");
@@ -144,11 +157,11 @@ fn a_second_image_fetches_only_the_layers_the_store_lacks() {
     for l in &app_layers[1..] {
         assert_eq!(e.blob_gets_since(before, l), 1, "layer {l}");
     }
-    assert!(out.trim_end().ends_with(&format!("{}/app:1", e.addr)));
+    assert!(status.trim_end().ends_with(&format!("{}/app:1", e.addr)), "{status}");
     // Pulling again fetches no layer at all and says the image is up to date.
     let before = e.log_len();
-    let out = ok(&imgfs(r, &["pull", &format!("{}/app:1", e.addr)]));
-    assert!(out.contains("Status: Image is up to date"), "{out}");
+    let status = pull_on_a_terminal(r, &[&format!("{}/app:1", e.addr)]);
+    assert!(status.contains("Status: Image is up to date"), "{status}");
     assert!(app_layers.iter().all(|l| e.blob_gets_since(before, l) == 0));
     assert_blobs_verified(r);
     assert_eq!(tmp_files(r), 0);
@@ -158,8 +171,8 @@ fn a_second_image_fetches_only_the_layers_the_store_lacks() {
 fn pull_by_digest_pins_the_image_and_a_wrong_digest_stores_nothing() {
     let (e, _serial) = env();
     let root = tempfile::tempdir().unwrap();
-    let out = ok(&imgfs(root.path(), &["pull", &format!("{}/app:2", e.addr)]));
-    let digest = out.lines().find_map(|l| l.strip_prefix("Digest: ")).unwrap().to_string();
+    let status = pull_on_a_terminal(root.path(), &[&format!("{}/app:2", e.addr)]);
+    let digest = status.split("Digest: ").nth(1).and_then(|s| s.get(..71)).expect("a Digest line").to_string();
 
     let fresh = tempfile::tempdir().unwrap();
     let r = fresh.path();
@@ -288,6 +301,56 @@ fn docker_v2s2_zstd_and_uncompressed_layers_pull_and_index() {
     let (blobs, derived) = (size("blobs/sha256"), size("index/sha256") + size("layers/sha256"));
     assert!(derived * 4 < blobs, "indexes and re-encoded layers take {derived} bytes next to {blobs} of blobs");
     assert_blobs_verified(r);
+}
+
+/// `ls` SIZE and `inspect` Size are the unpacked size, as podman counts it: the
+/// layers' uncompressed tars (here decompressed by the test itself, with gzip and zstd
+/// decoders, from the blobs the registry served) plus the config; not the compressed
+/// blobs' sizes.
+#[test]
+fn sizes_are_the_unpacked_size_of_the_layers() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for image in ["app:1", "zstd:1", "plain:1"] {
+        let name = format!("{}/{image}", e.addr);
+        ok(&imgfs(r, &["pull", "-q", &name]));
+        let id = tag_target(r, &name).unwrap();
+        let record = &db(r)["images"][&id];
+        let (mut unpacked, mut compressed) = (record["config"]["size"].as_u64().unwrap(), 0);
+        let mut per_layer = String::new();
+        for l in record["layers"].as_array().unwrap() {
+            let blob = std::fs::read(r.join("blobs/sha256").join(&l["digest"].as_str().unwrap()[7..])).unwrap();
+            let media_type = l["mediaType"].as_str().unwrap();
+            let mut tar = Vec::new();
+            use std::io::Read;
+            if media_type.ends_with("gzip") {
+                flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut tar).unwrap();
+            } else if media_type.ends_with("zstd") {
+                zstd::stream::read::Decoder::new(&blob[..]).unwrap().read_to_end(&mut tar).unwrap();
+            } else {
+                tar = blob.clone();
+            }
+            assert!(tar.len() >= blob.len() || !media_type.ends_with("gzip"), "{image}: {media_type}");
+            unpacked += tar.len() as u64;
+            compressed += blob.len() as u64;
+            per_layer.push_str(&format!("{} ", tar.len()));
+        }
+        let inspect = |f: &str| ok(&imgfs(r, &["inspect", "--format", f, &name])).trim_end().to_string();
+        assert_eq!(inspect("{{.Size}}"), unpacked.to_string(), "{image}: compressed layers take {compressed}");
+        assert_eq!(inspect("{{range .Layers}}{{.UncompressedSize}} {{end}}"), per_layer.trim_end(), "{image}");
+        // `ls` prints it as docker does, to 3 significant digits.
+        let shown = ok(&imgfs(r, &["ls", "--format", "{{.Size}}", &name])).trim_end().to_string();
+        let (number, unit) = shown.split_at(shown.find(|c: char| c.is_ascii_alphabetic()).unwrap());
+        let scale = match unit {
+            "B" => 1.0,
+            "kB" => 1e3,
+            "MB" => 1e6,
+            other => panic!("{image}: unit {other} in {shown}"),
+        };
+        let value = number.parse::<f64>().unwrap() * scale;
+        assert!((value - unpacked as f64).abs() <= unpacked as f64 * 0.005, "{image}: ls says {shown} for {unpacked}");
+    }
 }
 
 #[test]
@@ -430,7 +493,7 @@ fn search_lists_matching_repositories_of_a_registry_catalog() {
     let (e, _serial) = env();
     let root = tempfile::tempdir().unwrap();
     let out = ok(&imgfs(root.path(), &["search", "--registry", &e.addr, "multi"]));
-    let names: Vec<&str> = out.lines().skip(1).collect();
+    let names: Vec<&str> = out.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(names, vec![format!("{}/multi", e.addr), format!("{}/multi-docker", e.addr)]);
     let out = ok(&imgfs(root.path(), &["search", "-q", "--limit", "1", "--registry", &e.addr, "multi"]));
     assert_eq!(out.lines().count(), 1);
@@ -468,4 +531,33 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     for l in &layers {
         assert!(r.join("index/sha256").join(format!("{}.idx", &l[7..])).is_file(), "layer {l} has no index");
     }
+}
+
+/// Captured output (pipes) gets no progress and no escape codes: stderr stays empty
+/// and stdout holds the reference alone, so `imgfs pull X | xargs …` works and a failed
+/// pull's stderr is its one error line. `-q` on a terminal prints only the reference.
+#[test]
+fn pull_to_pipes_prints_the_reference_alone_and_no_progress() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let image = format!("{}/big:1", e.addr);
+    let out = imgfs(root.path(), &["pull", &image]);
+    assert_eq!(ok(&out), format!("{image}\n"), "stdout carries the result only");
+    assert!(out.stderr.is_empty(), "progress on a pipe: {:?}", String::from_utf8_lossy(&out.stderr));
+    let fresh = tempfile::tempdir().unwrap();
+    let screen = pull_on_a_terminal(fresh.path(), &["-q", &image]);
+    assert_eq!(screen.trim_end(), image, "-q on a terminal: {screen:?}");
+}
+
+/// On a terminal pull draws live layer lines with indicatif (escape codes to redraw
+/// them) and ends with each layer's final state and docker's closing lines.
+#[test]
+fn pull_on_a_terminal_draws_progress() {
+    let (e, _serial) = env();
+    let root = tempfile::tempdir().unwrap();
+    let image = format!("{}/big:1", e.addr);
+    let screen = pull_on_a_terminal(root.path(), &[&image]);
+    assert!(screen.contains('\x1b'), "no terminal drawing: {screen:?}");
+    assert!(screen.contains(": Pull complete"), "{screen:?}");
+    assert!(screen.contains("Status: Downloaded newer image"), "{screen:?}");
 }

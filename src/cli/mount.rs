@@ -19,8 +19,9 @@ use crate::store::mounts::{
     MountRecord,
 };
 use crate::store::Store;
+use crate::template::Format;
 use crate::tree::{DirAttrs, Tree};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ pub struct Args {
     /// Memory for decoded data of compressed layers, shared by all reads (MiB)
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub read_cache: u64,
+    /// With no image: format the list of mounts with a Go-style template, `table
+    /// TEMPLATE`, or `json` (fields .Image .ID .Mountpoint .PID)
+    #[arg(long, conflicts_with = "reference")]
+    pub format: Option<String>,
     /// The image ID the parent already resolved (internal, for the background server)
     #[arg(long, hide = true)]
     pub resolved_id: Option<String>,
@@ -60,7 +65,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     let (Some(reference), Some(dir)) = (args.reference.clone(), args.dir.clone()) else {
-        return list(ctx);
+        return list(ctx, args.format.as_deref());
     };
     clear_dead_mount(&dir)?;
     let meta = std::fs::metadata(&dir).with_context(|| format!("mountpoint {}", dir.display()))?;
@@ -280,8 +285,12 @@ fn serve(
         })
     };
     let spans = Arc::new(SpanCache::new(args.read_cache << 20));
+    let source = record.source.clone();
+    let report: Box<fetch::ReportFn> = Box::new(move |i, layer| {
+        Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
+    });
     let in_place = layout_of(reference, &record);
-    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place);
+    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
     let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
@@ -327,6 +336,76 @@ fn serve(
     ctx.store.remove_mount_record(pid);
     eprintln!("imgfs: {} unmounted", dir.display());
     result.with_context(|| format!("serving {} failed", dir.display()))
+}
+
+/// How a layer fetched under a mount shows in the server's log: a line when the
+/// download starts, one at each tenth of the layer and one every `FetchLog::EVERY` in
+/// between (a slow link still shows it is moving), and one when it is all here and
+/// being verified, never a line per chunk.
+struct FetchLog {
+    layer: usize,
+    digest: Digest,
+    total: u64,
+    source: String,
+    state: Mutex<Option<Logged>>,
+}
+
+/// Set by the first bytes: when the download started, and what the last line said.
+struct Logged {
+    started: Instant,
+    last_line: Instant,
+    last_tenth: u64,
+}
+
+impl FetchLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(layer: usize, digest: Digest, total: u64, source: String) -> FetchLog {
+        FetchLog { layer, digest, total, source, state: Mutex::new(None) }
+    }
+}
+
+impl fetch::LayerProgress for FetchLog {
+    fn downloading(&self, done: u64, total: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let logged = state.get_or_insert_with(|| {
+            eprintln!(
+                "imgfs: fetching layer {} ({}, {}) from {}",
+                self.layer,
+                self.digest,
+                indicatif::DecimalBytes(self.total),
+                self.source
+            );
+            Logged { started: now, last_line: now, last_tenth: 0 }
+        });
+        let tenth = (done * 10).checked_div(total).unwrap_or(0);
+        if (tenth > logged.last_tenth && tenth < 10) || now - logged.last_line >= Self::EVERY {
+            eprintln!(
+                "imgfs: layer {}: {} of {} ({}%) in {:.1}s",
+                self.layer,
+                indicatif::DecimalBytes(done),
+                indicatif::DecimalBytes(total),
+                (done * 100).checked_div(total).unwrap_or(0),
+                (now - logged.started).as_secs_f64()
+            );
+            logged.last_line = now;
+        }
+        logged.last_tenth = tenth;
+    }
+
+    fn verifying(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*state {
+            Some(logged) => eprintln!(
+                "imgfs: layer {}: {} downloaded in {:.1}s; verifying and indexing",
+                self.layer,
+                indicatif::DecimalBytes(self.total),
+                logged.started.elapsed().as_secs_f64()
+            ),
+            None => eprintln!("imgfs: indexing layer {} ({}) from the store", self.layer, self.digest),
+        }
+    }
 }
 
 /// glibc gives each thread a malloc arena of its own and keeps what is freed there.
@@ -441,12 +520,26 @@ pub fn handle_server_signals() {
     }
 }
 
-fn list(ctx: &Context) -> Result<()> {
+const LIST_TABLE: &str = "{{.Image}}\t{{.ID}}\t{{.Mountpoint}}\t{{.PID}}";
+
+fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
+    let format = Format::parse(format, LIST_TABLE, true).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let (live, _dead) = ctx.store.mounts()?;
+    let rows: Vec<serde_json::Value> = live
+        .into_iter()
+        .filter(|m| !m.starting)
+        .map(|m| {
+            serde_json::json!({
+                "Image": m.reference,
+                "ID": m.image.short(),
+                "Mountpoint": m.mountpoint.display().to_string(),
+                "PID": m.pid,
+            })
+        })
+        .collect();
+    let titles = serde_json::json!({"Image": "IMAGE", "ID": "IMAGE ID", "Mountpoint": "MOUNTPOINT", "PID": "PID"});
+    let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT")?;
-    for m in live.into_iter().filter(|m| !m.starting) {
-        writeln!(out, "{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid)?;
-    }
+    out.write_all(text.as_bytes())?;
     Ok(())
 }

@@ -80,20 +80,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Docker's question; anything but y/yes is no. Without a terminal the prompt goes to
-/// stderr, so it does not mix with the report on stdout.
+/// Docker's question; anything but y/yes is no. The prompt goes to stderr, so it never
+/// lands in the report on stdout (`imgfs prune > report.txt` still asks on the screen).
 fn confirm(all: bool) -> Result<bool> {
     let what = if all { "all images not used by a mount" } else { "all dangling images" };
     let prompt = format!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
     let stdin = std::io::stdin();
     let terminal = stdin.is_terminal();
-    if terminal {
-        let mut out = std::io::stdout().lock();
-        write!(out, "{prompt}")?;
-        out.flush()?;
-    } else {
-        eprint!("{prompt}");
-    }
+    eprint!("{prompt}");
     let mut answer = String::new();
     let read = stdin.lock().read_line(&mut answer).unwrap_or(0);
     if !terminal {

@@ -1,5 +1,6 @@
 //! `imgfs pull`: bring an image (or every tag of a repository) into the store,
-//! printing progress the way `docker pull` does.
+//! showing progress on stderr the way `docker pull` does (a live line per layer on a
+//! terminal), and printing the image's reference on stdout.
 
 use super::Context;
 use crate::fetch;
@@ -8,8 +9,10 @@ use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
 use crate::registry::Client;
 use anyhow::{bail, Context as _, Result};
-use std::io::Write;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -66,22 +69,18 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bool) -> Result<()> {
     let client = ctx.client()?;
     let store = &ctx.store;
-    // Progress lines: if nobody reads them any more (`imgfs pull … | head -1`), the
-    // pull still completes; only the final line's write failure ends the command.
-    let say = |s: String| {
-        if !quiet {
-            let _ = writeln!(std::io::stdout(), "{s}");
-        }
-    };
-    say(format!("{}: Pulling from {}", r.tag.as_deref().unwrap_or(&r.manifest_reference()), r.familiar_name()));
+    let display = Display::new(quiet);
+    display.say(&format!(
+        "{}: Pulling from {}",
+        r.tag.as_deref().unwrap_or(&r.manifest_reference()),
+        r.familiar_name()
+    ));
     let resolved = fetch::resolve(&client, store, r, platform)?;
     let layers = &resolved.record.layers;
     let missing: Vec<usize> = (0..layers.len()).filter(|&i| !store.has_blob(&layers[i].digest)).collect();
-    for (i, l) in layers.iter().enumerate() {
-        if !missing.contains(&i) {
-            say(format!("{}: Already exists", l.digest.short()));
-        }
-    }
+    // One line per layer, in the manifest's order, as docker shows them.
+    let lines: Vec<LayerLine> =
+        layers.iter().enumerate().map(|(i, l)| display.layer(l.digest.short(), missing.contains(&i))).collect();
     // Fetch and index in parallel, a thread per core taking layers off a shared queue.
     // A stored layer without a current index is indexed too (checked against the
     // config's diff_id on the way), so a later mount starts with nothing to parse.
@@ -95,10 +94,12 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
                 let Some(i) = queue.lock().unwrap().next() else { break };
                 let l = &layers[i];
                 let diff_id = &resolved.config.rootfs.diff_ids[i];
-                match fetch::prepare_layer(&client_fn, store, &resolved.record.source, l, diff_id) {
-                    Ok(_) if missing.contains(&i) => say(format!("{}: Pull complete", l.digest.short())),
-                    Ok(_) => {}
-                    Err(e) => errors.lock().unwrap().push(e),
+                match fetch::prepare_layer(&client_fn, store, &resolved.record.source, l, diff_id, &lines[i]) {
+                    Ok(()) => lines[i].complete(),
+                    Err(e) => {
+                        lines[i].failed();
+                        errors.lock().unwrap().push(e);
+                    }
                 }
             });
         }
@@ -116,44 +117,147 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
             .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
     };
     fetch::register(store, &resolved, r)?;
-    say(format!("Digest: {}", resolved.top_digest));
+    display.say(&format!("Digest: {}", resolved.top_digest));
     let shown = r.familiar();
     if up_to_date {
-        say(format!("Status: Image is up to date for {shown}"));
+        display.say(&format!("Status: Image is up to date for {shown}"));
     } else {
-        say(format!("Status: Downloaded newer image for {shown}"));
+        display.say(&format!("Status: Downloaded newer image for {shown}"));
     }
+    // The one result: the reference, alone on stdout (what `docker pull -q` prints).
     writeln!(std::io::stdout(), "{shown}")?;
     Ok(())
 }
 
-/// Pull from an OCI layout or an archive: the same checks and store as a registry
-/// pull, the blobs copied from the files (verified) instead of downloaded.
+/// Pull from an OCI layout or an archive: the same checks, store and lines as a
+/// registry pull, the blobs copied from the files (verified) instead of downloaded.
 fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: bool) -> Result<()> {
     let store = &ctx.store;
-    let say = |s: String| {
-        if !quiet {
-            let _ = writeln!(std::io::stdout(), "{s}");
-        }
-    };
+    let display = Display::new(quiet);
     let image = local_source::resolve(r, platform)?;
     let resolved =
         fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
     let no_registry = || -> Result<Arc<Client>> { bail!("{r} is not a registry") };
     for (l, diff_id) in resolved.record.layers.iter().zip(&resolved.config.rootfs.diff_ids) {
-        let had = store.has_blob(&l.digest);
-        if !had {
-            image.copy_blob(store, l)?;
-        }
+        let line = display.layer(l.digest.short(), !store.has_blob(&l.digest));
+        let copied = if store.has_blob(&l.digest) { Ok(()) } else { image.copy_blob(store, l) };
         // The blob is in the store now: this indexes it (checking its diff_id) and
         // never asks a registry.
-        fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id)?;
-        say(format!("{}: {}", l.digest.short(), if had { "Already exists" } else { "Pull complete" }));
+        match copied
+            .and_then(|()| fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id, &line))
+        {
+            Ok(()) => line.complete(),
+            Err(e) => {
+                line.failed();
+                return Err(e);
+            }
+        }
     }
     fetch::register_names(store, &resolved, &image.names, |_| Ok(()))?;
-    say(format!("Digest: {}", resolved.top_digest));
-    // The image's name, or its ID when the source gave it none (as podman prints).
+    display.say(&format!("Digest: {}", resolved.top_digest));
+    // The one result: the image's name, or its ID when the source gave it none (as
+    // podman prints).
     let shown = image.names.first().map(|n| crate::reference::familiar_ref(n));
     writeln!(std::io::stdout(), "{}", shown.unwrap_or_else(|| resolved.record.id.to_string()))?;
     Ok(())
+}
+
+/// How a pull shows what it does, on stderr: docker's lines, live, when stderr is a
+/// terminal; nothing with `-q` or when stderr is a pipe or file, so that captured
+/// output holds no escape codes and a failed pull's stderr is its one error line.
+enum Display {
+    Quiet,
+    Bars(MultiProgress),
+}
+
+impl Display {
+    fn new(quiet: bool) -> Display {
+        if quiet || !std::io::stderr().is_terminal() {
+            Display::Quiet
+        } else {
+            Display::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        }
+    }
+
+    /// A line of its own: called before the layer lines exist and after they have all
+    /// ended, so it never lands inside a bar being drawn.
+    fn say(&self, line: &str) {
+        if let Display::Bars(_) = self {
+            // Nobody reading stderr any more is no reason to fail the pull.
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+
+    /// The line for one layer: `Waiting` if it is to be fetched, else `Already exists`.
+    fn layer(&self, short: &str, missing: bool) -> LayerLine {
+        let bar = match self {
+            Display::Quiet => None,
+            Display::Bars(m) => {
+                let bar = m.add(ProgressBar::new(0).with_style(plain_style()).with_prefix(short.to_string()));
+                if missing {
+                    bar.set_message("Waiting");
+                } else {
+                    bar.finish_with_message("Already exists");
+                }
+                Some(bar)
+            }
+        };
+        LayerLine { bar, missing }
+    }
+}
+
+fn plain_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix}: {msg}").expect("a valid template")
+}
+
+/// One layer's line; the fetch reports to it through `LayerProgress`.
+struct LayerLine {
+    bar: Option<ProgressBar>,
+    /// Fetched by this pull (not `Already exists`).
+    missing: bool,
+}
+
+impl LayerLine {
+    fn complete(&self) {
+        if let Some(bar) = &self.bar {
+            if self.missing {
+                bar.disable_steady_tick();
+                bar.set_style(plain_style());
+                bar.finish_with_message("Pull complete");
+            }
+        }
+    }
+
+    fn failed(&self) {
+        if let Some(bar) = &self.bar {
+            bar.disable_steady_tick();
+            bar.set_style(plain_style());
+            bar.abandon_with_message("Failed");
+        }
+    }
+}
+
+impl fetch::LayerProgress for LayerLine {
+    fn downloading(&self, done: u64, total: u64) {
+        let Some(bar) = &self.bar else { return };
+        if bar.length() != Some(total) {
+            // The first bytes: from `Waiting` to a bar.
+            bar.set_style(
+                ProgressStyle::with_template("{prefix}: {msg} [{bar:40}] {decimal_bytes}/{decimal_total_bytes}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message("Downloading");
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    }
+
+    fn verifying(&self) {
+        let Some(bar) = &self.bar else { return };
+        // Indexing can trail the download by seconds: a spinner shows it is alive.
+        bar.set_style(ProgressStyle::with_template("{prefix}: {msg} {spinner}").expect("a valid template"));
+        bar.set_message(if bar.length() == Some(0) { "Indexing" } else { "Verifying and indexing" });
+        bar.enable_steady_tick(Duration::from_millis(120));
+    }
 }

@@ -46,7 +46,24 @@ impl Client {
     /// `Range: bytes=N-` from what is already written; if the server answers a resume
     /// with 200 instead of 206, truncates and starts over. At the end checks size (if expected_size is Some) and digest;
     /// mismatch -> error (the caller deletes the temp file). Returns bytes written.
+    ///
+    /// Asked of the mirrors configured for `registry` first, then of the registry.
     pub fn download_blob(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        out: &mut dyn BlobSink,
+    ) -> Result<u64, RegistryError> {
+        // Each try starts the sink afresh (`restart` below), so a mirror that fails
+        // midway leaves nothing behind for the next.
+        self.via_mirrors(registry, repository, true, |r, repo| {
+            self.download_blob_from(r, repo, digest, expected_size, &mut *out)
+        })
+    }
+
+    fn download_blob_from(
         &self,
         registry: &str,
         repository: &str,
@@ -140,6 +157,17 @@ impl Client {
     /// answers 200 with the whole blob, skips to offset and takes len bytes. A short
     /// read at the end of the blob is fine (returns fewer bytes, none past the end).
     pub fn read_blob_range(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.via_mirrors(registry, repository, true, |r, repo| self.read_blob_range_from(r, repo, digest, offset, len))
+    }
+
+    fn read_blob_range_from(
         &self,
         registry: &str,
         repository: &str,

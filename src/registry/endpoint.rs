@@ -1,6 +1,11 @@
 //! Where a registry name points: the API host to talk to (`docker.io` is served by
-//! `registry-1.docker.io`), and whether to speak HTTPS or plain HTTP to it (plain only
-//! for loopback registries and for hosts the user listed as insecure).
+//! `registry-1.docker.io`), and whether to speak HTTPS or plain HTTP to it. Plain HTTP
+//! only to loopback registries and to hosts the user listed as insecure, and there only
+//! as one of two tries: a host named insecure is tried over HTTPS without certificate
+//! checks first and plain HTTP after (docker's order, so credentials never go over plain
+//! HTTP to a port that speaks TLS); a loopback one over plain HTTP first (what nearly
+//! every local registry speaks, and no one can read loopback traffic) and over HTTPS,
+//! unchecked, when its answer shows that the port speaks TLS.
 
 use reqwest::Url;
 use std::net::IpAddr;
@@ -23,7 +28,8 @@ pub(crate) fn is_docker_hub(registry: &str) -> bool {
     matches!(registry, DOCKER_HUB | "index.docker.io" | DOCKER_HUB_API)
 }
 
-/// `http://host[:port]/` or `https://host[:port]/`, the root that API paths join onto.
+/// `http://host[:port]/` or `https://host[:port]/`, the root that API paths join onto,
+/// with the scheme to try first (see `fallback_scheme` for the second).
 pub(crate) fn base_url(registry: &str, insecure_registries: &[String]) -> Result<Url, String> {
     let host = api_host(registry);
     // A bare IPv6 address (`::1`) must be bracketed to become a URL authority.
@@ -32,13 +38,32 @@ pub(crate) fn base_url(registry: &str, insecure_registries: &[String]) -> Result
         Err(_) => host.to_string(),
     };
     let scheme =
-        if is_loopback(registry) || is_listed_insecure(registry, insecure_registries) { "http" } else { "https" };
+        if is_loopback(registry) && !is_listed_insecure(registry, insecure_registries) { "http" } else { "https" };
     let url = Url::parse(&format!("{scheme}://{authority}/"))
         .map_err(|e| format!("invalid registry host {registry:?}: {e}"))?;
     if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
         return Err(format!("invalid registry host {registry:?}"));
     }
     Ok(url)
+}
+
+/// The scheme to try when the first one (`base_url`'s) fails to give an answer, for
+/// hosts where both are allowed: plain HTTP after HTTPS for a host named insecure,
+/// HTTPS after plain HTTP for a loopback one. None: HTTPS only.
+pub(crate) fn fallback_scheme(authority: &str, insecure_registries: &[String]) -> Option<&'static str> {
+    if is_listed_insecure(authority, insecure_registries) {
+        Some("http")
+    } else if is_loopback(authority) {
+        Some("https")
+    } else {
+        None
+    }
+}
+
+/// Whether a TLS certificate from this host goes unchecked: it is on loopback or named
+/// insecure (docker's `insecure-registries` means exactly that, too).
+pub(crate) fn skips_verification(authority: &str, insecure_registries: &[String]) -> bool {
+    is_loopback(authority) || is_listed_insecure(authority, insecure_registries)
 }
 
 /// Splits `host[:port]`, `[v6]:port`, `[v6]` or a bare `v6` into the host and the port.
@@ -139,12 +164,24 @@ mod tests {
 
     #[test]
     fn insecure_entries_match_with_or_without_port() {
-        assert_eq!(base("reg.lan:5000", &["reg.lan"]), "http://reg.lan:5000/");
-        assert_eq!(base("reg.lan:5000", &["reg.lan:5000"]), "http://reg.lan:5000/");
-        assert_eq!(base("reg.lan:5000", &["http://reg.lan:5000/"]), "http://reg.lan:5000/");
-        assert_eq!(base("reg.lan:5001", &["reg.lan:5000"]), "https://reg.lan:5001/");
-        assert_eq!(base("reg.lan", &["reg.lan:5000"]), "https://reg.lan/");
-        assert_eq!(base("other.lan", &["reg.lan"]), "https://other.lan/");
+        let fallback = |r: &str, insecure: &[&str]| {
+            let list: Vec<String> = insecure.iter().map(|s| s.to_string()).collect();
+            fallback_scheme(r, &list)
+        };
+        // Named insecure: HTTPS (unchecked) first, plain HTTP after.
+        assert_eq!(base("reg.lan:5000", &["reg.lan"]), "https://reg.lan:5000/");
+        assert_eq!(fallback("reg.lan:5000", &["reg.lan"]), Some("http"));
+        assert_eq!(fallback("reg.lan:5000", &["reg.lan:5000"]), Some("http"));
+        assert_eq!(fallback("reg.lan:5000", &["http://reg.lan:5000/"]), Some("http"));
+        assert_eq!(fallback("reg.lan:5001", &["reg.lan:5000"]), None);
+        assert_eq!(fallback("reg.lan", &["reg.lan:5000"]), None);
+        assert_eq!(fallback("other.lan", &["reg.lan"]), None);
+        // Loopback: plain HTTP first, HTTPS after; named insecure too: docker's order.
+        assert_eq!(fallback("127.0.0.1:5000", &[]), Some("https"));
+        assert_eq!(base("127.0.0.1:5000", &["127.0.0.1:5000"]), "https://127.0.0.1:5000/");
+        assert!(skips_verification("127.0.0.1:5000", &[]));
+        assert!(skips_verification("reg.lan:1", &["reg.lan".to_string()]));
+        assert!(!skips_verification("reg.lan:1", &["other.lan".to_string()]));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum RegistryError {
     /// Connection refused, DNS failure, TLS failure, timeout: nothing HTTP came back.
     /// `host` is the host actually dialled (the API host, a token service or a CDN).
     Unreachable { registry: String, host: String, reason: String },
+    /// The TLS handshake failed because the host's certificate is not trusted: no CA we
+    /// know signed it, or it is expired or for another name. Not transient.
+    UntrustedCertificate { registry: String, host: String, reason: String },
     /// The registry does not know the repository (NAME_UNKNOWN).
     RepositoryUnknown { registry: String, repository: String },
     /// No manifest under that tag or digest (MANIFEST_UNKNOWN, or a bare 404).
@@ -77,6 +80,12 @@ impl fmt::Display for RegistryError {
             RegistryError::Unreachable { registry, host, reason } => {
                 write!(f, "cannot reach registry {registry} (at {host}): {reason}")
             }
+            RegistryError::UntrustedCertificate { registry, host, reason } => write!(
+                f,
+                "cannot reach registry {registry}: the TLS certificate of {host} is not trusted ({reason}); put the \
+                 certificate of the CA that signed it in /etc/docker/certs.d/{host}/ca.crt or \
+                 /etc/containers/certs.d/{host}/ca.crt, or name {host} with --insecure-registry"
+            ),
             RegistryError::RepositoryUnknown { registry, repository } => {
                 write!(f, "repository {repository} not found on registry {registry}")
             }
@@ -178,10 +187,22 @@ fn envelope_message(errors: &[EnvelopeError]) -> Option<String> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Subject<'a> {
     Ping,
-    Manifest { repository: &'a str, reference: &'a str },
-    Blob { repository: &'a str, digest: &'a Digest },
-    Tags { repository: &'a str },
+    Manifest {
+        repository: &'a str,
+        reference: &'a str,
+    },
+    Blob {
+        repository: &'a str,
+        digest: &'a Digest,
+    },
+    Tags {
+        repository: &'a str,
+    },
     Catalog,
+    /// Docker Hub's search API, for a term.
+    Search {
+        term: &'a str,
+    },
 }
 
 impl Subject<'_> {
@@ -190,7 +211,7 @@ impl Subject<'_> {
             Subject::Manifest { repository, .. } | Subject::Blob { repository, .. } | Subject::Tags { repository } => {
                 Some(repository)
             }
-            Subject::Ping | Subject::Catalog => None,
+            Subject::Ping | Subject::Catalog | Subject::Search { .. } => None,
         }
     }
 
@@ -205,6 +226,7 @@ impl Subject<'_> {
             Subject::Blob { repository, digest } => format!("blob {registry}/{repository}@{digest}"),
             Subject::Tags { repository } => format!("the tag list of {registry}/{repository}"),
             Subject::Catalog => format!("the catalog of {registry}"),
+            Subject::Search { term } => format!("the search API of {registry} (term {term:?})"),
         }
     }
 }
@@ -232,7 +254,7 @@ pub(crate) fn from_status(registry: &str, subject: Subject<'_>, status: StatusCo
             digest: digest.clone(),
         },
         Subject::Tags { .. } => repository_unknown(),
-        Subject::Ping | Subject::Catalog => RegistryError::Status {
+        Subject::Ping | Subject::Catalog | Subject::Search { .. } => RegistryError::Status {
             registry: registry_s.clone(),
             what: subject.describe(registry),
             status: status.as_u16(),

@@ -9,12 +9,20 @@
 //! Everything fetched by digest is verified against that digest before it is handed
 //! out. Redirects are followed by hand so that credentials only ever go to the
 //! registry's own origin, never to the CDN a registry sends blob downloads to.
+//!
+//! Transport: one HTTP client per host (tls.rs: that host's CAs and client certificate
+//! from certs.d), the scheme for loopback and insecure hosts found by trying
+//! (endpoint.rs), and manifests and blobs asked of the configured mirrors before the
+//! registry itself (mirrors.rs).
 
 mod auth;
 pub mod blob;
 mod endpoint;
 mod error;
+mod mirrors;
 mod retry;
+pub mod search;
+mod tls;
 
 pub use error::RegistryError;
 
@@ -26,9 +34,10 @@ use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE,
 };
 use reqwest::{StatusCode, Url};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// A registry that does not answer the TCP/TLS handshake within this is unreachable.
@@ -53,8 +62,8 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
-    /// Registries to reach over plain HTTP, as `host` (any port) or `host:port`.
-    /// Loopback registries always are.
+    /// Registries whose certificates go unchecked and that may be reached over plain
+    /// HTTP, as `host` (any port) or `host:port`. Loopback registries always are.
     pub insecure_registries: Vec<String>,
     /// Where `config.json` with registry credentials lives; default `$DOCKER_CONFIG`,
     /// else `~/.docker`.
@@ -75,7 +84,10 @@ pub struct FetchedManifest {
 }
 
 pub struct Client {
-    http: reqwest::blocking::Client,
+    http: tls::Clients,
+    /// The scheme that answered, per `host:port`, for hosts where both are tried.
+    schemes: Mutex<HashMap<String, &'static str>>,
+    mirrors: mirrors::Mirrors,
     insecure_registries: Vec<String>,
     auth: auth::AuthState,
     page_size: usize,
@@ -99,17 +111,18 @@ impl Client {
             Some(dir) => auth::load_docker_credentials(&dir)?,
             None => Default::default(),
         };
-        let http = reqwest::blocking::Client::builder()
-            .user_agent(concat!("imgfs/", env!("CARGO_PKG_VERSION")))
-            // Followed by hand in `send_following_redirects`, see there.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)))
-            .timeout(opts.timeout.unwrap_or(IO_TIMEOUT))
-            .build()
-            .map_err(|e| RegistryError::Setup { reason: format!("cannot set up the HTTP client: {e}") })?;
+        let http = tls::Clients::new(tls::Settings {
+            connect_timeout: opts.timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)),
+            timeout: opts.timeout.unwrap_or(IO_TIMEOUT),
+        });
+        let mirrors = mirrors::Mirrors::load()?;
+        let mut insecure_registries = opts.insecure_registries;
+        insecure_registries.extend(mirrors.insecure.iter().cloned());
         Ok(Client {
             http,
-            insecure_registries: opts.insecure_registries,
+            schemes: Mutex::new(HashMap::new()),
+            mirrors,
+            insecure_registries,
             auth: auth::AuthState::new(credentials),
             page_size: DEFAULT_PAGE_SIZE,
             timeout: opts.timeout.unwrap_or(IO_TIMEOUT),
@@ -137,7 +150,37 @@ impl Client {
     /// sha256 of the body; when `reference` is a digest, or the registry named one in
     /// `Docker-Content-Digest`, a body whose digest differs is an error
     /// (DigestMismatch), never returned. A body cut off midway is fetched again.
+    /// Asked of the mirrors configured for `registry` first (mirrors.rs), then of the
+    /// registry.
     pub fn get_manifest(
+        &self,
+        registry: &str,
+        repository: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let by_digest = reference.parse::<Digest>().is_ok();
+        self.via_mirrors(registry, repository, by_digest, |r, repo| self.get_manifest_from(r, repo, reference))
+    }
+
+    /// Try `op` at each mirror in turn, then at the registry; a mirror that fails for
+    /// any reason (down, missing the image, serving bad bytes) is passed over.
+    fn via_mirrors<T>(
+        &self,
+        registry: &str,
+        repository: &str,
+        by_digest: bool,
+        mut op: impl FnMut(&str, &str) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let route = self.mirrors.route(registry, repository, by_digest)?;
+        for (mirror, repo) in &route.mirrors {
+            if let Ok(v) = op(mirror, repo) {
+                return Ok(v);
+            }
+        }
+        op(&route.origin.0, &route.origin.1)
+    }
+
+    fn get_manifest_from(
         &self,
         registry: &str,
         repository: &str,
@@ -273,8 +316,11 @@ impl Client {
     }
 
     fn url(&self, registry: &str, path_and_query: &str) -> Result<Url, RegistryError> {
-        let base = endpoint::base_url(registry, &self.insecure_registries)
+        let mut base = endpoint::base_url(registry, &self.insecure_registries)
             .map_err(|reason| RegistryError::InvalidInput { reason })?;
+        if let Some(scheme) = self.settled_scheme(&endpoint::authority(&base)) {
+            let _ = base.set_scheme(scheme);
+        }
         base.join(path_and_query)
             .map_err(|e| RegistryError::InvalidInput { reason: format!("bad request path {path_and_query:?}: {e}") })
     }
@@ -297,6 +343,8 @@ impl Client {
                 Ok(resp) if retry::retryable_status(resp.status()) => {
                     retry::retry_after(resp.headers(), std::time::SystemTime::now())
                 }
+                // A mirror that cannot be reached is passed over at once (via_mirrors).
+                Err(e @ RegistryError::Unreachable { .. }) if self.mirrors.is_mirror(registry) => return Err(e),
                 Err(e) if e.is_transient() => None,
                 other => return other,
             };
@@ -318,16 +366,17 @@ impl Client {
     ) -> Result<Response, RegistryError> {
         let scope = match subject {
             Subject::Catalog => "registry:catalog:*".to_string(),
-            Subject::Ping => String::new(),
+            // The Hub's search API takes no scope (docker sends it no token).
+            Subject::Ping | Subject::Search { .. } => String::new(),
             other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
         };
         debug_assert_eq!(auth::pull_only(&scope), scope, "a token is only ever asked for pulling");
         let mut answered = false;
         loop {
             let auth = self.auth.header_for(registry, &scope);
-            let resp = self.send_following_redirects(registry, url.clone(), headers, auth.as_deref())?;
+            let (resp, sent_to) = self.send_to_registry(registry, url, headers, auth.as_deref())?;
             // Only the registry's own 401 is a challenge for it; a CDN's is just a failure.
-            if resp.status() != StatusCode::UNAUTHORIZED || answered || !endpoint::same_origin(resp.url(), url) {
+            if resp.status() != StatusCode::UNAUTHORIZED || answered || !endpoint::same_origin(resp.url(), &sent_to) {
                 return Ok(resp);
             }
             let values = resp.headers().get_all(WWW_AUTHENTICATE);
@@ -338,6 +387,68 @@ impl Client {
                 return Ok(resp);
             }
             answered = true;
+        }
+    }
+
+    fn settled_scheme(&self, authority: &str) -> Option<&'static str> {
+        self.schemes.lock().unwrap_or_else(|p| p.into_inner()).get(authority).copied()
+    }
+
+    /// Send an API request to the registry, over the scheme that answered before, or,
+    /// for a host where both are allowed (endpoint.rs), over the first and then the
+    /// other, remembering the one that answered. Returns the answer and the URL it came
+    /// from.
+    fn send_to_registry(
+        &self,
+        registry: &str,
+        url: &Url,
+        headers: &HeaderMap,
+        authorization: Option<&str>,
+    ) -> Result<(Response, Url), RegistryError> {
+        let authority = endpoint::authority(url);
+        let mut url = url.clone();
+        let second = match self.settled_scheme(&authority) {
+            Some(scheme) => {
+                let _ = url.set_scheme(scheme);
+                None
+            }
+            None => endpoint::fallback_scheme(&authority, &self.insecure_registries),
+        };
+        let first = self.send_following_redirects(registry, url.clone(), headers, authorization);
+        let Some(second) = second else { return first.map(|r| (r, url)) };
+        let settle = |scheme: &'static str| {
+            self.schemes.lock().unwrap_or_else(|p| p.into_inner()).insert(authority.clone(), scheme);
+        };
+        let try_other = match &first {
+            // A TLS port answers plain HTTP with 400 ("Client sent an HTTP request to an
+            // HTTPS server"), or with bytes that are not HTTP at all.
+            Ok(resp) => second == "https" && resp.status() == StatusCode::BAD_REQUEST,
+            // A closed port is closed to either scheme. A silent one may be a plain-HTTP
+            // server waiting for a request line that our TLS hello never ends, so plain
+            // HTTP still gets its turn after HTTPS; never the other way round (a TLS
+            // server answers plain HTTP at once), which would only double the wait.
+            Err(RegistryError::Unreachable { reason, .. }) => {
+                !reason.contains("Connection refused") && (second == "http" || !reason.contains("timed out"))
+            }
+            Err(_) => false,
+        };
+        if !try_other {
+            if first.is_ok() {
+                settle(if url.scheme() == "https" { "https" } else { "http" });
+            }
+            return first.map(|r| (r, url));
+        }
+        let mut other = url.clone();
+        let _ = other.set_scheme(second);
+        match self.send_following_redirects(registry, other.clone(), headers, authorization) {
+            // Plain HTTP answered 400 after HTTPS failed: the port speaks TLS and the
+            // handshake failed; the HTTPS error says why.
+            Ok(resp) if second == "http" && resp.status() == StatusCode::BAD_REQUEST => first.map(|r| (r, url)),
+            Ok(resp) => {
+                settle(second);
+                Ok((resp, other))
+            }
+            Err(_) => first.map(|r| (r, url)),
         }
     }
 
@@ -355,14 +466,34 @@ impl Client {
         let origin = url.clone();
         let mut url = url;
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self.http.get(url.clone()).headers(headers.clone());
+            let host = endpoint::authority(&url);
+            let verify = !endpoint::skips_verification(&host, &self.insecure_registries);
+            let mut req = self.http.for_host(&host, verify)?.get(url.clone()).headers(headers.clone());
             if let Some(a) = authorization {
                 if endpoint::same_origin(&url, &origin) {
                     req = req.header(AUTHORIZATION, a);
                 }
             }
             let resp = req.send().map_err(|e| {
-                let mut err = error::unreachable(registry, &endpoint::authority(&url), &e);
+                let mut err = error::unreachable(registry, &host, &e);
+                if let (true, RegistryError::Unreachable { reason, .. }) = (tls::is_untrusted_certificate(&e), &err) {
+                    return RegistryError::UntrustedCertificate {
+                        registry: registry.to_string(),
+                        host: host.clone(),
+                        reason: reason.clone(),
+                    };
+                }
+                if let RegistryError::Unreachable { reason, .. } = &mut err {
+                    // What a server that demands a client certificate answers without one.
+                    if reason.contains("fatal alert: BadCertificate")
+                        || reason.contains("fatal alert: CertificateRequired")
+                    {
+                        reason.push_str(&format!(
+                            " (the registry may want a client certificate: client.cert and client.key in \
+                             /etc/docker/certs.d/{host}/ or /etc/containers/certs.d/{host}/)"
+                        ));
+                    }
+                }
                 if let (true, RegistryError::Unreachable { reason, .. }) = (e.is_timeout(), &mut err) {
                     // Say which limit, and where it is set: the fix may be a longer one.
                     let limit = if e.is_connect() { self.timeout.min(CONNECT_TIMEOUT) } else { self.timeout };

@@ -23,8 +23,13 @@ impl Registry {
     /// top level (e.g. an `auth:` or `proxy:` section), and `http_extra` under `http:`
     /// (e.g. `tls:`), indented by the caller for that level (two spaces).
     pub fn start(dir: tempfile::TempDir, extra: &str, http_extra: &str) -> Registry {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
+        Registry::start_on("127.0.0.1", dir, extra, http_extra)
+    }
+
+    /// `start`, listening on `ip` (an address of this machine) instead of 127.0.0.1.
+    pub fn start_on(ip: &str, dir: tempfile::TempDir, extra: &str, http_extra: &str) -> Registry {
+        let port = TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port();
+        let addr = format!("{ip}:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
              rootdirectory: {data}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      \
