@@ -234,3 +234,63 @@ fn bad_local_sources_fail_in_one_line_and_store_nothing() {
     assert_eq!(ls(&root), "", "a failed pull left an image");
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0, "temp files left");
 }
+
+/// The shape `docker save` writes since docker 25: an OCI layout inside, and
+/// `manifest.json` naming the layers as `HEX/layer.tar` symlinks into `blobs/sha256/`
+/// (and, with the containerd image store, gzip layers as they came). Docker itself
+/// does not run here: the archive is put together from a layout skopeo wrote, the way
+/// docker lays it out.
+#[test]
+fn pull_a_docker_25_archive_with_symlinked_gzip_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("lay");
+    skopeo_copy("app:1", &format!("oci:{}:t", layout.display()), &[]);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let blob = |d: &str| layout.join("blobs/sha256").join(&d[7..]);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(manifest_digest)).unwrap()).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let layers: Vec<String> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+
+    let archive = tmp.path().join("docker25.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    let add_file = |tar: &mut tar::Builder<std::fs::File>, name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, bytes).unwrap();
+    };
+    for d in layers.iter().chain([&config]) {
+        add_file(&mut tar, &format!("blobs/sha256/{}", &d[7..]), &std::fs::read(blob(d)).unwrap());
+    }
+    let mut legacy = Vec::new();
+    for d in &layers {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        tar.append_link(&mut h, format!("{}/layer.tar", &d[7..]), format!("../blobs/sha256/{}", &d[7..])).unwrap();
+        legacy.push(format!("{}/layer.tar", &d[7..]));
+    }
+    let list = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", &config[7..]),
+        "RepoTags": ["docker25/app:1"],
+        "Layers": legacy,
+    }]);
+    add_file(&mut tar, "manifest.json", list.to_string().as_bytes());
+    tar.finish().unwrap();
+    drop(tar);
+
+    let root = tmp.path().join("store");
+    let out = ok(&imgfs(&root, &["pull", &format!("docker-archive:{}", archive.display())]));
+    assert_eq!(out.lines().last(), Some("docker25/app:1"), "{out}");
+    assert_eq!(inspect(&root, "docker25/app:1", "{{.Id}}"), config);
+    // The gzip layers kept their digests (the made-up manifest names them as they are).
+    assert_eq!(layer_digests(&root, "docker25/app:1"), layers);
+    assert!(
+        inspect(&root, "docker25/app:1", "{{range .Layers}}{{.MediaType}} {{end}}").contains("tar+gzip"),
+        "gzip layers not recognised"
+    );
+}
