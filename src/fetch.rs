@@ -250,6 +250,9 @@ pub fn load_layer(
         let built = index_in_place(store, &blob, layer, compression, diff_id)?;
         return finish(store, &blob, layer, compression, built, spans)
             .with_context(|| format!("cannot index layer {}", layer.digest));
+    } else if crate::local_source::LocalRef::parse(source).is_some() {
+        // An image read from a layout or archive has no registry to fetch from.
+        bail!("layer {} is neither in the store nor in {source}", layer.digest);
     } else {
         let client = client()?;
         match download_and_index(&client, store, source, layer, compression, diff_id, progress)? {
