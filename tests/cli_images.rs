@@ -563,6 +563,8 @@ fn inspect_prints_docker_shaped_json() {
                 {"Digest": img.layers[0].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": true, "UncompressedSize": null},
                 {"Digest": img.layers[1].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": false, "UncompressedSize": null},
             ],
+            // Not in docker either: where the image came from.
+            "Source": "docker.io/library/app",
         }])
     );
     assert!(v[0].get("Variant").is_none(), "no variant, no key");
