@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 // Test modules of their own: hostile layers, registry faults, the store's integrity,
-// the server's lifecycle and security. They use the helpers below.
+// the server's lifecycle and security, local sources (layouts and archives). They use the helpers below.
 // The fault proxy is shared with the pull tests.
 #[path = "../tests/faultproxy/mod.rs"]
 mod faultproxy;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod local_sources;
 mod progress;
 mod security;
 mod store_safety;

@@ -21,7 +21,7 @@ use crate::tree::LayerSource;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 /// A manifest resolved to one image, with its config, not yet registered.
@@ -126,6 +126,39 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     Ok(Resolved { record, config, top_digest: top.digest, _lease: lease })
 }
 
+/// Store the manifests and config of an image resolved from somewhere other than a
+/// registry (a local source, already checked), under a lease the result keeps.
+pub fn stored(
+    store: &Store,
+    record: ImageRecord,
+    config: ImageConfig,
+    top_digest: Digest,
+    blobs: &[(Digest, Vec<u8>)],
+) -> Result<Resolved> {
+    let lease = store.writer_guard()?;
+    for (d, body) in blobs {
+        store.put_blob_bytes(d, body)?;
+    }
+    Ok(Resolved { record, config, top_digest, _lease: lease })
+}
+
+/// Record the image and give it `names` (`registry/repo:tag`, none for an image known
+/// by ID only), then `also` under the same records lock, as `register_and` does.
+/// Returns the images the names pointed at before, where they moved.
+pub fn register_names(
+    store: &Store,
+    resolved: &Resolved,
+    names: &[String],
+    also: impl FnOnce(&crate::store::db::Db) -> Result<()>,
+) -> Result<Vec<Digest>> {
+    store.update_db(|db| {
+        db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
+        let moved = names.iter().filter_map(|n| db.set_tag(n, &resolved.record.id)).collect();
+        also(db)?;
+        Ok(moved)
+    })
+}
+
 /// Record the image and point `r`'s tag (or, for a digest reference, a pin) at it.
 /// Returns the image the tag pointed at before, if it moved. Still under the lease
 /// `resolved` holds.
@@ -179,11 +212,15 @@ pub trait LayerProgress: Sync {
 pub type LoadedLayer = (Arc<LayerIndex>, Arc<LayerData>);
 
 /// Make a layer of image `source` ready to serve: from its index in the store if it
-/// has one; else by indexing the blob in the store; else by downloading the blob and
+/// has one; else by indexing the blob in the store, or where it is in the OCI layout
+/// `in_place` (checked against its digest on the way, not copied); else by downloading the blob and
 /// indexing it on the way, in one pass (digest, decompression, diff_id, table of
 /// contents and checkpoints all while the bytes arrive). The blob is kept only if both
 /// its digest and its diff_id check out. A process fetching the same blob is waited
 /// for, not repeated: one fetcher per blob, through a lock in the store.
+// Where the blob may come from (a registry, a layout in place), where it goes, and who
+// hears of it: each a separate caller's choice.
+#[allow(clippy::too_many_arguments)]
 pub fn load_layer(
     client: &dyn Fn() -> Result<Arc<Client>>,
     store: &Store,
@@ -191,22 +228,31 @@ pub fn load_layer(
     layer: &Descriptor,
     diff_id: &Digest,
     spans: &Arc<SpanCache>,
+    in_place: Option<&Path>,
     progress: &dyn LayerProgress,
 ) -> Result<LoadedLayer> {
     // One lease against garbage collection for the whole load, from the first byte
     // written to the index that names the blob.
     let _lease = store.writer_guard()?;
-    if let Some(l) = open_indexed(store, layer, spans) {
+    if let Some(l) = open_indexed(store, layer, spans, in_place) {
         return Ok(l);
     }
     let _fetching = store.fetch_lock(&layer.digest)?;
-    if let Some(l) = open_indexed(store, layer, spans) {
+    if let Some(l) = open_indexed(store, layer, spans, in_place) {
         return Ok(l); // another process made it ready while we waited
     }
     let compression = Compression::of_media_type(&layer.media_type).map_err(anyhow::Error::msg)?;
     let (built, copy) = if store.has_blob(&layer.digest) {
         progress.verifying();
         index_local(store, layer, compression, diff_id)?
+    } else if let Some(blob) = blob_in_place(layer, in_place) {
+        progress.verifying();
+        let built = index_in_place(store, &blob, layer, compression, diff_id)?;
+        return finish(store, &blob, layer, compression, built, spans)
+            .with_context(|| format!("cannot index layer {}", layer.digest));
+    } else if crate::local_source::LocalRef::parse(source).is_some() {
+        // An image read from a layout or archive has no registry to fetch from.
+        bail!("layer {} is neither in the store nor in {source}", layer.digest);
     } else {
         let client = client()?;
         match download_and_index(&client, store, source, layer, compression, diff_id, progress)? {
@@ -216,8 +262,55 @@ pub fn load_layer(
             None => index_local(store, layer, compression, diff_id)?,
         }
     };
-    finish(store, layer, compression, built, copy, spans)
+    finish(store, &store.blob_path(&layer.digest), layer, compression, (built, copy), spans)
         .with_context(|| format!("cannot index layer {}", layer.digest))
+}
+
+/// The layer's blob in an OCI layout a mount reads in place, if it is there.
+fn blob_in_place(layer: &Descriptor, layout: Option<&Path>) -> Option<PathBuf> {
+    let p = layout?.join("blobs/sha256").join(layer.digest.hex());
+    p.is_file().then_some(p)
+}
+
+/// The file a layer's data is read from: the store's blob, else one in place.
+fn blob_file(store: &Store, layer: &Descriptor, in_place: Option<&Path>) -> Option<PathBuf> {
+    if store.has_blob(&layer.digest) {
+        return Some(store.blob_path(&layer.digest));
+    }
+    blob_in_place(layer, in_place)
+}
+
+/// Index a blob that stays where it is (an OCI layout's), checking its digest as it
+/// is read, since nothing else did. A zstd layer in one big frame gets its re-encoded
+/// copy in the store as usual.
+fn index_in_place(
+    store: &Store,
+    blob: &Path,
+    layer: &Descriptor,
+    compression: Compression,
+    diff_id: &Digest,
+) -> Result<(Built, Reframe)> {
+    let file = File::open(blob).with_context(|| format!("cannot open layer {}", blob.display()))?;
+    let mut hashing = crate::digest::HashingReader::new(file);
+    let mut copy = reframe(store, compression)?;
+    let built = build::index_layer(&mut hashing, compression, Some(diff_id), as_sink(&mut copy))
+        .and_then(|b| {
+            // The indexer may stop at the tar's end: the digest covers the whole file.
+            io::copy(&mut hashing, &mut io::sink())?;
+            let (actual, _) = hashing.finish();
+            if actual != layer.digest {
+                bail!("{} is corrupt: its content hashes to {actual}", blob.display());
+            }
+            Ok(b)
+        })
+        .with_context(|| format!("layer {}", layer.digest));
+    match built {
+        Ok(b) => Ok((b, copy)),
+        Err(e) => {
+            discard(copy);
+            Err(e)
+        }
+    }
 }
 
 /// Make sure a layer is stored and indexed, as `load_layer` does, without opening it
@@ -236,32 +329,35 @@ pub fn prepare_layer(
     }
     // Nothing will read file data through these layers.
     let spans = Arc::new(SpanCache::new(0));
-    load_layer(client, store, source, layer, diff_id, &spans, progress).map(drop)
+    load_layer(client, store, source, layer, diff_id, &spans, None, progress).map(drop)
 }
 
 /// The layer from its index and blob in the store, if both are there and usable. An
 /// index of another format version is not: the layer is indexed again.
-fn open_indexed(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>) -> Option<LoadedLayer> {
-    if !store.has_blob(&layer.digest) {
-        return None;
-    }
+fn open_indexed(
+    store: &Store,
+    layer: &Descriptor,
+    spans: &Arc<SpanCache>,
+    in_place: Option<&Path>,
+) -> Option<LoadedLayer> {
+    let blob = blob_file(store, layer, in_place)?;
     let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
-    let data = open_data(store, layer, file.access, file.sums, spans);
+    let data = open_data(store, &blob, layer, file.access, file.sums, spans);
     Some((Arc::new(file.index), Arc::new(data.ok()?)))
 }
 
 /// The layer's data, every read from disk checked against `sums`.
 fn open_data(
     store: &Store,
+    blob: &Path,
     layer: &Descriptor,
     access: Access,
     sums: BlockSums,
     spans: &Arc<SpanCache>,
 ) -> Result<LayerData> {
-    let blob = store.blob_path(&layer.digest);
     match access {
-        Access::Plain => LayerData::tar_checked(&blob, sums),
-        Access::Checkpoints(c) => LayerData::compressed_checked(&blob, c, Arc::clone(spans), Some(sums)),
+        Access::Plain => LayerData::tar_checked(blob, sums),
+        Access::Checkpoints(c) => LayerData::compressed_checked(blob, c, Arc::clone(spans), Some(sums)),
         Access::Reframed(c) => {
             LayerData::compressed_checked(&store.reframed_path(&layer.digest), c, Arc::clone(spans), Some(sums))
         }
@@ -441,13 +537,12 @@ impl Read for ChannelReader {
 /// be entered midway) and open the layer.
 fn finish(
     store: &Store,
+    blob: &Path,
     layer: &Descriptor,
     compression: Compression,
-    built: Built,
-    copy: Reframe,
+    (built, copy): (Built, Reframe),
     spans: &Arc<SpanCache>,
 ) -> Result<LoadedLayer> {
-    let blob = store.blob_path(&layer.digest);
     let reframed = store.reframed_path(&layer.digest);
     let access = match (compression, built.checkpoints, copy) {
         (Compression::None, _, copy) => {
@@ -480,13 +575,13 @@ fn finish(
     let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
     // Checksums of what reads will come from, taken right after the blob's digest (and
     // the layer's diff_id) checked out; the file is still in the page cache.
-    let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { &blob };
+    let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { blob };
     let sums =
         File::open(stored).and_then(BlockSums::of).with_context(|| format!("cannot read {}", stored.display()))?;
     let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
     store.write_derived(&store.index_path(&layer.digest), |f| file.save(layer.digest.as_str(), f))?;
     let IndexFile { index, access, sums } = file;
-    let data = open_data(store, layer, access, sums, spans)?;
+    let data = open_data(store, blob, layer, access, sums, spans)?;
     Ok((Arc::new(index), Arc::new(data)))
 }
 
@@ -503,6 +598,8 @@ pub struct StoreLayers {
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
     spans: Arc<SpanCache>,
+    /// An OCI layout whose layer blobs are read where they are, not copied.
+    in_place: Option<PathBuf>,
     report: Box<ReportFn>,
     loaded: Vec<OnceLock<LoadedLayer>>,
     /// Held while a layer loads, so that this process loads it once.
@@ -516,6 +613,7 @@ impl StoreLayers {
         record: &ImageRecord,
         config: &ImageConfig,
         spans: Arc<SpanCache>,
+        in_place: Option<PathBuf>,
         report: Box<ReportFn>,
     ) -> StoreLayers {
         StoreLayers {
@@ -525,6 +623,7 @@ impl StoreLayers {
             layers: record.layers.clone(),
             diff_ids: config.rootfs.diff_ids.clone(),
             spans,
+            in_place,
             report,
             loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
             loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
@@ -546,7 +645,9 @@ impl StoreLayers {
             format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
         })?;
         let progress = (self.report)(i, layer);
-        let loaded = load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans, &*progress)?;
+        let in_place = self.in_place.as_deref();
+        let loaded =
+            load_layer(&*self.client, &self.store, &self.source, layer, diff_id, &self.spans, in_place, &*progress)?;
         Ok(self.loaded[i].get_or_init(|| loaded).clone())
     }
 }

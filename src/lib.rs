@@ -2,7 +2,8 @@
 //! manages a local content-addressed store of them with a docker-style CLI.
 //!
 //! Data flows from a reference to the kernel like this: `reference` parses what the
-//! user typed; `registry` speaks the distribution API; `image` models manifests,
+//! user typed (`local_source` reads OCI layouts and archives instead of a registry);
+//! `registry` speaks the distribution API; `image` models manifests,
 //! indexes and configs and picks a platform; `fetch` brings manifests, configs and
 //! layers into the `store`, verified; `layer` turns a layer blob into a table of
 //! contents with random access to file data; `tree` stacks the layers into the OCI
@@ -20,6 +21,7 @@ pub mod fusermount;
 pub mod image;
 pub mod index_artifact;
 pub mod layer;
+pub mod local_source;
 pub mod reference;
 pub mod referrers;
 pub mod registry;

@@ -132,6 +132,66 @@ impl Template {
     }
 }
 
+/// What a `--format` option asks a listing command for, read as docker reads it:
+/// `table` (the command's default columns), `table TEMPLATE` (a header row, then a row
+/// per item, aligned by `align_table`), `json` (each item as one JSON object per line,
+/// as docker's `--format json`), or any other template (a line per item, no header).
+/// `\t` and `\n` written in the option stand for a tab and a newline, as in docker.
+pub enum Format {
+    Table(Template),
+    Json,
+    Lines(Template),
+}
+
+impl Format {
+    /// Parse `--format` (None: the default table). With `strict`, a field the items do
+    /// not have is an error rather than `<no value>` (for items whose fields are all
+    /// known, so that a typo is reported).
+    pub fn parse(src: Option<&str>, default_table: &str, strict: bool) -> Result<Format, String> {
+        let template = |src: &str| -> Result<Template, String> {
+            let src = src.trim_matches(' ').replace("\\t", "\t").replace("\\n", "\n");
+            let t = Template::parse(&src)?;
+            Ok(if strict { t.missing_key_error() } else { t })
+        };
+        Ok(match src.map(|f| f.trim_matches(' ')) {
+            None | Some("") | Some("table") => Format::Table(template(default_table)?),
+            Some("json") => Format::Json,
+            Some(f) if f.starts_with("table") => Format::Table(template(&f["table".len()..])?),
+            Some(f) => Format::Lines(template(f)?),
+        })
+    }
+
+    pub fn is_json(&self) -> bool {
+        matches!(self, Format::Json)
+    }
+
+    /// The whole output for `items`; `titles` maps each field to its column title for
+    /// the header row of a table.
+    pub fn render(&self, items: &[Value], titles: &Value) -> Result<String, String> {
+        let rows = |t: &Template| -> Result<String, String> {
+            let mut out = String::new();
+            for v in items {
+                out.push_str(&t.render(v)?);
+                out.push('\n');
+                check_len("output", out.len())?;
+            }
+            Ok(out)
+        };
+        Ok(match self {
+            Format::Json => {
+                let mut out = String::new();
+                for v in items {
+                    out.push_str(&serde_json::to_string(v).map_err(|e| e.to_string())?);
+                    out.push('\n');
+                }
+                out
+            }
+            Format::Lines(t) => rows(t)?,
+            Format::Table(t) => align_table(&format!("{}\n{}", t.render_header(titles)?, rows(t)?)),
+        })
+    }
+}
+
 // ---- lexing --------------------------------------------------------------------------
 
 fn lex(src: &str) -> Result<Vec<Item>, String> {
@@ -1020,35 +1080,258 @@ fn sprint(args: &[Value]) -> Result<String, String> {
     Ok(out)
 }
 
-/// The common verbs of Go's `fmt.Sprintf`: %s %v %d %q %%; anything else is copied.
+/// Go's `fmt.Sprintf` for the verbs a format string uses: `%v %s %d %q %x %X %o %b %c
+/// %t %f %e %g %%`, with flags (`-` left-justifies, `0` pads numbers with zeros, `+`
+/// always signs them, ` ` leaves room for a sign, `#` adds a base prefix), a width and
+/// a precision (`%-10s`, `%5d`, `%.2f`, `%.3s`; `*` takes them from the arguments).
+/// A verb that does not fit its argument prints as Go prints it: `%!d(string=x)`.
 fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     let mut args = args.iter();
-    let mut chars = fmt.chars();
+    let mut chars = fmt.chars().peekable();
     while let Some(c) = chars.next() {
         check_len("printf", out.len())?;
         if c != '%' {
             out.push(c);
             continue;
         }
-        match chars.next() {
-            Some('%') => out.push('%'),
-            Some(verb @ ('s' | 'v' | 'd' | 'q')) => match args.next() {
-                Some(a) if verb == 'q' => out.push_str(&serde_json::to_string(&text_of(a)).unwrap_or_default()),
-                Some(a) => out.push_str(&go_print_inner(a)),
-                None => {
-                    let _ = write!(out, "%!{verb}(MISSING)");
-                }
-            },
-            Some(other) => {
-                out.push('%');
-                out.push(other);
+        let mut spec = Spec::default();
+        while let Some(&f) = chars.peek() {
+            match f {
+                '-' => spec.minus = true,
+                '+' => spec.plus = true,
+                '0' => spec.zero = true,
+                ' ' => spec.space = true,
+                '#' => spec.sharp = true,
+                _ => break,
             }
-            None => out.push_str("%!(NOVERB)"),
+            chars.next();
         }
+        // A width or precision of `*` is taken from the next argument, as in Go.
+        let mut number = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<usize> {
+            if chars.peek() == Some(&'*') {
+                chars.next();
+                let n = args.next().and_then(Value::as_i64).unwrap_or(0);
+                return Some(usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX));
+            }
+            let mut n: Option<usize> = None;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = Some(n.unwrap_or(0).saturating_mul(10).saturating_add(d as usize));
+                chars.next();
+            }
+            n
+        };
+        spec.width = number(&mut chars);
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            spec.precision = Some(number(&mut chars).unwrap_or(0));
+        }
+        // Padding and precision digits are made before the string that holds them:
+        // bound them first.
+        check_len("printf", spec.width.unwrap_or(0).max(spec.precision.unwrap_or(0)).saturating_add(out.len()))?;
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        match args.next() {
+            Some(a) => out.push_str(&spec.format(verb, a)),
+            None => {
+                let _ = write!(out, "%!{verb}(MISSING)");
+            }
+        }
+    }
+    if let Some(extra) = args.next() {
+        let rest: Vec<String> = std::iter::once(extra).chain(args).map(go_print_typed).collect();
+        let _ = write!(out, "%!(EXTRA {})", rest.join(", "));
     }
     check_len("printf", out.len())?;
     Ok(out)
+}
+
+/// A value as Go's fmt names a bad argument: `string=x`, `int=3`.
+fn go_print_typed(v: &Value) -> String {
+    format!("{}={}", type_name(v), go_print_inner(v))
+}
+
+/// One `%…` directive of a printf format.
+#[derive(Default)]
+struct Spec {
+    minus: bool,
+    plus: bool,
+    zero: bool,
+    space: bool,
+    sharp: bool,
+    width: Option<usize>,
+    precision: Option<usize>,
+}
+
+impl Spec {
+    fn format(&self, verb: char, v: &Value) -> String {
+        let bad = || format!("%!{verb}({})", go_print_typed(v));
+        let int = v.as_i64().map(i128::from).or_else(|| v.as_u64().map(i128::from));
+        let (text, numeric) = match verb {
+            'v' | 's' => {
+                let s = go_print_inner(v);
+                // For strings the precision cuts the text (in characters).
+                let s = match self.precision {
+                    Some(p) if v.is_string() || verb == 's' => s.chars().take(p).collect(),
+                    _ => s,
+                };
+                (s, v.is_number())
+            }
+            'q' => match v {
+                Value::String(s) => (go_quote(s), false),
+                _ => return bad(),
+            },
+            't' => match v {
+                Value::Bool(b) => (b.to_string(), false),
+                _ => return bad(),
+            },
+            'c' => match int.and_then(|i| u32::try_from(i).ok()).and_then(char::from_u32) {
+                Some(c) => (c.to_string(), false),
+                None => return bad(),
+            },
+            'd' | 'o' | 'b' | 'x' | 'X' => match (int, v) {
+                (Some(i), _) => (self.integer(verb, i), true),
+                (None, Value::String(s)) if matches!(verb, 'x' | 'X') => {
+                    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+                    (if verb == 'X' { hex.to_uppercase() } else { hex }, false)
+                }
+                _ => return bad(),
+            },
+            'f' | 'F' | 'e' | 'E' | 'g' | 'G' => match v.as_f64() {
+                Some(f) => (self.float(verb, f), true),
+                None => return bad(),
+            },
+            _ => return bad(),
+        };
+        self.pad(text, numeric)
+    }
+
+    fn sign(&self, negative: bool) -> &'static str {
+        match () {
+            _ if negative => "-",
+            _ if self.plus => "+",
+            _ if self.space => " ",
+            _ => "",
+        }
+    }
+
+    fn integer(&self, verb: char, i: i128) -> String {
+        let n = i.unsigned_abs();
+        let (digits, prefix) = match verb {
+            'o' => (format!("{n:o}"), "0"),
+            'b' => (format!("{n:b}"), "0b"),
+            'x' => (format!("{n:x}"), "0x"),
+            'X' => (format!("{n:X}"), "0X"),
+            _ => (n.to_string(), ""),
+        };
+        // A precision is a minimum number of digits.
+        let digits = match self.precision {
+            Some(p) if digits.len() < p => format!("{}{digits}", "0".repeat(p - digits.len())),
+            _ => digits,
+        };
+        let prefix = if self.sharp { prefix } else { "" };
+        format!("{}{prefix}{digits}", self.sign(i < 0))
+    }
+
+    fn float(&self, verb: char, f: f64) -> String {
+        let p = self.precision;
+        let body = match verb {
+            'f' | 'F' => format!("{:.*}", p.unwrap_or(6), f.abs()),
+            'e' | 'E' => go_exponent(&format!("{:.*e}", p.unwrap_or(6), f.abs())),
+            // %g: the shortest form that reads back the same, unless a precision says
+            // how many digits.
+            _ => match p {
+                Some(p) => {
+                    let p = p.max(1);
+                    let exp = if f == 0.0 { 0 } else { f.abs().log10().floor() as i32 };
+                    if exp < -4 || exp >= p as i32 {
+                        go_exponent(&trim_zeros_e(&format!("{:.*e}", p - 1, f.abs())))
+                    } else {
+                        trim_zeros(&format!("{:.*}", (p as i32 - 1 - exp).max(0) as usize, f.abs()))
+                    }
+                }
+                None => f.abs().to_string(),
+            },
+        };
+        let body = if verb.is_ascii_uppercase() { body.to_uppercase() } else { body };
+        format!("{}{body}", self.sign(f.is_sign_negative() && f != 0.0))
+    }
+
+    /// Pad to the width, in characters: spaces on the left (on the right with `-`), or
+    /// zeros after the sign for a number with `0`.
+    fn pad(&self, text: String, numeric: bool) -> String {
+        let Some(width) = self.width else { return text };
+        let len = text.chars().count();
+        if len >= width {
+            return text;
+        }
+        let fill = width - len;
+        if self.minus {
+            format!("{text}{}", " ".repeat(fill))
+        } else if self.zero && numeric {
+            let sign_len = text.starts_with(['-', '+', ' ']) as usize;
+            format!("{}{}{}", &text[..sign_len], "0".repeat(fill), &text[sign_len..])
+        } else {
+            format!("{}{text}", " ".repeat(fill))
+        }
+    }
+}
+
+/// Go's `strconv.Quote` for the characters templates meet: JSON's escapes are the same
+/// except that Go writes control characters as `\x01`, not `\u0001`.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Rust writes `1.5e2`, Go `1.5e+02`.
+fn go_exponent(s: &str) -> String {
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = match e.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', e),
+            };
+            format!("{m}e{sign}{digits:0>2}")
+        }
+        None => s.to_string(),
+    }
+}
+
+fn trim_zeros(s: &str) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn trim_zeros_e(s: &str) -> String {
+    match s.split_once('e') {
+        Some((m, e)) => format!("{}e{e}", trim_zeros(m)),
+        None => s.to_string(),
+    }
 }
 
 /// Docker's table writer (Go's `tabwriter` with minwidth 10, padding 3, spaces):
@@ -1173,6 +1456,41 @@ mod tests {
         assert_eq!(render(r#"{{printf "%s=%d %q" "a" 3 "b"}}"#, &d), r#"a=3 "b""#);
         assert_eq!(render(r#"{{print 1 2 "x" 3}}"#, &d), "1 2x3");
         assert_eq!(render(r#"{{println "a" 1}}"#, &d), "a 1\n");
+    }
+
+    #[test]
+    fn printf_takes_go_flags_widths_and_precisions() {
+        let d = data();
+        let p = |f: &str| render(f, &d);
+        assert_eq!(p(r#"{{printf "%-10s|" "app"}}"#), "app       |");
+        assert_eq!(p(r#"{{printf "%10s|" "app"}}"#), "       app|");
+        assert_eq!(p(r#"{{printf "%5d|%-5d|%05d|%+d" 42 42 42 42}}"#), "   42|42   |00042|+42");
+        assert_eq!(p(r#"{{printf "%05d|% d|%x|%X|%#x|%o|%b" -42 7 255 255 255 8 5}}"#), "-0042| 7|ff|FF|0xff|10|101");
+        assert_eq!(
+            p(r#"{{printf "%.2f|%8.3f|%e|%g|%.3g" 3.14159 2.5 1234.5 0.5 1234.5}}"#),
+            "3.14|   2.500|1.234500e+03|0.5|1.23e+03"
+        );
+        assert_eq!(p(r#"{{printf "%.3s|%-6.2s|" "abcdef" "xyz"}}"#), "abc|xy    |");
+        assert_eq!(p(r#"{{printf "%q|%t|%c|%v|%%" "a\"b" true 65 .RepoTags}}"#), r#""a\"b"|true|A|[app:1 app:2]|%"#);
+        assert_eq!(p(r#"{{printf "%*d|%-*s|" 4 7 3 "x"}}"#), "   7|x  |");
+        // Widths count characters, not bytes.
+        assert_eq!(p(r#"{{printf "%-4s|" "é"}}"#), "é   |");
+        assert_eq!(p(r#"{{printf "%x" "hi"}}"#), "6869");
+        // What Go prints for a verb that does not fit, a missing or an extra argument.
+        assert_eq!(p(r#"{{printf "%d" "x"}}"#), "%!d(string=x)");
+        assert_eq!(p(r#"{{printf "%s %s" "a"}}"#), "a %!s(MISSING)");
+        assert_eq!(p(r#"{{printf "%s" "a" 1}}"#), "a%!(EXTRA int=1)");
+        assert_eq!(p(r#"{{printf "%-12s%s" .Id "!"}}"#), "sha256:abc  !");
+        assert_eq!(p(r#"{{printf "%7d" .Size}}"#), "1234567");
+        // A huge width is refused, not allocated.
+        for huge in [
+            r#"{{printf "%99999999999d" 1}}"#,
+            r#"{{printf "%.99999999999d" 1}}"#,
+            r#"{{printf "%.*f" 99999999999 1.5}}"#,
+        ] {
+            let err = Template::parse(huge).unwrap().render(&d).unwrap_err();
+            assert!(err.contains("longer than"), "{huge}: {err}");
+        }
     }
 
     #[test]

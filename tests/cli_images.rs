@@ -465,6 +465,9 @@ fn ls_formats() {
     assert_eq!(first["ID"], img.id.to_string());
     // The default and an explicit `table` are the same.
     assert_eq!(env.imgfs(&["ls", "--format", "table"]).ok(), env.imgfs(&["ls"]).ok());
+    // printf with Go's widths and flags.
+    let out = env.imgfs(&["ls", "--format", r#"{{printf "%-8s|%6s|%.3s" .Repository .Tag .ID}}"#]);
+    assert_eq!(lines(out.ok())[0], format!("app     |     1|{}", &img.short()[..3]));
 }
 
 #[test]
@@ -501,7 +504,14 @@ fn inspect_prints_docker_shaped_json() {
         "\"Parent\"",
         "\"Created\"",
         "\"Config\"",
+        "\"Hostname\"",
+        "\"AttachStdin\"",
+        "\"Env\"",
+        "\"Entrypoint\"",
+        "\"Labels\"",
         "\"Os\"",
+        "\"Size\"",
+        "\"GraphDriver\"",
         "\"RootFS\"",
         "\"Layers\": [",
     ];
@@ -520,22 +530,41 @@ fn inspect_prints_docker_shaped_json() {
             "Created": "2024-01-02T03:04:05Z",
             "DockerVersion": "",
             "Author": "tester",
+            // Docker's keys, with docker's zero values for what the image leaves out.
             "Config": {
+                "Hostname": "",
+                "Domainname": "",
+                "User": "",
+                "AttachStdin": false,
+                "AttachStdout": false,
+                "AttachStderr": false,
+                "ExposedPorts": {"80/tcp": {}},
+                "Tty": false,
+                "OpenStdin": false,
+                "StdinOnce": false,
                 "Env": ["PATH=/usr/bin:/bin", "SALT=i"],
                 "Cmd": ["/bin/sh"],
+                "Image": "",
+                "Volumes": null,
                 "WorkingDir": "/app",
-                "ExposedPorts": {"80/tcp": {}},
+                "Entrypoint": null,
+                "OnBuild": null,
                 "Labels": {"team": "a", "org.example.x": "y"},
             },
             "Architecture": "amd64",
             "Os": "linux",
+            // These layers are no tars and were never indexed: they count with their
+            // blob sizes.
             "Size": std::fs::metadata(env.store.blob_path(&img.id)).unwrap().len() + 9 + 9,
+            "GraphDriver": {"Data": null, "Name": "imgfs"},
             "RootFS": {"Type": "layers", "Layers": [Digest::of(b"layer one").to_string(), Digest::of(b"layer two").to_string()]},
             "Metadata": {"LastTagTime": "2023-11-14T22:13:20Z"},
             "Layers": [
-                {"Digest": img.layers[0].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": true},
-                {"Digest": img.layers[1].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": false},
+                {"Digest": img.layers[0].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": true, "UncompressedSize": null},
+                {"Digest": img.layers[1].to_string(), "Size": 9, "MediaType": LAYER_TYPE, "Present": false, "UncompressedSize": null},
             ],
+            // Not in docker either: where the image came from.
+            "Source": "docker.io/library/app",
         }])
     );
     assert!(v[0].get("Variant").is_none(), "no variant, no key");
@@ -564,7 +593,15 @@ fn inspect_formats() {
     assert_eq!(f("{{.Config.Labels}}"), "map[team:a]\n");
     assert_eq!(f(r#"{{index .Config.Labels "team"}}"#), "a\n");
     assert_eq!(f("{{.Config.Labels.team}}"), "a\n");
-    assert_eq!(f("{{.Variant}}"), "<no value>\n");
+    // Docker runs templates over its structs: unset strings print empty, unset lists
+    // `[]`, unset maps `map[]`, never `<no value>`.
+    assert_eq!(f("{{.Variant}}"), "\n");
+    assert_eq!(f("{{.Config.User}}"), "\n");
+    assert_eq!(f("{{.Config.Entrypoint}}"), "[]\n");
+    assert_eq!(f("{{.Config.OnBuild}}|{{.Config.Volumes}}|{{.GraphDriver.Data}}"), "[]|map[]|map[]\n");
+    assert_eq!(f("{{.Config.AttachStdin}} {{.Config.Tty}} {{.GraphDriver.Name}}"), "false false imgfs\n");
+    assert_eq!(f("{{len .Config.Entrypoint}}{{range .Config.Entrypoint}}x{{end}}"), "0\n");
+    assert_eq!(f("{{.Config.Cmd}} {{.Config.WorkingDir}}"), "[/bin/sh] /app\n");
     assert_eq!(f("{{range .Layers}}{{.Present}} {{.Size}}{{end}}"), "true 2\n");
     assert_eq!(f("{{len .RootFS.Layers}}"), "1\n");
     // One line per image; `--format json` is the default array.
@@ -573,6 +610,34 @@ fn inspect_formats() {
     assert_eq!(env.imgfs(&["inspect", "--format", "json", "app:1"]).ok(), env.imgfs(&["inspect", "app:1"]).ok());
     assert!(env.imgfs(&["inspect", "--format", "{{.Os", "app:1"]).fails().contains("invalid --format"));
     assert!(env.imgfs(&["inspect", "--format", "{{.Id.X}}", "app:1"]).fails().contains("can't evaluate field X"));
+}
+
+/// `imgfs mount` with no image lists mounts through the same `--format` engine as `ls`:
+/// docker's table, `json` lines, templates with printf widths.
+#[test]
+fn the_mount_list_takes_formats() {
+    let env = Env::new();
+    let img = env.add(Spec { tags: &["app:1"], layers: &[b"l1"], salt: "m", ..Default::default() });
+    let pid = env.mount(&img, "/mnt/some/where");
+    let table = env.imgfs(&["mount"]).ok().to_string();
+    assert_eq!(
+        table,
+        format!(
+            "IMAGE     IMAGE ID       MOUNTPOINT        PID\ntest      {}   /mnt/some/where   {pid}\n",
+            img.short()
+        )
+    );
+    let json_line = env.imgfs(&["mount", "--format", "json"]).ok().to_string();
+    let v: Value = serde_json::from_str(json_line.trim_end()).unwrap();
+    assert_eq!(v, json!({"Image": "test", "ID": img.short(), "Mountpoint": "/mnt/some/where", "PID": pid}));
+    assert_eq!(
+        env.imgfs(&["mount", "--format", r#"{{printf "%-18s|" .Mountpoint}}{{.Image}}"#]).ok(),
+        "/mnt/some/where   |test\n"
+    );
+    assert_eq!(env.imgfs(&["mount", "--format", "table {{.Mountpoint}}"]).ok(), "MOUNTPOINT\n/mnt/some/where\n");
+    assert!(env.imgfs(&["mount", "--format", "{{.Nope}}"]).fails().contains("invalid --format"));
+    // A format is for the list: with an image to mount it is a usage error.
+    assert_eq!(env.imgfs(&["mount", "--format", "json", "app:1", "/tmp"]).code, 2);
 }
 
 #[test]

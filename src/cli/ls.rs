@@ -11,7 +11,7 @@ use crate::image::ImageConfig;
 use crate::reference::{familiar_name, Reference};
 use crate::store::db::{Db, ImageRecord};
 use crate::store::Store;
-use crate::template::{align_table, Template};
+use crate::template::Format;
 use anyhow::{anyhow, bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -75,19 +75,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             }
             out
         }
-        Output::Json => {
-            let mut out = String::new();
-            for v in &values {
-                out.push_str(&serde_json::to_string(v)?);
-                out.push('\n');
-            }
-            out
-        }
-        Output::Lines(t) => render_rows(&t, &values)?,
-        Output::Table(t) => {
-            let header = t.render_header(&column_titles()).map_err(|e| anyhow!("invalid --format: {e}"))?;
-            align_table(&format!("{header}\n{}", render_rows(&t, &values)?))
-        }
+        Output::Format(f) => f.render(&values, &column_titles()).map_err(|e| anyhow!("invalid --format: {e}"))?,
     };
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -95,39 +83,22 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-fn render_rows(t: &Template, values: &[Value]) -> Result<String> {
-    let mut out = String::new();
-    for v in values {
-        out.push_str(&t.render(v).map_err(|e| anyhow!("invalid --format: {e}"))?);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
 /// What `ls` prints, decided from `--format` and `-q` as docker does: an explicit
 /// format wins over `-q`.
 enum Output {
     Quiet,
-    Json,
-    Lines(Template),
-    Table(Template),
+    Format(Format),
 }
 
 impl Output {
     fn choose(args: &Args) -> Result<Output> {
-        let parse = |src: &str| -> Result<Template> {
-            // Docker lets `\t` and `\n` in the format stand for tab and newline.
-            let src = src.trim_matches(' ').replace("\\t", "\t").replace("\\n", "\n");
-            Ok(Template::parse(&src).map_err(|e| anyhow!("invalid --format: {e}"))?.missing_key_error())
-        };
-        let default_table = || if args.digests { DEFAULT_TABLE_DIGESTS } else { DEFAULT_TABLE };
-        Ok(match args.format.as_deref().map(|f| f.trim_matches(' ')) {
-            None | Some("") | Some("table") if args.quiet => Output::Quiet,
-            None | Some("") | Some("table") => Output::Table(parse(default_table())?),
-            Some("json") => Output::Json,
-            Some(f) if f.starts_with("table") => Output::Table(parse(&f["table".len()..])?),
-            Some(f) => Output::Lines(parse(f)?),
-        })
+        let default_table = if args.digests { DEFAULT_TABLE_DIGESTS } else { DEFAULT_TABLE };
+        if args.quiet && matches!(args.format.as_deref().map(|f| f.trim_matches(' ')), None | Some("") | Some("table"))
+        {
+            return Ok(Output::Quiet);
+        }
+        let format = Format::parse(args.format.as_deref(), default_table, true);
+        Ok(Output::Format(format.map_err(|e| anyhow!("invalid --format: {e}"))?))
     }
 }
 
@@ -153,6 +124,8 @@ pub(crate) struct Listed {
     pub rec: ImageRecord,
     pub created: Option<DateTime<Utc>>,
     pub labels: BTreeMap<String, String>,
+    /// The unpacked size (`ImageRecord::unpacked_size`).
+    pub size: u64,
 }
 
 impl Listed {
@@ -172,7 +145,8 @@ pub(crate) fn load_images(store: &Store, db: &Db) -> BTreeMap<Digest, Listed> {
         .map(|rec| {
             let config: ImageConfig =
                 store.read_blob(&rec.id).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-            let listed = Listed { rec: rec.clone(), created: config.created_at(), labels: config.labels() };
+            let size = rec.unpacked_size(store);
+            let listed = Listed { rec: rec.clone(), created: config.created_at(), labels: config.labels(), size };
             (rec.id.clone(), listed)
         })
         .collect()
@@ -365,7 +339,7 @@ struct Row {
 
 impl Row {
     fn new(img: &Listed, repo: String, tag: String, digest: Option<String>) -> Row {
-        Row { repo, tag, digest, id: img.rec.id.clone(), created: img.created, size: img.rec.size() }
+        Row { repo, tag, digest, id: img.rec.id.clone(), created: img.created, size: img.size }
     }
 
     /// The row as docker's image context presents it to templates (and to `json`).

@@ -11,6 +11,7 @@ use crate::fs::Fs;
 use crate::fuse::{self, MountSettings};
 use crate::image::{ImageConfig, Platform};
 use crate::layer::spans::SpanCache;
+use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
@@ -18,8 +19,9 @@ use crate::store::mounts::{
     MountRecord,
 };
 use crate::store::Store;
+use crate::template::Format;
 use crate::tree::{DirAttrs, Tree};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,10 @@ pub struct Args {
     /// Memory for decoded data of compressed layers, shared by all reads (MiB)
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub read_cache: u64,
+    /// With no image: format the list of mounts with a Go-style template, `table
+    /// TEMPLATE`, or `json` (fields .Image .ID .Mountpoint .PID)
+    #[arg(long, conflicts_with = "reference")]
+    pub format: Option<String>,
     /// The image ID the parent already resolved (internal, for the background server)
     #[arg(long, hide = true)]
     pub resolved_id: Option<String>,
@@ -59,7 +65,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     let (Some(reference), Some(dir)) = (args.reference.clone(), args.dir.clone()) else {
-        return list(ctx);
+        return list(ctx, args.format.as_deref());
     };
     clear_dead_mount(&dir)?;
     let meta = std::fs::metadata(&dir).with_context(|| format!("mountpoint {}", dir.display()))?;
@@ -98,6 +104,9 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
 fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
     let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    if let Some(local) = LocalRef::parse(reference) {
+        return resolve_local(ctx, &local?, reference, dir, platform.as_ref());
+    }
     // A local image serves when no platform is asked for, or when it is that platform
     // (so `DOCKER_DEFAULT_PLATFORM` doesn't send a mount of a pulled image to the registry).
     let held = ctx.store.update_db(|db| {
@@ -118,6 +127,40 @@ fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -
     let resolved = fetch::resolve(&*ctx.client()?, &ctx.store, &r, platform.as_ref())?;
     fetch::register_and(&ctx.store, &resolved, &r, |_| hold(ctx, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))
+}
+
+/// Read an image from an OCI layout or archive and register it, held for the mount.
+/// An archive's layer blobs are copied into the store now (a tar member can't be
+/// read in place cheaply); a layout's stay where they are, read by the server.
+fn resolve_local(
+    ctx: &Context,
+    local: &LocalRef,
+    reference: &str,
+    dir: &Path,
+    platform: Option<&Platform>,
+) -> Result<(ImageRecord, ImageConfig)> {
+    let image = local_source::resolve(local, platform)?;
+    let resolved =
+        fetch::stored(&ctx.store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+    if local.layout_dir().is_none() {
+        for l in &resolved.record.layers {
+            if !ctx.store.has_blob(&l.digest) {
+                image.copy_blob(&ctx.store, l)?;
+            }
+        }
+    }
+    fetch::register_names(&ctx.store, &resolved, &image.names, |_| hold(ctx, &resolved.record.id, reference, dir))?;
+    Ok((resolved.record, resolved.config))
+}
+
+/// The OCI layout a mount reads layer blobs from in place: the one named by the
+/// mount's reference, else the one the image was first read from.
+fn layout_of(reference: &str, record: &ImageRecord) -> Option<PathBuf> {
+    [reference, record.source.as_str()].into_iter().find_map(|s| {
+        let local = LocalRef::parse(s)?.ok()?;
+        let dir = local.layout_dir()?;
+        Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+    })
 }
 
 /// A mount record of this process marked `starting`: the image is in use from now on.
@@ -246,7 +289,8 @@ fn serve(
     let report: Box<fetch::ReportFn> = Box::new(move |i, layer| {
         Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
     });
-    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, report);
+    let in_place = layout_of(reference, &record);
+    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
     let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
@@ -476,12 +520,26 @@ pub fn handle_server_signals() {
     }
 }
 
-fn list(ctx: &Context) -> Result<()> {
+const LIST_TABLE: &str = "{{.Image}}\t{{.ID}}\t{{.Mountpoint}}\t{{.PID}}";
+
+fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
+    let format = Format::parse(format, LIST_TABLE, true).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let (live, _dead) = ctx.store.mounts()?;
+    let rows: Vec<serde_json::Value> = live
+        .into_iter()
+        .filter(|m| !m.starting)
+        .map(|m| {
+            serde_json::json!({
+                "Image": m.reference,
+                "ID": m.image.short(),
+                "Mountpoint": m.mountpoint.display().to_string(),
+                "PID": m.pid,
+            })
+        })
+        .collect();
+    let titles = serde_json::json!({"Image": "IMAGE", "ID": "IMAGE ID", "Mountpoint": "MOUNTPOINT", "PID": "PID"});
+    let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<40} {:<14} {:<40} PID", "IMAGE", "IMAGE ID", "MOUNTPOINT")?;
-    for m in live.into_iter().filter(|m| !m.starting) {
-        writeln!(out, "{:<40} {:<14} {:<40} {}", m.reference, m.image.short(), m.mountpoint.display(), m.pid)?;
-    }
+    out.write_all(text.as_bytes())?;
     Ok(())
 }

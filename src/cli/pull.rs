@@ -5,6 +5,7 @@
 use super::Context;
 use crate::fetch;
 use crate::image::Platform;
+use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
 use crate::registry::Client;
 use anyhow::{bail, Context as _, Result};
@@ -31,7 +32,6 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
     let platform = args
         .platform
@@ -40,6 +40,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .map(Platform::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    if let Some(local) = LocalRef::parse(&args.reference) {
+        if args.all_tags {
+            bail!("--all-tags takes a registry repository, not {}", args.reference);
+        }
+        return pull_local(ctx, &local?, platform.as_ref(), args.quiet);
+    }
+    let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
     if args.all_tags {
         if r.digest.is_some() || args.reference.rsplit('/').next().is_some_and(|last| last.contains(':')) {
             bail!("tag can't be used with --all-tags: {}", args.reference);
@@ -119,6 +126,39 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     }
     // The one result: the reference, alone on stdout (what `docker pull -q` prints).
     writeln!(std::io::stdout(), "{shown}")?;
+    Ok(())
+}
+
+/// Pull from an OCI layout or an archive: the same checks, store and lines as a
+/// registry pull, the blobs copied from the files (verified) instead of downloaded.
+fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: bool) -> Result<()> {
+    let store = &ctx.store;
+    let display = Display::new(quiet);
+    let image = local_source::resolve(r, platform)?;
+    let resolved =
+        fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+    let no_registry = || -> Result<Arc<Client>> { bail!("{r} is not a registry") };
+    for (l, diff_id) in resolved.record.layers.iter().zip(&resolved.config.rootfs.diff_ids) {
+        let line = display.layer(l.digest.short(), !store.has_blob(&l.digest));
+        let copied = if store.has_blob(&l.digest) { Ok(()) } else { image.copy_blob(store, l) };
+        // The blob is in the store now: this indexes it (checking its diff_id) and
+        // never asks a registry.
+        match copied
+            .and_then(|()| fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id, &line))
+        {
+            Ok(()) => line.complete(),
+            Err(e) => {
+                line.failed();
+                return Err(e);
+            }
+        }
+    }
+    fetch::register_names(store, &resolved, &image.names, |_| Ok(()))?;
+    display.say(&format!("Digest: {}", resolved.top_digest));
+    // The one result: the image's name, or its ID when the source gave it none (as
+    // podman prints).
+    let shown = image.names.first().map(|n| crate::reference::familiar_ref(n));
+    writeln!(std::io::stdout(), "{}", shown.unwrap_or_else(|| resolved.record.id.to_string()))?;
     Ok(())
 }
 

@@ -246,6 +246,24 @@ impl Checkpoints {
     }
 }
 
+/// The length of the uncompressed stream, from the first bytes of what
+/// [`Checkpoints::save`] wrote (for showing an image's size without loading every
+/// checkpoint; the CRC over the whole body is not checked here).
+pub fn read_uncompressed_size(mut r: impl Read) -> Result<u64> {
+    let mut head = [0; 20];
+    r.read_exact(&mut head).context("checkpoint file is truncated")?;
+    ensure!(&head[..8] == MAGIC, "not a checkpoint file");
+    ensure!(head[8..12] == VERSION.to_le_bytes(), "checkpoint file of another version");
+    // A format byte and three varints of at most 10 bytes each.
+    let mut body = Vec::new();
+    r.take(31).read_to_end(&mut body)?;
+    let mut c = Cursor(&body);
+    c.byte()?;
+    c.varint()?;
+    c.varint()?;
+    c.varint()
+}
+
 fn parse_body(body: &[u8]) -> Result<Checkpoints> {
     let mut c = Cursor(body);
     let format = match c.byte()? {

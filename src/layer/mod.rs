@@ -328,6 +328,29 @@ impl IndexFile {
         Ok(r)
     }
 
+    /// The length of layer `digest`'s uncompressed tar, read from the head of its index
+    /// file (the contents are skipped, not parsed): `Some(blob_size)` for a layer that is
+    /// an uncompressed tar itself. An error if there is no current index.
+    pub fn uncompressed_size(path: &Path, digest: &str, blob_size: u64) -> Result<u64> {
+        use std::io::{Seek, SeekFrom};
+        let mut r = Self::open_header(path, digest, 256)?;
+        let corrupt = || format!("layer index {} is damaged", path.display());
+        let mut len = [0u8; 8];
+        r.read_exact(&mut len).with_context(corrupt)?;
+        let skip = i64::try_from(u64::from_le_bytes(len)).with_context(corrupt)?;
+        r.seek(SeekFrom::Current(skip)).with_context(corrupt)?;
+        let mut kind = [0u8; 1];
+        r.read_exact(&mut kind).with_context(corrupt)?;
+        match kind[0] {
+            0 => Ok(blob_size),
+            1 | 2 => {
+                r.read_exact(&mut len).with_context(corrupt)?;
+                checkpoints::read_uncompressed_size(r).with_context(corrupt)
+            }
+            _ => bail!(corrupt()),
+        }
+    }
+
     /// Read the index of layer `digest`; an error if the file is of another version,
     /// for another layer, or damaged.
     pub fn load(path: &Path, digest: &str) -> Result<IndexFile> {

@@ -187,10 +187,22 @@ fn envelope_message(errors: &[EnvelopeError]) -> Option<String> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Subject<'a> {
     Ping,
-    Manifest { repository: &'a str, reference: &'a str },
-    Blob { repository: &'a str, digest: &'a Digest },
-    Tags { repository: &'a str },
+    Manifest {
+        repository: &'a str,
+        reference: &'a str,
+    },
+    Blob {
+        repository: &'a str,
+        digest: &'a Digest,
+    },
+    Tags {
+        repository: &'a str,
+    },
     Catalog,
+    /// Docker Hub's search API, for a term.
+    Search {
+        term: &'a str,
+    },
 }
 
 impl Subject<'_> {
@@ -199,7 +211,7 @@ impl Subject<'_> {
             Subject::Manifest { repository, .. } | Subject::Blob { repository, .. } | Subject::Tags { repository } => {
                 Some(repository)
             }
-            Subject::Ping | Subject::Catalog => None,
+            Subject::Ping | Subject::Catalog | Subject::Search { .. } => None,
         }
     }
 
@@ -214,6 +226,7 @@ impl Subject<'_> {
             Subject::Blob { repository, digest } => format!("blob {registry}/{repository}@{digest}"),
             Subject::Tags { repository } => format!("the tag list of {registry}/{repository}"),
             Subject::Catalog => format!("the catalog of {registry}"),
+            Subject::Search { term } => format!("the search API of {registry} (term {term:?})"),
         }
     }
 }
@@ -241,7 +254,7 @@ pub(crate) fn from_status(registry: &str, subject: Subject<'_>, status: StatusCo
             digest: digest.clone(),
         },
         Subject::Tags { .. } => repository_unknown(),
-        Subject::Ping | Subject::Catalog => RegistryError::Status {
+        Subject::Ping | Subject::Catalog | Subject::Search { .. } => RegistryError::Status {
             registry: registry_s.clone(),
             what: subject.describe(registry),
             status: status.as_u16(),

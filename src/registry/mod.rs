@@ -22,6 +22,7 @@ mod error;
 mod mirrors;
 mod push;
 mod retry;
+pub mod search;
 mod tls;
 
 pub use error::RegistryError;
@@ -563,7 +564,8 @@ impl Outgoing<'static> {
 fn pull_scope(subject: Subject<'_>) -> String {
     let scope = match subject {
         Subject::Catalog => "registry:catalog:*".to_string(),
-        Subject::Ping => String::new(),
+        // The Hub's search API takes no scope (docker sends it no token).
+        Subject::Ping | Subject::Search { .. } => String::new(),
         other => format!("repository:{}:pull", other.repository().unwrap_or_default()),
     };
     debug_assert_eq!(auth::pull_only(&scope), scope, "a read only ever asks for pulling");
