@@ -77,10 +77,11 @@ fn copy_image(http: &Client, addr: &str, src: &str, dst: &str) -> (Digest, Value
     (Digest::of(&body), manifest)
 }
 
-/// A repository name for one test, fresh on every run.
+/// A repository name for one test, fresh on every run. Not named after the image it
+/// copies: other tests search the shared registry's catalog for `app` and `multi`.
 fn repo(name: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("index-{name}-{}-{nanos}", std::process::id())
+    format!("referrers-{}-{}-{nanos}", Digest::of(name.as_bytes()).short(), std::process::id())
 }
 
 /// GNU tar's listing of a layer blob, names normalised as image tools do (no `./`,
