@@ -54,11 +54,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         ManifestKind::Image(m) => (m, top.digest.clone(), top.media_type.clone(), None, None),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
-            let Some(d) = image::select_platform(&idx.manifests, &want) else {
-                let have: Vec<String> =
-                    idx.manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.to_string())).collect();
-                bail!("{r}: no image for platform {want} in the index; it has: {}", have.join(", "));
-            };
+            let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
             let sub = client
                 .get_manifest(&r.registry, &r.repository, d.digest.as_str())
                 .with_context(|| format!("cannot get the {want} manifest of {r}"))?;

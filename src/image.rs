@@ -124,6 +124,15 @@ pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Opti
     best.map(|(d, _)| d)
 }
 
+/// `select_platform`, or the error every source gives when the index has no such image:
+/// the platforms it does have.
+pub fn platform_manifest<'a>(manifests: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, String> {
+    select_platform(manifests, want).ok_or_else(|| {
+        let have: Vec<String> = manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.to_string())).collect();
+        format!("no image for platform {want} in the index; it has: {}", have.join(", "))
+    })
+}
+
 /// An image manifest (OCI or Docker schema 2).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {

@@ -178,11 +178,7 @@ fn oci_layout(r: &LocalRef, files: Files, platform: Option<&Platform>) -> Result
             ManifestKind::Image(m) => (top.clone(), m, None),
             ManifestKind::Index(idx) => {
                 let want = platform.cloned().unwrap_or_else(Platform::host);
-                let Some(d) = image::select_platform(&idx.manifests, &want) else {
-                    let have: Vec<String> =
-                        idx.manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.to_string())).collect();
-                    bail!("{r}: no image for platform {want} in the index; it has: {}", have.join(", "));
-                };
+                let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow!("{r}: {e}"))?;
                 let body = files.read_blob(&blob_member(&d.digest), d, r)?;
                 let m = match image::parse_manifest(&d.media_type, &body).map_err(|e| anyhow!("{r}: {e}"))? {
                     ManifestKind::Image(m) => m,

@@ -283,8 +283,7 @@ pub fn remote_image(client: &Client, r: &Reference, platform: Option<&Platform>)
         ManifestKind::Image(m) => (m, top),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
-            let d = image::select_platform(&idx.manifests, &want)
-                .with_context(|| format!("{r}: no image for platform {want} in the index"))?;
+            let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
             let sub = client.get_manifest(reg, repo, d.digest.as_str())?;
             match image::parse_manifest(&sub.media_type, &sub.body).map_err(anyhow::Error::msg)? {
                 ManifestKind::Image(m) => (m, sub),
