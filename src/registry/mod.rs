@@ -12,8 +12,10 @@
 
 mod auth;
 pub mod blob;
+mod credentials;
 mod endpoint;
 mod error;
+pub mod login;
 mod retry;
 
 pub use error::RegistryError;
@@ -95,10 +97,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(opts: ClientOptions) -> Result<Client, RegistryError> {
-        let credentials = match opts.docker_config_dir.or_else(auth::default_docker_config_dir) {
-            Some(dir) => auth::load_docker_credentials(&dir)?,
-            None => Default::default(),
-        };
+        let docker_config_dir = opts.docker_config_dir.clone().or_else(credentials::default_docker_config_dir);
+        let credentials = credentials::CredentialSources::load(docker_config_dir.as_deref())?;
         let http = reqwest::blocking::Client::builder()
             .user_agent(concat!("imgfs/", env!("CARGO_PKG_VERSION")))
             // Followed by hand in `send_following_redirects`, see there.
