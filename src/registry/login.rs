@@ -152,3 +152,20 @@ fn write_config(path: &Path, config: &Map<String, Value>) -> Result<()> {
         anyhow!("cannot write {}: {e}", path.display())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_name_registries_as_docker_login_takes_them() {
+        for hub in [None, Some("docker.io"), Some("https://index.docker.io/v1/"), Some("registry-1.docker.io")] {
+            assert_eq!(registry_of(hub).unwrap(), "docker.io", "{hub:?}");
+        }
+        assert_eq!(server_key("docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(registry_of(Some("https://Reg.Example:5000/v2/")).unwrap(), "reg.example:5000");
+        assert_eq!(server_key("reg.example:5000"), "reg.example:5000");
+        assert!(registry_of(Some("user@reg.example")).is_err());
+        assert!(registry_of(Some("")).is_err());
+    }
+}
