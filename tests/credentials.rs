@@ -461,3 +461,59 @@ fn token_auth_login_pull_and_identity_token() {
     let issued = issuer.issued.lock().unwrap();
     assert!(issued.refresh > refresh_before, "no refresh-token grant was asked for");
 }
+
+/// Read the pty's master side until `want` has appeared (or the other side is gone).
+fn read_until(master: &mut std::fs::File, seen: &mut String, want: &str) {
+    let mut buf = [0u8; 512];
+    while !seen.contains(want) {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => return, // EIO: the last holder of the terminal closed it
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+#[test]
+fn login_asks_on_the_terminal_without_echo() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let reg = htpasswd_registry();
+    let home = Home::new();
+    let (mut master_fd, mut slave_fd) = (0, 0);
+    // SAFETY: openpty fills in two fresh descriptors, owned from here on.
+    let rc = unsafe {
+        libc::openpty(&mut master_fd, &mut slave_fd, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    assert_eq!(rc, 0, "openpty");
+    let mut master = unsafe { std::fs::File::from_raw_fd(master_fd) };
+    let slave = unsafe { OwnedFd::from_raw_fd(slave_fd) };
+    let mut cmd = home.command(&["login", &reg.addr]);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec. The child gets a
+    // session of its own with the pty as its controlling terminal, so /dev/tty is it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Only the child may hold the terminal open: reading the master then ends (EIO)
+    // when it exits. The Command keeps its copies until it is dropped.
+    drop(cmd);
+    drop(slave);
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "Username: ");
+    master.write_all(format!("{USER}\n").as_bytes()).unwrap();
+    read_until(&mut master, &mut seen, "Password: ");
+    master.write_all(format!("{PASS}\n").as_bytes()).unwrap();
+    read_until(&mut master, &mut seen, "\u{0}never");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("Login Succeeded"), "{seen}");
+    assert!(seen.contains(USER), "the user name is echoed as typed: {seen}");
+    assert!(!seen.contains(PASS), "the password was echoed: {seen}");
+    assert_eq!(home.docker_config_json()["auths"][&reg.addr]["auth"], b64(&format!("{USER}:{PASS}")));
+}
