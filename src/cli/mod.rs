@@ -5,6 +5,8 @@
 pub mod check;
 pub mod index;
 pub mod inspect;
+pub mod login;
+pub mod logout;
 pub mod ls;
 pub mod mount;
 pub mod prune;
@@ -64,6 +66,10 @@ pub enum Command {
     Umount(umount::Args),
     /// List repositories of a registry whose name contains a term
     Search(search::Args),
+    /// Log in to a registry (keeps the credentials as `docker login` does)
+    Login(login::Args),
+    /// Log out from a registry (removes the kept credentials)
+    Logout(logout::Args),
     /// Verify the store (blobs, indexes, records, mounts); --repair removes what is damaged
     Check(check::Args),
     /// Publish layer indexes next to an image in its registry, or inspect them
@@ -146,6 +152,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Search(a) => search::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Index(a) => index::run(&ctx, a),
+        Command::Login(a) => login::run(&ctx, a),
+        Command::Logout(a) => logout::run(&ctx, a),
         // Returned above, before the store was opened.
         Command::Completions(a) => completions(a),
         Command::Man => man_page(),

@@ -1,16 +1,18 @@
-//! Registry authentication: credentials from Docker's `config.json`, the
-//! `WWW-Authenticate` challenge a 401 carries, and the bearer-token flow (ask the
-//! challenge's realm for a token for one scope, keep it until it expires, renew it when
-//! it runs out or the registry stops taking it). Registries that ask for `Basic` get the
-//! configured credentials directly.
+//! Registry authentication: the `WWW-Authenticate` challenge a 401 carries, and the
+//! bearer-token flow (ask the challenge's realm for a token for one scope, keep it until
+//! it expires, renew it when it runs out or the registry stops taking it). Registries
+//! that ask for `Basic` get the configured credentials directly. An identity token
+//! (docker's `identitytoken`, or a helper's `<token>` user) is traded for an access
+//! token with OAuth2's refresh-token grant instead. Where credentials come from is
+//! credentials.rs.
 
-use super::endpoint::{self, is_docker_hub};
+use super::credentials::{CredentialSources, IDENTITY_TOKEN_USER};
+use super::endpoint;
 use super::error::RegistryError;
 use super::Client;
 use base64::Engine as _;
 use reqwest::Url;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,74 +35,11 @@ impl Credentials {
         let pair = format!("{}:{}", self.username, self.password);
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
     }
-}
 
-/// `$DOCKER_CONFIG`, else `~/.docker`: where docker keeps `config.json`.
-pub(crate) fn default_docker_config_dir() -> Option<PathBuf> {
-    match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker")),
+    /// The secret is an identity (refresh) token, not a password.
+    fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
     }
-}
-
-/// The `auths` of `DIR/config.json`, keyed by normalised registry host. A missing file
-/// means no credentials; an unreadable or malformed one is an error, because silently
-/// ignoring it would turn into a baffling "unauthorized" later. Entries without a
-/// password (as `docker login` leaves them when a credential helper holds the secret)
-/// are skipped: helpers are not supported.
-pub(crate) fn load_docker_credentials(dir: &Path) -> Result<HashMap<String, Credentials>, RegistryError> {
-    let path = dir.join("config.json");
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(RegistryError::Credentials { path, reason: e.to_string() }),
-    };
-    parse_docker_config(&text).map_err(|reason| RegistryError::Credentials { path, reason })
-}
-
-fn parse_docker_config(text: &[u8]) -> Result<HashMap<String, Credentials>, String> {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        #[serde(default)]
-        auths: HashMap<String, AuthEntry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct AuthEntry {
-        #[serde(default)]
-        auth: Option<String>,
-        #[serde(default)]
-        username: Option<String>,
-        #[serde(default)]
-        password: Option<String>,
-    }
-    let config: Config = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let mut out = HashMap::new();
-    for (key, entry) in config.auths {
-        let creds = match (entry.auth.as_deref().filter(|a| !a.is_empty()), entry.username, entry.password) {
-            (Some(auth), _, _) => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(auth.trim())
-                    .map_err(|e| format!("auths.{key:?}.auth is not base64: {e}"))?;
-                let decoded =
-                    String::from_utf8(decoded).map_err(|_| format!("auths.{key:?}.auth is not UTF-8 text"))?;
-                let (user, pass) = decoded
-                    .split_once(':')
-                    .ok_or_else(|| format!("auths.{key:?}.auth does not decode to user:password"))?;
-                Credentials { username: user.to_string(), password: pass.to_string() }
-            }
-            (None, Some(username), Some(password)) if !username.is_empty() => Credentials { username, password },
-            _ => continue,
-        };
-        out.insert(normalise_auth_key(&key), creds);
-    }
-    Ok(out)
-}
-
-/// `https://index.docker.io/v1/` → `index.docker.io`; `http://reg:5000` → `reg:5000`.
-fn normalise_auth_key(key: &str) -> String {
-    let key = key.trim();
-    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
-    key.split('/').next().unwrap_or("").to_ascii_lowercase()
 }
 
 /// A `WWW-Authenticate` challenge we know how to answer.
@@ -232,7 +171,9 @@ pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<(Stri
 
 /// Credentials and the tokens obtained with them, shared by all threads of a client.
 pub(crate) struct AuthState {
-    credentials: HashMap<String, Credentials>,
+    sources: CredentialSources,
+    /// Each registry's credentials, looked up once (a helper runs at most once).
+    resolved: Mutex<HashMap<String, Option<Credentials>>>,
     /// Keyed by (registry, scope); the scope is "" for requests that need none.
     tokens: Mutex<HashMap<(String, String), Token>>,
     /// Registries that challenged with `Basic`: they get the credentials up front.
@@ -240,19 +181,33 @@ pub(crate) struct AuthState {
 }
 
 impl AuthState {
-    pub fn new(credentials: HashMap<String, Credentials>) -> AuthState {
-        AuthState { credentials, tokens: Mutex::new(HashMap::new()), basic: Mutex::new(HashSet::new()) }
+    pub fn new(sources: CredentialSources) -> AuthState {
+        AuthState {
+            sources,
+            resolved: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            basic: Mutex::new(HashSet::new()),
+        }
     }
 
-    /// The configured credentials for a registry. Docker keeps Docker Hub's under
-    /// `https://index.docker.io/v1/`, but people write the other names too.
-    pub fn credentials(&self, registry: &str) -> Option<&Credentials> {
+    /// The credentials for a registry, from the first source that has some. Looked up
+    /// on first need only, since a helper may be slow or ask the user.
+    pub fn credentials(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
         let registry = registry.to_ascii_lowercase();
-        if is_docker_hub(&registry) {
-            ["index.docker.io", "docker.io", "registry-1.docker.io"].iter().find_map(|k| self.credentials.get(*k))
-        } else {
-            self.credentials.get(&registry)
+        if let Some(c) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&registry) {
+            return Ok(c.clone());
         }
+        // Not under the lock: a helper is a process that may take its time.
+        let found = self.sources.lookup(&registry)?;
+        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(resolved.entry(registry).or_insert(found).clone())
+    }
+
+    /// Use these credentials for `registry` whatever the files say (`imgfs login`
+    /// checks new ones before it saves them).
+    pub fn set_credentials(&self, registry: &str, creds: Credentials) {
+        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        resolved.insert(registry.to_ascii_lowercase(), Some(creds));
     }
 
     /// The Authorization header to send up front: a live token for this scope, or the
@@ -271,7 +226,8 @@ impl AuthState {
         }
         let wants_basic = self.basic.lock().unwrap_or_else(|p| p.into_inner()).contains(registry);
         if wants_basic {
-            return self.credentials(registry).map(Credentials::basic_header);
+            // Known to be resolved: `basic` only holds registries we had credentials for.
+            return self.credentials(registry).ok().flatten().map(|c| c.basic_header());
         }
         None
     }
@@ -295,8 +251,10 @@ impl Client {
     ) -> Result<bool, RegistryError> {
         match challenge {
             Challenge::Basic => {
-                if self.auth.credentials(registry).is_none() {
-                    return Ok(false);
+                // An identity token is only good at a token service.
+                match self.auth.credentials(registry)? {
+                    Some(c) if !c.is_identity_token() => {}
+                    _ => return Ok(false),
                 }
                 self.auth.basic.lock().unwrap_or_else(|p| p.into_inner()).insert(registry.to_string());
                 Ok(true)
@@ -315,7 +273,8 @@ impl Client {
     }
 
     /// GET realm?service=…&scope=…, with the registry's credentials as basic auth if we
-    /// have them (anonymous otherwise).
+    /// have them (anonymous otherwise). With an identity token instead, POST the
+    /// OAuth2 refresh-token grant to the realm, as docker does.
     fn fetch_token(
         &self,
         registry: &str,
@@ -334,23 +293,53 @@ impl Client {
             // Printed without its text: it might hold a password.
             Err(e) => return Err(denied(format!("the token realm is not a URL: {e}"))),
         };
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            if !scope.is_empty() {
-                q.append_pair("scope", scope);
-            }
-        }
-        let auth = self.auth.credentials(registry).map(Credentials::basic_header);
-        if auth.is_some() && !endpoint::may_carry_credentials(&url, &self.insecure_registries) {
+        let creds = self.auth.credentials(registry)?;
+        if creds.is_some() && !endpoint::may_carry_credentials(&url, &self.insecure_registries) {
             return Err(denied(format!(
                 "refusing to send the credentials for {registry} over plain HTTP to the token service at {}",
                 endpoint::authority(&url)
             )));
         }
-        let resp = self.send_following_redirects(registry, url.clone(), &Default::default(), auth.as_deref())?;
+        let resp = match creds {
+            Some(c) if c.is_identity_token() => {
+                // The form, encoded by the URL parser's own serializer.
+                let mut form = Url::parse("form:").expect("a valid URL");
+                {
+                    let mut q = form.query_pairs_mut();
+                    q.append_pair("grant_type", "refresh_token");
+                    q.append_pair("refresh_token", &c.password);
+                    q.append_pair("client_id", "imgfs");
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    if !scope.is_empty() {
+                        q.append_pair("scope", scope);
+                    }
+                }
+                let host = endpoint::authority(&url);
+                let verify = !endpoint::skips_verification(&host, &self.insecure_registries);
+                self.http
+                    .for_host(&host, verify)?
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.query().unwrap_or_default().to_string())
+                    .send()
+                    .map_err(|e| super::error::unreachable(registry, &endpoint::authority(&url), &e))?
+            }
+            creds => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    if !scope.is_empty() {
+                        q.append_pair("scope", scope);
+                    }
+                }
+                let auth = creds.map(|c| c.basic_header());
+                self.send_following_redirects(registry, url.clone(), &Default::default(), auth.as_deref())?
+            }
+        };
         let status = resp.status();
         let host = endpoint::authority(&url);
         let body = super::read_body(registry, &format!("a token from {host}"), resp, 1 << 20)?;
@@ -432,25 +421,6 @@ mod tests {
             pick_challenge(["Basic realm=x", "Bearer realm=\"r\""].into_iter()),
             Some(Challenge::Bearer { realm: "r".into(), service: None, scope: None })
         );
-    }
-
-    #[test]
-    fn docker_config_auths_in_both_forms_and_key_styles() {
-        let cfg = br#"{"auths":{
-            "https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="},
-            "http://reg.lan:5000":{"username":"u","password":"p:w"},
-            "ghcr.io":{"auth":"Z2g6dG9rOmVu"},
-            "helper.io":{}
-        },"credsStore":"desktop"}"#;
-        let map = parse_docker_config(cfg).unwrap();
-        let state = AuthState::new(map);
-        let c = |r: &str| state.credentials(r).map(|c| (c.username.clone(), c.password.clone()));
-        assert_eq!(c("docker.io"), Some(("hub".into(), "secret".into())));
-        assert_eq!(c("reg.lan:5000"), Some(("u".into(), "p:w".into())));
-        assert_eq!(c("ghcr.io"), Some(("gh".into(), "tok:en".into())));
-        assert_eq!(c("reg.lan"), None);
-        assert_eq!(c("helper.io"), None);
-        assert!(parse_docker_config(br#"{"auths":{"x":{"auth":"%%%"}}}"#).unwrap_err().contains("\"x\""));
     }
 
     #[test]

@@ -37,8 +37,11 @@ pub enum RegistryError {
     InvalidResponse { registry: String, what: String, reason: String },
     /// Writing what we downloaded failed on our side (the output file).
     LocalIo { what: String, source: std::io::Error },
-    /// The Docker credentials file exists but cannot be used.
+    /// A credentials file (docker's config.json, podman's auth.json) exists but cannot
+    /// be used.
     Credentials { path: PathBuf, reason: String },
+    /// A credential helper (`docker-credential-NAME`) failed.
+    CredentialHelper { helper: String, reason: String },
     /// The HTTP client could not be built.
     Setup { reason: String },
     /// A registry, repository, tag or digest that cannot even be put into a URL.
@@ -124,8 +127,9 @@ impl fmt::Display for RegistryError {
             }
             RegistryError::LocalIo { what, source } => write!(f, "cannot store {what}: {source}"),
             RegistryError::Credentials { path, reason } => {
-                write!(f, "cannot use Docker credentials from {}: {reason}", path.display())
+                write!(f, "cannot use the registry credentials in {}: {reason}", path.display())
             }
+            RegistryError::CredentialHelper { helper, reason } => write!(f, "credential helper {helper}: {reason}"),
             RegistryError::Setup { reason } | RegistryError::InvalidInput { reason } => f.write_str(reason),
         }
     }

@@ -17,8 +17,10 @@
 
 mod auth;
 pub mod blob;
+mod credentials;
 mod endpoint;
 mod error;
+pub mod login;
 mod mirrors;
 mod push;
 mod retry;
@@ -108,10 +110,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(opts: ClientOptions) -> Result<Client, RegistryError> {
-        let credentials = match opts.docker_config_dir.or_else(auth::default_docker_config_dir) {
-            Some(dir) => auth::load_docker_credentials(&dir)?,
-            None => Default::default(),
-        };
+        let docker_config_dir = opts.docker_config_dir.clone().or_else(credentials::default_docker_config_dir);
+        let credentials = credentials::CredentialSources::load(docker_config_dir.as_deref())?;
         let http = tls::Clients::new(tls::Settings {
             connect_timeout: opts.timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)),
             timeout: opts.timeout.unwrap_or(IO_TIMEOUT),
