@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::{fails, ok};
+
 const USER: &str = "alice";
 const PASS: &str = "s3cret-pass";
 const REFRESH: &str = "refresh-token-for-alice";
@@ -121,24 +125,6 @@ impl Home {
         let out = self.command_in(root.path(), &["pull", reference]).output().unwrap();
         out
     }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "imgfs failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    err
 }
 
 fn b64(s: &str) -> String {

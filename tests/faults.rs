@@ -11,13 +11,9 @@ use faultproxy::{Fault, FaultProxy, Rule};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn registry_addr() -> String {
-    let dir = PathBuf::from(
-        std::env::var("IMGFS_TEST_ENV")
-            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
-    );
-    std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string()
-}
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::registry_addr;
 
 fn imgfs(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs"))

@@ -13,6 +13,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::fails;
+
 #[path = "pushing/mod.rs"]
 mod pushing;
 
@@ -24,16 +28,6 @@ fn imgfs(root: &Path, args: &[&str]) -> Output {
         .env_remove("IMGFS_ROOT")
         .output()
         .unwrap()
-}
-
-/// The one-line error of a command that must fail with status 1 (a panic exits 101, an
-/// abort by signal has no code).
-fn fails(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected exit status 1: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "error is one line: {err}");
-    assert!(err.starts_with("imgfs: error: "), "{err}");
-    err.trim_end().to_string()
 }
 
 /// A store holding one image tagged `app:1`, made through the library as a pull would

@@ -15,41 +15,18 @@ use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::{fails, ok, registry_addr as addr};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-fn addr() -> String {
-    let dir = PathBuf::from(
-        std::env::var("IMGFS_TEST_ENV")
-            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
-    );
-    std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string()
-}
-
 fn imgfs(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "imgfs failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// A failure: non-zero exit and one `imgfs: error:` line on stderr, returned.
-fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "imgfs should have failed: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("imgfs: error: "), "{err}");
-    err
 }
 
 fn get(http: &Client, url: &str, accept: &str) -> reqwest::blocking::Response {

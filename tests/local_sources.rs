@@ -4,16 +4,12 @@
 //! formats). Files are written under a temp dir per test, never committed. Also the
 //! names podman gives such images, and bad input that must leave nothing in the store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn addr() -> String {
-    let dir = PathBuf::from(
-        std::env::var("IMGFS_TEST_ENV")
-            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
-    );
-    std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string()
-}
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::{fails, ok, registry_addr as addr};
 
 fn imgfs(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().unwrap()
@@ -23,25 +19,6 @@ fn imgfs(root: &Path, args: &[&str]) -> Output {
 /// image after the path as typed, a temp dir's mixed-case name would be no valid one).
 fn imgfs_in(dir: &Path, root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs")).current_dir(dir).arg("--root").arg(root).args(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "imgfs failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// The one-line error of a failed command.
-fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "error is one line: {err}");
-    assert!(err.starts_with("imgfs: error: "), "{err}");
-    err
 }
 
 /// `skopeo copy` an image of the test registry to `dest` (a transport string).

@@ -6,6 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::{fails, ok};
+
 struct Env {
     dir: PathBuf,
     addr: String,
@@ -65,16 +69,6 @@ fn imgfs(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().unwrap()
 }
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "imgfs failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 /// `imgfs pull` on a terminal (a pty from script(1)), where it shows docker's status
 /// lines: what the terminal got, stdout and stderr together, escape codes and all.
 fn pull_on_a_terminal(root: &Path, args: &[&str]) -> String {
@@ -86,15 +80,6 @@ fn pull_on_a_terminal(root: &Path, args: &[&str]) -> String {
     let screen = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{cmd}: {screen}");
     screen
-}
-
-/// The one-line error of a failed command.
-fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "error is one line: {err}");
-    assert!(err.starts_with("imgfs: error: "), "{err}");
-    err
 }
 
 fn db(root: &Path) -> serde_json::Value {

@@ -11,9 +11,12 @@
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
+
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::{fails, ok, registry_addr};
 
 /// A stand-in for Docker Hub's search API on 127.0.0.1: answers every search from a
 /// fixed list of repositories (those whose name contains `q`, at most `n`), and keeps
@@ -91,27 +94,6 @@ fn imgfs(index: &str, args: &[&str]) -> Output {
         .env("IMGFS_SEARCH_INDEX", index)
         .output()
         .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "imgfs failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// The one-line error of a command that failed with status 1.
-fn fails(out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "expected failure: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert_eq!(err.lines().count(), 1, "want a one-line error: {err}");
-    err
-}
-
-fn registry_addr() -> String {
-    let dir = PathBuf::from(
-        std::env::var("IMGFS_TEST_ENV")
-            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
-    );
-    std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string()
 }
 
 #[test]

@@ -11,13 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn addr() -> String {
-    let dir = PathBuf::from(
-        std::env::var("IMGFS_TEST_ENV")
-            .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry"),
-    );
-    std::fs::read_to_string(dir.join("registry.addr")).expect("registry.addr").trim().to_string()
-}
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::registry_addr as addr;
 
 fn image(name: &str) -> String {
     format!("{}/{name}", addr())

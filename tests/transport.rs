@@ -13,6 +13,10 @@ use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "outcome/mod.rs"]
+mod outcome;
+use outcome::{fails, ok};
+
 /// The shared test registry that scripts/test starts (plain HTTP on loopback).
 fn shared_addr() -> String {
     let dir = PathBuf::from(
@@ -35,24 +39,6 @@ fn imgfs(root: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "imgfs failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// The one-line error of a failed command.
-fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    err
 }
 
 fn run(cmd: &mut Command) {
