@@ -210,8 +210,10 @@ fn a_span_that_fails_its_published_digest_is_eio_and_the_rest_serves() {
 }
 
 /// With a 2 MiB cache, big:1's 24 MiB file (a 13 MB layer) reads whole and equal to the
-/// reference, twice (spans evicted and fetched again by Range), the cache never
-/// holding more than its bound; `imgfs prune` empties it.
+/// reference, the cache never holding more than its bound. A second mount of the same
+/// store (so that the kernel's page cache can't answer) finds the entries left, damaged
+/// on disk here: they are refused and fetched again, never served, and the spans
+/// evicted are fetched again by Range. `imgfs prune` empties the cache.
 #[test]
 fn a_small_cache_serves_a_large_file_within_its_bound_and_prune_empties_it() {
     let (repo, _) = publish_copy("big:1", "small-cache");
@@ -220,30 +222,58 @@ fn a_small_cache_serves_a_large_file_within_its_bound_and_prune_empties_it() {
     let store = Store::new();
     let mark = log_mark();
     let bound = 2u64 << 20;
-    let m = mount(store.root(), &format!("{}/{repo}:1", proxy.addr), &["--cache-size", "2M"]);
+    let image = format!("{}/{repo}:1", proxy.addr);
+    // A decoded-span memory of 1 MiB: spans come from the disk cache or the registry.
+    let flags = ["--cache-size", "2M", "--read-cache", "1"];
     let cache = store.root().join("cache");
     let cached =
         || -> u64 { fs::read_dir(&cache).unwrap().map(|e| e.unwrap().metadata().map_or(0, |m| m.len())).sum() };
     let want = reference_file("big:1", "data/big.bin");
     let mut most = 0;
-    for round in 0..2 {
+    // Reads `want[from..]` in 1 MiB pieces, checking each and the cache's size.
+    let mut read_from = |m: &Mount, from: usize| {
         let f = fs::File::open(m.path("data/big.bin")).unwrap();
-        let mut at = 0;
         let mut buf = vec![0u8; 1 << 20];
+        let mut at = from;
         while at < want.len() {
             let n = (want.len() - at).min(buf.len());
             f.read_exact_at(&mut buf[..n], at as u64).unwrap();
-            assert!(buf[..n] == want[at..at + n], "round {round}: bytes {at}..{} differ", at + n);
+            assert!(buf[..n] == want[at..at + n], "bytes {at}..{} differ", at + n);
             at += n;
             most = most.max(cached());
         }
-        // Dropped from the kernel's cache, so the second round reads through imgfs again.
-        drop(f);
-        let _ = Command::new("sh").arg("-c").arg("echo 1 > /proc/sys/vm/drop_caches").status();
+    };
+    let gets = || blob_requests(mark, &proxy.addr, &repo, &digest);
+
+    let m = mount(store.root(), &image, &flags);
+    read_from(&m, 0);
+    drop(m);
+    let first = gets();
+    assert!(first.iter().all(|(s, _)| *s == 206), "want Range GETs only: {first:?}");
+
+    let entries: Vec<PathBuf> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!entries.is_empty(), "nothing was cached");
+    for e in &entries {
+        let mut bytes = fs::read(e).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        fs::write(e, bytes).unwrap();
     }
+    let m = mount(store.root(), &image, &flags);
+    // The cache holds the last spans read, big.bin's end: read that first.
+    read_from(&m, want.len() - (4 << 20));
+    let logs = server_logs(store.root());
+    assert!(logs.contains("fails its digest; fetching it again"), "damaged entries not noticed:\n{logs}");
+    read_from(&m, 0);
+    let second = gets();
+    assert!(second.iter().all(|(s, _)| *s == 206), "want Range GETs only: {second:?}");
+    assert!(
+        second.len() - first.len() > entries.len(),
+        "evicted spans were not fetched again: {} GETs, then {}",
+        first.len(),
+        second.len()
+    );
     assert!(most > 0 && most <= bound, "the cache held up to {most} bytes, bound {bound}");
-    let got = blob_requests(mark, &proxy.addr, &repo, &digest);
-    assert!(got.iter().all(|(s, _)| *s == 206), "want Range GETs only: {got:?}");
     assert!(!blob_file(store.root(), &digest).exists(), "the layer was downloaded into the store");
 
     imgfs_ok(store.root(), &["prune", "-f"]);
