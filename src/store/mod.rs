@@ -283,7 +283,7 @@ fn tighten(root: &Path) -> std::io::Result<()> {
             _ => {}
         }
     }
-    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs"];
+    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs", "cache"];
     let mut stack: Vec<PathBuf> = tops.iter().map(|t| root.join(t)).collect();
     for dir in &stack {
         fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
