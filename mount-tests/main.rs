@@ -33,6 +33,9 @@ mod hostile;
 mod lifecycle;
 mod local_sources;
 mod progress;
+mod published_index;
+#[path = "../tests/pushing/mod.rs"]
+mod pushing;
 mod security;
 mod store_safety;
 

@@ -5,15 +5,19 @@
 
 use crate::digest::Digest;
 use crate::image::{self, Compression, Descriptor, ImageConfig, ManifestKind, Platform};
+use crate::index_artifact::Spans;
 use crate::layer::build::{self, Built};
 use crate::layer::checkpoints::{Format, IndexingDecoder};
 use crate::layer::data::BlockSums;
 use crate::layer::reframe::FrameWriter;
+use crate::layer::remote::Remote;
 use crate::layer::spans::SpanCache;
 use crate::layer::{Access, IndexFile, LayerData, LayerIndex};
 use crate::reference::Reference;
+use crate::referrers;
 use crate::registry::blob::BlobSink;
 use crate::registry::Client;
+use crate::store::cache::DiskCache;
 use crate::store::db::ImageRecord;
 use crate::store::lock::FileLock;
 use crate::store::Store;
@@ -600,6 +604,16 @@ pub struct StoreLayers {
     loaded: Vec<OnceLock<LoadedLayer>>,
     /// Held while a layer loads, so that this process loads it once.
     loading: Vec<Mutex<()>>,
+    /// Layers to serve by Range through their published index, until loaded.
+    published: Vec<Mutex<Option<Published>>>,
+}
+
+/// A layer's published index, as a mount serves the layer from it: its table of
+/// contents, its checkpoints (without windows) and where to fetch spans and windows.
+struct Published {
+    contents: crate::layer::Contents,
+    checkpoints: crate::layer::checkpoints::Checkpoints,
+    remote: Remote,
 }
 
 impl StoreLayers {
@@ -623,7 +637,43 @@ impl StoreLayers {
             report,
             loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
             loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
+            published: record.layers.iter().map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    /// Serve the layers that are not in the store from their published index (`heads`,
+    /// one per layer, from `referrers::find_heads`): by Range, span by span, through
+    /// `cache`, never downloading the whole layer. Layers whose index has no
+    /// checkpoints (an uncompressed tar, a zstd layer in one big frame) are still
+    /// downloaded whole on first use. Returns how many layers will be served by Range.
+    pub fn use_published(&mut self, heads: Vec<referrers::Head>, client: Arc<Client>, cache: Arc<DiskCache>) -> usize {
+        let (registry, repository) = self.source.split_once('/').unwrap_or_default();
+        let mut count = 0;
+        for (i, head) in heads.into_iter().enumerate() {
+            let layer = &self.layers[i];
+            if self.store.has_blob(&layer.digest)
+                && IndexFile::is_current(&self.store.index_path(&layer.digest), layer.digest.as_str())
+            {
+                continue; // read from the store, as without an index
+            }
+            let a = head.artifact;
+            let Spans::Checkpoints(checkpoints) = a.spans else { continue };
+            let remote = Remote {
+                client: Arc::clone(&client),
+                registry: registry.to_string(),
+                repository: repository.to_string(),
+                layer: a.layer,
+                artifact: head.blob,
+                span_digests: a.span_digests,
+                windows: a.windows,
+                window_ranges: head.window_ranges,
+                cache: Arc::clone(&cache),
+            };
+            *self.published[i].get_mut().unwrap_or_else(|p| p.into_inner()) =
+                Some(Published { contents: a.contents, checkpoints, remote });
+            count += 1;
+        }
+        count
     }
 
     fn load(&self, i: usize) -> Result<LoadedLayer> {
@@ -640,6 +690,12 @@ impl StoreLayers {
         let diff_id = self.diff_ids.get(i).with_context(|| {
             format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
         })?;
+        let published = self.published[i].lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(p) = published {
+            let index = Arc::new(LayerIndex::new(p.contents));
+            let data = Arc::new(LayerData::remote(p.remote, p.checkpoints, Arc::clone(&self.spans)));
+            return Ok(self.loaded[i].get_or_init(|| (index, data)).clone());
+        }
         let progress = (self.report)(i, layer);
         let in_place = self.in_place.as_deref();
         let loaded =
@@ -659,6 +715,8 @@ impl LayerSource for StoreLayers {
         Ok(self.load(i)?.1)
     }
     fn is_local(&self, i: usize) -> bool {
-        self.loaded[i].get().is_some() || self.store.index_path(&self.layers[i].digest).is_file()
+        self.loaded[i].get().is_some()
+            || self.published[i].lock().is_ok_and(|p| p.is_some())
+            || self.store.index_path(&self.layers[i].digest).is_file()
     }
 }

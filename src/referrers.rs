@@ -189,6 +189,27 @@ pub fn list(client: &Client, image: &Image) -> Result<Vec<Digest>> {
 /// Find the index published for `image` and fetch and check every layer's: the newest
 /// artifact that loads whole. Returns its manifest digest and one `Found` per layer.
 pub fn find(client: &Client, image: &Image) -> Result<(Digest, Vec<Found>)> {
+    find_by(client, image, load)
+}
+
+/// One layer's published index as a mount reads it: the head alone (fetched by Range
+/// and checked against its annotation), where its windows lie, and the blob they lie in.
+pub struct Head {
+    /// Decoded from the head: its checkpoints have no windows.
+    pub artifact: IndexArtifact,
+    /// The artifact blob, which holds the windows after the head.
+    pub blob: Digest,
+    pub window_ranges: Vec<(u64, u64)>,
+}
+
+/// As `find`, fetching only each layer's head: what a mount needs before any read.
+pub fn find_heads(client: &Client, image: &Image) -> Result<(Digest, Vec<Head>)> {
+    find_by(client, image, load_heads)
+}
+
+type Loader<T> = fn(&Client, &Image, &Digest) -> Result<Vec<T>>;
+
+fn find_by<T>(client: &Client, image: &Image, load: Loader<T>) -> Result<(Digest, Vec<T>)> {
     let candidates = list(client, image)?;
     let Some(newest) = candidates.last() else {
         bail!("no imgfs index is published for {}/{}@{}", image.registry, image.repository, image.manifest.digest);
@@ -215,9 +236,9 @@ struct ArtifactManifest {
     subject: Option<Descriptor>,
 }
 
-/// Fetch artifact manifest `digest` (checked against it), then every layer's blob
-/// (checked against its descriptor), and decode each bound to its layer.
-fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
+/// Fetch artifact manifest `digest` (checked against it) and give, for each layer of
+/// the image in order, the descriptor of its artifact blob.
+fn artifact_blobs(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Descriptor>> {
     let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
     let m = client.get_manifest(reg, repo, digest.as_str())?;
     let manifest: ArtifactManifest =
@@ -237,8 +258,8 @@ fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
         .iter()
         .filter_map(|d| Some((d.annotations.as_ref()?.get(LAYER_ANNOTATION)?.as_str(), d)))
         .collect();
-    let mut found = Vec::new();
-    for (layer, diff_id) in image.layers.iter().zip(&image.diff_ids) {
+    let mut blobs = Vec::new();
+    for layer in &image.layers {
         let d = by_layer
             .get(layer.digest.as_str())
             .with_context(|| format!("index manifest {digest} has no index for layer {}", layer.digest))?;
@@ -255,6 +276,18 @@ fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
             d.size,
             index_artifact::MAX_BLOB
         );
+        blobs.push((*d).clone());
+    }
+    Ok(blobs)
+}
+
+/// Fetch artifact manifest `digest`, then every layer's blob (checked against its
+/// descriptor), and decode each bound to its layer.
+fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
+    let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
+    let mut found = Vec::new();
+    let blobs = artifact_blobs(client, image, digest)?;
+    for ((layer, diff_id), d) in image.layers.iter().zip(&image.diff_ids).zip(&blobs) {
         let mut blob = Vec::new();
         client
             .download_blob(reg, repo, &d.digest, Some(d.size), &mut blob)
@@ -272,6 +305,42 @@ fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
         found.push(Found { artifact, blob_size: blob.len() as u64, head_size: head.len() as u64 });
     }
     Ok(found)
+}
+
+/// Fetch artifact manifest `digest`, then every layer's head alone by Range, checked
+/// against the head annotation (size and digest) of its blob's descriptor, and decode
+/// each bound to its layer. The windows stay in the registry until a read needs one.
+fn load_heads(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Head>> {
+    let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
+    let mut heads = Vec::new();
+    let blobs = artifact_blobs(client, image, digest)?;
+    for ((layer, diff_id), d) in image.layers.iter().zip(&image.diff_ids).zip(&blobs) {
+        let annotated = d.annotations.as_ref().and_then(|a| a.get(HEAD_ANNOTATION));
+        let (size, head_digest) = annotated
+            .and_then(|a| a.split_once(' '))
+            .and_then(|(n, h)| Some((n.parse::<u64>().ok()?, h.parse::<Digest>().ok()?)))
+            .with_context(|| {
+                format!("the index of layer {} has a wrong or no {HEAD_ANNOTATION} annotation", layer.digest)
+            })?;
+        ensure!(size <= d.size, "the head of the index of layer {} is larger than its blob", layer.digest);
+        let head = client
+            .read_blob_range(reg, repo, &d.digest, 0, size)
+            .with_context(|| format!("cannot get the index of layer {}", layer.digest))?;
+        ensure!(
+            head.len() as u64 == size && Digest::of(&head) == head_digest,
+            "the head of the index of layer {} does not match its {HEAD_ANNOTATION} annotation",
+            layer.digest
+        );
+        let artifact = IndexArtifact::decode_head(&head, &Expected { layer, diff_id })?;
+        let window_ranges = artifact.window_ranges(size);
+        ensure!(
+            window_ranges.last().map_or(size, |r| r.1) == d.size,
+            "the windows of the index of layer {} do not fill its blob",
+            layer.digest
+        );
+        heads.push(Head { artifact, blob: d.digest.clone(), window_ranges });
+    }
+    Ok(heads)
 }
 
 /// The image `r` names in its registry, without storing anything: its manifest (the

@@ -45,6 +45,15 @@ pub struct Args {
     /// Memory for decoded data of compressed layers, shared by all reads (MiB)
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub read_cache: u64,
+    /// Don't look for an index published next to the image (`imgfs index push`):
+    /// fetch each layer whole on first use
+    #[arg(long)]
+    pub no_index: bool,
+    /// Bound of the disk cache (ROOT/cache) of spans fetched by Range through a
+    /// published index, shared by all mounts of the store: 512M, 2G, … (`imgfs prune`
+    /// empties it)
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_cache_size)]
+    pub cache_size: u64,
     /// With no image: format the list of mounts with a Go-style template, `table
     /// TEMPLATE`, or `json` (fields .Image .ID .Mountpoint .PID)
     #[arg(long, conflicts_with = "reference")]
@@ -230,6 +239,10 @@ fn start_background(
         cmd.arg("--allow-other");
     }
     cmd.arg("--read-cache").arg(args.read_cache.to_string());
+    cmd.arg("--cache-size").arg(args.cache_size.to_string());
+    if args.no_index {
+        cmd.arg("--no-index");
+    }
     cmd.arg(reference).arg(dir);
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     // A session of its own: the server outlives the shell that started it and
@@ -290,7 +303,11 @@ fn serve(
         Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
     });
     let in_place = layout_of(reference, &record);
-    let layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
+    let index_client = (!args.no_index && in_place.is_none()).then(&client);
+    let mut layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
+    if let Some(c) = index_client {
+        use_published_index(ctx, &record, &config, c, &mut layers, args.cache_size);
+    }
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
     let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
@@ -336,6 +353,60 @@ fn serve(
     ctx.store.remove_mount_record(pid);
     eprintln!("imgfs: {} unmounted", dir.display());
     result.with_context(|| format!("serving {} failed", dir.display()))
+}
+
+/// Look for an index published for the image (`imgfs index push`) and serve the
+/// layers that are not in the store from it, by Range. Without one, or with one that
+/// does not check out, layers are downloaded whole on first use, as the log says: a
+/// mount never depends on an index, which only saves bytes.
+fn use_published_index(
+    ctx: &Context,
+    record: &ImageRecord,
+    config: &ImageConfig,
+    client: Result<Arc<crate::registry::Client>>,
+    layers: &mut StoreLayers,
+    cache_size: u64,
+) {
+    let all_stored = record.layers.iter().all(|l| {
+        crate::layer::IndexFile::is_current(&ctx.store.index_path(&l.digest), l.digest.as_str())
+            && ctx.store.has_blob(&l.digest)
+    });
+    if all_stored || LocalRef::parse(&record.source).is_some() {
+        return;
+    }
+    let Some((registry, repository)) = record.source.split_once('/') else { return };
+    let image = crate::referrers::Image {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+        // Only the digest is used to find referrers; the size is for publishing.
+        manifest: crate::image::Descriptor {
+            media_type: record.manifest_media_type.clone(),
+            digest: record.manifest.clone(),
+            size: 0,
+            platform: None,
+            annotations: None,
+        },
+        layers: record.layers.clone(),
+        diff_ids: config.rootfs.diff_ids.clone(),
+    };
+    let found = client.and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)));
+    match found {
+        Ok((c, digest, heads)) => {
+            let cache = Arc::new(crate::store::cache::DiskCache::open(&ctx.store, cache_size));
+            let n = layers.use_published(heads, c, cache);
+            eprintln!(
+                "imgfs: using published index {digest}: {n} of {} layers served by range reads (cache bound {})",
+                record.layers.len(),
+                indicatif::BinaryBytes(cache_size)
+            );
+        }
+        Err(e) => eprintln!("imgfs: no usable published index ({e:#}); layers are fetched whole on first use"),
+    }
+}
+
+/// `--cache-size`: `1G`, `512M`, `2097152`, …
+fn parse_cache_size(v: &str) -> Result<u64, String> {
+    crate::layer::build::parse_size(v).ok_or_else(|| format!("{v:?} is not a size (like 512M or 2G)"))
 }
 
 /// How a layer fetched under a mount shows in the server's log: a line when the

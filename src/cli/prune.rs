@@ -1,5 +1,6 @@
 //! `imgfs prune`: remove dangling images (with `-a`, every image no live mount uses),
-//! then sweep the blobs nothing refers to any more and stale temp files, printing what
+//! then sweep the blobs nothing refers to any more and stale temp files, and empty the
+//! cache of spans fetched by Range (`store::cache`), printing what
 //! went as `docker image prune` does. It asks first unless `-f`; the answer is read
 //! from stdin even when that is not a terminal, so `echo y | imgfs prune` works and no
 //! answer at all means no.
@@ -63,6 +64,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // Sweep even when no image went: unreferenced blobs and stale temp files remain
     // from interrupted pulls and earlier removals.
     let sweep = store.collect_garbage()?;
+    // Spans fetched by Range are only a cache: a mount using them fetches them again.
+    let cache = crate::store::cache::DiskCache::clear(store)?;
     let mut out = std::io::stdout().lock();
     if !deleted.is_empty() {
         writeln!(out, "Deleted Images:")?;
@@ -76,7 +79,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         }
         writeln!(out)?;
     }
-    writeln!(out, "Total reclaimed space: {}", human_size(sweep.bytes, 4))?;
+    writeln!(out, "Total reclaimed space: {}", human_size(sweep.bytes + cache, 4))?;
     Ok(())
 }
 

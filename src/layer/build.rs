@@ -67,7 +67,7 @@ impl Limits {
 }
 
 /// `123`, `64K`, `10M`, `32G`, `1T` (powers of 1024; a trailing `B`/`iB` is allowed).
-fn parse_size(v: &str) -> Option<u64> {
+pub(crate) fn parse_size(v: &str) -> Option<u64> {
     let v = v.trim();
     let v = v.strip_suffix("iB").or_else(|| v.strip_suffix('B')).unwrap_or(v);
     let (digits, shift) = match v.char_indices().last()? {

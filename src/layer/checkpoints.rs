@@ -188,6 +188,22 @@ impl Checkpoints {
         Ok(out)
     }
 
+    /// Decodes span `i` from `data` with `window` as its checkpoint's window, for
+    /// checkpoints loaded without windows (a published index read by Range fetches
+    /// each window with its span; see `layer::remote`).
+    pub fn decode_span_with_window(&self, i: usize, window: &[u8], data: &[u8]) -> io::Result<Vec<u8>> {
+        self.check_span(i)?;
+        if self.format != Format::Gzip || window.is_empty() {
+            return self.decode_span_from(i, data);
+        }
+        let (start, end) = self.span_range(i);
+        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
+        let mut out = vec![0; len];
+        let point = Checkpoint { window: window.to_vec(), ..self.points[i].clone() };
+        inflate_span(&point, data, &mut out)?;
+        Ok(out)
+    }
+
     fn check_span(&self, i: usize) -> io::Result<()> {
         if i >= self.points.len() {
             return Err(invalid_input(format!("span {i} out of range ({} spans)", self.points.len())));

@@ -1,7 +1,9 @@
 //! Random access to a layer's uncompressed tar without an uncompressed copy: an
 //! uncompressed blob is read in place; a compressed one (or the re-encoded form of a
 //! zstd layer in one big frame) is decoded from the checkpoint at or before a read,
-//! span by span, through the shared span cache. A read that nears the end of a span
+//! span by span, through the shared span cache; a compressed layer with a published
+//! index may instead have its spans fetched by Range from its registry (`remote`).
+//! A read that nears the end of a span
 //! has the next span decoded on another thread meanwhile, so a sequential reader keeps
 //! two cores busy: one decoding, one copying to the kernel.
 //!
@@ -13,6 +15,7 @@
 //! by the filesystem) and nothing else.
 
 use super::checkpoints::Checkpoints;
+use super::remote::Remote;
 use super::spans::SpanCache;
 use super::Entry;
 use anyhow::{Context, Result};
@@ -143,8 +146,16 @@ impl Stored {
     }
 }
 
+/// Where a compressed layer's bytes come from.
+enum Source {
+    /// Its blob (or re-encoded form) in the store or in place.
+    Stored(Stored),
+    /// Its registry, span by span, through a published index.
+    Remote(Remote),
+}
+
 pub struct Compressed {
-    blob: Stored,
+    blob: Source,
     checkpoints: Checkpoints,
     spans: Arc<SpanCache>,
     id: u64,
@@ -160,9 +171,18 @@ impl Compressed {
             // The compressed bytes are read once, checked on the way (a damaged block
             // may still decode), and decoded from memory.
             let (c0, c1) = self.checkpoints.compressed_range(i);
-            let mut data = vec![0; usize::try_from(c1 - c0).map_err(|_| io::Error::other("span too large"))?];
-            self.blob.read_exact_at(&mut data, c0)?;
-            self.checkpoints.decode_span_from(i, &data)
+            match &self.blob {
+                Source::Stored(blob) => {
+                    let mut data = vec![0; usize::try_from(c1 - c0).map_err(|_| io::Error::other("span too large"))?];
+                    blob.read_exact_at(&mut data, c0)?;
+                    self.checkpoints.decode_span_from(i, &data)
+                }
+                Source::Remote(remote) => {
+                    let window = remote.window(i)?;
+                    let data = remote.span(i, (c0, c1))?;
+                    self.checkpoints.decode_span_with_window(i, &window, &data)
+                }
+            }
         })
     }
 
@@ -206,14 +226,24 @@ impl LayerData {
         sums: Option<BlockSums>,
     ) -> Result<LayerData> {
         let blob = Stored::open(blob, sums)?;
+        Ok(Self::compressed_from(Source::Stored(blob), checkpoints, spans))
+    }
+
+    /// A compressed layer read from its registry by Range, span by span, as its
+    /// published index (whose checkpoints these are, without windows) allows.
+    pub fn remote(remote: Remote, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
+        Self::compressed_from(Source::Remote(remote), checkpoints, spans)
+    }
+
+    fn compressed_from(blob: Source, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
         let id = SpanCache::layer_id();
-        Ok(LayerData::Compressed(Arc::new(Compressed {
+        LayerData::Compressed(Arc::new(Compressed {
             blob,
             checkpoints,
             spans,
             id,
             reading_ahead: AtomicBool::new(false),
-        })))
+        }))
     }
 
     /// Read up to `len` bytes of an entry's data starting at `pos` within the entry.

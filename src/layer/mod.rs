@@ -11,6 +11,7 @@ pub mod build;
 pub mod checkpoints;
 pub mod data;
 pub mod reframe;
+pub mod remote;
 pub mod spans;
 
 pub use data::LayerData;

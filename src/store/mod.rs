@@ -26,6 +26,7 @@
 //! permissions). A store made by an older imgfs is tightened the first time it is
 //! opened.
 
+pub mod cache;
 pub mod db;
 pub mod gc;
 pub mod lock;
@@ -45,9 +46,9 @@ const DIR_MODE: u32 = 0o700;
 /// Mode of every file in the store.
 pub const FILE_MODE: u32 = 0o600;
 /// The subdirectories, created on open.
-const SUBDIRS: [&str; 7] = ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "locks", "mounts", "logs"];
+const SUBDIRS: [&str; 8] = ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "locks", "mounts", "logs", "cache"];
 /// Where `write_derived` puts files, and so its temp files (`.tmp-…`).
-const DERIVED_DIRS: [&str; 3] = ["", "mounts", "index/sha256"];
+const DERIVED_DIRS: [&str; 4] = ["", "mounts", "index/sha256", "cache"];
 
 #[derive(Clone)]
 pub struct Store {
@@ -118,6 +119,11 @@ impl Store {
 
     pub fn index_path(&self, layer: &Digest) -> PathBuf {
         self.root.join("index/sha256").join(format!("{}.idx", layer.hex()))
+    }
+
+    /// Spans fetched by Range through a published index (`cache::DiskCache`).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
     }
 
     /// A layer re-encoded in zstd frames, for one that can't be entered midway.
@@ -277,7 +283,7 @@ fn tighten(root: &Path) -> std::io::Result<()> {
             _ => {}
         }
     }
-    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs"];
+    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs", "cache"];
     let mut stack: Vec<PathBuf> = tops.iter().map(|t| root.join(t)).collect();
     for dir in &stack {
         fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
