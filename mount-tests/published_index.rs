@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use std::os::unix::fs::FileExt;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// A fresh repository holding a copy of test image `src` as tag 1, with an index
 /// published for it. Returns the repository and the index manifest's digest.
@@ -181,19 +180,8 @@ fn a_span_that_fails_its_published_digest_is_eio_and_the_rest_serves() {
     d["size"] = json!(tampered.len());
     d["annotations"]["io.imgfs.index.head"] = json!(format!("{} {}", head.len(), Digest::of(head)));
     let body = serde_json::to_vec(&artifact_manifest).unwrap();
-    let digest = Digest::of(&body);
-    pushing::push_manifest(&http, addr, &repo, digest.as_str(), OCI_MANIFEST, &body);
     let subject = Digest::of(&get(format!("http://{addr}/v2/{repo}/manifests/1"), OCI_MANIFEST));
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST, "digest": digest, "size": body.len(),
-            "artifactType": "application/vnd.imgfs.index.v1",
-        }],
-    }))
-    .unwrap();
-    pushing::push_manifest(&http, addr, &repo, &format!("sha256-{}", subject.hex()), OCI_INDEX, &index);
+    pushing::push_index_referrer(&http, addr, &repo, &subject, &body);
 
     let store = Store::new();
     let m = mount(store.root(), &format!("{addr}/{repo}:1"), &[]);

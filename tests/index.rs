@@ -314,18 +314,7 @@ fn no_index_and_tampered_indexes_are_refused_with_one_line() {
         ("a truncated blob", truncated, top.to_string()),
     ] {
         let body = serde_json::to_vec(&bad).unwrap();
-        let digest = Digest::of(&body);
-        pushing::push_manifest(&http, &addr, &repo, digest.as_str(), OCI_MANIFEST, &body);
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [{
-                "mediaType": OCI_MANIFEST, "digest": digest, "size": body.len(),
-                "artifactType": "application/vnd.imgfs.index.v1",
-            }],
-        }))
-        .unwrap();
-        pushing::push_manifest(&http, &addr, &repo, &format!("sha256-{}", subject.hex()), OCI_INDEX, &index);
+        pushing::push_index_referrer(&http, &addr, &repo, &subject, &body);
         let err = fails(&imgfs(fresh.path(), &["index", "inspect", &image]));
         assert!(err.contains("is not usable") && err.contains(&expect), "{what}: {err}");
     }
