@@ -29,6 +29,7 @@ use tempfile::TempDir;
 #[path = "../tests/faultproxy/mod.rs"]
 mod faultproxy;
 mod faults;
+mod fleet;
 mod hostile;
 mod lifecycle;
 mod local_sources;
@@ -36,6 +37,8 @@ mod progress;
 mod published_index;
 #[path = "../tests/pushing/mod.rs"]
 mod pushing;
+#[path = "../tests/registries/mod.rs"]
+mod registries;
 mod security;
 mod store_safety;
 
