@@ -32,6 +32,19 @@ const TOC_NAME: &[u8] = b"stargz.index.json";
 /// own limit is 50 MB of JSON for a layer).
 const MAX_TOC: u64 = 64 << 20;
 
+/// The layout of an eStargz layer of `size` bytes from its footer and TOC alone, read
+/// with `fetch(start, end)` (by Range), the TOC checked against `toc_digest`.
+pub fn open(size: u64, toc_digest: &Digest, fetch: impl Fn(u64, u64) -> io::Result<Vec<u8>>) -> Result<Layout> {
+    let toc_end = size.checked_sub(FOOTER_LEN).context("layer is too short for an eStargz footer")?;
+    let footer = fetch(toc_end, size)?;
+    let off = toc_offset(&footer)?;
+    if off >= toc_end || toc_end - off > MAX_TOC {
+        bail!("eStargz footer gives the TOC offset {off}, outside the layer or too far from its end");
+    }
+    let toc = read_toc(&fetch(off, toc_end)?, toc_digest)?;
+    Layout::new(&toc, off)
+}
+
 /// The offset of the TOC's gzip member, from the blob's last `FOOTER_LEN` bytes.
 pub fn toc_offset(footer: &[u8]) -> Result<u64> {
     // gzip magic, deflate, FEXTRA; XLEN 26; subfield "SG" of 22 bytes: 16 hex + "STARGZ".
@@ -121,8 +134,9 @@ pub struct Chunk {
 #[derive(Debug)]
 pub struct Layout {
     pub contents: Contents,
-    /// Entry index → its chunks in file order (files with data only).
-    pub chunks: HashMap<u32, Vec<Chunk>>,
+    /// The chunks of each file with data, in file order; such a file's `Entry::offset`
+    /// is its place in this table (an eStargz file has no offset in a tar to give).
+    pub files: Vec<Vec<Chunk>>,
 }
 
 impl Layout {
@@ -141,7 +155,7 @@ impl Layout {
             starts.get(i).copied().with_context(|| format!("eStargz chunk at {start} lies past the TOC"))
         };
         let mut contents = Contents::default();
-        let mut chunks: HashMap<u32, Vec<Chunk>> = HashMap::new();
+        let mut files: Vec<Vec<Chunk>> = Vec::new();
         let mut latest: HashMap<Vec<u8>, u32> = HashMap::new();
         let mut last_file: Option<u32> = None;
         for te in &toc.entries {
@@ -151,7 +165,8 @@ impl Layout {
                 let Some(file) = last_file.filter(|&f| contents.entries[f as usize].path == path) else {
                     bail!("eStargz TOC has a chunk of {} with no file before it", te.name);
                 };
-                push_chunk(&mut chunks, file, te, &contents, &member_end)?;
+                let size = contents.entries[file as usize].size;
+                files.last_mut().context("eStargz TOC: a chunk of an empty file")?.push(chunk(te, size, &member_end)?);
                 continue;
             }
             if build::take_marker(&path, &mut contents) {
@@ -211,7 +226,7 @@ impl Layout {
                 link_entry,
                 rdev: (te.dev_major, te.dev_minor),
                 xattrs,
-                // Data is found through `chunks`, not the uncompressed tar.
+                // For a file with data, its place in `files` (set below).
                 offset: 0,
             });
             latest.insert(path, idx);
@@ -219,33 +234,29 @@ impl Layout {
             if kind == Kind::File {
                 last_file = Some(idx);
                 if te.size > 0 {
-                    push_chunk(&mut chunks, idx, te, &contents, &member_end)?;
+                    contents.entries[idx as usize].offset = files.len() as u64;
+                    files.push(vec![chunk(te, te.size, &member_end)?]);
                 }
             }
         }
-        for (&i, list) in &chunks {
-            let size = contents.entries[i as usize].size;
+        for e in contents.entries.iter().filter(|e| e.kind == Kind::File && e.size > 0) {
+            let list = &files[e.offset as usize];
             let covered = list.iter().try_fold(0u64, |at, c| (c.file_offset == at).then_some(at + c.size));
-            if covered != Some(size) {
+            if covered != Some(e.size) {
                 bail!(
-                    "eStargz TOC: the chunks of {} do not cover its {size} bytes",
-                    String::from_utf8_lossy(&contents.entries[i as usize].path)
+                    "eStargz TOC: the chunks of {} do not cover its {} bytes",
+                    String::from_utf8_lossy(&e.path),
+                    e.size
                 );
             }
         }
         contents.check()?;
-        Ok(Layout { contents, chunks })
+        Ok(Layout { contents, files })
     }
 }
 
-fn push_chunk(
-    chunks: &mut HashMap<u32, Vec<Chunk>>,
-    file: u32,
-    te: &TocEntry,
-    contents: &Contents,
-    member_end: &impl Fn(u64) -> Result<u64>,
-) -> Result<()> {
-    let file_size = contents.entries[file as usize].size;
+/// The chunk a TOC entry (a file's first chunk, or a `chunk`) describes.
+fn chunk(te: &TocEntry, file_size: u64, member_end: &impl Fn(u64) -> Result<u64>) -> Result<Chunk> {
     let size = match te.chunk_size {
         0 => file_size.checked_sub(te.chunk_offset).context("eStargz chunk past the end of its file")?,
         n => n,
@@ -262,15 +273,14 @@ fn push_chunk(
             Some(out)
         })
         .with_context(|| format!("eStargz TOC entry {}: chunkDigest {:?} is not sha256", te.name, te.chunk_digest))?;
-    chunks.entry(file).or_default().push(Chunk {
+    Ok(Chunk {
         file_offset: te.chunk_offset,
         size,
         start: te.offset,
         end: member_end(te.offset)?,
         inner_offset: te.inner_offset,
         digest,
-    });
-    Ok(())
+    })
 }
 
 /// The uncompressed bytes of `chunk` from the compressed bytes `chunk.start..chunk.end`
@@ -407,9 +417,7 @@ mod tests {
     }
 
     fn layout_of(blob: &[u8], digest: &Digest) -> Result<Layout> {
-        let off = toc_offset(&blob[blob.len() - FOOTER_LEN as usize..])?;
-        let toc = read_toc(&blob[off as usize..blob.len() - FOOTER_LEN as usize], digest)?;
-        Layout::new(&toc, off)
+        open(blob.len() as u64, digest, |a, b| Ok(blob[a as usize..b as usize].to_vec()))
     }
 
     #[test]
@@ -448,14 +456,14 @@ mod tests {
         assert_eq!(c.entries[find("etc/link")].link.as_deref(), Some(&b"hello"[..]));
         assert_eq!(c.entries[find("etc/hard")].link_entry, Some(find("etc/hello") as u32));
         assert_eq!(c.entries[find("dev/null")].rdev, (1, 3));
-        let big_chunks = &l.chunks[&(find("etc/big") as u32)];
+        let big_chunks = &l.files[c.entries[find("etc/big")].offset as usize];
         assert_eq!(big_chunks.len(), 3, "40000 bytes in chunks of 16 KiB");
         let mut data = Vec::new();
         for ch in big_chunks {
             data.extend(decode_chunk(&blob[ch.start as usize..ch.end as usize], ch).unwrap());
         }
         assert_eq!(data, big());
-        assert!(!l.chunks.contains_key(&(find("etc/empty") as u32)));
+        assert_eq!(l.files.len(), 2, "hello and big have data, empty has none");
         // Bytes of another chunk under this chunk's digest: refused, not served.
         let (a, b) = (&big_chunks[0], &big_chunks[1]);
         let err = decode_chunk(&blob[b.start as usize..b.end as usize], a).unwrap_err();
