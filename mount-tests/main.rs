@@ -30,6 +30,7 @@ mod estargz;
 #[path = "../tests/faultproxy/mod.rs"]
 mod faultproxy;
 mod faults;
+mod fleet;
 mod hostile;
 mod lifecycle;
 mod local_sources;
@@ -37,6 +38,8 @@ mod progress;
 mod published_index;
 #[path = "../tests/pushing/mod.rs"]
 mod pushing;
+#[path = "../tests/registries/mod.rs"]
+mod registries;
 mod security;
 mod store_safety;
 

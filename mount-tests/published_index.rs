@@ -21,7 +21,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A fresh repository holding a copy of test image `src` as tag 1, with an index
 /// published for it. Returns the repository and the index manifest's digest.
-fn publish_copy(src: &str, name: &str) -> (String, String) {
+pub(crate) fn publish_copy(src: &str, name: &str) -> (String, String) {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let repo = format!("ranged-{name}-{}-{nanos}", std::process::id());
     let addr = &env().addr;

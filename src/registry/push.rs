@@ -128,7 +128,20 @@ impl Client {
     /// The OCI 1.1 referrers API: the index of manifests whose `subject` is `digest`,
     /// filtered by `artifact_type` where the registry does. `None` when the registry has
     /// no such API (404): the caller then reads the referrers tag (`sha256-HEX`).
+    /// Asked of the mirrors first, like a manifest by tag (the list changes as indexes
+    /// are published, so a `mirror-by-digest-only` mirror is not asked): a fleet behind a
+    /// pull-through mirror then never asks the origin itself.
     pub fn get_referrers(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        artifact_type: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.via_mirrors(registry, repository, false, |r, repo| self.get_referrers_from(r, repo, digest, artifact_type))
+    }
+
+    fn get_referrers_from(
         &self,
         registry: &str,
         repository: &str,
