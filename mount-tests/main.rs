@@ -26,6 +26,7 @@ use tempfile::TempDir;
 // Test modules of their own: hostile layers, registry faults, the store's integrity,
 // the server's lifecycle and security, local sources (layouts and archives). They use the helpers below.
 // The fault proxy is shared with the pull tests.
+mod estargz;
 #[path = "../tests/faultproxy/mod.rs"]
 mod faultproxy;
 mod faults;

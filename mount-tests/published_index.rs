@@ -38,7 +38,7 @@ pub(crate) fn publish_copy(src: &str, name: &str) -> (String, String) {
 }
 
 /// Requests for blob `digest` of `repo` through `via` since `mark`: (status, bytes sent).
-fn blob_requests(mark: u64, via: &str, repo: &str, digest: &str) -> Vec<(u16, u64)> {
+pub(super) fn blob_requests(mark: u64, via: &str, repo: &str, digest: &str) -> Vec<(u16, u64)> {
     sync_registry_log();
     let uri = format!("/v2/{repo}/blobs/{digest}");
     let field = |l: &str, k: &str| -> Option<u64> { l.split(k).nth(1)?.split(' ').next()?.parse().ok() };

@@ -9,6 +9,7 @@ use crate::index_artifact::Spans;
 use crate::layer::build::{self, Built};
 use crate::layer::checkpoints::{Format, IndexingDecoder};
 use crate::layer::data::BlockSums;
+use crate::layer::estargz;
 use crate::layer::reframe::FrameWriter;
 use crate::layer::remote::Remote;
 use crate::layer::spans::SpanCache;
@@ -606,6 +607,9 @@ pub struct StoreLayers {
     loading: Vec<Mutex<()>>,
     /// Layers to serve by Range through their published index, until loaded.
     published: Vec<Mutex<Option<Published>>>,
+    /// Where eStargz layers keep the chunks they fetch by Range; `None`: eStargz layers
+    /// are downloaded whole like others.
+    estargz: Option<Arc<DiskCache>>,
 }
 
 /// A layer's published index, as a mount serves the layer from it: its table of
@@ -638,7 +642,32 @@ impl StoreLayers {
             loaded: record.layers.iter().map(|_| OnceLock::new()).collect(),
             loading: record.layers.iter().map(|_| Mutex::new(())).collect(),
             published: record.layers.iter().map(|_| Mutex::new(None)).collect(),
+            estargz: None,
         }
+    }
+
+    /// Serve eStargz layers (those with a TOC digest annotation) that are not in the
+    /// store from their own TOC, chunk by chunk by Range through `cache`.
+    pub fn use_estargz(&mut self, cache: Arc<DiskCache>) {
+        self.estargz = Some(cache);
+    }
+
+    /// An eStargz layer's table of contents and data from its footer and TOC, fetched
+    /// by Range. `None` when the layer is not eStargz, is in the store, or no cache was
+    /// given; an error when its TOC is unusable.
+    fn open_estargz(&self, layer: &Descriptor) -> Result<Option<LoadedLayer>> {
+        let annotation = layer.annotations.as_ref().and_then(|a| a.get(estargz::TOC_DIGEST_ANNOTATION));
+        let (Some(cache), Some(annotation)) = (&self.estargz, annotation) else { return Ok(None) };
+        if self.store.has_blob(&layer.digest) {
+            return Ok(None);
+        }
+        let want: Digest =
+            annotation.parse().map_err(|e| anyhow::anyhow!("bad TOC digest annotation {annotation:?}: {e}"))?;
+        let (registry, repository) = self.source.split_once('/').context("image source names no registry")?;
+        let remote = Remote::estargz((self.client)()?, registry, repository, layer.digest.clone(), Arc::clone(cache));
+        let layout = estargz::open(layer.size, &want, |a, b| remote.blob_range(a, b))?;
+        let index = Arc::new(LayerIndex::new(layout.contents));
+        Ok(Some((index, Arc::new(LayerData::Estargz { remote, files: layout.files }))))
     }
 
     /// Serve the layers that are not in the store from their published index (`heads`,
@@ -695,6 +724,14 @@ impl StoreLayers {
             let index = Arc::new(LayerIndex::new(p.contents));
             let data = Arc::new(LayerData::remote(p.remote, p.checkpoints, Arc::clone(&self.spans)));
             return Ok(self.loaded[i].get_or_init(|| (index, data)).clone());
+        }
+        match self.open_estargz(layer) {
+            Ok(Some(loaded)) => {
+                eprintln!("imgfs: layer {} is eStargz: served from its TOC by range reads", layer.digest);
+                return Ok(self.loaded[i].get_or_init(|| loaded).clone());
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("imgfs: eStargz layer {}: {e:#}; downloading it whole instead", layer.digest),
         }
         let progress = (self.report)(i, layer);
         let in_place = self.in_place.as_deref();

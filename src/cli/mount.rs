@@ -306,6 +306,8 @@ fn serve(
     let index_client = (!args.no_index && in_place.is_none()).then(&client);
     let mut layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
     if let Some(c) = index_client {
+        // eStargz layers need no index artifact: their own TOC serves them by Range.
+        layers.use_estargz(Arc::new(crate::store::cache::DiskCache::open(&ctx.store, args.cache_size)));
         use_published_index(ctx, &record, &config, c, &mut layers, args.cache_size);
     }
     // A provisional directory mode could let other users into a directory that is

@@ -286,17 +286,7 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
         let path = normalise(&raw_path);
         check_name(&path).with_context(|| format!("tar entry {}", show(&raw_path)))?;
         last = Some(path.clone());
-        let (parent, name) = split_parent(&path);
-        if name == OPAQUE_MARKER {
-            contents.opaque.push(parent.to_vec());
-            continue;
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            // A bare `.wh.`, a whiteout of `.` or `..`, and other `.wh..wh.` markers are
-            // invalid or unknown: they hide nothing, and are never shown.
-            if !hidden.is_empty() && hidden != b"." && hidden != b".." && !hidden.starts_with(WHITEOUT_PREFIX) {
-                contents.whiteouts.push(join(parent, hidden));
-            }
+        if take_marker(&path, &mut contents) {
             continue;
         }
         let sparse = match te.pax_extensions()? {
@@ -401,6 +391,25 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
         contents.entries.push(entry);
     }
     Ok(contents)
+}
+
+/// If `path` (normalised) is a whiteout or opaque marker, record it in `contents` and
+/// say so: a marker is never an entry of its own (tar layers and eStargz TOCs alike).
+pub(crate) fn take_marker(path: &[u8], contents: &mut Contents) -> bool {
+    let (parent, name) = split_parent(path);
+    if name == OPAQUE_MARKER {
+        contents.opaque.push(parent.to_vec());
+        return true;
+    }
+    if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+        // A bare `.wh.`, a whiteout of `.` or `..`, and other `.wh..wh.` markers are
+        // invalid or unknown: they hide nothing, and are never shown.
+        if !hidden.is_empty() && hidden != b"." && hidden != b".." && !hidden.starts_with(WHITEOUT_PREFIX) {
+            contents.whiteouts.push(join(parent, hidden));
+        }
+        return true;
+    }
+    false
 }
 
 /// Refuse a name no kernel could serve: a component over 255 bytes, a path over 4096,

@@ -15,6 +15,7 @@
 //! by the filesystem) and nothing else.
 
 use super::checkpoints::Checkpoints;
+use super::estargz::Chunk;
 use super::remote::Remote;
 use super::spans::SpanCache;
 use super::Entry;
@@ -31,6 +32,12 @@ pub enum LayerData {
     /// An uncompressed layer: its blob, read in place.
     Tar(Stored),
     Compressed(Arc<Compressed>),
+    /// An eStargz layer read from its registry chunk by chunk (`estargz`, `remote`):
+    /// a file's `Entry::offset` is its place in `files`.
+    Estargz {
+        remote: Remote,
+        files: Vec<Vec<Chunk>>,
+    },
 }
 
 /// CRC-32 of each `BLOCK` bytes of a stored file (the last block may be short).
@@ -257,6 +264,21 @@ impl LayerData {
             LayerData::Tar(stored) => {
                 let mut buf = vec![0u8; n];
                 stored.read_exact_at(&mut buf, start)?;
+                Ok(buf)
+            }
+            LayerData::Estargz { remote, files } => {
+                let chunks = files.get(entry.offset as usize).map_or(&[][..], Vec::as_slice);
+                let end = pos + n as u64;
+                let mut buf = Vec::with_capacity(n);
+                for c in chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > pos) {
+                    let bytes = remote.chunk(c)?;
+                    let from = pos.max(c.file_offset) - c.file_offset;
+                    let to = end.min(c.file_offset + c.size) - c.file_offset;
+                    buf.extend_from_slice(&bytes[from as usize..to as usize]);
+                }
+                if buf.len() != n {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "eStargz chunks cover less than the file"));
+                }
                 Ok(buf)
             }
             LayerData::Compressed(c) => {

@@ -10,6 +10,7 @@
 pub mod build;
 pub mod checkpoints;
 pub mod data;
+pub mod estargz;
 pub mod reframe;
 pub mod remote;
 pub mod spans;

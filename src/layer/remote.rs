@@ -9,6 +9,7 @@
 //! (`store::cache`). A span that fails is an error for that read (EIO, logged), never
 //! decoded.
 
+use super::estargz::{decode_chunk, Chunk};
 use crate::digest::Digest;
 use crate::index_artifact::Window;
 use crate::registry::Client;
@@ -33,6 +34,45 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// An eStargz layer, served from its own TOC: no artifact, so no spans or windows;
+    /// reads go through `chunk`, checked against the TOC's chunk digests.
+    pub fn estargz(
+        client: Arc<Client>,
+        registry: &str,
+        repository: &str,
+        layer: Digest,
+        cache: Arc<DiskCache>,
+    ) -> Remote {
+        Remote {
+            client,
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            artifact: layer.clone(),
+            layer,
+            span_digests: Vec::new(),
+            windows: Vec::new(),
+            window_ranges: Vec::new(),
+            cache,
+        }
+    }
+
+    /// The uncompressed bytes of an eStargz chunk: its gzip member(s) from the cache or
+    /// by Range, decoded and checked against the chunk's digest from the verified TOC.
+    pub fn chunk(&self, c: &Chunk) -> io::Result<Vec<u8>> {
+        let key = format!("{}-chunk-{}", self.layer.hex(), c.start);
+        let what = || format!("eStargz chunk (bytes {}..{}) of layer {}", c.start, c.end, self.layer);
+        let bytes = self.fetch(&key, &self.layer, (c.start, c.end), |b: &[u8]| decode_chunk(b, c).is_ok(), what)?;
+        decode_chunk(&bytes, c)
+    }
+
+    /// Bytes `start..end` of the layer blob, unchecked: the caller checks them (an
+    /// eStargz footer and TOC, against the layer's annotation).
+    pub fn blob_range(&self, start: u64, end: u64) -> io::Result<Vec<u8>> {
+        self.client
+            .read_blob_range(&self.registry, &self.repository, &self.layer, start, end - start)
+            .map_err(|e| io::Error::other(format!("cannot fetch bytes {start}..{end} of layer {}: {e}", self.layer)))
+    }
+
     /// The compressed bytes of span `i`, blob bytes `range`, checked.
     pub fn span(&self, i: usize, range: (u64, u64)) -> io::Result<Vec<u8>> {
         let want = self.span_digests.get(i).ok_or_else(|| io::Error::other(format!("span {i} out of range")))?;
@@ -76,10 +116,12 @@ impl Remote {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{} from {}/{} does not match the digest its published index gives; not served",
+                    "{} from {}/{} does not match the digest its {} gives; not served",
                     what(),
                     self.registry,
-                    self.repository
+                    self.repository,
+                    // An eStargz layer is its own artifact (`Remote::estargz`).
+                    if self.artifact == self.layer { "eStargz TOC" } else { "published index" }
                 ),
             ));
         }
