@@ -61,8 +61,19 @@ impl Remote {
     pub fn chunk(&self, c: &Chunk) -> io::Result<Vec<u8>> {
         let key = format!("{}-chunk-{}", self.layer.hex(), c.start);
         let what = || format!("eStargz chunk (bytes {}..{}) of layer {}", c.start, c.end, self.layer);
-        let bytes = self.fetch(&key, &self.layer, (c.start, c.end), |b: &[u8]| decode_chunk(b, c).is_ok(), what)?;
-        decode_chunk(&bytes, c)
+        // Checking a chunk means decoding it: keep what the check decoded, so a read
+        // inflates its chunk once, not once to check and again to serve.
+        let decoded = std::cell::RefCell::new(None);
+        let check = |b: &[u8]| match decode_chunk(b, c) {
+            Ok(d) => {
+                *decoded.borrow_mut() = Some(d);
+                true
+            }
+            Err(_) => false,
+        };
+        self.fetch(&key, &self.layer, (c.start, c.end), check, what)?;
+        // `fetch` returns only bytes its check accepted, the last of which set `decoded`.
+        decoded.into_inner().ok_or_else(|| io::Error::other("an eStargz chunk passed its check undecoded"))
     }
 
     /// Bytes `start..end` of the layer blob, unchecked: the caller checks them (an
