@@ -697,6 +697,7 @@ impl StoreLayers {
                 windows: a.windows,
                 window_ranges: head.window_ranges,
                 cache: Arc::clone(&cache),
+                vouched_by: "published index",
             };
             *self.published[i].get_mut().unwrap_or_else(|p| p.into_inner()) =
                 Some(Published { contents: a.contents, checkpoints, remote });

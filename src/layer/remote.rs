@@ -31,6 +31,9 @@ pub struct Remote {
     /// `(start, end)` of each window in the artifact blob.
     pub window_ranges: Vec<(u64, u64)>,
     pub cache: Arc<DiskCache>,
+    /// What vouches for the bytes, for the message when some don't match:
+    /// "published index" or "eStargz TOC".
+    pub vouched_by: &'static str,
 }
 
 impl Remote {
@@ -53,6 +56,7 @@ impl Remote {
             windows: Vec::new(),
             window_ranges: Vec::new(),
             cache,
+            vouched_by: "eStargz TOC",
         }
     }
 
@@ -131,8 +135,7 @@ impl Remote {
                     what(),
                     self.registry,
                     self.repository,
-                    // An eStargz layer is its own artifact (`Remote::estargz`).
-                    if self.artifact == self.layer { "eStargz TOC" } else { "published index" }
+                    self.vouched_by
                 ),
             ));
         }
