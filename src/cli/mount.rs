@@ -306,9 +306,11 @@ fn serve(
     let index_client = (!args.no_index && in_place.is_none()).then(&client);
     let mut layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
     if let Some(c) = index_client {
-        // eStargz layers need no index artifact: their own TOC serves them by Range.
-        layers.use_estargz(Arc::new(crate::store::cache::DiskCache::open(&ctx.store, args.cache_size)));
-        use_published_index(ctx, &record, &config, c, &mut layers, args.cache_size);
+        // One cache, and so one bound, for every layer read by Range. eStargz layers
+        // need no index artifact: their own TOC serves them.
+        let cache = Arc::new(crate::store::cache::DiskCache::open(&ctx.store, args.cache_size));
+        layers.use_estargz(Arc::clone(&cache));
+        use_published_index(ctx, &record, &config, c, &mut layers, cache, args.cache_size);
     }
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
@@ -367,6 +369,7 @@ fn use_published_index(
     config: &ImageConfig,
     client: Result<Arc<crate::registry::Client>>,
     layers: &mut StoreLayers,
+    cache: Arc<crate::store::cache::DiskCache>,
     cache_size: u64,
 ) {
     let all_stored = record.layers.iter().all(|l| {
@@ -394,7 +397,6 @@ fn use_published_index(
     let found = client.and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)));
     match found {
         Ok((c, digest, heads)) => {
-            let cache = Arc::new(crate::store::cache::DiskCache::open(&ctx.store, cache_size));
             let n = layers.use_published(heads, c, cache);
             eprintln!(
                 "imgfs: using published index {digest}: {n} of {} layers served by range reads (cache bound {})",
