@@ -13,7 +13,7 @@ use imgfs::layer::spans::SpanCache;
 use imgfs::layer::{Kind, LayerData, LayerIndex};
 use imgfs::reference::{familiar_ref, Reference};
 use imgfs::template::{align_table, Template};
-use imgfs::tree::{DirAttrs, LayerSource, Tree, ROOT};
+use imgfs::tree::{DirAttrs, LayerSource, SourceError, Tree, ROOT};
 use serde_json::json;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -160,10 +160,10 @@ impl LayerSource for Layers {
     fn layer_count(&self) -> usize {
         self.indexes.len()
     }
-    fn index(&self, i: usize) -> anyhow::Result<Arc<LayerIndex>> {
+    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
         Ok(self.indexes[i].clone())
     }
-    fn data(&self, i: usize) -> anyhow::Result<Arc<LayerData>> {
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         Ok(self.data[i].clone())
     }
     fn is_local(&self, _: usize) -> bool {

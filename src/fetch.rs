@@ -22,7 +22,7 @@ use crate::store::cache::DiskCache;
 use crate::store::db::ImageRecord;
 use crate::store::lock::FileLock;
 use crate::store::Store;
-use crate::tree::LayerSource;
+use crate::tree::{LayerSource, SourceError};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -295,6 +295,7 @@ fn index_in_place(
     let mut hashing = crate::digest::HashingReader::new(file);
     let mut copy = reframe(store, compression)?;
     let built = build::index_layer(&mut hashing, compression, Some(diff_id), as_sink(&mut copy))
+        .map_err(anyhow::Error::from)
         .and_then(|b| {
             // The indexer may stop at the tar's end: the digest covers the whole file.
             io::copy(&mut hashing, &mut io::sink())?;
@@ -356,13 +357,13 @@ fn open_data(
     sums: BlockSums,
     spans: &Arc<SpanCache>,
 ) -> Result<LayerData> {
-    match access {
+    Ok(match access {
         Access::Plain => LayerData::tar_checked(blob, sums),
         Access::Checkpoints(c) => LayerData::compressed_checked(blob, c, Arc::clone(spans), Some(sums)),
         Access::Reframed(c) => {
             LayerData::compressed_checked(&store.reframed_path(&layer.digest), c, Arc::clone(spans), Some(sums))
         }
-    }
+    }?)
 }
 
 /// Where a zstd layer's uncompressed stream is re-encoded in frames while it is
@@ -401,7 +402,7 @@ fn index_local(
         Ok(built) => Ok((built, copy)),
         Err(e) => {
             discard(copy);
-            Err(e.context(format!("layer {}", layer.digest)))
+            Err(anyhow::Error::from(e).context(format!("layer {}", layer.digest)))
         }
     }
 }
@@ -429,7 +430,7 @@ fn download_and_index(
         });
         let mut restarted = false;
         let mut outcome = None;
-        let stored = store.put_blob_with(&layer.digest, |file| {
+        let stored = store.put_blob_with(&layer.digest, |file| -> Result<Digest> {
             let mut sink = TeeSink {
                 file,
                 tx: Some(tx),
@@ -580,7 +581,9 @@ fn finish(
     let sums =
         File::open(stored).and_then(BlockSums::of).with_context(|| format!("cannot read {}", stored.display()))?;
     let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
-    store.write_derived(&store.index_path(&layer.digest), |f| file.save(layer.digest.as_str(), f))?;
+    store.write_derived(&store.index_path(&layer.digest), |f| -> Result<()> {
+        Ok(file.save(layer.digest.as_str(), f)?)
+    })?;
     let IndexFile { index, access, sums } = file;
     let data = open_data(store, blob, layer, access, sums, spans)?;
     Ok((Arc::new(index), Arc::new(data)))
@@ -728,11 +731,11 @@ impl StoreLayers {
         }
         match self.open_estargz(layer) {
             Ok(Some(loaded)) => {
-                eprintln!("imgfs: layer {} is eStargz: served from its TOC by range reads", layer.digest);
+                tracing::info!("layer {} is eStargz: served from its TOC by range reads", layer.digest);
                 return Ok(self.loaded[i].get_or_init(|| loaded).clone());
             }
             Ok(None) => {}
-            Err(e) => eprintln!("imgfs: eStargz layer {}: {e:#}; downloading it whole instead", layer.digest),
+            Err(e) => tracing::warn!("eStargz layer {}: {e:#}; downloading it whole instead", layer.digest),
         }
         let progress = (self.report)(i, layer);
         let in_place = self.in_place.as_deref();
@@ -746,10 +749,10 @@ impl LayerSource for StoreLayers {
     fn layer_count(&self) -> usize {
         self.layers.len()
     }
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>> {
+    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
         Ok(self.load(i)?.0)
     }
-    fn data(&self, i: usize) -> Result<Arc<LayerData>> {
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         Ok(self.load(i)?.1)
     }
     fn is_local(&self, i: usize) -> bool {

@@ -2,8 +2,9 @@
 //! or an `FsError` with its errno. Nothing here knows about fuser, so all of it can
 //! be tested without a kernel mount; `fuse` only adapts these calls to replies.
 //!
-//! A failure to fetch or read a layer is logged with its reason and answered with EIO;
-//! nothing is cached about the failure, so the same operation is tried afresh later.
+//! A failure to fetch or read a layer is answered with EIO, the cause kept in the error
+//! for `fuse` to log; nothing is cached about the failure, so the same operation is
+//! tried afresh later.
 
 use crate::layer::Kind;
 use crate::tree::{Ino, LayerError, NodeInfo, Tree, ROOT};
@@ -13,17 +14,49 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    #[error("ENOENT")]
     NotFound,
+    #[error("ENOTDIR")]
     NotDir,
+    #[error("EISDIR")]
     IsDir,
+    #[error("EINVAL")]
     NotLink,
+    #[error("EROFS")]
     ReadOnly,
+    #[error("ENODATA")]
     NoAttr,
+    #[error("ERANGE")]
     Range,
+    #[error("EBADF")]
     BadHandle,
-    Io,
+    /// A layer could not be fetched, indexed or read: why.
+    #[error("EIO")]
+    Io(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Two errors are the same answer when they give the same errno (the cause of an EIO
+/// is for the log, not for comparing).
+impl PartialEq for FsError {
+    fn eq(&self, other: &FsError) -> bool {
+        self.errno() == other.errno()
+    }
+}
+
+impl Eq for FsError {}
+
+impl From<LayerError> for FsError {
+    fn from(e: LayerError) -> FsError {
+        FsError::Io(Box::new(e))
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> FsError {
+        FsError::Io(Box::new(e))
+    }
 }
 
 impl FsError {
@@ -37,17 +70,12 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
-            FsError::Io => libc::EIO,
+            FsError::Io(_) => libc::EIO,
         }
     }
 }
 
 pub type FsResult<T> = Result<T, FsError>;
-
-fn io_error(op: &str, ino: Ino, e: LayerError) -> FsError {
-    eprintln!("imgfs: {op} (inode {ino}): EIO: {e}");
-    FsError::Io
-}
 
 /// One entry of a directory listing.
 pub struct DirEntry {
@@ -93,14 +121,14 @@ impl Fs {
 
     /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Option<NodeInfo>> {
-        match self.tree.lookup(parent, name.as_bytes()).map_err(|e| io_error("lookup", parent, e))? {
+        match self.tree.lookup(parent, name.as_bytes())? {
             Some(ino) => self.getattr(ino).map(Some),
             None => Ok(None),
         }
     }
 
     pub fn getattr(&self, ino: Ino) -> FsResult<NodeInfo> {
-        self.tree.info(ino).map_err(|e| io_error("getattr", ino, e))?.ok_or(FsError::NotFound)
+        self.tree.info(ino)?.ok_or(FsError::NotFound)
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -124,8 +152,8 @@ impl Fs {
     }
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (data, entry) = self.tree.data(ino).map_err(|e| io_error("read", ino, e))?.ok_or(FsError::IsDir)?;
-        data.read(&entry, offset, size).map_err(|e| io_error("read", ino, LayerError(e.to_string())))
+        let (data, entry) = self.tree.data(ino)?.ok_or(FsError::IsDir)?;
+        Ok(data.read(&entry, offset, size)?)
     }
 
     /// The directory's entries, `.` and `..` first.
@@ -134,7 +162,7 @@ impl Fs {
         if info.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let children = self.tree.list(ino).map_err(|e| io_error("readdir", ino, e))?;
+        let children = self.tree.list(ino)?;
         let mut out = Vec::with_capacity(children.len() + 2);
         out.push(DirEntry { name: b".".to_vec(), ino, kind: Kind::Dir });
         out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });

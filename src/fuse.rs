@@ -101,7 +101,12 @@ fn dev_fuse_is_closed_to_us() -> bool {
     }
 }
 
-fn errno(e: FsError) -> Errno {
+/// The answer to a failed operation. An I/O failure is logged first, one line per
+/// operation with its causes: the errno alone tells the user nothing.
+fn errno(op: &str, ino: INodeNo, e: FsError) -> Errno {
+    if let FsError::Io(_) = e {
+        tracing::error!("{op} (inode {}): {}", ino.0, crate::log::Chain(&e));
+    }
     Errno::from_i32(e.errno())
 }
 
@@ -209,21 +214,21 @@ impl Filesystem for FuseFs {
         match self.fs.lookup(parent.0, name) {
             Ok(Some(info)) => reply.entry(&ttl(&info), &attr(&info), Generation(0)),
             Ok(None) => reply.entry(&TTL, &negative_attr(), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("lookup", parent, e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(info) => reply.attr(&ttl(&info), &attr(&info)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("getattr", ino, e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("readlink", ino, e)),
         }
     }
 
@@ -233,7 +238,7 @@ impl Filesystem for FuseFs {
         }
         match self.fs.open(ino.0, flags.0) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("open", ino, e)),
         }
     }
 
@@ -250,7 +255,7 @@ impl Filesystem for FuseFs {
     ) {
         match self.fs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("read", ino, e)),
         }
     }
 
@@ -261,7 +266,7 @@ impl Filesystem for FuseFs {
         match self.fs.opendir(ino.0, flags.0) {
             // The kernel may keep the listing in its page cache: the image never changes.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("opendir", ino, e)),
         }
     }
 
@@ -276,7 +281,7 @@ impl Filesystem for FuseFs {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("readdir", ino, e)),
         }
     }
 
@@ -286,7 +291,7 @@ impl Filesystem for FuseFs {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     let info = match self.fs.getattr(e.ino) {
                         Ok(info) => info,
-                        Err(err) => return reply.error(errno(err)),
+                        Err(err) => return reply.error(errno("readdirplus", ino, err)),
                     };
                     let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, name, &ttl(&info), &attr(&info), Generation(0)) {
@@ -295,7 +300,7 @@ impl Filesystem for FuseFs {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("readdirplus", ino, e)),
         }
     }
 
@@ -312,25 +317,25 @@ impl Filesystem for FuseFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.fs.getxattr(ino.0, name) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(errno(FsError::Range)),
+            Ok(v) if v.len() > size as usize => reply.error(errno("getxattr", ino, FsError::Range)),
             Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("getxattr", ino, e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.fs.listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(errno(FsError::Range)),
+            Ok(v) if v.len() > size as usize => reply.error(errno("listxattr", ino, FsError::Range)),
             Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("listxattr", ino, e)),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.fs.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("access", ino, e)),
         }
     }
 

@@ -10,7 +10,7 @@
 //! union, lazily; `fs` answers filesystem operations with plain values and errnos;
 //! `fuse` adapts that to the kernel through `fuser` (`fusermount` mounts through
 //! fusermount3 when /dev/fuse is closed to the user). `cli` holds one module per
-//! subcommand.
+//! subcommand; `log` is how the library's messages reach the user.
 
 pub mod cli;
 pub mod digest;
@@ -22,6 +22,7 @@ pub mod image;
 pub mod index_artifact;
 pub mod layer;
 pub mod local_source;
+pub mod log;
 pub mod reference;
 pub mod referrers;
 pub mod registry;

@@ -111,7 +111,7 @@ impl LocalImage {
         let member =
             self.members.get(&layer.digest).with_context(|| format!("no blob {} in the source", layer.digest))?;
         store
-            .put_blob_with(&layer.digest, |file| {
+            .put_blob_with(&layer.digest, |file| -> Result<_> {
                 let mut from = HashingReader::new(self.files.open(member)?.0);
                 io::copy(&mut from, file)?;
                 Ok(from.finish().0)

@@ -1,19 +1,24 @@
-//! The `imgfs` command: parse arguments, run, print the error chain on one line and
-//! choose the exit code. Everything else lives in the library.
+//! The `imgfs` command: parse arguments, set up logging, run, print the error chain on
+//! one line and choose the exit code. Everything else lives in the library.
 
 use clap::Parser;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IsTerminal};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = imgfs::cli::Cli::parse();
     // A mount server handles its signals on one thread of its own; the mask that
     // keeps them from every other thread must be set before any thread exists.
+    let mut server = false;
     if let imgfs::cli::Command::Mount(args) = &cli.command {
         if imgfs::cli::mount::is_server(args) {
             imgfs::cli::mount::handle_server_signals();
+            server = true;
         }
     }
+    // A server whose stderr is not a terminal writes its log file (see `mount`): there
+    // the time of each line says what happened when.
+    imgfs::log::init(server && !std::io::stderr().is_terminal());
     match imgfs::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // Whoever read our output stopped (`imgfs ls | head -1`): end quietly, as

@@ -36,9 +36,12 @@
 //! don't need that layer never wait for it.
 
 use crate::layer::{join, show, Entry, Kind, LayerData, LayerIndex, Presence};
-use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why a layer source could not give a layer: whatever its own error type (a fetch,
+/// an index, a test's), with its causes.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where layers come from: the store (fetching from the registry on first use), or
 /// tarballs in memory in tests.
@@ -46,9 +49,9 @@ pub trait LayerSource: Send + Sync {
     fn layer_count(&self) -> usize;
     /// The index of layer `i` (0 = bottom), fetching and indexing it if needed. May
     /// take as long as a download; the tree never calls it under its lock.
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>>;
+    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError>;
     /// Random access to layer `i`'s uncompressed tar. Only called after `index(i)`.
-    fn data(&self, i: usize) -> Result<Arc<LayerData>>;
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError>;
     /// Is layer `i` available without a fetch? Answers at once, never waiting for a
     /// fetch in progress.
     fn is_local(&self, i: usize) -> bool;
@@ -143,13 +146,25 @@ pub struct Tree {
     state: Mutex<State>,
 }
 
-/// A failure to read a layer; the filesystem answers EIO.
-#[derive(Debug)]
-pub struct LayerError(pub String);
+/// Why the tree can't answer; the filesystem answers EIO.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LayerError {
+    /// Layer `layer` (0 = bottom) could not be loaded; the cause, shared (an `Arc`) so
+    /// one failure can be answered to every operation that needed the layer.
+    #[error("layer {layer}")]
+    Load {
+        layer: usize,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A name the image has but can't serve (see `Child::Broken`), and why.
+    #[error("{0}")]
+    Broken(Arc<str>),
+}
 
-impl std::fmt::Display for LayerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl LayerError {
+    fn load(layer: usize) -> impl FnOnce(SourceError) -> LayerError {
+        move |e| LayerError::Load { layer, source: Arc::from(e) }
     }
 }
 
@@ -203,7 +218,7 @@ impl Tree {
                     Err(Stop::Need(k)) => k,
                 }
             };
-            let idx = self.source.index(need).map_err(|e| LayerError(format!("layer {need}: {e:#}")))?;
+            let idx = self.source.index(need).map_err(LayerError::load(need))?;
             self.lock().layers[need].get_or_insert(idx);
         }
     }
@@ -213,7 +228,7 @@ impl Tree {
         self.run(|t, st| match t.lookup_locked(st, parent, name)? {
             Child::Node(ino) => Ok(Some(ino)),
             Child::Absent => Ok(None),
-            Child::Broken(why) => Err(Stop::Fail(LayerError(why.to_string()))),
+            Child::Broken(why) => Err(Stop::Fail(LayerError::Broken(why))),
         })
     }
 
@@ -268,7 +283,7 @@ impl Tree {
                 _ => return Ok(None),
             }
         };
-        let data = self.source.data(layer).map_err(|e| LayerError(format!("layer {layer}: {e:#}")))?;
+        let data = self.source.data(layer).map_err(LayerError::load(layer))?;
         Ok(Some((data, entry)))
     }
 
@@ -522,7 +537,7 @@ impl Tree {
                 }
                 Child::Absent => {}
                 // Logged once: the listing is kept.
-                Child::Broken(why) => eprintln!("imgfs: {} left out of its directory: {why}", show(&name)),
+                Child::Broken(why) => tracing::warn!("{} left out of its directory: {why}", show(&name)),
             }
         }
         let listing = Arc::new(listing);

@@ -216,7 +216,7 @@ impl Env {
                 for k in &tag_keys {
                     db.set_tag(k, &id);
                 }
-                Ok(())
+                Ok::<_, imgfs::store::Error>(())
             })
             .unwrap();
         TestImage { id, manifest: manifest_digest, layers: descs.into_iter().map(|d| d.digest).collect() }

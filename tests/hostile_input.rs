@@ -86,7 +86,7 @@ fn store_with_layer_sizes(sizes: &[u64]) -> tempfile::TempDir {
         .update_db(|db| {
             db.images.insert(id.clone(), record);
             db.set_tag("docker.io/library/app:1", &id);
-            Ok(())
+            Ok::<_, imgfs::store::Error>(())
         })
         .unwrap();
     dir

@@ -5,7 +5,7 @@
 use imgfs::fs::{Fs, FsError};
 use imgfs::image::Compression;
 use imgfs::layer::{build, Kind, LayerData, LayerIndex};
-use imgfs::tree::{DirAttrs, LayerSource, Tree, ROOT};
+use imgfs::tree::{DirAttrs, LayerSource, SourceError, Tree, ROOT};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,11 +101,11 @@ impl LayerSource for MemLayers {
     fn layer_count(&self) -> usize {
         self.indexes.len()
     }
-    fn index(&self, i: usize) -> anyhow::Result<Arc<LayerIndex>> {
+    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
         self.asked[i].fetch_add(1, Ordering::SeqCst);
         Ok(self.indexes[i].clone())
     }
-    fn data(&self, i: usize) -> anyhow::Result<Arc<LayerData>> {
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         Ok(Arc::new(LayerData::tar(self.files[i].path())?))
     }
     fn is_local(&self, i: usize) -> bool {
@@ -391,7 +391,7 @@ impl LayerSource for HeldLayers {
     fn layer_count(&self) -> usize {
         self.inner.layer_count()
     }
-    fn index(&self, i: usize) -> anyhow::Result<Arc<LayerIndex>> {
+    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
         if i == 0 {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let mut open = self.gate.lock().unwrap();
@@ -401,7 +401,7 @@ impl LayerSource for HeldLayers {
         }
         self.inner.index(i)
     }
-    fn data(&self, i: usize) -> anyhow::Result<Arc<LayerData>> {
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         self.inner.data(i)
     }
     fn is_local(&self, i: usize) -> bool {
@@ -607,7 +607,7 @@ fn fs_of_tars(tars: &[Vec<u8>]) -> Fs {
 fn index_error(blob: &[u8], compression: Compression, limits: &build::Limits) -> String {
     match build::index_layer_with(blob, compression, None, None, limits) {
         Ok(_) => panic!("the layer was accepted"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
     }
 }
 
@@ -658,7 +658,7 @@ fn a_broken_hard_link_fails_alone_and_the_rest_of_the_image_is_served() {
     assert_eq!(content(&fs, "ok"), "fine");
     assert_eq!(content(&fs, "later"), "written after the link");
     for name in ["missing", "early", "to-dir", "to-lower-dir"] {
-        assert_eq!(fs.lookup(ROOT, OsStr::new(name)).err(), Some(FsError::Io), "{name}");
+        assert!(matches!(fs.lookup(ROOT, OsStr::new(name)), Err(FsError::Io(_))), "{name}");
     }
     assert_eq!(content(&fs, "lowdir/f"), "low");
 }
@@ -788,7 +788,7 @@ fn a_full_disk_while_copying_the_layer_says_no_space() {
     let tar = tar_of(&[E::File("f", "data")]);
     let zs = zstd::encode_all(&tar[..], 3).unwrap();
     let err = build::index_layer(&zs[..], Compression::Zstd, None, Some(&mut Full)).err().unwrap();
-    let err = format!("{err:#}");
+    let err = format!("{:#}", anyhow::Error::from(err));
     assert!(err.starts_with("cannot write the re-encoded layer: No space left on device"), "{err}");
 }
 

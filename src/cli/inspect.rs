@@ -215,7 +215,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     for name in &args.images {
         let view = match LocalRef::parse(name) {
             Some(local) => local.and_then(|l| inspect_local(&ctx.store, &l)),
-            None => db.find(name).and_then(|(id, _)| {
+            None => db.find(name).map_err(anyhow::Error::from).and_then(|(id, _)| {
                 let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
                 inspect(&ctx.store, rec, &ctx.store.read_blob(&rec.id)?, db.tags_of(&rec.id))
             }),

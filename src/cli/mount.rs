@@ -118,7 +118,7 @@ fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -
     }
     // A local image serves when no platform is asked for, or when it is that platform
     // (so `DOCKER_DEFAULT_PLATFORM` doesn't send a mount of a pulled image to the registry).
-    let held = ctx.store.update_db(|db| {
+    let held = ctx.store.update_db(|db| -> Result<_> {
         let Ok((id, _)) = db.find(reference) else { return Ok(None) };
         let record = db.images.get(&id).cloned().with_context(|| format!("no such image: {id}"))?;
         let config: ImageConfig = serde_json::from_slice(&ctx.store.read_blob(&record.id)?)
@@ -182,7 +182,8 @@ fn hold(ctx: &Context, image: &Digest, reference: &str, dir: &Path) -> Result<()
         image: image.clone(),
         reference: reference.to_string(),
         starting: true,
-    })
+    })?;
+    Ok(())
 }
 
 /// A server killed with SIGKILL leaves its mountpoint dead (ENOTCONN to everything);
@@ -338,7 +339,7 @@ fn serve(
             if !db.images.contains_key(&record.id) {
                 bail!("image {} was removed before it could be mounted", record.id);
             }
-            ctx.store.add_mount_record(&rec)
+            Ok(ctx.store.add_mount_record(&rec)?)
         })?;
         match fuse::mount(fs, dir, &settings) {
             Ok(session) => {

@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // Configs (labels, times) are read before taking the records lock; an image a
     // concurrent pull adds meanwhile is simply not considered.
     let images = load_images(store, &store.db()?);
-    let (deleted, skipped) = store.update_db(|db| {
+    let (deleted, skipped) = store.update_db(|db| -> Result<_> {
         // Mounts are read under the records lock, where a mount server records itself
         // after checking its image is there: a mount starting now is either seen here
         // or finds its image gone and fails.

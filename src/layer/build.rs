@@ -6,9 +6,9 @@
 
 use super::checkpoints::{Checkpoints, Format, IndexingDecoder};
 use super::{join, show, split_parent, Contents, Entry, Kind};
+use super::{Context, Error, Result};
 use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
-use anyhow::{bail, Context, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
@@ -132,7 +132,7 @@ pub fn index_layer_with(
         let contents = parsed?;
         if let Some(want) = diff_id {
             if &actual != want {
-                bail!("layer content does not match the config's diff_id: expected {want}, got {actual}");
+                return Err(Error::DiffId { want: want.clone(), actual });
             }
         }
         contents
@@ -168,23 +168,25 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_error(self, compression: Compression, limits: &Limits) -> anyhow::Error {
+    fn into_error(self, compression: Compression, limits: &Limits) -> Error {
         match self {
-            Failure::TooLarge => anyhow::anyhow!(
+            Failure::TooLarge => Error::Invalid(format!(
                 "layer is larger than {} bytes uncompressed, the limit (set {BYTES_VAR} to raise it)",
                 limits.max_bytes
-            ),
-            Failure::HeadersTooLarge => anyhow::anyhow!(
+            )),
+            Failure::HeadersTooLarge => Error::Invalid(format!(
                 "layer has over {MAX_HEADERS} bytes of tar headers (PAX records or a GNU long name) for one entry"
-            ),
+            )),
             Failure::Source(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                anyhow::anyhow!("layer is truncated: its {} stream ends early", name_of(compression))
+                Error::Invalid(format!("layer is truncated: its {} stream ends early", name_of(compression)))
             }
             Failure::Source(e) if compression != Compression::None && e.raw_os_error().is_none() => {
-                anyhow::anyhow!("layer is not valid {}: {e}", name_of(compression))
+                Error::Context { what: format!("layer is not valid {}", name_of(compression)), source: Box::new(e) }
             }
-            Failure::Source(e) => anyhow::Error::new(e).context("cannot read the layer"),
-            Failure::Copy(e) => anyhow::Error::new(e).context("cannot write the re-encoded layer"),
+            Failure::Source(e) => Error::Context { what: "cannot read the layer".into(), source: Box::new(e) },
+            Failure::Copy(e) => {
+                Error::Context { what: "cannot write the re-encoded layer".into(), source: Box::new(e) }
+            }
         }
     }
 }
@@ -263,9 +265,9 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
     let mut count: u64 = 0;
     let mut last: Option<Vec<u8>> = None;
     for item in archive.entries().context("layer is not a tar archive")? {
-        let mut te = item.map_err(|e| match &last {
-            None => anyhow::Error::new(e).context("layer is not a tar archive"),
-            Some(p) => anyhow::Error::new(e).context(format!("corrupt tar entry after {}", show(p))),
+        let mut te = item.with_context(|| match &last {
+            None => "layer is not a tar archive".to_string(),
+            Some(p) => format!("corrupt tar entry after {}", show(p)),
         })?;
         if let Some(f) = frontier {
             f.set(te.raw_file_position().saturating_add(te.size().div_ceil(512) * 512).saturating_add(MAX_HEADERS));

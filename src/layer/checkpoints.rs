@@ -12,7 +12,7 @@
 //! calls a restart needs: `inflatePrime` (feed the leftover bits of a byte shared by two
 //! blocks) and `inflateSetDictionary` on a raw stream (the window).
 
-use anyhow::{bail, ensure, Context, Result};
+use super::{Context, Result};
 use libz_rs_sys as zlib;
 use std::ffi::{c_int, CStr};
 use std::fs::File;

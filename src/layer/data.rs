@@ -19,7 +19,7 @@ use super::estargz::Chunk;
 use super::remote::Remote;
 use super::spans::SpanCache;
 use super::Entry;
-use anyhow::{Context, Result};
+use super::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, Read};

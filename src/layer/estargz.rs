@@ -12,8 +12,8 @@
 //! chunk decoded and checked against its `chunkDigest` (`decode_chunk`).
 
 use super::{build, Contents, Entry, Kind};
+use super::{Context, Result};
 use crate::digest::Digest;
-use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use flate2::read::MultiGzDecoder;
 use serde::Deserialize;

@@ -7,6 +7,22 @@
 //! parses again. File data is read from the blob itself: in place for an uncompressed
 //! layer, from the nearest decompression checkpoint for a compressed one (`data`).
 
+/// Refuse what a layer, its TOC or a stored index holds: `Error::Invalid` with the text.
+macro_rules! bail {
+    ($($why:tt)*) => {
+        return Err($crate::layer::Error::Invalid(format!($($why)*)))
+    };
+}
+
+/// `bail!` unless the condition holds.
+macro_rules! ensure {
+    ($cond:expr, $($why:tt)*) => {
+        if !$cond {
+            bail!($($why)*);
+        }
+    };
+}
+
 pub mod build;
 pub mod checkpoints;
 pub mod data;
@@ -17,12 +33,68 @@ pub mod spans;
 
 pub use data::LayerData;
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What goes wrong reading a layer (its tar, compressed stream or eStargz TOC) or the
+/// files kept for it (index, checkpoints). The texts are what users see in `pull`'s
+/// error and a mount's log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The layer or a file kept for it holds what imgfs refuses; the text says what.
+    #[error("{0}")]
+    Invalid(String),
+    /// What failed (an entry, a file, a step) over its cause.
+    #[error("{what}")]
+    Context {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored index that can't be read back: rebuilt from the blob by whoever loads it.
+    #[error("layer index {} is damaged", .path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("layer content does not match the config's diff_id: expected {want}, got {actual}")]
+    DiffId { want: crate::digest::Digest, actual: crate::digest::Digest },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Encode(#[from] postcard::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Name what failed over its cause, as `Error::Context` (or, for a missing value,
+/// `Error::Invalid`): the typed counterpart of anyhow's `context` for this module.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl Into<String>) -> Result<T>;
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::Context { what: what.into(), source: Box::new(e) })
+    }
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| Error::Context { what: what().into(), source: Box::new(e) })
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.ok_or_else(|| Error::Invalid(what.into()))
+    }
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.ok_or_else(|| Error::Invalid(what().into()))
+    }
+}
 
 /// foldhash: faster than the default SipHash on short paths (building the tables of a
 /// 50k-entry layer took 26 ms instead of 32), and seeded at random per process, so a
@@ -318,13 +390,12 @@ impl IndexFile {
     fn open_header(path: &Path, digest: &str, buffer: usize) -> Result<BufReader<File>> {
         let f = File::open(path).with_context(|| format!("cannot open layer index {}", path.display()))?;
         let mut r = BufReader::with_capacity(buffer, f);
-        let corrupt = || format!("layer index {} is damaged", path.display());
         let mut head = [0u8; 12];
-        r.read_exact(&mut head).with_context(corrupt)?;
+        r.read_exact(&mut head).map_err(damaged(path))?;
         if &head[..8] != MAGIC || head[8..] != VERSION.to_le_bytes() {
             bail!("layer index {} is of another format version", path.display());
         }
-        if read_chunk(&mut r).with_context(corrupt)? != digest.as_bytes() {
+        if read_chunk(&mut r).map_err(damaged(path))? != digest.as_bytes() {
             bail!("layer index {} is not the index of {digest}", path.display());
         }
         Ok(r)
@@ -336,20 +407,19 @@ impl IndexFile {
     pub fn uncompressed_size(path: &Path, digest: &str, blob_size: u64) -> Result<u64> {
         use std::io::{Seek, SeekFrom};
         let mut r = Self::open_header(path, digest, 256)?;
-        let corrupt = || format!("layer index {} is damaged", path.display());
         let mut len = [0u8; 8];
-        r.read_exact(&mut len).with_context(corrupt)?;
-        let skip = i64::try_from(u64::from_le_bytes(len)).with_context(corrupt)?;
-        r.seek(SeekFrom::Current(skip)).with_context(corrupt)?;
+        r.read_exact(&mut len).map_err(damaged(path))?;
+        let skip = i64::try_from(u64::from_le_bytes(len)).map_err(damaged(path))?;
+        r.seek(SeekFrom::Current(skip)).map_err(damaged(path))?;
         let mut kind = [0u8; 1];
-        r.read_exact(&mut kind).with_context(corrupt)?;
+        r.read_exact(&mut kind).map_err(damaged(path))?;
         match kind[0] {
             0 => Ok(blob_size),
             1 | 2 => {
-                r.read_exact(&mut len).with_context(corrupt)?;
-                checkpoints::read_uncompressed_size(r).with_context(corrupt)
+                r.read_exact(&mut len).map_err(damaged(path))?;
+                checkpoints::read_uncompressed_size(r).map_err(damaged(path))
             }
-            _ => bail!(corrupt()),
+            _ => Err(damaged(path)("unknown data access kind")),
         }
     }
 
@@ -357,28 +427,32 @@ impl IndexFile {
     /// for another layer, or damaged.
     pub fn load(path: &Path, digest: &str) -> Result<IndexFile> {
         let mut r = Self::open_header(path, digest, 1 << 20)?;
-        let corrupt = || format!("layer index {} is damaged", path.display());
         let contents: Contents =
-            postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
-        contents.check().with_context(corrupt)?;
+            postcard::from_bytes(&read_chunk(&mut r).map_err(damaged(path))?).map_err(damaged(path))?;
+        contents.check().map_err(damaged(path))?;
         let mut kind = [0u8; 1];
-        r.read_exact(&mut kind).with_context(corrupt)?;
+        r.read_exact(&mut kind).map_err(damaged(path))?;
         let access = match kind[0] {
             0 => Access::Plain,
             1 | 2 => {
-                let c = checkpoints::Checkpoints::load(&read_chunk(&mut r).with_context(corrupt)?[..])
-                    .with_context(corrupt)?;
+                let c = checkpoints::Checkpoints::load(&read_chunk(&mut r).map_err(damaged(path))?[..])
+                    .map_err(damaged(path))?;
                 if kind[0] == 1 {
                     Access::Checkpoints(c)
                 } else {
                     Access::Reframed(c)
                 }
             }
-            _ => bail!(corrupt()),
+            _ => return Err(damaged(path)("unknown data access kind")),
         };
-        let sums = postcard::from_bytes(&read_chunk(&mut r).with_context(corrupt)?).with_context(corrupt)?;
+        let sums = postcard::from_bytes(&read_chunk(&mut r).map_err(damaged(path))?).map_err(damaged(path))?;
         Ok(IndexFile { index: LayerIndex::new(contents), access, sums })
     }
+}
+
+/// Make a cause into `Error::Damaged` for the index file at `path`.
+fn damaged<E: Into<Box<dyn std::error::Error + Send + Sync>>>(path: &Path) -> impl Fn(E) -> Error + '_ {
+    move |e| Error::Damaged { path: path.to_path_buf(), source: e.into() }
 }
 
 /// The longest chunk an index file may declare: more is damage, not a real layer.

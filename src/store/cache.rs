@@ -10,8 +10,7 @@
 //! against the digest the verified index gives for them, and one that fails (a crash
 //! mid-write, a damaged disk) is removed and fetched again, never served.
 
-use super::{create_temp, Store, DERIVED_TEMP};
-use anyhow::Result;
+use super::{create_temp, Result, Store, DERIVED_TEMP};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,7 +42,7 @@ impl DiskCache {
         let path = self.dir.join(key);
         let bytes = fs::read(&path).ok()?;
         if !check(&bytes) {
-            eprintln!("imgfs: cache entry {} fails its digest; fetching it again", path.display());
+            tracing::warn!("cache entry {} fails its digest; fetching it again", path.display());
             let _ = fs::remove_file(&path);
             return None;
         }
@@ -64,17 +63,14 @@ impl DiskCache {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         self.evict(key, self.limit - len);
         let written = create_temp(&self.dir, DERIVED_TEMP).and_then(|(tmp, mut file)| {
-            let done = file.write_all(bytes).map_err(anyhow::Error::from).and_then(|()| {
-                fs::rename(&tmp, self.dir.join(key))?;
-                Ok(())
-            });
+            let done = file.write_all(bytes).and_then(|()| fs::rename(&tmp, self.dir.join(key))).map_err(Into::into);
             if done.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
             done
         });
         if let Err(e) = written {
-            eprintln!("imgfs: cannot cache {key}: {e:#}");
+            tracing::warn!("cannot cache {key}: {}", crate::log::Chain(&e));
         }
     }
 

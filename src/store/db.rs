@@ -7,10 +7,9 @@
 //! last reference it was leaves that image dangling (`<none>:<none>`), as in docker.
 
 use super::lock::FileLock;
-use super::Store;
+use super::{Error, Result, Store};
 use crate::digest::Digest;
 use crate::image::Descriptor;
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -108,30 +107,31 @@ impl Store {
 
     fn read_db(&self) -> Result<Db> {
         match fs::read(self.db_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("store records {} are corrupt", self.db_path().display())),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| Error::CorruptRecords { path: self.db_path(), source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Db::default()),
-            Err(e) => Err(e).context("cannot read store records"),
+            Err(e) => Err(super::io("cannot read store records")(e)),
         }
     }
 
     /// Read, change and write back the records under the exclusive lock. `change`
     /// returning an error, or changing nothing (a caller that only needs the lock, as
     /// a mount recording itself), leaves the file as it was.
-    pub fn update_db<T>(&self, change: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
-        let _lock = FileLock::exclusive(&self.db_lock_path())?;
+    /// `change`'s own error comes back as it is; the store's failures are made into it.
+    pub fn update_db<T, E: From<Error>>(&self, change: impl FnOnce(&mut Db) -> Result<T, E>) -> Result<T, E> {
+        let _lock = FileLock::exclusive(&self.db_lock_path()).map_err(Error::from)?;
         let mut db = self.read_db()?;
-        let before = serde_json::to_vec_pretty(&db)?;
+        let before = serde_json::to_vec_pretty(&db).map_err(Error::from)?;
         let out = change(&mut db)?;
-        let bytes = serde_json::to_vec_pretty(&db)?;
+        let bytes = serde_json::to_vec_pretty(&db).map_err(Error::from)?;
         if bytes == before {
             return Ok(out);
         }
         let dest = self.db_path();
         self.write_derived(&dest, |f| {
             use std::io::Write;
-            f.write_all(&bytes)?;
-            Ok(())
+            f.write_all(&bytes).map_err(Error::from)
         })?;
         Ok(out)
     }
@@ -156,9 +156,7 @@ impl Db {
     pub fn find(&self, input: &str) -> Result<(Digest, LocalName)> {
         let (id, how) = self.find_name(input)?;
         if !self.images.contains_key(&id) {
-            anyhow::bail!(
-                "store records are inconsistent: {input} names image {id}, which has no record (run imgfs check --repair)"
-            );
+            return Err(Error::Inconsistent { input: input.to_string(), id });
         }
         Ok((id, how))
     }
@@ -189,15 +187,13 @@ impl Db {
             match hits.as_slice() {
                 [one] => return Ok(((*one).clone(), LocalName::Id((*one).clone()))),
                 [] => {}
-                _ => anyhow::bail!("image ID prefix {input:?} is ambiguous: it matches {} images", hits.len()),
+                _ => return Err(Error::Ambiguous { input: input.to_string(), count: hits.len() }),
             }
         }
-        match as_ref {
-            Some(_) => anyhow::bail!("no such image: {input}"),
-            None => anyhow::bail!(
-                "no such image: {input} (not an image ID, and {})",
-                crate::reference::Reference::parse(input).unwrap_err()
-            ),
-        }
+        let why = match as_ref {
+            Some(_) => None,
+            None => crate::reference::Reference::parse(input).err().map(|e| e.to_string()),
+        };
+        Err(Error::NoSuchImage { input: input.to_string(), why })
     }
 }

@@ -11,9 +11,9 @@
 //! process can't deadlock.
 
 use super::lock::FileLock;
+use super::Result;
 use super::Store;
 use crate::digest::Digest;
-use anyhow::Result;
 use std::collections::HashSet;
 use std::fs;
 

@@ -33,7 +33,6 @@ pub mod lock;
 pub mod mounts;
 
 use crate::digest::Digest;
-use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -50,6 +49,48 @@ const SUBDIRS: [&str; 8] = ["blobs/sha256", "tmp", "index/sha256", "layers/sha25
 /// Where `write_derived` puts files, and so its temp files (`.tmp-…`).
 const DERIVED_DIRS: [&str; 4] = ["", "mounts", "index/sha256", "cache"];
 
+/// What goes wrong in the store. The texts are what users see after `imgfs: error:`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation in the store, named (`cannot create …`), over its cause.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Os(#[from] std::io::Error),
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("store records {} are corrupt", .path.display())]
+    CorruptRecords {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "store records are inconsistent: {input} names image {id}, which has no record (run imgfs check --repair)"
+    )]
+    Inconsistent { input: String, id: Digest },
+    #[error("image ID prefix {input:?} is ambiguous: it matches {count} images")]
+    Ambiguous { input: String, count: usize },
+    /// `why`: what made the name no reference either, if it isn't one.
+    #[error("no such image: {input}{}", .why.as_ref().map(|w| format!(" (not an image ID, and {w})")).unwrap_or_default())]
+    NoSuchImage { input: String, why: Option<String> },
+    #[error("cannot unmount {}: fusermount3 failed: {why}", .dir.display())]
+    Fusermount { dir: PathBuf, why: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Error::Io` naming what failed.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what: what.into(), source }
+}
+
 #[derive(Clone)]
 pub struct Store {
     root: PathBuf,
@@ -60,7 +101,7 @@ impl Store {
     /// the temp files of processes that died (a pull killed with SIGKILL).
     pub fn open(root: &Path) -> Result<Store> {
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
         }
         // A root that is not 0700 is new or was made by an older imgfs: tighten all of
         // it, then the root last, so an interrupted walk is done again next time.
@@ -69,10 +110,10 @@ impl Store {
         builder.recursive(true).mode(DIR_MODE);
         for sub in SUBDIRS {
             let dir = root.join(sub);
-            builder.create(&dir).with_context(|| format!("cannot create store directory {}", dir.display()))?;
+            builder.create(&dir).map_err(io(format!("cannot create store directory {}", dir.display())))?;
         }
         if loose {
-            tighten(root).with_context(|| format!("cannot make the store {} private", root.display()))?;
+            tighten(root).map_err(io(format!("cannot make the store {} private", root.display())))?;
         }
         let store = Store { root: root.to_path_buf() };
         store.remove_orphaned_temps();
@@ -141,7 +182,7 @@ impl Store {
     /// `tmp/` under the exclusive lock) never removes a lock file in use.
     pub fn fetch_lock(&self, d: &Digest) -> Result<lock::FileLock> {
         let path = self.root.join("locks").join(format!("fetch-{}.lock", d.hex()));
-        lock::FileLock::exclusive(&path).with_context(|| format!("cannot lock {}", path.display()))
+        lock::FileLock::exclusive(&path).map_err(io(format!("cannot lock {}", path.display())))
     }
 
     pub fn logs_dir(&self) -> PathBuf {
@@ -154,21 +195,21 @@ impl Store {
 
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let p = self.blob_path(d);
-        fs::read(&p).with_context(|| format!("blob {d} is not in the store"))
+        fs::read(&p).map_err(io(format!("blob {d} is not in the store")))
     }
 
     /// Store bytes under their digest after checking them against `expected`.
     pub fn put_blob_bytes(&self, expected: &Digest, bytes: &[u8]) -> Result<()> {
         let actual = Digest::of(bytes);
         if &actual != expected {
-            bail!("digest mismatch: expected {expected}, got {actual}");
+            return Err(Error::DigestMismatch { expected: expected.clone(), actual });
         }
         if self.has_blob(expected) {
             return Ok(());
         }
         let (tmp, mut file) = self.temp_file()?;
         let written = file.write_all(bytes).and_then(|_| file.sync_all());
-        self.commit_temp(tmp, written.map_err(Into::into), expected)
+        self.commit_temp(tmp, written.map_err(Error::from), expected)
     }
 
     /// Fill a temp file with `fill`, which returns the digest of what it wrote as it
@@ -177,21 +218,26 @@ impl Store {
     /// `expected` is the file renamed into place; on any failure it is removed, so a
     /// failed download never leaves anything a later run would trust. Two processes
     /// racing for the same blob both succeed: rename is atomic and the files identical.
-    pub fn put_blob_with(&self, expected: &Digest, fill: impl FnOnce(&mut File) -> Result<Digest>) -> Result<()> {
+    /// `fill`'s own error comes back as it is; the store's failures are made into it.
+    pub fn put_blob_with<E: From<Error>>(
+        &self,
+        expected: &Digest,
+        fill: impl FnOnce(&mut File) -> Result<Digest, E>,
+    ) -> Result<(), E> {
         let (tmp, mut file) = self.temp_file()?;
         let result = fill(&mut file).and_then(|actual| {
             if &actual != expected {
-                bail!("digest mismatch: expected {expected}, got {actual}");
+                return Err(Error::DigestMismatch { expected: expected.clone(), actual }.into());
             }
-            Ok(file.sync_all()?)
+            Ok(file.sync_all().map_err(Error::from)?)
         });
         self.commit_temp(tmp, result, expected)
     }
 
-    fn commit_temp(&self, tmp: PathBuf, result: Result<()>, d: &Digest) -> Result<()> {
+    fn commit_temp<E: From<Error>>(&self, tmp: PathBuf, result: Result<(), E>, d: &Digest) -> Result<(), E> {
         match result {
             Ok(()) => {
-                fs::rename(&tmp, self.blob_path(d)).with_context(|| format!("cannot store blob {d}"))?;
+                fs::rename(&tmp, self.blob_path(d)).map_err(io(format!("cannot store blob {d}")))?;
                 Ok(())
             }
             Err(e) => {
@@ -211,8 +257,15 @@ impl Store {
     /// rename, so that readers only ever see complete files. Beside it, not in `tmp/`:
     /// records are written without a GC lease, and a sweep of `tmp/` (which needs no
     /// records lock) must not take the temp file away midway.
-    pub fn write_derived(&self, dest: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-        let dir = dest.parent().context("a store file has no directory")?;
+    /// `fill`'s own error comes back as it is; the store's failures are made into it.
+    pub fn write_derived<E: From<Error>>(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut File) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let dir = dest
+            .parent()
+            .ok_or_else(|| io("a store file has no directory")(std::io::ErrorKind::InvalidInput.into()))?;
         let (tmp, file) = create_temp(dir, DERIVED_TEMP)?;
         finish_temp(tmp, file, dest, fill)
     }
@@ -244,15 +297,20 @@ fn create_temp(dir: &Path, prefix: &str) -> Result<(PathBuf, File)> {
         .create_new(true)
         .mode(FILE_MODE)
         .open(&path)
-        .with_context(|| format!("cannot create temp file {}", path.display()))?;
+        .map_err(io(format!("cannot create temp file {}", path.display())))?;
     Ok((path, file))
 }
 
 /// Fill a temp file, sync it and rename it to `dest`; on failure remove it.
-fn finish_temp(tmp: PathBuf, mut file: File, dest: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    match fill(&mut file).and_then(|_| Ok(file.sync_all()?)) {
+fn finish_temp<E: From<Error>>(
+    tmp: PathBuf,
+    mut file: File,
+    dest: &Path,
+    fill: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
+    match fill(&mut file).and_then(|_| Ok(file.sync_all().map_err(Error::from)?)) {
         Ok(()) => {
-            fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+            fs::rename(&tmp, dest).map_err(io(format!("cannot write {}", dest.display())))?;
             Ok(())
         }
         Err(e) => {

@@ -12,9 +12,8 @@
 //! `imgfs:REF`): `imgfs umount` and the dead-mount cleanup never touch another
 //! filesystem, an sshfs mount included.
 
-use super::Store;
+use super::{io, Error, Result, Store};
 use crate::digest::Digest;
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,7 +43,7 @@ impl Store {
         let dest = self.mount_record_path(rec.pid);
         self.write_derived(&dest, |f| {
             use std::io::Write;
-            Ok(f.write_all(&bytes)?)
+            f.write_all(&bytes).map_err(Error::from)
         })
     }
 
@@ -58,7 +57,7 @@ impl Store {
         let dir = self.root().join("mounts");
         let mut live = Vec::new();
         let mut dead = Vec::new();
-        for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        for entry in fs::read_dir(&dir).map_err(io(format!("cannot list {}", dir.display())))? {
             let path = entry?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
@@ -76,7 +75,7 @@ impl Store {
                         // Another command may have detached it at the same moment: only
                         // a mount that is still there is worth a word.
                         if is_dead_imgfs_mount(&rec.mountpoint) {
-                            eprintln!("imgfs: dead mount of a killed server: {e:#}");
+                            tracing::warn!("dead mount of a killed server: {}", crate::log::Chain(&e));
                         }
                     }
                 }
@@ -189,11 +188,10 @@ pub fn statfs_errno(dir: &Path) -> Option<i32> {
 /// Unmount `dir`: a plain unmount first, then a lazy detach if something holds it
 /// busy. As root that is umount2(2) directly; otherwise fusermount3 does it.
 pub fn detach(dir: &Path) -> Result<()> {
-    use anyhow::bail;
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::from)?;
         // SAFETY: c is a valid NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
             return Ok(());
@@ -202,7 +200,7 @@ pub fn detach(dir: &Path) -> Result<()> {
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
             return Ok(());
         }
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", dir.display()));
+        return Err(io(format!("cannot unmount {}", dir.display()))(std::io::Error::last_os_error()));
     }
     let quiet = |flags: &str| {
         std::process::Command::new("fusermount3").arg(flags).arg(dir).stderr(std::process::Stdio::null()).status()
@@ -211,10 +209,10 @@ pub fn detach(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let out =
-        std::process::Command::new("fusermount3").arg("-uz").arg(dir).output().context("cannot run fusermount3")?;
+        std::process::Command::new("fusermount3").arg("-uz").arg(dir).output().map_err(io("cannot run fusermount3"))?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
-        bail!("cannot unmount {}: fusermount3 failed: {why}", dir.display());
+        return Err(Error::Fusermount { dir: dir.to_path_buf(), why });
     }
     Ok(())
 }
