@@ -17,17 +17,52 @@ use crate::layer::{Access, IndexFile, LayerData, LayerIndex};
 use crate::reference::Reference;
 use crate::referrers;
 use crate::registry::blob::BlobSink;
-use crate::registry::Client;
+use crate::registry::{Client, RegistryError};
 use crate::store::cache::DiskCache;
 use crate::store::db::ImageRecord;
 use crate::store::lock::FileLock;
 use crate::store::Store;
 use crate::tree::{LayerSource, SourceError};
-use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
+
+/// What goes wrong getting an image or a layer into the store. The texts are what
+/// users see after `imgfs: error:` and in a mount's log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What failed (getting a manifest, indexing a layer…), over its cause.
+    #[error("{what}")]
+    Context {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The image or layer is not what it must be (a manifest, config or record that
+    /// doesn't fit), or has nowhere to come from; the text says what.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Error::Context`: `what` failed, because of the cause given.
+fn failed<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
+    move |e| Error::Context { what: what.into(), source: e.into() }
+}
+
+/// Makes the registry client a fetch needs, on first use (the caller's: the CLI's
+/// options, or a local image's "no registry").
+pub type ClientFn = dyn Fn() -> Result<Arc<Client>> + Send + Sync;
 
 /// A manifest resolved to one image, with its config, not yet registered.
 pub struct Resolved {
@@ -52,20 +87,22 @@ const MAX_CONFIG_SIZE: u64 = 32 << 20;
 pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&Platform>) -> Result<Resolved> {
     let top = client
         .get_manifest(&r.registry, &r.repository, &r.manifest_reference())
-        .with_context(|| format!("cannot get manifest for {r}"))?;
-    let kind = image::parse_manifest(&top.media_type, &top.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
+        .map_err(failed(format!("cannot get manifest for {r}")))?;
+    let kind = image::parse_manifest(&top.media_type, &top.body).map_err(failed(r.to_string()))?;
     let (manifest, manifest_digest, media_type, index, sub_body) = match kind {
         // A single-platform image is checked against --platform below, from its config.
         ManifestKind::Image(m) => (m, top.digest.clone(), top.media_type.clone(), None, None),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
-            let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
+            let d = image::platform_manifest(&idx.manifests, &want).map_err(failed(r.to_string()))?;
             let sub = client
                 .get_manifest(&r.registry, &r.repository, d.digest.as_str())
-                .with_context(|| format!("cannot get the {want} manifest of {r}"))?;
-            match image::parse_manifest(&sub.media_type, &sub.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))? {
+                .map_err(failed(format!("cannot get the {want} manifest of {r}")))?;
+            match image::parse_manifest(&sub.media_type, &sub.body).map_err(failed(r.to_string()))? {
                 ManifestKind::Image(m) => (m, sub.digest, sub.media_type, Some(top.digest.clone()), Some(sub.body)),
-                ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
+                ManifestKind::Index(_) => {
+                    return Err(Error::Invalid(format!("{r}: the index for {want} points at another index")))
+                }
             }
         }
     };
@@ -77,32 +114,35 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         Ok(body) if Digest::of(&body) == config_desc.digest => body,
         _ => {
             if config_desc.size > MAX_CONFIG_SIZE {
-                bail!(
+                return Err(Error::Invalid(format!(
                     "{r}: image config {} claims {} bytes, more than {MAX_CONFIG_SIZE}",
-                    config_desc.digest,
-                    config_desc.size
-                );
+                    config_desc.digest, config_desc.size
+                )));
             }
             let (registry, repository) = (&r.registry, &r.repository);
             let mut body = Vec::new();
             client
                 .download_blob(registry, repository, &config_desc.digest, Some(config_desc.size), &mut body)
-                .with_context(|| format!("cannot get config of {r}"))?;
+                .map_err(failed(format!("cannot get config of {r}")))?;
             body
         }
     };
     let config: ImageConfig = serde_json::from_slice(&config_body)
-        .with_context(|| format!("{r}: image config {} is not valid", config_desc.digest))?;
+        .map_err(failed(format!("{r}: image config {} is not valid", config_desc.digest)))?;
     if let (Some(want), None) = (platform, &index) {
         if config.os != want.os || config.architecture != want.architecture {
-            bail!("{r}: image is {}/{}, not {want}", config.os, config.architecture);
+            return Err(Error::Invalid(format!("{r}: image is {}/{}, not {want}", config.os, config.architecture)));
         }
     }
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        bail!("{r}: config lists {} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len());
+        return Err(Error::Invalid(format!(
+            "{r}: config lists {} diff_ids for {} layers",
+            config.rootfs.diff_ids.len(),
+            manifest.layers.len()
+        )));
     }
     for l in &manifest.layers {
-        Compression::of_media_type(&l.media_type).map_err(|e| anyhow::anyhow!("{r}: layer {}: {e}", l.digest))?;
+        Compression::of_media_type(&l.media_type).map_err(failed(format!("{r}: layer {}", l.digest)))?;
     }
     // Everything checks out: store the blobs (each verified against its digest again
     // as it is written) under the lease the caller keeps until `register`.
@@ -145,13 +185,14 @@ pub fn stored(
 
 /// Record the image and give it `names` (`registry/repo:tag`, none for an image known
 /// by ID only), then `also` under the same records lock, as `register_and` does.
+/// `also`'s own error comes back as it is.
 /// Returns the images the names pointed at before, where they moved.
-pub fn register_names(
+pub fn register_names<E: From<Error> + From<crate::store::Error>>(
     store: &Store,
     resolved: &Resolved,
     names: &[String],
-    also: impl FnOnce(&crate::store::db::Db) -> Result<()>,
-) -> Result<Vec<Digest>> {
+    also: impl FnOnce(&crate::store::db::Db) -> Result<(), E>,
+) -> Result<Vec<Digest>, E> {
     store.update_db(|db| {
         db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
         let moved = names.iter().filter_map(|n| db.set_tag(n, &resolved.record.id)).collect();
@@ -164,17 +205,17 @@ pub fn register_names(
 /// Returns the image the tag pointed at before, if it moved. Still under the lease
 /// `resolved` holds.
 pub fn register(store: &Store, resolved: &Resolved, r: &Reference) -> Result<Option<Digest>> {
-    register_and(store, resolved, r, |_| Ok(()))
+    register_and(store, resolved, r, |_| Ok::<_, Error>(()))
 }
 
 /// `register`, then `also` under the same records lock, so that nothing can remove
 /// the image in between (a mount records that it holds the image this way).
-pub fn register_and(
+pub fn register_and<E: From<Error> + From<crate::store::Error>>(
     store: &Store,
     resolved: &Resolved,
     r: &Reference,
-    also: impl FnOnce(&crate::store::db::Db) -> Result<()>,
-) -> Result<Option<Digest>> {
+    also: impl FnOnce(&crate::store::db::Db) -> Result<(), E>,
+) -> Result<Option<Digest>, E> {
     store.update_db(|db| {
         let rec = db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
         for d in &resolved.record.repo_digests {
@@ -242,7 +283,7 @@ pub fn load_layer(
     if let Some(l) = open_indexed(store, layer, spans, in_place) {
         return Ok(l); // another process made it ready while we waited
     }
-    let compression = Compression::of_media_type(&layer.media_type).map_err(anyhow::Error::msg)?;
+    let compression = Compression::of_media_type(&layer.media_type).map_err(|e| Error::Invalid(e.to_string()))?;
     let (built, copy) = if store.has_blob(&layer.digest) {
         progress.verifying();
         index_local(store, layer, compression, diff_id)?
@@ -250,10 +291,10 @@ pub fn load_layer(
         progress.verifying();
         let built = index_in_place(store, &blob, layer, compression, diff_id)?;
         return finish(store, &blob, layer, compression, built, spans)
-            .with_context(|| format!("cannot index layer {}", layer.digest));
+            .map_err(failed(format!("cannot index layer {}", layer.digest)));
     } else if crate::local_source::LocalRef::parse(source).is_some() {
         // An image read from a layout or archive has no registry to fetch from.
-        bail!("layer {} is neither in the store nor in {source}", layer.digest);
+        return Err(Error::Invalid(format!("layer {} is neither in the store nor in {source}", layer.digest)));
     } else {
         let client = client()?;
         match download_and_index(&client, store, source, layer, compression, diff_id, progress)? {
@@ -264,7 +305,7 @@ pub fn load_layer(
         }
     };
     finish(store, &store.blob_path(&layer.digest), layer, compression, (built, copy), spans)
-        .with_context(|| format!("cannot index layer {}", layer.digest))
+        .map_err(failed(format!("cannot index layer {}", layer.digest)))
 }
 
 /// The layer's blob in an OCI layout a mount reads in place, if it is there.
@@ -291,21 +332,21 @@ fn index_in_place(
     compression: Compression,
     diff_id: &Digest,
 ) -> Result<(Built, Reframe)> {
-    let file = File::open(blob).with_context(|| format!("cannot open layer {}", blob.display()))?;
+    let file = File::open(blob).map_err(failed(format!("cannot open layer {}", blob.display())))?;
     let mut hashing = crate::digest::HashingReader::new(file);
     let mut copy = reframe(store, compression)?;
     let built = build::index_layer(&mut hashing, compression, Some(diff_id), as_sink(&mut copy))
-        .map_err(anyhow::Error::from)
+        .map_err(Error::from)
         .and_then(|b| {
             // The indexer may stop at the tar's end: the digest covers the whole file.
             io::copy(&mut hashing, &mut io::sink())?;
             let (actual, _) = hashing.finish();
             if actual != layer.digest {
-                bail!("{} is corrupt: its content hashes to {actual}", blob.display());
+                return Err(Error::Invalid(format!("{} is corrupt: its content hashes to {actual}", blob.display())));
             }
             Ok(b)
         })
-        .with_context(|| format!("layer {}", layer.digest));
+        .map_err(failed(format!("layer {}", layer.digest)));
     match built {
         Ok(b) => Ok((b, copy)),
         Err(e) => {
@@ -396,13 +437,13 @@ fn index_local(
     diff_id: &Digest,
 ) -> Result<(Built, Reframe)> {
     let blob = File::open(store.blob_path(&layer.digest))
-        .with_context(|| format!("layer {} is not in the store", layer.digest))?;
+        .map_err(failed(format!("layer {} is not in the store", layer.digest)))?;
     let mut copy = reframe(store, compression)?;
     match build::index_layer(blob, compression, Some(diff_id), as_sink(&mut copy)) {
         Ok(built) => Ok((built, copy)),
         Err(e) => {
             discard(copy);
-            Err(anyhow::Error::from(e).context(format!("layer {}", layer.digest)))
+            Err(failed(format!("layer {}", layer.digest))(e))
         }
     }
 }
@@ -420,7 +461,8 @@ fn download_and_index(
     diff_id: &Digest,
     progress: &dyn LayerProgress,
 ) -> Result<Option<(Built, Reframe)>> {
-    let (registry, repository) = source.split_once('/').context("image source has no repository")?;
+    let (registry, repository) =
+        source.split_once('/').ok_or_else(|| Error::Invalid("image source has no repository".into()))?;
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
     let mut copy = reframe(store, compression)?;
     std::thread::scope(|s| {
@@ -446,13 +488,13 @@ fn download_and_index(
                 // The indexer may still be a few seconds behind the network.
                 progress.verifying();
             }
-            let (built, copy) = indexer.join().map_err(|_| anyhow::anyhow!("the layer indexer panicked"))?;
-            downloaded.with_context(|| format!("cannot fetch layer {} from {source}", layer.digest))?;
+            let (built, copy) = indexer.join().map_err(|_| Error::Invalid("the layer indexer panicked".into()))?;
+            downloaded.map_err(failed(format!("cannot fetch layer {} from {source}", layer.digest)))?;
             if restarted {
                 discard(copy);
             } else {
                 // Only a layer whose content checks out is kept.
-                outcome = Some((built.with_context(|| format!("layer {}", layer.digest))?, copy));
+                outcome = Some((built.map_err(failed(format!("layer {}", layer.digest)))?, copy));
             }
             Ok(layer.digest.clone())
         });
@@ -569,17 +611,19 @@ fn finish(
             let mut frames = IndexingDecoder::new(File::open(&tmp)?, Format::Zstd, build::SPAN)?;
             io::copy(&mut frames, &mut io::sink())?;
             let c = frames.finish()?;
-            std::fs::rename(&tmp, &reframed).with_context(|| format!("cannot write {}", reframed.display()))?;
+            std::fs::rename(&tmp, &reframed).map_err(failed(format!("cannot write {}", reframed.display())))?;
             Access::Reframed(c)
         }
-        (_, _, None) => bail!("layer {} can't be read midway and was not re-encoded", layer.digest),
+        (_, _, None) => {
+            return Err(Error::Invalid(format!("layer {} can't be read midway and was not re-encoded", layer.digest)))
+        }
     };
     let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
     // Checksums of what reads will come from, taken right after the blob's digest (and
     // the layer's diff_id) checked out; the file is still in the page cache.
     let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { blob };
     let sums =
-        File::open(stored).and_then(BlockSums::of).with_context(|| format!("cannot read {}", stored.display()))?;
+        File::open(stored).and_then(BlockSums::of).map_err(failed(format!("cannot read {}", stored.display())))?;
     let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
     store.write_derived(&store.index_path(&layer.digest), |f| -> Result<()> {
         Ok(file.save(layer.digest.as_str(), f)?)
@@ -597,7 +641,7 @@ pub type ReportFn = dyn Fn(usize, &Descriptor) -> Box<dyn LayerProgress> + Send 
 /// layer being loaded wait for that layer alone, and `is_local` never waits.
 pub struct StoreLayers {
     store: Store,
-    client: Box<dyn Fn() -> Result<Arc<Client>> + Send + Sync>,
+    client: Box<ClientFn>,
     source: String,
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
@@ -626,7 +670,7 @@ struct Published {
 impl StoreLayers {
     pub fn new(
         store: Store,
-        client: Box<dyn Fn() -> Result<Arc<Client>> + Send + Sync>,
+        client: Box<ClientFn>,
         record: &ImageRecord,
         config: &ImageConfig,
         spans: Arc<SpanCache>,
@@ -664,9 +708,9 @@ impl StoreLayers {
         if self.store.has_blob(&layer.digest) {
             return Ok(None);
         }
-        let want: Digest =
-            annotation.parse().map_err(|e| anyhow::anyhow!("bad TOC digest annotation {annotation:?}: {e}"))?;
-        let (registry, repository) = self.source.split_once('/').context("image source names no registry")?;
+        let want: Digest = annotation.parse().map_err(failed(format!("bad TOC digest annotation {annotation:?}")))?;
+        let (registry, repository) =
+            self.source.split_once('/').ok_or_else(|| Error::Invalid("image source names no registry".into()))?;
         let remote = Remote::estargz((self.client)()?, registry, repository, layer.digest.clone(), Arc::clone(cache));
         let layout = estargz::open(layer.size, &want, |a, b| remote.blob_range(a, b))?;
         let index = Arc::new(LayerIndex::new(layout.contents));
@@ -720,8 +764,12 @@ impl StoreLayers {
         let layer = &self.layers[i];
         // Records and config are checked against each other at pull; records edited or
         // damaged since are an error here, not a panic.
-        let diff_id = self.diff_ids.get(i).with_context(|| {
-            format!("the image config lists {} diff_ids for {} layers", self.diff_ids.len(), self.layers.len())
+        let diff_id = self.diff_ids.get(i).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the image config lists {} diff_ids for {} layers",
+                self.diff_ids.len(),
+                self.layers.len()
+            ))
         })?;
         let published = self.published[i].lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(p) = published {
@@ -735,7 +783,11 @@ impl StoreLayers {
                 return Ok(self.loaded[i].get_or_init(|| loaded).clone());
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!("eStargz layer {}: {e:#}; downloading it whole instead", layer.digest),
+            Err(e) => tracing::warn!(
+                "eStargz layer {}: {}; downloading it whole instead",
+                layer.digest,
+                crate::log::Chain(&e)
+            ),
         }
         let progress = (self.report)(i, layer);
         let in_place = self.in_place.as_deref();

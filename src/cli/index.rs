@@ -76,7 +76,7 @@ fn push(ctx: &Context, args: PushArgs) -> Result<()> {
     // The index is built from what a pull stores, so the image is pulled first (a
     // no-op for layers already stored and indexed) and kept under its name.
     let resolved = fetch::resolve(&client, store, &r, platform.as_ref())?;
-    let client_fn = || -> Result<Arc<Client>> { Ok(Arc::clone(&client)) };
+    let client_fn = || -> Result<Arc<Client>, fetch::Error> { Ok(Arc::clone(&client)) };
     let layers = resolved.record.layers.clone();
     let diff_ids = resolved.config.rootfs.diff_ids.clone();
     for (l, diff_id) in layers.iter().zip(&diff_ids) {

@@ -288,7 +288,7 @@ fn serve(
     let allow_other = args.allow_other;
     limit_malloc_arenas();
     let options = ctx.client_options().clone();
-    let client: Box<dyn Fn() -> Result<Arc<crate::registry::Client>> + Send + Sync> = {
+    let client: Box<fetch::ClientFn> = {
         let cell = std::sync::OnceLock::new();
         Box::new(move || {
             if let Some(c) = cell.get() {
@@ -304,7 +304,7 @@ fn serve(
         Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
     });
     let in_place = layout_of(reference, &record);
-    let index_client = (!args.no_index && in_place.is_none()).then(&client);
+    let index_client = (!args.no_index && in_place.is_none()).then(|| client().map_err(anyhow::Error::from));
     let mut layers = StoreLayers::new(ctx.store.clone(), client, &record, &config, spans, in_place, report);
     if let Some(c) = index_client {
         // One cache, and so one bound, for every layer read by Range. eStargz layers

@@ -84,7 +84,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     // Fetch and index in parallel, a thread per core taking layers off a shared queue.
     // A stored layer without a current index is indexed too (checked against the
     // config's diff_id on the way), so a later mount starts with nothing to parse.
-    let client_fn = || -> Result<Arc<Client>> { Ok(Arc::clone(&client)) };
+    let client_fn = || -> Result<Arc<Client>, fetch::Error> { Ok(Arc::clone(&client)) };
     let queue = std::sync::Mutex::new(0..layers.len());
     let errors = std::sync::Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(layers.len());
@@ -105,7 +105,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
         }
     });
     if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
-        return Err(e);
+        return Err(e.into());
     }
     // Up to date: the name already pointed at this very image before this pull.
     let db = store.db()?;
@@ -137,14 +137,15 @@ fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: b
     let image = local_source::resolve(r, platform)?;
     let resolved =
         fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
-    let no_registry = || -> Result<Arc<Client>> { bail!("{r} is not a registry") };
+    let no_registry =
+        || -> Result<Arc<Client>, fetch::Error> { Err(fetch::Error::Invalid(format!("{r} is not a registry"))) };
     for (l, diff_id) in resolved.record.layers.iter().zip(&resolved.config.rootfs.diff_ids) {
         let line = display.layer(l.digest.short(), !store.has_blob(&l.digest));
         let copied = if store.has_blob(&l.digest) { Ok(()) } else { image.copy_blob(store, l) };
         // The blob is in the store now: this indexes it (checking its diff_id) and
         // never asks a registry.
         match copied
-            .and_then(|()| fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id, &line))
+            .and_then(|()| Ok(fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id, &line)?))
         {
             Ok(()) => line.complete(),
             Err(e) => {
@@ -153,7 +154,7 @@ fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: b
             }
         }
     }
-    fetch::register_names(store, &resolved, &image.names, |_| Ok(()))?;
+    fetch::register_names(store, &resolved, &image.names, |_| Ok::<_, anyhow::Error>(()))?;
     display.say(&format!("Digest: {}", resolved.top_digest));
     // The one result: the image's name, or its ID when the source gave it none (as
     // podman prints).

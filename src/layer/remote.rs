@@ -85,7 +85,7 @@ impl Remote {
     pub fn blob_range(&self, start: u64, end: u64) -> io::Result<Vec<u8>> {
         self.client
             .read_blob_range(&self.registry, &self.repository, &self.layer, start, end - start)
-            .map_err(|e| io::Error::other(format!("cannot fetch bytes {start}..{end} of layer {}: {e}", self.layer)))
+            .map_err(|e| fetch_failed(format!("cannot fetch bytes {start}..{end} of layer {}", self.layer), e))
     }
 
     /// The compressed bytes of span `i`, blob bytes `range`, checked.
@@ -126,7 +126,7 @@ impl Remote {
         let bytes = self
             .client
             .read_blob_range(&self.registry, &self.repository, blob, start, end - start)
-            .map_err(|e| io::Error::other(format!("cannot fetch {}: {e}", what())))?;
+            .map_err(|e| fetch_failed(format!("cannot fetch {}", what()), e))?;
         if !check(&bytes) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -142,4 +142,10 @@ impl Remote {
         self.cache.put(key, &bytes);
         Ok(bytes)
     }
+}
+
+/// A failed Range read as the `io::Error` reads answer with, its cause kept as the
+/// source (a log line shows the chain) rather than flattened into the text.
+fn fetch_failed(what: String, cause: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(super::Error::Context { what, source: Box::new(cause) })
 }
