@@ -54,13 +54,13 @@ const DERIVED_DIRS: [&str; 4] = ["", "mounts", "index/sha256", "cache"];
 pub enum Error {
     /// A file operation in the store, named (`cannot create …`), over its cause.
     #[error("{what}")]
-    Io {
+    File {
         what: String,
         #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
-    Os(#[from] std::io::Error),
+    Io(#[from] std::io::Error),
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("store records {} are corrupt", .path.display())]
@@ -86,9 +86,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `Error::Io` naming what failed.
+/// `Error::File` naming what failed.
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what: what.into(), source }
+    move |source| Error::File { what: what.into(), source }
 }
 
 #[derive(Clone)]
