@@ -658,7 +658,13 @@ fn a_broken_hard_link_fails_alone_and_the_rest_of_the_image_is_served() {
     assert_eq!(content(&fs, "ok"), "fine");
     assert_eq!(content(&fs, "later"), "written after the link");
     for name in ["missing", "early", "to-dir", "to-lower-dir"] {
-        assert!(matches!(fs.lookup(ROOT, OsStr::new(name)), Err(FsError::Io(_))), "{name}");
+        // The EIO keeps its cause, for the log line of the failed operation.
+        let err = match fs.lookup(ROOT, OsStr::new(name)) {
+            Err(e @ FsError::Io(_)) => imgfs::log::Chain(&e).to_string(),
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        };
+        assert!(err.starts_with(&format!("EIO: hard link \"{name}\" in layer ")), "{err}");
+        assert!(err.contains("which is not a file of the image at that point"), "{err}");
     }
     assert_eq!(content(&fs, "lowdir/f"), "low");
 }
