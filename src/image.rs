@@ -1,8 +1,28 @@
 //! The image model: manifests, indexes (manifest lists) and configs, in both the Docker
 //! schema 2 and the OCI media types, and the choice of one platform from an index as a
 //! plain function.
+//!
+//! The layer media types come from `oci-spec` (`oci_spec::image::MediaType`); the model
+//! itself stays ours, because `oci-spec`'s types (0.10) would change what we accept and
+//! what we say:
+//! - a descriptor's `size` is a `u64`: `-1` and `1.5` are refused in serde's words, not
+//!   as "descriptor size -1 is not a whole number of bytes", and sizes past the spec's
+//!   int64 are accepted;
+//! - its `digest` takes sha384, sha512 and any well-formed algorithm, where ours
+//!   (`crate::digest::Digest`) refuses all but sha256 at parse time so that no other
+//!   algorithm reaches the store's paths; and its `mediaType` is required, where a
+//!   descriptor without one reads today;
+//! - `ImageConfiguration` requires `architecture` and `os`, keeps `diff_ids` as
+//!   unchecked strings, and reads `ExposedPorts`/`Volumes` through a `HashMap` of empty
+//!   structs, so `{"80/tcp": null}` (which Go's encoding/json reads) refuses the image;
+//! - `Arch::from("armbe")` is `arm64be`, which would change the platforms an error lists;
+//! - maps are `HashMap`s (annotations, labels) and fields sit behind getters and
+//!   builders, so adopting the types would mean converting at every user.
+//!
+//! Wrapping each of those would leave more code than the model it replaces.
 
 use crate::digest::Digest;
+use oci_spec::image::MediaType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -271,18 +291,19 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The OCI layer types as `oci-spec` names them, and Docker schema 2's two gzip
+    /// types, which it does not name.
     pub fn of_media_type(mt: &str) -> Result<Compression, Error> {
-        match mt {
-            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
-                Ok(Compression::None)
-            }
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
-            other => Err(Error::UnsupportedLayer(other.to_string())),
+        match MediaType::from(mt) {
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Ok(Compression::None),
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Ok(Compression::Gzip),
+            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Ok(Compression::Zstd),
+            MediaType::Other(other) => match other.as_str() {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+                _ => Err(Error::UnsupportedLayer(other)),
+            },
+            _ => Err(Error::UnsupportedLayer(mt.to_string())),
         }
     }
 }
@@ -345,6 +366,9 @@ mod tests {
             let e = Compression::of_media_type(mt).unwrap_err();
             assert_eq!(e.to_string(), format!("unsupported layer media type {mt:?}"));
         }
+        // Our names for the manifest types are the spec's.
+        assert_eq!(OCI_MANIFEST, MediaType::ImageManifest.as_ref());
+        assert_eq!(OCI_INDEX, MediaType::ImageIndex.as_ref());
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! Image references: parse and normalise `[registry/]name[:tag][@digest]` the way docker
 //! does, so that `alpine`, `library/alpine` and `docker.io/library/alpine:latest` are
 //! one and the same image in the store.
+//!
+//! The parser is ours, not `oci_spec::distribution::Reference` (0.10), which normalises
+//! the same way for ordinary names but differs where users and tests notice: it refuses
+//! bracketed IPv6 hosts (`[::1]:5000/x`), keeps `registry-1.docker.io` apart from
+//! `docker.io`, counts the 255-character limit on the repository alone (ours, as the
+//! distribution spec does, on `registry/repository`, so `docker.io/library/` counts),
+//! takes Unicode word characters in tags and ports of any length, accepts sha384 and
+//! sha512 digests that our store refuses, and answers every malformed reference with the
+//! one "invalid reference format", where ours names the part that is wrong.
 
 use crate::digest::Digest;
 use std::fmt;
