@@ -44,6 +44,8 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
@@ -283,7 +285,7 @@ pub fn load_layer(
     if let Some(l) = open_indexed(store, layer, spans, in_place) {
         return Ok(l); // another process made it ready while we waited
     }
-    let compression = Compression::of_media_type(&layer.media_type).map_err(|e| Error::Invalid(e.to_string()))?;
+    let compression = Compression::of_media_type(&layer.media_type)?;
     let (built, copy) = if store.has_blob(&layer.digest) {
         progress.verifying();
         index_local(store, layer, compression, diff_id)?

@@ -192,7 +192,7 @@ impl Db {
         }
         let why = match as_ref {
             Some(_) => None,
-            None => crate::reference::Reference::parse(input).err().map(|e| e.to_string()),
+            None => crate::reference::Reference::parse(input).err().map(|e| crate::log::Chain(&e).to_string()),
         };
         Err(Error::NoSuchImage { input: input.to_string(), why })
     }
