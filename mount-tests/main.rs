@@ -34,6 +34,8 @@ mod fleet;
 mod hostile;
 mod lifecycle;
 mod local_sources;
+#[path = "../tests/outcome/mod.rs"]
+mod outcome;
 mod progress;
 mod published_index;
 #[path = "../tests/pushing/mod.rs"]
@@ -56,10 +58,7 @@ struct TestEnv {
 fn env() -> &'static TestEnv {
     static ENV: OnceLock<TestEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        let dir =
-            PathBuf::from(std::env::var("IMGFS_TEST_ENV").expect(
-                "IMGFS_TEST_ENV is not set: run scripts/test (it starts the registry and builds the test images)",
-            ));
+        let dir = outcome::env_dir();
         let addr = fs::read_to_string(dir.join("registry.addr"))
             .unwrap_or_else(|e| panic!("{}/registry.addr: {e}: run scripts/test", dir.display()))
             .trim()
@@ -607,6 +606,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool, gate: &Gate, he
 /// aside (see the next test); multi-arch images also for linux/arm64.
 #[test]
 fn trees_match_reference_unpacks() {
+    let Some(_) = outcome::test_env() else { return };
     let failures = compare_all(&["--no-dir-mtime"], |_| Vec::new());
     assert!(failures.is_empty(), "trees differ:\n{}", failures.join("\n"));
 }
@@ -615,6 +615,7 @@ fn trees_match_reference_unpacks() {
 /// topmost tar entry (the unpack's dir-mtime-ignore lists where it doesn't).
 #[test]
 fn dir_mtimes_match_where_the_reference_defines_them() {
+    let Some(_) = outcome::test_env() else { return };
     let failures = compare_all(&[], |unpack| {
         vec!["--ignore-dir-mtime-of".to_string(), unpack.join("dir-mtime-ignore").display().to_string()]
     });
@@ -662,6 +663,7 @@ fn compare_all(options: &[&str], per_unpack: impl Fn(&Path) -> Vec<String>) -> V
 /// reference cannot show), next to the others; getfattr reads them all.
 #[test]
 fn empty_xattr_value_is_served() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let m = mount(store.root(), &format!("{}/edge:1", env().addr), &[]);
     let file = m.path("xattrs/file");
@@ -713,6 +715,7 @@ fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
 /// once; the image is then in `imgfs ls`.
 #[test]
 fn layers_are_fetched_only_when_needed() {
+    let Some(_) = outcome::test_env() else { return };
     let layers = layer_digests("lazy:1");
     assert_eq!(layers.len(), 3, "lazy:1 should have 3 layers: {layers:?}");
     let config = config_digest("lazy:1");
@@ -769,6 +772,7 @@ fn layers_are_fetched_only_when_needed() {
 /// index files as they were and fetches only app:2's own layer.
 #[test]
 fn remount_reuses_layer_indexes() {
+    let Some(_) = outcome::test_env() else { return };
     let app1 = layer_digests("app:1");
     let app2 = layer_digests("app:2");
     assert_eq!(app1[0], app2[0], "app:1 and app:2 should share their base layer");
@@ -812,6 +816,7 @@ fn remount_reuses_layer_indexes() {
 /// read the right bytes, and a gzip layer leaves no uncompressed copy behind.
 #[test]
 fn two_mounts_of_one_image_fetch_each_layer_once() {
+    let Some(_) = outcome::test_env() else { return };
     let layers = layer_digests("lazy:1");
     let proxy = Proxy::start();
     let store = Store::new();
@@ -840,6 +845,7 @@ fn two_mounts_of_one_image_fetch_each_layer_once() {
 /// copies go, the indexes are rewritten in the current format, and the tree is right.
 #[test]
 fn an_older_store_is_converted_on_first_use() {
+    let Some(_) = outcome::test_env() else { return };
     let proxy = Proxy::start();
     let store = Store::new();
     let image = format!("{}/app:1", proxy.addr);
@@ -877,6 +883,7 @@ fn an_older_store_is_converted_on_first_use() {
 /// listing line goes.
 #[test]
 fn unmount_by_imgfs_fusermount3_and_umount() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/lazy:1", env().addr);
     let mounts: Vec<Mount> = (0..3).map(|_| mount(store.root(), &image, &[])).collect();
@@ -917,6 +924,7 @@ fn unmount_by_imgfs_fusermount3_and_umount() {
 /// directory again; `imgfs umount` of such a mountpoint does the same and succeeds.
 #[test]
 fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/lazy:1", env().addr);
     let (a, b) = (mount(store.root(), &image, &[]), mount(store.root(), &image, &[]));
@@ -949,6 +957,7 @@ fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
 
 #[test]
 fn rm_and_prune_spare_a_mounted_image() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/app:2", env().addr);
     let mut blobs: Vec<String> = layer_digests("app:2");
@@ -981,6 +990,7 @@ fn rm_and_prune_spare_a_mounted_image() {
 /// (find, du, df) expect.
 #[test]
 fn mount_is_read_only_with_posix_errnos_and_attrs() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let app = mount(store.root(), &format!("{}/app:1", env().addr), &[]);
     let edge = mount(store.root(), &format!("{}/edge:1", env().addr), &[]);
@@ -1064,6 +1074,7 @@ fn setxattr(p: &Path, name: &str, value: &[u8]) -> i32 {
 /// `imgfs:IMAGE` in the source column.
 #[test]
 fn mount_table_shows_imgfs_source_ro_nosuid_nodev() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/base:1", env().addr);
     let m = mount(store.root(), &image, &[]);
@@ -1093,6 +1104,7 @@ const TEST_USER: &str = "imgfs-test";
 /// without allow_other nobody else may enter the mount, root included.
 #[test]
 fn unprivileged_user_mounts_via_fusermount3() {
+    let Some(_) = outcome::test_env() else { return };
     let uid = test_user();
     ensure_dev_fuse_is_world_usable();
 
@@ -1174,6 +1186,7 @@ fn ensure_dev_fuse_is_world_usable() {
 /// server logs why and stays up; once the registry is back, the same read succeeds.
 #[test]
 fn registry_outage_gives_eio_and_recovers() {
+    let Some(_) = outcome::test_env() else { return };
     let proxy = Proxy::start();
     let store = Store::new();
     let m = mount(store.root(), &format!("{}/lazy:1", proxy.addr), &[]);
@@ -1221,6 +1234,7 @@ fn newest_log(root: &Path) -> PathBuf {
 /// non-zero with one line naming the culprit, and nothing left mounted or listed.
 #[test]
 fn mount_rejects_bad_mountpoints_and_unknown_images() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("missing");
@@ -1252,6 +1266,7 @@ fn mount_rejects_bad_mountpoints_and_unknown_images() {
 /// first mount serving.
 #[test]
 fn mount_refuses_an_existing_mount() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/lazy:1", env().addr);
     let m = mount(store.root(), &image, &[]);
@@ -1353,6 +1368,7 @@ fn stat_path(m: &Mount, rel: &str) -> std::io::Result<()> {
 /// fetches every layer down to the base's "./".)
 #[test]
 fn layered_top_layer_file_fetches_only_the_top_layer() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     assert_eq!(l.fetched(), [0, 0, 0, 0], "the mount itself fetched layers (bottom..top)");
 
@@ -1387,6 +1403,7 @@ fn layered_top_layer_file_fetches_only_the_top_layer() {
 /// second mount, with every layer local, gives the same link count and inode.
 #[test]
 fn layered_hard_link_group_counts_links_from_its_own_layer() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     let group = |m: &Mount| -> Vec<(u64, u64)> {
         LINK_GROUP
@@ -1459,6 +1476,7 @@ fn layered_hard_link_group_counts_links_from_its_own_layer() {
 /// base layer has fails with EIO (the outage is real) and reads once the registry is back.
 #[test]
 fn layered_root_and_settled_paths_answer_without_the_registry() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     l.proxy.set(false);
     let md =
@@ -1495,6 +1513,7 @@ fn layered_root_and_settled_paths_answer_without_the_registry() {
 /// printed.
 #[test]
 fn layered_slow_base_layer_stalls_nothing_else() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     l.proxy.hold(&l.layers[0]);
     let guard = Duration::from_secs(40);
@@ -1551,6 +1570,7 @@ fn layered_slow_base_layer_stalls_nothing_else() {
 /// 1990) differ from what a provisional answer could guess.
 #[test]
 fn layered_provisional_dir_attrs_become_exact() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     let dirs = ["", "usr", "usr/local"];
     let ignored = fs::read_to_string(unpack_of(LAYERED).join("dir-mtime-ignore")).unwrap();
@@ -1584,6 +1604,7 @@ fn layered_provisional_dir_attrs_become_exact() {
 /// name on a port where nothing answers).
 #[test]
 fn a_default_platform_the_pulled_image_has_mounts_it_without_the_registry() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let root = store.root();
     let image = format!("{}/lazy:1", env().addr);
