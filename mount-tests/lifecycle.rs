@@ -31,7 +31,9 @@ impl Foreground {
         cmd.arg("--root").arg(root).args(["mount", "-f", image, m.arg()]);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
         let ignored = ignored.to_vec();
-        // SAFETY: signal(2) only, which is async-signal-safe, between fork and exec.
+        // SAFETY: pre_exec's hook runs in the forked child, where only async-signal-safe
+        // calls are allowed: signal(2) is one, and the hook allocates nothing (`ignored`
+        // was copied before the fork). SIG_IGN installs no handler that could run.
         unsafe {
             cmd.pre_exec(move || {
                 for &s in &ignored {
@@ -49,8 +51,8 @@ impl Foreground {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) of our own child (not reaped yet, so the pid is still its).
-        unsafe { libc::kill(self.pid() as i32, sig) };
+        // Our own child, not reaped yet, so the pid is still its.
+        let _ = kill(self.pid(), sig);
     }
 
     /// Wait for the server to exit; returns how it ended.
@@ -220,9 +222,8 @@ impl Rng {
 
 /// Drop the page cache of `f` so that the next read of it reaches the server.
 fn drop_cache(f: &fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open fd; DONTNEED only evicts clean cached pages.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // DONTNEED only evicts clean cached pages.
+    let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// Read one span of random offset and length (up to `max_len`) of `f`, whose contents
@@ -351,8 +352,7 @@ fn killed_server_fails_its_reader_and_the_next_command_clears_it() {
         None
     });
     ready.recv_timeout(Duration::from_secs(60)).expect("the reader never got going");
-    // SAFETY: plain kill(2) of the server we started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    kill(pid, libc::SIGKILL).unwrap();
     let failure = reader.join().expect("reader panicked");
     let failure = failure.expect("the reader read on after its server was killed");
     // ENOTCONN for a request made after the connection died, ECONNABORTED for one that
@@ -383,8 +383,7 @@ fn mount_over_a_dead_mountpoint_detaches_it_first() {
     let first = Store::new();
     let m = mount(first.root(), &image, &[]);
     let pid = m.server();
-    // SAFETY: plain kill(2) of the server we started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    kill(pid, libc::SIGKILL).unwrap();
     assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)));
     assert_eq!(errno_of("stat of the dead mount", fs::metadata(&m.dir)), libc::ENOTCONN);
 

@@ -10,7 +10,6 @@
 //! the registry logs each request's Host header, which is then the proxy's own
 //! address, so requests made by tests running in parallel are never counted.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -216,16 +215,13 @@ fn mount(root: &Path, image: &str, extra: &[&str]) -> Mount {
 /// Detach whatever is mounted at `dir` and make sure its server ends. Never panics:
 /// it runs in Drop, maybe while a failed assert unwinds.
 fn teardown(dir: &Path) {
-    if let Ok(c) = CString::new(dir.as_os_str().as_bytes()) {
-        // SAFETY: c is a valid NUL-terminated path; EINVAL (not mounted) is fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    // EINVAL (not mounted) is fine.
+    let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
     for pid in server_pids(dir) {
         // The detach ends the FUSE session, so the server should exit on its own.
         if !wait_until(Duration::from_secs(5), || pid_gone(pid)) {
             eprintln!("teardown: server {pid} for {} still running; killing it", dir.display());
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = kill(pid, libc::SIGKILL);
         }
     }
 }
@@ -247,6 +243,15 @@ fn server_pids(dir: &Path) -> Vec<u32> {
         }
     }
     out
+}
+
+/// kill(2): send the signal numbered `sig` (a `libc::SIG*`) to process `pid`.
+fn kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| invalid(format!("pid {pid}")))?;
+    let sig = Signal::from_named_raw(sig).ok_or_else(|| invalid(format!("signal {sig}")))?;
+    Ok(kill_process(pid, sig)?)
 }
 
 /// Has the process exited? A zombie has: reaping it is its parent's (init's) business.
@@ -683,28 +688,24 @@ fn empty_xattr_value_is_served() {
 }
 
 fn listxattr(p: &Path) -> Vec<String> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     let mut buf = vec![0u8; 4096];
-    // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr {}: {}", p.display(), std::io::Error::last_os_error());
-    buf[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into()).collect()
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap_or_else(|e| panic!("listxattr {}: {e}", p.display()));
+    buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into()).collect()
 }
 
 /// The value, or None for ENODATA.
 fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 4096];
-    // SAFETY: buf is writable for its length.
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr {} {name}: {e}", p.display());
-        return None;
+    match rustix::fs::lgetxattr(p, name, &mut buf[..]) {
+        Ok(len) => {
+            buf.truncate(len);
+            Some(buf)
+        }
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), libc::ENODATA, "getxattr {} {name}: {e}", p.display());
+            None
+        }
     }
-    buf.truncate(len as usize);
-    Some(buf)
 }
 
 // =======================================================================================
@@ -933,8 +934,7 @@ fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
         let pid = m.server();
         let record = store.root().join(format!("mounts/{pid}.json"));
         assert!(record.exists(), "no mount record {}", record.display());
-        // SAFETY: plain kill(2) of the server we started.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        kill(pid, libc::SIGKILL).unwrap();
         // Wait for it to be gone, reaped included (a zombie is a separate matter).
         assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists()));
         assert_eq!(errno_of("stat of a dead mount", fs::metadata(m.path("top"))), libc::ENOTCONN);
@@ -1048,11 +1048,8 @@ fn mount_is_read_only_with_posix_errnos_and_attrs() {
     let big = fs::symlink_metadata(p("usr/bin/true")).unwrap();
     assert!(big.len() > 4096 && big.blocks() > 0);
 
-    let c = CString::new(app.arg()).unwrap();
-    // SAFETY: zeroed statvfs is a valid out-parameter.
-    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0, "statvfs: {}", std::io::Error::last_os_error());
-    assert!(sv.f_flag & libc::ST_RDONLY != 0, "statvfs: not ST_RDONLY");
+    let sv = rustix::fs::statvfs(app.arg()).unwrap_or_else(|e| panic!("statvfs: {e}"));
+    assert!(sv.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY), "statvfs: not ST_RDONLY");
     assert!(sv.f_bsize > 0 && sv.f_namemax > 0, "statvfs: bsize {} namemax {}", sv.f_bsize, sv.f_namemax);
     let df = Command::new("df").arg(&app.dir).output().expect("df");
     assert!(df.status.success(), "df: {}", show(&df));
@@ -1062,12 +1059,8 @@ fn mount_is_read_only_with_posix_errnos_and_attrs() {
 
 /// setxattr(2)'s errno.
 fn setxattr(p: &Path, name: &str, value: &[u8]) -> i32 {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid strings and buffer.
-    let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(r, -1, "setxattr on the mount succeeded");
-    std::io::Error::last_os_error().raw_os_error().unwrap()
+    let r = rustix::fs::setxattr(p, name, value, rustix::fs::XattrFlags::empty());
+    r.expect_err("setxattr on the mount succeeded").raw_os_error()
 }
 
 /// The mount table shows an imgfs mount as a FUSE mount, ro,nosuid,nodev, with

@@ -211,8 +211,7 @@ fn non_root_user_pulls_mounts_reads_and_umounts() {
 
     ok(&["mount", &image, m2.arg()]);
     let pid2 = m2.server();
-    // SAFETY: plain kill(2) of the user's server.
-    assert_eq!(unsafe { libc::kill(pid2 as i32, libc::SIGTERM) }, 0);
+    kill(pid2, libc::SIGTERM).unwrap();
     assert!(wait_until(Duration::from_secs(10), || pid_gone(pid2)), "SIGTERM did not end server {pid2}");
     assert!(mountinfo(&m2.dir).is_none(), "SIGTERM left {} mounted", m2.arg());
     assert!(!store.join(format!("mounts/{pid2}.json")).exists(), "SIGTERM left the record");
@@ -221,8 +220,7 @@ fn non_root_user_pulls_mounts_reads_and_umounts() {
     // (through fusermount3) and drops its record.
     ok(&["mount", &image, m2.arg()]);
     let pid2 = m2.server();
-    // SAFETY: plain kill(2) of the user's server.
-    assert_eq!(unsafe { libc::kill(pid2 as i32, libc::SIGKILL) }, 0);
+    kill(pid2, libc::SIGKILL).unwrap();
     assert!(wait_until(Duration::from_secs(10), || pid_gone(pid2)));
     ok(&["ls"]);
     assert!(mountinfo(&m2.dir).is_none(), "the user's dead mount at {} is still there", m2.arg());

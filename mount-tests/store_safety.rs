@@ -55,13 +55,13 @@ fn the_store_stays_private_with_a_mount_running_whatever_the_umask() {
     let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let root = store.root().join("store");
-    // SAFETY: umask only sets this process's file-creation mask, which the imgfs
-    // children (and their mount server) inherit.
-    let old = unsafe { libc::umask(0o022) };
+    // umask only sets this process's file-creation mask, which the imgfs children (and
+    // their mount server) inherit.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let name = format!("{}/app:1", env().addr);
     imgfs_ok(&root, &["pull", &name]);
     let m = mount(&root, &name, &[]);
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     read_all(&m.dir);
     let mut seen = 0;
     let mut stack = vec![root.clone()];

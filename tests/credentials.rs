@@ -461,28 +461,35 @@ fn read_until(master: &mut std::fs::File, seen: &mut String, want: &str) {
 
 #[test]
 fn login_asks_on_the_terminal_without_echo() {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::os::fd::BorrowedFd;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let Some(_) = outcome::test_env() else { return };
     let reg = htpasswd_registry();
     let home = Home::new();
-    let (mut master_fd, mut slave_fd) = (0, 0);
-    // SAFETY: openpty fills in two fresh descriptors, owned from here on.
-    let rc = unsafe {
-        libc::openpty(&mut master_fd, &mut slave_fd, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
-    };
-    assert_eq!(rc, 0, "openpty");
-    let mut master = unsafe { std::fs::File::from_raw_fd(master_fd) };
-    let slave = unsafe { OwnedFd::from_raw_fd(slave_fd) };
+    // openpty(3), spelled out: a master, then its slave opened by name.
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
+    grantpt(&master).and_then(|()| unlockpt(&master)).expect("grantpt/unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(name.to_str().expect("a pty's name is ASCII"))
+        .expect("open the pty's slave");
+    let mut master = std::fs::File::from(master);
     let mut cmd = home.command(&["login", &reg.addr]);
     cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
-    // SAFETY: only async-signal-safe calls between fork and exec. The child gets a
-    // session of its own with the pty as its controlling terminal, so /dev/tty is it.
+    // SAFETY: pre_exec's hook runs in the forked child, where only async-signal-safe
+    // calls are allowed: setsid(2) and ioctl(2), straight system calls through rustix,
+    // no allocation. Descriptor 0 is open there (the pty, set up before the hook runs).
+    // The child gets a session of its own with the pty as its controlling terminal, so
+    // /dev/tty is it.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(BorrowedFd::borrow_raw(0))?;
             Ok(())
         });
     }

@@ -233,13 +233,13 @@ fn the_store_is_private_to_its_owner_whatever_the_umask() {
     let Some(_) = outcome::test_env() else { return };
     let store = tempfile::tempdir().unwrap();
     let root = store.path().join("store");
-    // SAFETY: umask only changes this process's file-creation mask, inherited by the
-    // imgfs children; no other test here depends on it.
-    let old = unsafe { libc::umask(0o022) };
+    // umask only changes this process's file-creation mask, inherited by the imgfs
+    // children; no other test here depends on it.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     ok(&root, &["pull", &image("zstd:1")]);
     ok(&root, &["pull", &image("app:1")]);
     ok(&root, &["tag", &image("app:1"), "private:1"]);
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     assert!(files_in(&root.join("blobs/sha256")).len() > 3);
     assert_private(&root);
 

@@ -66,6 +66,11 @@ fn copy_base_image(dest: &str, cert_dir: Option<&Path>) {
 /// checked. Found with getifaddrs, which needs no route, DNS name or /etc/hosts entry.
 fn host_ip() -> String {
     let mut found = None;
+    // SAFETY: getifaddrs(3) hands back a list it allocated, valid until freeifaddrs,
+    // which is called once at the end; the loop only reads nodes of that list, follows
+    // ifa_next to the null that ends it, dereferences ifa_addr only when it is not null,
+    // and reads it as sockaddr_in only when its family says AF_INET. Nothing read
+    // outlives the list (the address is copied out).
     unsafe {
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
         assert_eq!(libc::getifaddrs(&mut list), 0, "getifaddrs failed");
