@@ -29,7 +29,7 @@ impl Reference {
             return Err(bad("empty"));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| bad(&e))?)),
+            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| bad(&e.to_string()))?)),
             None => (input, None),
         };
         // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
