@@ -61,6 +61,23 @@ pub(crate) fn auth_file_paths(docker_config_dir: Option<&Path>) -> Vec<PathBuf> 
     out
 }
 
+/// Why a docker `config.json` or podman `auth.json` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error("not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("auths.{key:?}.auth is not base64")]
+    NotBase64 {
+        key: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("auths.{key:?}.auth is not UTF-8 text")]
+    NotUtf8 { key: String },
+    #[error("auths.{key:?}.auth does not decode to user:password")]
+    NotUserPassword { key: String },
+}
+
 /// One docker `config.json` or podman `auth.json`, read.
 #[derive(Default)]
 pub(crate) struct AuthFile {
@@ -74,15 +91,14 @@ impl AuthFile {
     /// because silently ignoring it would turn into a baffling "unauthorized" later.
     pub fn load(path: &Path) -> Result<AuthFile, RegistryError> {
         match std::fs::read(path) {
-            Ok(text) => {
-                AuthFile::parse(&text).map_err(|reason| RegistryError::Credentials { path: path.to_path_buf(), reason })
-            }
+            Ok(text) => AuthFile::parse(&text)
+                .map_err(|source| RegistryError::CredentialsInvalid { path: path.to_path_buf(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AuthFile::default()),
-            Err(e) => Err(RegistryError::Credentials { path: path.to_path_buf(), reason: e.to_string() }),
+            Err(source) => Err(RegistryError::CredentialsUnreadable { path: path.to_path_buf(), source }),
         }
     }
 
-    pub(crate) fn parse(text: &[u8]) -> Result<AuthFile, String> {
+    pub(crate) fn parse(text: &[u8]) -> Result<AuthFile, AuthFileError> {
         #[derive(serde::Deserialize)]
         struct Config {
             #[serde(default)]
@@ -103,7 +119,7 @@ impl AuthFile {
             #[serde(default)]
             identitytoken: Option<String>,
         }
-        let config: Config = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let config: Config = serde_json::from_slice(text).map_err(AuthFileError::Json)?;
         let mut auths = HashMap::new();
         for (key, entry) in config.auths {
             let token = entry.identitytoken.filter(|t| !t.is_empty());
@@ -114,12 +130,11 @@ impl AuthFile {
                 (None, Some(auth), _, _) => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
-                        .map_err(|e| format!("auths.{key:?}.auth is not base64: {e}"))?;
+                        .map_err(|source| AuthFileError::NotBase64 { key: key.clone(), source })?;
                     let decoded =
-                        String::from_utf8(decoded).map_err(|_| format!("auths.{key:?}.auth is not UTF-8 text"))?;
-                    let (user, pass) = decoded
-                        .split_once(':')
-                        .ok_or_else(|| format!("auths.{key:?}.auth does not decode to user:password"))?;
+                        String::from_utf8(decoded).map_err(|_| AuthFileError::NotUtf8 { key: key.clone() })?;
+                    let (user, pass) =
+                        decoded.split_once(':').ok_or_else(|| AuthFileError::NotUserPassword { key: key.clone() })?;
                     Credentials { username: user.to_string(), password: pass.to_string() }
                 }
                 (None, None, Some(username), Some(password)) if !username.is_empty() => {
@@ -320,7 +335,7 @@ mod tests {
         let with_store = AuthFile::parse(br#"{"credsStore":"desktop","credHelpers":{"a.io":"a"}}"#).unwrap();
         assert_eq!(with_store.helper_for("a.io"), Some("a"));
         assert_eq!(with_store.helper_for("b.io"), Some("desktop"));
-        assert!(AuthFile::parse(br#"{"auths":{"x":{"auth":"%%%"}}}"#).err().unwrap().contains("\"x\""));
+        assert!(AuthFile::parse(br#"{"auths":{"x":{"auth":"%%%"}}}"#).err().unwrap().to_string().contains("\"x\""));
     }
 
     #[test]

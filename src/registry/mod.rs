@@ -317,8 +317,7 @@ impl Client {
     }
 
     fn url(&self, registry: &str, path_and_query: &str) -> Result<Url, RegistryError> {
-        let mut base = endpoint::base_url(registry, &self.insecure_registries)
-            .map_err(|reason| RegistryError::InvalidInput { reason })?;
+        let mut base = endpoint::base_url(registry, &self.insecure_registries)?;
         if let Some(scheme) = self.settled_scheme(&endpoint::authority(&base)) {
             let _ = base.set_scheme(scheme);
         }
