@@ -394,7 +394,8 @@ fn use_published_index(
         layers: record.layers.clone(),
         diff_ids: config.rootfs.diff_ids.clone(),
     };
-    let found = client.and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)));
+    let found = client
+        .and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)).map_err(Into::into));
     match found {
         Ok((c, digest, heads)) => {
             let n = layers.use_published(heads, c, cache);
