@@ -214,7 +214,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut errors = Vec::new();
     for name in &args.images {
         let view = match LocalRef::parse(name) {
-            Some(local) => local.and_then(|l| inspect_local(&ctx.store, &l)),
+            Some(local) => local.map_err(anyhow::Error::from).and_then(|l| inspect_local(&ctx.store, &l)),
             None => db.find(name).and_then(|(id, _)| {
                 let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
                 inspect(&ctx.store, rec, &ctx.store.read_blob(&rec.id)?, db.tags_of(&rec.id))
