@@ -237,17 +237,18 @@ fn helper_program(helper: &str) -> Result<String, RegistryError> {
 /// exit status's failure with what it printed.
 fn run_helper(helper: &str, action: &str, input: &[u8]) -> Result<Result<Vec<u8>, String>, RegistryError> {
     let program = helper_program(helper)?;
-    let failed = |reason: String| RegistryError::CredentialHelper { helper: program.clone(), reason };
     let mut child = Command::new(&program)
         .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(format!("cannot run it: {e}")))?;
+        .map_err(|source| RegistryError::CredentialHelperRun { helper: program.clone(), source })?;
     // A helper that exits without reading its input is judged by its exit status.
     let _ = child.stdin.take().expect("piped").write_all(input);
-    let out = child.wait_with_output().map_err(|e| failed(format!("cannot run it: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| RegistryError::CredentialHelperRun { helper: program.clone(), source })?;
     if out.status.success() {
         return Ok(Ok(out.stdout));
     }
@@ -272,9 +273,8 @@ fn helper_get(helper: &str, server: &str) -> Result<Option<Credentials>, Registr
     }
     match run_helper(helper, "get", server.as_bytes())? {
         Ok(stdout) => {
-            let a: Answer = serde_json::from_slice(&stdout).map_err(|e| RegistryError::CredentialHelper {
-                helper: format!("docker-credential-{helper}"),
-                reason: format!("`get` answered something other than credentials JSON: {e}"),
+            let a: Answer = serde_json::from_slice(&stdout).map_err(|source| {
+                RegistryError::CredentialHelperAnswer { helper: format!("docker-credential-{helper}"), source }
             })?;
             Ok((!a.secret.is_empty()).then_some(Credentials { username: a.username, password: a.secret }))
         }

@@ -49,6 +49,25 @@ pub enum RegistryError {
     /// An answer we cannot use: bad JSON, a bad header, a body over the size limit.
     #[error("registry {registry} sent an unusable answer for {what}: {reason}")]
     InvalidResponse { registry: String, what: String, reason: String },
+    /// An answer that is not the JSON it should be.
+    #[error("registry {registry} sent an unusable answer for {what}: {reason}")]
+    InvalidJson {
+        registry: String,
+        what: String,
+        reason: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A link in an answer (a `Location`, a next-page link) that is not a URL.
+    #[error("registry {registry} sent an unusable answer for {what}: bad {kind} {link:?}")]
+    InvalidLink {
+        registry: String,
+        what: String,
+        kind: &'static str,
+        link: String,
+        #[source]
+        source: url::ParseError,
+    },
     /// A token service's answer that holds no token we can use.
     #[error("registry {registry} sent an unusable answer for a token from {host}")]
     InvalidToken {
@@ -78,6 +97,20 @@ pub enum RegistryError {
     /// A credential helper (`docker-credential-NAME`) failed.
     #[error("credential helper {helper}: {reason}")]
     CredentialHelper { helper: String, reason: String },
+    /// A credential helper that cannot be run.
+    #[error("credential helper {helper}: cannot run it")]
+    CredentialHelperRun {
+        helper: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A credential helper whose `get` answer is not its JSON.
+    #[error("credential helper {helper}: `get` answered something other than credentials JSON")]
+    CredentialHelperAnswer {
+        helper: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The HTTP client could not be built.
     #[error("{reason}")]
     Setup { reason: String },
@@ -87,6 +120,14 @@ pub enum RegistryError {
         path: PathBuf,
         #[source]
         source: super::mirrors::ConfigError,
+    },
+    /// A URL given in the environment that is not one.
+    #[error("{name}={value:?} is not a URL")]
+    InvalidUrl {
+        name: &'static str,
+        value: String,
+        #[source]
+        source: url::ParseError,
     },
     /// A registry name that cannot be the host part of a URL.
     #[error("invalid registry host {registry:?}")]
@@ -355,6 +396,45 @@ mod tests {
             e.to_string(),
             "access to manifest docker.io/x:v9 denied by registry docker.io: requested access to the resource is denied \
              (the repository may not exist, or may need credentials: docker login)"
+        );
+    }
+
+    /// A cause is the variant's `source()`, not part of its text: the one-line chain the
+    /// CLI prints (`{:#}`) reads as the message did when the cause was pasted in.
+    #[test]
+    fn causes_are_sources_and_the_printed_chain_reads_as_before() {
+        let chain = |e: RegistryError| format!("{:#}", anyhow::Error::from(e));
+        let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        let e = RegistryError::InvalidJson {
+            registry: "r".into(),
+            what: "x".into(),
+            reason: "not valid JSON",
+            source: json,
+        };
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            chain(e),
+            "registry r sent an unusable answer for x: not valid JSON: EOF while parsing an object at line 1 column 1"
+        );
+        let url = reqwest::Url::parse("http://[::1").unwrap_err();
+        let e = RegistryError::InvalidHost { registry: "[::1".into(), source: Some(url) };
+        assert_eq!(chain(e), r#"invalid registry host "[::1": invalid IPv6 address"#);
+        let e = RegistryError::InvalidToken {
+            registry: "r".into(),
+            host: "auth.r".into(),
+            source: super::super::auth::TokenError::NoToken,
+        };
+        assert_eq!(
+            chain(e),
+            "registry r sent an unusable answer for a token from auth.r: token answer has neither `token` nor `access_token`"
+        );
+        let e = RegistryError::CredentialsInvalid {
+            path: "/c.json".into(),
+            source: super::super::credentials::AuthFileError::NotUserPassword { key: "x".into() },
+        };
+        assert_eq!(
+            chain(e),
+            r#"cannot use the registry credentials in /c.json: auths."x".auth does not decode to user:password"#
         );
     }
 
