@@ -110,9 +110,9 @@ pub enum Error {
     BlobSize { actual: u64, expected: u64 },
     #[error("it names diff_id {actual}, not {expected}")]
     DiffId { actual: Digest, expected: Digest },
-    /// The layer's media type is none we read (image.rs says which; a String there today).
-    #[error("{0}")]
-    MediaType(String),
+    /// The layer's media type is none we read.
+    #[error(transparent)]
+    MediaType(#[from] crate::image::Error),
     #[error("its spans are not those of a {0:?} layer")]
     SpansNotOf(Compression),
     #[error(transparent)]

@@ -56,7 +56,7 @@ pub enum Error {
     Manifest {
         local: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Box<image::Error>,
     },
     #[error("{local}: the index for {platform} points at another index")]
     NestedIndex { local: String, platform: String },
@@ -76,7 +76,7 @@ pub enum Error {
         local: String,
         digest: Digest,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Box<image::Error>,
     },
     #[error("{local}: image is {os}/{architecture}, not {want}")]
     WrongPlatform { local: String, os: String, architecture: String, want: String },
@@ -335,8 +335,7 @@ fn oci_layout(r: &LocalRef, files: Files, platform: Option<&Platform>) -> Result
     };
     let mut blobs = Vec::new();
     let top_body = files.read_blob(&blob_member(&top.digest), &top, r)?;
-    // image.rs's errors (a String today) become this source's.
-    let bad = |e: String| Error::Manifest { local: r.to_string(), source: e.into() };
+    let bad = |e| Error::Manifest { local: r.to_string(), source: Box::new(e) };
     let (manifest_desc, manifest, index_digest) =
         match image::parse_manifest(&top.media_type, &top_body).map_err(bad)? {
             ManifestKind::Image(m) => (top.clone(), m, None),
@@ -400,7 +399,7 @@ fn finish(
         Compression::of_media_type(&l.media_type).map_err(|e| Error::LayerType {
             local: r.to_string(),
             digest: l.digest.clone(),
-            source: e.into(),
+            source: Box::new(e),
         })?;
     }
     blobs.push((manifest.config.digest.clone(), config_body));

@@ -91,16 +91,15 @@ pub enum Error {
         #[source]
         source: Box<RegistryError>,
     },
-    /// A manifest or index that is not one (image.rs's message, a String there today:
-    /// `#[from]` its error once it has one).
-    #[error("{0}")]
-    Manifest(String),
+    /// A manifest or index that is not one.
+    #[error(transparent)]
+    Manifest(#[from] image::Error),
     /// No image for the platform in the index.
     #[error("{image}")]
     Platform {
         image: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: image::Error,
     },
     #[error("{image}: the index for {platform} points at another index")]
     NestedIndex { image: String, platform: String },
@@ -452,14 +451,14 @@ pub fn remote_image(client: &Client, r: &Reference, platform: Option<&Platform>)
     let top = client
         .get_manifest(reg, repo, &r.manifest_reference())
         .map_err(|source| Error::GetImage { image: name.clone(), source: Box::new(source) })?;
-    let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body).map_err(Error::Manifest)? {
+    let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body)? {
         ManifestKind::Image(m) => (m, top),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
             let d = image::platform_manifest(&idx.manifests, &want)
-                .map_err(|e| Error::Platform { image: name.clone(), source: e.into() })?;
+                .map_err(|source| Error::Platform { image: name.clone(), source })?;
             let sub = client.get_manifest(reg, repo, d.digest.as_str())?;
-            match image::parse_manifest(&sub.media_type, &sub.body).map_err(Error::Manifest)? {
+            match image::parse_manifest(&sub.media_type, &sub.body)? {
                 ManifestKind::Image(m) => (m, sub),
                 ManifestKind::Index(_) => return Err(Error::NestedIndex { image: name, platform: want.to_string() }),
             }

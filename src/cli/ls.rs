@@ -306,11 +306,8 @@ fn repository_pattern(arg: &str) -> Result<String> {
         None => (rest, None),
     };
     // A name with glob characters cannot be parsed; it is matched as written.
-    let name = if name.contains(['*', '?', '[', '\\']) {
-        name.to_string()
-    } else {
-        Reference::parse(name).map_err(|e| anyhow!("{e}"))?.familiar_name()
-    };
+    let name =
+        if name.contains(['*', '?', '[', '\\']) { name.to_string() } else { Reference::parse(name)?.familiar_name() };
     let pattern = match (tag, digest) {
         (Some(t), _) => format!("{name}:{t}"),
         (None, Some(d)) => format!("{name}@{d}"),

@@ -112,7 +112,7 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
 /// leaves it alone.
 fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -> Result<(ImageRecord, ImageConfig)> {
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
-    let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose()?;
     if let Some(local) = LocalRef::parse(reference) {
         return resolve_local(ctx, &local?, reference, dir, platform.as_ref());
     }
@@ -132,7 +132,7 @@ fn resolve(ctx: &Context, reference: &str, dir: &Path, platform: Option<&str>) -
     if let Some(found) = held {
         return Ok(found);
     }
-    let r = Reference::parse(reference).map_err(anyhow::Error::msg)?;
+    let r = Reference::parse(reference)?;
     let resolved = fetch::resolve(&*ctx.client()?, &ctx.store, &r, platform.as_ref())?;
     fetch::register_and(&ctx.store, &resolved, &r, |_| hold(ctx, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))
