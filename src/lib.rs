@@ -12,6 +12,10 @@
 //! fusermount3 when /dev/fuse is closed to the user). `cli` holds one module per
 //! subcommand.
 
+// Every unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe` block
+// with a SAFETY comment that says why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod cli;
 pub mod digest;
 pub mod fetch;
