@@ -35,14 +35,21 @@ impl Digest {
     }
 }
 
+/// A string that is not a digest we accept; it names the string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("invalid digest {0:?}: only sha256 digests are supported")]
+    UnsupportedAlgorithm(String),
+    #[error("invalid digest {0:?}: expected sha256: and 64 lowercase hex digits")]
+    Malformed(String),
+}
+
 impl FromStr for Digest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Digest, String> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| format!("invalid digest {s:?}: only sha256 digests are supported"))?;
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Digest, Error> {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| Error::UnsupportedAlgorithm(s.to_string()))?;
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!("invalid digest {s:?}: expected sha256: and 64 lowercase hex digits"));
+            return Err(Error::Malformed(s.to_string()));
         }
         Ok(Digest(s.to_string()))
     }

@@ -25,12 +25,115 @@ use crate::image::{Compression, Descriptor};
 use crate::layer::checkpoints::{Checkpoints, Format};
 use crate::layer::{Access, Contents, IndexFile};
 use crate::store::Store;
-use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// Why an artifact cannot be built, or a fetched one is refused. The reasons for
+/// refusing one read "it …": `Invalid` says which layer's published index "it" is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("layer {digest} is not in the store")]
+    NotStored {
+        digest: Digest,
+        #[source]
+        source: io::Error,
+    },
+    #[error("layer {digest} is {actual} bytes in the store, not {expected}")]
+    StoredSize { digest: Digest, actual: u64, expected: u64 },
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("span {0} out of range")]
+    NoSuchSpan(usize),
+    #[error("span {span} of layer {layer} does not match its published digest")]
+    SpanMismatch { span: usize, layer: Digest },
+    #[error("window does not match its published digest")]
+    WindowMismatch,
+    #[error("the published index of layer {layer} is not valid")]
+    Invalid {
+        layer: Digest,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("it is larger than {MAX_BLOB} bytes")]
+    TooLarge,
+    #[error("it is not an imgfs layer index")]
+    NotAnIndex,
+    #[error("it is of format version {0}; this imgfs reads version {VERSION}")]
+    Version(u32),
+    #[error("its head is longer than {MAX_BLOB} bytes")]
+    HeadTooLong,
+    #[error("its head is cut short")]
+    HeadCut,
+    #[error("its windows do not fill the rest of the blob")]
+    WindowsDoNotFill,
+    #[error("window {index}")]
+    Window {
+        index: usize,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("its zstd frame is damaged")]
+    Zstd(#[source] io::Error),
+    #[error("it decodes to more than {MAX_DECODED} bytes")]
+    DecodesTooLarge,
+    #[error("its body is damaged")]
+    Body(#[source] postcard::Error),
+    #[error("it is the index of layer {0}")]
+    OtherLayer(Digest),
+    #[error("its span length {0} is out of range")]
+    SpanLength(u64),
+    #[error("its checkpoints are of a blob of another size")]
+    CheckpointsBlobSize,
+    #[error("its checkpoints are of a stream of another size")]
+    CheckpointsStreamSize,
+    #[error("a plain layer's sizes differ")]
+    PlainSizes,
+    #[error("it has {have} span digests for {spans} spans")]
+    SpanDigestCount { have: usize, spans: usize },
+    #[error("it has {have} windows for {checkpoints} checkpoints")]
+    WindowCount { have: usize, checkpoints: usize },
+    #[error("its window {index} is of {len} bytes")]
+    WindowTooLong { index: usize, len: u32 },
+    #[error("it has {0} entries, more than {MAX_ENTRIES}")]
+    TooManyEntries(usize),
+    #[error("entry {0} lies past the end of the layer")]
+    EntryPastEnd(String),
+    #[error("it is of a blob of {actual} bytes, not {expected}")]
+    BlobSize { actual: u64, expected: u64 },
+    #[error("it names diff_id {actual}, not {expected}")]
+    DiffId { actual: Digest, expected: Digest },
+    /// The layer's media type is none we read.
+    #[error(transparent)]
+    MediaType(#[from] crate::image::Error),
+    #[error("its spans are not those of a {0:?} layer")]
+    SpansNotOf(Compression),
+    #[error(transparent)]
+    Encode(#[from] postcard::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The store index, checkpoints and contents (`layer/`).
+    #[error(transparent)]
+    Layer(#[from] crate::layer::Error),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Err(e)` unless `cond`: the checks below read as the rules they are.
+fn ensure(cond: bool, e: Error) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
 
 /// The media type of one artifact blob (one layer's index).
 pub const MEDIA_TYPE: &str = "application/vnd.imgfs.index.layer.v1+zstd";
@@ -63,7 +166,7 @@ impl Window {
     /// Are these the window's bytes?
     pub fn check(&self, bytes: &[u8]) -> Result<()> {
         let got: [u8; 32] = Sha256::digest(bytes).into();
-        ensure!(bytes.len() == self.len as usize && got == self.sha256, "window does not match its published digest");
+        ensure(bytes.len() == self.len as usize && got == self.sha256, Error::WindowMismatch)?;
         Ok(())
     }
 }
@@ -144,14 +247,13 @@ impl IndexArtifact {
     pub fn build(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Result<IndexArtifact> {
         let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str())?;
         let blob_path = store.blob_path(&layer.digest);
-        let blob = File::open(&blob_path).with_context(|| format!("layer {} is not in the store", layer.digest))?;
+        let blob =
+            File::open(&blob_path).map_err(|source| Error::NotStored { digest: layer.digest.clone(), source })?;
         let compressed_size = blob.metadata()?.len();
-        ensure!(
+        ensure(
             compressed_size == layer.size,
-            "layer {} is {compressed_size} bytes in the store, not {}",
-            layer.digest,
-            layer.size
-        );
+            Error::StoredSize { digest: layer.digest.clone(), actual: compressed_size, expected: layer.size },
+        )?;
         let (spans, uncompressed_size) = match file.access {
             Access::Plain => (Spans::Plain { chunk: CHUNK }, compressed_size),
             Access::Checkpoints(c) => {
@@ -178,7 +280,7 @@ impl IndexArtifact {
         for i in 0..artifact.span_count() {
             let (start, end) = artifact.compressed_range(i);
             buf.resize((end - start) as usize, 0);
-            blob.read_exact_at(&mut buf, start).with_context(|| format!("cannot read {}", blob_path.display()))?;
+            blob.read_exact_at(&mut buf, start).map_err(|source| Error::Read { path: blob_path.clone(), source })?;
             artifact.span_digests.push(Sha256::digest(&buf).into());
         }
         Ok(artifact)
@@ -206,10 +308,9 @@ impl IndexArtifact {
 
     /// Are `bytes` the compressed bytes of span `i` the index was made from?
     pub fn check_span(&self, i: usize, bytes: &[u8]) -> Result<()> {
-        let want = self.span_digests.get(i).with_context(|| format!("span {i} out of range"))?;
+        let want = self.span_digests.get(i).ok_or(Error::NoSuchSpan(i))?;
         let got: [u8; 32] = Sha256::digest(bytes).into();
-        ensure!(&got == want, "span {i} of layer {} does not match its published digest", self.layer);
-        Ok(())
+        ensure(&got == want, Error::SpanMismatch { span: i, layer: self.layer.clone() })
     }
 
     /// The artifact blob: header, head (the body, postcard in a zstd frame), windows.
@@ -255,12 +356,12 @@ impl IndexArtifact {
     /// The head of an artifact blob: its first bytes, up to the windows. What a reader
     /// fetches (and checks against the manifest's annotation) before anything else.
     pub fn head(blob: &[u8]) -> Result<&[u8]> {
-        ensure!(blob.len() >= HEADER && &blob[..8] == MAGIC, "it is not an imgfs layer index");
+        ensure(blob.len() >= HEADER && &blob[..8] == MAGIC, Error::NotAnIndex)?;
         let version = u32::from_le_bytes(blob[8..12].try_into().unwrap());
-        ensure!(version == VERSION, "it is of format version {version}; this imgfs reads version {VERSION}");
+        ensure(version == VERSION, Error::Version(version))?;
         let len = u64::from_le_bytes(blob[12..20].try_into().unwrap());
-        ensure!(len <= MAX_BLOB, "its head is longer than {MAX_BLOB} bytes");
-        blob.get(..HEADER + len as usize).context("its head is cut short")
+        ensure(len <= MAX_BLOB, Error::HeadTooLong)?;
+        blob.get(..HEADER + len as usize).ok_or(Error::HeadCut)
     }
 
     /// Where each checkpoint's window lies in the artifact blob whose head is
@@ -283,22 +384,22 @@ impl IndexArtifact {
         let layer = &expect.layer.digest;
         Self::decode_unbound(bytes, layer)
             .and_then(|a| a.check_binding(expect).map(|()| a))
-            .with_context(|| format!("the published index of layer {layer} is not valid"))
+            .map_err(|e| Error::Invalid { layer: layer.clone(), source: Box::new(e) })
     }
 
     fn decode_unbound(bytes: &[u8], layer: &Digest) -> Result<IndexArtifact> {
-        ensure!(bytes.len() as u64 <= MAX_BLOB, "it is larger than {MAX_BLOB} bytes");
+        ensure(bytes.len() as u64 <= MAX_BLOB, Error::TooLarge)?;
         let head = Self::head(bytes)?;
         let mut artifact = Self::decode_head_unbound(head, layer)?;
         let head_len = head.len() as u64;
         let total = artifact.windows.iter().map(|w| u64::from(w.len)).sum::<u64>();
-        ensure!(head_len + total == bytes.len() as u64, "its windows do not fill the rest of the blob");
+        ensure(head_len + total == bytes.len() as u64, Error::WindowsDoNotFill)?;
         // Bounded by the sum above: every window lies within the blob.
         let ranges = artifact.window_ranges(head_len);
         if let Spans::Checkpoints(c) = &mut artifact.spans {
             for (i, (w, (start, end))) in artifact.windows.iter().zip(ranges).enumerate() {
                 let window = &bytes[start as usize..end as usize];
-                w.check(window).with_context(|| format!("window {i}"))?;
+                w.check(window).map_err(|e| Error::Window { index: i, source: Box::new(e) })?;
                 c.set_window(i, window.to_vec())?;
             }
         }
@@ -312,7 +413,7 @@ impl IndexArtifact {
         let layer = &expect.layer.digest;
         Self::decode_head_unbound(head, layer)
             .and_then(|a| a.check_binding(expect).map(|()| a))
-            .with_context(|| format!("the published index of layer {layer} is not valid"))
+            .map_err(|e| Error::Invalid { layer: layer.clone(), source: Box::new(e) })
     }
 
     fn decode_head_unbound(head: &[u8], layer: &Digest) -> Result<IndexArtifact> {
@@ -321,10 +422,10 @@ impl IndexArtifact {
         zstd::stream::read::Decoder::new(&head[HEADER..])?
             .take(MAX_DECODED + 1)
             .read_to_end(&mut decoded)
-            .context("its zstd frame is damaged")?;
-        ensure!(decoded.len() as u64 <= MAX_DECODED, "it decodes to more than {MAX_DECODED} bytes");
-        let body: Body = postcard::from_bytes(&decoded).context("its body is damaged")?;
-        ensure!(&body.layer == layer, "it is the index of layer {}", body.layer);
+            .map_err(Error::Zstd)?;
+        ensure(decoded.len() as u64 <= MAX_DECODED, Error::DecodesTooLarge)?;
+        let body: Body = postcard::from_bytes(&decoded).map_err(Error::Body)?;
+        ensure(&body.layer == layer, Error::OtherLayer(body.layer.clone()))?;
         let spans = match body.spans {
             WireSpans::Plain { chunk } => Spans::Plain { chunk },
             WireSpans::Stream { chunk } => Spans::Stream { chunk },
@@ -348,36 +449,30 @@ impl IndexArtifact {
     fn check_shape(&self) -> Result<()> {
         match &self.spans {
             Spans::Plain { chunk } | Spans::Stream { chunk } => {
-                ensure!((MIN_CHUNK..=MAX_CHUNK).contains(chunk), "its span length {chunk} is out of range");
+                ensure((MIN_CHUNK..=MAX_CHUNK).contains(chunk), Error::SpanLength(*chunk))?;
             }
             Spans::Checkpoints(c) => {
-                ensure!(c.compressed_size() == self.compressed_size, "its checkpoints are of a blob of another size");
-                ensure!(
-                    c.uncompressed_size() == self.uncompressed_size,
-                    "its checkpoints are of a stream of another size"
-                );
+                ensure(c.compressed_size() == self.compressed_size, Error::CheckpointsBlobSize)?;
+                ensure(c.uncompressed_size() == self.uncompressed_size, Error::CheckpointsStreamSize)?;
             }
         }
         if let Spans::Plain { .. } = self.spans {
-            ensure!(self.uncompressed_size == self.compressed_size, "a plain layer's sizes differ");
+            ensure(self.uncompressed_size == self.compressed_size, Error::PlainSizes)?;
         }
         let spans = self.span_count();
-        ensure!(self.span_digests.len() == spans, "it has {} span digests for {spans} spans", self.span_digests.len());
+        ensure(self.span_digests.len() == spans, Error::SpanDigestCount { have: self.span_digests.len(), spans })?;
         let windows = if let Spans::Checkpoints(c) = &self.spans { c.span_count() } else { 0 };
-        ensure!(self.windows.len() == windows, "it has {} windows for {windows} checkpoints", self.windows.len());
+        ensure(self.windows.len() == windows, Error::WindowCount { have: self.windows.len(), checkpoints: windows })?;
         if let Some(i) = self.windows.iter().position(|w| w.len as usize > MAX_WINDOW) {
-            bail!("its window {i} is of {} bytes", self.windows[i].len);
+            return Err(Error::WindowTooLong { index: i, len: self.windows[i].len });
         }
         let c = &self.contents;
-        ensure!(c.entries.len() <= MAX_ENTRIES, "it has {} entries, more than {MAX_ENTRIES}", c.entries.len());
+        ensure(c.entries.len() <= MAX_ENTRIES, Error::TooManyEntries(c.entries.len()))?;
         c.check()?;
         for e in &c.entries {
-            let end = e.offset.checked_add(e.size);
-            ensure!(
-                end.is_some_and(|end| end <= self.uncompressed_size),
-                "entry {} lies past the end of the layer",
-                crate::layer::show(&e.path)
-            );
+            if e.offset.checked_add(e.size).is_none_or(|end| end > self.uncompressed_size) {
+                return Err(Error::EntryPastEnd(crate::layer::show(&e.path)));
+            }
         }
         Ok(())
     }
@@ -385,9 +480,11 @@ impl IndexArtifact {
     /// Bound to the layer the image names: digest, size, diff_id and compression.
     fn check_binding(&self, expect: &Expected<'_>) -> Result<()> {
         let l = expect.layer;
-        ensure!(self.compressed_size == l.size, "it is of a blob of {} bytes, not {}", self.compressed_size, l.size);
-        ensure!(&self.diff_id == expect.diff_id, "it names diff_id {}, not {}", self.diff_id, expect.diff_id);
-        let compression = Compression::of_media_type(&l.media_type)?;
+        ensure(self.compressed_size == l.size, Error::BlobSize { actual: self.compressed_size, expected: l.size })?;
+        if &self.diff_id != expect.diff_id {
+            return Err(Error::DiffId { actual: self.diff_id.clone(), expected: expect.diff_id.clone() });
+        }
+        let compression = Compression::of_media_type(&l.media_type).map_err(Error::MediaType)?;
         let fits = match (&self.spans, compression) {
             (Spans::Plain { .. }, Compression::None) => true,
             (Spans::Checkpoints(c), Compression::Gzip) => c.format() == Format::Gzip,
@@ -396,7 +493,7 @@ impl IndexArtifact {
             _ => false,
         };
         if !fits {
-            bail!("its spans are not those of a {compression:?} layer");
+            return Err(Error::SpansNotOf(compression));
         }
         Ok(())
     }
@@ -533,7 +630,9 @@ mod tests {
         let diff_id = a.diff_id.clone();
         let bytes = a.encode().unwrap();
         let expect = Expected { layer: &layer, diff_id: &diff_id };
-        let err = |b: &[u8], e: &Expected<'_>| format!("{:#}", IndexArtifact::decode(b, e).err().expect("refused"));
+        let err = |b: &[u8], e: &Expected<'_>| {
+            format!("{:#}", anyhow::Error::from(IndexArtifact::decode(b, e).err().expect("refused")))
+        };
 
         let other = Descriptor { digest: Digest::of(b"other"), ..layer.clone() };
         assert!(err(&bytes, &Expected { layer: &other, diff_id: &diff_id }).contains("is the index of layer"));

@@ -20,11 +20,162 @@ use crate::image::{self, Compression, Descriptor, ImageConfig, Index, Manifest, 
 use crate::reference::Reference;
 use crate::store::db::ImageRecord;
 use crate::store::Store;
-use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+/// What is wrong with a local source; most name it (`oci:/path:tag: …`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid reference {input:?}: no path after {transport}:")]
+    NoPath { input: String, transport: &'static str },
+    #[error("{transport}: {}", .path.display())]
+    Path {
+        transport: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{local}: {} is not a directory (an OCI layout is one)", .path.display())]
+    NotADirectory { local: String, path: PathBuf },
+    #[error("{local}: not an OCI image layout (no oci-layout file)")]
+    NotALayout { local: String },
+    #[error("{local}: index.json is not a valid image index")]
+    BadIndex {
+        local: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{local}: no image tagged {tag:?} in the layout; it has: {have}")]
+    NoSuchTag { local: String, tag: String, have: String },
+    #[error("{local}: the layout holds {count} images, name one as {local}:TAG; it has: {have}")]
+    LayoutHoldsMany { local: String, count: usize, have: String },
+    /// A manifest or index that is not one, or has no image for the platform.
+    #[error("{local}")]
+    Manifest {
+        local: String,
+        #[source]
+        source: Box<image::Error>,
+    },
+    #[error("{local}: the index for {platform} points at another index")]
+    NestedIndex { local: String, platform: String },
+    #[error("{local}: layer blob {digest} is missing")]
+    MissingLayer { local: String, digest: Digest },
+    #[error("{local}: image config {digest} is not valid")]
+    BadConfig {
+        local: String,
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{local}: config lists {diff_ids} diff_ids for {layers} layers")]
+    DiffIdCount { local: String, diff_ids: usize, layers: usize },
+    #[error("{local}: layer {digest}")]
+    LayerType {
+        local: String,
+        digest: Digest,
+        #[source]
+        source: Box<image::Error>,
+    },
+    #[error("{local}: image is {os}/{architecture}, not {want}")]
+    WrongPlatform { local: String, os: String, architecture: String, want: String },
+    #[error("{local}: not a docker archive")]
+    NotADockerArchive {
+        local: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("{local}: manifest.json is not a docker archive manifest")]
+    BadArchiveManifest {
+        local: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{local}: {pick:?} is not an image number")]
+    NotAnImageNumber { local: String, pick: String },
+    #[error("{local}: no image @{number}; it has {count}")]
+    NoImageNumber { local: String, number: usize, count: usize },
+    #[error("{local}: {pick:?} is not an image reference")]
+    NotAReference { local: String, pick: String },
+    #[error("{local}: no image {pick} in the archive; it has: {have}")]
+    NoImageNamed { local: String, pick: String, have: String },
+    #[error("{local}: the archive holds {count} images, name one as {local}:REF; it has: {have}")]
+    ArchiveHoldsMany { local: String, count: usize, have: String },
+    #[error("{local}: cannot read {name}")]
+    ReadLayer {
+        local: String,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{local}: blob {digest}")]
+    Blob {
+        local: String,
+        digest: Digest,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("{local}: blob {digest} is corrupt (its content hashes to {actual})")]
+    Corrupt { local: String, digest: Digest, actual: Digest },
+    /// A file of the source, named by the source.
+    #[error("{local}")]
+    In {
+        local: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("cannot open {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a file (an archive is one)", .path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{} is not a tar archive", .path.display())]
+    NotATar {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a tar archive (no files in it)", .path.display())]
+    EmptyTar { path: PathBuf },
+    #[error("no {name} in {}", .path.display())]
+    NoMember { name: String, path: PathBuf },
+    #[error("{name} is {len} bytes, more than {MAX_JSON_SIZE}")]
+    TooLarge { name: String, len: u64 },
+    #[error("cannot read {name}")]
+    Read {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no blob {digest} in the source")]
+    NoBlob { digest: Digest },
+    #[error("layer {digest} in {image}")]
+    CopyLayer {
+        digest: Digest,
+        image: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("cannot encode the made manifest")]
+    Encode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// This error, said of the source `local`.
+    fn of(self, local: &LocalRef) -> Error {
+        Error::In { local: local.to_string(), source: Box::new(self) }
+    }
+}
 
 /// Index, manifest, config and `manifest.json` are read into memory: a claimed size
 /// past this is not one of them.
@@ -69,7 +220,7 @@ impl LocalRef {
             None => (rest, None),
         };
         if path.is_empty() {
-            return Some(Err(anyhow!("invalid reference {input:?}: no path after {}:", transport.name())));
+            return Some(Err(Error::NoPath { input: input.to_string(), transport: transport.name() }));
         }
         Some(Ok(LocalRef { transport, path: PathBuf::from(path), pick }))
     }
@@ -108,27 +259,34 @@ pub struct LocalImage {
 impl LocalImage {
     /// Copy a layer blob into the store, verified against its digest on the way.
     pub fn copy_blob(&self, store: &Store, layer: &Descriptor) -> Result<()> {
-        let member =
-            self.members.get(&layer.digest).with_context(|| format!("no blob {} in the source", layer.digest))?;
+        let member = self.members.get(&layer.digest).ok_or_else(|| Error::NoBlob { digest: layer.digest.clone() })?;
         store
             .put_blob_with(&layer.digest, |file| -> Result<_> {
                 let mut from = HashingReader::new(self.files.open(member)?.0);
                 io::copy(&mut from, file)?;
                 Ok(from.finish().0)
             })
-            .with_context(|| format!("layer {} in {}", layer.digest, self.record.source))
+            .map_err(|source| Error::CopyLayer {
+                digest: layer.digest.clone(),
+                image: self.record.source.clone(),
+                source: Box::new(source),
+            })
     }
 }
 
 /// Read `r` and pick its image, for `platform` from a multi-arch index.
 pub fn resolve(r: &LocalRef, platform: Option<&Platform>) -> Result<LocalImage> {
     let typed = &r.path;
-    let path = r.path.canonicalize().with_context(|| format!("{}: {}", r.transport.name(), r.path.display()))?;
+    let path = r.path.canonicalize().map_err(|source| Error::Path {
+        transport: r.transport.name(),
+        path: r.path.clone(),
+        source,
+    })?;
     let r = &LocalRef { path, ..r.clone() };
     let image = match r.transport {
         Transport::Oci => {
             if !r.path.is_dir() {
-                bail!("{r}: {} is not a directory (an OCI layout is one)", r.path.display());
+                return Err(Error::NotADirectory { local: r.to_string(), path: r.path.clone() });
             }
             oci_layout(r, Files::Dir(r.path.clone()), platform)
         }
@@ -142,7 +300,12 @@ pub fn resolve(r: &LocalRef, platform: Option<&Platform>) -> Result<LocalImage> 
     }
     if let (Some(want), None) = (platform, &image.record.index) {
         if image.config.os != want.os || image.config.architecture != want.architecture {
-            bail!("{r}: image is {}/{}, not {want}", image.config.os, image.config.architecture);
+            return Err(Error::WrongPlatform {
+                local: r.to_string(),
+                os: image.config.os.clone(),
+                architecture: image.config.architecture.clone(),
+                want: want.to_string(),
+            });
         }
     }
     Ok(image)
@@ -150,10 +313,10 @@ pub fn resolve(r: &LocalRef, platform: Option<&Platform>) -> Result<LocalImage> 
 
 fn oci_layout(r: &LocalRef, files: Files, platform: Option<&Platform>) -> Result<LocalImage> {
     if !files.has("oci-layout") {
-        bail!("{r}: not an OCI image layout (no oci-layout file)");
+        return Err(Error::NotALayout { local: r.to_string() });
     }
-    let index: Index = serde_json::from_slice(&files.read_json("index.json").with_context(|| r.to_string())?)
-        .with_context(|| format!("{r}: index.json is not a valid image index"))?;
+    let index: Index = serde_json::from_slice(&files.read_json("index.json").map_err(|e| e.of(r))?)
+        .map_err(|source| Error::BadIndex { local: r.to_string(), source })?;
     let tag_of = |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned();
     let chosen: Vec<&Descriptor> = match &r.pick {
         Some(tag) => index.manifests.iter().filter(|d| tag_of(d).as_deref() == Some(tag)).collect(),
@@ -166,23 +329,26 @@ fn oci_layout(r: &LocalRef, files: Files, platform: Option<&Platform>) -> Result
                 index.manifests.iter().map(|d| tag_of(d).unwrap_or_else(|| d.digest.to_string())).collect();
             let have = if tags.is_empty() { "none".to_string() } else { tags.join(", ") };
             match &r.pick {
-                Some(t) => bail!("{r}: no image tagged {t:?} in the layout; it has: {have}"),
-                None => bail!("{r}: the layout holds {} images, name one as {r}:TAG; it has: {have}", tags.len()),
+                Some(t) => return Err(Error::NoSuchTag { local: r.to_string(), tag: t.clone(), have }),
+                None => return Err(Error::LayoutHoldsMany { local: r.to_string(), count: tags.len(), have }),
             }
         }
     };
     let mut blobs = Vec::new();
     let top_body = files.read_blob(&blob_member(&top.digest), &top, r)?;
+    let bad = |e| Error::Manifest { local: r.to_string(), source: Box::new(e) };
     let (manifest_desc, manifest, index_digest) =
-        match image::parse_manifest(&top.media_type, &top_body).with_context(|| r.to_string())? {
+        match image::parse_manifest(&top.media_type, &top_body).map_err(bad)? {
             ManifestKind::Image(m) => (top.clone(), m, None),
             ManifestKind::Index(idx) => {
                 let want = platform.cloned().unwrap_or_else(Platform::host);
-                let d = image::platform_manifest(&idx.manifests, &want).with_context(|| r.to_string())?;
+                let d = image::platform_manifest(&idx.manifests, &want).map_err(bad)?;
                 let body = files.read_blob(&blob_member(&d.digest), d, r)?;
-                let m = match image::parse_manifest(&d.media_type, &body).with_context(|| r.to_string())? {
+                let m = match image::parse_manifest(&d.media_type, &body).map_err(bad)? {
                     ManifestKind::Image(m) => m,
-                    ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
+                    ManifestKind::Index(_) => {
+                        return Err(Error::NestedIndex { local: r.to_string(), platform: want.to_string() })
+                    }
                 };
                 blobs.push((top.digest.clone(), top_body.clone()));
                 (d.clone(), m, Some(top.digest.clone()))
@@ -194,7 +360,7 @@ fn oci_layout(r: &LocalRef, files: Files, platform: Option<&Platform>) -> Result
         manifest.layers.iter().map(|l| (l.digest.clone(), blob_member(&l.digest))).collect();
     for l in &manifest.layers {
         if !files.has(&members[&l.digest]) {
-            bail!("{r}: layer blob {} is missing", l.digest);
+            return Err(Error::MissingLayer { local: r.to_string(), digest: l.digest.clone() });
         }
     }
     members.insert(manifest.config.digest.clone(), blob_member(&manifest.config.digest));
@@ -215,15 +381,27 @@ fn finish(
     mut blobs: Vec<(Digest, Vec<u8>)>,
     names: Vec<String>,
 ) -> Result<LocalImage> {
-    let member = members.get(&manifest.config.digest).context("the config's place is unknown")?;
+    // Both callers put the config among the members.
+    let member = &members[&manifest.config.digest];
     let config_body = files.read_blob(member, &manifest.config, r)?;
-    let config: ImageConfig = serde_json::from_slice(&config_body)
-        .with_context(|| format!("{r}: image config {} is not valid", manifest.config.digest))?;
+    let config: ImageConfig = serde_json::from_slice(&config_body).map_err(|source| Error::BadConfig {
+        local: r.to_string(),
+        digest: manifest.config.digest.clone(),
+        source,
+    })?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        bail!("{r}: config lists {} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len());
+        return Err(Error::DiffIdCount {
+            local: r.to_string(),
+            diff_ids: config.rootfs.diff_ids.len(),
+            layers: manifest.layers.len(),
+        });
     }
     for l in &manifest.layers {
-        Compression::of_media_type(&l.media_type).with_context(|| format!("{r}: layer {}", l.digest))?;
+        Compression::of_media_type(&l.media_type).map_err(|e| Error::LayerType {
+            local: r.to_string(),
+            digest: l.digest.clone(),
+            source: Box::new(e),
+        })?;
     }
     blobs.push((manifest.config.digest.clone(), config_body));
     let record = ImageRecord {
@@ -253,9 +431,11 @@ struct ArchiveImage {
 
 fn docker_archive(r: &LocalRef, files: Files) -> Result<LocalImage> {
     let list: Vec<ArchiveImage> = serde_json::from_slice(
-        &files.read_json("manifest.json").with_context(|| format!("{r}: not a docker archive"))?,
+        &files
+            .read_json("manifest.json")
+            .map_err(|e| Error::NotADockerArchive { local: r.to_string(), source: Box::new(e) })?,
     )
-    .with_context(|| format!("{r}: manifest.json is not a docker archive manifest"))?;
+    .map_err(|source| Error::BadArchiveManifest { local: r.to_string(), source })?;
     let norm = |t: &str| Reference::parse(t).ok().map(|n| n.to_string());
     let all_tags = || {
         let tags: Vec<String> = list.iter().flat_map(|i| i.repo_tags.clone().unwrap_or_default()).collect();
@@ -268,25 +448,30 @@ fn docker_archive(r: &LocalRef, files: Files) -> Result<LocalImage> {
     let (image, names) = match &r.pick {
         // `@N`: the Nth image, as skopeo's docker-archive transport numbers them.
         Some(p) if p.starts_with('@') => {
-            let n: usize = p[1..].parse().map_err(|_| anyhow!("{r}: {p:?} is not an image number"))?;
-            let img = list.get(n).with_context(|| format!("{r}: no image @{n}; it has {}", list.len()))?;
+            let n: usize =
+                p[1..].parse().map_err(|_| Error::NotAnImageNumber { local: r.to_string(), pick: p.clone() })?;
+            let img = list.get(n).ok_or_else(|| Error::NoImageNumber {
+                local: r.to_string(),
+                number: n,
+                count: list.len(),
+            })?;
             (img, img.repo_tags.iter().flatten().filter_map(|t| norm(t)).collect())
         }
         Some(p) => {
-            let want = norm(p).with_context(|| format!("{r}: {p:?} is not an image reference"))?;
+            let want = norm(p).ok_or_else(|| Error::NotAReference { local: r.to_string(), pick: p.clone() })?;
             let img = list
                 .iter()
                 .find(|i| i.repo_tags.iter().flatten().any(|t| norm(t).as_ref() == Some(&want)))
-                .with_context(|| format!("{r}: no image {p} in the archive; it has: {}", all_tags()))?;
+                .ok_or_else(|| Error::NoImageNamed { local: r.to_string(), pick: p.clone(), have: all_tags() })?;
             (img, vec![want])
         }
         None => match list.as_slice() {
             [one] => (one, one.repo_tags.iter().flatten().filter_map(|t| norm(t)).collect()),
-            _ => bail!("{r}: the archive holds {} images, name one as {r}:REF; it has: {}", list.len(), all_tags()),
+            _ => return Err(Error::ArchiveHoldsMany { local: r.to_string(), count: list.len(), have: all_tags() }),
         },
     };
     let mut members = HashMap::new();
-    let config_body = files.read_json(&image.config).with_context(|| r.to_string())?;
+    let config_body = files.read_json(&image.config).map_err(|e| e.of(r))?;
     let config_desc = Descriptor {
         media_type: "application/vnd.oci.image.config.v1+json".into(),
         digest: Digest::of(&config_body),
@@ -299,11 +484,15 @@ fn docker_archive(r: &LocalRef, files: Files) -> Result<LocalImage> {
     for name in &image.layers {
         // No digests in the archive: each layer is hashed here (and again as it is
         // copied or indexed, against this digest).
-        let (mut reader, size) = files.open(name).with_context(|| r.to_string())?;
+        let (mut reader, size) = files.open(name).map_err(|e| e.of(r))?;
         let mut magic = [0u8; 4];
         let got = read_up_to(&mut reader, &mut magic)?;
         let mut hashing = HashingReader::new(io::Cursor::new(magic[..got].to_vec()).chain(reader));
-        io::copy(&mut hashing, &mut io::sink()).with_context(|| format!("{r}: cannot read {name}"))?;
+        io::copy(&mut hashing, &mut io::sink()).map_err(|source| Error::ReadLayer {
+            local: r.to_string(),
+            name: name.clone(),
+            source,
+        })?;
         let (digest, _) = hashing.finish();
         let media_type = match magic[..got] {
             [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -320,7 +509,7 @@ fn docker_archive(r: &LocalRef, files: Files) -> Result<LocalImage> {
         layers,
         annotations: None,
     };
-    let body = serde_json::to_vec(&manifest)?;
+    let body = serde_json::to_vec(&manifest).map_err(Error::Encode)?;
     let desc = Descriptor {
         media_type: image::OCI_MANIFEST.into(),
         digest: Digest::of(&body),
@@ -366,14 +555,14 @@ enum Files {
 
 impl Files {
     fn tar(path: &Path) -> Result<Files> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
         if !file.metadata()?.is_file() {
-            bail!("{} is not a file (an archive is one)", path.display());
+            return Err(Error::NotAFile { path: path.to_path_buf() });
         }
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         let mut links = Vec::new();
-        let bad = |e: io::Error| anyhow!("{} is not a tar archive: {e}", path.display());
+        let bad = |source: io::Error| Error::NotATar { path: path.to_path_buf(), source };
         for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
             let name = clean(&entry.path_bytes());
@@ -400,7 +589,7 @@ impl Files {
             }
         }
         if members.is_empty() {
-            bail!("{} is not a tar archive (no files in it)", path.display());
+            return Err(Error::EmptyTar { path: path.to_path_buf() });
         }
         Ok(Files::Tar { path: path.to_path_buf(), members })
     }
@@ -416,13 +605,14 @@ impl Files {
         match self {
             Files::Dir(d) => {
                 let p = d.join(name);
-                let f = File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+                let f = File::open(&p).map_err(|source| Error::Open { path: p.clone(), source })?;
                 let len = f.metadata()?.len();
                 Ok((Box::new(f), len))
             }
             Files::Tar { path, members } => {
-                let &(at, len) = members.get(name).with_context(|| format!("no {name} in {}", path.display()))?;
-                let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let &(at, len) =
+                    members.get(name).ok_or_else(|| Error::NoMember { name: name.to_string(), path: path.clone() })?;
+                let mut f = File::open(path).map_err(|source| Error::Open { path: path.clone(), source })?;
                 f.seek(SeekFrom::Start(at))?;
                 Ok((Box::new(f.take(len)), len))
             }
@@ -432,19 +622,25 @@ impl Files {
     fn read_json(&self, name: &str) -> Result<Vec<u8>> {
         let (r, len) = self.open(name)?;
         if len > MAX_JSON_SIZE {
-            bail!("{name} is {len} bytes, more than {MAX_JSON_SIZE}");
+            return Err(Error::TooLarge { name: name.to_string(), len });
         }
         let mut body = Vec::new();
-        r.take(MAX_JSON_SIZE).read_to_end(&mut body).with_context(|| format!("cannot read {name}"))?;
+        r.take(MAX_JSON_SIZE)
+            .read_to_end(&mut body)
+            .map_err(|source| Error::Read { name: name.to_string(), source })?;
         Ok(body)
     }
 
     /// A small blob (index, manifest, config), checked against its descriptor.
     fn read_blob(&self, member: &str, d: &Descriptor, r: &LocalRef) -> Result<Vec<u8>> {
-        let body = self.read_json(member).with_context(|| format!("{r}: blob {}", d.digest))?;
+        let body = self.read_json(member).map_err(|e| Error::Blob {
+            local: r.to_string(),
+            digest: d.digest.clone(),
+            source: Box::new(e),
+        })?;
         let actual = Digest::of(&body);
         if actual != d.digest {
-            bail!("{r}: blob {} is corrupt (its content hashes to {actual})", d.digest);
+            return Err(Error::Corrupt { local: r.to_string(), digest: d.digest.clone(), actual });
         }
         Ok(body)
     }

@@ -15,10 +15,120 @@ use crate::digest::Digest;
 use crate::image::{self, Descriptor, ManifestKind, Platform};
 use crate::index_artifact::{self, Expected, IndexArtifact};
 use crate::reference::Reference;
-use crate::registry::Client;
-use anyhow::{bail, ensure, Context, Result};
+use crate::registry::{Client, RegistryError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+
+/// Why an index could not be published, found, or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("one index per layer")]
+    IndexCount,
+    #[error("cannot push {what} to {repository}")]
+    Push {
+        what: String,
+        repository: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("cannot list the index under the referrers tag {tag} of {repository}")]
+    ReferrersTag {
+        tag: String,
+        repository: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("the referrers index is not JSON")]
+    ReferrersNotJson(#[source] serde_json::Error),
+    #[error("the tag holds something other than an OCI index ({media_type})")]
+    TagNotAnIndex { media_type: String },
+    #[error("the referrers index is not valid")]
+    ReferrersInvalid(#[source] serde_json::Error),
+    #[error("no imgfs index is published for {image}")]
+    NonePublished { image: String },
+    #[error("the index {index} published for {subject} is not usable")]
+    NotUsable {
+        index: Digest,
+        subject: Digest,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("index manifest {digest} is not valid")]
+    ManifestInvalid {
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("manifest {digest} is not an imgfs index (artifactType {artifact_type:?})")]
+    NotAnIndex { digest: Digest, artifact_type: Option<String> },
+    #[error("index manifest {digest} is for another image")]
+    OtherImage { digest: Digest },
+    #[error("index manifest {digest} lists {count} blobs")]
+    TooManyBlobs { digest: Digest, count: usize },
+    #[error("index manifest {digest} has no index for layer {layer}")]
+    NoIndexFor { digest: Digest, layer: Digest },
+    #[error("the index of layer {layer} is of media type {media_type:?}")]
+    MediaType { layer: Digest, media_type: String },
+    #[error("the index of layer {layer} claims {size} bytes, more than {}", index_artifact::MAX_BLOB)]
+    TooLarge { layer: Digest, size: u64 },
+    #[error("cannot get the index of layer {layer}")]
+    Fetch {
+        layer: Digest,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("the index of layer {layer} has a wrong or no {HEAD_ANNOTATION} annotation")]
+    HeadAnnotation { layer: Digest },
+    #[error("the head of the index of layer {layer} is larger than its blob")]
+    HeadTooLarge { layer: Digest },
+    #[error("the head of the index of layer {layer} does not match its {HEAD_ANNOTATION} annotation")]
+    HeadMismatch { layer: Digest },
+    #[error("the windows of the index of layer {layer} do not fill its blob")]
+    WindowsDoNotFill { layer: Digest },
+    #[error("cannot get {image}")]
+    GetImage {
+        image: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// A manifest or index that is not one.
+    #[error(transparent)]
+    Manifest(#[from] image::Error),
+    /// No image for the platform in the index.
+    #[error("{image}")]
+    Platform {
+        image: String,
+        #[source]
+        source: image::Error,
+    },
+    #[error("{image}: the index for {platform} points at another index")]
+    NestedIndex { image: String, platform: String },
+    #[error("{image}: image config claims {size} bytes")]
+    ConfigTooLarge { image: String, size: u64 },
+    #[error("{image}: bad config")]
+    BadConfig {
+        image: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{image}: config lists {diff_ids} diff_ids for {layers} layers")]
+    DiffIdCount { image: String, diff_ids: usize, layers: usize },
+    #[error(transparent)]
+    Artifact(#[from] index_artifact::Error),
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+// Boxed: a `RegistryError` inline would make every `Result` here large.
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Error {
+        Error::Registry(Box::new(e))
+    }
+}
 
 /// What the artifact manifest says it is; what the referrers are filtered by.
 pub const ARTIFACT_TYPE: &str = "application/vnd.imgfs.index.v1";
@@ -56,11 +166,16 @@ pub struct Found {
 /// Push the artifact blobs (one per layer of `image`, in order) and the artifact
 /// manifest, and list it under the referrers tag. Returns the manifest's digest.
 pub fn publish(client: &Client, image: &Image, blobs: &[Vec<u8>]) -> Result<Digest> {
-    ensure!(blobs.len() == image.layers.len(), "one index per layer");
+    if blobs.len() != image.layers.len() {
+        return Err(Error::IndexCount);
+    }
     let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
-    let push = |what: &str, digest: &Digest, bytes: &[u8]| {
-        client.upload_blob(reg, repo, digest, bytes).with_context(|| format!("cannot push {what} to {reg}/{repo}"))
+    let pushing = |what: &str| {
+        let (what, repository) = (what.to_string(), format!("{reg}/{repo}"));
+        move |source| Error::Push { what, repository, source: Box::new(source) }
     };
+    let push =
+        |what: &str, digest: &Digest, bytes: &[u8]| client.upload_blob(reg, repo, digest, bytes).map_err(pushing(what));
     push("the empty config", &Digest::of(EMPTY), EMPTY)?;
     let mut layers = Vec::new();
     for (layer, blob) in image.layers.iter().zip(blobs) {
@@ -93,18 +208,17 @@ pub fn publish(client: &Client, image: &Image, blobs: &[Vec<u8>]) -> Result<Dige
     let digest = Digest::of(&body);
     client
         .put_manifest(reg, repo, digest.as_str(), image::OCI_MANIFEST, &body)
-        .with_context(|| format!("cannot push the index manifest to {reg}/{repo}"))?;
+        .map_err(pushing("the index manifest"))?;
     let entry = json!({
         "mediaType": image::OCI_MANIFEST,
         "digest": digest,
         "size": body.len(),
         "artifactType": ARTIFACT_TYPE,
     });
-    add_to_referrers_tag(client, image, entry).with_context(|| {
-        format!(
-            "cannot list the index under the referrers tag {} of {reg}/{repo}",
-            referrers_tag(&image.manifest.digest)
-        )
+    add_to_referrers_tag(client, image, entry).map_err(|e| Error::ReferrersTag {
+        tag: referrers_tag(&image.manifest.digest),
+        repository: format!("{reg}/{repo}"),
+        source: Box::new(e),
     })?;
     Ok(digest)
 }
@@ -123,12 +237,10 @@ fn add_to_referrers_tag(client: &Client, image: &Image, entry: Value) -> Result<
     let tag = referrers_tag(&image.manifest.digest);
     let mut index = match client.get_manifest_at_origin(reg, repo, &tag) {
         Ok(m) => {
-            let v: Value = serde_json::from_slice(&m.body).context("the referrers index is not JSON")?;
-            ensure!(
-                v.get("manifests").is_some_and(Value::is_array),
-                "the tag holds something other than an OCI index ({})",
-                m.media_type
-            );
+            let v: Value = serde_json::from_slice(&m.body).map_err(Error::ReferrersNotJson)?;
+            if !v.get("manifests").is_some_and(Value::is_array) {
+                return Err(Error::TagNotAnIndex { media_type: m.media_type });
+            }
             v
         }
         Err(e) if e.is_not_found() => {
@@ -176,7 +288,7 @@ pub fn list(client: &Client, image: &Image) -> Result<Vec<Digest>> {
             Err(e) => return Err(e.into()),
         },
     };
-    let index: Referrers = serde_json::from_slice(&body).context("the referrers index is not valid")?;
+    let index: Referrers = serde_json::from_slice(&body).map_err(Error::ReferrersInvalid)?;
     // The referrers API may ignore the filter, and the tag lists every referrer.
     Ok(index
         .manifests
@@ -212,7 +324,9 @@ type Loader<T> = fn(&Client, &Image, &Digest) -> Result<Vec<T>>;
 fn find_by<T>(client: &Client, image: &Image, load: Loader<T>) -> Result<(Digest, Vec<T>)> {
     let candidates = list(client, image)?;
     let Some(newest) = candidates.last() else {
-        bail!("no imgfs index is published for {}/{}@{}", image.registry, image.repository, image.manifest.digest);
+        return Err(Error::NonePublished {
+            image: format!("{}/{}@{}", image.registry, image.repository, image.manifest.digest),
+        });
     };
     let mut first_error = None;
     for d in candidates.iter().rev() {
@@ -224,7 +338,7 @@ fn find_by<T>(client: &Client, image: &Image, load: Loader<T>) -> Result<(Digest
         }
     }
     let e = first_error.expect("one candidate at least");
-    Err(e.context(format!("the index {} published for {} is not usable", newest, image.manifest.digest)))
+    Err(Error::NotUsable { index: newest.clone(), subject: image.manifest.digest.clone(), source: Box::new(e) })
 }
 
 /// The artifact manifest's fields that matter here.
@@ -242,17 +356,16 @@ fn artifact_blobs(client: &Client, image: &Image, digest: &Digest) -> Result<Vec
     let (reg, repo) = (image.registry.as_str(), image.repository.as_str());
     let m = client.get_manifest(reg, repo, digest.as_str())?;
     let manifest: ArtifactManifest =
-        serde_json::from_slice(&m.body).with_context(|| format!("index manifest {digest} is not valid"))?;
-    ensure!(
-        manifest.artifact_type.as_deref() == Some(ARTIFACT_TYPE),
-        "manifest {digest} is not an imgfs index (artifactType {:?})",
-        manifest.artifact_type
-    );
-    ensure!(
-        manifest.subject.as_ref().map(|s| &s.digest) == Some(&image.manifest.digest),
-        "index manifest {digest} is for another image"
-    );
-    ensure!(manifest.layers.len() <= MAX_LAYERS, "index manifest {digest} lists {} blobs", manifest.layers.len());
+        serde_json::from_slice(&m.body).map_err(|source| Error::ManifestInvalid { digest: digest.clone(), source })?;
+    if manifest.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+        return Err(Error::NotAnIndex { digest: digest.clone(), artifact_type: manifest.artifact_type });
+    }
+    if manifest.subject.as_ref().map(|s| &s.digest) != Some(&image.manifest.digest) {
+        return Err(Error::OtherImage { digest: digest.clone() });
+    }
+    if manifest.layers.len() > MAX_LAYERS {
+        return Err(Error::TooManyBlobs { digest: digest.clone(), count: manifest.layers.len() });
+    }
     let by_layer: BTreeMap<&str, &Descriptor> = manifest
         .layers
         .iter()
@@ -262,20 +375,13 @@ fn artifact_blobs(client: &Client, image: &Image, digest: &Digest) -> Result<Vec
     for layer in &image.layers {
         let d = by_layer
             .get(layer.digest.as_str())
-            .with_context(|| format!("index manifest {digest} has no index for layer {}", layer.digest))?;
-        ensure!(
-            d.media_type == index_artifact::MEDIA_TYPE,
-            "the index of layer {} is of media type {:?}",
-            layer.digest,
-            d.media_type
-        );
-        ensure!(
-            d.size <= index_artifact::MAX_BLOB,
-            "the index of layer {} claims {} bytes, more than {}",
-            layer.digest,
-            d.size,
-            index_artifact::MAX_BLOB
-        );
+            .ok_or_else(|| Error::NoIndexFor { digest: digest.clone(), layer: layer.digest.clone() })?;
+        if d.media_type != index_artifact::MEDIA_TYPE {
+            return Err(Error::MediaType { layer: layer.digest.clone(), media_type: d.media_type.clone() });
+        }
+        if d.size > index_artifact::MAX_BLOB {
+            return Err(Error::TooLarge { layer: layer.digest.clone(), size: d.size });
+        }
         blobs.push((*d).clone());
     }
     Ok(blobs)
@@ -291,17 +397,15 @@ fn load(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Found>> {
         let mut blob = Vec::new();
         client
             .download_blob(reg, repo, &d.digest, Some(d.size), &mut blob)
-            .with_context(|| format!("cannot get the index of layer {}", layer.digest))?;
+            .map_err(|source| Error::Fetch { layer: layer.digest.clone(), source: Box::new(source) })?;
         let artifact = IndexArtifact::decode(&blob, &Expected { layer, diff_id })?;
         // The head's annotation must name this blob's head: a reader that trusts it to
         // fetch the head alone gets what a whole download would have.
         let head = IndexArtifact::head(&blob)?;
         let annotated = d.annotations.as_ref().and_then(|a| a.get(HEAD_ANNOTATION));
-        ensure!(
-            annotated.map(String::as_str) == Some(&format!("{} {}", head.len(), Digest::of(head))),
-            "the index of layer {} has a wrong or no {HEAD_ANNOTATION} annotation",
-            layer.digest
-        );
+        if annotated.map(String::as_str) != Some(&format!("{} {}", head.len(), Digest::of(head))) {
+            return Err(Error::HeadAnnotation { layer: layer.digest.clone() });
+        }
         found.push(Found { artifact, blob_size: blob.len() as u64, head_size: head.len() as u64 });
     }
     Ok(found)
@@ -319,25 +423,21 @@ fn load_heads(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Hea
         let (size, head_digest) = annotated
             .and_then(|a| a.split_once(' '))
             .and_then(|(n, h)| Some((n.parse::<u64>().ok()?, h.parse::<Digest>().ok()?)))
-            .with_context(|| {
-                format!("the index of layer {} has a wrong or no {HEAD_ANNOTATION} annotation", layer.digest)
-            })?;
-        ensure!(size <= d.size, "the head of the index of layer {} is larger than its blob", layer.digest);
+            .ok_or_else(|| Error::HeadAnnotation { layer: layer.digest.clone() })?;
+        if size > d.size {
+            return Err(Error::HeadTooLarge { layer: layer.digest.clone() });
+        }
         let head = client
             .read_blob_range(reg, repo, &d.digest, 0, size)
-            .with_context(|| format!("cannot get the index of layer {}", layer.digest))?;
-        ensure!(
-            head.len() as u64 == size && Digest::of(&head) == head_digest,
-            "the head of the index of layer {} does not match its {HEAD_ANNOTATION} annotation",
-            layer.digest
-        );
+            .map_err(|source| Error::Fetch { layer: layer.digest.clone(), source: Box::new(source) })?;
+        if head.len() as u64 != size || Digest::of(&head) != head_digest {
+            return Err(Error::HeadMismatch { layer: layer.digest.clone() });
+        }
         let artifact = IndexArtifact::decode_head(&head, &Expected { layer, diff_id })?;
         let window_ranges = artifact.window_ranges(size);
-        ensure!(
-            window_ranges.last().map_or(size, |r| r.1) == d.size,
-            "the windows of the index of layer {} do not fill its blob",
-            layer.digest
-        );
+        if window_ranges.last().map_or(size, |r| r.1) != d.size {
+            return Err(Error::WindowsDoNotFill { layer: layer.digest.clone() });
+        }
         heads.push(Head { artifact, blob: d.digest.clone(), window_ranges });
     }
     Ok(heads)
@@ -347,29 +447,37 @@ fn load_heads(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Hea
 /// `platform` one from an index), layers and diff_ids.
 pub fn remote_image(client: &Client, r: &Reference, platform: Option<&Platform>) -> Result<Image> {
     let (reg, repo) = (r.registry.as_str(), r.repository.as_str());
-    let top = client.get_manifest(reg, repo, &r.manifest_reference()).with_context(|| format!("cannot get {r}"))?;
+    let name = r.to_string();
+    let top = client
+        .get_manifest(reg, repo, &r.manifest_reference())
+        .map_err(|source| Error::GetImage { image: name.clone(), source: Box::new(source) })?;
     let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body)? {
         ManifestKind::Image(m) => (m, top),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
-            let d = image::platform_manifest(&idx.manifests, &want).with_context(|| r.to_string())?;
+            let d = image::platform_manifest(&idx.manifests, &want)
+                .map_err(|source| Error::Platform { image: name.clone(), source })?;
             let sub = client.get_manifest(reg, repo, d.digest.as_str())?;
             match image::parse_manifest(&sub.media_type, &sub.body)? {
                 ManifestKind::Image(m) => (m, sub),
-                ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
+                ManifestKind::Index(_) => return Err(Error::NestedIndex { image: name, platform: want.to_string() }),
             }
         }
     };
-    ensure!(manifest.config.size <= 32 << 20, "{r}: image config claims {} bytes", manifest.config.size);
+    if manifest.config.size > 32 << 20 {
+        return Err(Error::ConfigTooLarge { image: name, size: manifest.config.size });
+    }
     let mut config = Vec::new();
     client.download_blob(reg, repo, &manifest.config.digest, Some(manifest.config.size), &mut config)?;
-    let config: image::ImageConfig = serde_json::from_slice(&config).with_context(|| format!("{r}: bad config"))?;
-    ensure!(
-        config.rootfs.diff_ids.len() == manifest.layers.len(),
-        "{r}: config lists {} diff_ids for {} layers",
-        config.rootfs.diff_ids.len(),
-        manifest.layers.len()
-    );
+    let config: image::ImageConfig =
+        serde_json::from_slice(&config).map_err(|source| Error::BadConfig { image: name.clone(), source })?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(Error::DiffIdCount {
+            image: name,
+            diff_ids: config.rootfs.diff_ids.len(),
+            layers: manifest.layers.len(),
+        });
+    }
     Ok(Image {
         registry: r.registry.clone(),
         repository: r.repository.clone(),

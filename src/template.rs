@@ -6,6 +6,15 @@
 //! `map[k:v]` for maps, `<no value>` for a missing value. `align_table` is docker's
 //! tabwriter, for `table` formats.
 //!
+//! Both are ours, not a crate's, on purpose. The Go-template crates (`gtmpl`, and the
+//! Handlebars/Jinja engines, which are other languages) evaluate over their own value
+//! types and print values their own way; this engine reads the `serde_json::Value` the
+//! commands already build and prints it, `printf` included, as Go's `fmt` does, which
+//! is what a docker user's `--format` expects. The `tabwriter` crate pads to terminal
+//! columns (a CJK character or an emoji counts 2, a combining mark 0); Go's tabwriter,
+//! and so docker, counts characters, so a table with such a cell would come out
+//! different (`table_alignment_counts_characters_as_go_does` pins Go's output).
+//!
 //! A template comes from the command line, so nothing in it may crash or exhaust the
 //! machine: nesting is limited when parsing, and a render stops with an error once it
 //! has taken `MAX_STEPS` steps or made a string longer than `MAX_TEXT` bytes
@@ -21,6 +30,24 @@ const MAX_NESTING: usize = 100;
 const MAX_STEPS: u64 = 1_000_000;
 /// The longest string (the output included) a render may make, in bytes.
 const MAX_TEXT: usize = 16 << 20;
+
+/// Why a template could not be parsed or rendered. The texts are Go's where Go has
+/// one (`template: unexpected {{end}}`), so that a message reads as docker's does.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The template text is not a template we can run (syntax, or an unsupported action).
+    #[error("template: {0}")]
+    Parse(String),
+    /// Running it failed: a missing field, a bad argument, a function we lack, a limit.
+    #[error("template: {0}")]
+    Exec(String),
+    /// The whole output of a listing grew past `MAX_TEXT`.
+    #[error("output: result longer than {} MiB", MAX_TEXT >> 20)]
+    OutputTooLong,
+    /// A value could not be written as JSON (`{{json .}}`, `--format json`).
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
 
 /// A parsed template.
 #[derive(Debug)]
@@ -89,15 +116,15 @@ enum Item {
 
 impl Template {
     /// Parse `src`. A missing map key prints `<no value>`, as in Go by default.
-    pub fn parse(src: &str) -> Result<Template, String> {
+    pub fn parse(src: &str) -> Result<Template, Error> {
         let items = lex(src)?;
         check_nesting(&items)?;
         let mut pos = 0;
         let (nodes, end) = parse_list(&items, &mut pos)?;
         match end {
             ListEnd::Eof => Ok(Template { nodes, missing_key_error: false }),
-            ListEnd::End => Err("template: unexpected {{end}}".into()),
-            ListEnd::Else(_) => Err("template: unexpected {{else}}".into()),
+            ListEnd::End => Err(Error::Parse("unexpected {{end}}".into())),
+            ListEnd::Else(_) => Err(Error::Parse("unexpected {{else}}".into())),
         }
     }
 
@@ -108,18 +135,18 @@ impl Template {
         self
     }
 
-    pub fn render(&self, data: &Value) -> Result<String, String> {
+    pub fn render(&self, data: &Value) -> Result<String, Error> {
         self.run(data, false)
     }
 
     /// Render the header row of a `table` format: `data` maps each field to its column
     /// title and the formatting functions (`json`, `upper`, …) pass their argument
     /// through unchanged, as docker's header functions do.
-    pub fn render_header(&self, titles: &Value) -> Result<String, String> {
+    pub fn render_header(&self, titles: &Value) -> Result<String, Error> {
         self.run(titles, true)
     }
 
-    fn run(&self, data: &Value, header: bool) -> Result<String, String> {
+    fn run(&self, data: &Value, header: bool) -> Result<String, Error> {
         let mut st = State {
             vars: vec![("$".to_string(), data.clone())],
             out: String::new(),
@@ -127,7 +154,7 @@ impl Template {
             header,
             steps: 0,
         };
-        st.walk(&self.nodes, data).map_err(|e| format!("template: {e}"))?;
+        st.walk(&self.nodes, data)?;
         Ok(st.out)
     }
 }
@@ -147,8 +174,8 @@ impl Format {
     /// Parse `--format` (None: the default table). With `strict`, a field the items do
     /// not have is an error rather than `<no value>` (for items whose fields are all
     /// known, so that a typo is reported).
-    pub fn parse(src: Option<&str>, default_table: &str, strict: bool) -> Result<Format, String> {
-        let template = |src: &str| -> Result<Template, String> {
+    pub fn parse(src: Option<&str>, default_table: &str, strict: bool) -> Result<Format, Error> {
+        let template = |src: &str| -> Result<Template, Error> {
             let src = src.trim_matches(' ').replace("\\t", "\t").replace("\\n", "\n");
             let t = Template::parse(&src)?;
             Ok(if strict { t.missing_key_error() } else { t })
@@ -167,13 +194,15 @@ impl Format {
 
     /// The whole output for `items`; `titles` maps each field to its column title for
     /// the header row of a table.
-    pub fn render(&self, items: &[Value], titles: &Value) -> Result<String, String> {
-        let rows = |t: &Template| -> Result<String, String> {
+    pub fn render(&self, items: &[Value], titles: &Value) -> Result<String, Error> {
+        let rows = |t: &Template| -> Result<String, Error> {
             let mut out = String::new();
             for v in items {
                 out.push_str(&t.render(v)?);
                 out.push('\n');
-                check_len("output", out.len())?;
+                if out.len() > MAX_TEXT {
+                    return Err(Error::OutputTooLong);
+                }
             }
             Ok(out)
         };
@@ -181,7 +210,7 @@ impl Format {
             Format::Json => {
                 let mut out = String::new();
                 for v in items {
-                    out.push_str(&serde_json::to_string(v).map_err(|e| e.to_string())?);
+                    out.push_str(&serde_json::to_string(v)?);
                     out.push('\n');
                 }
                 out
@@ -194,7 +223,7 @@ impl Format {
 
 // ---- lexing --------------------------------------------------------------------------
 
-fn lex(src: &str) -> Result<Vec<Item>, String> {
+fn lex(src: &str) -> Result<Vec<Item>, Error> {
     let mut items = Vec::new();
     let mut rest = src;
     let mut trim_next_text = false;
@@ -233,12 +262,12 @@ fn lex(src: &str) -> Result<Vec<Item>, String> {
 
 /// Lex one action body (after `{{`). Returns its tokens (None for a comment), how many
 /// bytes it used up to and including `}}`, and whether it ended with ` -}}`.
-fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), String> {
+fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), Error> {
     let b = s.as_bytes();
     let trimmed = s.trim_start();
     if trimmed.starts_with("/*") {
         let start = s.len() - trimmed.len();
-        let close = s[start..].find("*/").ok_or("template: unclosed comment")? + start + 2;
+        let close = s[start..].find("*/").ok_or_else(|| Error::Parse("unclosed comment".into()))? + start + 2;
         let tail = &s[close..];
         let t = tail.trim_start();
         if let Some(r) = t.strip_prefix("-}}") {
@@ -247,7 +276,7 @@ fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), String> {
         if let Some(r) = t.strip_prefix("}}") {
             return Ok((None, s.len() - r.len(), false));
         }
-        return Err("template: comment ends before closing delimiter".into());
+        return Err(Error::Parse("comment ends before closing delimiter".into()));
     }
     let mut toks = Vec::new();
     let mut i = 0;
@@ -266,7 +295,7 @@ fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), String> {
     };
     loop {
         if i >= b.len() {
-            return Err("template: unclosed action (missing }})".into());
+            return Err(Error::Parse("unclosed action (missing }})".into()));
         }
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -287,7 +316,7 @@ fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), String> {
                 i += n;
             }
             b'`' => {
-                let close = s[i + 1..].find('`').ok_or("template: unterminated raw string")?;
+                let close = s[i + 1..].find('`').ok_or_else(|| Error::Parse("unterminated raw string".into()))?;
                 toks.push(Tok::Str(s[i + 1..i + 1 + close].to_string()));
                 i += close + 2;
             }
@@ -360,7 +389,7 @@ fn lex_action(s: &str) -> Result<(Option<Vec<Tok>>, usize, bool), String> {
             }
             _ => {
                 let ch = s[i..].chars().next().unwrap_or('?');
-                return Err(format!("template: unexpected {ch:?} in action"));
+                return Err(Error::Parse(format!("unexpected {ch:?} in action")));
             }
         }
     }
@@ -381,14 +410,14 @@ fn number_len(b: &[u8]) -> usize {
 }
 
 /// A Go interpreted string literal at the start of `s`: its value and its length.
-fn lex_quoted(s: &str) -> Result<(String, usize), String> {
+fn lex_quoted(s: &str) -> Result<(String, usize), Error> {
     let mut out = String::new();
     let mut chars = s.char_indices().skip(1);
     while let Some((i, c)) = chars.next() {
         match c {
             '"' => return Ok((out, i + 1)),
             '\\' => {
-                let (_, e) = chars.next().ok_or("template: unterminated quoted string")?;
+                let (_, e) = chars.next().ok_or_else(|| Error::Parse("unterminated quoted string".into()))?;
                 match e {
                     'n' => out.push('\n'),
                     't' => out.push('\t'),
@@ -406,24 +435,24 @@ fn lex_quoted(s: &str) -> Result<(String, usize), String> {
                         let ch = u32::from_str_radix(&hex, 16)
                             .ok()
                             .and_then(char::from_u32)
-                            .ok_or_else(|| format!("template: bad escape \\{e}{hex}"))?;
+                            .ok_or_else(|| Error::Parse(format!("bad escape \\{e}{hex}")))?;
                         out.push(ch);
                     }
-                    other => return Err(format!("template: unknown escape sequence \\{other}")),
+                    other => return Err(Error::Parse(format!("unknown escape sequence \\{other}"))),
                 }
             }
-            '\n' => return Err("template: newline in quoted string".into()),
+            '\n' => return Err(Error::Parse("newline in quoted string".into())),
             c => out.push(c),
         }
     }
-    Err("template: unterminated quoted string".into())
+    Err(Error::Parse("unterminated quoted string".into()))
 }
 
 // ---- parsing -------------------------------------------------------------------------
 
 /// Refuse a template whose blocks or parentheses nest more than `MAX_NESTING` deep,
 /// before the recursive parser sees it.
-fn check_nesting(items: &[Item]) -> Result<(), String> {
+fn check_nesting(items: &[Item]) -> Result<(), Error> {
     let mut blocks = 0usize;
     for item in items {
         let Item::Action(toks) = item else { continue };
@@ -445,7 +474,7 @@ fn check_nesting(items: &[Item]) -> Result<(), String> {
             }
         }
         if blocks > MAX_NESTING || deepest > MAX_NESTING {
-            return Err(format!("template: nested more than {MAX_NESTING} levels deep"));
+            return Err(Error::Parse(format!("nested more than {MAX_NESTING} levels deep")));
         }
     }
     Ok(())
@@ -458,7 +487,7 @@ enum ListEnd {
     Else(Vec<Tok>),
 }
 
-fn parse_list(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, ListEnd), String> {
+fn parse_list(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, ListEnd), Error> {
     let mut nodes = Vec::new();
     while *pos < items.len() {
         let item = &items[*pos];
@@ -472,20 +501,20 @@ fn parse_list(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, ListEnd), S
         };
         let keyword = match toks.first() {
             Some(Tok::Ident(k)) => k.as_str(),
-            None => return Err("template: missing value for command".into()),
+            None => return Err(Error::Parse("missing value for command".into())),
             _ => "",
         };
         match keyword {
             "end" => {
                 if toks.len() > 1 {
-                    return Err("template: unexpected tokens after end".into());
+                    return Err(Error::Parse("unexpected tokens after end".into()));
                 }
                 return Ok((nodes, ListEnd::End));
             }
             "else" => return Ok((nodes, ListEnd::Else(toks[1..].to_vec()))),
             "if" | "range" | "with" => nodes.push(parse_block(keyword, &toks[1..], items, pos)?),
             "define" | "template" | "block" | "break" | "continue" => {
-                return Err(format!("template: {{{{{keyword}}}}} is not supported"))
+                return Err(Error::Parse(format!("{{{{{keyword}}}}} is not supported")))
             }
             _ => nodes.push(Node::Action(parse_pipeline(toks)?)),
         }
@@ -493,19 +522,21 @@ fn parse_list(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, ListEnd), S
     Ok((nodes, ListEnd::Eof))
 }
 
-fn parse_block(keyword: &str, toks: &[Tok], items: &[Item], pos: &mut usize) -> Result<Node, String> {
+fn parse_block(keyword: &str, toks: &[Tok], items: &[Item], pos: &mut usize) -> Result<Node, Error> {
     let pipe = parse_pipeline(toks)?;
     if pipe.commands.is_empty() {
-        return Err(format!("template: missing value for {keyword}"));
+        return Err(Error::Parse(format!("missing value for {keyword}")));
     }
     let (body, end) = parse_list(items, pos)?;
     let otherwise = match end {
-        ListEnd::Eof => return Err(format!("template: unexpected EOF: {{{{{keyword}}}}} has no {{{{end}}}}")),
+        ListEnd::Eof => return Err(Error::Parse(format!("unexpected EOF: {{{{{keyword}}}}} has no {{{{end}}}}"))),
         ListEnd::End => Vec::new(),
         ListEnd::Else(rest) if rest.is_empty() => match parse_list(items, pos)? {
             (nodes, ListEnd::End) => nodes,
-            (_, ListEnd::Else(_)) => return Err("template: more than one {{else}}".into()),
-            (_, ListEnd::Eof) => return Err(format!("template: unexpected EOF: {{{{{keyword}}}}} has no {{{{end}}}}")),
+            (_, ListEnd::Else(_)) => return Err(Error::Parse("more than one {{else}}".into())),
+            (_, ListEnd::Eof) => {
+                return Err(Error::Parse(format!("unexpected EOF: {{{{{keyword}}}}} has no {{{{end}}}}")))
+            }
         },
         // `{{else if …}}` / `{{else with …}}`: a nested block that ends at our `{{end}}`.
         ListEnd::Else(rest) => match rest.first() {
@@ -513,7 +544,7 @@ fn parse_block(keyword: &str, toks: &[Tok], items: &[Item], pos: &mut usize) -> 
                 let k = k.clone();
                 vec![parse_block(&k, &rest[1..], items, pos)?]
             }
-            _ => return Err("template: unexpected tokens after else".into()),
+            _ => return Err(Error::Parse("unexpected tokens after else".into())),
         },
     };
     Ok(match keyword {
@@ -523,7 +554,7 @@ fn parse_block(keyword: &str, toks: &[Tok], items: &[Item], pos: &mut usize) -> 
     })
 }
 
-fn parse_pipeline(toks: &[Tok]) -> Result<Pipeline, String> {
+fn parse_pipeline(toks: &[Tok]) -> Result<Pipeline, Error> {
     let mut vars = Vec::new();
     let mut declare = true;
     let mut rest = toks;
@@ -552,14 +583,14 @@ fn parse_pipeline(toks: &[Tok]) -> Result<Pipeline, String> {
         match rest.get(i) {
             None => break,
             Some(Tok::Pipe) => i += 1,
-            Some(t) => return Err(format!("template: unexpected {t:?} in pipeline")),
+            Some(t) => return Err(Error::Parse(format!("unexpected {t:?} in pipeline"))),
         }
     }
     Ok(Pipeline { vars, declare, commands })
 }
 
 /// A command runs until `|`, `)` or the end; returns it and the tokens it used.
-fn parse_command(toks: &[Tok]) -> Result<(Command, usize), String> {
+fn parse_command(toks: &[Tok]) -> Result<(Command, usize), Error> {
     let mut operands = Vec::new();
     let mut i = 0;
     while i < toks.len() {
@@ -577,22 +608,22 @@ fn parse_command(toks: &[Tok]) -> Result<(Command, usize), String> {
                 _ => Operand::Func(id.clone()),
             },
             Tok::LParen => {
-                let close = matching_paren(&toks[i..]).ok_or("template: unclosed left paren")? + i;
+                let close = matching_paren(&toks[i..]).ok_or_else(|| Error::Parse("unclosed left paren".into()))? + i;
                 let inner = parse_pipeline(&toks[i + 1..close])?;
                 let Tok::RParen(chain) = &toks[close] else { unreachable!() };
                 i = close;
                 Operand::Sub(Box::new(inner), chain.clone())
             }
-            t => return Err(format!("template: unexpected {t:?} in command")),
+            t => return Err(Error::Parse(format!("unexpected {t:?} in command"))),
         };
         operands.push(op);
         i += 1;
     }
     if operands.is_empty() {
-        return Err("template: missing value for command".into());
+        return Err(Error::Parse("missing value for command".into()));
     }
     if let Some(Tok::RParen(_)) = toks.get(i) {
-        return Err("template: unexpected right paren".into());
+        return Err(Error::Parse("unexpected right paren".into()));
     }
     Ok((Command { operands }, i))
 }
@@ -614,7 +645,7 @@ fn matching_paren(toks: &[Tok]) -> Option<usize> {
     None
 }
 
-fn parse_number(n: &str) -> Result<Value, String> {
+fn parse_number(n: &str) -> Result<Value, Error> {
     if let Ok(i) = n.parse::<i64>() {
         return Ok(Value::from(i));
     }
@@ -622,7 +653,7 @@ fn parse_number(n: &str) -> Result<Value, String> {
         .ok()
         .and_then(serde_json::Number::from_f64)
         .map(Value::Number)
-        .ok_or_else(|| format!("template: bad number syntax: {n:?}"))
+        .ok_or_else(|| Error::Parse(format!("bad number syntax: {n:?}")))
 }
 
 // ---- evaluation ----------------------------------------------------------------------
@@ -637,23 +668,23 @@ struct State {
 }
 
 impl State {
-    fn step(&mut self) -> Result<(), String> {
+    fn step(&mut self) -> Result<(), Error> {
         self.steps += 1;
         if self.steps > MAX_STEPS {
-            return Err(format!("evaluation stopped after {MAX_STEPS} steps (a range too long?)"));
+            return Err(Error::Exec(format!("evaluation stopped after {MAX_STEPS} steps (a range too long?)")));
         }
         Ok(())
     }
 
-    fn emit(&mut self, text: &str) -> Result<(), String> {
+    fn emit(&mut self, text: &str) -> Result<(), Error> {
         if self.out.len() + text.len() > MAX_TEXT {
-            return Err(format!("output longer than {} MiB", MAX_TEXT >> 20));
+            return Err(Error::Exec(format!("output longer than {} MiB", MAX_TEXT >> 20)));
         }
         self.out.push_str(text);
         Ok(())
     }
 
-    fn walk(&mut self, nodes: &[Node], dot: &Value) -> Result<(), String> {
+    fn walk(&mut self, nodes: &[Node], dot: &Value) -> Result<(), Error> {
         for node in nodes {
             self.step()?;
             match node {
@@ -690,7 +721,7 @@ impl State {
         Ok(())
     }
 
-    fn range(&mut self, over: &Pipeline, body: &[Node], otherwise: &[Node], dot: &Value) -> Result<(), String> {
+    fn range(&mut self, over: &Pipeline, body: &[Node], otherwise: &[Node], dot: &Value) -> Result<(), Error> {
         // The range variables are bound per element, not to the whole value.
         let v = self.eval_commands(over, dot)?;
         // Elements are made one at a time: a range over a large number must cost steps
@@ -700,13 +731,13 @@ impl State {
             Value::Object(m) => m.len() as u64,
             Value::Null => 0,
             Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
-            other => return Err(format!("range can't iterate over {}", go_print(other))),
+            other => return Err(Error::Exec(format!("range can't iterate over {}", go_print(other)))),
         };
         if count == 0 {
             return self.walk(otherwise, dot);
         }
         if over.vars.len() > 2 {
-            return Err("too many declarations in range".into());
+            return Err(Error::Exec("too many declarations in range".into()));
         }
         let mut keys = match &v {
             Value::Object(m) => Some(m.iter()),
@@ -737,21 +768,21 @@ impl State {
         Ok(())
     }
 
-    fn pipeline(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, String> {
+    fn pipeline(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, Error> {
         let v = self.eval_commands(p, dot)?;
         for name in &p.vars {
             if p.declare {
                 self.vars.push((name.clone(), v.clone()));
             } else {
                 let slot = self.vars.iter_mut().rev().find(|(n, _)| n == name);
-                let slot = slot.ok_or_else(|| format!("undefined variable: {name}"))?;
+                let slot = slot.ok_or_else(|| Error::Exec(format!("undefined variable: {name}")))?;
                 slot.1 = v.clone();
             }
         }
         Ok(v)
     }
 
-    fn eval_commands(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, String> {
+    fn eval_commands(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, Error> {
         let mut piped: Option<Value> = None;
         for cmd in &p.commands {
             piped = Some(self.command(cmd, dot, piped)?);
@@ -759,7 +790,7 @@ impl State {
         Ok(piped.unwrap_or(Value::Null))
     }
 
-    fn command(&mut self, cmd: &Command, dot: &Value, piped: Option<Value>) -> Result<Value, String> {
+    fn command(&mut self, cmd: &Command, dot: &Value, piped: Option<Value>) -> Result<Value, Error> {
         self.step()?;
         if let Operand::Func(name) = &cmd.operands[0] {
             let mut args = Vec::new();
@@ -770,18 +801,18 @@ impl State {
             return self.call(name, args).and_then(capped);
         }
         if cmd.operands.len() > 1 || piped.is_some() {
-            return Err(format!("can't give argument to non-function {}", describe(&cmd.operands[0])));
+            return Err(Error::Exec(format!("can't give argument to non-function {}", describe(&cmd.operands[0]))));
         }
         self.operand(&cmd.operands[0], dot)
     }
 
-    fn operand(&mut self, op: &Operand, dot: &Value) -> Result<Value, String> {
+    fn operand(&mut self, op: &Operand, dot: &Value) -> Result<Value, Error> {
         match op {
             Operand::Dot => Ok(dot.clone()),
             Operand::Field(chain) => self.fields(dot, chain),
             Operand::Variable(name, chain) => {
                 let v = self.vars.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-                let v = v.ok_or_else(|| format!("undefined variable: {name}"))?;
+                let v = v.ok_or_else(|| Error::Exec(format!("undefined variable: {name}")))?;
                 self.fields(&v, chain)
             }
             Operand::Literal(v) => Ok(v.clone()),
@@ -793,7 +824,7 @@ impl State {
         }
     }
 
-    fn fields(&self, v: &Value, chain: &[String]) -> Result<Value, String> {
+    fn fields(&self, v: &Value, chain: &[String]) -> Result<Value, Error> {
         let mut cur = v.clone();
         for name in chain {
             cur = match cur {
@@ -801,39 +832,41 @@ impl State {
                     Some(x) => x,
                     None if self.missing_key_error => {
                         let known: Vec<&str> = m.keys().map(String::as_str).collect();
-                        return Err(format!("no field {name:?} (known fields: {})", known.join(", ")));
+                        return Err(Error::Exec(format!("no field {name:?} (known fields: {})", known.join(", "))));
                     }
                     None => Value::Null,
                 },
                 // A missing map along the way reads as a missing value, as indexing a
                 // nil map does in Go.
                 Value::Null => Value::Null,
-                other => return Err(format!("can't evaluate field {name} in type {}", type_name(&other))),
+                other => return Err(Error::Exec(format!("can't evaluate field {name} in type {}", type_name(&other)))),
             };
         }
         Ok(cur)
     }
 
-    fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, String> {
-        let want = |n: usize| -> Result<(), String> {
+    fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, Error> {
+        let want = |n: usize| -> Result<(), Error> {
             if args.len() == n {
                 Ok(())
             } else {
-                Err(format!("wrong number of args for {name}: want {n} got {}", args.len()))
+                Err(Error::Exec(format!("wrong number of args for {name}: want {n} got {}", args.len())))
             }
         };
         // Docker renders table headers with these functions turned into identities.
         if self.header && matches!(name, "json" | "split" | "join" | "title" | "lower" | "upper" | "truncate" | "pad") {
-            return args.into_iter().next().ok_or_else(|| format!("wrong number of args for {name}"));
+            return args.into_iter().next().ok_or_else(|| Error::Exec(format!("wrong number of args for {name}")));
         }
         match name {
             "json" => {
                 want(1)?;
-                Ok(Value::String(serde_json::to_string(&args[0]).map_err(|e| e.to_string())?))
+                Ok(Value::String(serde_json::to_string(&args[0])?))
             }
             "index" => {
                 let mut it = args.into_iter();
-                let mut cur = it.next().ok_or("wrong number of args for index: want at least 1 got 0")?;
+                let mut cur = it
+                    .next()
+                    .ok_or_else(|| Error::Exec("wrong number of args for index: want at least 1 got 0".into()))?;
                 for key in it {
                     cur = index(&cur, &key)?;
                 }
@@ -845,7 +878,7 @@ impl State {
                     Value::String(s) => s.len(),
                     Value::Array(a) => a.len(),
                     Value::Object(m) => m.len(),
-                    other => return Err(format!("len of type {}", type_name(other))),
+                    other => return Err(Error::Exec(format!("len of type {}", type_name(other)))),
                 };
                 Ok(Value::from(n))
             }
@@ -863,7 +896,7 @@ impl State {
                         Ok(Value::String(parts.join(&sep)))
                     }
                     Value::Null => Ok(Value::String(String::new())),
-                    other => Err(format!("join: expected a list, got {}", type_name(other))),
+                    other => Err(Error::Exec(format!("join: expected a list, got {}", type_name(other)))),
                 }
             }
             "split" => {
@@ -887,7 +920,9 @@ impl State {
             }
             "truncate" => {
                 want(2)?;
-                let n = args[1].as_u64().ok_or("truncate: the length must be a non-negative integer")?;
+                let n = args[1]
+                    .as_u64()
+                    .ok_or_else(|| Error::Exec("truncate: the length must be a non-negative integer".into()))?;
                 Ok(Value::String(text_of(&args[0]).chars().take(n as usize).collect()))
             }
             "pad" => {
@@ -911,7 +946,9 @@ impl State {
                 Ok(Value::String(out))
             }
             "printf" => {
-                let (fmt, rest) = args.split_first().ok_or("wrong number of args for printf: want at least 1 got 0")?;
+                let (fmt, rest) = args
+                    .split_first()
+                    .ok_or_else(|| Error::Exec("wrong number of args for printf: want at least 1 got 0".into()))?;
                 Ok(Value::String(sprintf(&text_of(fmt), rest)?))
             }
             "not" => {
@@ -922,9 +959,10 @@ impl State {
             "and" => Ok(args.iter().find(|a| !truthy(a)).or(args.last()).cloned().unwrap_or(Value::Null)),
             "or" => Ok(args.iter().find(|a| truthy(a)).or(args.last()).cloned().unwrap_or(Value::Null)),
             "eq" => {
-                let (first, rest) = args.split_first().ok_or("missing argument for comparison")?;
+                let (first, rest) =
+                    args.split_first().ok_or_else(|| Error::Exec("missing argument for comparison".into()))?;
                 if rest.is_empty() {
-                    return Err("missing argument for comparison".into());
+                    return Err(Error::Exec("missing argument for comparison".into()));
                 }
                 Ok(Value::Bool(rest.iter().any(|r| same(first, r))))
             }
@@ -932,22 +970,22 @@ impl State {
                 want(2)?;
                 Ok(Value::Bool(!same(&args[0], &args[1])))
             }
-            _ => Err(format!("function {name:?} not defined")),
+            _ => Err(Error::Exec(format!("function {name:?} not defined"))),
         }
     }
 }
 
 /// Refuse to make a string longer than `MAX_TEXT` bytes (before making it, where the
 /// length is known in advance).
-fn check_len(what: &str, len: usize) -> Result<(), String> {
+fn check_len(what: &str, len: usize) -> Result<(), Error> {
     if len > MAX_TEXT {
-        return Err(format!("{what}: result longer than {} MiB", MAX_TEXT >> 20));
+        return Err(Error::Exec(format!("{what}: result longer than {} MiB", MAX_TEXT >> 20)));
     }
     Ok(())
 }
 
 /// A function's result, if it is not longer than `MAX_TEXT`.
-fn capped(v: Value) -> Result<Value, String> {
+fn capped(v: Value) -> Result<Value, Error> {
     if let Value::String(s) = &v {
         check_len("string", s.len())?;
     }
@@ -966,22 +1004,24 @@ fn describe(op: &Operand) -> String {
     }
 }
 
-fn index(v: &Value, key: &Value) -> Result<Value, String> {
+fn index(v: &Value, key: &Value) -> Result<Value, Error> {
     match v {
         Value::Object(m) => Ok(m.get(&text_of(key)).cloned().unwrap_or(Value::Null)),
         Value::Array(a) => {
-            let i = key.as_u64().ok_or_else(|| format!("cannot index list with {}", go_print(key)))? as usize;
-            a.get(i).cloned().ok_or_else(|| format!("error calling index: index out of range: {i}"))
+            let i =
+                key.as_u64().ok_or_else(|| Error::Exec(format!("cannot index list with {}", go_print(key))))? as usize;
+            a.get(i).cloned().ok_or_else(|| Error::Exec(format!("error calling index: index out of range: {i}")))
         }
         Value::String(s) => {
-            let i = key.as_u64().ok_or_else(|| format!("cannot index string with {}", go_print(key)))? as usize;
+            let i = key.as_u64().ok_or_else(|| Error::Exec(format!("cannot index string with {}", go_print(key))))?
+                as usize;
             s.as_bytes()
                 .get(i)
                 .map(|b| Value::from(*b))
-                .ok_or_else(|| format!("error calling index: index out of range: {i}"))
+                .ok_or_else(|| Error::Exec(format!("error calling index: index out of range: {i}")))
         }
         Value::Null => Ok(Value::Null),
-        other => Err(format!("can't index item of type {}", type_name(other))),
+        other => Err(Error::Exec(format!("can't index item of type {}", type_name(other)))),
     }
 }
 
@@ -1068,7 +1108,7 @@ fn print_map(m: &Map<String, Value>) -> String {
 }
 
 /// Go's `fmt.Sprint`: a space between operands when neither side is a string.
-fn sprint(args: &[Value]) -> Result<String, String> {
+fn sprint(args: &[Value]) -> Result<String, Error> {
     let mut out = String::new();
     for (i, a) in args.iter().enumerate() {
         if i > 0 && !args[i - 1].is_string() && !a.is_string() {
@@ -1085,7 +1125,7 @@ fn sprint(args: &[Value]) -> Result<String, String> {
 /// always signs them, ` ` leaves room for a sign, `#` adds a base prefix), a width and
 /// a precision (`%-10s`, `%5d`, `%.2f`, `%.3s`; `*` takes them from the arguments).
 /// A verb that does not fit its argument prints as Go prints it: `%!d(string=x)`.
-fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
+fn sprintf(fmt: &str, args: &[Value]) -> Result<String, Error> {
     let mut out = String::new();
     let mut args = args.iter();
     let mut chars = fmt.chars().peekable();
@@ -1488,7 +1528,7 @@ mod tests {
             r#"{{printf "%.99999999999d" 1}}"#,
             r#"{{printf "%.*f" 99999999999 1.5}}"#,
         ] {
-            let err = Template::parse(huge).unwrap().render(&d).unwrap_err();
+            let err = Template::parse(huge).unwrap().render(&d).unwrap_err().to_string();
             assert!(err.contains("longer than"), "{huge}: {err}");
         }
     }
@@ -1513,26 +1553,26 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let parse_err = |t: &str| Template::parse(t).unwrap_err();
+        let parse_err = |t: &str| Template::parse(t).unwrap_err().to_string();
         assert!(parse_err("{{.Id").contains("unclosed action"), "{}", parse_err("{{.Id"));
         assert!(parse_err("{{if .Id}}x").contains("has no {{end}}"));
         assert!(parse_err("{{end}}").contains("unexpected {{end}}"));
         assert!(parse_err("{{\"abc}}").contains("unterminated"));
         assert!(parse_err("{{}}").contains("missing value"));
         assert!(parse_err("{{template \"x\"}}").contains("not supported"));
-        let run_err = |t: &str| Template::parse(t).unwrap().render(&data()).unwrap_err();
+        let run_err = |t: &str| Template::parse(t).unwrap().render(&data()).unwrap_err().to_string();
         assert!(run_err("{{nosuch .Id}}").contains(r#"function "nosuch" not defined"#));
         assert!(run_err("{{.Id.Foo}}").contains("can't evaluate field Foo in type string"));
         assert!(run_err("{{index .RepoTags 5}}").contains("out of range"));
         assert!(run_err("{{.Id 1}}").contains("non-function"));
         let strict = Template::parse("{{.Nope}}").unwrap().missing_key_error();
-        assert!(strict.render(&json!({"ID": 1})).unwrap_err().contains(r#"no field "Nope""#));
+        assert!(strict.render(&json!({"ID": 1})).unwrap_err().to_string().contains(r#"no field "Nope""#));
         assert!(run_err("{{$nope}}").contains("undefined variable"));
     }
 
     #[test]
     fn hostile_templates_fail_with_an_error_instead_of_exhausting_the_machine() {
-        let run_err = |t: &str| Template::parse(t).unwrap().render(&data()).unwrap_err();
+        let run_err = |t: &str| Template::parse(t).unwrap().render(&data()).unwrap_err().to_string();
         assert!(run_err("{{pad .Id 99999999999 0}}").contains("pad: result longer than 16 MiB"));
         assert!(run_err("{{pad .Id 9223372036854775807 9223372036854775807}}").contains("longer than"));
         assert!(run_err("{{range 1000000000000}}{{end}}").contains("evaluation stopped after"));
@@ -1545,7 +1585,7 @@ mod tests {
         // A small range still works.
         assert_eq!(render("{{range 3}}{{.}}{{end}}", &data()), "012");
         assert_eq!(render("{{range $i, $e := 2}}{{$i}}{{$e}};{{end}}", &data()), "00;11;");
-        let parse_err = |t: &str| Template::parse(t).unwrap_err();
+        let parse_err = |t: &str| Template::parse(t).unwrap_err().to_string();
         let deep_parens = format!("{{{{{}1{}}}}}", "(".repeat(50_000), ")".repeat(50_000));
         assert!(parse_err(&deep_parens).contains("nested more than 100 levels"));
         let deep_blocks = format!("{}{}", "{{if 1}}".repeat(50_000), "{{end}}".repeat(50_000));
@@ -1576,5 +1616,31 @@ mod tests {
         assert_eq!(align_table("a\nb\n"), "a\nb\n");
         // A trailing tab pads the last cell too.
         assert_eq!(align_table("a\tb\t\n"), "a         b         \n");
+    }
+
+    /// Widths are counted in characters (Go's runes), not in terminal columns: the
+    /// expected texts are what Go's `tabwriter.NewWriter(out, 10, 1, 3, ' ', 0)`
+    /// (docker's) wrote for these inputs. The `tabwriter` crate counts display width
+    /// (2 for CJK and emoji, 0 for combining marks and controls) and differs on
+    /// every case but the ragged one.
+    #[test]
+    fn table_alignment_counts_characters_as_go_does() {
+        let cases = [
+            ("NAME\tTAG\n日本語のイメージ\tv1\nalpine\t最新\n", "NAME       TAG\n日本語のイメージ   v1\nalpine     最新\n"),
+            ("NAME\tSIZE\ncafé\t1MB\ncafe\u{301}\t2MB\n", "NAME      SIZE\ncafé      1MB\ncafe\u{301}     2MB\n"),
+            ("EMOJI\tX\n🐳🐳\ty\nab\tz\n", "EMOJI     X\n🐳🐳        y\nab        z\n"),
+            ("ctl\tv\na\rb\tw\n", "ctl       v\na\rb       w\n"),
+            (
+                "a\tb\tc\nxxxxxxxxxxxxxxxxxx\ty\nno tabs here\nq\tr\ts\tt\n",
+                "a                    b         c\nxxxxxxxxxxxxxxxxxx   y\nno tabs here\nq         r         s         t\n",
+            ),
+            ("\t\t\n\tx\n", "                    \n          x\n"),
+            ("A\tB\nlast line without newline\tz", "A                           B\nlast line without newline   z"),
+            ("x\ty\n\nx\ty\n", "x         y\n\nx         y\n"),
+            ("exactly7\tb\nexactly10c\tc\n", "exactly7     b\nexactly10c   c\n"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(align_table(text), want, "{text:?}");
+        }
     }
 }

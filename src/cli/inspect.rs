@@ -13,7 +13,7 @@ use crate::reference::familiar_ref;
 use crate::store::db::{layer_unpacked_size, ImageRecord};
 use crate::store::Store;
 use crate::template::Template;
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -207,14 +207,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // `--format json` is docker's name for the default output.
     let template = match args.format.as_deref() {
         None | Some("json") => None,
-        Some(f) => Some(Template::parse(f).map_err(|e| anyhow!("invalid --format: {e}"))?),
+        Some(f) => Some(Template::parse(f).context("invalid --format")?),
     };
     let db = ctx.store.db()?;
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &args.images {
         let view = match LocalRef::parse(name) {
-            Some(local) => local.and_then(|l| inspect_local(&ctx.store, &l)),
+            Some(local) => local.map_err(anyhow::Error::from).and_then(|l| inspect_local(&ctx.store, &l)),
             None => db.find(name).map_err(anyhow::Error::from).and_then(|(id, _)| {
                 let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
                 inspect(&ctx.store, rec, &ctx.store.read_blob(&rec.id)?, db.tags_of(&rec.id))
@@ -237,7 +237,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         Some(t) => {
             for view in &found {
                 let value = template_view(view)?;
-                let text = t.render(&value).map_err(|e| anyhow!("cannot format image {}: {e}", view.id))?;
+                let text = t.render(&value).with_context(|| format!("cannot format image {}", view.id))?;
                 writeln!(out, "{text}")?;
             }
         }

@@ -75,7 +75,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             }
             out
         }
-        Output::Format(f) => f.render(&values, &column_titles()).map_err(|e| anyhow!("invalid --format: {e}"))?,
+        Output::Format(f) => f.render(&values, &column_titles()).context("invalid --format")?,
     };
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -98,7 +98,7 @@ impl Output {
             return Ok(Output::Quiet);
         }
         let format = Format::parse(args.format.as_deref(), default_table, true);
-        Ok(Output::Format(format.map_err(|e| anyhow!("invalid --format: {e}"))?))
+        Ok(Output::Format(format.context("invalid --format")?))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::store::mounts::{
 use crate::store::Store;
 use crate::template::Format;
 use crate::tree::{DirAttrs, Tree};
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -395,7 +395,8 @@ fn use_published_index(
         layers: record.layers.clone(),
         diff_ids: config.rootfs.diff_ids.clone(),
     };
-    let found = client.and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)));
+    let found = client
+        .and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)).map_err(Into::into));
     match found {
         Ok((c, digest, heads)) => {
             let n = layers.use_published(heads, c, cache);
@@ -599,7 +600,7 @@ pub fn handle_server_signals() {
 const LIST_TABLE: &str = "{{.Image}}\t{{.ID}}\t{{.Mountpoint}}\t{{.PID}}";
 
 fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
-    let format = Format::parse(format, LIST_TABLE, true).map_err(|e| anyhow!("invalid --format: {e}"))?;
+    let format = Format::parse(format, LIST_TABLE, true).context("invalid --format")?;
     let (live, _dead) = ctx.store.mounts()?;
     let rows: Vec<serde_json::Value> = live
         .into_iter()
@@ -614,7 +615,7 @@ fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
         })
         .collect();
     let titles = serde_json::json!({"Image": "IMAGE", "ID": "IMAGE ID", "Mountpoint": "MOUNTPOINT", "PID": "PID"});
-    let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
+    let text = format.render(&rows, &titles).context("invalid --format")?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     Ok(())

@@ -135,7 +135,7 @@ fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: b
         || -> Result<Arc<Client>, fetch::Error> { Err(fetch::Error::Invalid(format!("{r} is not a registry"))) };
     for (l, diff_id) in resolved.record.layers.iter().zip(&resolved.config.rootfs.diff_ids) {
         let line = display.layer(l.digest.short(), !store.has_blob(&l.digest));
-        let copied = if store.has_blob(&l.digest) { Ok(()) } else { image.copy_blob(store, l) };
+        let copied = if store.has_blob(&l.digest) { Ok(()) } else { image.copy_blob(store, l).map_err(Into::into) };
         // The blob is in the store now: this indexes it (checking its diff_id) and
         // never asks a registry.
         match copied

@@ -9,7 +9,7 @@
 use super::Context;
 use crate::registry::search::{index_url, SearchResult};
 use crate::template::Format;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -55,7 +55,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     } else {
         Format::parse(args.format.as_deref(), DEFAULT_TABLE, true)
     };
-    let format = format.map_err(|e| anyhow!("invalid --format: {e}"))?;
+    let format = format.context("invalid --format")?;
     let titles = json!({
         "Name": "NAME",
         "Description": "DESCRIPTION",
@@ -66,7 +66,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // A field that does not exist shows when a row is rendered: try one before asking
     // anybody, so that a typo costs no request.
     let sample = row(&SearchResult::default(), true, format.is_json());
-    format.render(&[sample], &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
+    format.render(&[sample], &titles).context("invalid --format")?;
 
     let results = match target(&args) {
         Target::Hub(term) => ctx.client()?.hub_search(&index_url()?, &term, limit)?,
@@ -80,7 +80,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .filter(|r| filter.matches(r))
         .map(|r| row(r, !args.no_trunc, format.is_json()))
         .collect();
-    let text = format.render(&rows, &titles).map_err(|e| anyhow!("invalid --format: {e}"))?;
+    let text = format.render(&rows, &titles).context("invalid --format")?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     Ok(())

@@ -147,8 +147,17 @@ pub(crate) fn token_lifetime(expires_in: Option<u64>, issued_at: Option<&str>, n
     left.saturating_sub((life / 10).min(Duration::from_secs(10)))
 }
 
+/// Why a token service's answer holds no usable token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token answer is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("token answer has neither `token` nor `access_token`")]
+    NoToken,
+}
+
 /// The token service's answer: `token` (or the OAuth2 name `access_token`), with its life.
-pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<(String, Duration), String> {
+pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<(String, Duration), TokenError> {
     #[derive(serde::Deserialize)]
     struct TokenResponse {
         #[serde(default)]
@@ -160,12 +169,9 @@ pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<(Stri
         #[serde(default)]
         issued_at: Option<String>,
     }
-    let r: TokenResponse = serde_json::from_slice(body).map_err(|e| format!("token answer is not valid JSON: {e}"))?;
-    let token = r
-        .token
-        .filter(|t| !t.is_empty())
-        .or(r.access_token.filter(|t| !t.is_empty()))
-        .ok_or("token answer has neither `token` nor `access_token`")?;
+    let r: TokenResponse = serde_json::from_slice(body).map_err(TokenError::Json)?;
+    let token =
+        r.token.filter(|t| !t.is_empty()).or(r.access_token.filter(|t| !t.is_empty())).ok_or(TokenError::NoToken)?;
     Ok((token, token_lifetime(r.expires_in, r.issued_at.as_deref(), now)))
 }
 
@@ -358,10 +364,10 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().chars().take(200).collect());
             return Err(denied(format!("token service {host} answered {status}: {detail}")));
         }
-        parse_token_response(&body, SystemTime::now()).map_err(|reason| RegistryError::InvalidResponse {
+        parse_token_response(&body, SystemTime::now()).map_err(|source| RegistryError::InvalidToken {
             registry: registry.to_string(),
-            what: format!("a token from {host}"),
-            reason,
+            host: host.to_string(),
+            source,
         })
     }
 }

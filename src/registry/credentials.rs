@@ -61,6 +61,23 @@ pub(crate) fn auth_file_paths(docker_config_dir: Option<&Path>) -> Vec<PathBuf> 
     out
 }
 
+/// Why a docker `config.json` or podman `auth.json` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error("not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("auths.{key:?}.auth is not base64")]
+    NotBase64 {
+        key: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("auths.{key:?}.auth is not UTF-8 text")]
+    NotUtf8 { key: String },
+    #[error("auths.{key:?}.auth does not decode to user:password")]
+    NotUserPassword { key: String },
+}
+
 /// One docker `config.json` or podman `auth.json`, read.
 #[derive(Default)]
 pub(crate) struct AuthFile {
@@ -74,15 +91,14 @@ impl AuthFile {
     /// because silently ignoring it would turn into a baffling "unauthorized" later.
     pub fn load(path: &Path) -> Result<AuthFile, RegistryError> {
         match std::fs::read(path) {
-            Ok(text) => {
-                AuthFile::parse(&text).map_err(|reason| RegistryError::Credentials { path: path.to_path_buf(), reason })
-            }
+            Ok(text) => AuthFile::parse(&text)
+                .map_err(|source| RegistryError::CredentialsInvalid { path: path.to_path_buf(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AuthFile::default()),
-            Err(e) => Err(RegistryError::Credentials { path: path.to_path_buf(), reason: e.to_string() }),
+            Err(source) => Err(RegistryError::CredentialsUnreadable { path: path.to_path_buf(), source }),
         }
     }
 
-    pub(crate) fn parse(text: &[u8]) -> Result<AuthFile, String> {
+    pub(crate) fn parse(text: &[u8]) -> Result<AuthFile, AuthFileError> {
         #[derive(serde::Deserialize)]
         struct Config {
             #[serde(default)]
@@ -103,7 +119,7 @@ impl AuthFile {
             #[serde(default)]
             identitytoken: Option<String>,
         }
-        let config: Config = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let config: Config = serde_json::from_slice(text).map_err(AuthFileError::Json)?;
         let mut auths = HashMap::new();
         for (key, entry) in config.auths {
             let token = entry.identitytoken.filter(|t| !t.is_empty());
@@ -114,12 +130,11 @@ impl AuthFile {
                 (None, Some(auth), _, _) => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
-                        .map_err(|e| format!("auths.{key:?}.auth is not base64: {e}"))?;
+                        .map_err(|source| AuthFileError::NotBase64 { key: key.clone(), source })?;
                     let decoded =
-                        String::from_utf8(decoded).map_err(|_| format!("auths.{key:?}.auth is not UTF-8 text"))?;
-                    let (user, pass) = decoded
-                        .split_once(':')
-                        .ok_or_else(|| format!("auths.{key:?}.auth does not decode to user:password"))?;
+                        String::from_utf8(decoded).map_err(|_| AuthFileError::NotUtf8 { key: key.clone() })?;
+                    let (user, pass) =
+                        decoded.split_once(':').ok_or_else(|| AuthFileError::NotUserPassword { key: key.clone() })?;
                     Credentials { username: user.to_string(), password: pass.to_string() }
                 }
                 (None, None, Some(username), Some(password)) if !username.is_empty() => {
@@ -222,17 +237,18 @@ fn helper_program(helper: &str) -> Result<String, RegistryError> {
 /// exit status's failure with what it printed.
 fn run_helper(helper: &str, action: &str, input: &[u8]) -> Result<Result<Vec<u8>, String>, RegistryError> {
     let program = helper_program(helper)?;
-    let failed = |reason: String| RegistryError::CredentialHelper { helper: program.clone(), reason };
     let mut child = Command::new(&program)
         .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(format!("cannot run it: {e}")))?;
+        .map_err(|source| RegistryError::CredentialHelperRun { helper: program.clone(), source })?;
     // A helper that exits without reading its input is judged by its exit status.
     let _ = child.stdin.take().expect("piped").write_all(input);
-    let out = child.wait_with_output().map_err(|e| failed(format!("cannot run it: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| RegistryError::CredentialHelperRun { helper: program.clone(), source })?;
     if out.status.success() {
         return Ok(Ok(out.stdout));
     }
@@ -257,9 +273,8 @@ fn helper_get(helper: &str, server: &str) -> Result<Option<Credentials>, Registr
     }
     match run_helper(helper, "get", server.as_bytes())? {
         Ok(stdout) => {
-            let a: Answer = serde_json::from_slice(&stdout).map_err(|e| RegistryError::CredentialHelper {
-                helper: format!("docker-credential-{helper}"),
-                reason: format!("`get` answered something other than credentials JSON: {e}"),
+            let a: Answer = serde_json::from_slice(&stdout).map_err(|source| {
+                RegistryError::CredentialHelperAnswer { helper: format!("docker-credential-{helper}"), source }
             })?;
             Ok((!a.secret.is_empty()).then_some(Credentials { username: a.username, password: a.secret }))
         }
@@ -320,7 +335,7 @@ mod tests {
         let with_store = AuthFile::parse(br#"{"credsStore":"desktop","credHelpers":{"a.io":"a"}}"#).unwrap();
         assert_eq!(with_store.helper_for("a.io"), Some("a"));
         assert_eq!(with_store.helper_for("b.io"), Some("desktop"));
-        assert!(AuthFile::parse(br#"{"auths":{"x":{"auth":"%%%"}}}"#).err().unwrap().contains("\"x\""));
+        assert!(AuthFile::parse(br#"{"auths":{"x":{"auth":"%%%"}}}"#).err().unwrap().to_string().contains("\"x\""));
     }
 
     #[test]

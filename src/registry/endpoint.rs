@@ -7,6 +7,7 @@
 //! every local registry speaks, and no one can read loopback traffic) and over HTTPS,
 //! unchecked, when its answer shows that the port speaks TLS.
 
+use super::RegistryError;
 use reqwest::Url;
 use std::net::IpAddr;
 
@@ -30,7 +31,7 @@ pub(crate) fn is_docker_hub(registry: &str) -> bool {
 
 /// `http://host[:port]/` or `https://host[:port]/`, the root that API paths join onto,
 /// with the scheme to try first (see `fallback_scheme` for the second).
-pub(crate) fn base_url(registry: &str, insecure_registries: &[String]) -> Result<Url, String> {
+pub(crate) fn base_url(registry: &str, insecure_registries: &[String]) -> Result<Url, RegistryError> {
     let host = api_host(registry);
     // A bare IPv6 address (`::1`) must be bracketed to become a URL authority.
     let authority = match host.parse::<std::net::Ipv6Addr>() {
@@ -40,9 +41,9 @@ pub(crate) fn base_url(registry: &str, insecure_registries: &[String]) -> Result
     let scheme =
         if is_loopback(registry) && !is_listed_insecure(registry, insecure_registries) { "http" } else { "https" };
     let url = Url::parse(&format!("{scheme}://{authority}/"))
-        .map_err(|e| format!("invalid registry host {registry:?}: {e}"))?;
+        .map_err(|e| RegistryError::InvalidHost { registry: registry.to_string(), source: Some(e) })?;
     if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
-        return Err(format!("invalid registry host {registry:?}"));
+        return Err(RegistryError::InvalidHost { registry: registry.to_string(), source: None });
     }
     Ok(url)
 }

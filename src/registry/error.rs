@@ -6,45 +6,138 @@
 
 use crate::digest::Digest;
 use reqwest::StatusCode;
-use std::fmt;
 use std::path::PathBuf;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Connection refused, DNS failure, TLS failure, timeout: nothing HTTP came back.
     /// `host` is the host actually dialled (the API host, a token service or a CDN).
+    #[error("cannot reach registry {registry}{}: {reason}", at_host(.registry, .host))]
     Unreachable { registry: String, host: String, reason: String },
     /// The TLS handshake failed because the host's certificate is not trusted: no CA we
     /// know signed it, or it is expired or for another name. Not transient.
+    #[error(
+        "cannot reach registry {registry}: the TLS certificate of {host} is not trusted ({reason}); put the \
+         certificate of the CA that signed it in /etc/docker/certs.d/{host}/ca.crt or \
+         /etc/containers/certs.d/{host}/ca.crt, or name {host} with --insecure-registry"
+    )]
     UntrustedCertificate { registry: String, host: String, reason: String },
     /// The registry does not know the repository (NAME_UNKNOWN).
+    #[error("repository {repository} not found on registry {registry}")]
     RepositoryUnknown { registry: String, repository: String },
     /// No manifest under that tag or digest (MANIFEST_UNKNOWN, or a bare 404).
+    #[error("{} not found in {registry}/{repository}", tag_or_manifest(.reference))]
     ManifestUnknown { registry: String, repository: String, reference: String },
     /// No blob with that digest in the repository (BLOB_UNKNOWN, or a bare 404).
+    #[error("blob {digest} not found in {registry}/{repository}")]
     BlobUnknown { registry: String, repository: String, digest: Digest },
     /// 401/403, UNAUTHORIZED/DENIED, or a token service that refused us.
+    #[error("access to {what} denied by registry {registry}: {message}")]
     Unauthorized { registry: String, what: String, message: String },
     /// Content that does not hash to the digest it was asked for by.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch { what: String, expected: Digest, actual: Digest },
     /// A blob whose length differs from its descriptor's size.
+    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
     SizeMismatch { what: String, expected: u64, actual: u64 },
     /// Any other HTTP status; `message` is the error envelope's, if the body had one.
+    #[error("registry {registry} answered {status} {} for {what}{}", status_reason(*.status), colon(.message))]
     Status { registry: String, what: String, status: u16, message: Option<String> },
     /// A blob transfer that kept breaking off, retries included.
+    #[error("download of {what} from registry {registry} failed after {attempts} attempts: {reason}")]
     Interrupted { registry: String, what: String, attempts: u32, reason: String },
     /// An answer we cannot use: bad JSON, a bad header, a body over the size limit.
+    #[error("registry {registry} sent an unusable answer for {what}: {reason}")]
     InvalidResponse { registry: String, what: String, reason: String },
+    /// An answer that is not the JSON it should be.
+    #[error("registry {registry} sent an unusable answer for {what}: {reason}")]
+    InvalidJson {
+        registry: String,
+        what: String,
+        reason: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A link in an answer (a `Location`, a next-page link) that is not a URL.
+    #[error("registry {registry} sent an unusable answer for {what}: bad {kind} {link:?}")]
+    InvalidLink {
+        registry: String,
+        what: String,
+        kind: &'static str,
+        link: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// A token service's answer that holds no token we can use.
+    #[error("registry {registry} sent an unusable answer for a token from {host}")]
+    InvalidToken {
+        registry: String,
+        host: String,
+        #[source]
+        source: super::auth::TokenError,
+    },
     /// Writing what we downloaded failed on our side (the output file).
+    #[error("cannot store {what}: {source}")]
     LocalIo { what: String, source: std::io::Error },
     /// A credentials file (docker's config.json, podman's auth.json) exists but cannot
-    /// be used.
-    Credentials { path: PathBuf, reason: String },
+    /// be read.
+    #[error("cannot use the registry credentials in {}", .path.display())]
+    CredentialsUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A credentials file that is not one.
+    #[error("cannot use the registry credentials in {}", .path.display())]
+    CredentialsInvalid {
+        path: PathBuf,
+        #[source]
+        source: super::credentials::AuthFileError,
+    },
     /// A credential helper (`docker-credential-NAME`) failed.
+    #[error("credential helper {helper}: {reason}")]
     CredentialHelper { helper: String, reason: String },
+    /// A credential helper that cannot be run.
+    #[error("credential helper {helper}: cannot run it")]
+    CredentialHelperRun {
+        helper: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A credential helper whose `get` answer is not its JSON.
+    #[error("credential helper {helper}: `get` answered something other than credentials JSON")]
+    CredentialHelperAnswer {
+        helper: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The HTTP client could not be built.
+    #[error("{reason}")]
     Setup { reason: String },
+    /// registries.conf or daemon.json exists but cannot be read or used.
+    #[error("cannot use registry configuration {}", .path.display())]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: super::mirrors::ConfigError,
+    },
+    /// A URL given in the environment that is not one.
+    #[error("{name}={value:?} is not a URL")]
+    InvalidUrl {
+        name: &'static str,
+        value: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// A registry name that cannot be the host part of a URL.
+    #[error("invalid registry host {registry:?}")]
+    InvalidHost {
+        registry: String,
+        #[source]
+        source: Option<url::ParseError>,
+    },
     /// A registry, repository, tag or digest that cannot even be put into a URL.
+    #[error("{reason}")]
     InvalidInput { reason: String },
 }
 
@@ -74,74 +167,30 @@ impl RegistryError {
     }
 }
 
-impl fmt::Display for RegistryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RegistryError::Unreachable { registry, host, reason } if host == registry => {
-                write!(f, "cannot reach registry {registry}: {reason}")
-            }
-            RegistryError::Unreachable { registry, host, reason } => {
-                write!(f, "cannot reach registry {registry} (at {host}): {reason}")
-            }
-            RegistryError::UntrustedCertificate { registry, host, reason } => write!(
-                f,
-                "cannot reach registry {registry}: the TLS certificate of {host} is not trusted ({reason}); put the \
-                 certificate of the CA that signed it in /etc/docker/certs.d/{host}/ca.crt or \
-                 /etc/containers/certs.d/{host}/ca.crt, or name {host} with --insecure-registry"
-            ),
-            RegistryError::RepositoryUnknown { registry, repository } => {
-                write!(f, "repository {repository} not found on registry {registry}")
-            }
-            RegistryError::ManifestUnknown { registry, repository, reference } => {
-                if reference.starts_with("sha256:") {
-                    write!(f, "manifest {reference} not found in {registry}/{repository}")
-                } else {
-                    write!(f, "tag {reference:?} not found in {registry}/{repository}")
-                }
-            }
-            RegistryError::BlobUnknown { registry, repository, digest } => {
-                write!(f, "blob {digest} not found in {registry}/{repository}")
-            }
-            RegistryError::Unauthorized { registry, what, message } => {
-                write!(f, "access to {what} denied by registry {registry}: {message}")
-            }
-            RegistryError::DigestMismatch { what, expected, actual } => {
-                write!(f, "digest mismatch for {what}: expected {expected}, got {actual}")
-            }
-            RegistryError::SizeMismatch { what, expected, actual } => {
-                write!(f, "size mismatch for {what}: expected {expected} bytes, got {actual}")
-            }
-            RegistryError::Status { registry, what, status, message } => {
-                let reason = StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-                write!(f, "registry {registry} answered {status} {reason} for {what}")?;
-                match message {
-                    Some(m) => write!(f, ": {m}"),
-                    None => Ok(()),
-                }
-            }
-            RegistryError::Interrupted { registry, what, attempts, reason } => {
-                write!(f, "download of {what} from registry {registry} failed after {attempts} attempts: {reason}")
-            }
-            RegistryError::InvalidResponse { registry, what, reason } => {
-                write!(f, "registry {registry} sent an unusable answer for {what}: {reason}")
-            }
-            RegistryError::LocalIo { what, source } => write!(f, "cannot store {what}: {source}"),
-            RegistryError::Credentials { path, reason } => {
-                write!(f, "cannot use the registry credentials in {}: {reason}", path.display())
-            }
-            RegistryError::CredentialHelper { helper, reason } => write!(f, "credential helper {helper}: {reason}"),
-            RegistryError::Setup { reason } | RegistryError::InvalidInput { reason } => f.write_str(reason),
-        }
+/// ` (at HOST)` when the host dialled is not the registry's own name.
+fn at_host(registry: &str, host: &str) -> String {
+    if host == registry {
+        String::new()
+    } else {
+        format!(" (at {host})")
     }
 }
 
-impl std::error::Error for RegistryError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RegistryError::LocalIo { source, .. } => Some(source),
-            _ => None,
-        }
+/// A digest names a manifest, anything else a tag.
+fn tag_or_manifest(reference: &str) -> String {
+    if reference.starts_with("sha256:") {
+        format!("manifest {reference}")
+    } else {
+        format!("tag {reference:?}")
     }
+}
+
+fn status_reason(status: u16) -> &'static str {
+    StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+}
+
+fn colon(message: &Option<String>) -> String {
+    message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
 }
 
 /// One entry of the spec's error envelope.
@@ -347,6 +396,45 @@ mod tests {
             e.to_string(),
             "access to manifest docker.io/x:v9 denied by registry docker.io: requested access to the resource is denied \
              (the repository may not exist, or may need credentials: docker login)"
+        );
+    }
+
+    /// A cause is the variant's `source()`, not part of its text: the one-line chain the
+    /// CLI prints (`{:#}`) reads as the message did when the cause was pasted in.
+    #[test]
+    fn causes_are_sources_and_the_printed_chain_reads_as_before() {
+        let chain = |e: RegistryError| format!("{:#}", anyhow::Error::from(e));
+        let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        let e = RegistryError::InvalidJson {
+            registry: "r".into(),
+            what: "x".into(),
+            reason: "not valid JSON",
+            source: json,
+        };
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            chain(e),
+            "registry r sent an unusable answer for x: not valid JSON: EOF while parsing an object at line 1 column 1"
+        );
+        let url = reqwest::Url::parse("http://[::1").unwrap_err();
+        let e = RegistryError::InvalidHost { registry: "[::1".into(), source: Some(url) };
+        assert_eq!(chain(e), r#"invalid registry host "[::1": invalid IPv6 address"#);
+        let e = RegistryError::InvalidToken {
+            registry: "r".into(),
+            host: "auth.r".into(),
+            source: super::super::auth::TokenError::NoToken,
+        };
+        assert_eq!(
+            chain(e),
+            "registry r sent an unusable answer for a token from auth.r: token answer has neither `token` nor `access_token`"
+        );
+        let e = RegistryError::CredentialsInvalid {
+            path: "/c.json".into(),
+            source: super::super::credentials::AuthFileError::NotUserPassword { key: "x".into() },
+        };
+        assert_eq!(
+            chain(e),
+            r#"cannot use the registry credentials in /c.json: auths."x".auth does not decode to user:password"#
         );
     }
 

@@ -6,14 +6,66 @@
 //! Docker Hub's key is `https://index.docker.io/v1/`; other registries' is `host[:port]`.
 
 use super::auth::Credentials;
-use super::credentials::{self, normalise_auth_key, AuthFile};
+use super::credentials::{self, normalise_auth_key, AuthFile, AuthFileError};
 use super::endpoint::{self, is_docker_hub};
 use super::{Client, RegistryError};
-use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Why a login or logout could not be done or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{server:?} is not a registry host (expected HOST[:PORT])")]
+    NotAHost { server: String },
+    #[error("{server:?} is not a registry host")]
+    BadHost {
+        server: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("neither DOCKER_CONFIG nor HOME is set")]
+    NoConfigDir,
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use {}", .path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: AuthFileError,
+    },
+    #[error("cannot use {}: {what}", .path.display())]
+    NotAnObject { path: PathBuf, what: &'static str },
+    #[error("cannot create {}", .path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A credential helper that failed.
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+// Boxed: a `RegistryError` inline would make every `Result` here large.
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Error {
+        Error::Registry(Box::new(e))
+    }
+}
 
 /// The registry a `login`/`logout` argument names: `docker.io` for none or any of
 /// Docker Hub's names, else `host[:port]` (a scheme or path, as docker accepts, is
@@ -22,12 +74,13 @@ pub fn registry_of(server: Option<&str>) -> Result<String> {
     let Some(server) = server else { return Ok("docker.io".to_string()) };
     let host = normalise_auth_key(server);
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
-        bail!("{server:?} is not a registry host (expected HOST[:PORT])");
+        return Err(Error::NotAHost { server: server.to_string() });
     }
     if is_docker_hub(&host) {
         return Ok("docker.io".to_string());
     }
-    endpoint::base_url(&host, &[]).map_err(|reason| anyhow!("{server:?} is not a registry host: {reason}"))?;
+    endpoint::base_url(&host, &[])
+        .map_err(|source| Error::BadHost { server: server.to_string(), source: Box::new(source) })?;
     Ok(host)
 }
 
@@ -38,7 +91,7 @@ pub fn server_key(registry: &str) -> String {
 
 /// `$DOCKER_CONFIG`, else `~/.docker`.
 pub fn docker_config_dir() -> Result<PathBuf> {
-    credentials::default_docker_config_dir().ok_or_else(|| anyhow!("neither DOCKER_CONFIG nor HOME is set"))
+    credentials::default_docker_config_dir().ok_or(Error::NoConfigDir)
 }
 
 impl Client {
@@ -111,12 +164,12 @@ fn read_config(path: &Path) -> Result<(Map<String, Value>, Option<AuthFile>)> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Map::new(), None)),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(source) => return Err(Error::Read { path: path.to_path_buf(), source }),
     };
-    let file = AuthFile::parse(&text).map_err(|reason| anyhow!("cannot use {}: {reason}", path.display()))?;
+    let file = AuthFile::parse(&text).map_err(|source| Error::Invalid { path: path.to_path_buf(), source })?;
     match serde_json::from_slice(&text) {
         Ok(Value::Object(map)) => Ok((map, Some(file))),
-        _ => bail!("cannot use {}: not a JSON object", path.display()),
+        _ => Err(Error::NotAnObject { path: path.to_path_buf(), what: "not a JSON object" }),
     }
 }
 
@@ -125,7 +178,7 @@ fn auths_of<'a>(config: &'a mut Map<String, Value>, path: &Path) -> Result<&'a m
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
-        .ok_or_else(|| anyhow!("cannot use {}: `auths` is not an object", path.display()))
+        .ok_or_else(|| Error::NotAnObject { path: path.to_path_buf(), what: "`auths` is not an object" })
 }
 
 /// Replace the file whole (a temp file beside it, renamed over it), mode 0600 from the
@@ -137,7 +190,7 @@ fn write_config(path: &Path, config: &Map<String, Value>) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+        .map_err(|source| Error::CreateDir { path: dir.to_path_buf(), source })?;
     let tmp = dir.join(format!(".config.json.imgfs-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
@@ -147,9 +200,9 @@ fn write_config(path: &Path, config: &Map<String, Value>) -> Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    write().map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        anyhow!("cannot write {}: {e}", path.display())
+        Error::Write { path: path.to_path_buf(), source }
     })
 }
 

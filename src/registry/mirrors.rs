@@ -102,21 +102,21 @@ impl Mirrors {
             .unwrap_or_else(|| PathBuf::from("/etc/docker/daemon.json"));
         let mut m = Mirrors::default();
         if let Some(text) = conf.as_deref().map(read_optional).transpose()?.flatten() {
-            m.add_registries_conf(&text).map_err(|reason| config_error(conf.as_deref().unwrap(), reason))?;
+            m.add_registries_conf(&text).map_err(|e| config_error(conf.as_deref().unwrap(), e))?;
         }
         if let Some(text) = read_optional(&daemon)? {
-            m.add_daemon_json(&text).map_err(|reason| config_error(&daemon, reason))?;
+            m.add_daemon_json(&text).map_err(|e| config_error(&daemon, e))?;
         }
         Ok(m)
     }
 
-    pub(crate) fn add_registries_conf(&mut self, text: &str) -> Result<(), String> {
-        let conf: RegistriesConf = toml::from_str(text).map_err(|e| e.to_string().replace('\n', " "))?;
+    pub(crate) fn add_registries_conf(&mut self, text: &str) -> Result<(), ConfigError> {
+        let conf: RegistriesConf = toml::from_str(text)?;
         for r in conf.registry {
             let location = r.location.unwrap_or_default().trim_end_matches('/').to_string();
             let prefix = r.prefix.map(|p| p.trim_end_matches('/').to_string()).unwrap_or_else(|| location.clone());
             if prefix.is_empty() {
-                return Err("a [[registry]] has neither location nor prefix".into());
+                return Err(ConfigError::NoLocation);
             }
             if prefix.starts_with("*.") {
                 // Not supported yet; skipped rather than refused, so that a system
@@ -130,7 +130,7 @@ impl Mirrors {
             for mt in r.mirror {
                 let loc = mt.location.trim_end_matches('/').to_string();
                 if loc.is_empty() {
-                    return Err(format!("a mirror of {prefix} has an empty location"));
+                    return Err(ConfigError::EmptyMirror { prefix });
                 }
                 if mt.insecure {
                     self.insecure.push(host_of(&loc).to_string());
@@ -140,7 +140,7 @@ impl Mirrors {
                     None | Some("all") => (true, true),
                     Some("digest-only") => (true, false),
                     Some("tag-only") => (false, true),
-                    Some(other) => return Err(format!("unknown pull-from-mirror {other:?} for mirror {loc}")),
+                    Some(other) => return Err(ConfigError::PullFromMirror { value: other.to_string(), mirror: loc }),
                 };
                 mirrors.push(Mirror { location: loc, by_digest, by_tag });
             }
@@ -152,25 +152,27 @@ impl Mirrors {
 
     /// `{"registry-mirrors": ["https://mirror.example", …], "insecure-registries": […]}`;
     /// the mirrors serve Docker Hub only, after any registries.conf names for it.
-    pub(crate) fn add_daemon_json(&mut self, text: &str) -> Result<(), String> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let strings = |key: &str| -> Result<Vec<String>, String> {
+    pub(crate) fn add_daemon_json(&mut self, text: &str) -> Result<(), ConfigError> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let strings = |key: &'static str| -> Result<Vec<String>, ConfigError> {
             match v.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(vec![]),
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .map(|s| s.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` holds a non-string")))
-                    .collect(),
-                Some(_) => Err(format!("`{key}` is not an array")),
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().map(|s| s.as_str().map(str::to_string).ok_or(ConfigError::NotAString { key })).collect()
+                }
+                Some(_) => Err(ConfigError::NotAnArray { key }),
             }
         };
         self.insecure.extend(strings("insecure-registries")?);
         let mut mirrors = Vec::new();
         for url in strings("registry-mirrors")? {
-            let u = reqwest::Url::parse(&url).map_err(|e| format!("bad registry mirror {url:?}: {e}"))?;
+            let u = match reqwest::Url::parse(&url) {
+                Ok(u) => u,
+                Err(source) => return Err(ConfigError::MirrorUrl { url, source }),
+            };
             let authority = endpoint::authority(&u);
             if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                return Err(format!("bad registry mirror {url:?}: not an http(s) URL"));
+                return Err(ConfigError::MirrorNotHttp { url });
             }
             if u.scheme() == "http" {
                 // docker speaks plain HTTP to a mirror given as http://.
@@ -244,12 +246,41 @@ fn read_optional(path: &Path) -> Result<Option<String>, RegistryError> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(config_error(path, e.to_string())),
+        Err(e) => Err(config_error(path, ConfigError::Read(e))),
     }
 }
 
-fn config_error(path: &Path, reason: String) -> RegistryError {
-    RegistryError::Setup { reason: format!("cannot use registry configuration {}: {reason}", path.display()) }
+fn config_error(path: &Path, source: ConfigError) -> RegistryError {
+    RegistryError::Config { path: path.to_path_buf(), source }
+}
+
+/// What is wrong in registries.conf or daemon.json (the path is `RegistryError::Config`'s).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("a [[registry]] has neither location nor prefix")]
+    NoLocation,
+    #[error("a mirror of {prefix} has an empty location")]
+    EmptyMirror { prefix: String },
+    #[error("unknown pull-from-mirror {value:?} for mirror {mirror}")]
+    PullFromMirror { value: String, mirror: String },
+    #[error("`{key}` holds a non-string")]
+    NotAString { key: &'static str },
+    #[error("`{key}` is not an array")]
+    NotAnArray { key: &'static str },
+    #[error("bad registry mirror {url:?}")]
+    MirrorUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("bad registry mirror {url:?}: not an http(s) URL")]
+    MirrorNotHttp { url: String },
 }
 
 /// `host[:port]` of a `host[:port][/namespace]` location.

@@ -292,12 +292,23 @@ impl Client {
                 return Err(fail(registry, subject, resp));
             }
             let next = match next_link(resp.headers()) {
-                Some(link) => Some(url.join(&link).map_err(|e| invalid(format!("bad next-page link {link:?}: {e}")))?),
+                Some(link) => Some(url.join(&link).map_err(|source| RegistryError::InvalidLink {
+                    registry: registry.to_string(),
+                    what: what.clone(),
+                    kind: "next-page link",
+                    link: link.clone(),
+                    source,
+                })?),
                 None => None,
             };
             let body = read_body(registry, &what, resp, LIST_LIMIT)?;
             let page: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+                serde_json::from_slice(&body).map_err(|source| RegistryError::InvalidJson {
+                    registry: registry.to_string(),
+                    what: what.clone(),
+                    reason: "not valid JSON",
+                    source,
+                })?;
             match page.get(field) {
                 // distribution answers `"tags": null` for a repository with no tags left.
                 None | Some(serde_json::Value::Null) => {}
@@ -317,8 +328,7 @@ impl Client {
     }
 
     fn url(&self, registry: &str, path_and_query: &str) -> Result<Url, RegistryError> {
-        let mut base = endpoint::base_url(registry, &self.insecure_registries)
-            .map_err(|reason| RegistryError::InvalidInput { reason })?;
+        let mut base = endpoint::base_url(registry, &self.insecure_registries)?;
         if let Some(scheme) = self.settled_scheme(&endpoint::authority(&base)) {
             let _ = base.set_scheme(scheme);
         }

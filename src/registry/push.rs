@@ -62,7 +62,13 @@ impl Client {
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
             .ok_or_else(|| invalid("no Location for the upload".into()))?;
-        let mut url = resp.url().join(location).map_err(|e| invalid(format!("bad Location {location:?}: {e}")))?;
+        let mut url = resp.url().join(location).map_err(|source| RegistryError::InvalidLink {
+            registry: registry.to_string(),
+            what: format!("the upload of {}", subject.describe(registry)),
+            kind: "Location",
+            link: location.to_string(),
+            source,
+        })?;
         // The upload URL must stay on the registry the session was opened with: the
         // token goes along.
         if !super::endpoint::same_origin(&url, resp.url()) {

@@ -39,8 +39,10 @@ struct SearchPage {
 /// The base URL of the index to search: `IMGFS_SEARCH_INDEX`, else Docker Hub's.
 pub fn index_url() -> Result<Url, RegistryError> {
     let base = std::env::var(INDEX_VAR).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| DOCKER_HUB_INDEX.into());
-    let url = Url::parse(&base)
-        .map_err(|e| RegistryError::InvalidInput { reason: format!("{INDEX_VAR}={base:?} is not a URL: {e}") })?;
+    let url = match Url::parse(&base) {
+        Ok(url) => url,
+        Err(source) => return Err(RegistryError::InvalidUrl { name: INDEX_VAR, value: base, source }),
+    };
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(RegistryError::InvalidInput { reason: format!("{INDEX_VAR}={base:?} is not an http(s) URL") });
     }
@@ -50,7 +52,11 @@ pub fn index_url() -> Result<Url, RegistryError> {
 impl Client {
     /// Ask the index at `index` for up to `limit` repositories matching `term`.
     pub fn hub_search(&self, index: &Url, term: &str, limit: usize) -> Result<Vec<SearchResult>, RegistryError> {
-        let mut url = index.join("v1/search").map_err(|e| RegistryError::InvalidInput { reason: e.to_string() })?;
+        let mut url = index.join("v1/search").map_err(|source| RegistryError::InvalidUrl {
+            name: INDEX_VAR,
+            value: index.to_string(),
+            source,
+        })?;
         url.query_pairs_mut().append_pair("q", term).append_pair("n", &limit.to_string());
         let host = super::endpoint::authority(index);
         let subject = Subject::Search { term };
@@ -60,10 +66,11 @@ impl Client {
         }
         let what = subject.describe(&host);
         let body = read_body(&host, &what, resp, LIST_LIMIT)?;
-        let page: SearchPage = serde_json::from_slice(&body).map_err(|e| RegistryError::InvalidResponse {
+        let page: SearchPage = serde_json::from_slice(&body).map_err(|source| RegistryError::InvalidJson {
             registry: host.clone(),
             what,
-            reason: format!("not a search answer: {e}"),
+            reason: "not a search answer",
+            source,
         })?;
         Ok(page.results.unwrap_or_default())
     }
