@@ -9,12 +9,14 @@
 //! contents with random access to file data; `tree` stacks the layers into the OCI
 //! union, lazily; `fs` answers filesystem operations with plain values and errnos;
 //! `fuse` adapts that to the kernel through `fuser` (`fusermount` mounts through
-//! fusermount3 when /dev/fuse is closed to the user). `cli` holds one module per
-//! subcommand.
+//! fusermount3 when /dev/fuse is closed to the user). `filter` holds the image filters of `ls` and `prune`, and the store
+//! decides what may be deleted (`store::remove`). `cli` holds one module per
+//! subcommand: it parses arguments and prints.
 
 pub mod cli;
 pub mod digest;
 pub mod fetch;
+pub mod filter;
 pub mod fs;
 pub mod fuse;
 pub mod fusermount;
