@@ -9,7 +9,9 @@
 //! contents with random access to file data; `tree` stacks the layers into the OCI
 //! union, lazily; `fs` answers filesystem operations with plain values and errnos;
 //! `fuse` adapts that to the kernel through `fuser` (`fusermount` mounts through
-//! fusermount3 when /dev/fuse is closed to the user). `filter` holds the image filters of `ls` and `prune`, and the store
+//! fusermount3 when /dev/fuse is closed to the user). `server` owns a mount's life
+//! (resolving and holding the image, the background server, signals, mount records,
+//! teardown); `filter` holds the image filters of `ls` and `prune`, and the store
 //! decides what may be deleted (`store::remove`). `cli` holds one module per
 //! subcommand: it parses arguments and prints.
 
@@ -27,6 +29,7 @@ pub mod local_source;
 pub mod reference;
 pub mod referrers;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod template;
 pub mod tree;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     // keeps them from every other thread must be set before any thread exists.
     if let imgfs::cli::Command::Mount(args) = &cli.command {
         if imgfs::cli::mount::is_server(args) {
-            imgfs::cli::mount::handle_server_signals();
+            imgfs::server::handle_signals();
         }
     }
     match imgfs::cli::run(cli) {
