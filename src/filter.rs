@@ -5,8 +5,9 @@
 //! `ls` takes `dangling`, `before`, `since`, `label` and `reference` (a Go
 //! `path.Match` glob, see `glob`); `prune` takes `until`, `label` and `label!`.
 //! An `until` value is a Go duration (`10m`, `1h30m`), an RFC 3339 time or date, or
-//! Unix seconds. The Go duration grammar is parsed here rather than by `jiff`, whose
-//! "friendly" format is a different language: it refuses Go's `0` and `1.5h30m` and
+//! Unix seconds. Times are `jiff`'s (parsing, the local time zone of a time given
+//! without one); the Go duration grammar is parsed here, because jiff's "friendly"
+//! duration format is a different language: it refuses Go's `0` and `1.5h30m` and
 //! accepts `10 minutes`, `1h 30m` and ISO 8601 `PT1H`, all of which docker refuses.
 
 mod glob;
@@ -16,7 +17,9 @@ use crate::image::ImageConfig;
 use crate::reference::Reference;
 use crate::store::db::{Db, ImageRecord};
 use crate::store::Store;
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use jiff::civil::{Date, DateTime};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
 use std::collections::BTreeMap;
 
 pub use glob::PatternError;
@@ -61,7 +64,7 @@ pub enum Error {
 /// image as the filters (and `ls`) see it.
 pub struct Candidate {
     pub rec: ImageRecord,
-    pub created: Option<DateTime<Utc>>,
+    pub created: Option<Timestamp>,
     pub labels: BTreeMap<String, String>,
     /// The unpacked size (`ImageRecord::unpacked_size`).
     pub size: u64,
@@ -71,7 +74,7 @@ impl Candidate {
     /// When the image was made, for sorting and the time filters: the config's
     /// `created`, or when it entered the store if the config does not say.
     pub fn time(&self) -> i64 {
-        self.created.map(|t| t.timestamp()).unwrap_or(self.rec.added)
+        self.created.map(|t| t.as_second()).unwrap_or(self.rec.added)
     }
 }
 
@@ -254,7 +257,7 @@ pub struct PruneFilter {
 
 impl PruneFilter {
     /// Parse `prune`'s filters; an `until` duration counts back from `now`.
-    pub fn parse(args: &[String], now: DateTime<Utc>) -> Result<PruneFilter, Error> {
+    pub fn parse(args: &[String], now: Timestamp) -> Result<PruneFilter, Error> {
         let mut f = PruneFilter::default();
         for arg in args {
             let (key, value) = split_filter(arg)?;
@@ -287,7 +290,7 @@ impl PruneFilter {
 /// An `until` value as docker reads it: a Go duration (`10m`, `1h30m`: that long
 /// before now), an RFC 3339 time or date (`2006-01-02`, `2006-01-02T15:04:05`, local
 /// time when no zone is given), or Unix seconds (`1700000000`, `1700000000.5`).
-fn parse_until(v: &str, now: DateTime<Utc>) -> Result<i64, Error> {
+fn parse_until(v: &str, now: Timestamp) -> Result<i64, Error> {
     let bad = || Error::Until(v.to_string());
     if let Some(secs) = go_duration(v) {
         // Go's durations are int64 nanoseconds (about 292 years); beyond that Go, and
@@ -295,18 +298,19 @@ fn parse_until(v: &str, now: DateTime<Utc>) -> Result<i64, Error> {
         if !secs.is_finite() || secs.abs() > i64::MAX as f64 / 1e9 {
             return Err(Error::UntilOutOfRange(v.to_string()));
         }
-        return Ok(now.timestamp() - secs.round() as i64);
+        return Ok(now.as_second() - secs.round() as i64);
     }
     if v.contains('-') {
-        if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-            return Ok(t.timestamp());
+        if let Ok(t) = v.parse::<Timestamp>() {
+            return Ok(t.as_second());
         }
-        let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+        let civil = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
             .iter()
-            .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
-            .or_else(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)));
-        let t = naive.and_then(|n| Local.from_local_datetime(&n).earliest()).ok_or_else(bad)?;
-        return Ok(t.timestamp());
+            .find_map(|f| DateTime::strptime(f, v).ok())
+            .or_else(|| Date::strptime("%Y-%m-%d", v).ok().map(|d| d.to_datetime(jiff::civil::Time::midnight())));
+        // A time repeated by a clock change is its first occurrence.
+        let t = civil.and_then(|dt| dt.to_zoned(TimeZone::system()).ok()).ok_or_else(bad)?;
+        return Ok(t.timestamp().as_second());
     }
     let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
@@ -381,8 +385,8 @@ mod tests {
 
     #[test]
     fn until_values() {
-        let now = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(parse_until("24h", now).unwrap(), now.timestamp() - 86400);
+        let now: Timestamp = "2024-06-01T00:00:00Z".parse().unwrap();
+        assert_eq!(parse_until("24h", now).unwrap(), now.as_second() - 86400);
         assert_eq!(parse_until("2024-01-02T03:04:05Z", now).unwrap(), 1704164645);
         assert_eq!(parse_until("2024-01-02T03:04:05+01:00", now).unwrap(), 1704164645 - 3600);
         assert_eq!(parse_until("1704164645", now).unwrap(), 1704164645);
@@ -397,7 +401,7 @@ mod tests {
 
     #[test]
     fn prune_filter_keys_are_checked() {
-        let now = Utc::now();
+        let now = Timestamp::now();
         let e = PruneFilter::parse(&["dangling=true".into()], now).unwrap_err().to_string();
         assert!(e.contains("invalid filter \"dangling\""), "{e}");
         assert!(PruneFilter::parse(&["label!=a=b".into(), "label=c".into(), "until=1h".into()], now).is_ok());

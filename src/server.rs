@@ -206,7 +206,7 @@ pub fn local_image(store: &Store, id: &str) -> Result<(ImageRecord, ImageConfig)
 /// logging to a file under the store, and return once its mountpoint `dir` answers.
 /// Its last log line is the error when it exits first.
 pub fn start_background(store: &Store, dir: &Path, mut server: Command) -> Result<()> {
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S");
     let log = store.logs_dir().join(format!("mount-{stamp}-{}.log", std::process::id()));
     // Private like everything in the store (see store::FILE_MODE), whatever the umask.
     let out = std::fs::OpenOptions::new()

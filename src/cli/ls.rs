@@ -15,7 +15,7 @@ use crate::reference::familiar_name;
 use crate::store::db::{Db, ImageRecord};
 use crate::template::Format;
 use anyhow::{anyhow, Result};
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -59,7 +59,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 
     let mut order: Vec<&Candidate> = images.values().collect();
     order.sort_by(|a, b| b.time().cmp(&a.time()).then(b.rec.added.cmp(&a.rec.added)).then(a.rec.id.cmp(&b.rec.id)));
-    let now = Utc::now();
+    let now = Timestamp::now();
     let mut rows = Vec::new();
     for img in order {
         rows.extend(rows_of(&filter, &db, img));
@@ -172,7 +172,7 @@ struct Row {
     tag: String,
     digest: Option<String>,
     id: Digest,
-    created: Option<DateTime<Utc>>,
+    created: Option<Timestamp>,
     size: u64,
 }
 
@@ -182,7 +182,7 @@ impl Row {
     }
 
     /// The row as docker's image context presents it to templates (and to `json`).
-    fn to_value(&self, no_trunc: bool, now: DateTime<Utc>) -> Value {
+    fn to_value(&self, no_trunc: bool, now: Timestamp) -> Value {
         let size = human_size(self.size, 3);
         json!({
             "Containers": "N/A",
@@ -201,13 +201,13 @@ impl Row {
 }
 
 /// Docker's `CreatedAt`: Go's `time.Time.String()` layout, in UTC.
-pub(crate) fn created_at(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()
+pub(crate) fn created_at(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()
 }
 
 /// Docker's `CreatedSince`: "2 hours ago".
-pub(crate) fn created_since(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    format!("{} ago", human_duration((now - t).num_seconds()))
+pub(crate) fn created_since(t: Timestamp, now: Timestamp) -> String {
+    format!("{} ago", human_duration(now.duration_since(t).as_secs()))
 }
 
 /// go-units `HumanDuration`, the wording docker uses for ages.
@@ -300,8 +300,8 @@ mod tests {
         assert_eq!(human_duration(20 * 86400), "2 weeks");
         assert_eq!(human_duration(90 * 86400), "3 months");
         assert_eq!(human_duration(3 * 365 * 86400), "3 years");
-        let t = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        let t: Timestamp = "2024-01-02T03:04:05Z".parse().unwrap();
         assert_eq!(created_at(t), "2024-01-02 03:04:05 +0000 UTC");
-        assert_eq!(created_since(t, t + chrono::Duration::hours(2)), "2 hours ago");
+        assert_eq!(created_since(t, t + jiff::SignedDuration::from_hours(2)), "2 hours ago");
     }
 }

@@ -10,7 +10,6 @@ use super::ls::human_size;
 use super::Context;
 use crate::filter::{candidates, PruneFilter};
 use anyhow::Result;
-use chrono::Utc;
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Args, Debug)]
@@ -27,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    let filter = PruneFilter::parse(&args.filters, Utc::now())?;
+    let filter = PruneFilter::parse(&args.filters, jiff::Timestamp::now())?;
     if !args.force && !confirm(args.all)? {
         return Ok(());
     }
