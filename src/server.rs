@@ -17,7 +17,8 @@ use crate::reference::Reference;
 use crate::registry::{Client, ClientOptions};
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
-    detach, is_dead_imgfs_mount, is_fuse_mountpoint, mountpoint_path, process_start_ticks, statfs_errno, MountRecord,
+    detach, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mountpoint_path, process_start_ticks, statfs_errno,
+    MountRecord,
 };
 use crate::store::Store;
 use crate::tree::{DirAttrs, Tree};
@@ -61,6 +62,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} is not mounted", .0.display())]
+    NotMounted(PathBuf),
+    /// `umount` touches imgfs mounts only: as root an unmount would succeed on anything.
+    #[error("{} is not an imgfs mount (it is {fstype} from {from}); unmount it with umount or fusermount3 -u", dir.display())]
+    NotImgfs { dir: PathBuf, fstype: String, from: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// From the store, fetch and registry code, whose errors are not typed yet.
@@ -188,6 +194,35 @@ pub fn clear_dead_mount(dir: &Path) -> Result<()> {
         eprintln!("imgfs: detached the dead mount a killed server left at {}", path.display());
     } else if statfs_errno(&path) == Some(libc::ENOTCONN) {
         return Err(Error::ForeignDeadMount(path));
+    }
+    Ok(())
+}
+
+/// Unmount the imgfs mount at `dir` (a dead one a killed server left included) and
+/// wait for its server, if it is alive, to see the session end and exit.
+pub fn unmount(store: &Store, dir: &Path) -> Result<()> {
+    let dir = mountpoint_path(dir);
+    let Some(entry) = mount_at(&dir) else { return Err(Error::NotMounted(dir)) };
+    if !entry.is_imgfs() {
+        return Err(Error::NotImgfs { dir, fstype: entry.fstype, from: entry.source });
+    }
+    detach(&dir)?;
+    // Its server, if it is alive, is still running (it exits once it sees the session
+    // end); the record of a dead one is dropped here.
+    let (live, _) = store.mounts()?;
+    let server = live.iter().find(|m| m.mountpoint == dir && !m.starting).cloned();
+    // Let the server see the session end and remove its record.
+    if let Some(m) = server {
+        let start = Instant::now();
+        while process_start_ticks(m.pid) == Some(m.start_ticks) {
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("imgfs: server {} still running after unmount", m.pid);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Listing clears the record of a server that died instead of exiting cleanly.
+        store.mounts()?;
     }
     Ok(())
 }
