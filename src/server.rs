@@ -34,6 +34,18 @@ use std::time::{Duration, Instant};
 pub enum Error {
     #[error("mountpoint {} is a dead mount that is not imgfs's; unmount it first", .0.display())]
     ForeignDeadMount(PathBuf),
+    #[error("mountpoint {}", dir.display())]
+    Mountpoint {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mountpoint {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} is already an imgfs mount (imgfs umount it first)", .0.display())]
+    AlreadyImgfs(PathBuf),
+    #[error("{} is already a FUSE mountpoint ({from}); unmount it first", dir.display())]
+    AlreadyFuse { dir: PathBuf, from: String },
     #[error("cannot create log {}", path.display())]
     Log {
         path: PathBuf,
@@ -91,17 +103,14 @@ pub struct Settings {
 /// How long `imgfs mount` waits for its background server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A lazily built registry client: a mount of a local image never needs one.
-pub type ClientFn<'a> = &'a dyn Fn() -> anyhow::Result<Arc<Client>>;
-
-/// Find the image locally (by name or ID, and of the platform asked for), else fetch its manifest and config from
-/// the registry and register it; layers are left for the mount to fetch. Whichever it
-/// is, the image is held for the mount under the same records lock that found or
-/// registered it, so that a `prune -a` or `rm` before the server records itself
-/// leaves it alone.
+/// Find the image locally (by name or ID, and of the platform asked for), else fetch
+/// its manifest and config from the registry (`client` is called only then) and
+/// register it; layers are left for the mount to fetch. Whichever it is, the image is
+/// held for the mount under the same records lock that found or registered it, so
+/// that a `prune -a` or `rm` before the server records itself leaves it alone.
 pub fn resolve(
     store: &Store,
-    client: ClientFn,
+    client: &dyn Fn() -> anyhow::Result<Arc<Client>>,
     reference: &str,
     dir: &Path,
     platform: Option<&Platform>,
@@ -184,10 +193,26 @@ pub fn release_hold(store: &Store) {
     store.remove_mount_record(std::process::id());
 }
 
+/// Check that `dir` can be mounted on, and return its canonical path: a directory,
+/// not mounted already. A dead imgfs mount there is detached first.
+pub fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
+    clear_dead_mount(dir)?;
+    let io = |source| Error::Mountpoint { dir: dir.to_path_buf(), source };
+    if !std::fs::metadata(dir).map_err(io)?.is_dir() {
+        return Err(Error::NotADirectory(dir.to_path_buf()));
+    }
+    let dir = dir.canonicalize().map_err(io)?;
+    match mount_at(&dir) {
+        Some(m) if m.is_imgfs() => Err(Error::AlreadyImgfs(dir)),
+        Some(m) if m.is_fuse() => Err(Error::AlreadyFuse { dir, from: m.source }),
+        _ => Ok(dir),
+    }
+}
+
 /// A server killed with SIGKILL leaves its mountpoint dead (ENOTCONN to everything);
 /// mounting there again detaches it first. Only an imgfs mount: a dead mount of
 /// another filesystem is its owner's to clear.
-pub fn clear_dead_mount(dir: &Path) -> Result<()> {
+fn clear_dead_mount(dir: &Path) -> Result<()> {
     let path = mountpoint_path(dir);
     if is_dead_imgfs_mount(&path) {
         detach(&path)?;

@@ -9,9 +9,8 @@ use super::Context;
 use crate::digest::Digest;
 use crate::image::Platform;
 use crate::server;
-use crate::store::mounts::mount_at;
 use crate::template::Format;
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,19 +59,7 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     let (Some(reference), Some(dir)) = (args.reference.clone(), args.dir.clone()) else {
         return list(ctx, args.format.as_deref());
     };
-    server::clear_dead_mount(&dir)?;
-    let meta = std::fs::metadata(&dir).with_context(|| format!("mountpoint {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("mountpoint {} is not a directory", dir.display());
-    }
-    let dir = dir.canonicalize().with_context(|| format!("mountpoint {}", dir.display()))?;
-    match mount_at(&dir) {
-        Some(m) if m.is_imgfs() => bail!("{} is already an imgfs mount (imgfs umount it first)", dir.display()),
-        Some(m) if m.is_fuse() => {
-            bail!("{} is already a FUSE mountpoint ({}); unmount it first", dir.display(), m.source)
-        }
-        _ => {}
-    }
+    let dir = server::prepare_mountpoint(&dir)?;
     let (record, config) = match &args.resolved_id {
         // A server started by `imgfs mount`: its parent holds the image for it.
         Some(id) => server::local_image(&ctx.store, id)?,
