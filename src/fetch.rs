@@ -53,17 +53,17 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     let top = client
         .get_manifest(&r.registry, &r.repository, &r.manifest_reference())
         .with_context(|| format!("cannot get manifest for {r}"))?;
-    let kind = image::parse_manifest(&top.media_type, &top.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
+    let kind = image::parse_manifest(&top.media_type, &top.body).with_context(|| r.to_string())?;
     let (manifest, manifest_digest, media_type, index, sub_body) = match kind {
         // A single-platform image is checked against --platform below, from its config.
         ManifestKind::Image(m) => (m, top.digest.clone(), top.media_type.clone(), None, None),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
-            let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
+            let d = image::platform_manifest(&idx.manifests, &want).with_context(|| r.to_string())?;
             let sub = client
                 .get_manifest(&r.registry, &r.repository, d.digest.as_str())
                 .with_context(|| format!("cannot get the {want} manifest of {r}"))?;
-            match image::parse_manifest(&sub.media_type, &sub.body).map_err(|e| anyhow::anyhow!("{r}: {e}"))? {
+            match image::parse_manifest(&sub.media_type, &sub.body).with_context(|| r.to_string())? {
                 ManifestKind::Image(m) => (m, sub.digest, sub.media_type, Some(top.digest.clone()), Some(sub.body)),
                 ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
             }
@@ -102,7 +102,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         bail!("{r}: config lists {} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len());
     }
     for l in &manifest.layers {
-        Compression::of_media_type(&l.media_type).map_err(|e| anyhow::anyhow!("{r}: layer {}: {e}", l.digest))?;
+        Compression::of_media_type(&l.media_type).with_context(|| format!("{r}: layer {}", l.digest))?;
     }
     // Everything checks out: store the blobs (each verified against its digest again
     // as it is written) under the lease the caller keeps until `register`.
@@ -242,7 +242,7 @@ pub fn load_layer(
     if let Some(l) = open_indexed(store, layer, spans, in_place) {
         return Ok(l); // another process made it ready while we waited
     }
-    let compression = Compression::of_media_type(&layer.media_type).map_err(anyhow::Error::msg)?;
+    let compression = Compression::of_media_type(&layer.media_type)?;
     let (built, copy) = if store.has_blob(&layer.digest) {
         progress.verifying();
         index_local(store, layer, compression, diff_id)?

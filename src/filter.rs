@@ -50,8 +50,8 @@ pub enum Error {
     #[error("invalid reference filter {pattern:?}: {error}")]
     Reference { pattern: String, error: PatternError },
     /// The repository part of `ls REPO[:TAG]` is not a repository name.
-    #[error("{0}")]
-    RepositoryName(String),
+    #[error(transparent)]
+    RepositoryName(#[from] crate::reference::Error),
     #[error("invalid repository {arg:?}: {error}")]
     Repository { arg: String, error: PatternError },
     #[error("invalid until filter {0:?}: expected a duration such as 10m or 24h, an RFC 3339 time, or Unix seconds")]
@@ -211,7 +211,7 @@ impl ListFilter {
         let name = if name.contains(['*', '?', '[', '\\']) {
             name.to_string()
         } else {
-            Reference::parse(name).map_err(|e| Error::RepositoryName(e.to_string()))?.familiar_name()
+            Reference::parse(name)?.familiar_name()
         };
         let pattern = match (tag, digest) {
             (Some(t), _) => format!("{name}:{t}"),

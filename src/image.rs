@@ -1,10 +1,51 @@
 //! The image model: manifests, indexes (manifest lists) and configs, in both the Docker
 //! schema 2 and the OCI media types, and the choice of one platform from an index as a
 //! plain function.
+//!
+//! The model is ours, not `oci-spec`'s; `oci-spec` is a test dependency only, the oracle
+//! the tests check our OCI media type names against. Its types (0.10) would change what
+//! we accept and what we say:
+//! - a descriptor's `size` is a `u64`: `-1` and `1.5` are refused in serde's words, not
+//!   as "descriptor size -1 is not a whole number of bytes", and sizes past the spec's
+//!   int64 are accepted;
+//! - its `digest` takes sha384, sha512 and any well-formed algorithm, where ours
+//!   (`crate::digest::Digest`) refuses all but sha256 at parse time so that no other
+//!   algorithm reaches the store's paths; and its `mediaType` is required, where a
+//!   descriptor without one reads today;
+//! - `ImageConfiguration` requires `architecture` and `os`, keeps `diff_ids` as
+//!   unchecked strings, and reads `ExposedPorts`/`Volumes` through a `HashMap` of empty
+//!   structs, so `{"80/tcp": null}` (which Go's encoding/json reads) refuses the image;
+//! - `Arch::from("armbe")` is `arm64be`, which would change the platforms an error lists;
+//! - maps are `HashMap`s (annotations, labels) and fields sit behind getters and
+//!   builders, so adopting the types would mean converting at every user.
+//!
+//! Wrapping each of those would leave more code than the model it replaces, and taking
+//! the crate for its media type names alone would add 14 crates to the binary for six
+//! strings.
 
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// What is wrong with a manifest, index, platform or layer media type. Each variant's
+/// text is the one-line message users see; the JSON error beneath it is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("manifest is not valid JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("Docker schema 1 manifests are not supported")]
+    Schema1,
+    #[error("bad image index")]
+    BadIndex(#[source] serde_json::Error),
+    #[error("bad image manifest")]
+    BadManifest(#[source] serde_json::Error),
+    #[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")]
+    InvalidPlatform(String),
+    #[error("no image for platform {want} in the index; it has: {}", have.join(", "))]
+    NoPlatform { want: Platform, have: Vec<String> },
+    #[error("unsupported layer media type {0:?}")]
+    UnsupportedLayer(String),
+}
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -58,7 +99,7 @@ impl std::fmt::Display for Platform {
 
 impl Platform {
     /// Parse `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Platform, String> {
+    pub fn parse(s: &str) -> Result<Platform, Error> {
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
             [os, arch] if !os.is_empty() && !arch.is_empty() => {
@@ -67,7 +108,7 @@ impl Platform {
             [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
                 Ok(Platform { os: os.to_string(), architecture: normalise_arch(arch), variant: Some(v.to_string()) })
             }
-            _ => Err(format!("invalid platform {s:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")),
+            _ => Err(Error::InvalidPlatform(s.to_string())),
         }
     }
 
@@ -126,10 +167,10 @@ pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Opti
 
 /// `select_platform`, or the error every source gives when the index has no such image:
 /// the platforms it does have.
-pub fn platform_manifest<'a>(manifests: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, String> {
+pub fn platform_manifest<'a>(manifests: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, Error> {
     select_platform(manifests, want).ok_or_else(|| {
         let have: Vec<String> = manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.to_string())).collect();
-        format!("no image for platform {want} in the index; it has: {}", have.join(", "))
+        Error::NoPlatform { want: want.clone(), have }
     })
 }
 
@@ -164,19 +205,19 @@ pub enum ManifestKind {
 
 /// Decide by the Content-Type the registry sent, falling back to the body's own
 /// `mediaType` and shape (some registries send `application/json`).
-pub fn parse_manifest(content_type: &str, body: &[u8]) -> Result<ManifestKind, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+pub fn parse_manifest(content_type: &str, body: &[u8]) -> Result<ManifestKind, Error> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(Error::NotJson)?;
     let ct = content_type.split(';').next().unwrap_or("").trim();
     let declared = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
     let is_index = [ct, declared].iter().any(|t| *t == OCI_INDEX || *t == DOCKER_LIST)
         || (v.get("manifests").is_some() && v.get("layers").is_none());
     if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
-        return Err("Docker schema 1 manifests are not supported".into());
+        return Err(Error::Schema1);
     }
     if is_index {
-        serde_json::from_value(v).map(ManifestKind::Index).map_err(|e| format!("bad image index: {e}"))
+        serde_json::from_value(v).map(ManifestKind::Index).map_err(Error::BadIndex)
     } else {
-        serde_json::from_value(v).map(ManifestKind::Image).map_err(|e| format!("bad image manifest: {e}"))
+        serde_json::from_value(v).map(ManifestKind::Image).map_err(Error::BadManifest)
     }
 }
 
@@ -250,7 +291,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub fn of_media_type(mt: &str) -> Result<Compression, String> {
+    pub fn of_media_type(mt: &str) -> Result<Compression, Error> {
         match mt {
             "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
                 Ok(Compression::None)
@@ -261,7 +302,7 @@ impl Compression {
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
             "application/vnd.oci.image.layer.v1.tar+zstd"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
-            other => Err(format!("unsupported layer media type {other:?}")),
+            other => Err(Error::UnsupportedLayer(other.to_string())),
         }
     }
 }
@@ -298,6 +339,46 @@ mod tests {
         assert_eq!(pick("linux/s390x"), None);
         assert_eq!(pick("linux/arm/v5"), None);
         assert!(Platform::parse("linux").is_err());
+        let e = platform_manifest(&list, &Platform::parse("linux/s390x").unwrap()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no image for platform linux/s390x in the index; it has: linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64/v8, windows/amd64"
+        );
+    }
+
+    #[test]
+    fn layer_media_types_name_their_compression() {
+        use Compression as C;
+        for (mt, want) in [
+            ("application/vnd.oci.image.layer.v1.tar", C::None),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar", C::None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", C::Gzip),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", C::Gzip),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", C::Gzip),
+            ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", C::Gzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", C::Zstd),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", C::Zstd),
+        ] {
+            assert_eq!(Compression::of_media_type(mt).unwrap(), want, "{mt}");
+        }
+        for mt in [OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "", "application/x-tar"] {
+            let e = Compression::of_media_type(mt).unwrap_err();
+            assert_eq!(e.to_string(), format!("unsupported layer media type {mt:?}"));
+        }
+        // Our OCI names are the spec's, as oci-spec spells them.
+        use oci_spec::image::MediaType as M;
+        for (ours, spec) in [
+            (OCI_MANIFEST, M::ImageManifest),
+            (OCI_INDEX, M::ImageIndex),
+            ("application/vnd.oci.image.layer.v1.tar", M::ImageLayer),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar", M::ImageLayerNonDistributable),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", M::ImageLayerGzip),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", M::ImageLayerNonDistributableGzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", M::ImageLayerZstd),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", M::ImageLayerNonDistributableZstd),
+        ] {
+            assert_eq!(ours, spec.to_string(), "{ours}");
+        }
     }
 
     #[test]
@@ -319,8 +400,17 @@ mod tests {
                 "layers":[{{"mediaType":"b","digest":"{d}","size":{layer_size}}}]}}"#
             )
         };
+        // The message as the CLI prints it: the error, then each source after ": ".
         let err = |body: &str| match parse_manifest(OCI_MANIFEST, body.as_bytes()) {
-            Err(e) => e,
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text = format!("{text}: {s}");
+                    source = s.source();
+                }
+                text
+            }
             Ok(_) => panic!("accepted: {body}"),
         };
         let e = err(&manifest("-1"));

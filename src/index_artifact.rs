@@ -387,7 +387,7 @@ impl IndexArtifact {
         let l = expect.layer;
         ensure!(self.compressed_size == l.size, "it is of a blob of {} bytes, not {}", self.compressed_size, l.size);
         ensure!(&self.diff_id == expect.diff_id, "it names diff_id {}, not {}", self.diff_id, expect.diff_id);
-        let compression = Compression::of_media_type(&l.media_type).map_err(anyhow::Error::msg)?;
+        let compression = Compression::of_media_type(&l.media_type)?;
         let fits = match (&self.spans, compression) {
             (Spans::Plain { .. }, Compression::None) => true,
             (Spans::Checkpoints(c), Compression::Gzip) => c.format() == Format::Gzip,

@@ -174,13 +174,13 @@ fn oci_layout(r: &LocalRef, files: Files, platform: Option<&Platform>) -> Result
     let mut blobs = Vec::new();
     let top_body = files.read_blob(&blob_member(&top.digest), &top, r)?;
     let (manifest_desc, manifest, index_digest) =
-        match image::parse_manifest(&top.media_type, &top_body).map_err(|e| anyhow!("{r}: {e}"))? {
+        match image::parse_manifest(&top.media_type, &top_body).with_context(|| r.to_string())? {
             ManifestKind::Image(m) => (top.clone(), m, None),
             ManifestKind::Index(idx) => {
                 let want = platform.cloned().unwrap_or_else(Platform::host);
-                let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow!("{r}: {e}"))?;
+                let d = image::platform_manifest(&idx.manifests, &want).with_context(|| r.to_string())?;
                 let body = files.read_blob(&blob_member(&d.digest), d, r)?;
-                let m = match image::parse_manifest(&d.media_type, &body).map_err(|e| anyhow!("{r}: {e}"))? {
+                let m = match image::parse_manifest(&d.media_type, &body).with_context(|| r.to_string())? {
                     ManifestKind::Image(m) => m,
                     ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
                 };
@@ -223,7 +223,7 @@ fn finish(
         bail!("{r}: config lists {} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len());
     }
     for l in &manifest.layers {
-        Compression::of_media_type(&l.media_type).map_err(|e| anyhow!("{r}: layer {}: {e}", l.digest))?;
+        Compression::of_media_type(&l.media_type).with_context(|| format!("{r}: layer {}", l.digest))?;
     }
     blobs.push((manifest.config.digest.clone(), config_body));
     let record = ImageRecord {

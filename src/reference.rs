@@ -1,9 +1,42 @@
 //! Image references: parse and normalise `[registry/]name[:tag][@digest]` the way docker
 //! does, so that `alpine`, `library/alpine` and `docker.io/library/alpine:latest` are
 //! one and the same image in the store.
+//!
+//! The parser is ours, not `oci_spec::distribution::Reference` (0.10), which normalises
+//! the same way for ordinary names but differs where users and tests notice: it refuses
+//! bracketed IPv6 hosts (`[::1]:5000/x`), keeps `registry-1.docker.io` apart from
+//! `docker.io`, counts the 255-character limit on the repository alone (ours, as the
+//! distribution spec does, on `registry/repository`, so `docker.io/library/` counts),
+//! takes Unicode word characters in tags and ports of any length, accepts sha384 and
+//! sha512 digests that our store refuses, and answers every malformed reference with the
+//! one "invalid reference format", where ours names the part that is wrong.
 
 use crate::digest::Digest;
 use std::fmt;
+
+/// A reference that does not parse; the text names the input and the part that is
+/// wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid reference {input:?}: empty")]
+    Empty { input: String },
+    #[error("invalid reference {input:?}")]
+    Digest {
+        input: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid reference {input:?}: invalid tag {tag:?}")]
+    Tag { input: String, tag: String },
+    #[error("invalid reference {input:?}: invalid registry host (expected HOST[:PORT])")]
+    Registry { input: String },
+    #[error(
+        "invalid reference {input:?}: repository names must be lowercase letters, digits and separators (. _ __ -)"
+    )]
+    Repository { input: String },
+    #[error("invalid reference {input:?}: repository name is {len} characters, more than {MAX_NAME_LEN}")]
+    TooLong { input: String, len: usize },
+}
 
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 pub const DEFAULT_TAG: &str = "latest";
@@ -23,13 +56,16 @@ pub struct Reference {
 impl Reference {
     /// Parse a reference as a user types it. A missing tag becomes `latest` unless a
     /// digest is given.
-    pub fn parse(input: &str) -> Result<Reference, String> {
-        let bad = |why: &str| format!("invalid reference {input:?}: {why}");
+    pub fn parse(input: &str) -> Result<Reference, Error> {
         if input.is_empty() {
-            return Err(bad("empty"));
+            return Err(Error::Empty { input: input.to_string() });
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| bad(&e))?)),
+            Some((r, d)) => {
+                let d =
+                    d.parse::<Digest>().map_err(|e| Error::Digest { input: input.to_string(), source: e.into() })?;
+                (r, Some(d))
+            }
             None => (input, None),
         };
         // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
@@ -40,7 +76,7 @@ impl Reference {
         };
         if let Some(t) = tag {
             if !valid_tag(t) {
-                return Err(bad(&format!("invalid tag {t:?}")));
+                return Err(Error::Tag { input: input.to_string(), tag: t.to_string() });
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -55,7 +91,7 @@ impl Reference {
             registry
         };
         if !valid_registry(&registry) {
-            return Err(bad("invalid registry host (expected HOST[:PORT])"));
+            return Err(Error::Registry { input: input.to_string() });
         }
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
@@ -63,12 +99,12 @@ impl Reference {
             repository
         };
         if repository.is_empty() || !repository.split('/').all(valid_path_component) {
-            return Err(bad("repository names must be lowercase letters, digits and separators (. _ __ -)"));
+            return Err(Error::Repository { input: input.to_string() });
         }
         // The distribution spec's limit, on the name as the registry sees it.
         let name_len = registry.len() + 1 + repository.len();
         if name_len > MAX_NAME_LEN {
-            return Err(bad(&format!("repository name is {name_len} characters, more than {MAX_NAME_LEN}")));
+            return Err(Error::TooLong { input: input.to_string(), len: name_len });
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
@@ -261,9 +297,17 @@ mod tests {
     #[test]
     fn malformed_references_are_refused_with_the_reason() {
         for bad in ["", "UPPER", "a//b", "x:", "x:-bad", "x@sha256:1234", "a/-b", "x y", "a__-b"] {
-            let e = Reference::parse(bad).unwrap_err();
-            assert!(e.starts_with("invalid reference"), "{bad}: {e}");
+            let e = Reference::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid reference {bad:?}")), "{bad}: {e}");
         }
+        // The digest's own complaint is the source, printed after it by the CLI.
+        let e = anyhow::Error::from(Reference::parse("x@sha256:1234").unwrap_err());
+        assert_eq!(
+            format!("{e:#}"),
+            r#"invalid reference "x@sha256:1234": invalid digest "sha256:1234": expected sha256: and 64 lowercase hex digits"#
+        );
+        let e = Reference::parse("x:-bad").unwrap_err().to_string();
+        assert_eq!(e, r#"invalid reference "x:-bad": invalid tag "-bad""#);
     }
 
     #[test]
@@ -271,13 +315,13 @@ mod tests {
         let ok = format!("127.0.0.1:5000/{}", "a".repeat(255 - 15));
         assert_eq!(p(&ok).repository.len(), 240);
         let long = format!("127.0.0.1:5000/{}", "a".repeat(256 - 15));
-        let e = Reference::parse(&long).unwrap_err();
+        let e = Reference::parse(&long).unwrap_err().to_string();
         assert!(e.contains("repository name is 256 characters, more than 255"), "{e}");
         // Docker Hub names count with their implied `docker.io/library/`.
         assert!(Reference::parse(&"a".repeat(237)).is_ok());
         assert!(Reference::parse(&"a".repeat(238)).is_err());
         for host in ["a?b.io", "a#b.io", "[::1", "h.io:99999999", "h.io:", "-h.io", "h..io", "h.io:80x"] {
-            let e = Reference::parse(&format!("{host}/x")).unwrap_err();
+            let e = Reference::parse(&format!("{host}/x")).unwrap_err().to_string();
             assert!(e.contains("invalid registry host"), "{host}: {e}");
         }
         for host in ["[::1]:5000", "localhost:5000", "my-reg.example.com", "10.0.0.1:443"] {

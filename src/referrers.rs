@@ -348,13 +348,13 @@ fn load_heads(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Hea
 pub fn remote_image(client: &Client, r: &Reference, platform: Option<&Platform>) -> Result<Image> {
     let (reg, repo) = (r.registry.as_str(), r.repository.as_str());
     let top = client.get_manifest(reg, repo, &r.manifest_reference()).with_context(|| format!("cannot get {r}"))?;
-    let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body).map_err(anyhow::Error::msg)? {
+    let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body)? {
         ManifestKind::Image(m) => (m, top),
         ManifestKind::Index(idx) => {
             let want = platform.cloned().unwrap_or_else(Platform::host);
-            let d = image::platform_manifest(&idx.manifests, &want).map_err(|e| anyhow::anyhow!("{r}: {e}"))?;
+            let d = image::platform_manifest(&idx.manifests, &want).with_context(|| r.to_string())?;
             let sub = client.get_manifest(reg, repo, d.digest.as_str())?;
-            match image::parse_manifest(&sub.media_type, &sub.body).map_err(anyhow::Error::msg)? {
+            match image::parse_manifest(&sub.media_type, &sub.body)? {
                 ManifestKind::Image(m) => (m, sub),
                 ManifestKind::Index(_) => bail!("{r}: the index for {want} points at another index"),
             }

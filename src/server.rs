@@ -80,6 +80,8 @@ pub enum Error {
     #[error("{} is not an imgfs mount (it is {fstype} from {from}); unmount it with umount or fusermount3 -u", dir.display())]
     NotImgfs { dir: PathBuf, fstype: String, from: String },
     #[error(transparent)]
+    Reference(#[from] crate::reference::Error),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// From the store, fetch and registry code, whose errors are not typed yet.
     #[error(transparent)]
@@ -134,7 +136,7 @@ pub fn resolve(
     if let Some(found) = held {
         return Ok(found);
     }
-    let r = Reference::parse(reference).map_err(anyhow::Error::msg)?;
+    let r = Reference::parse(reference)?;
     let resolved = fetch::resolve(&*client()?, store, &r, platform)?;
     fetch::register_and(store, &resolved, &r, |_| hold(store, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))

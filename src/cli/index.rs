@@ -60,8 +60,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 }
 
 fn parse(reference: &str, platform: Option<&str>) -> Result<(Reference, Option<Platform>)> {
-    let r = Reference::parse(reference).map_err(anyhow::Error::msg)?;
-    let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    let r = Reference::parse(reference)?;
+    let platform = platform.filter(|p| !p.is_empty()).map(Platform::parse).transpose()?;
     Ok((r, platform))
 }
 

@@ -66,7 +66,7 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
         None => {
             // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
             let platform = args.platform.as_deref().filter(|p| !p.is_empty());
-            let platform = platform.map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+            let platform = platform.map(Platform::parse).transpose()?;
             server::resolve(&ctx.store, &|| ctx.client(), &reference, &dir, platform.as_ref())?
         }
     };

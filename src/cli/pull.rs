@@ -33,20 +33,14 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
-    let platform = args
-        .platform
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .map(Platform::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let platform = args.platform.as_deref().filter(|p| !p.is_empty()).map(Platform::parse).transpose()?;
     if let Some(local) = LocalRef::parse(&args.reference) {
         if args.all_tags {
             bail!("--all-tags takes a registry repository, not {}", args.reference);
         }
         return pull_local(ctx, &local?, platform.as_ref(), args.quiet);
     }
-    let r = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
+    let r = Reference::parse(&args.reference)?;
     if args.all_tags {
         if r.digest.is_some() || args.reference.rsplit('/').next().is_some_and(|last| last.contains(':')) {
             bail!("tag can't be used with --all-tags: {}", args.reference);

@@ -5,7 +5,7 @@
 
 use super::Context;
 use crate::reference::Reference;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    let target = Reference::parse(&args.target).map_err(|e| anyhow!("{e}"))?;
+    let target = Reference::parse(&args.target)?;
     if target.digest.is_some() {
         bail!("invalid target {:?}: a tag cannot contain a digest", args.target);
     }

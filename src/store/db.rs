@@ -195,8 +195,8 @@ impl Db {
         match as_ref {
             Some(_) => anyhow::bail!("no such image: {input}"),
             None => anyhow::bail!(
-                "no such image: {input} (not an image ID, and {})",
-                crate::reference::Reference::parse(input).unwrap_err()
+                "no such image: {input} (not an image ID, and {:#})",
+                anyhow::Error::from(crate::reference::Reference::parse(input).unwrap_err())
             ),
         }
     }
