@@ -203,6 +203,7 @@ fn walk(dir: &Path) -> usize {
 /// plain tar -xzf, with no layer GET but Range GETs and nothing in the store.
 #[test]
 fn an_estargz_layer_lists_from_its_toc_and_reads_chunks_by_range() {
+    let Some(_) = outcome::test_env() else { return };
     let p = push_estargz("tree", None, None);
     let proxy = Proxy::start();
     let store = Store::new();
@@ -232,6 +233,7 @@ fn an_estargz_layer_lists_from_its_toc_and_reads_chunks_by_range() {
 /// is downloaded whole (it is valid gzip) and served as any gzip layer, as the log says.
 #[test]
 fn a_toc_that_does_not_match_its_annotation_falls_back_to_the_whole_layer() {
+    let Some(_) = outcome::test_env() else { return };
     let p = push_estargz("badtoc", None, Some(Digest::of(b"another TOC")));
     let proxy = Proxy::start();
     let store = Store::new();
@@ -248,6 +250,7 @@ fn a_toc_that_does_not_match_its_annotation_falls_back_to_the_whole_layer() {
 /// the file's other chunks and other files still read.
 #[test]
 fn a_chunk_that_does_not_match_its_digest_is_eio() {
+    let Some(_) = outcome::test_env() else { return };
     let p = push_estargz("badchunk", Some(1), None);
     let store = Store::new();
     let m = mount(store.root(), &format!("{}/{}:1", env().addr, p.repo), &[]);

@@ -8,6 +8,7 @@ use super::*;
 
 #[test]
 fn registry_gone_midway_through_a_lazy_fetch_gives_eio_then_recovers() {
+    let Some(_) = outcome::test_env() else { return };
     let proxy = FaultProxy::start(&env().addr);
     let layer = layer_digests("big:1").remove(0);
     let store = Store::new();
@@ -51,6 +52,7 @@ fn push_blob(repo: &str, data: &[u8]) -> String {
 /// what the manifest says), and nothing panics.
 #[test]
 fn layer_sizes_that_add_up_past_u64_are_not_trusted() {
+    let Some(_) = outcome::test_env() else { return };
     let repo = "faults-huge-sizes";
     let layers: Vec<String> = (0..3).map(|i| push_blob(repo, format!("layer {i}").as_bytes())).collect();
     let config = serde_json::to_vec(&serde_json::json!({

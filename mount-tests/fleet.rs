@@ -40,6 +40,7 @@ fn origin_requests(mark: u64, via: &str, path_part: &str) -> Vec<String> {
 /// like the tag fallback, goes to the mirror.
 #[test]
 fn a_fleet_behind_a_pull_through_mirror_costs_the_origin_the_first_hosts_misses_alone() {
+    let Some(_) = outcome::test_env() else { return };
     let (repo, index) = publish_copy("app:1", "fleet");
     let layers = layer_digests("app:1");
     // The origin as the fleet sees it: the shared registry behind a private proxy, so

@@ -32,6 +32,7 @@ fn names_in(dir: &Path) -> Vec<Vec<u8>> {
 /// nothing.
 #[test]
 fn a_mount_serves_bad_entries_as_documented() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let m = mount(store.root(), &format!("{}/hostile:1", env().addr), &[]);
     let latin1 = &b"caf\xe9"[..];
@@ -72,6 +73,7 @@ fn a_mount_serves_bad_entries_as_documented() {
 /// Layers a pull refuses, each with an error naming the layer and what is wrong.
 #[test]
 fn a_pull_refuses_bad_layers_with_a_clear_error() {
+    let Some(_) = outcome::test_env() else { return };
     type Vars = &'static [(&'static str, &'static str)];
     let cases: &[(&str, Vars, &str)] = &[
         ("hostile-nottar:1", &[], "layer is not a tar archive"),
@@ -108,6 +110,7 @@ fn a_pull_refuses_bad_layers_with_a_clear_error() {
 /// reason in the mount's log), and the mount stays up.
 #[test]
 fn a_mount_of_a_layer_over_the_limit_fails_the_operation_not_the_mount() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let m = Mount::empty();
     let image = format!("{}/hostile-bomb:1", env().addr);
@@ -125,12 +128,12 @@ fn a_mount_of_a_layer_over_the_limit_fails_the_operation_not_the_mount() {
 /// 1 MiB blob of hostile-fulldisk:1 fits, its 8 MiB re-encoded copy does not.
 #[test]
 fn a_full_store_disk_says_no_space() {
+    let Some(_) = outcome::test_env() else { return };
     struct Tmpfs(TempDir);
     impl Drop for Tmpfs {
         fn drop(&mut self) {
-            let c = CString::new(self.0.path().as_os_str().as_bytes()).unwrap();
-            // SAFETY: a valid NUL-terminated path; EINVAL (not mounted) is fine.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            // EINVAL (not mounted) is fine.
+            let _ = rustix::mount::unmount(self.0.path(), rustix::mount::UnmountFlags::DETACH);
         }
     }
     let tmpfs = Tmpfs(tempfile::tempdir().unwrap());

@@ -17,6 +17,7 @@ fn skopeo_copy(repo_tag: &str, dest: &str) {
 
 #[test]
 fn mounts_of_layouts_and_archives_match_the_reference_unpack() {
+    let Some(_) = outcome::test_env() else { return };
     let files = tempfile::tempdir().unwrap();
     let store = Store::new();
     let layout = files.path().join("lay");

@@ -10,7 +10,6 @@
 //! the registry logs each request's Host header, which is then the proxy's own
 //! address, so requests made by tests running in parallel are never counted.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -34,6 +33,8 @@ mod fleet;
 mod hostile;
 mod lifecycle;
 mod local_sources;
+#[path = "../tests/outcome/mod.rs"]
+mod outcome;
 mod progress;
 mod published_index;
 #[path = "../tests/pushing/mod.rs"]
@@ -56,10 +57,7 @@ struct TestEnv {
 fn env() -> &'static TestEnv {
     static ENV: OnceLock<TestEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        let dir =
-            PathBuf::from(std::env::var("IMGFS_TEST_ENV").expect(
-                "IMGFS_TEST_ENV is not set: run scripts/test (it starts the registry and builds the test images)",
-            ));
+        let dir = outcome::env_dir();
         let addr = fs::read_to_string(dir.join("registry.addr"))
             .unwrap_or_else(|e| panic!("{}/registry.addr: {e}: run scripts/test", dir.display()))
             .trim()
@@ -217,16 +215,13 @@ fn mount(root: &Path, image: &str, extra: &[&str]) -> Mount {
 /// Detach whatever is mounted at `dir` and make sure its server ends. Never panics:
 /// it runs in Drop, maybe while a failed assert unwinds.
 fn teardown(dir: &Path) {
-    if let Ok(c) = CString::new(dir.as_os_str().as_bytes()) {
-        // SAFETY: c is a valid NUL-terminated path; EINVAL (not mounted) is fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    // EINVAL (not mounted) is fine.
+    let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
     for pid in server_pids(dir) {
         // The detach ends the FUSE session, so the server should exit on its own.
         if !wait_until(Duration::from_secs(5), || pid_gone(pid)) {
             eprintln!("teardown: server {pid} for {} still running; killing it", dir.display());
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = kill(pid, libc::SIGKILL);
         }
     }
 }
@@ -248,6 +243,15 @@ fn server_pids(dir: &Path) -> Vec<u32> {
         }
     }
     out
+}
+
+/// kill(2): send the signal numbered `sig` (a `libc::SIG*`) to process `pid`.
+fn kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| invalid(format!("pid {pid}")))?;
+    let sig = Signal::from_named_raw(sig).ok_or_else(|| invalid(format!("signal {sig}")))?;
+    Ok(kill_process(pid, sig)?)
 }
 
 /// Has the process exited? A zombie has: reaping it is its parent's (init's) business.
@@ -607,6 +611,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool, gate: &Gate, he
 /// aside (see the next test); multi-arch images also for linux/arm64.
 #[test]
 fn trees_match_reference_unpacks() {
+    let Some(_) = outcome::test_env() else { return };
     let failures = compare_all(&["--no-dir-mtime"], |_| Vec::new());
     assert!(failures.is_empty(), "trees differ:\n{}", failures.join("\n"));
 }
@@ -615,6 +620,7 @@ fn trees_match_reference_unpacks() {
 /// topmost tar entry (the unpack's dir-mtime-ignore lists where it doesn't).
 #[test]
 fn dir_mtimes_match_where_the_reference_defines_them() {
+    let Some(_) = outcome::test_env() else { return };
     let failures = compare_all(&[], |unpack| {
         vec!["--ignore-dir-mtime-of".to_string(), unpack.join("dir-mtime-ignore").display().to_string()]
     });
@@ -662,6 +668,7 @@ fn compare_all(options: &[&str], per_unpack: impl Fn(&Path) -> Vec<String>) -> V
 /// reference cannot show), next to the others; getfattr reads them all.
 #[test]
 fn empty_xattr_value_is_served() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let m = mount(store.root(), &format!("{}/edge:1", env().addr), &[]);
     let file = m.path("xattrs/file");
@@ -681,28 +688,24 @@ fn empty_xattr_value_is_served() {
 }
 
 fn listxattr(p: &Path) -> Vec<String> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     let mut buf = vec![0u8; 4096];
-    // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr {}: {}", p.display(), std::io::Error::last_os_error());
-    buf[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into()).collect()
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap_or_else(|e| panic!("listxattr {}: {e}", p.display()));
+    buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into()).collect()
 }
 
 /// The value, or None for ENODATA.
 fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 4096];
-    // SAFETY: buf is writable for its length.
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr {} {name}: {e}", p.display());
-        return None;
+    match rustix::fs::lgetxattr(p, name, &mut buf[..]) {
+        Ok(len) => {
+            buf.truncate(len);
+            Some(buf)
+        }
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), libc::ENODATA, "getxattr {} {name}: {e}", p.display());
+            None
+        }
     }
-    buf.truncate(len as usize);
-    Some(buf)
 }
 
 // =======================================================================================
@@ -713,6 +716,7 @@ fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
 /// once; the image is then in `imgfs ls`.
 #[test]
 fn layers_are_fetched_only_when_needed() {
+    let Some(_) = outcome::test_env() else { return };
     let layers = layer_digests("lazy:1");
     assert_eq!(layers.len(), 3, "lazy:1 should have 3 layers: {layers:?}");
     let config = config_digest("lazy:1");
@@ -769,6 +773,7 @@ fn layers_are_fetched_only_when_needed() {
 /// index files as they were and fetches only app:2's own layer.
 #[test]
 fn remount_reuses_layer_indexes() {
+    let Some(_) = outcome::test_env() else { return };
     let app1 = layer_digests("app:1");
     let app2 = layer_digests("app:2");
     assert_eq!(app1[0], app2[0], "app:1 and app:2 should share their base layer");
@@ -812,6 +817,7 @@ fn remount_reuses_layer_indexes() {
 /// read the right bytes, and a gzip layer leaves no uncompressed copy behind.
 #[test]
 fn two_mounts_of_one_image_fetch_each_layer_once() {
+    let Some(_) = outcome::test_env() else { return };
     let layers = layer_digests("lazy:1");
     let proxy = Proxy::start();
     let store = Store::new();
@@ -840,6 +846,7 @@ fn two_mounts_of_one_image_fetch_each_layer_once() {
 /// copies go, the indexes are rewritten in the current format, and the tree is right.
 #[test]
 fn an_older_store_is_converted_on_first_use() {
+    let Some(_) = outcome::test_env() else { return };
     let proxy = Proxy::start();
     let store = Store::new();
     let image = format!("{}/app:1", proxy.addr);
@@ -877,6 +884,7 @@ fn an_older_store_is_converted_on_first_use() {
 /// listing line goes.
 #[test]
 fn unmount_by_imgfs_fusermount3_and_umount() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/lazy:1", env().addr);
     let mounts: Vec<Mount> = (0..3).map(|_| mount(store.root(), &image, &[])).collect();
@@ -917,6 +925,7 @@ fn unmount_by_imgfs_fusermount3_and_umount() {
 /// directory again; `imgfs umount` of such a mountpoint does the same and succeeds.
 #[test]
 fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/lazy:1", env().addr);
     let (a, b) = (mount(store.root(), &image, &[]), mount(store.root(), &image, &[]));
@@ -925,8 +934,7 @@ fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
         let pid = m.server();
         let record = store.root().join(format!("mounts/{pid}.json"));
         assert!(record.exists(), "no mount record {}", record.display());
-        // SAFETY: plain kill(2) of the server we started.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        kill(pid, libc::SIGKILL).unwrap();
         // Wait for it to be gone, reaped included (a zombie is a separate matter).
         assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists()));
         assert_eq!(errno_of("stat of a dead mount", fs::metadata(m.path("top"))), libc::ENOTCONN);
@@ -949,6 +957,7 @@ fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
 
 #[test]
 fn rm_and_prune_spare_a_mounted_image() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/app:2", env().addr);
     let mut blobs: Vec<String> = layer_digests("app:2");
@@ -981,6 +990,7 @@ fn rm_and_prune_spare_a_mounted_image() {
 /// (find, du, df) expect.
 #[test]
 fn mount_is_read_only_with_posix_errnos_and_attrs() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let app = mount(store.root(), &format!("{}/app:1", env().addr), &[]);
     let edge = mount(store.root(), &format!("{}/edge:1", env().addr), &[]);
@@ -1038,11 +1048,8 @@ fn mount_is_read_only_with_posix_errnos_and_attrs() {
     let big = fs::symlink_metadata(p("usr/bin/true")).unwrap();
     assert!(big.len() > 4096 && big.blocks() > 0);
 
-    let c = CString::new(app.arg()).unwrap();
-    // SAFETY: zeroed statvfs is a valid out-parameter.
-    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0, "statvfs: {}", std::io::Error::last_os_error());
-    assert!(sv.f_flag & libc::ST_RDONLY != 0, "statvfs: not ST_RDONLY");
+    let sv = rustix::fs::statvfs(app.arg()).unwrap_or_else(|e| panic!("statvfs: {e}"));
+    assert!(sv.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY), "statvfs: not ST_RDONLY");
     assert!(sv.f_bsize > 0 && sv.f_namemax > 0, "statvfs: bsize {} namemax {}", sv.f_bsize, sv.f_namemax);
     let df = Command::new("df").arg(&app.dir).output().expect("df");
     assert!(df.status.success(), "df: {}", show(&df));
@@ -1052,18 +1059,15 @@ fn mount_is_read_only_with_posix_errnos_and_attrs() {
 
 /// setxattr(2)'s errno.
 fn setxattr(p: &Path, name: &str, value: &[u8]) -> i32 {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid strings and buffer.
-    let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(r, -1, "setxattr on the mount succeeded");
-    std::io::Error::last_os_error().raw_os_error().unwrap()
+    let r = rustix::fs::setxattr(p, name, value, rustix::fs::XattrFlags::empty());
+    r.expect_err("setxattr on the mount succeeded").raw_os_error()
 }
 
 /// The mount table shows an imgfs mount as a FUSE mount, ro,nosuid,nodev, with
 /// `imgfs:IMAGE` in the source column.
 #[test]
 fn mount_table_shows_imgfs_source_ro_nosuid_nodev() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/base:1", env().addr);
     let m = mount(store.root(), &image, &[]);
@@ -1093,6 +1097,7 @@ const TEST_USER: &str = "imgfs-test";
 /// without allow_other nobody else may enter the mount, root included.
 #[test]
 fn unprivileged_user_mounts_via_fusermount3() {
+    let Some(_) = outcome::test_env() else { return };
     let uid = test_user();
     ensure_dev_fuse_is_world_usable();
 
@@ -1174,6 +1179,7 @@ fn ensure_dev_fuse_is_world_usable() {
 /// server logs why and stays up; once the registry is back, the same read succeeds.
 #[test]
 fn registry_outage_gives_eio_and_recovers() {
+    let Some(_) = outcome::test_env() else { return };
     let proxy = Proxy::start();
     let store = Store::new();
     let m = mount(store.root(), &format!("{}/lazy:1", proxy.addr), &[]);
@@ -1221,6 +1227,7 @@ fn newest_log(root: &Path) -> PathBuf {
 /// non-zero with one line naming the culprit, and nothing left mounted or listed.
 #[test]
 fn mount_rejects_bad_mountpoints_and_unknown_images() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("missing");
@@ -1252,6 +1259,7 @@ fn mount_rejects_bad_mountpoints_and_unknown_images() {
 /// first mount serving.
 #[test]
 fn mount_refuses_an_existing_mount() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/lazy:1", env().addr);
     let m = mount(store.root(), &image, &[]);
@@ -1353,6 +1361,7 @@ fn stat_path(m: &Mount, rel: &str) -> std::io::Result<()> {
 /// fetches every layer down to the base's "./".)
 #[test]
 fn layered_top_layer_file_fetches_only_the_top_layer() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     assert_eq!(l.fetched(), [0, 0, 0, 0], "the mount itself fetched layers (bottom..top)");
 
@@ -1387,6 +1396,7 @@ fn layered_top_layer_file_fetches_only_the_top_layer() {
 /// second mount, with every layer local, gives the same link count and inode.
 #[test]
 fn layered_hard_link_group_counts_links_from_its_own_layer() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     let group = |m: &Mount| -> Vec<(u64, u64)> {
         LINK_GROUP
@@ -1459,6 +1469,7 @@ fn layered_hard_link_group_counts_links_from_its_own_layer() {
 /// base layer has fails with EIO (the outage is real) and reads once the registry is back.
 #[test]
 fn layered_root_and_settled_paths_answer_without_the_registry() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     l.proxy.set(false);
     let md =
@@ -1495,6 +1506,7 @@ fn layered_root_and_settled_paths_answer_without_the_registry() {
 /// printed.
 #[test]
 fn layered_slow_base_layer_stalls_nothing_else() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     l.proxy.hold(&l.layers[0]);
     let guard = Duration::from_secs(40);
@@ -1551,6 +1563,7 @@ fn layered_slow_base_layer_stalls_nothing_else() {
 /// 1990) differ from what a provisional answer could guess.
 #[test]
 fn layered_provisional_dir_attrs_become_exact() {
+    let Some(_) = outcome::test_env() else { return };
     let l = Layered::mount();
     let dirs = ["", "usr", "usr/local"];
     let ignored = fs::read_to_string(unpack_of(LAYERED).join("dir-mtime-ignore")).unwrap();
@@ -1584,6 +1597,7 @@ fn layered_provisional_dir_attrs_become_exact() {
 /// name on a port where nothing answers).
 #[test]
 fn a_default_platform_the_pulled_image_has_mounts_it_without_the_registry() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let root = store.root();
     let image = format!("{}/lazy:1", env().addr);

@@ -8,6 +8,7 @@ use super::*;
 /// its progress at each tenth (bytes of total, percent), then says it is verifying.
 #[test]
 fn a_first_fetch_under_a_mount_logs_its_progress_in_steps() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let image = format!("{}/big:1", env().addr);
     let m = mount(store.root(), &image, &[]);

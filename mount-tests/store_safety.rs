@@ -31,6 +31,7 @@ fn prune_held_before_its_records_lock(root: &Path, delay: u64) -> (std::process:
 
 #[test]
 fn a_mount_that_starts_while_prune_runs_keeps_its_image() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let root = store.root();
     let name = format!("{}/lazy:1", env().addr);
@@ -51,15 +52,16 @@ fn a_mount_that_starts_while_prune_runs_keeps_its_image() {
 
 #[test]
 fn the_store_stays_private_with_a_mount_running_whatever_the_umask() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let root = store.root().join("store");
-    // SAFETY: umask only sets this process's file-creation mask, which the imgfs
-    // children (and their mount server) inherit.
-    let old = unsafe { libc::umask(0o022) };
+    // umask only sets this process's file-creation mask, which the imgfs children (and
+    // their mount server) inherit.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let name = format!("{}/app:1", env().addr);
     imgfs_ok(&root, &["pull", &name]);
     let m = mount(&root, &name, &[]);
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     read_all(&m.dir);
     let mut seen = 0;
     let mut stack = vec![root.clone()];
@@ -104,6 +106,7 @@ fn assert_eio_logged(root: &Path, path: &Path) {
 
 #[test]
 fn layer_bytes_damaged_on_disk_are_never_served() {
+    let Some(_) = outcome::test_env() else { return };
     // An uncompressed layer is read in place: a flipped byte used to be served as is.
     let store = Store::new();
     let root = store.root();
@@ -179,6 +182,7 @@ impl Drop for Churn {
 
 #[test]
 fn mounts_racing_pulls_prune_and_rm_serve_their_image_and_lose_no_blob() {
+    let Some(_) = outcome::test_env() else { return };
     let store = Store::new();
     let root = store.root();
     let [app1, app2, base] = ["app:1", "app:2", "base:1"].map(|n| format!("{}/{n}", env().addr));

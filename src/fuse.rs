@@ -91,8 +91,7 @@ fn dev_fuse_description() -> String {
 /// Can't a non-root user open /dev/fuse (a host or container that leaves it 0600)?
 /// Root always can; a missing device is left to fuser's own error.
 fn dev_fuse_is_closed_to_us() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return false;
     }
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {

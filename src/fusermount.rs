@@ -9,7 +9,7 @@
 //! permissions on /dev/fuse decide, and the caller's error says how to change them.)
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -29,14 +29,16 @@ pub fn mount(dir: &Path, options: &str) -> io::Result<OwnedFd> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only fcntl(2) between fork and exec, on a descriptor we own; it keeps
-    // fusermount3's end of the socket open across exec.
+    // SAFETY: pre_exec's hook runs in the forked child, where only async-signal-safe
+    // calls are allowed: it makes one fcntl(2) system call (rustix calls the kernel
+    // directly, no allocation, no locks). `theirs_fd` stays open until after the spawn
+    // (`theirs` is dropped below), so the child's copy of it is open too and borrowing it
+    // there is sound. Clearing FD_CLOEXEC keeps fusermount3's end of the socket open
+    // across exec; only this child gets it.
     unsafe {
         cmd.pre_exec(move || {
-            let flags = libc::fcntl(theirs_fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let fd = std::os::fd::BorrowedFd::borrow_raw(theirs_fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             Ok(())
         });
     }
@@ -67,38 +69,23 @@ pub fn mount(dir: &Path, options: &str) -> io::Result<OwnedFd> {
 
 /// The descriptor fusermount3 sends in one SCM_RIGHTS message, after one data byte.
 fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // Room for one cmsg header and one int, aligned as CMSG_SPACE wants.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; every pointer in it points at a live local buffer
-    // of the length given, and CMSG_* only walk inside `control`.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = loop {
-            let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = loop {
+        match recvmsg(socket, &mut [io::IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
         }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "fusermount3 sent no descriptor"));
-        }
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() || (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "fusermount3 sent no descriptor"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
-        if fd < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "fusermount3 sent a bad descriptor"));
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
+    };
+    if received.bytes == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "fusermount3 sent no descriptor"));
     }
+    // Any descriptor beyond the first (there should be none) is closed with the drain.
+    let fd = control.drain().find_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    });
+    fd.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "fusermount3 sent no descriptor"))
 }

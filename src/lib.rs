@@ -15,6 +15,10 @@
 //! decides what may be deleted (`store::remove`). `cli` holds one module per
 //! subcommand: it parses arguments and prints.
 
+// Every unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe` block
+// with a SAFETY comment that says why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod cli;
 pub mod digest;
 pub mod fetch;

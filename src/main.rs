@@ -1,6 +1,10 @@
 //! The `imgfs` command: parse arguments, run, print the error chain on one line and
 //! choose the exit code. Everything else lives in the library.
 
+// Every unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe` block
+// with a SAFETY comment that says why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use clap::Parser;
 use std::io::ErrorKind;
 use std::process::ExitCode;
@@ -32,10 +36,12 @@ fn main() -> ExitCode {
 /// elsewhere (a registry connection) is a real error, so stdout itself must be a pipe
 /// nobody reads any more.
 fn closed_stdout(e: &anyhow::Error) -> bool {
-    let mut fd = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
-    // SAFETY: one valid pollfd, no waiting; poll reports POLLERR on the write end of a
-    // pipe whose read end is closed.
-    let reader_gone = unsafe { libc::poll(&mut fd, 1, 0) } == 1 && fd.revents & libc::POLLERR != 0;
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    // No waiting; poll reports POLLERR on the write end of a pipe whose read end is closed.
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::OUT)];
+    let reader_gone = matches!(poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(1))
+        && fds[0].revents().contains(PollFlags::ERR);
     reader_gone
         && e.chain().any(|c| {
             let kind = match c.downcast_ref::<std::io::Error>() {

@@ -6,6 +6,9 @@
 use clap::CommandFactory;
 use std::process::{Command, Output};
 
+#[path = "outcome/mod.rs"]
+mod outcome;
+
 fn imgfs(root: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs")).arg("--root").arg(root).args(args).output().unwrap()
 }
@@ -99,9 +102,24 @@ fn man_page_is_roff_and_names_every_subcommand() {
 
 /// The test registry's address (scripts/test starts it and exports IMGFS_TEST_ENV).
 fn registry() -> String {
-    let dir = std::env::var("IMGFS_TEST_ENV")
-        .expect("IMGFS_TEST_ENV is not set: run the tests through scripts/test, which starts the registry");
-    std::fs::read_to_string(std::path::Path::new(&dir).join("registry.addr")).unwrap().trim().to_string()
+    outcome::registry_addr()
+}
+
+/// A bare `cargo test` (no IMGFS_TEST_ENV) skips a test that needs the registry, with
+/// one line naming it and the reason, and passes: this test binary runs one such test of
+/// its own without the variable.
+#[test]
+fn a_test_that_needs_the_registry_is_skipped_without_the_test_env() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "stdout_results_feed_other_commands", "--test-threads=1"])
+        .env_remove("IMGFS_TEST_ENV")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the test did not run: {stdout}");
+    let line = "skipping stdout_results_feed_other_commands: IMGFS_TEST_ENV is not set; scripts/test sets it";
+    assert!(stderr.lines().any(|l| l == line), "{stderr}");
 }
 
 /// Run a shell pipeline with `imgfs` standing for this binary on this store.
@@ -115,6 +133,7 @@ fn shell(root: &std::path::Path, pipeline: &str) -> Output {
 /// on stdout and nothing on stderr along the way.
 #[test]
 fn stdout_results_feed_other_commands() {
+    let Some(_) = outcome::test_env() else { return };
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let addr = registry();

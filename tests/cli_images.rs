@@ -1019,13 +1019,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
         env.add(Spec { tags: &[tag.as_str()], created: ago(1), salt: &tag, ..Default::default() });
     }
     for args in [&["ls"][..], &["ls", "--format", "json"], &["inspect", "app:1"], &["mount"]] {
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2) fills the two descriptors; each is owned by exactly one File.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        let (read_end, write_end) = unsafe {
-            use std::os::fd::FromRawFd;
-            (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1]))
-        };
+        let (read_end, write_end) = std::io::pipe().unwrap();
         drop(read_end);
         let out = Command::new(env!("CARGO_BIN_EXE_imgfs"))
             .arg("--root")

@@ -183,12 +183,14 @@ fn published_index_matches_the_layers(src: &str, kinds: &[&str]) {
 
 #[test]
 fn a_gzip_index_is_found_from_a_fresh_store_and_matches_the_layer_and_its_ranges() {
+    let Some(_) = outcome::test_env() else { return };
     // big:1: one gzip layer of 13 MB, so many checkpoints and spans.
     published_index_matches_the_layers("big:1", &["gzip"]);
 }
 
 #[test]
 fn gzip_zstd_and_plain_tar_layers_are_indexed_each_their_way() {
+    let Some(_) = outcome::test_env() else { return };
     // edge:1: a gzip, a zstd and an uncompressed tar layer, with PAX and GNU names.
     published_index_matches_the_layers("edge:1", &["gzip", "zstd", "plain"]);
     // app:1: whiteouts and an opaque directory made by umoci.
@@ -203,6 +205,7 @@ fn referrers_tag(http: &Client, addr: &str, repo: &str, subject: &Digest) -> Val
 
 #[test]
 fn pushing_twice_is_idempotent_and_keeps_a_foreign_referrer() {
+    let Some(_) = outcome::test_env() else { return };
     let addr = addr();
     let http = Client::new();
     let repo = repo("twice");
@@ -260,6 +263,7 @@ fn pushing_twice_is_idempotent_and_keeps_a_foreign_referrer() {
 
 #[test]
 fn no_index_and_tampered_indexes_are_refused_with_one_line() {
+    let Some(_) = outcome::test_env() else { return };
     let addr = addr();
     let http = Client::new();
     let repo = repo("tampered");

@@ -177,6 +177,7 @@ fn bad_search_input_is_a_one_line_error_before_any_request() {
 
 #[test]
 fn a_registry_search_matches_names_from_its_catalog() {
+    let Some(_) = outcome::test_env() else { return };
     let addr = registry_addr();
     // No Hub here: a search of another registry must not ask it.
     let hub = HubStandIn::start();

@@ -69,28 +69,19 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 /// as the `rpassword` crate does, echoed a password typed as soon as the prompt showed
 /// (`login_asks_on_the_terminal_without_echo` caught it, now and then).
 fn ask_secret(prompt: &str) -> std::io::Result<String> {
-    use std::os::fd::AsRawFd;
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
     let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
-    let fd = tty.as_raw_fd();
-    // SAFETY: termios is plain data that tcgetattr fills in whole.
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is the open terminal above; `saved` is a live termios.
-    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut quiet = saved;
-    quiet.c_lflag &= !libc::ECHO;
-    quiet.c_lflag |= libc::ECHONL;
-    // SAFETY: as above.
-    if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let saved = tcgetattr(&tty)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&tty, OptionalActions::Flush, &quiet)?;
     let line = tty.write_all(prompt.as_bytes()).and_then(|()| {
         let mut line = String::new();
         std::io::BufReader::new(&tty).read_line(&mut line).map(|_| line)
     });
-    // SAFETY: as above; the terminal gets its echo back whatever the read gave.
-    unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
+    // The terminal gets its echo back whatever the read gave.
+    let _ = tcsetattr(&tty, OptionalActions::Flush, &saved);
     Ok(line?.trim_end_matches(['\n', '\r']).to_string())
 }
 

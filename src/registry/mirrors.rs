@@ -84,7 +84,7 @@ impl Mirrors {
         let conf = match std::env::var_os("CONTAINERS_REGISTRIES_CONF").filter(|v| !v.is_empty()) {
             Some(p) => Some(PathBuf::from(p)),
             None => {
-                let user = (unsafe { libc::geteuid() } != 0)
+                let user = (!rustix::process::geteuid().is_root())
                     .then(|| {
                         std::env::var_os("XDG_CONFIG_HOME")
                             .map(PathBuf::from)

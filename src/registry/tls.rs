@@ -18,7 +18,7 @@ use std::time::Duration;
 pub(crate) fn certs_d_dirs(authority: &str) -> Vec<PathBuf> {
     let mut roots = vec![PathBuf::from("/etc/docker/certs.d"), PathBuf::from("/etc/containers/certs.d")];
     // podman run by a user reads the user's own directory too.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         if let Some(home) = std::env::var_os("HOME") {
             roots.push(PathBuf::from(home).join(".config/containers/certs.d"));
         }

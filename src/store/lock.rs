@@ -1,10 +1,14 @@
 //! Advisory file locks (`flock`) that order the store's writers: short exclusive
 //! holds around record updates, and a shared/exclusive pair that keeps garbage
 //! collection from sweeping blobs a pull is still writing.
+//!
+//! `std::fs::File::lock`/`lock_shared` are `flock(2)` on Linux (the tests watch
+//! `/proc/locks` for a blocked FLOCK); what this adds is the lock file's creation with
+//! the store's mode, the retry when a signal interrupts the wait, and a guard whose drop
+//! (closing the file) releases the lock.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -15,25 +19,23 @@ pub struct FileLock {
 
 impl FileLock {
     pub fn shared(path: &Path) -> io::Result<FileLock> {
-        Self::take(path, libc::LOCK_SH)
+        Self::take(path, File::lock_shared)
     }
 
     pub fn exclusive(path: &Path) -> io::Result<FileLock> {
-        Self::take(path, libc::LOCK_EX)
+        Self::take(path, File::lock)
     }
 
-    fn take(path: &Path, op: libc::c_int) -> io::Result<FileLock> {
+    fn take(path: &Path, lock: fn(&File) -> io::Result<()>) -> io::Result<FileLock> {
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(super::FILE_MODE).open(path)?;
         loop {
-            // SAFETY: flock on a file descriptor we own; no memory is passed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(FileLock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            match lock(&file) {
+                Ok(()) => return Ok(FileLock { _file: file }),
+                // flock(2) returns EINTR when a signal handler runs during the wait; a
+                // signal handled elsewhere in the process must not fail the lock.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
         }
     }

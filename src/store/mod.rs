@@ -99,8 +99,7 @@ impl Store {
 
     /// The default root: `/var/lib/imgfs` for root, else the XDG data dir.
     pub fn default_root() -> PathBuf {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             return PathBuf::from("/var/lib/imgfs");
         }
         if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {

@@ -176,33 +176,21 @@ pub fn is_dead_imgfs_mount(dir: &Path) -> bool {
 
 /// statfs(2) of `dir`: None if it answers, else its errno.
 pub fn statfs_errno(dir: &Path) -> Option<i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return Some(libc::EINVAL) };
-    // SAFETY: c is a valid path and buf a properly sized, writable statvfs.
-    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut buf) } == 0 {
-        return None;
-    }
-    std::io::Error::last_os_error().raw_os_error()
+    rustix::fs::statvfs(dir).err().map(|e| e.raw_os_error())
 }
 
 /// Unmount `dir`: a plain unmount first, then a lazy detach if something holds it
 /// busy. As root that is umount2(2) directly; otherwise fusermount3 does it.
 pub fn detach(dir: &Path) -> Result<()> {
     use anyhow::bail;
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-        // SAFETY: c is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+    use rustix::mount::{unmount, UnmountFlags};
+    if rustix::process::geteuid().is_root() {
+        if unmount(dir, UnmountFlags::empty()).is_ok() {
             return Ok(());
         }
-        // SAFETY: as above.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return Ok(());
-        }
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", dir.display()));
+        return unmount(dir, UnmountFlags::DETACH)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("cannot unmount {}", dir.display()));
     }
     let quiet = |flags: &str| {
         std::process::Command::new("fusermount3").arg(flags).arg(dir).stderr(std::process::Stdio::null()).status()
