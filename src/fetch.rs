@@ -164,7 +164,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         source: r.name(),
         repo_digests: vec![format!("{}@{}", r.name(), top.digest)],
         pinned: Vec::new(),
-        added: chrono::Utc::now().timestamp(),
+        added: jiff::Timestamp::now().as_second(),
     };
     Ok(Resolved { record, config, top_digest: top.digest, _lease: lease })
 }

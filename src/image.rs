@@ -277,9 +277,8 @@ impl ImageConfig {
     }
 
     /// The creation time, if the config has a parseable one.
-    pub fn created_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        let s = self.created.as_deref()?;
-        chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc))
+    pub fn created_at(&self) -> Option<jiff::Timestamp> {
+        self.created.as_deref()?.parse().ok()
     }
 }
 

@@ -9,8 +9,12 @@
 //! contents with random access to file data; `tree` stacks the layers into the OCI
 //! union, lazily; `fs` answers filesystem operations with plain values and errnos;
 //! `fuse` adapts that to the kernel through `fuser` (`fusermount` mounts through
-//! fusermount3 when /dev/fuse is closed to the user). `cli` holds one module per
-//! subcommand; `log` is how the library's messages reach the user.
+//! fusermount3 when /dev/fuse is closed to the user). `server` owns a mount's life
+//! (resolving and holding the image, the background server, signals, mount records,
+//! teardown); `filter` holds the image filters of `ls` and `prune`, and the store
+//! decides what may be deleted (`store::remove`). `cli` holds one module per
+//! subcommand: it parses arguments and prints; `log` is how the library's messages
+//! reach the user.
 
 // Every unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe` block
 // with a SAFETY comment that says why it holds.
@@ -19,6 +23,7 @@
 pub mod cli;
 pub mod digest;
 pub mod fetch;
+pub mod filter;
 pub mod fs;
 pub mod fuse;
 pub mod fusermount;
@@ -30,6 +35,7 @@ pub mod log;
 pub mod reference;
 pub mod referrers;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod template;
 pub mod tree;

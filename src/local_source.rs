@@ -414,7 +414,7 @@ fn finish(
         source: LocalRef { pick: None, ..r.clone() }.to_string(),
         repo_digests: Vec::new(),
         pinned: Vec::new(),
-        added: chrono::Utc::now().timestamp(),
+        added: jiff::Timestamp::now().as_second(),
     };
     Ok(LocalImage { record, config, top_digest, blobs, names, files, members })
 }

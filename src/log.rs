@@ -59,7 +59,7 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         if self.timestamps {
-            write!(w, "{} ", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"))?;
+            write!(w, "{} ", jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))?;
         }
         let level = match *event.metadata().level() {
             Level::ERROR => "error: ",
@@ -140,7 +140,7 @@ mod tests {
         let line = logged(LevelFilter::INFO, true, || tracing::warn!("w"));
         let (time, rest) = line.split_once(' ').unwrap();
         assert_eq!(rest, "imgfs: warning: w\n");
-        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{line}");
+        assert!(time.parse::<jiff::Timestamp>().is_ok(), "{line}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let mut server = false;
     if let imgfs::cli::Command::Mount(args) = &cli.command {
         if imgfs::cli::mount::is_server(args) {
-            imgfs::cli::mount::handle_server_signals();
+            imgfs::server::handle_signals();
             server = true;
         }
     }

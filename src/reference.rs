@@ -24,7 +24,7 @@ pub enum Error {
     Digest {
         input: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: crate::digest::Error,
     },
     #[error("invalid reference {input:?}: invalid tag {tag:?}")]
     Tag { input: String, tag: String },
@@ -63,7 +63,7 @@ impl Reference {
         let (rest, digest) = match input.split_once('@') {
             Some((r, d)) => {
                 let d =
-                    d.parse::<Digest>().map_err(|e| Error::Digest { input: input.to_string(), source: e.into() })?;
+                    d.parse::<Digest>().map_err(|e| Error::Digest { input: input.to_string(), source: e })?;
                 (r, Some(d))
             }
             None => (input, None),

@@ -3,13 +3,13 @@
 //! through the library (config, manifest and layer blobs plus a record), as a pull
 //! would leave them, so no registry is needed.
 
-use chrono::{Duration, Utc};
 use imgfs::digest::Digest;
 use imgfs::image::{Descriptor, OCI_MANIFEST};
 use imgfs::reference::Reference;
 use imgfs::store::db::ImageRecord;
 use imgfs::store::mounts::{process_start_ticks, MountRecord};
 use imgfs::store::Store;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,8 +77,8 @@ impl TestImage {
     }
 }
 
-fn ago(d: Duration) -> Option<String> {
-    Some((Utc::now() - d).to_rfc3339())
+fn ago(hours: i64) -> Option<String> {
+    Some((Timestamp::now() - SignedDuration::from_hours(hours)).to_string())
 }
 
 fn stored_name(reference: &str) -> String {
@@ -208,7 +208,7 @@ impl Env {
             source: repos.first().cloned().unwrap_or_else(|| "docker.io/library/scratch".into()),
             repo_digests: repos.iter().map(|r| format!("{r}@{manifest_digest}")).collect(),
             pinned,
-            added: if spec.added != 0 { spec.added } else { Utc::now().timestamp() },
+            added: if spec.added != 0 { spec.added } else { Timestamp::now().as_second() },
         };
         self.store
             .update_db(|db| {
@@ -255,16 +255,11 @@ fn lines(s: &str) -> Vec<&str> {
 #[test]
 fn ls_default_table_is_docker_shaped_and_newest_first() {
     let env = Env::new();
-    let old = env.add(Spec {
-        tags: &["app:1"],
-        created: ago(Duration::days(3)),
-        total_size: Some(1234),
-        salt: "old",
-        ..Default::default()
-    });
+    let old =
+        env.add(Spec { tags: &["app:1"], created: ago(72), total_size: Some(1234), salt: "old", ..Default::default() });
     let new = env.add(Spec {
         tags: &["app:2", "127.0.0.1:5000/team/app:latest"],
-        created: ago(Duration::hours(2)),
+        created: ago(2),
         total_size: Some(12_300),
         salt: "new",
         ..Default::default()
@@ -288,9 +283,9 @@ fn ls_default_table_is_docker_shaped_and_newest_first() {
 #[test]
 fn ls_shows_dangling_and_pinned_images_and_digests() {
     let env = Env::new();
-    let tagged = env.add(Spec { tags: &["app:1"], created: ago(Duration::hours(1)), salt: "t", ..Default::default() });
-    let pinned = env.add(Spec { pinned: &["pin"], created: ago(Duration::hours(2)), salt: "p", ..Default::default() });
-    let dangling = env.add(Spec { created: ago(Duration::hours(3)), salt: "d", ..Default::default() });
+    let tagged = env.add(Spec { tags: &["app:1"], created: ago(1), salt: "t", ..Default::default() });
+    let pinned = env.add(Spec { pinned: &["pin"], created: ago(2), salt: "p", ..Default::default() });
+    let dangling = env.add(Spec { created: ago(3), salt: "d", ..Default::default() });
     let fmt = "{{.Repository}} {{.Tag}} {{.ID}}";
     let out = env.imgfs(&["ls", "--format", fmt]);
     assert_eq!(
@@ -318,13 +313,8 @@ fn ls_shows_dangling_and_pinned_images_and_digests() {
 #[test]
 fn ls_quiet_and_no_trunc() {
     let env = Env::new();
-    let a = env.add(Spec {
-        tags: &["a:1", "a:2", "b:1"],
-        created: ago(Duration::hours(1)),
-        salt: "a",
-        ..Default::default()
-    });
-    let b = env.add(Spec { created: ago(Duration::hours(2)), salt: "b", ..Default::default() });
+    let a = env.add(Spec { tags: &["a:1", "a:2", "b:1"], created: ago(1), salt: "a", ..Default::default() });
+    let b = env.add(Spec { created: ago(2), salt: "b", ..Default::default() });
     assert_eq!(lines(env.imgfs(&["ls", "-q"]).ok()), [a.short(), b.short()]);
     assert_eq!(lines(env.imgfs(&["ls", "-q", "--no-trunc"]).ok()), [a.id.as_str(), b.id.as_str()]);
     let out = env.imgfs(&["ls", "--no-trunc"]);
@@ -338,24 +328,19 @@ fn ls_filters() {
     let env = Env::new();
     let oldest = env.add(Spec {
         tags: &["app:1"],
-        created: ago(Duration::days(3)),
+        created: ago(72),
         labels: &[("team", "a"), ("tier", "web")],
         salt: "oldest",
         ..Default::default()
     });
     let _middle = env.add(Spec {
         tags: &["app:2", "127.0.0.1:5000/team/app:2", "other:x"],
-        created: ago(Duration::days(2)),
+        created: ago(48),
         labels: &[("team", "b"), ("tier", "web")],
         salt: "middle",
         ..Default::default()
     });
-    let newest = env.add(Spec {
-        created: ago(Duration::days(1)),
-        labels: &[("team", "a")],
-        salt: "newest",
-        ..Default::default()
-    });
+    let newest = env.add(Spec { created: ago(24), labels: &[("team", "a")], salt: "newest", ..Default::default() });
     let ls = |filters: &[&str]| -> Vec<String> {
         let mut args = vec!["ls", "--format", "{{.Repository}}:{{.Tag}}"];
         for f in filters {
@@ -693,8 +678,8 @@ fn ambiguous_id_prefixes_are_refused() {
 #[test]
 fn tag_names_images_and_moving_a_tag_can_leave_one_dangling() {
     let env = Env::new();
-    let a = env.add(Spec { tags: &["app:1"], created: ago(Duration::hours(2)), salt: "a", ..Default::default() });
-    let b = env.add(Spec { tags: &["other:1"], created: ago(Duration::hours(1)), salt: "b", ..Default::default() });
+    let a = env.add(Spec { tags: &["app:1"], created: ago(2), salt: "a", ..Default::default() });
+    let b = env.add(Spec { tags: &["other:1"], created: ago(1), salt: "b", ..Default::default() });
     assert_eq!(env.imgfs(&["tag", "app:1", "app:latest"]).ok(), "");
     assert_eq!(env.imgfs(&["tag", a.short(), "127.0.0.1:5000/team/app:v2"]).ok(), "");
     assert_eq!(env.imgfs(&["tag", "app", "app:3"]).ok(), "");
@@ -962,14 +947,8 @@ fn prune_asks_first_and_reads_the_answer_from_stdin() {
 #[test]
 fn prune_filters() {
     let env = Env::new();
-    let old =
-        env.add(Spec { created: ago(Duration::days(3)), labels: &[("team", "a")], salt: "old", ..Default::default() });
-    let recent = env.add(Spec {
-        created: ago(Duration::hours(1)),
-        labels: &[("team", "b")],
-        salt: "recent",
-        ..Default::default()
-    });
+    let old = env.add(Spec { created: ago(72), labels: &[("team", "a")], salt: "old", ..Default::default() });
+    let recent = env.add(Spec { created: ago(1), labels: &[("team", "b")], salt: "recent", ..Default::default() });
     let tagged_old = env.add(Spec {
         tags: &["app:1"],
         created: Some("2020-01-01T00:00:00Z".into()),
@@ -1037,7 +1016,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
     let env = Env::new();
     for i in 0..50 {
         let tag = format!("app:{i}");
-        env.add(Spec { tags: &[tag.as_str()], created: ago(Duration::hours(1)), salt: &tag, ..Default::default() });
+        env.add(Spec { tags: &[tag.as_str()], created: ago(1), salt: &tag, ..Default::default() });
     }
     for args in [&["ls"][..], &["ls", "--format", "json"], &["inspect", "app:1"], &["mount"]] {
         let (read_end, write_end) = std::io::pipe().unwrap();
@@ -1063,20 +1042,19 @@ fn ls_positional_repo_and_tag_filter_like_docker_images() {
     let env = Env::new();
     let one = env.add(Spec {
         tags: &["app:1", "127.0.0.1:5000/app:1"],
-        created: ago(Duration::days(3)),
+        created: ago(72),
         labels: &[("team", "a")],
         salt: "one",
         ..Default::default()
     });
     let _two = env.add(Spec {
         tags: &["app:2", "user/app:2"],
-        created: ago(Duration::days(2)),
+        created: ago(48),
         labels: &[("team", "b")],
         salt: "two",
         ..Default::default()
     });
-    let _pinned =
-        env.add(Spec { pinned: &["app"], created: ago(Duration::days(1)), salt: "pinned", ..Default::default() });
+    let _pinned = env.add(Spec { pinned: &["app"], created: ago(24), salt: "pinned", ..Default::default() });
     let ls = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["ls", "--format", "{{.Repository}}:{{.Tag}}"];
         all.extend(args);

@@ -483,7 +483,7 @@ impl FakeHub {
             Box::new(move |req: &Req| {
                 if req.path_only() == "/token" {
                     let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
-                    let issued_at = chrono::Utc::now().to_rfc3339();
+                    let issued_at = jiff::Timestamp::now().to_string();
                     // Docker Hub sends both names; send the OAuth2 one only on odd tokens
                     // to see that either is taken.
                     let token = format!("tok-{n}");

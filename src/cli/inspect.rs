@@ -288,8 +288,8 @@ fn inspect(store: &Store, img: &ImageRecord, bytes: &[u8], tags: Vec<String>) ->
         // Tag times are not recorded; the time the image entered the store is the
         // closest thing we know.
         metadata: Metadata {
-            last_tag_time: chrono::DateTime::from_timestamp(img.added, 0)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            last_tag_time: jiff::Timestamp::from_second(img.added)
+                .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_default(),
         },
         layers: img

@@ -88,7 +88,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn client(&self) -> Result<Arc<Client>> {
+    pub fn client(&self) -> Result<Arc<Client>, crate::registry::RegistryError> {
         if let Some(c) = self.client.get() {
             return Ok(c.clone());
         }

@@ -167,7 +167,7 @@ impl SearchFilter {
     fn parse(args: &[String]) -> Result<SearchFilter> {
         let mut f = SearchFilter::default();
         for arg in args {
-            let (key, value) = super::ls::split_filter(arg)?;
+            let (key, value) = crate::filter::split_filter(arg)?;
             let boolean = |v: &str| match v.to_ascii_lowercase().as_str() {
                 "true" | "1" => Ok(true),
                 "false" | "0" => Ok(false),

@@ -208,9 +208,10 @@ impl Layout {
                 xattrs.push((k.as_bytes().to_vec(), v));
             }
             let mtime = match &te.modtime {
-                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                Some(t) => t
+                    .parse::<jiff::Timestamp>()
                     .with_context(|| format!("eStargz TOC entry {}: modtime {t:?}", te.name))?
-                    .timestamp(),
+                    .as_second(),
                 None => 0,
             };
             let idx = contents.entries.len() as u32;

@@ -140,7 +140,7 @@ struct Token {
 pub(crate) fn token_lifetime(expires_in: Option<u64>, issued_at: Option<&str>, now: SystemTime) -> Duration {
     let life = Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(60));
     let elapsed = issued_at
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .and_then(|t| now.duration_since(SystemTime::from(t)).ok())
         .unwrap_or(Duration::ZERO);
     let left = life.saturating_sub(elapsed);
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn token_lifetime_counts_from_issue_and_keeps_a_margin() {
-        let now = SystemTime::from(chrono::DateTime::parse_from_rfc3339("2024-01-01T00:01:00Z").unwrap());
+        let now = SystemTime::from("2024-01-01T00:01:00Z".parse::<jiff::Timestamp>().unwrap());
         assert_eq!(token_lifetime(None, None, now), Duration::from_secs(54));
         assert_eq!(token_lifetime(Some(300), None, now), Duration::from_secs(290));
         assert_eq!(token_lifetime(Some(300), Some("2024-01-01T00:00:00Z"), now), Duration::from_secs(230));

@@ -75,7 +75,7 @@ pub(super) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let when = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
     Some(SystemTime::from(when).duration_since(now).unwrap_or(Duration::ZERO))
 }
 
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
-        let now = SystemTime::from(chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap());
+        let now = SystemTime::from("2024-01-01T00:00:00Z".parse::<jiff::Timestamp>().unwrap());
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h, now), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));

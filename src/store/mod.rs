@@ -31,6 +31,7 @@ pub mod db;
 pub mod gc;
 pub mod lock;
 pub mod mounts;
+pub mod remove;
 
 use crate::digest::Digest;
 use std::fs::{self, File};

@@ -1,0 +1,649 @@
+//! A mount's life, from the image it serves to the teardown: resolving and holding
+//! the image (a `starting` mount record, so that `rm` and `prune` leave it alone
+//! until the server records itself), starting the server as a detached background
+//! process and waiting for its mountpoint to answer, serving the union over FUSE with
+//! its mount record, the one thread that handles the server's signals, and detaching
+//! the mount and removing the record when it ends (or when a killed server left a
+//! dead mountpoint behind). `cli::mount` parses the arguments and prints.
+
+use crate::digest::Digest;
+use crate::fetch::{self, StoreLayers};
+use crate::fs::Fs;
+use crate::fuse::{self, MountSettings};
+use crate::image::{ImageConfig, Platform};
+use crate::layer::spans::SpanCache;
+use crate::local_source::{self, LocalRef};
+use crate::reference::Reference;
+use crate::registry::{Client, ClientOptions};
+use crate::store::db::ImageRecord;
+use crate::store::mounts::{
+    detach, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mountpoint_path, process_start_ticks, statfs_errno,
+    MountRecord,
+};
+use crate::store::Store;
+use crate::tree::{DirAttrs, Tree};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Why a mount could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mountpoint {} is a dead mount that is not imgfs's; unmount it first", .0.display())]
+    ForeignDeadMount(PathBuf),
+    #[error("mountpoint {}", dir.display())]
+    Mountpoint {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mountpoint {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} is already an imgfs mount (imgfs umount it first)", .0.display())]
+    AlreadyImgfs(PathBuf),
+    #[error("{} is already a FUSE mountpoint ({from}); unmount it first", dir.display())]
+    AlreadyFuse { dir: PathBuf, from: String },
+    #[error("cannot create log {}", path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the mount server")]
+    Spawn(#[source] std::io::Error),
+    /// The background server ended before its mount came up; `last` is the last line
+    /// it logged.
+    #[error("mount server exited ({status}): {last} (log: {})", log.display())]
+    Exited { status: ExitStatus, last: String, log: PathBuf },
+    #[error("mount of {} did not come up within {timeout:?} (log: {})", dir.display(), log.display())]
+    Timeout { dir: PathBuf, timeout: Duration, log: PathBuf },
+    #[error("image {0} was removed before it could be mounted")]
+    ImageRemoved(Digest),
+    #[error("cannot mount at {}", dir.display())]
+    Mount {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving {} failed", dir.display())]
+    Serve {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not mounted", .0.display())]
+    NotMounted(PathBuf),
+    /// `umount` touches imgfs mounts only: as root an unmount would succeed on anything.
+    #[error("{} is not an imgfs mount (it is {fstype} from {from}); unmount it with umount or fusermount3 -u", dir.display())]
+    NotImgfs { dir: PathBuf, fstype: String, from: String },
+    #[error(transparent)]
+    Reference(#[from] crate::reference::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("no such image: {0}")]
+    NoRecord(Digest),
+    #[error("image config {id} is not valid")]
+    Config {
+        id: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::Error),
+    #[error(transparent)]
+    LocalSource(#[from] crate::local_source::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a server is asked to do besides serving the image.
+pub struct Settings {
+    /// Let other users see the mount.
+    pub allow_other: bool,
+    /// Memory for decoded data of compressed layers (MiB).
+    pub read_cache: u64,
+    /// Bound of the disk cache of spans fetched by Range (bytes).
+    pub cache_size: u64,
+    /// Don't look for a published index.
+    pub no_index: bool,
+}
+
+/// How long `imgfs mount` waits for its background server to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Find the image locally (by name or ID, and of the platform asked for), else fetch
+/// its manifest and config from the registry (`client` is called only then) and
+/// register it; layers are left for the mount to fetch. Whichever it is, the image is
+/// held for the mount under the same records lock that found or registered it, so
+/// that a `prune -a` or `rm` before the server records itself leaves it alone.
+pub fn resolve(
+    store: &Store,
+    client: &dyn Fn() -> Result<Arc<Client>, crate::registry::RegistryError>,
+    reference: &str,
+    dir: &Path,
+    platform: Option<&Platform>,
+) -> Result<(ImageRecord, ImageConfig)> {
+    if let Some(local) = LocalRef::parse(reference) {
+        return resolve_local(store, &local?, reference, dir, platform);
+    }
+    // A local image serves when no platform is asked for, or when it is that platform
+    // (so `DOCKER_DEFAULT_PLATFORM` doesn't send a mount of a pulled image to the registry).
+    let held = store.update_db(|db| -> Result<_> {
+        let Ok((id, _)) = db.find(reference) else { return Ok(None) };
+        let (record, config) = record_and_config(store, db, id)?;
+        if platform.is_some_and(|p| p.os != config.os || p.architecture != config.architecture) {
+            return Ok(None);
+        }
+        hold(store, &record.id, reference, dir)?;
+        Ok(Some((record, config)))
+    })?;
+    if let Some(found) = held {
+        return Ok(found);
+    }
+    let r = Reference::parse(reference)?;
+    let resolved = fetch::resolve(&*client()?, store, &r, platform)?;
+    fetch::register_and(store, &resolved, &r, |_| hold(store, &resolved.record.id, reference, dir))?;
+    Ok((resolved.record, resolved.config))
+}
+
+/// Read an image from an OCI layout or archive and register it, held for the mount.
+/// An archive's layer blobs are copied into the store now (a tar member can't be
+/// read in place cheaply); a layout's stay where they are, read by the server.
+fn resolve_local(
+    store: &Store,
+    local: &LocalRef,
+    reference: &str,
+    dir: &Path,
+    platform: Option<&Platform>,
+) -> Result<(ImageRecord, ImageConfig)> {
+    let image = local_source::resolve(local, platform)?;
+    let resolved =
+        fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+    if local.layout_dir().is_none() {
+        for l in &resolved.record.layers {
+            if !store.has_blob(&l.digest) {
+                image.copy_blob(store, l)?;
+            }
+        }
+    }
+    fetch::register_names(store, &resolved, &image.names, |_| hold(store, &resolved.record.id, reference, dir))?;
+    Ok((resolved.record, resolved.config))
+}
+
+/// The OCI layout a mount reads layer blobs from in place: the one named by the
+/// mount's reference, else the one the image was first read from.
+fn layout_of(reference: &str, record: &ImageRecord) -> Option<PathBuf> {
+    [reference, record.source.as_str()].into_iter().find_map(|s| {
+        let local = LocalRef::parse(s)?.ok()?;
+        let dir = local.layout_dir()?;
+        Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+    })
+}
+
+/// A mount record of this process marked `starting`: the image is in use from now on.
+fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<()> {
+    let pid = std::process::id();
+    store.add_mount_record(&MountRecord {
+        pid,
+        start_ticks: process_start_ticks(pid).unwrap_or(0),
+        mountpoint: dir.to_path_buf(),
+        image: image.clone(),
+        reference: reference.to_string(),
+        starting: true,
+    })?;
+    Ok(())
+}
+
+/// End the hold `resolve` took: the server has recorded itself (or failed). In the
+/// foreground the server is this process and its record replaced the hold already.
+pub fn release_hold(store: &Store) {
+    store.remove_mount_record(std::process::id());
+}
+
+/// Check that `dir` can be mounted on, and return its canonical path: a directory,
+/// not mounted already. A dead imgfs mount there is detached first.
+pub fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
+    clear_dead_mount(dir)?;
+    let io = |source| Error::Mountpoint { dir: dir.to_path_buf(), source };
+    if !std::fs::metadata(dir).map_err(io)?.is_dir() {
+        return Err(Error::NotADirectory(dir.to_path_buf()));
+    }
+    let dir = dir.canonicalize().map_err(io)?;
+    match mount_at(&dir) {
+        Some(m) if m.is_imgfs() => Err(Error::AlreadyImgfs(dir)),
+        Some(m) if m.is_fuse() => Err(Error::AlreadyFuse { dir, from: m.source }),
+        _ => Ok(dir),
+    }
+}
+
+/// A server killed with SIGKILL leaves its mountpoint dead (ENOTCONN to everything);
+/// mounting there again detaches it first. Only an imgfs mount: a dead mount of
+/// another filesystem is its owner's to clear.
+fn clear_dead_mount(dir: &Path) -> Result<()> {
+    let path = mountpoint_path(dir);
+    if is_dead_imgfs_mount(&path) {
+        detach(&path)?;
+        eprintln!("imgfs: detached the dead mount a killed server left at {}", path.display());
+    } else if statfs_errno(&path) == Some(libc::ENOTCONN) {
+        return Err(Error::ForeignDeadMount(path));
+    }
+    Ok(())
+}
+
+/// Unmount the imgfs mount at `dir` (a dead one a killed server left included) and
+/// wait for its server, if it is alive, to see the session end and exit.
+pub fn unmount(store: &Store, dir: &Path) -> Result<()> {
+    let dir = mountpoint_path(dir);
+    let Some(entry) = mount_at(&dir) else { return Err(Error::NotMounted(dir)) };
+    if !entry.is_imgfs() {
+        return Err(Error::NotImgfs { dir, fstype: entry.fstype, from: entry.source });
+    }
+    detach(&dir)?;
+    // Its server, if it is alive, is still running (it exits once it sees the session
+    // end); the record of a dead one is dropped here.
+    let (live, _) = store.mounts()?;
+    let server = live.iter().find(|m| m.mountpoint == dir && !m.starting).cloned();
+    // Let the server see the session end and remove its record.
+    if let Some(m) = server {
+        let start = Instant::now();
+        while process_start_ticks(m.pid) == Some(m.start_ticks) {
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("imgfs: server {} still running after unmount", m.pid);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Listing clears the record of a server that died instead of exiting cleanly.
+        store.mounts()?;
+    }
+    Ok(())
+}
+
+/// The image a background server was started for, found by the ID its parent resolved.
+pub fn local_image(store: &Store, id: &str) -> Result<(ImageRecord, ImageConfig)> {
+    let db = store.db()?;
+    let (id, _) = db.find(id)?;
+    record_and_config(store, &db, id)
+}
+
+/// An image's record and its config, read from the store.
+fn record_and_config(store: &Store, db: &crate::store::db::Db, id: Digest) -> Result<(ImageRecord, ImageConfig)> {
+    let record = db.images.get(&id).cloned().ok_or(Error::NoRecord(id))?;
+    let config = serde_json::from_slice(&store.read_blob(&record.id)?)
+        .map_err(|source| Error::Config { id: record.id.clone(), source })?;
+    Ok((record, config))
+}
+
+/// Start `server` (an `imgfs mount -f` command line) as a detached background process
+/// logging to a file under the store, and return once its mountpoint `dir` answers.
+/// Its last log line is the error when it exits first.
+pub fn start_background(store: &Store, dir: &Path, mut server: Command) -> Result<()> {
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S");
+    let log = store.logs_dir().join(format!("mount-{stamp}-{}.log", std::process::id()));
+    // Private like everything in the store (see store::FILE_MODE), whatever the umask.
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::store::FILE_MODE)
+        .open(&log)
+        .map_err(|source| Error::Log { path: log.clone(), source })?;
+    server.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // A session of its own: the server outlives the shell that started it and
+    // doesn't get its terminal's signals.
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: setsid is one system call, and the closure
+    // neither allocates nor takes locks. It fails only for a process group leader,
+    // which a freshly forked child is not, so its result is not needed.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        server.pre_exec(|| {
+            let _ = rustix::process::setsid();
+            Ok(())
+        });
+    }
+    let mut child = server.spawn().map_err(Error::Spawn)?;
+    let start = Instant::now();
+    loop {
+        // statfs answers without reading any layer (a stat of the root would read
+        // the top layer for its attributes): the mount is up and nothing is fetched.
+        if is_fuse_mountpoint(dir) && statfs_errno(dir).is_none() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+            let last = last.strip_prefix("imgfs: error: ").unwrap_or(last).to_string();
+            return Err(Error::Exited { status, last, log });
+        }
+        if start.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            return Err(Error::Timeout { dir: dir.to_path_buf(), timeout: START_TIMEOUT, log });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Serve `record` at `dir` in this process until the mount ends: unmounted from
+/// outside, or by a signal (see `handle_signals`). The mount record is written, and
+/// removed at the end, here.
+pub fn serve(
+    store: &Store,
+    options: &ClientOptions,
+    settings: &Settings,
+    reference: &str,
+    dir: &Path,
+    record: ImageRecord,
+    config: ImageConfig,
+) -> Result<()> {
+    let allow_other = settings.allow_other;
+    limit_malloc_arenas();
+    let options = options.clone();
+    let client: Box<fetch::ClientFn> = {
+        let cell = std::sync::OnceLock::new();
+        Box::new(move || {
+            if let Some(c) = cell.get() {
+                return Ok(Arc::clone(c));
+            }
+            let c = Arc::new(Client::new(options.clone())?);
+            Ok(Arc::clone(cell.get_or_init(|| c)))
+        })
+    };
+    let spans = Arc::new(SpanCache::new(settings.read_cache << 20));
+    let source = record.source.clone();
+    let report: Box<fetch::ReportFn> = Box::new(move |i, layer| {
+        Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
+    });
+    let in_place = layout_of(reference, &record);
+    let index_client = (!settings.no_index && in_place.is_none()).then(&client);
+    let mut layers = StoreLayers::new(store.clone(), client, &record, &config, spans, in_place, report);
+    if let Some(c) = index_client {
+        // One cache, and so one bound, for every layer read by Range. eStargz layers
+        // need no index artifact: their own TOC serves them.
+        let cache = Arc::new(crate::store::cache::DiskCache::open(store, settings.cache_size));
+        layers.use_estargz(Arc::clone(&cache));
+        use_published_index(store, &record, &config, c, &mut layers, cache, settings.cache_size);
+    }
+    // A provisional directory mode could let other users into a directory that is
+    // really closed to them, so a mount they can see serves exact ones only.
+    let dir_attrs = if allow_other { DirAttrs::Exact } else { DirAttrs::Provisional };
+    let fs = Fs::new(Tree::new(Arc::new(layers), dir_attrs), record.size());
+    let pid = std::process::id();
+    let rec = MountRecord {
+        pid,
+        start_ticks: process_start_ticks(pid).unwrap_or(0),
+        mountpoint: dir.to_path_buf(),
+        image: record.id.clone(),
+        reference: reference.to_string(),
+        starting: false,
+    };
+    // Enough workers that a thread waiting for a layer download leaves others free.
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
+    let settings = MountSettings { fsname: &fsname(reference), allow_other, threads };
+    // The record and the mount come into being under the phase lock, so a signal
+    // finds either nothing to undo or a mount to detach (see `handle_signals`).
+    let session = {
+        let mut phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
+        // Written under the records lock, where rm and prune check for mounts, after
+        // making sure the image is still there: a mount racing an rm can't lose its image.
+        store.update_db(|db| {
+            if !db.images.contains_key(&record.id) {
+                return Ok(Err(Error::ImageRemoved(record.id.clone())));
+            }
+            store.add_mount_record(&rec).map(Ok)
+        })??;
+        match fuse::mount(fs, dir, &settings) {
+            Ok(session) => {
+                *phase = Phase::Serving { dir: dir.to_path_buf(), store: store.clone(), pid };
+                session
+            }
+            Err(e) => {
+                store.remove_mount_record(pid);
+                return Err(Error::Mount { dir: dir.to_path_buf(), source: e });
+            }
+        }
+    };
+    eprintln!("imgfs: serving {reference} ({}) at {}", record.id, dir.display());
+    let result = session.run();
+    *PHASE.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Stopping;
+    store.remove_mount_record(pid);
+    eprintln!("imgfs: {} unmounted", dir.display());
+    result.map_err(|source| Error::Serve { dir: dir.to_path_buf(), source })
+}
+
+/// Look for an index published for the image (`imgfs index push`) and serve the
+/// layers that are not in the store from it, by Range. Without one, or with one that
+/// does not check out, layers are downloaded whole on first use, as the log says: a
+/// mount never depends on an index, which only saves bytes.
+fn use_published_index(
+    store: &Store,
+    record: &ImageRecord,
+    config: &ImageConfig,
+    client: fetch::Result<Arc<Client>>,
+    layers: &mut StoreLayers,
+    cache: Arc<crate::store::cache::DiskCache>,
+    cache_size: u64,
+) {
+    let all_stored = record.layers.iter().all(|l| {
+        crate::layer::IndexFile::is_current(&store.index_path(&l.digest), l.digest.as_str())
+            && store.has_blob(&l.digest)
+    });
+    if all_stored || LocalRef::parse(&record.source).is_some() {
+        return;
+    }
+    let Some((registry, repository)) = record.source.split_once('/') else { return };
+    let image = crate::referrers::Image {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+        // Only the digest is used to find referrers; the size is for publishing.
+        manifest: crate::image::Descriptor {
+            media_type: record.manifest_media_type.clone(),
+            digest: record.manifest.clone(),
+            size: 0,
+            platform: None,
+            annotations: None,
+        },
+        layers: record.layers.clone(),
+        diff_ids: config.rootfs.diff_ids.clone(),
+    };
+    type Cause = Box<dyn std::error::Error + Send + Sync>;
+    let found = client
+        .map_err(Cause::from)
+        .and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)).map_err(Cause::from));
+    match found {
+        Ok((c, digest, heads)) => {
+            let n = layers.use_published(heads, c, cache);
+            eprintln!(
+                "imgfs: using published index {digest}: {n} of {} layers served by range reads (cache bound {})",
+                record.layers.len(),
+                indicatif::BinaryBytes(cache_size)
+            );
+        }
+        Err(e) => eprintln!(
+            "imgfs: no usable published index ({}); layers are fetched whole on first use",
+            crate::log::Chain(&*e)
+        ),
+    }
+}
+
+/// How a layer fetched under a mount shows in the server's log: a line when the
+/// download starts, one at each tenth of the layer and one every `FetchLog::EVERY` in
+/// between (a slow link still shows it is moving), and one when it is all here and
+/// being verified, never a line per chunk.
+struct FetchLog {
+    layer: usize,
+    digest: Digest,
+    total: u64,
+    source: String,
+    state: Mutex<Option<Logged>>,
+}
+
+/// Set by the first bytes: when the download started, and what the last line said.
+struct Logged {
+    started: Instant,
+    last_line: Instant,
+    last_tenth: u64,
+}
+
+impl FetchLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(layer: usize, digest: Digest, total: u64, source: String) -> FetchLog {
+        FetchLog { layer, digest, total, source, state: Mutex::new(None) }
+    }
+}
+
+impl fetch::LayerProgress for FetchLog {
+    fn downloading(&self, done: u64, total: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let logged = state.get_or_insert_with(|| {
+            eprintln!(
+                "imgfs: fetching layer {} ({}, {}) from {}",
+                self.layer,
+                self.digest,
+                indicatif::DecimalBytes(self.total),
+                self.source
+            );
+            Logged { started: now, last_line: now, last_tenth: 0 }
+        });
+        let tenth = (done * 10).checked_div(total).unwrap_or(0);
+        if (tenth > logged.last_tenth && tenth < 10) || now - logged.last_line >= Self::EVERY {
+            eprintln!(
+                "imgfs: layer {}: {} of {} ({}%) in {:.1}s",
+                self.layer,
+                indicatif::DecimalBytes(done),
+                indicatif::DecimalBytes(total),
+                (done * 100).checked_div(total).unwrap_or(0),
+                (now - logged.started).as_secs_f64()
+            );
+            logged.last_line = now;
+        }
+        logged.last_tenth = tenth;
+    }
+
+    fn verifying(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*state {
+            Some(logged) => eprintln!(
+                "imgfs: layer {}: {} downloaded in {:.1}s; verifying and indexing",
+                self.layer,
+                indicatif::DecimalBytes(self.total),
+                logged.started.elapsed().as_secs_f64()
+            ),
+            None => eprintln!("imgfs: indexing layer {} ({}) from the store", self.layer, self.digest),
+        }
+    }
+}
+
+/// glibc gives each thread a malloc arena of its own and keeps what is freed there.
+/// FUSE workers and read-ahead threads each decode 1 MiB spans, and the memory their
+/// arenas kept was about half the server's RSS (four readers on the bench image: 132 MB
+/// with the default of 8 arenas per core, 72 MB with 2). One per core is plenty.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        // SAFETY: mallopt only sets an allocator parameter; called before the server's
+        // threads start.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int) };
+    }
+}
+
+/// The source column `mount` and `df` show. Commas would split the mount options.
+fn fsname(reference: &str) -> String {
+    format!("imgfs:{}", reference.replace([',', ' '], "_"))
+}
+
+// ---- Signals: the server's one place for SIGINT, SIGTERM and SIGHUP ------------------
+//
+// A thread is created with its creator's signal mask, and the kernel hands a signal
+// sent to the process to any thread that doesn't block it. A thread started before the
+// mask was set (the blocking HTTP client's runtime, started while the image resolves)
+// would take SIGINT's default action and end the server without unmounting, leaving a
+// dead mountpoint and a stale record. So `main` blocks these signals before any thread
+// exists, and one thread waits for them and acts on how far the server got.
+//
+// These calls stay libc's: rustix has signal masks and sigwait only in its `runtime`
+// module (`kernel_sigprocmask`, `kernel_sigwait`), which is for implementing a libc
+// and bypasses the signals libc reserves for itself.
+
+/// How far the server got, as the signal thread sees it.
+enum Phase {
+    /// Resolving: nothing mounted, no record written. A signal ends the process.
+    Starting,
+    /// Mounted: a signal detaches the mount, removes the record and ends the process.
+    /// Exiting rather than waiting for the session to end is what stops a mount that
+    /// was busy (an open file keeps a lazily detached mount alive): closing the FUSE
+    /// device aborts the connection, and whoever still reads gets ENOTCONN.
+    Serving { dir: PathBuf, store: Store, pid: u32 },
+    /// The session is over (unmounted from outside): the main thread is on its way out.
+    Stopping,
+}
+
+static PHASE: Mutex<Phase> = Mutex::new(Phase::Starting);
+
+/// Block SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread started
+/// after it, and handle them on a thread of their own. Call it before any other
+/// thread starts.
+///
+/// A signal the server was started with ignored stays ignored, as in any program:
+/// `nohup` ignores SIGHUP, a script's background job SIGINT. (Blocked, it would be
+/// queued for `sigwait` instead of being dropped.)
+pub fn handle_signals() {
+    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises;
+    // sigaction with a null new action only reads the current one.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: set is an initialised sigset_t and sig a writable int.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        let phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*phase {
+            Phase::Starting => {
+                eprintln!("imgfs: signal {sig} before the mount was up; exiting");
+                std::process::exit(128 + sig);
+            }
+            Phase::Serving { dir, store, pid } => {
+                eprintln!("imgfs: signal {sig}, unmounting {}", dir.display());
+                match detach(dir) {
+                    Ok(()) => {
+                        store.remove_mount_record(*pid);
+                        eprintln!("imgfs: {} unmounted", dir.display());
+                        std::process::exit(0);
+                    }
+                    // Still serving: a later signal tries again.
+                    Err(e) => eprintln!("imgfs: {e:#}"),
+                }
+            }
+            Phase::Stopping => {}
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the thread the signals would stay blocked and the server could not be
+        // stopped but by SIGKILL or an unmount; better to keep the default actions.
+        eprintln!("imgfs: cannot start the signal thread ({e}); signals end the server without unmounting");
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
