@@ -4,6 +4,7 @@
 // Every unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe` block
 // with a SAFETY comment that says why it holds.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use clap::Parser;
 use std::io::{ErrorKind, IsTerminal};

@@ -62,8 +62,7 @@ impl Reference {
         }
         let (rest, digest) = match input.split_once('@') {
             Some((r, d)) => {
-                let d =
-                    d.parse::<Digest>().map_err(|e| Error::Digest { input: input.to_string(), source: e })?;
+                let d = d.parse::<Digest>().map_err(|e| Error::Digest { input: input.to_string(), source: e })?;
                 (r, Some(d))
             }
             None => (input, None),
