@@ -229,7 +229,7 @@ fn clear_dead_mount(dir: &Path) -> Result<()> {
     let path = mountpoint_path(dir);
     if is_dead_imgfs_mount(&path) {
         detach(&path)?;
-        eprintln!("imgfs: detached the dead mount a killed server left at {}", path.display());
+        tracing::info!("detached the dead mount a killed server left at {}", path.display());
     } else if statfs_errno(&path) == Some(libc::ENOTCONN) {
         return Err(Error::ForeignDeadMount(path));
     }
@@ -254,7 +254,7 @@ pub fn unmount(store: &Store, dir: &Path) -> Result<()> {
         let start = Instant::now();
         while process_start_ticks(m.pid) == Some(m.start_ticks) {
             if start.elapsed() > Duration::from_secs(10) {
-                eprintln!("imgfs: server {} still running after unmount", m.pid);
+                tracing::warn!("server {} still running after unmount", m.pid);
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -409,11 +409,11 @@ pub fn serve(
             }
         }
     };
-    eprintln!("imgfs: serving {reference} ({}) at {}", record.id, dir.display());
+    tracing::info!("serving {reference} ({}) at {}", record.id, dir.display());
     let result = session.run();
     *PHASE.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Stopping;
     store.remove_mount_record(pid);
-    eprintln!("imgfs: {} unmounted", dir.display());
+    tracing::info!("{} unmounted", dir.display());
     result.map_err(|source| Error::Serve { dir: dir.to_path_buf(), source })
 }
 
@@ -459,14 +459,14 @@ fn use_published_index(
     match found {
         Ok((c, digest, heads)) => {
             let n = layers.use_published(heads, c, cache);
-            eprintln!(
-                "imgfs: using published index {digest}: {n} of {} layers served by range reads (cache bound {})",
+            tracing::info!(
+                "using published index {digest}: {n} of {} layers served by range reads (cache bound {})",
                 record.layers.len(),
                 indicatif::BinaryBytes(cache_size)
             );
         }
-        Err(e) => eprintln!(
-            "imgfs: no usable published index ({}); layers are fetched whole on first use",
+        Err(e) => tracing::warn!(
+            "no usable published index ({}); layers are fetched whole on first use",
             crate::log::Chain(&*e)
         ),
     }
@@ -504,8 +504,8 @@ impl fetch::LayerProgress for FetchLog {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let logged = state.get_or_insert_with(|| {
-            eprintln!(
-                "imgfs: fetching layer {} ({}, {}) from {}",
+            tracing::info!(
+                "fetching layer {} ({}, {}) from {}",
                 self.layer,
                 self.digest,
                 indicatif::DecimalBytes(self.total),
@@ -515,8 +515,8 @@ impl fetch::LayerProgress for FetchLog {
         });
         let tenth = (done * 10).checked_div(total).unwrap_or(0);
         if (tenth > logged.last_tenth && tenth < 10) || now - logged.last_line >= Self::EVERY {
-            eprintln!(
-                "imgfs: layer {}: {} of {} ({}%) in {:.1}s",
+            tracing::info!(
+                "layer {}: {} of {} ({}%) in {:.1}s",
                 self.layer,
                 indicatif::DecimalBytes(done),
                 indicatif::DecimalBytes(total),
@@ -531,13 +531,13 @@ impl fetch::LayerProgress for FetchLog {
     fn verifying(&self) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match &*state {
-            Some(logged) => eprintln!(
-                "imgfs: layer {}: {} downloaded in {:.1}s; verifying and indexing",
+            Some(logged) => tracing::info!(
+                "layer {}: {} downloaded in {:.1}s; verifying and indexing",
                 self.layer,
                 indicatif::DecimalBytes(self.total),
                 logged.started.elapsed().as_secs_f64()
             ),
-            None => eprintln!("imgfs: indexing layer {} ({}) from the store", self.layer, self.digest),
+            None => tracing::info!("indexing layer {} ({}) from the store", self.layer, self.digest),
         }
     }
 }
@@ -621,19 +621,19 @@ pub fn handle_signals() {
         let phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
         match &*phase {
             Phase::Starting => {
-                eprintln!("imgfs: signal {sig} before the mount was up; exiting");
+                tracing::info!("signal {sig} before the mount was up; exiting");
                 std::process::exit(128 + sig);
             }
             Phase::Serving { dir, store, pid } => {
-                eprintln!("imgfs: signal {sig}, unmounting {}", dir.display());
+                tracing::info!("signal {sig}, unmounting {}", dir.display());
                 match detach(dir) {
                     Ok(()) => {
                         store.remove_mount_record(*pid);
-                        eprintln!("imgfs: {} unmounted", dir.display());
+                        tracing::info!("{} unmounted", dir.display());
                         std::process::exit(0);
                     }
                     // Still serving: a later signal tries again.
-                    Err(e) => eprintln!("imgfs: {e:#}"),
+                    Err(e) => tracing::error!("{}", crate::log::Chain(&e)),
                 }
             }
             Phase::Stopping => {}
@@ -642,7 +642,7 @@ pub fn handle_signals() {
     if let Err(e) = spawned {
         // Without the thread the signals would stay blocked and the server could not be
         // stopped but by SIGKILL or an unmount; better to keep the default actions.
-        eprintln!("imgfs: cannot start the signal thread ({e}); signals end the server without unmounting");
+        tracing::warn!("cannot start the signal thread ({e}); signals end the server without unmounting");
         // SAFETY: as above.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     }
