@@ -65,7 +65,7 @@ impl Store {
     /// when no name is left to it, or when `name` is its ID (`force` when several tags
     /// or repositories name it).
     pub fn remove_image(&self, name: &str, force: bool) -> Result<Outcome, Error> {
-        self.update_db(|db| Ok::<_, Error>(self.decide_removal(db, name, force)))?
+        self.update_db(|db| self.decide_removal(db, name, force))
     }
 
     fn decide_removal(&self, db: &mut Db, name: &str, force: bool) -> Result<Outcome, Error> {
