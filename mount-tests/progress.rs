@@ -17,7 +17,8 @@ fn a_first_fetch_under_a_mount_logs_its_progress_in_steps() {
     let logs = server_logs(store.root());
     let digest = &layer_digests("big:1")[0];
     assert!(logs.contains(&format!("imgfs: fetching layer 0 ({digest}, ")), "{logs}");
-    let steps: Vec<&str> = logs.lines().filter(|l| l.starts_with("imgfs: layer 0: ") && l.contains("%) in ")).collect();
+    // Each line of the log file starts with its time, then the message.
+    let steps: Vec<&str> = logs.lines().filter(|l| l.contains(" imgfs: layer 0: ") && l.contains("%) in ")).collect();
     // A line at each of 10%, 20% … 90% (and one every 5 s besides, on a slow machine).
     assert!(steps.len() >= 9, "want a line per tenth of the layer: {logs}");
     assert!(steps.len() < 40, "a line per chunk, or close to it: {logs}");
