@@ -99,6 +99,9 @@ fn signals_to_a_foreground_server_always_unmount() {
         Reading,
         Twice,
         Fetching,
+        /// The image is held (a `starting` record written) and the server waits on its
+        /// published-index lookup, before anything is mounted.
+        Holding,
     }
     let image = format!("{}/lazy:1", env().addr);
     let mut rounds = Vec::new();
@@ -112,6 +115,8 @@ fn signals_to_a_foreground_server_always_unmount() {
         (libc::SIGINT, Moment::Starting(30)),
         (libc::SIGINT, Moment::Fetching),
         (libc::SIGTERM, Moment::Fetching),
+        (libc::SIGTERM, Moment::Holding),
+        (libc::SIGHUP, Moment::Holding),
     ]);
     let bottom_layer = layer_digests("lazy:1")[0].clone();
     for (sig, moment) in rounds {
@@ -121,14 +126,22 @@ fn signals_to_a_foreground_server_always_unmount() {
         // Lives to the end of the round (its Drop opens a held gate).
         let proxy = Proxy::start();
         let image = match moment {
-            Moment::Fetching => format!("{}/lazy:1", proxy.addr),
+            Moment::Fetching | Moment::Holding => format!("{}/lazy:1", proxy.addr),
             _ => image.clone(),
         };
+        if let Moment::Holding = moment {
+            proxy.hold("/referrers/");
+        }
         let mut server = Foreground::start(store.root(), &image, &m);
         let stop = Arc::new(AtomicBool::new(false));
         let mut reader = None;
         match moment {
             Moment::Starting(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Moment::Holding => {
+                let asked = wait_until(Duration::from_secs(20), || proxy.held() > 0);
+                assert!(asked, "{what}: the server never looked for a published index: {}", server.stderr());
+                assert_eq!(records(store.root()).len(), 1, "{what}: no hold while resolving: {}", server.stderr());
+            }
             _ => {
                 let up = wait_until(Duration::from_secs(20), || answers(&m.dir));
                 assert!(up, "{what}: the mount never came up: {}", server.stderr());

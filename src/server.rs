@@ -189,6 +189,14 @@ fn layout_of(reference: &str, record: &ImageRecord) -> Option<PathBuf> {
 /// A mount record of this process marked `starting`: the image is in use from now on.
 fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<()> {
     let pid = std::process::id();
+    // Before the record exists, so that a signal from now on removes it (see
+    // `handle_signals`); removing a record not written yet is harmless.
+    {
+        let mut phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Phase::Starting = *phase {
+            *phase = Phase::Holding { store: store.clone(), pid };
+        }
+    }
     store.add_mount_record(&MountRecord {
         pid,
         start_ticks: process_start_ticks(pid).unwrap_or(0),
@@ -578,6 +586,9 @@ fn fsname(reference: &str) -> String {
 enum Phase {
     /// Resolving: nothing mounted, no record written. A signal ends the process.
     Starting,
+    /// The image is held for the mount (`hold`): a `starting` record is, or is about to
+    /// be, written. A signal removes it and ends the process.
+    Holding { store: Store, pid: u32 },
     /// Mounted: a signal detaches the mount, removes the record and ends the process.
     /// Exiting rather than waiting for the session to end is what stops a mount that
     /// was busy (an open file keeps a lazily detached mount alive): closing the FUSE
@@ -622,6 +633,18 @@ pub fn handle_signals() {
         match &*phase {
             Phase::Starting => {
                 tracing::info!("signal {sig} before the mount was up; exiting");
+                std::process::exit(128 + sig);
+            }
+            Phase::Holding { store, pid } => {
+                tracing::info!("signal {sig} before the mount was up; exiting");
+                // Under the records lock: a hold being written (inside the resolve's
+                // `update_db`) is finished first, then removed. The phase lock stays
+                // held, so the main thread can't go on to mount meanwhile; it takes
+                // the phase lock before the records lock too, so the two can't deadlock.
+                let _ = store.update_db(|_| {
+                    store.remove_mount_record(*pid);
+                    Ok::<_, crate::store::Error>(())
+                });
                 std::process::exit(128 + sig);
             }
             Phase::Serving { dir, store, pid } => {
