@@ -70,6 +70,21 @@ impl Registry {
         }
         s
     }
+
+    /// The log once it has every one of `lines` (or after 10 s, for the assertion to
+    /// show): the registry writes a request's access line after the response, so a
+    /// client that already has its bytes can look before the line is there.
+    #[allow(dead_code)] // not every test binary that includes this module asks
+    pub fn log_with(&self, lines: &[String]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if lines.iter().all(|l| log.contains(l.as_str())) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Registry {
