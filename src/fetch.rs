@@ -716,7 +716,7 @@ impl StoreLayers {
         let remote = Remote::estargz((self.client)()?, registry, repository, layer.digest.clone(), Arc::clone(cache));
         let layout = estargz::open(layer.size, &want, |a, b| remote.blob_range(a, b))?;
         let index = Arc::new(LayerIndex::new(layout.contents));
-        Ok(Some((index, Arc::new(LayerData::Estargz { remote, files: layout.files }))))
+        Ok(Some((index, Arc::new(LayerData::estargz(remote, layout.files, Arc::clone(&self.spans))))))
     }
 
     /// Serve the layers that are not in the store from their published index (`heads`,

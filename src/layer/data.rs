@@ -33,10 +33,16 @@ pub enum LayerData {
     Tar(Stored),
     Compressed(Arc<Compressed>),
     /// An eStargz layer read from its registry chunk by chunk (`estargz`, `remote`):
-    /// a file's `Entry::offset` is its place in `files`.
+    /// a file's `Entry::offset` is its place in `files`. Decoded chunks are kept in
+    /// the span cache shared by all reads, as a compressed layer's spans are, so a
+    /// sequential reader inflates and checks each chunk once, not once per read.
     Estargz {
         remote: Remote,
         files: Vec<Vec<Chunk>>,
+        /// The cache key of file `i`'s first chunk; its chunk `j` is `first[i] + j`.
+        first: Vec<usize>,
+        spans: Arc<SpanCache>,
+        id: u64,
     },
 }
 
@@ -242,6 +248,20 @@ impl LayerData {
         Self::compressed_from(Source::Remote(remote), checkpoints, spans)
     }
 
+    /// An eStargz layer read chunk by chunk from its registry, `files` as its TOC lays
+    /// them out, decoded chunks kept in `spans`.
+    pub fn estargz(remote: Remote, files: Vec<Vec<Chunk>>, spans: Arc<SpanCache>) -> LayerData {
+        let first = files
+            .iter()
+            .scan(0, |next, chunks| {
+                let at = *next;
+                *next += chunks.len();
+                Some(at)
+            })
+            .collect();
+        LayerData::Estargz { remote, files, first, spans, id: SpanCache::layer_id() }
+    }
+
     fn compressed_from(blob: Source, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
         let id = SpanCache::layer_id();
         LayerData::Compressed(Arc::new(Compressed {
@@ -266,12 +286,15 @@ impl LayerData {
                 stored.read_exact_at(&mut buf, start)?;
                 Ok(buf)
             }
-            LayerData::Estargz { remote, files } => {
-                let chunks = files.get(entry.offset as usize).map_or(&[][..], Vec::as_slice);
+            LayerData::Estargz { remote, files, first, spans, id } => {
+                let file = entry.offset as usize;
+                let chunks = files.get(file).map_or(&[][..], Vec::as_slice);
                 let end = pos + n as u64;
                 let mut buf = Vec::with_capacity(n);
-                for c in chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > pos) {
-                    let bytes = remote.chunk(c)?;
+                for (j, c) in
+                    chunks.iter().enumerate().filter(|(_, c)| c.file_offset < end && c.file_offset + c.size > pos)
+                {
+                    let bytes = spans.get(*id, first[file] + j, c.size, || remote.chunk(c))?;
                     let from = pos.max(c.file_offset) - c.file_offset;
                     let to = end.min(c.file_offset + c.size) - c.file_offset;
                     buf.extend_from_slice(&bytes[from as usize..to as usize]);
