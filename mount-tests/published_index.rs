@@ -195,9 +195,14 @@ fn a_span_that_fails_its_published_digest_is_eio_and_the_rest_serves() {
     assert_eq!(head, reference_file("big:1", "data/big.bin")[..65536]);
     let logs = server_logs(store.root());
     assert!(logs.contains("does not match the digest its published index gives"), "not logged:\n{logs}");
-    // Nothing failing its digest was kept in the cache.
+    // Nothing failing its digest was kept in the cache: the second read fetches the
+    // span again (a second mismatch logged) and finds no cache entry to refuse.
     let again = errno_of("read data/small.txt again", fs::read(m.path("data/small.txt")));
     assert_eq!(again, libc::EIO);
+    let logs = server_logs(store.root());
+    let mismatches = logs.matches("does not match the digest its published index gives").count();
+    assert!(mismatches >= 2, "the second read did not fetch the span again:\n{logs}");
+    assert!(!logs.contains("fails its digest; fetching it again"), "a bad span was cached:\n{logs}");
 }
 
 /// With a 2 MiB cache, big:1's 24 MiB file (a 13 MB layer) reads whole and equal to the

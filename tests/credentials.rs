@@ -442,10 +442,14 @@ fn token_auth_login_pull_and_identity_token() {
     home.write_docker_config(
         &serde_json::json!({"auths": {reg.addr.clone(): {"auth": bogus, "identitytoken": REFRESH}}}),
     );
-    let refresh_before = issuer.issued.lock().unwrap().refresh;
+    let before = {
+        let i = issuer.issued.lock().unwrap();
+        (i.basic, i.refresh, i.refused)
+    };
     ok(&home.pull(&reference));
     let issued = issuer.issued.lock().unwrap();
-    assert!(issued.refresh > refresh_before, "no refresh-token grant was asked for");
+    assert!(issued.refresh > before.1, "no refresh-token grant was asked for");
+    assert_eq!((issued.basic, issued.refused), (before.0, before.2), "the inline auth was sent (or refused) too");
 }
 
 /// Read the pty's master side until `want` has appeared (or the other side is gone).
