@@ -184,6 +184,12 @@ fn key_candidates(registry: &str) -> Vec<&str> {
     }
 }
 
+/// Does the auth file key `entry` name `registry`, as a lookup would read it? (Docker
+/// Hub answers to three spellings.)
+pub(crate) fn names_registry(entry: &str, registry: &str) -> bool {
+    key_candidates(registry).contains(&normalise_auth_key(entry).as_str())
+}
+
 /// The key `imgfs login` writes for a registry, as docker does.
 pub(crate) fn server_key(registry: &str) -> String {
     if is_docker_hub(registry) {

@@ -116,7 +116,7 @@ pub fn save(dir: &Path, registry: &str, username: &str, password: &str) -> Resul
     let auths = auths_of(&mut config, &path)?;
     // Older entries under another spelling of the same registry would shadow nothing
     // (we read the normalised key) but would linger after a logout: drop them.
-    auths.retain(|k, _| k == &key || normalise_auth_key(k) != normalise_auth_key(&key));
+    auths.retain(|k, _| k == &key || !credentials::names_registry(k, registry));
     let saved = match helper.as_ref().and_then(|f| f.helper_for(registry)).map(str::to_string) {
         Some(helper) => {
             let creds = Credentials { username: username.into(), password: password.into() };
@@ -149,7 +149,7 @@ pub fn remove(dir: &Path, registry: &str) -> Result<bool> {
     if file.is_some() {
         let auths = auths_of(&mut config, &path)?;
         let before = auths.len();
-        auths.retain(|k, _| normalise_auth_key(k) != normalise_auth_key(&key));
+        auths.retain(|k, _| !credentials::names_registry(k, registry));
         if auths.len() != before {
             removed = true;
             write_config(&path, &config)?;
@@ -220,5 +220,23 @@ mod tests {
         assert_eq!(server_key("reg.example:5000"), "reg.example:5000");
         assert!(registry_of(Some("user@reg.example")).is_err());
         assert!(registry_of(Some("")).is_err());
+    }
+
+    /// Every spelling a pull would read Docker Hub's credentials under goes with a
+    /// logout (and is replaced by a login); another registry's entry stays.
+    #[test]
+    fn logout_removes_every_spelling_a_pull_would_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = serde_json::json!({"auth": "dTpw"});
+        let config = serde_json::json!({"auths": {
+            "docker.io": entry, "registry-1.docker.io": entry, "https://index.docker.io/v1/": entry,
+            "reg.example:5000": entry,
+        }});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        assert!(remove(dir.path(), "docker.io").unwrap());
+        let left: Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+        let keys: Vec<&String> = left["auths"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["reg.example:5000"]);
+        assert!(!remove(dir.path(), "docker.io").unwrap());
     }
 }
