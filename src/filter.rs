@@ -44,9 +44,6 @@ pub enum Error {
         #[source]
         source: crate::store::Error,
     },
-    /// `before=`/`since=` name an image that left the records while listing.
-    #[error("invalid {kind} filter: no such image: {name}")]
-    Unlisted { kind: &'static str, name: String },
     #[error("invalid reference filter {pattern:?}: {error}")]
     Reference { pattern: String, error: PatternError },
     /// The repository part of `ls REPO[:TAG]` is not a repository name.
@@ -66,8 +63,6 @@ pub struct Candidate {
     pub rec: ImageRecord,
     pub created: Option<Timestamp>,
     pub labels: BTreeMap<String, String>,
-    /// The unpacked size (`ImageRecord::unpacked_size`).
-    pub size: u64,
 }
 
 impl Candidate {
@@ -87,8 +82,7 @@ pub fn candidates(store: &Store, db: &Db) -> BTreeMap<Digest, Candidate> {
         .map(|rec| {
             let config: ImageConfig =
                 store.read_blob(&rec.id).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-            let size = rec.unpacked_size(store);
-            let c = Candidate { rec: rec.clone(), created: config.created_at(), labels: config.labels(), size };
+            let c = Candidate { rec: rec.clone(), created: config.created_at(), labels: config.labels() };
             (rec.id.clone(), c)
         })
         .collect()
@@ -150,7 +144,8 @@ impl ListFilter {
         let mut f = ListFilter::default();
         let time_of = |kind: &'static str, v: &str| -> Result<i64, Error> {
             let (id, _) = db.find(v).map_err(|e| Error::UnknownImage { kind, source: e })?;
-            images.get(&id).map(Candidate::time).ok_or_else(|| Error::Unlisted { kind, name: v.to_string() })
+            // `images` holds every record of `db`, and `find` only names recorded images.
+            Ok(images[&id].time())
         };
         for arg in args {
             let (key, value) = split_filter(arg)?;

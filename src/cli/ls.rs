@@ -13,6 +13,7 @@ use crate::digest::Digest;
 use crate::filter::{candidates, Candidate, ListFilter};
 use crate::reference::familiar_name;
 use crate::store::db::{Db, ImageRecord};
+use crate::store::Store;
 use crate::template::Format;
 use anyhow::{Context as _, Result};
 use jiff::Timestamp;
@@ -62,7 +63,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let now = Timestamp::now();
     let mut rows = Vec::new();
     for img in order {
-        rows.extend(rows_of(&filter, &db, img));
+        rows.extend(rows_of(&ctx.store, &filter, &db, img));
     }
     let values: Vec<Value> = rows.iter().map(|r| r.to_value(args.no_trunc, now)).collect();
 
@@ -125,10 +126,14 @@ fn column_titles() -> Value {
 
 /// The rows `img` contributes: none if a filter rejects it, one per tag and per
 /// repository it is only pinned in, and `<none>` if it has no name at all.
-fn rows_of(filter: &ListFilter, db: &Db, img: &Candidate) -> Vec<Row> {
+fn rows_of(store: &Store, filter: &ListFilter, db: &Db, img: &Candidate) -> Vec<Row> {
     if !filter.admits(db, img) {
         return Vec::new();
     }
+    // The unpacked size reads every layer's index: only for an image that is listed,
+    // and once however many rows it has.
+    let unpacked = std::cell::OnceCell::new();
+    let size = || *unpacked.get_or_init(|| img.rec.unpacked_size(store));
     let wanted = |name: &str, full: &str| filter.wants_name(name, full);
     let mut rows = Vec::new();
     let mut tagged_repos = HashSet::new();
@@ -137,7 +142,7 @@ fn rows_of(filter: &ListFilter, db: &Db, img: &Candidate) -> Vec<Row> {
         let repo = familiar_name(name);
         tagged_repos.insert(name.to_string());
         if wanted(&repo, &format!("{repo}:{tag}")) {
-            rows.push(Row::new(img, repo, tag.to_string(), repo_digest(&img.rec, name)));
+            rows.push(Row::new(img, size(), repo, tag.to_string(), repo_digest(&img.rec, name)));
         }
     }
     // A repository the image is only pinned in (by digest) gets one row with no tag.
@@ -150,11 +155,11 @@ fn rows_of(filter: &ListFilter, db: &Db, img: &Candidate) -> Vec<Row> {
         let repo = familiar_name(name);
         if wanted(&repo, &format!("{repo}@{digest}")) {
             let digest = repo_digest(&img.rec, name).unwrap_or_else(|| digest.to_string());
-            rows.push(Row::new(img, repo, "<none>".into(), Some(digest)));
+            rows.push(Row::new(img, size(), repo, "<none>".into(), Some(digest)));
         }
     }
     if rows.is_empty() && db.is_dangling(&img.rec) && !filter.filters_names() {
-        rows.push(Row::new(img, "<none>".into(), "<none>".into(), None));
+        rows.push(Row::new(img, size(), "<none>".into(), "<none>".into(), None));
     }
     rows
 }
@@ -177,8 +182,8 @@ struct Row {
 }
 
 impl Row {
-    fn new(img: &Candidate, repo: String, tag: String, digest: Option<String>) -> Row {
-        Row { repo, tag, digest, id: img.rec.id.clone(), created: img.created, size: img.size }
+    fn new(img: &Candidate, size: u64, repo: String, tag: String, digest: Option<String>) -> Row {
+        Row { repo, tag, digest, id: img.rec.id.clone(), created: img.created, size }
     }
 
     /// The row as docker's image context presents it to templates (and to `json`).
