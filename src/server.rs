@@ -438,11 +438,14 @@ fn use_published_index(
     cache: Arc<crate::store::cache::DiskCache>,
     cache_size: u64,
 ) {
+    if LocalRef::parse(&record.source).is_some() {
+        return;
+    }
     let all_stored = record.layers.iter().all(|l| {
         crate::layer::IndexFile::is_current(&store.index_path(&l.digest), l.digest.as_str())
             && store.has_blob(&l.digest)
     });
-    if all_stored || LocalRef::parse(&record.source).is_some() {
+    if all_stored {
         return;
     }
     let Some((registry, repository)) = record.source.split_once('/') else { return };
@@ -641,10 +644,7 @@ pub fn handle_signals() {
                 // `update_db`) is finished first, then removed. The phase lock stays
                 // held, so the main thread can't go on to mount meanwhile; it takes
                 // the phase lock before the records lock too, so the two can't deadlock.
-                let _ = store.update_db(|_| {
-                    store.remove_mount_record(*pid);
-                    Ok::<_, crate::store::Error>(())
-                });
+                let _ = store.with_records_lock(|| store.remove_mount_record(*pid));
                 std::process::exit(128 + sig);
             }
             Phase::Serving { dir, store, pid } => {

@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                     writeln!(out, "Deleted: {blob}")?;
                 }
             }
-            Err(e) => errors.push(format!("{:#}", anyhow::Error::from(e))),
+            Err(e) => errors.push(crate::log::Chain(&e).to_string()),
         }
         out.flush()?;
     }

@@ -115,6 +115,14 @@ impl Store {
         }
     }
 
+    /// Run `f` under the records' exclusive lock, reading and writing nothing: for
+    /// work that must not interleave with a change of the records (a mount record
+    /// removed after any `update_db` that writes one has finished).
+    pub fn with_records_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let _lock = FileLock::exclusive(&self.db_lock_path())?;
+        Ok(f())
+    }
+
     /// Read, change and write back the records under the exclusive lock. `change`
     /// returning an error, or changing nothing (a caller that only needs the lock, as
     /// a mount recording itself), leaves the file as it was.

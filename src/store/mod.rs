@@ -341,7 +341,9 @@ fn tighten(root: &Path) -> std::io::Result<()> {
             _ => {}
         }
     }
-    let tops = ["blobs", "tmp", "index", "layers", "locks", "mounts", "logs", "cache"];
+    // The top of each subdirectory `open` makes (`index/sha256` → `index`), each once.
+    let mut tops: Vec<&str> = SUBDIRS.iter().map(|s| s.split('/').next().unwrap_or(s)).collect();
+    tops.dedup();
     let mut stack: Vec<PathBuf> = tops.iter().map(|t| root.join(t)).collect();
     for dir in &stack {
         fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
