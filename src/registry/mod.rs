@@ -11,7 +11,7 @@
 //! registry's own origin, never to the CDN a registry sends blob downloads to.
 //!
 //! Transport: one HTTP client per host (tls.rs: that host's CAs and client certificate
-//! from certs.d), the scheme for loopback and insecure hosts found by trying
+//! from certs.d; trust.rs: what certificate is trusted), the scheme for loopback and insecure hosts found by trying
 //! (endpoint.rs), and manifests and blobs asked of the configured mirrors before the
 //! registry itself (mirrors.rs).
 
@@ -26,6 +26,7 @@ mod push;
 mod retry;
 pub mod search;
 mod tls;
+mod trust;
 
 pub use error::RegistryError;
 
