@@ -424,9 +424,13 @@ fn plain_http_registry_off_loopback_needs_naming_insecure() {
     let image = format!("{}/base:1", reg.addr);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    // Not named: HTTPS only, which a plain-HTTP registry cannot answer.
+    // Not named: HTTPS only, which a plain-HTTP registry cannot answer. rustls alone
+    // says "received corrupt message of type InvalidContentType"; the error says what
+    // that means and what to do.
     let err = fails(&imgfs(&root, &[], &["pull", "-q", &image]));
     assert!(err.contains(&reg.addr), "{err}");
+    assert!(err.contains("answered the TLS handshake with plain HTTP"), "{err}");
+    assert!(err.contains(&format!("--insecure-registry {}", reg.addr)), "{err}");
     assert_eq!(stored_images(&root), "");
     // Named insecure: HTTPS is tried first and fails, plain HTTP answers.
     ok(&imgfs(&root, &[("IMGFS_INSECURE_REGISTRIES", &reg.addr)], &["pull", "-q", &image]));

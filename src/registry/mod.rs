@@ -531,6 +531,15 @@ impl Client {
                              /etc/docker/certs.d/{host}/ or /etc/containers/certs.d/{host}/)"
                         ));
                     }
+                    // rustls's words for a TLS hello answered with bytes that are not a
+                    // TLS record: "HTTP/1.1 400 …" from a server that speaks plain HTTP.
+                    // (A host named insecure is tried over plain HTTP anyway.)
+                    if verify && url.scheme() == "https" && reason.contains("InvalidContentType") {
+                        reason.push_str(&format!(
+                            " ({host} answered the TLS handshake with plain HTTP, or something else that is not \
+                             TLS; if it is a plain-HTTP registry, name it with --insecure-registry {host})"
+                        ));
+                    }
                 }
                 if let (true, RegistryError::Unreachable { reason, .. }) = (e.is_timeout(), &mut err) {
                     // Say which limit, and where it is set: the fix may be a longer one.
