@@ -34,8 +34,8 @@ pub struct Cli {
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     pub insecure_registries: Vec<String>,
 
-    /// Give up on a registry that stays silent this long (to connect, answer, or send
-    /// more of a body) [default: 60]
+    /// Time budget of one request to a registry, retries included: a registry silent
+    /// this long (to connect, answer, or send more of a body) fails it [default: 60]
     #[arg(long, global = true, env = "IMGFS_TIMEOUT", value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,

@@ -72,8 +72,9 @@ pub struct ClientOptions {
     /// Where `config.json` with registry credentials lives; default `$DOCKER_CONFIG`,
     /// else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
-    /// How long to wait for a registry that has gone silent (to connect, for an
-    /// answer, or for the next bytes of a body); default 60 s.
+    /// The time budget of one request, retries included (renewed while a transfer
+    /// makes progress): how long to wait for a registry that has gone silent (to
+    /// connect, for an answer, or for the next bytes of a body); default 60 s.
     pub timeout: Option<Duration>,
 }
 
@@ -195,7 +196,7 @@ impl Client {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_str(&image::MANIFEST_ACCEPT.join(", ")).expect("ASCII media types"));
         let what = subject.describe(registry);
-        let mut retries = retry::Retries::new(registry, &what);
+        let mut retries = retry::Retries::new(registry, &what, self.timeout);
         loop {
             let resp = self.get(registry, subject, &url, &headers)?;
             if !resp.status().is_success() {
@@ -339,8 +340,8 @@ impl Client {
 
     /// GET with authentication (`send_authenticated`) for pull scope, tried again under the retry
     /// policy (retry.rs) while it fails to connect or the registry answers 5xx, 408 or
-    /// 429. When retries run out, the last answer is returned for the caller to report,
-    /// or the last connection error.
+    /// 429. When retries or the time budget run out, the last answer is returned for
+    /// the caller to report, or the last connection error.
     fn get(
         &self,
         registry: &str,
@@ -362,19 +363,22 @@ impl Client {
         headers: &HeaderMap,
     ) -> Result<Response, RegistryError> {
         let what = subject.describe(registry);
-        let mut retries = retry::Retries::new(registry, &what);
+        let mut retries = retry::Retries::new(registry, &what, self.timeout);
         loop {
-            let wait = match self.send_authenticated(registry, scope, req, url, headers) {
+            let result = self.send_authenticated(registry, scope, req, url, headers);
+            // Some(the pause the registry asked for, if any) for an answer worth asking again.
+            let again = match &result {
                 Ok(resp) if retry::retryable_status(resp.status()) => {
-                    retry::retry_after(resp.headers(), std::time::SystemTime::now())
+                    Some(retry::retry_after(resp.headers(), std::time::SystemTime::now()))
                 }
                 // A mirror that cannot be reached is passed over at once (via_mirrors).
-                Err(e @ RegistryError::Unreachable { .. }) if self.mirrors.is_mirror(registry) => return Err(e),
-                Err(e) if e.is_transient() => None,
-                other => return other,
+                Err(RegistryError::Unreachable { .. }) if self.mirrors.is_mirror(registry) => None,
+                Err(e) if e.is_transient() => Some(None),
+                _ => None,
             };
-            if !retries.wait(wait) {
-                return self.send_authenticated(registry, scope, req, url, headers);
+            match again {
+                Some(wait) if retries.wait(wait) => {}
+                _ => return result,
             }
         }
     }
