@@ -209,6 +209,7 @@ impl Env {
             repo_digests: repos.iter().map(|r| format!("{r}@{manifest_digest}")).collect(),
             pinned,
             added: if spec.added != 0 { spec.added } else { Timestamp::now().as_second() },
+            other_manifests: Vec::new(),
         };
         self.store
             .update_db(|db| {

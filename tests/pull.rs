@@ -148,6 +148,15 @@ fn a_second_image_fetches_only_the_layers_the_store_lacks() {
     assert!(app_layers.iter().all(|l| e.blob_gets_since(before, l) == 0));
     assert_blobs_verified(r);
     assert_eq!(tmp_files(r), 0);
+
+    // A layer the store lost (removed by hand here) is fetched again, and the status
+    // line says so: a pull that downloaded layers did not find the image up to date.
+    let lost = &app_layers[1];
+    std::fs::remove_file(r.join("blobs/sha256").join(&lost[7..])).unwrap();
+    let before = e.log_len();
+    let status = pull_on_a_terminal(r, &[&format!("{}/app:1", e.addr)]);
+    assert_eq!(e.blob_gets_since(before, lost), 1);
+    assert!(status.contains("Status: Downloaded newer image"), "{status}");
 }
 
 #[test]

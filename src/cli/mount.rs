@@ -70,6 +70,9 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
             server::resolve(&ctx.store, &|| ctx.client(), &reference, &dir, platform.as_ref())?
         }
     };
+    // An image known by several manifests is served with the one its name refers to:
+    // those layer blobs, fetched (if need be) from that repository.
+    let record = record.known_as(&reference);
     let result = if args.foreground {
         let settings = server::Settings {
             allow_other: args.allow_other,

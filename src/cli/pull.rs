@@ -101,15 +101,17 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
         return Err(e.into());
     }
-    // Up to date: the name already pointed at this very image before this pull.
+    // Up to date: the name already pointed at this very image before this pull, and
+    // nothing had to be fetched for it.
     let db = store.db()?;
-    let up_to_date = match &r.tag {
-        Some(t) => db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id),
-        None => db
-            .images
-            .get(&resolved.record.id)
-            .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
-    };
+    let up_to_date = missing.is_empty()
+        && match &r.tag {
+            Some(t) => db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id),
+            None => db
+                .images
+                .get(&resolved.record.id)
+                .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
+        };
     fetch::register(store, &resolved, r)?;
     display.say(&format!("Digest: {}", resolved.top_digest));
     let shown = r.familiar();
