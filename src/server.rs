@@ -152,6 +152,22 @@ pub fn resolve(
     Ok((resolved.record, resolved.config))
 }
 
+/// A name may point at another platform's image (after `pull --platform`): when no
+/// platform was asked for and the image is not the host's, say so as docker does. It
+/// is still mounted (its files are readable on any host).
+pub fn warn_if_foreign(config: &ImageConfig, requested: Option<&Platform>) {
+    if requested.is_some() {
+        return;
+    }
+    let host = Platform::host();
+    if let Some(image) = config.platform().filter(|p| p.os != host.os || p.architecture != host.architecture) {
+        tracing::warn!(
+            "the requested image's platform ({image}) does not match the detected host platform ({host}) and no \
+             specific platform was requested"
+        );
+    }
+}
+
 /// Read an image from an OCI layout or archive and register it, held for the mount.
 /// An archive's layer blobs are copied into the store now (a tar member can't be
 /// read in place cheaply); a layout's stay where they are, read by the server.

@@ -60,16 +60,16 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
         return list(ctx, args.format.as_deref());
     };
     let dir = server::prepare_mountpoint(&dir)?;
+    // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
+    let platform = args.platform.as_deref().filter(|p| !p.is_empty());
+    let platform = platform.map(Platform::parse).transpose()?;
     let (record, config) = match &args.resolved_id {
         // A server started by `imgfs mount`: its parent holds the image for it.
         Some(id) => server::local_image(&ctx.store, id)?,
-        None => {
-            // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
-            let platform = args.platform.as_deref().filter(|p| !p.is_empty());
-            let platform = platform.map(Platform::parse).transpose()?;
-            server::resolve(&ctx.store, &|| ctx.client(), &reference, &dir, platform.as_ref())?
-        }
+        None => server::resolve(&ctx.store, &|| ctx.client(), &reference, &dir, platform.as_ref())?,
     };
+    // On the terminal (the parent) and in the log (the server).
+    server::warn_if_foreign(&config, platform.as_ref());
     // An image known by several manifests is served with the one its name refers to:
     // those layer blobs, fetched (if need be) from that repository.
     let record = record.known_as(&reference);
@@ -108,6 +108,10 @@ fn server_command(
         cmd.arg("--timeout").arg(t.as_secs().to_string());
     }
     cmd.args(["mount", "-f", "--resolved-id", id.as_str()]);
+    // The platform asked for, so that the server knows one was (its warning above).
+    if let Some(p) = args.platform.as_deref().filter(|p| !p.is_empty()) {
+        cmd.arg("--platform").arg(p);
+    }
     if args.allow_other {
         cmd.arg("--allow-other");
     }
