@@ -231,7 +231,9 @@ pub fn release_hold(store: &Store) {
 }
 
 /// Check that `dir` can be mounted on, and return its canonical path: a directory,
-/// not mounted already. A dead imgfs mount there is detached first.
+/// not mounted already. A dead imgfs mount there is detached first. A directory that
+/// holds files is mounted over (as mount(8) does), with a warning: they are hidden
+/// until the unmount.
 pub fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     clear_dead_mount(dir)?;
     let io = |source| Error::Mountpoint { dir: dir.to_path_buf(), source };
@@ -242,7 +244,12 @@ pub fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     match mount_at(&dir) {
         Some(m) if m.is_imgfs() => Err(Error::AlreadyImgfs(dir)),
         Some(m) if m.is_fuse() => Err(Error::AlreadyFuse { dir, from: m.source }),
-        _ => Ok(dir),
+        _ => {
+            if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+                tracing::warn!("{} is not empty: its files are hidden while the image is mounted there", dir.display());
+            }
+            Ok(dir)
+        }
     }
 }
 
