@@ -27,6 +27,7 @@ pub mod build;
 pub mod checkpoints;
 pub mod data;
 pub mod estargz;
+pub mod ingest;
 pub mod reframe;
 pub mod remote;
 pub mod spans;
