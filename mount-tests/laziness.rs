@@ -171,7 +171,7 @@ fn an_older_store_is_converted_on_first_use() {
     }
 }
 
-/// `DOCKER_DEFAULT_PLATFORM` (issue 9) names the platform a mount wants: a pulled image
+/// `DOCKER_DEFAULT_PLATFORM` names the platform a mount wants: a pulled image
 /// of that platform is mounted from the store, without asking its registry (here a
 /// name on a port where nothing answers).
 #[test]

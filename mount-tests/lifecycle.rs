@@ -5,8 +5,8 @@
 //!
 //! A signal test starts `imgfs mount -f` itself (no background parent in between) of an
 //! image that is not pulled, so the server resolves it over HTTP first: the blocking
-//! client starts a runtime thread then, which is where a signal used to land and kill the
-//! server without unmounting.
+//! client starts a runtime thread then, and a signal the kernel hands to that thread
+//! must still end in an unmount, not kill the server with its mount left behind.
 
 use super::layered::LAYERED;
 use super::*;

@@ -108,7 +108,8 @@ fn assert_eio_logged(root: &Path, path: &Path) {
 #[test]
 fn layer_bytes_damaged_on_disk_are_never_served() {
     let Some(_) = outcome::test_env() else { return };
-    // An uncompressed layer is read in place: a flipped byte used to be served as is.
+    // An uncompressed layer is read in place: a flipped byte there must fail the read,
+    // not be served as is.
     let store = Store::new();
     let root = store.root();
     let name = format!("{}/plain:1", env().addr);
