@@ -528,10 +528,13 @@ impl LayerProgress for FetchLog {
     }
 }
 
-/// glibc gives each thread a malloc arena of its own and keeps what is freed there.
-/// FUSE workers and read-ahead threads each decode 1 MiB spans, and the memory their
-/// arenas kept was about half the server's RSS (four readers on the bench image: 132 MB
-/// with the default of 8 arenas per core, 72 MB with 2). One per core is plenty.
+/// glibc gives each thread a malloc arena of its own (up to 8 per core by default) and
+/// keeps what is freed in an arena for that arena's next use. FUSE workers and
+/// read-ahead threads each decode 1 MiB spans, so each arena ends up holding span-sized
+/// buffers that no other thread reuses, and the server's memory grows with the number
+/// of threads that have read rather than with what is being read. These threads spend
+/// their time in I/O and inflate, not in malloc, so one arena per core costs them
+/// nothing; scripts/bench's peak-RSS figure is where the difference shows.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
