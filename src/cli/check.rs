@@ -157,7 +157,7 @@ fn indexes(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
         .values()
         .flat_map(|rec| rec.manifests())
         .filter_map(|m| {
-            let dir = crate::local_source::LocalRef::parse(&m.source)?.ok()?.layout_dir()?.to_path_buf();
+            let dir = crate::origin::Origin::parse(&m.source).ok()?.layout_dir()?.to_path_buf();
             Some(
                 m.layers
                     .iter()

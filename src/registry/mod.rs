@@ -20,6 +20,7 @@ pub mod blob;
 mod credentials;
 mod endpoint;
 mod error;
+mod lazy;
 pub mod login;
 mod mirrors;
 mod push;
@@ -29,6 +30,7 @@ mod tls;
 mod trust;
 
 pub use error::RegistryError;
+pub use lazy::LazyClient;
 
 use crate::digest::Digest;
 use crate::image;
