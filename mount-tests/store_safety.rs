@@ -247,9 +247,8 @@ fn rm_and_prune_spare_a_mounted_image() {
 
 /// One image under two manifests: zstd:1 and zstd-gzip:1 have one config (so one image
 /// ID) and zstd and gzip layer blobs. Each manifest keeps its blobs while the image has
-/// a name: a dangling-only `prune -f` removes none of them (it removed the second
-/// manifest's, leaving `ls --digests` naming a digest whose blobs were gone), a pull
-/// again fetches nothing, `check` verifies both manifests, and each name mounts with
+/// a name: a dangling-only `prune -f` removes none of them (`ls --digests` names both
+/// digests, so both must be served), a pull again fetches nothing, `check` verifies both manifests, and each name mounts with
 /// its own layers and reads with the registry gone.
 #[test]
 fn one_image_under_two_manifests_keeps_both_through_prune() {

@@ -167,8 +167,8 @@ fn a_request_that_stalls_spends_the_timeout_and_is_not_tried_again() {
 }
 
 /// A port that accepts connections and never says a word: `--timeout 2` gives up after
-/// the one attempt that waited those 2 s (it used to try 6 times, 17 s in all). Counted
-/// by the listener, not timed.
+/// the one attempt that waited those 2 s, not after more tries of 2 s each. Counted by
+/// the listener, not timed.
 #[test]
 fn a_silent_registry_is_given_up_on_after_one_timeout() {
     use std::net::TcpListener;

@@ -586,7 +586,7 @@ fn after_last_escape(screen: &str) -> &str {
 /// Ctrl-C on the terminal while a layer downloads (its GET stalls in a fault proxy):
 /// the layer lines end as plain lines, the unfinished one `Interrupted`, the last one
 /// ending its line and none padded to the terminal's width (indicatif pads its last
-/// line, and a pull killed mid-draw left the cursor after that padding); exit 130.
+/// line, and a pull killed mid-draw would leave the cursor after that padding); exit 130.
 /// A pty of the test's own, 100 columns wide, as its controlling terminal: the ^C is
 /// the terminal's, sent by writing it to the pty.
 #[test]

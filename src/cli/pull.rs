@@ -134,8 +134,8 @@ static LIVE: Mutex<Option<(MultiProgress, Vec<ProgressBar>)>> = Mutex::new(None)
 
 /// Ctrl-C (or SIGTERM, SIGHUP) while a pull draws its layer lines: the lines are
 /// written once more, plain (an unfinished layer's as `Interrupted`), each ending its
-/// line, and the process exits with 128 + the signal. Killed mid-draw, it left the
-/// cursor after the last line's padding to the terminal's width. The signals are
+/// line, and the process exits with 128 + the signal. Killed mid-draw, it would leave
+/// the cursor after the last line's padding to the terminal's width. The signals are
 /// blocked here and waited for on a thread of their own; threads inherit the mask, so
 /// this runs before any other thread starts (the HTTP client's runtime among them).
 /// A signal the process was started with ignored stays ignored.
