@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 // Test modules of their own: hostile layers, registry faults, the store's integrity,
-// the server's lifecycle and security, local sources (layouts and archives). They use the helpers below.
+// the server's lifecycle and security, unmounting a busy mount, local sources (layouts
+// and archives). They use the helpers below.
 // The fault proxy is shared with the pull tests.
 mod estargz;
 #[path = "../tests/faultproxy/mod.rs"]
@@ -43,6 +44,7 @@ mod pushing;
 mod registries;
 mod security;
 mod store_safety;
+mod unmounting;
 
 // ---------------------------------------------------------------------------------------
 // The test environment
