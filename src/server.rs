@@ -283,6 +283,9 @@ pub fn unmount(store: &Store, dir: &Path, lazy: bool) -> Result<()> {
         store.mounts()?;
         return Ok(());
     }
+    // The server of this mount, not of an older one detached from the same directory;
+    // found before the unmount, as it removes its record on its way out.
+    let server = store.mounts()?.0.into_iter().find(|m| !m.starting && m.serves(&entry));
     match unmount_device(&dir, &entry.device, lazy)? {
         Unmounted::Done => {}
         Unmounted::NotThere => return Err(Error::NotMounted(dir)),
@@ -291,10 +294,8 @@ pub fn unmount(store: &Store, dir: &Path, lazy: bool) -> Result<()> {
     if lazy {
         return Ok(());
     }
-    // The server of this mount (not of an older one detached from the same directory)
-    // exits once it sees the session end, and removes its record.
-    let (live, _) = store.mounts()?;
-    if let Some(m) = live.iter().find(|m| !m.starting && m.serves(&entry)) {
+    // It exits once it sees the session end.
+    if let Some(m) = server {
         let start = Instant::now();
         while process_start_ticks(m.pid) == Some(m.start_ticks) {
             if start.elapsed() > Duration::from_secs(10) {
