@@ -205,7 +205,7 @@ fn walk(dir: &Path) -> usize {
 fn an_estargz_layer_lists_from_its_toc_and_reads_chunks_by_range() {
     let Some(_) = outcome::test_env() else { return };
     let p = push_estargz("tree", None, None);
-    let proxy = Proxy::start();
+    let proxy = FaultProxy::start(&env().addr);
     let store = Store::new();
     let mark = log_mark();
     let m = mount(store.root(), &format!("{}/{}:1", proxy.addr, p.repo), &[]);
@@ -235,7 +235,7 @@ fn an_estargz_layer_lists_from_its_toc_and_reads_chunks_by_range() {
 fn a_toc_that_does_not_match_its_annotation_falls_back_to_the_whole_layer() {
     let Some(_) = outcome::test_env() else { return };
     let p = push_estargz("badtoc", None, Some(Digest::of(b"another TOC")));
-    let proxy = Proxy::start();
+    let proxy = FaultProxy::start(&env().addr);
     let store = Store::new();
     let mark = log_mark();
     let m = mount(store.root(), &format!("{}/{}:1", proxy.addr, p.repo), &[]);

@@ -1,9 +1,9 @@
-//! A mount whose registry goes away in the middle of a lazy layer fetch (through the
-//! fault proxy of tests/faultproxy): the operation that needed the layer fails with
-//! EIO, the mount stays up, nothing half-fetched is kept, and the same operation
-//! succeeds once the registry is back.
+//! A mount whose registry goes away before or in the middle of a lazy layer fetch
+//! (through the fault proxy of tests/faultproxy): the operation that needed the layer
+//! fails with EIO (and the server logs why), the mount stays up and serves what it
+//! already has, nothing half-fetched is kept, and the same operation succeeds once the
+//! registry is back. A manifest whose layer sizes lie is not trusted either.
 
-use super::faultproxy::{Fault, FaultProxy, Rule};
 use super::*;
 
 #[test]
@@ -91,4 +91,50 @@ fn layer_sizes_that_add_up_past_u64_are_not_trusted() {
     for l in &layers {
         assert!(!blob_file(store.root(), l).exists(), "layer {l} was kept");
     }
+}
+
+/// With the registry unreachable, reading a file whose layer is not fetched yet fails
+/// with EIO (after the client's retries) while what is already known still reads; the
+/// server logs why and stays up; once the registry is back, the same read succeeds.
+#[test]
+fn registry_outage_gives_eio_and_recovers() {
+    let Some(_) = outcome::test_env() else { return };
+    let proxy = FaultProxy::start(&env().addr);
+    let store = Store::new();
+    let m = mount(store.root(), &format!("{}/lazy:1", proxy.addr), &[]);
+    let pid = m.server();
+    // Something known before the outage: top/c.txt, from the top layer only.
+    let c = reference_file("lazy:1", "top/c.txt");
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), c);
+
+    proxy.set_offline(true);
+    // bottom/ is in the bottom layer, which no lookup has needed so far.
+    let e = errno_of("read bottom/a.txt with the registry down", fs::read(m.path("bottom/a.txt")));
+    assert_eq!(e, libc::EIO, "errno {e}, want EIO");
+    assert!(!pid_gone(pid), "the server died");
+    assert!(mountinfo(&m.dir).is_some(), "the mount went away");
+    assert!(fs::metadata(&m.dir).unwrap().is_dir(), "stat of the mount root fails");
+    assert_eq!(fs::read(m.path("top/c.txt")).expect("top/c.txt during the outage"), c);
+
+    let log = newest_log(store.root());
+    let text = fs::read_to_string(&log).unwrap();
+    let eio = text.lines().find(|l| l.contains("EIO"));
+    let eio = eio.unwrap_or_else(|| panic!("no EIO line in {}:\n{text}", log.display()));
+    let reason = eio.split_once("EIO").unwrap().1.trim_start_matches([':', ' ']);
+    assert!(reason.len() > 10, "EIO logged without a reason: {eio}");
+
+    proxy.set_offline(false);
+    let a = fs::read(m.path("bottom/a.txt")).expect("read bottom/a.txt once the registry is back");
+    assert_eq!(a, reference_file("lazy:1", "bottom/a.txt"));
+    let mut names: Vec<String> =
+        fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["bottom", "middle", "top"]);
+}
+
+fn newest_log(root: &Path) -> PathBuf {
+    let logs = fs::read_dir(root.join("logs")).expect("logs dir");
+    logs.map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("no server log")
 }

@@ -45,7 +45,7 @@ fn a_fleet_behind_a_pull_through_mirror_costs_the_origin_the_first_hosts_misses_
     let layers = layer_digests("app:1");
     // The origin as the fleet sees it: the shared registry behind a private proxy, so
     // that its log names requests from this test's mirror and hosts by Host header.
-    let origin = Proxy::start();
+    let origin = FaultProxy::start(&env().addr);
     let mirror =
         Registry::start(tempfile::tempdir().unwrap(), &format!("proxy:\n  remoteurl: http://{}\n", origin.addr), "");
     let conf_dir = tempfile::tempdir().unwrap();

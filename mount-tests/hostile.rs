@@ -1,5 +1,5 @@
-//! Hostile images (issue 8), pushed to the real test registry by
-//! scripts/build-test-images (hostile_image, hostile_failing_images): what a mount
+//! Hostile images, pushed to the real test registry by scripts/build-test-images
+//! (scripts/testimages/hostile.py: hostile_image, hostile_failing_images): what a mount
 //! serves of bad entries, and the clear errors a pull gives for layers it refuses, the
 //! configurable bounds on a layer, and a full store disk.
 

@@ -1,12 +1,14 @@
-//! The mount server's life: signals to a foreground server, a server killed with
+//! The mount server's life: the listing of live mounts and unmounting by `imgfs umount`,
+//! `fusermount3 -u` and `umount`, signals to a foreground server, a server killed with
 //! SIGKILL (its reader, its record, its dead mountpoint, a remount over it), and many
 //! readers at once.
 //!
 //! A signal test starts `imgfs mount -f` itself (no background parent in between) of an
 //! image that is not pulled, so the server resolves it over HTTP first: the blocking
-//! client starts a runtime thread then, which is where a signal used to land and kill the
-//! server without unmounting.
+//! client starts a runtime thread then, and a signal the kernel hands to that thread
+//! must still end in an unmount, not kill the server with its mount left behind.
 
+use super::layered::LAYERED;
 use super::*;
 use std::os::unix::fs::FileExt;
 use std::process::{Child, Stdio};
@@ -124,13 +126,13 @@ fn signals_to_a_foreground_server_always_unmount() {
         let store = Store::new();
         let m = Mount::empty();
         // Lives to the end of the round (its Drop opens a held gate).
-        let proxy = Proxy::start();
+        let proxy = FaultProxy::start(&env().addr);
         let image = match moment {
             Moment::Fetching | Moment::Holding => format!("{}/lazy:1", proxy.addr),
             _ => image.clone(),
         };
         if let Moment::Holding = moment {
-            proxy.hold("/referrers/");
+            proxy.add(Rule::new("/referrers/", Fault::Hold));
         }
         let mut server = Foreground::start(store.root(), &image, &m);
         let stop = Arc::new(AtomicBool::new(false));
@@ -164,7 +166,7 @@ fn signals_to_a_foreground_server_always_unmount() {
         }
         let mut waiting = None;
         if let Moment::Fetching = moment {
-            proxy.hold(&bottom_layer);
+            proxy.add(Rule::new(&bottom_layer, Fault::Hold));
             let file = m.path("bottom/a.txt");
             waiting = Some(std::thread::spawn(move || fs::read(file)));
             let asked = wait_until(Duration::from_secs(20), || proxy.held() > 0);
@@ -405,4 +407,77 @@ fn mount_over_a_dead_mountpoint_detaches_it_first() {
     assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert_eq!(info.lines().filter(|l| l.split(' ').nth(4) == Some(m.arg())).count(), 1, "stacked mounts");
+}
+
+/// `imgfs mount` lists live mounts (reference, mountpoint, pid); `imgfs umount`,
+/// `fusermount3 -u` and `umount` each unmount, and the server then exits and its
+/// listing line goes.
+#[test]
+fn unmount_by_imgfs_fusermount3_and_umount() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let image = format!("{}/lazy:1", env().addr);
+    let mounts: Vec<Mount> = (0..3).map(|_| mount(store.root(), &image, &[])).collect();
+    let pids: Vec<u32> = mounts.iter().map(|m| m.server()).collect();
+
+    let listing = mount_listing(store.root());
+    for (m, pid) in mounts.iter().zip(&pids) {
+        assert!(
+            listing.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&image.as_str())
+                    && f.contains(&m.arg())
+                    && f.last() == Some(&pid.to_string().as_str())
+            }),
+            "imgfs mount does not list {image} at {} (pid {pid}):\n{listing}",
+            m.arg()
+        );
+    }
+
+    let ways: [(&str, Vec<String>); 3] = [
+        (env!("CARGO_BIN_EXE_imgfs"), vec!["--root".into(), store.root().display().to_string(), "umount".into()]),
+        ("fusermount3", vec!["-u".into()]),
+        ("umount", vec![]),
+    ];
+    for ((m, pid), (cmd, args)) in mounts.iter().zip(&pids).zip(ways) {
+        let out = Command::new(cmd).args(&args).arg(&m.dir).output().expect(cmd);
+        assert!(out.status.success(), "{cmd} {args:?} {}: {}", m.arg(), show(&out));
+        assert!(mountinfo(&m.dir).is_none(), "{cmd}: {} is still mounted", m.arg());
+        assert!(wait_until(Duration::from_secs(10), || pid_gone(*pid)), "{cmd}: server {pid} did not exit");
+        let listing = mount_listing(store.root());
+        assert!(!listing.contains(m.arg()), "{cmd}: {} still listed:\n{listing}", m.arg());
+        assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{cmd}: {} is not an empty dir", m.arg());
+    }
+}
+
+/// A server killed with SIGKILL cannot clean up: the next imgfs command recognises its
+/// record as dead, drops it and detaches the dead mountpoint, which is then a plain
+/// directory again; `imgfs umount` of such a mountpoint does the same and succeeds.
+#[test]
+fn sigkilled_server_is_cleared_and_its_mountpoint_detached() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let image = format!("{}/lazy:1", env().addr);
+    let (a, b) = (mount(store.root(), &image, &[]), mount(store.root(), &image, &[]));
+    let mut records = Vec::new();
+    for m in [&a, &b] {
+        let pid = m.server();
+        let record = store.root().join(format!("mounts/{pid}.json"));
+        assert!(record.exists(), "no mount record {}", record.display());
+        kill(pid, libc::SIGKILL).unwrap();
+        // Wait for it to be gone, reaped included (a zombie is a separate matter).
+        assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists()));
+        assert_eq!(errno_of("stat of a dead mount", fs::metadata(m.path("top"))), libc::ENOTCONN);
+        records.push(record);
+    }
+
+    // umount first: it detaches b and clears a's mountpoint and record on the way.
+    imgfs_ok(store.root(), &["umount", b.arg()]);
+    let listing = mount_listing(store.root());
+    for (m, record) in [&a, &b].into_iter().zip(&records) {
+        assert!(!listing.contains(m.arg()), "a dead server is still listed:\n{listing}");
+        assert!(!record.exists(), "the dead server's record {} was not removed", record.display());
+        assert!(mountinfo(&m.dir).is_none(), "{} is still mounted", m.arg());
+        assert!(fs::read_dir(&m.dir).unwrap().next().is_none(), "{} is not a plain empty dir", m.arg());
+    }
 }

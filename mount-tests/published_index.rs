@@ -92,7 +92,7 @@ fn an_indexed_image_lists_without_layer_gets_and_reads_by_range_only() {
     let Some(_) = outcome::test_env() else { return };
     let (repo, _) = publish_copy("app:1", "list");
     let layers = layer_digests("app:1");
-    let proxy = Proxy::start();
+    let proxy = FaultProxy::start(&env().addr);
     let store = Store::new();
     let mark = log_mark();
     let m = mount(store.root(), &format!("{}/{repo}:1", proxy.addr), &[]);
@@ -122,7 +122,7 @@ fn reading_one_file_fetches_a_span_not_the_layer() {
     let (repo, _) = publish_copy("big:1", "one-file");
     let layer = manifest("big:1")["layers"][0].clone();
     let (digest, size) = (layer["digest"].as_str().unwrap().to_string(), layer["size"].as_u64().unwrap());
-    let proxy = Proxy::start();
+    let proxy = FaultProxy::start(&env().addr);
     let store = Store::new();
     let mark = log_mark();
     let m = mount(store.root(), &format!("{}/{repo}:1", proxy.addr), &[]);
@@ -215,7 +215,7 @@ fn a_small_cache_serves_a_large_file_within_its_bound_and_prune_empties_it() {
     let Some(_) = outcome::test_env() else { return };
     let (repo, _) = publish_copy("big:1", "small-cache");
     let digest = layer_digests("big:1")[0].clone();
-    let proxy = Proxy::start();
+    let proxy = FaultProxy::start(&env().addr);
     let store = Store::new();
     let mark = log_mark();
     let bound = 2u64 << 20;

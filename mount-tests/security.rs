@@ -299,3 +299,84 @@ fn non_root_mount_without_access_to_dev_fuse_fails_with_one_line_naming_the_fix(
     let real = fs::metadata("/dev/fuse").unwrap();
     assert!(real.file_type().is_char_device(), "/dev/fuse changed outside the namespace");
 }
+
+pub(crate) const TEST_USER: &str = "imgfs-test";
+
+/// A user mounts through fusermount3 into a store of its own; the kernel checks
+/// permissions (default_permissions: the 0600 root file is EACCES for the user), and
+/// without allow_other nobody else may enter the mount, root included.
+#[test]
+fn unprivileged_user_mounts_via_fusermount3() {
+    let Some(_) = outcome::test_env() else { return };
+    let uid = test_user();
+    ensure_dev_fuse_is_world_usable();
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    for d in [tmp.path(), &store, &mnt] {
+        fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+    }
+    let m = Mount::at(mnt.canonicalize().unwrap(), tmp);
+    let as_user = |args: &[&str]| -> Output {
+        Command::new("runuser").args(["-u", TEST_USER, "--"]).args(args).output().expect("runuser")
+    };
+    let bin = env!("CARGO_BIN_EXE_imgfs");
+    let root = store.to_str().unwrap();
+    let image = format!("{}/base:1", env().addr);
+
+    let out = as_user(&[bin, "--root", root, "mount", &image, m.arg()]);
+    assert!(out.status.success(), "mount as {TEST_USER}: {}", show(&out));
+    let info = mountinfo(&m.dir).expect("mounted");
+    assert!(info.options.contains("ro"), "{info:?}");
+    let pid = m.server();
+    let owner = fs::metadata(format!("/proc/{pid}")).unwrap().uid();
+    assert_eq!(owner, uid, "the server should run as {TEST_USER}");
+
+    let out = as_user(&["cat", m.path("etc/hostname").to_str().unwrap()]);
+    assert!(out.status.success(), "{TEST_USER} reads etc/hostname: {}", show(&out));
+    assert_eq!(out.stdout, reference_file("base:1", "etc/hostname"));
+    let out = as_user(&["cat", m.path("etc/secret").to_str().unwrap()]);
+    assert!(!out.status.success(), "{TEST_USER} read the 0600 root file: {}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", show(&out));
+
+    // Without allow_other the kernel lets only the mounting user in; root too is refused.
+    assert_eq!(errno_of("root stats the user's mount", fs::metadata(m.path("etc/hostname"))), libc::EACCES);
+    assert_eq!(errno_of("root lists the user's mount", fs::read_dir(&m.dir)), libc::EACCES);
+
+    let out = as_user(&[bin, "--root", root, "mount"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(m.arg()), "{}", show(&out));
+    let out = as_user(&[bin, "--root", root, "umount", m.arg()]);
+    assert!(out.status.success(), "umount as {TEST_USER}: {}", show(&out));
+    assert!(mountinfo(&m.dir).is_none(), "still mounted after the user's umount");
+    assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)), "server {pid} did not exit");
+}
+
+/// The uid of TEST_USER, created once (tests running at once must not race useradd).
+pub(crate) fn test_user() -> u32 {
+    static UID: OnceLock<u32> = OnceLock::new();
+    *UID.get_or_init(|| {
+        let _ = Command::new("useradd").args(["-m", TEST_USER]).output(); // fails if it exists: fine
+        user_id(TEST_USER)
+    })
+}
+
+fn user_id(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().expect("id");
+    assert!(out.status.success(), "no user {name}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// On a normal host udev makes /dev/fuse 0666 (systemd's 50-udev-default.rules) and
+/// unprivileged FUSE needs that (libfuse and fuser open it before calling fusermount3).
+/// A container without udev may leave it 0600: set the host default.
+pub(crate) fn ensure_dev_fuse_is_world_usable() {
+    let md = fs::metadata("/dev/fuse").expect("/dev/fuse");
+    if md.permissions().mode() & 0o666 != 0o666 {
+        eprintln!(
+            "note: /dev/fuse was {:o}; setting 0666 as udev does on a normal host",
+            md.permissions().mode() & 0o777
+        );
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).expect("chmod /dev/fuse");
+    }
+}

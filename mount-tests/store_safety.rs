@@ -1,6 +1,7 @@
-//! The store with live mounts: a prune that races a starting mount must not take its
-//! image, the store stays private (0700/0600) with mounts running whatever the umask,
-//! and layer bytes damaged on disk are never served.
+//! The store with live mounts: `rm` refuses a mounted image and `prune -a` keeps its
+//! blobs, a prune that races a starting mount must not take its image, the store stays
+//! private (0700/0600) with mounts running whatever the umask, and layer bytes damaged
+//! on disk are never served.
 
 use super::*;
 
@@ -107,7 +108,8 @@ fn assert_eio_logged(root: &Path, path: &Path) {
 #[test]
 fn layer_bytes_damaged_on_disk_are_never_served() {
     let Some(_) = outcome::test_env() else { return };
-    // An uncompressed layer is read in place: a flipped byte used to be served as is.
+    // An uncompressed layer is read in place: a flipped byte there must fail the read,
+    // not be served as is.
     let store = Store::new();
     let root = store.root();
     let name = format!("{}/plain:1", env().addr);
@@ -214,4 +216,31 @@ fn mounts_racing_pulls_prune_and_rm_serve_their_image_and_lose_no_blob() {
     }
     let out = imgfs_ok(root, &["check"]);
     assert!(out.contains("is consistent"), "{out}");
+}
+
+#[test]
+fn rm_and_prune_spare_a_mounted_image() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let image = format!("{}/app:2", env().addr);
+    let mut blobs: Vec<String> = layer_digests("app:2");
+    blobs.push(config_digest("app:2"));
+    imgfs_ok(store.root(), &["pull", &image]);
+    let m = mount(store.root(), &image, &[]);
+
+    let out = imgfs(store.root(), &["rm", &image]);
+    assert!(!out.status.success(), "imgfs rm of a mounted image should fail: {}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(m.arg()), "rm's error should name the mount: {}", show(&out));
+
+    imgfs_ok(store.root(), &["prune", "-a", "-f"]);
+    for d in &blobs {
+        assert!(blob_file(store.root(), d).exists(), "prune -a removed blob {d} of the mounted image");
+    }
+    assert_eq!(fs::read(m.path("etc/hostname")).unwrap(), reference_file("app:2", "etc/hostname"));
+    assert_eq!(read_all(&m.dir), read_all(&unpack_of("app:2").join("rootfs")));
+
+    imgfs_ok(store.root(), &["umount", m.arg()]);
+    imgfs_ok(store.root(), &["rm", &image]);
+    let out = imgfs(store.root(), &["rm", &image]);
+    assert!(!out.status.success(), "the image should be gone after rm: {}", show(&out));
 }

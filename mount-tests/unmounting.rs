@@ -10,6 +10,7 @@
 //! the file on descriptor 3 and, once told to let go (its stdin closed), copies the
 //! file out of that descriptor before it exits.
 
+use super::security::{ensure_dev_fuse_is_world_usable, test_user, TEST_USER};
 use super::*;
 use std::io::BufRead;
 use std::process::{Child, Stdio};

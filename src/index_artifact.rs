@@ -2,9 +2,10 @@
 //! host needs to serve the layer without downloading it first.
 //!
 //! One artifact blob per layer holds the table of contents (the same `Contents` the store
-//! keeps), how to reach the uncompressed bytes (decompression checkpoints for a gzip or
-//! zstd layer, plain byte ranges for a tar), and a SHA-256 of the compressed bytes of
-//! every span. A host that later fetches one span by HTTP Range trusts it only if its
+//! keeps), the decompression checkpoints of a gzip or zstd layer that has them, and a
+//! SHA-256 of the compressed bytes of every span between them. (A layer without
+//! checkpoints, an uncompressed tar or a zstd layer in one big frame, is published with
+//! its table of contents alone: a mount downloads it whole on first use.) A host that later fetches one span by HTTP Range trusts it only if its
 //! bytes hash to the digest in this index, which itself was fetched by digest from the
 //! artifact manifest. The blob is bound to its layer (layer digest, diff_id, compressed
 //! size inside) so an index published for one layer can't be passed off as another's.
@@ -23,6 +24,7 @@
 use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
 use crate::layer::checkpoints::{Checkpoints, Format};
+use crate::layer::remote::Window;
 use crate::layer::{Access, Contents, IndexFile};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
@@ -50,10 +52,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("span {0} out of range")]
-    NoSuchSpan(usize),
-    #[error("span {span} of layer {layer} does not match its published digest")]
-    SpanMismatch { span: usize, layer: Digest },
     #[error("window does not match its published digest")]
     WindowMismatch,
     #[error("the published index of layer {layer} is not valid")]
@@ -88,14 +86,10 @@ pub enum Error {
     Body(#[source] postcard::Error),
     #[error("it is the index of layer {0}")]
     OtherLayer(Digest),
-    #[error("its span length {0} is out of range")]
-    SpanLength(u64),
     #[error("its checkpoints are of a blob of another size")]
     CheckpointsBlobSize,
     #[error("its checkpoints are of a stream of another size")]
     CheckpointsStreamSize,
-    #[error("a plain layer's sizes differ")]
-    PlainSizes,
     #[error("it has {have} span digests for {spans} spans")]
     SpanDigestCount { have: usize, spans: usize },
     #[error("it has {have} windows for {checkpoints} checkpoints")]
@@ -141,12 +135,6 @@ pub const MEDIA_TYPE: &str = "application/vnd.imgfs.index.layer.v1+zstd";
 const MAGIC: &[u8; 8] = b"IMGFSRIX";
 const VERSION: u32 = 1;
 
-/// Span length for a layer read as plain byte ranges (a tar, or a compressed stream
-/// that can only be decoded from its start): the same 1 MiB as the checkpoints' spans.
-pub const CHUNK: u64 = 1 << 20;
-const MIN_CHUNK: u64 = 4 << 10;
-const MAX_CHUNK: u64 = 64 << 20;
-
 /// The most an artifact blob may be, compressed and decoded. A layer of a million empty
 /// files makes a store index of 26 MB: these leave room for ten times that, and no more.
 pub const MAX_BLOB: u64 = 256 << 20;
@@ -158,31 +146,14 @@ const HEADER: usize = 20;
 /// A deflated 32 KiB window, with room for incompressible bytes (as `checkpoints` bounds it).
 const MAX_WINDOW: usize = 40 << 10;
 
-impl Window {
-    fn of(window: &[u8]) -> Window {
-        Window { len: window.len() as u32, sha256: Sha256::digest(window).into() }
-    }
-
-    /// Are these the window's bytes?
-    pub fn check(&self, bytes: &[u8]) -> Result<()> {
-        let got: [u8; 32] = Sha256::digest(bytes).into();
-        ensure(bytes.len() == self.len as usize && got == self.sha256, Error::WindowMismatch)?;
-        Ok(())
-    }
-}
-
 /// How the spans of a layer map onto its blob.
 pub enum Spans {
-    /// An uncompressed tar: span `i` is blob bytes `[i*chunk, (i+1)*chunk)`, and the
-    /// same bytes of the tar.
-    Plain { chunk: u64 },
     /// A gzip or zstd blob: span `i` is `compressed_range(i)` of the checkpoints, which
     /// decodes alone into `span_range(i)` of the tar.
     Checkpoints(Checkpoints),
-    /// A compressed blob that can only be decoded from its start (a zstd layer in one
-    /// big frame): spans are fixed blob ranges as for `Plain`, fetched and checked one
-    /// by one, but decoded in order.
-    Stream { chunk: u64 },
+    /// A blob read only from its start (an uncompressed tar, or a zstd layer in one big
+    /// frame, which the store re-encodes): no spans.
+    Whole,
 }
 
 /// One layer's published index, decoded and checked.
@@ -200,14 +171,6 @@ pub struct IndexArtifact {
     pub windows: Vec<Window>,
 }
 
-/// One checkpoint's window (raw-deflated, as `Checkpoints` keeps it) in the artifact
-/// blob, after the head and the windows before it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Window {
-    pub len: u32,
-    pub sha256: [u8; 32],
-}
-
 /// What travels, in this order (postcard: no field names).
 #[derive(Serialize, Deserialize)]
 struct Body {
@@ -221,17 +184,24 @@ struct Body {
     windows: Vec<Window>,
 }
 
+/// Postcard names a variant by its number, so the order is the format: a new variant
+/// goes last.
 #[derive(Serialize, Deserialize)]
 enum WireSpans {
+    /// An uncompressed tar's spans as fixed 1 MiB ranges, as earlier imgfs published
+    /// them; nothing reads them (the layer is downloaded whole), so their digests are
+    /// dropped and it reads as `Whole`.
     Plain {
         chunk: u64,
     },
     /// `Checkpoints::save`'s bytes with the windows taken out: versioned and checked
     /// on their own.
     Checkpoints(Vec<u8>),
+    /// A one-frame zstd layer's spans, as `Plain`: read as `Whole`.
     Stream {
         chunk: u64,
     },
+    Whole,
 }
 
 /// What the artifact must be bound to: the layer descriptor from the image manifest and
@@ -255,13 +225,13 @@ impl IndexArtifact {
             Error::StoredSize { digest: layer.digest.clone(), actual: compressed_size, expected: layer.size },
         )?;
         let (spans, uncompressed_size) = match file.access {
-            Access::Plain => (Spans::Plain { chunk: CHUNK }, compressed_size),
+            Access::Plain => (Spans::Whole, compressed_size),
             Access::Checkpoints(c) => {
                 let u = c.uncompressed_size();
                 (Spans::Checkpoints(c), u)
             }
             // The checkpoints are of the store's re-encoded copy, not of the blob.
-            Access::Reframed(c) => (Spans::Stream { chunk: CHUNK }, c.uncompressed_size()),
+            Access::Reframed(c) => (Spans::Whole, c.uncompressed_size()),
         };
         let mut artifact = IndexArtifact {
             layer: layer.digest.clone(),
@@ -288,7 +258,7 @@ impl IndexArtifact {
 
     pub fn span_count(&self) -> usize {
         match &self.spans {
-            Spans::Plain { chunk } | Spans::Stream { chunk } => self.compressed_size.div_ceil(*chunk) as usize,
+            Spans::Whole => 0,
             Spans::Checkpoints(c) => c.span_count(),
         }
     }
@@ -297,28 +267,16 @@ impl IndexArtifact {
     /// fetches and what `span_digests[i]` covers. Panics if `i >= span_count()`.
     pub fn compressed_range(&self, i: usize) -> (u64, u64) {
         match &self.spans {
-            Spans::Plain { chunk } | Spans::Stream { chunk } => {
-                assert!(i < self.span_count(), "span {i} out of range");
-                let start = i as u64 * chunk;
-                (start, (start + chunk).min(self.compressed_size))
-            }
+            Spans::Whole => panic!("span {i} out of range: the layer has no spans"),
             Spans::Checkpoints(c) => c.compressed_range(i),
         }
-    }
-
-    /// Are `bytes` the compressed bytes of span `i` the index was made from?
-    pub fn check_span(&self, i: usize, bytes: &[u8]) -> Result<()> {
-        let want = self.span_digests.get(i).ok_or(Error::NoSuchSpan(i))?;
-        let got: [u8; 32] = Sha256::digest(bytes).into();
-        ensure(&got == want, Error::SpanMismatch { span: i, layer: self.layer.clone() })
     }
 
     /// The artifact blob: header, head (the body, postcard in a zstd frame), windows.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut windows = Vec::new();
         let spans = match &self.spans {
-            Spans::Plain { chunk } => WireSpans::Plain { chunk: *chunk },
-            Spans::Stream { chunk } => WireSpans::Stream { chunk: *chunk },
+            Spans::Whole => WireSpans::Whole,
             Spans::Checkpoints(c) => {
                 let mut c = c.clone();
                 windows = c.take_windows();
@@ -399,7 +357,9 @@ impl IndexArtifact {
         if let Spans::Checkpoints(c) = &mut artifact.spans {
             for (i, (w, (start, end))) in artifact.windows.iter().zip(ranges).enumerate() {
                 let window = &bytes[start as usize..end as usize];
-                w.check(window).map_err(|e| Error::Window { index: i, source: Box::new(e) })?;
+                if !w.matches(window) {
+                    return Err(Error::Window { index: i, source: Box::new(Error::WindowMismatch) });
+                }
                 c.set_window(i, window.to_vec())?;
             }
         }
@@ -407,7 +367,7 @@ impl IndexArtifact {
     }
 
     /// Decode the head alone (`head`), for a reader that fetches windows one by one
-    /// (`window_ranges`, checked with `Window::check`, put back with
+    /// (`window_ranges`, checked with `Window::matches`, put back with
     /// `Checkpoints::set_window`).
     pub fn decode_head(head: &[u8], expect: &Expected<'_>) -> Result<IndexArtifact> {
         let layer = &expect.layer.digest;
@@ -426,9 +386,13 @@ impl IndexArtifact {
         ensure(decoded.len() as u64 <= MAX_DECODED, Error::DecodesTooLarge)?;
         let body: Body = postcard::from_bytes(&decoded).map_err(Error::Body)?;
         ensure(&body.layer == layer, Error::OtherLayer(body.layer.clone()))?;
+        let mut span_digests = body.span_digests;
         let spans = match body.spans {
-            WireSpans::Plain { chunk } => Spans::Plain { chunk },
-            WireSpans::Stream { chunk } => Spans::Stream { chunk },
+            WireSpans::Plain { .. } | WireSpans::Stream { .. } => {
+                span_digests.clear();
+                Spans::Whole
+            }
+            WireSpans::Whole => Spans::Whole,
             WireSpans::Checkpoints(bytes) => Spans::Checkpoints(Checkpoints::load(&bytes[..])?),
         };
         let artifact = IndexArtifact {
@@ -438,7 +402,7 @@ impl IndexArtifact {
             uncompressed_size: body.uncompressed_size,
             contents: body.contents,
             spans,
-            span_digests: body.span_digests,
+            span_digests,
             windows: body.windows,
         };
         artifact.check_shape()?;
@@ -447,17 +411,9 @@ impl IndexArtifact {
 
     /// Everything inside agrees with itself: sizes, span counts, entries within the tar.
     fn check_shape(&self) -> Result<()> {
-        match &self.spans {
-            Spans::Plain { chunk } | Spans::Stream { chunk } => {
-                ensure((MIN_CHUNK..=MAX_CHUNK).contains(chunk), Error::SpanLength(*chunk))?;
-            }
-            Spans::Checkpoints(c) => {
-                ensure(c.compressed_size() == self.compressed_size, Error::CheckpointsBlobSize)?;
-                ensure(c.uncompressed_size() == self.uncompressed_size, Error::CheckpointsStreamSize)?;
-            }
-        }
-        if let Spans::Plain { .. } = self.spans {
-            ensure(self.uncompressed_size == self.compressed_size, Error::PlainSizes)?;
+        if let Spans::Checkpoints(c) = &self.spans {
+            ensure(c.compressed_size() == self.compressed_size, Error::CheckpointsBlobSize)?;
+            ensure(c.uncompressed_size() == self.uncompressed_size, Error::CheckpointsStreamSize)?;
         }
         let spans = self.span_count();
         ensure(self.span_digests.len() == spans, Error::SpanDigestCount { have: self.span_digests.len(), spans })?;
@@ -486,10 +442,10 @@ impl IndexArtifact {
         }
         let compression = Compression::of_media_type(&l.media_type).map_err(Error::MediaType)?;
         let fits = match (&self.spans, compression) {
-            (Spans::Plain { .. }, Compression::None) => true,
+            (Spans::Whole, Compression::None) => self.uncompressed_size == self.compressed_size,
             (Spans::Checkpoints(c), Compression::Gzip) => c.format() == Format::Gzip,
             (Spans::Checkpoints(c), Compression::Zstd) => c.format() == Format::Zstd,
-            (Spans::Stream { .. }, Compression::Zstd) => true,
+            (Spans::Whole, Compression::Zstd) => true,
             _ => false,
         };
         if !fits {
@@ -498,13 +454,14 @@ impl IndexArtifact {
         Ok(())
     }
 
-    /// How the spans are laid out, for people: `gzip checkpoints`, `plain`, `stream`.
+    /// How the layer is read, for people: `gzip` or `zstd` checkpoints; `plain` (an
+    /// uncompressed tar) or `stream` (a zstd layer in one frame), downloaded whole.
     pub fn span_kind(&self) -> &'static str {
         match &self.spans {
-            Spans::Plain { .. } => "plain",
             Spans::Checkpoints(c) if c.format() == Format::Gzip => "gzip",
             Spans::Checkpoints(_) => "zstd",
-            Spans::Stream { .. } => "stream",
+            Spans::Whole if self.uncompressed_size == self.compressed_size => "plain",
+            Spans::Whole => "stream",
         }
     }
 }
@@ -534,6 +491,11 @@ mod tests {
             b.append_data(&mut h, format!("d/f{i}"), &data[..]).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    /// Does `bytes` hash to span `i`'s published digest? What a mount checks (`remote`).
+    fn span_matches(a: &IndexArtifact, i: usize, bytes: &[u8]) -> bool {
+        <[u8; 32]>::from(Sha256::digest(bytes)) == a.span_digests[i]
     }
 
     /// An artifact made by hand as `build` makes one from the store, for a gzip layer.
@@ -583,7 +545,7 @@ mod tests {
         for i in 0..back.span_count() {
             let (s, e) = back.compressed_range(i);
             let span = &blob[s as usize..e as usize];
-            back.check_span(i, span).unwrap();
+            assert!(span_matches(&back, i, span));
             let (us, ue) = c.span_range(i);
             assert_eq!(c.decode_span_from(i, span).unwrap(), &tar[us as usize..ue as usize]);
         }
@@ -591,7 +553,7 @@ mod tests {
         let (s, _) = back.compressed_range(1);
         bad[s as usize + 3] ^= 1;
         let (s, e) = back.compressed_range(1);
-        assert!(back.check_span(1, &bad[s as usize..e as usize]).is_err());
+        assert!(!span_matches(&back, 1, &bad[s as usize..e as usize]));
     }
 
     /// A reader with the head alone fetches the one window a span needs, checks it, and
@@ -608,11 +570,11 @@ mod tests {
         let i = back.span_count() - 1;
         let (ws, we) = ranges[i];
         let window = &bytes[ws as usize..we as usize];
-        back.windows[i].check(window).unwrap();
-        assert!(back.windows[i].check(&window[1..]).is_err());
+        assert!(back.windows[i].matches(window));
+        assert!(!back.windows[i].matches(&window[1..]));
         let (s, e) = back.compressed_range(i);
         let span = &blob[s as usize..e as usize];
-        back.check_span(i, span).unwrap();
+        assert!(span_matches(&back, i, span));
         let Spans::Checkpoints(c) = &mut back.spans else { panic!("gzip spans") };
         let (us, ue) = c.span_range(i);
         let tar = tar();

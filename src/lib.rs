@@ -23,7 +23,6 @@
 
 pub mod cli;
 pub mod digest;
-pub mod fetch;
 pub mod filter;
 pub mod fs;
 pub mod fuse;
@@ -31,11 +30,15 @@ pub mod fusermount;
 pub mod image;
 pub mod index_artifact;
 pub mod layer;
+pub mod layer_source;
 pub mod local_source;
 pub mod log;
+pub mod origin;
 pub mod reference;
 pub mod referrers;
+pub mod register;
 pub mod registry;
+pub mod resolve;
 pub mod server;
 pub mod store;
 pub mod template;

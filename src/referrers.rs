@@ -12,10 +12,11 @@
 //! twice gives the same manifest digest and leaves the referrers list as it was.
 
 use crate::digest::Digest;
-use crate::image::{self, Descriptor, ManifestKind, Platform};
+use crate::image::{self, Descriptor, Platform};
 use crate::index_artifact::{self, Expected, IndexArtifact};
 use crate::reference::Reference;
 use crate::registry::{Client, RegistryError};
+use crate::resolve;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -85,34 +86,9 @@ pub enum Error {
     HeadMismatch { layer: Digest },
     #[error("the windows of the index of layer {layer} do not fill its blob")]
     WindowsDoNotFill { layer: Digest },
-    #[error("cannot get {image}")]
-    GetImage {
-        image: String,
-        #[source]
-        source: Box<RegistryError>,
-    },
-    /// A manifest or index that is not one.
+    /// The image itself could not be resolved.
     #[error(transparent)]
-    Manifest(#[from] image::Error),
-    /// No image for the platform in the index.
-    #[error("{image}")]
-    Platform {
-        image: String,
-        #[source]
-        source: image::Error,
-    },
-    #[error("{image}: the index for {platform} points at another index")]
-    NestedIndex { image: String, platform: String },
-    #[error("{image}: image config claims {size} bytes")]
-    ConfigTooLarge { image: String, size: u64 },
-    #[error("{image}: bad config")]
-    BadConfig {
-        image: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{image}: config lists {diff_ids} diff_ids for {layers} layers")]
-    DiffIdCount { image: String, diff_ids: usize, layers: usize },
+    Resolve(Box<resolve::Error>),
     #[error(transparent)]
     Artifact(#[from] index_artifact::Error),
     #[error(transparent)]
@@ -124,6 +100,12 @@ pub enum Error {
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 // Boxed: a `RegistryError` inline would make every `Result` here large.
+impl From<resolve::Error> for Error {
+    fn from(e: resolve::Error) -> Error {
+        Error::Resolve(Box::new(e))
+    }
+}
+
 impl From<RegistryError> for Error {
     fn from(e: RegistryError) -> Error {
         Error::Registry(Box::new(e))
@@ -446,49 +428,18 @@ fn load_heads(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Hea
 /// The image `r` names in its registry, without storing anything: its manifest (the
 /// `platform` one from an index), layers and diff_ids.
 pub fn remote_image(client: &Client, r: &Reference, platform: Option<&Platform>) -> Result<Image> {
-    let (reg, repo) = (r.registry.as_str(), r.repository.as_str());
-    let name = r.to_string();
-    let top = client
-        .get_manifest(reg, repo, &r.manifest_reference())
-        .map_err(|source| Error::GetImage { image: name.clone(), source: Box::new(source) })?;
-    let (manifest, fetched) = match image::parse_manifest(&top.media_type, &top.body)? {
-        ManifestKind::Image(m) => (m, top),
-        ManifestKind::Index(idx) => {
-            let want = platform.cloned().unwrap_or_else(Platform::host);
-            let d = image::platform_manifest(&idx.manifests, &want)
-                .map_err(|source| Error::Platform { image: name.clone(), source })?;
-            let sub = client.get_manifest(reg, repo, d.digest.as_str())?;
-            match image::parse_manifest(&sub.media_type, &sub.body)? {
-                ManifestKind::Image(m) => (m, sub),
-                ManifestKind::Index(_) => return Err(Error::NestedIndex { image: name, platform: want.to_string() }),
-            }
-        }
-    };
-    if manifest.config.size > 32 << 20 {
-        return Err(Error::ConfigTooLarge { image: name, size: manifest.config.size });
-    }
-    let mut config = Vec::new();
-    client.download_blob(reg, repo, &manifest.config.digest, Some(manifest.config.size), &mut config)?;
-    let config: image::ImageConfig =
-        serde_json::from_slice(&config).map_err(|source| Error::BadConfig { image: name.clone(), source })?;
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(Error::DiffIdCount {
-            image: name,
-            diff_ids: config.rootfs.diff_ids.len(),
-            layers: manifest.layers.len(),
-        });
-    }
+    let found = resolve::remote_image(client, r, platform, |_| None)?;
     Ok(Image {
         registry: r.registry.clone(),
         repository: r.repository.clone(),
         manifest: Descriptor {
-            media_type: fetched.media_type,
-            digest: fetched.digest,
-            size: fetched.body.len() as u64,
+            media_type: found.manifest.media_type,
+            size: found.manifest.body.len() as u64,
+            digest: found.manifest.digest,
             platform: None,
             annotations: None,
         },
-        layers: manifest.layers,
-        diff_ids: config.rootfs.diff_ids,
+        layers: found.parsed.layers,
+        diff_ids: found.config.rootfs.diff_ids,
     })
 }

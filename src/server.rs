@@ -12,14 +12,16 @@
 //! device, and `umount DIR` waits for the server of the mount it took off DIR.
 
 use crate::digest::Digest;
-use crate::fetch::{self, StoreLayers};
 use crate::fs::Fs;
 use crate::fuse::{self, MountSettings};
 use crate::image::{ImageConfig, Platform};
+use crate::layer::ingest::LayerProgress;
 use crate::layer::spans::SpanCache;
+use crate::layer_source::{ImageLayers, IndexLookup};
 use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
-use crate::registry::{Client, ClientOptions};
+use crate::register;
+use crate::registry::LazyClient;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
     detach, holders, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mount_table, mountpoint_path,
@@ -107,7 +109,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error(transparent)]
-    Fetch(#[from] crate::fetch::Error),
+    Register(#[from] crate::register::Error),
+    #[error(transparent)]
+    Layers(#[from] crate::layer_source::Error),
     #[error(transparent)]
     LocalSource(#[from] crate::local_source::Error),
 }
@@ -129,6 +133,47 @@ pub struct Settings {
 /// How long `imgfs mount` waits for its background server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Makes the background server's command line from the image ID and the mountpoint.
+pub type ServerCommand = dyn FnOnce(&Digest, &Path) -> std::io::Result<Command>;
+
+/// How `mount` serves once the image is held.
+pub enum Serving {
+    /// In this process, until unmounted (`-f`, and what a background server runs).
+    Foreground(Settings),
+    /// In a background server started from this command line, given the image ID and
+    /// the checked mountpoint; `mount` returns once the mountpoint answers.
+    Background(Box<ServerCommand>),
+}
+
+/// `imgfs mount REF DIR`, from the mountpoint check to the end of the serving: the
+/// image is resolved and held (or, for a background server, found by the ID its
+/// parent resolved and holds), then served here or by a background server, and the
+/// hold is let go once the server has recorded itself.
+pub fn mount(
+    store: &Store,
+    client: Arc<LazyClient>,
+    reference: &str,
+    dir: &Path,
+    platform: Option<&Platform>,
+    resolved_id: Option<&str>,
+    serving: Serving,
+) -> Result<()> {
+    let dir = prepare_mountpoint(dir)?;
+    let (record, config) = match resolved_id {
+        // A server started by `imgfs mount`: its parent holds the image for it.
+        Some(id) => local_image(store, id)?,
+        None => resolve(store, &client, reference, &dir, platform)?,
+    };
+    let result = match serving {
+        Serving::Foreground(settings) => serve(store, client, &settings, reference, &dir, record, config),
+        Serving::Background(command) => {
+            command(&record.id, &dir).map_err(Error::Spawn).and_then(|cmd| start_background(store, &dir, cmd))
+        }
+    };
+    release_hold(store);
+    result
+}
+
 /// Find the image locally (by name or ID, and of the platform asked for), else fetch
 /// its manifest and config from the registry (`client` is called only then) and
 /// register it; layers are left for the mount to fetch. Whichever it is, the image is
@@ -136,7 +181,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// that a `prune -a` or `rm` before the server records itself leaves it alone.
 pub fn resolve(
     store: &Store,
-    client: &dyn Fn() -> Result<Arc<Client>, crate::registry::RegistryError>,
+    client: &LazyClient,
     reference: &str,
     dir: &Path,
     platform: Option<&Platform>,
@@ -159,8 +204,8 @@ pub fn resolve(
         return Ok(found);
     }
     let r = Reference::parse(reference)?;
-    let resolved = fetch::resolve(&*client()?, store, &r, platform)?;
-    fetch::register_and(store, &resolved, &r, |_| hold(store, &resolved.record.id, reference, dir))?;
+    let resolved = register::resolve(&*client.get()?, store, &r, platform)?;
+    register::register_and(store, &resolved, &r, |_| hold(store, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))
 }
 
@@ -176,7 +221,7 @@ fn resolve_local(
 ) -> Result<(ImageRecord, ImageConfig)> {
     let image = local_source::resolve(local, platform)?;
     let resolved =
-        fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+        register::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
     if local.layout_dir().is_none() {
         for l in &resolved.record.layers {
             if !store.has_blob(&l.digest) {
@@ -184,18 +229,8 @@ fn resolve_local(
             }
         }
     }
-    fetch::register_names(store, &resolved, &image.names, |_| hold(store, &resolved.record.id, reference, dir))?;
+    register::register_names(store, &resolved, &image.names, |_| hold(store, &resolved.record.id, reference, dir))?;
     Ok((resolved.record, resolved.config))
-}
-
-/// The OCI layout a mount reads layer blobs from in place: the one named by the
-/// mount's reference, else the one the image was first read from.
-fn layout_of(reference: &str, record: &ImageRecord) -> Option<PathBuf> {
-    [reference, record.source.as_str()].into_iter().find_map(|s| {
-        let local = LocalRef::parse(s)?.ok()?;
-        let dir = local.layout_dir()?;
-        Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
-    })
 }
 
 /// A mount record of this process marked `starting`: the image is in use from now on.
@@ -223,13 +258,13 @@ fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<()
 
 /// End the hold `resolve` took: the server has recorded itself (or failed). In the
 /// foreground the server is this process and its record replaced the hold already.
-pub fn release_hold(store: &Store) {
+fn release_hold(store: &Store) {
     store.remove_mount_record(std::process::id());
 }
 
 /// Check that `dir` can be mounted on, and return its canonical path: a directory,
 /// not mounted already. A dead imgfs mount there is detached first.
-pub fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
+fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     clear_dead_mount(dir)?;
     let io = |source| Error::Mountpoint { dir: dir.to_path_buf(), source };
     if !std::fs::metadata(dir).map_err(io)?.is_dir() {
@@ -335,7 +370,7 @@ fn detach_own(dir: &Path, device: &str) -> Result<bool> {
 }
 
 /// The image a background server was started for, found by the ID its parent resolved.
-pub fn local_image(store: &Store, id: &str) -> Result<(ImageRecord, ImageConfig)> {
+fn local_image(store: &Store, id: &str) -> Result<(ImageRecord, ImageConfig)> {
     let db = store.db()?;
     let (id, _) = db.find(id)?;
     record_and_config(store, &db, id)
@@ -352,7 +387,7 @@ fn record_and_config(store: &Store, db: &crate::store::db::Db, id: Digest) -> Re
 /// Start `server` (an `imgfs mount -f` command line) as a detached background process
 /// logging to a file under the store, and return once its mountpoint `dir` answers.
 /// Its last log line is the error when it exits first.
-pub fn start_background(store: &Store, dir: &Path, mut server: Command) -> Result<()> {
+fn start_background(store: &Store, dir: &Path, mut server: Command) -> Result<()> {
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S");
     let log = store.logs_dir().join(format!("mount-{stamp}-{}.log", std::process::id()));
     // Private like everything in the store (see store::FILE_MODE), whatever the umask.
@@ -404,7 +439,7 @@ pub fn start_background(store: &Store, dir: &Path, mut server: Command) -> Resul
 /// removed at the end, here.
 pub fn serve(
     store: &Store,
-    options: &ClientOptions,
+    client: Arc<LazyClient>,
     settings: &Settings,
     reference: &str,
     dir: &Path,
@@ -413,31 +448,29 @@ pub fn serve(
 ) -> Result<()> {
     let allow_other = settings.allow_other;
     limit_malloc_arenas();
-    let options = options.clone();
-    let client: Box<fetch::ClientFn> = {
-        let cell = std::sync::OnceLock::new();
-        Box::new(move || {
-            if let Some(c) = cell.get() {
-                return Ok(Arc::clone(c));
-            }
-            let c = Arc::new(Client::new(options.clone())?);
-            Ok(Arc::clone(cell.get_or_init(|| c)))
-        })
-    };
-    let spans = Arc::new(SpanCache::new(settings.read_cache << 20));
     let source = record.source.clone();
-    let report: Box<fetch::ReportFn> = Box::new(move |i, layer| {
-        Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn fetch::LayerProgress>
+    let report = Box::new(move |i, layer: &crate::image::Descriptor| {
+        Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn LayerProgress>
     });
-    let in_place = layout_of(reference, &record);
-    let index_client = (!settings.no_index && in_place.is_none()).then(&client);
-    let mut layers = StoreLayers::new(store.clone(), client, &record, &config, spans, in_place, report);
-    if let Some(c) = index_client {
+    let mut layers = ImageLayers::new(store.clone(), client, &record, &config, reference)?
+        .with_spans(Arc::new(SpanCache::new(settings.read_cache << 20)))
+        .with_report(report);
+    if !settings.no_index {
         // One cache, and so one bound, for every layer read by Range. eStargz layers
         // need no index artifact: their own TOC serves them.
         let cache = Arc::new(crate::store::cache::DiskCache::open(store, settings.cache_size));
-        layers.use_estargz(Arc::clone(&cache));
-        use_published_index(store, &record, &config, c, &mut layers, cache, settings.cache_size);
+        match layers.use_range_reads(cache) {
+            IndexLookup::Skipped => {}
+            IndexLookup::Using { index, served } => tracing::info!(
+                "using published index {index}: {served} of {} layers served by range reads (cache bound {})",
+                record.layers.len(),
+                indicatif::BinaryBytes(settings.cache_size)
+            ),
+            IndexLookup::NoneUsable(e) => tracing::warn!(
+                "no usable published index ({}); layers are fetched whole on first use",
+                crate::log::Chain(&*e)
+            ),
+        }
     }
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.
@@ -506,64 +539,6 @@ pub fn serve(
     result.map_err(|source| Error::Serve { dir: dir.to_path_buf(), source })
 }
 
-/// Look for an index published for the image (`imgfs index push`) and serve the
-/// layers that are not in the store from it, by Range. Without one, or with one that
-/// does not check out, layers are downloaded whole on first use, as the log says: a
-/// mount never depends on an index, which only saves bytes.
-fn use_published_index(
-    store: &Store,
-    record: &ImageRecord,
-    config: &ImageConfig,
-    client: fetch::Result<Arc<Client>>,
-    layers: &mut StoreLayers,
-    cache: Arc<crate::store::cache::DiskCache>,
-    cache_size: u64,
-) {
-    if LocalRef::parse(&record.source).is_some() {
-        return;
-    }
-    let all_stored = record.layers.iter().all(|l| {
-        crate::layer::IndexFile::is_current(&store.index_path(&l.digest), l.digest.as_str())
-            && store.has_blob(&l.digest)
-    });
-    if all_stored {
-        return;
-    }
-    let Some((registry, repository)) = record.source.split_once('/') else { return };
-    let image = crate::referrers::Image {
-        registry: registry.to_string(),
-        repository: repository.to_string(),
-        // Only the digest is used to find referrers; the size is for publishing.
-        manifest: crate::image::Descriptor {
-            media_type: record.manifest_media_type.clone(),
-            digest: record.manifest.clone(),
-            size: 0,
-            platform: None,
-            annotations: None,
-        },
-        layers: record.layers.clone(),
-        diff_ids: config.rootfs.diff_ids.clone(),
-    };
-    type Cause = Box<dyn std::error::Error + Send + Sync>;
-    let found = client
-        .map_err(Cause::from)
-        .and_then(|c| crate::referrers::find_heads(&c, &image).map(|(d, heads)| (c, d, heads)).map_err(Cause::from));
-    match found {
-        Ok((c, digest, heads)) => {
-            let n = layers.use_published(heads, c, cache);
-            tracing::info!(
-                "using published index {digest}: {n} of {} layers served by range reads (cache bound {})",
-                record.layers.len(),
-                indicatif::BinaryBytes(cache_size)
-            );
-        }
-        Err(e) => tracing::warn!(
-            "no usable published index ({}); layers are fetched whole on first use",
-            crate::log::Chain(&*e)
-        ),
-    }
-}
-
 /// How a layer fetched under a mount shows in the server's log: a line when the
 /// download starts, one at each tenth of the layer and one every `FetchLog::EVERY` in
 /// between (a slow link still shows it is moving), and one when it is all here and
@@ -591,7 +566,7 @@ impl FetchLog {
     }
 }
 
-impl fetch::LayerProgress for FetchLog {
+impl LayerProgress for FetchLog {
     fn downloading(&self, done: u64, total: u64) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
@@ -634,10 +609,13 @@ impl fetch::LayerProgress for FetchLog {
     }
 }
 
-/// glibc gives each thread a malloc arena of its own and keeps what is freed there.
-/// FUSE workers and read-ahead threads each decode 1 MiB spans, and the memory their
-/// arenas kept was about half the server's RSS (four readers on the bench image: 132 MB
-/// with the default of 8 arenas per core, 72 MB with 2). One per core is plenty.
+/// glibc gives each thread a malloc arena of its own (up to 8 per core by default) and
+/// keeps what is freed in an arena for that arena's next use. FUSE workers and
+/// read-ahead threads each decode 1 MiB spans, so each arena ends up holding span-sized
+/// buffers that no other thread reuses, and the server's memory grows with the number
+/// of threads that have read rather than with what is being read. These threads spend
+/// their time in I/O and inflate, not in malloc, so one arena per core costs them
+/// nothing; scripts/bench's peak-RSS figure is where the difference shows.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -811,7 +811,7 @@ fn server_errors_are_transient_and_keep_the_registry_message() {
 }
 
 // ---------------------------------------------------------------------------------
-// Credentials: where they may go, and where they must never show (issue 8)
+// Credentials: where they may go, and where they must never show
 
 /// A loopback registry whose bearer challenge names `realm` and `scope`; it never takes
 /// a token (these tests are about what happens before).

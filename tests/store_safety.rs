@@ -155,7 +155,7 @@ fn gc_never_removes_a_pull_in_flight() {
 fn record_writes_survive_a_concurrent_temp_sweep() {
     let Some(_) = outcome::test_env() else { return };
     // Every tag writes images.json through a temp file; the sweep of tmp/ in prune
-    // used to remove it midway ("cannot write images.json").
+    // must not remove it midway (the tag would fail: "cannot write images.json").
     let store = tempfile::tempdir().unwrap();
     let root = store.path();
     let name = image("base:1");

@@ -155,7 +155,7 @@ fn indexes(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
         .images
         .values()
         .filter_map(|rec| {
-            let dir = crate::local_source::LocalRef::parse(&rec.source)?.ok()?.layout_dir()?.to_path_buf();
+            let dir = crate::origin::Origin::parse(&rec.source).ok()?.layout_dir()?.to_path_buf();
             Some(
                 rec.layers
                     .iter()

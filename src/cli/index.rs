@@ -4,16 +4,16 @@
 //! REF` finds it again from the registry alone and says what it holds.
 
 use super::Context;
-use crate::fetch::{self, LayerProgress};
 use crate::image::{Descriptor, Platform};
 use crate::index_artifact::{IndexArtifact, Spans};
+use crate::layer::ingest::LayerProgress;
+use crate::layer_source::ImageLayers;
 use crate::reference::Reference;
 use crate::referrers::{self, Image};
-use crate::registry::Client;
+use crate::register;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use std::io::Write;
-use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -75,14 +75,14 @@ fn push(ctx: &Context, args: PushArgs) -> Result<()> {
     let store = &ctx.store;
     // The index is built from what a pull stores, so the image is pulled first (a
     // no-op for layers already stored and indexed) and kept under its name.
-    let resolved = fetch::resolve(&client, store, &r, platform.as_ref())?;
-    let client_fn = || -> Result<Arc<Client>, fetch::Error> { Ok(Arc::clone(&client)) };
+    let resolved = register::resolve(&client, store, &r, platform.as_ref())?;
     let layers = resolved.record.layers.clone();
     let diff_ids = resolved.config.rootfs.diff_ids.clone();
-    for (l, diff_id) in layers.iter().zip(&diff_ids) {
-        fetch::prepare_layer(&client_fn, store, &resolved.record.source, l, diff_id, &Quiet)?;
+    let sourcing = ImageLayers::new(store.clone(), ctx.lazy_client(), &resolved.record, &resolved.config, "")?;
+    for i in 0..layers.len() {
+        sourcing.prepare(i, &Quiet)?;
     }
-    fetch::register(store, &resolved, &r)?;
+    register::register(store, &resolved, &r)?;
     let manifest = Descriptor {
         media_type: resolved.record.manifest_media_type.clone(),
         size: store.read_blob(&resolved.record.manifest)?.len() as u64,

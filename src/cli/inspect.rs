@@ -8,9 +8,10 @@
 use super::Context;
 use crate::digest::Digest;
 use crate::image::ImageConfig;
+use crate::layer::ingest::unpacked_size;
 use crate::local_source::{self, LocalRef};
 use crate::reference::familiar_ref;
-use crate::store::db::{layer_unpacked_size, ImageRecord};
+use crate::store::db::ImageRecord;
 use crate::store::Store;
 use crate::template::Template;
 use anyhow::{bail, Context as _, Result};
@@ -282,7 +283,7 @@ fn inspect(store: &Store, img: &ImageRecord, bytes: &[u8], tags: Vec<String>) ->
         architecture: config.architecture.clone(),
         variant: config.variant.clone().filter(|v| !v.is_empty()),
         os: config.os.clone(),
-        size: img.unpacked_size(store),
+        size: img.unpacked_size(|l| unpacked_size(store, l)),
         graph_driver: GraphDriver { data: None, name: "imgfs".into() },
         root_fs: RootFs { kind: "layers".into(), layers: config.rootfs.diff_ids.clone() },
         // Tag times are not recorded; the time the image entered the store is the
@@ -300,7 +301,7 @@ fn inspect(store: &Store, img: &ImageRecord, bytes: &[u8], tags: Vec<String>) ->
                 size: l.size,
                 media_type: l.media_type.clone(),
                 present: store.has_blob(&l.digest),
-                uncompressed_size: layer_unpacked_size(store, l),
+                uncompressed_size: unpacked_size(store, l),
             })
             .collect(),
         source: img.source.clone(),

@@ -133,7 +133,7 @@ fn rows_of(store: &Store, filter: &ListFilter, db: &Db, img: &Candidate) -> Vec<
     // The unpacked size reads every layer's index: only for an image that is listed,
     // and once however many rows it has.
     let unpacked = std::cell::OnceCell::new();
-    let size = || *unpacked.get_or_init(|| img.rec.unpacked_size(store));
+    let size = || *unpacked.get_or_init(|| img.rec.unpacked_size(|l| crate::layer::ingest::unpacked_size(store, l)));
     let wanted = |name: &str, full: &str| filter.wants_name(name, full);
     let mut rows = Vec::new();
     let mut tagged_repos = HashSet::new();

@@ -16,12 +16,12 @@ pub mod search;
 pub mod tag;
 pub mod umount;
 
-use crate::registry::{Client, ClientOptions};
+use crate::registry::{Client, ClientOptions, LazyClient};
 use crate::store::Store;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(name = "imgfs", version, about = "Mount container images as read-only directory trees")]
@@ -83,21 +83,21 @@ pub enum Command {
 /// What every subcommand gets: the store and a lazily built registry client.
 pub struct Context {
     pub store: Store,
-    client_options: ClientOptions,
-    client: OnceLock<Arc<Client>>,
+    client: Arc<LazyClient>,
 }
 
 impl Context {
     pub fn client(&self) -> Result<Arc<Client>, crate::registry::RegistryError> {
-        if let Some(c) = self.client.get() {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(Client::new(self.client_options.clone())?);
-        Ok(self.client.get_or_init(|| c).clone())
+        self.client.get()
+    }
+
+    /// The client, not built yet, for code that may never need it.
+    pub fn lazy_client(&self) -> Arc<LazyClient> {
+        Arc::clone(&self.client)
     }
 
     pub fn client_options(&self) -> &ClientOptions {
-        &self.client_options
+        self.client.options()
     }
 }
 
@@ -115,12 +115,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let ctx = Context {
         store: Store::open(&root)?,
-        client_options: ClientOptions {
+        client: Arc::new(LazyClient::new(ClientOptions {
             insecure_registries: insecure,
             docker_config_dir: None,
             timeout: cli.timeout.map(std::time::Duration::from_secs),
-        },
-        client: OnceLock::new(),
+        })),
     };
     // A server killed with SIGKILL leaves its record and a dead mountpoint (ENOTCONN
     // to everything) behind: the next everyday command clears both. Not `umount`, which

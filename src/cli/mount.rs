@@ -9,6 +9,7 @@
 use super::Context;
 use crate::digest::Digest;
 use crate::image::Platform;
+use crate::registry::ClientOptions;
 use crate::server;
 use crate::template::Format;
 use anyhow::{Context as _, Result};
@@ -60,49 +61,44 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     let (Some(reference), Some(dir)) = (args.reference.clone(), args.dir.clone()) else {
         return list(ctx, args.format.as_deref());
     };
-    let dir = server::prepare_mountpoint(&dir)?;
-    let (record, config) = match &args.resolved_id {
-        // A server started by `imgfs mount`: its parent holds the image for it.
-        Some(id) => server::local_image(&ctx.store, id)?,
-        None => {
-            // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
-            let platform = args.platform.as_deref().filter(|p| !p.is_empty());
-            let platform = platform.map(Platform::parse).transpose()?;
-            server::resolve(&ctx.store, &|| ctx.client(), &reference, &dir, platform.as_ref())?
-        }
-    };
-    let result = if args.foreground {
-        let settings = server::Settings {
+    // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
+    let platform = args.platform.as_deref().filter(|p| !p.is_empty());
+    let platform = platform.map(Platform::parse).transpose()?;
+    let resolved_id = args.resolved_id.clone();
+    let serving = if args.foreground {
+        server::Serving::Foreground(server::Settings {
             allow_other: args.allow_other,
             read_cache: args.read_cache,
             cache_size: args.cache_size,
             no_index: args.no_index,
-        };
-        Ok(server::serve(&ctx.store, ctx.client_options(), &settings, &reference, &dir, record, config)?)
+        })
     } else {
-        server_command(ctx, root, &reference, &dir, &record.id, &args)
-            .and_then(|cmd| Ok(server::start_background(&ctx.store, &dir, cmd)?))
+        let root = root.to_path_buf();
+        let options = ctx.client_options().clone();
+        server::Serving::Background(Box::new(move |id: &Digest, dir: &Path| {
+            server_command(&options, &root, id, dir, &args)
+        }))
     };
-    server::release_hold(&ctx.store);
-    result
+    let id = resolved_id.as_deref();
+    Ok(server::mount(&ctx.store, ctx.lazy_client(), &reference, &dir, platform.as_ref(), id, serving)?)
 }
 
 /// The command line of the background server: this program in the foreground mode,
 /// with the global options that matter to it and the image its parent resolved.
 fn server_command(
-    ctx: &Context,
+    options: &ClientOptions,
     root: &Path,
-    reference: &str,
-    dir: &Path,
     id: &Digest,
+    dir: &Path,
     args: &Args,
-) -> Result<Command> {
+) -> std::io::Result<Command> {
+    let Some(reference) = &args.reference else { unreachable!("a mount names its image") };
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--root").arg(root);
-    for h in &ctx.client_options().insecure_registries {
+    for h in &options.insecure_registries {
         cmd.arg("--insecure-registry").arg(h);
     }
-    if let Some(t) = ctx.client_options().timeout {
+    if let Some(t) = options.timeout {
         cmd.arg("--timeout").arg(t.as_secs().to_string());
     }
     cmd.args(["mount", "-f", "--resolved-id", id.as_str()]);

@@ -3,15 +3,15 @@
 //! terminal), and printing the image's reference on stdout.
 
 use super::Context;
-use crate::fetch;
 use crate::image::Platform;
+use crate::layer::ingest::LayerProgress;
+use crate::layer_source::ImageLayers;
 use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
-use crate::registry::Client;
+use crate::register;
 use anyhow::{bail, Context as _, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -69,7 +69,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
         r.tag.as_deref().unwrap_or(&r.manifest_reference()),
         r.familiar_name()
     ));
-    let resolved = fetch::resolve(&client, store, r, platform)?;
+    let resolved = register::resolve(&client, store, r, platform)?;
     let layers = &resolved.record.layers;
     let missing: Vec<usize> = (0..layers.len()).filter(|&i| !store.has_blob(&layers[i].digest)).collect();
     // One line per layer, in the manifest's order, as docker shows them.
@@ -78,7 +78,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     // Fetch and index in parallel, a thread per core taking layers off a shared queue.
     // A stored layer without a current index is indexed too (checked against the
     // config's diff_id on the way), so a later mount starts with nothing to parse.
-    let client_fn = || -> Result<Arc<Client>, fetch::Error> { Ok(Arc::clone(&client)) };
+    let sourcing = ImageLayers::new(store.clone(), ctx.lazy_client(), &resolved.record, &resolved.config, "")?;
     let queue = std::sync::Mutex::new(0..layers.len());
     let errors = std::sync::Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(layers.len());
@@ -86,9 +86,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
         for _ in 0..threads {
             s.spawn(|| loop {
                 let Some(i) = queue.lock().unwrap().next() else { break };
-                let l = &layers[i];
-                let diff_id = &resolved.config.rootfs.diff_ids[i];
-                match fetch::prepare_layer(&client_fn, store, &resolved.record.source, l, diff_id, &lines[i]) {
+                match sourcing.prepare(i, &lines[i]) {
                     Ok(()) => lines[i].complete(),
                     Err(e) => {
                         lines[i].failed();
@@ -110,7 +108,7 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
             .get(&resolved.record.id)
             .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
     };
-    fetch::register(store, &resolved, r)?;
+    register::register(store, &resolved, r)?;
     display.say(&format!("Digest: {}", resolved.top_digest));
     let shown = r.familiar();
     if up_to_date {
@@ -130,17 +128,14 @@ fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: b
     let display = Display::new(quiet);
     let image = local_source::resolve(r, platform)?;
     let resolved =
-        fetch::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
-    let no_registry =
-        || -> Result<Arc<Client>, fetch::Error> { Err(fetch::Error::Invalid(format!("{r} is not a registry"))) };
-    for (l, diff_id) in resolved.record.layers.iter().zip(&resolved.config.rootfs.diff_ids) {
+        register::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
+    let sourcing = ImageLayers::new(store.clone(), ctx.lazy_client(), &resolved.record, &resolved.config, "")?;
+    for (i, l) in resolved.record.layers.iter().enumerate() {
         let line = display.layer(l.digest.short(), !store.has_blob(&l.digest));
         let copied = if store.has_blob(&l.digest) { Ok(()) } else { image.copy_blob(store, l).map_err(Into::into) };
         // The blob is in the store now: this indexes it (checking its diff_id) and
         // never asks a registry.
-        match copied
-            .and_then(|()| Ok(fetch::prepare_layer(&no_registry, store, &resolved.record.source, l, diff_id, &line)?))
-        {
+        match copied.and_then(|()| Ok(sourcing.prepare(i, &line)?)) {
             Ok(()) => line.complete(),
             Err(e) => {
                 line.failed();
@@ -148,7 +143,7 @@ fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: b
             }
         }
     }
-    fetch::register_names(store, &resolved, &image.names, |_| Ok::<_, anyhow::Error>(()))?;
+    register::register_names(store, &resolved, &image.names, |_| Ok::<_, anyhow::Error>(()))?;
     display.say(&format!("Digest: {}", resolved.top_digest));
     // The one result: the image's name, or its ID when the source gave it none (as
     // podman prints).
@@ -232,7 +227,7 @@ impl LayerLine {
     }
 }
 
-impl fetch::LayerProgress for LayerLine {
+impl LayerProgress for LayerLine {
     fn downloading(&self, done: u64, total: u64) {
         let Some(bar) = &self.bar else { return };
         if bar.length() != Some(total) {

@@ -16,7 +16,7 @@
 
 use super::checkpoints::Checkpoints;
 use super::estargz::Chunk;
-use super::remote::Remote;
+use super::remote::{Estargz, Published};
 use super::spans::SpanCache;
 use super::Entry;
 use super::{Context, Result};
@@ -37,7 +37,7 @@ pub enum LayerData {
     /// the span cache shared by all reads, as a compressed layer's spans are, so a
     /// sequential reader inflates and checks each chunk once, not once per read.
     Estargz {
-        remote: Remote,
+        remote: Estargz,
         files: Vec<Vec<Chunk>>,
         /// The cache key of file `i`'s first chunk; its chunk `j` is `first[i] + j`.
         first: Vec<usize>,
@@ -164,7 +164,7 @@ enum Source {
     /// Its blob (or re-encoded form) in the store or in place.
     Stored(Stored),
     /// Its registry, span by span, through a published index.
-    Remote(Remote),
+    Remote(Published),
 }
 
 pub struct Compressed {
@@ -244,13 +244,13 @@ impl LayerData {
 
     /// A compressed layer read from its registry by Range, span by span, as its
     /// published index (whose checkpoints these are, without windows) allows.
-    pub fn remote(remote: Remote, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
+    pub fn remote(remote: Published, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
         Self::compressed_from(Source::Remote(remote), checkpoints, spans)
     }
 
     /// An eStargz layer read chunk by chunk from its registry, `files` as its TOC lays
     /// them out, decoded chunks kept in `spans`.
-    pub fn estargz(remote: Remote, files: Vec<Vec<Chunk>>, spans: Arc<SpanCache>) -> LayerData {
+    pub fn estargz(remote: Estargz, files: Vec<Vec<Chunk>>, spans: Arc<SpanCache>) -> LayerData {
         let first = files
             .iter()
             .scan(0, |next, chunks| {

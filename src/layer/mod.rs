@@ -27,6 +27,7 @@ pub mod build;
 pub mod checkpoints;
 pub mod data;
 pub mod estargz;
+pub mod ingest;
 pub mod reframe;
 pub mod remote;
 pub mod spans;
@@ -96,8 +97,8 @@ impl<T> Context<T> for Option<T> {
     }
 }
 
-/// foldhash: faster than the default SipHash on short paths (building the tables of a
-/// 50k-entry layer took 26 ms instead of 32), and seeded at random per process, so a
+/// foldhash: faster than the default SipHash on short keys such as paths, which is most
+/// of what building a layer's tables hashes, and seeded at random per process, so a
 /// layer can't be crafted to make every path collide.
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
@@ -350,9 +351,9 @@ pub enum Access {
 /// The index file's first bytes, then a format version: a file of another version
 /// is rebuilt from the blob, never misread.
 const MAGIC: &[u8; 8] = b"IMGFSIDX";
-/// 3: names are bytes (2 kept them as strings, with non-UTF-8 bytes mapped to
-/// private-use characters that a real name could also hold).
-/// 4: a CRC-32 per 64 KiB block of the stored data file, checked on every read from disk.
+/// This version's format: entry names are bytes, as the tar header has them (not
+/// strings, which a non-UTF-8 name would not survive), and the stored data file has a
+/// CRC-32 per 64 KiB block, checked on every read from disk.
 const VERSION: u32 = 4;
 
 impl IndexFile {

@@ -20,6 +20,7 @@ pub mod blob;
 mod credentials;
 mod endpoint;
 mod error;
+mod lazy;
 pub mod login;
 mod mirrors;
 mod push;
@@ -28,6 +29,7 @@ pub mod search;
 mod tls;
 
 pub use error::RegistryError;
+pub use lazy::LazyClient;
 
 use crate::digest::Digest;
 use crate::image;

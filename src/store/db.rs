@@ -50,22 +50,15 @@ impl ImageRecord {
 
 impl ImageRecord {
     /// The image's size unpacked, as podman counts it: the sum of its layers'
-    /// uncompressed tar sizes, known once a layer is indexed, plus its config (podman
-    /// also counts the manifest). A layer not fetched yet (a lazily mounted image)
-    /// counts with its compressed size, the best figure known before its bytes have been
-    /// seen.
-    pub fn unpacked_size(&self, store: &Store) -> u64 {
+    /// uncompressed tar sizes, known once a layer is indexed (`layer_size` says), plus
+    /// its config (podman also counts the manifest). A layer not fetched yet (a lazily
+    /// mounted image) counts with its compressed size, the best figure known before its
+    /// bytes have been seen.
+    pub fn unpacked_size(&self, layer_size: impl Fn(&Descriptor) -> Option<u64>) -> u64 {
         // Sizes of layers not fetched come from a manifest, which may claim sizes that
         // add up past u64.
-        self.layers
-            .iter()
-            .fold(self.config.size, |sum, l| sum.saturating_add(layer_unpacked_size(store, l).unwrap_or(l.size)))
+        self.layers.iter().fold(self.config.size, |sum, l| sum.saturating_add(layer_size(l).unwrap_or(l.size)))
     }
-}
-
-/// A layer's uncompressed tar size, if it is indexed in the store.
-pub fn layer_unpacked_size(store: &Store, layer: &Descriptor) -> Option<u64> {
-    crate::layer::IndexFile::uncompressed_size(&store.index_path(&layer.digest), layer.digest.as_str(), layer.size).ok()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //!
 //! It runs under the exclusive `gc.lock`. Everything that writes blobs holds the same
 //! lock shared (a lease) while it works: a pull from its first blob through the record
-//! that names the image (`fetch::Resolved` carries the lease), a mount server while it
+//! that names the image (`register::Resolved` carries the lease), a mount server while it
 //! fetches and indexes a layer, `imgfs check` while it looks. So a sweep never removes
 //! a blob between its download and the record that names it. flock has no writer
 //! preference: a lease taken while a sweep waits is granted, so nested leases in one

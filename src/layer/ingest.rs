@@ -1,0 +1,492 @@
+//! Bringing one layer into the store and opening it for reads. A layer's blob is
+//! downloaded while the same bytes are indexed, in one pass (digest, decompression
+//! with checkpoints, diff_id, table of contents), or a blob already on disk (in the
+//! store, or in an OCI layout read where it is) is indexed in one read; then the
+//! result is committed: the form reads will decode from is picked (the blob itself, or
+//! a re-encoded copy of a zstd layer in one big frame), checksummed, and the index file
+//! written. Only a layer whose digest and diff_id check out is kept.
+//!
+//! Where a layer's blob comes from when it is not stored is not decided here: the
+//! caller (`layer_source`) names it.
+
+use super::build::{self, Built};
+use super::checkpoints::{Format, IndexingDecoder};
+use super::data::BlockSums;
+use super::reframe::FrameWriter;
+use super::spans::SpanCache;
+use super::{Access, IndexFile, LayerData, LayerIndex};
+use crate::digest::Digest;
+use crate::image::{Compression, Descriptor};
+use crate::registry::blob::BlobSink;
+use crate::registry::{Client, LazyClient, RegistryError};
+use crate::store::Store;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+
+/// What goes wrong bringing a layer into the store. The texts are what users see after
+/// `imgfs: error:` and in a mount's log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What failed (fetching, indexing a layer…), over its cause.
+    #[error("{what}")]
+    Context {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The layer is not what it must be, or has nowhere to come from; the text says what.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Layer(#[from] super::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Error::Context`: `what` failed, because of the cause given.
+fn failed<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
+    move |e| Error::Context { what: what.into(), source: e.into() }
+}
+
+/// What a layer fetch reports while it runs, for whoever shows it: `pull` draws bars
+/// on a terminal, a mount server writes lines to its log. The fetch code only calls
+/// these; it never prints. Calls come from the thread doing the fetch.
+pub trait LayerProgress: Sync {
+    /// `done` of `total` compressed bytes have arrived (back to 0 if the registry sent
+    /// the blob again from the start).
+    fn downloading(&self, _done: u64, _total: u64) {}
+    /// The bytes are all here; the digest, diff_id and index are being finished (or,
+    /// for a blob already stored, computed in one pass over it).
+    fn verifying(&self) {}
+}
+
+/// A layer ready to serve: its table of contents and random access to its data.
+pub type Loaded = (Arc<LayerIndex>, Arc<LayerData>);
+
+/// Where a layer's blob is when it is not in the store.
+pub enum BlobSource<'a> {
+    /// In the repository of a registry: downloaded into the store.
+    Registry { client: &'a LazyClient, registry: &'a str, repository: &'a str },
+    /// In an OCI layout: read where it is, never copied.
+    Layout(&'a Path),
+    /// Nowhere else (an image read from an archive, whose blobs were copied in when it
+    /// was read): `what` names the source for the error.
+    Nowhere { what: String },
+}
+
+impl BlobSource<'_> {
+    /// The layer's blob in the layout, if it is there.
+    fn in_layout(&self, layer: &Descriptor) -> Option<PathBuf> {
+        let BlobSource::Layout(dir) = self else { return None };
+        let p = dir.join("blobs/sha256").join(layer.digest.hex());
+        p.is_file().then_some(p)
+    }
+}
+
+/// Is the layer ready to open without indexing: an index in the current format, and
+/// the blob it indexes (in the store, or in `layout`)? Reads the index's header only.
+pub fn is_ready(store: &Store, layer: &Descriptor, layout: Option<&Path>) -> bool {
+    IndexFile::is_current(&store.index_path(&layer.digest), layer.digest.as_str())
+        && blob_file(store, layer, layout).is_some()
+}
+
+/// The file a layer's data is read from: the store's blob, else one in the layout.
+fn blob_file(store: &Store, layer: &Descriptor, layout: Option<&Path>) -> Option<PathBuf> {
+    if store.has_blob(&layer.digest) {
+        return Some(store.blob_path(&layer.digest));
+    }
+    BlobSource::Layout(layout?).in_layout(layer)
+}
+
+/// Make sure a layer is stored (or in place in its layout) and indexed, without
+/// opening it when it already is: a pull of an image already in the store reads one
+/// header per layer, not every table of contents and checkpoint.
+pub fn prepare(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    from: &BlobSource<'_>,
+    progress: &dyn LayerProgress,
+) -> Result<()> {
+    if is_ready(store, layer, layout_of(from)) {
+        return Ok(());
+    }
+    // Nothing will read file data through these layers.
+    let spans = Arc::new(SpanCache::new(0));
+    load(store, layer, diff_id, &spans, from, progress).map(drop)
+}
+
+fn layout_of<'a>(from: &BlobSource<'a>) -> Option<&'a Path> {
+    match from {
+        BlobSource::Layout(dir) => Some(dir),
+        _ => None,
+    }
+}
+
+/// Make a layer ready to serve: from its index in the store if it has one; else by
+/// indexing its blob in the store, or in the layout `from` names (checked against its
+/// digest on the way, not copied); else by downloading the blob from `from` and
+/// indexing it on the way, in one pass. A process fetching the same blob is waited
+/// for, not repeated: one fetcher per blob, through a lock in the store.
+pub fn load(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    spans: &Arc<SpanCache>,
+    from: &BlobSource<'_>,
+    progress: &dyn LayerProgress,
+) -> Result<Loaded> {
+    // One lease against garbage collection for the whole load, from the first byte
+    // written to the index that names the blob.
+    let _lease = store.writer_guard()?;
+    let layout = layout_of(from);
+    if let Some(l) = open(store, layer, spans, layout) {
+        return Ok(l);
+    }
+    let _fetching = store.fetch_lock(&layer.digest)?;
+    if let Some(l) = open(store, layer, spans, layout) {
+        return Ok(l); // another process made it ready while we waited
+    }
+    let compression = Compression::of_media_type(&layer.media_type)?;
+    let built = if store.has_blob(&layer.digest) {
+        progress.verifying();
+        index_local(store, layer, compression, diff_id)?
+    } else if let Some(blob) = from.in_layout(layer) {
+        progress.verifying();
+        let built = index_in_place(store, &blob, layer, compression, diff_id)?;
+        return finish(store, &blob, layer, compression, built, spans)
+            .map_err(failed(format!("cannot index layer {}", layer.digest)));
+    } else {
+        match from {
+            BlobSource::Registry { client, registry, repository } => {
+                match download_and_index(
+                    &*client.get()?,
+                    store,
+                    (registry, repository),
+                    layer,
+                    compression,
+                    diff_id,
+                    progress,
+                )? {
+                    Some(done) => done,
+                    // The registry restarted the blob midway; the blob is whole and
+                    // verified now, so index it from the store.
+                    None => index_local(store, layer, compression, diff_id)?,
+                }
+            }
+            BlobSource::Layout(dir) => {
+                let what = dir.display();
+                return Err(Error::Invalid(format!(
+                    "layer {} is neither in the store nor in oci:{what}",
+                    layer.digest
+                )));
+            }
+            BlobSource::Nowhere { what } => {
+                return Err(Error::Invalid(format!("layer {} is neither in the store nor in {what}", layer.digest)));
+            }
+        }
+    };
+    finish(store, &store.blob_path(&layer.digest), layer, compression, built, spans)
+        .map_err(failed(format!("cannot index layer {}", layer.digest)))
+}
+
+/// The layer from its index and blob, if both are there and usable. An index of another
+/// format version is not: the layer is indexed again.
+pub fn open(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>, layout: Option<&Path>) -> Option<Loaded> {
+    let blob = blob_file(store, layer, layout)?;
+    let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
+    let data = open_data(store, &blob, layer, file.access, file.sums, spans);
+    Some((Arc::new(file.index), Arc::new(data.ok()?)))
+}
+
+/// Index a blob that stays where it is (an OCI layout's), checking its digest as it
+/// is read, since nothing else did. A zstd layer in one big frame gets its re-encoded
+/// copy in the store as usual.
+fn index_in_place(
+    store: &Store,
+    blob: &Path,
+    layer: &Descriptor,
+    compression: Compression,
+    diff_id: &Digest,
+) -> Result<(Built, Reframe)> {
+    let file = File::open(blob).map_err(failed(format!("cannot open layer {}", blob.display())))?;
+    let mut hashing = crate::digest::HashingReader::new(file);
+    let mut copy = reframe(store, compression)?;
+    let built = build::index_layer(&mut hashing, compression, Some(diff_id), as_sink(&mut copy))
+        .map_err(Error::from)
+        .and_then(|b| {
+            // The indexer may stop at the tar's end: the digest covers the whole file.
+            io::copy(&mut hashing, &mut io::sink())?;
+            let (actual, _) = hashing.finish();
+            if actual != layer.digest {
+                return Err(Error::Invalid(format!("{} is corrupt: its content hashes to {actual}", blob.display())));
+            }
+            Ok(b)
+        })
+        .map_err(failed(format!("layer {}", layer.digest)));
+    match built {
+        Ok(b) => Ok((b, copy)),
+        Err(e) => {
+            discard(copy);
+            Err(e)
+        }
+    }
+}
+
+/// The layer's data, every read from disk checked against `sums`.
+fn open_data(
+    store: &Store,
+    blob: &Path,
+    layer: &Descriptor,
+    access: Access,
+    sums: BlockSums,
+    spans: &Arc<SpanCache>,
+) -> Result<LayerData> {
+    Ok(match access {
+        Access::Plain => LayerData::tar_checked(blob, sums),
+        Access::Checkpoints(c) => LayerData::compressed_checked(blob, c, Arc::clone(spans), Some(sums)),
+        Access::Reframed(c) => {
+            LayerData::compressed_checked(&store.reframed_path(&layer.digest), c, Arc::clone(spans), Some(sums))
+        }
+    }?)
+}
+
+/// Where a zstd layer's uncompressed stream is re-encoded in frames while it is
+/// indexed, in case it turns out to be one big frame.
+type Reframe = Option<(PathBuf, FrameWriter<File>)>;
+
+fn reframe(store: &Store, compression: Compression) -> Result<Reframe> {
+    if compression != Compression::Zstd {
+        return Ok(None);
+    }
+    let (path, file) = store.temp_file()?;
+    Ok(Some((path, FrameWriter::new(file, build::SPAN as usize)?)))
+}
+
+fn as_sink(r: &mut Reframe) -> Option<&mut dyn Write> {
+    r.as_mut().map(|(_, w)| w as &mut dyn Write)
+}
+
+fn discard(r: Reframe) {
+    if let Some((p, _)) = r {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Index a layer whose blob is in the store: one pass over the file.
+fn index_local(
+    store: &Store,
+    layer: &Descriptor,
+    compression: Compression,
+    diff_id: &Digest,
+) -> Result<(Built, Reframe)> {
+    let blob = File::open(store.blob_path(&layer.digest))
+        .map_err(failed(format!("layer {} is not in the store", layer.digest)))?;
+    let mut copy = reframe(store, compression)?;
+    match build::index_layer(blob, compression, Some(diff_id), as_sink(&mut copy)) {
+        Ok(built) => Ok((built, copy)),
+        Err(e) => {
+            discard(copy);
+            Err(failed(format!("layer {}", layer.digest))(e))
+        }
+    }
+}
+
+/// Download a layer blob into the store while indexing it from the same bytes, on a
+/// thread of its own fed through a bounded channel. `Ok(None)`: the blob is stored and
+/// verified, but the registry sent it again from the start midway, so the indexer saw
+/// a broken stream; index it from the store.
+fn download_and_index(
+    client: &Client,
+    store: &Store,
+    (registry, repository): (&str, &str),
+    layer: &Descriptor,
+    compression: Compression,
+    diff_id: &Digest,
+    progress: &dyn LayerProgress,
+) -> Result<Option<(Built, Reframe)>> {
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+    let mut copy = reframe(store, compression)?;
+    std::thread::scope(|s| {
+        let indexer = s.spawn(move || {
+            let built = build::index_layer(ChannelReader::new(rx), compression, Some(diff_id), as_sink(&mut copy));
+            (built, copy)
+        });
+        let mut restarted = false;
+        let mut outcome = None;
+        let stored = store.put_blob_with(&layer.digest, |file| -> Result<Digest> {
+            let mut sink = TeeSink {
+                file,
+                tx: Some(tx),
+                sent: false,
+                restarted: &mut restarted,
+                received: 0,
+                total: layer.size,
+                progress,
+            };
+            let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
+            drop(sink); // the indexer sees the end of the stream
+            if downloaded.is_ok() {
+                // The indexer may still be a few seconds behind the network.
+                progress.verifying();
+            }
+            let (built, copy) = indexer.join().map_err(|_| Error::Invalid("the layer indexer panicked".into()))?;
+            downloaded.map_err(failed(format!("cannot fetch layer {} from {registry}/{repository}", layer.digest)))?;
+            if restarted {
+                discard(copy);
+            } else {
+                // Only a layer whose content checks out is kept.
+                outcome = Some((built.map_err(failed(format!("layer {}", layer.digest)))?, copy));
+            }
+            Ok(layer.digest.clone())
+        });
+        stored.map(|()| outcome)
+    })
+}
+
+/// Writes a blob to its file and hands each chunk to the indexer. If the indexer
+/// stopped (a bad layer), the download still completes; the indexer's error decides.
+struct TeeSink<'a> {
+    file: &'a mut File,
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Has the indexer been handed any bytes?
+    sent: bool,
+    restarted: &'a mut bool,
+    /// Bytes of the blob written so far, of `total`, for `progress`.
+    received: u64,
+    total: u64,
+    progress: &'a dyn LayerProgress,
+}
+
+impl Write for TeeSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.received += buf.len() as u64;
+        self.progress.downloading(self.received, self.total);
+        if let Some(tx) = &self.tx {
+            self.sent = true;
+            if tx.send(buf.to_vec()).is_err() {
+                self.tx = None;
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobSink for TeeSink<'_> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.file.restart()?;
+        self.received = 0;
+        self.progress.downloading(0, self.total);
+        // The client empties the sink before its first request too: only bytes the
+        // indexer has seen and that no longer count cut it off.
+        if self.sent {
+            self.tx = None;
+            *self.restarted = true;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the chunks a `TeeSink` sends; ends when the sender is dropped.
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Vec<u8>>) -> ChannelReader {
+        ChannelReader { rx, chunk: Vec::new(), at: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => (self.chunk, self.at) = (c, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Save a freshly built index (keeping the re-encoded form only of a layer that can't
+/// be entered midway) and open the layer.
+fn finish(
+    store: &Store,
+    blob: &Path,
+    layer: &Descriptor,
+    compression: Compression,
+    (built, copy): (Built, Reframe),
+    spans: &Arc<SpanCache>,
+) -> Result<Loaded> {
+    let reframed = store.reframed_path(&layer.digest);
+    let access = match (compression, built.checkpoints, copy) {
+        (Compression::None, _, copy) => {
+            discard(copy);
+            Access::Plain
+        }
+        // A gzip checkpoint can only sit at a deflate block boundary, so a rare span
+        // runs long; decoding it is still far cheaper than another form of the layer.
+        (Compression::Gzip, Some(c), copy) => {
+            discard(copy);
+            Access::Checkpoints(c)
+        }
+        // zstd can only restart at a frame start: a layer in big frames is read from
+        // its re-encoded form.
+        (_, Some(c), copy) if c.is_seekable() => {
+            discard(copy);
+            Access::Checkpoints(c)
+        }
+        (_, _, Some((tmp, writer))) => {
+            let file = writer.finish()?;
+            file.sync_all()?;
+            let mut frames = IndexingDecoder::new(File::open(&tmp)?, Format::Zstd, build::SPAN)?;
+            io::copy(&mut frames, &mut io::sink())?;
+            let c = frames.finish()?;
+            std::fs::rename(&tmp, &reframed).map_err(failed(format!("cannot write {}", reframed.display())))?;
+            Access::Reframed(c)
+        }
+        (_, _, None) => {
+            return Err(Error::Invalid(format!("layer {} can't be read midway and was not re-encoded", layer.digest)))
+        }
+    };
+    let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
+    // Checksums of what reads will come from, taken right after the blob's digest (and
+    // the layer's diff_id) checked out; the file is still in the page cache.
+    let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { blob };
+    let sums =
+        File::open(stored).and_then(BlockSums::of).map_err(failed(format!("cannot read {}", stored.display())))?;
+    let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
+    store.write_derived(&store.index_path(&layer.digest), |f| -> Result<()> {
+        Ok(file.save(layer.digest.as_str(), f)?)
+    })?;
+    let IndexFile { index, access, sums } = file;
+    let data = open_data(store, blob, layer, access, sums, spans)?;
+    Ok((Arc::new(index), Arc::new(data)))
+}
+
+/// A layer's uncompressed tar size, if it is indexed in the store (read from its
+/// index's head).
+pub fn unpacked_size(store: &Store, layer: &Descriptor) -> Option<u64> {
+    IndexFile::uncompressed_size(&store.index_path(&layer.digest), layer.digest.as_str(), layer.size).ok()
+}

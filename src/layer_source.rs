@@ -1,0 +1,333 @@
+//! Where each layer of an image comes from, decided in one place. Given an image (its
+//! record and config) this picks, per layer, the first that can serve it:
+//! 1. the store: the blob stored and indexed (or, for an image read from an OCI
+//!    layout, the blob read where it is, with its index in the store);
+//! 2. a published index (`imgfs index push`, found through `referrers`): the table of
+//!    contents from the index, the data span by span by HTTP Range;
+//! 3. an eStargz layer's own TOC: the data chunk by chunk by Range;
+//! 4. the blob, downloaded from the image's registry, or indexed where it is in its
+//!    layout, and kept in the store (`layer::ingest`).
+//!
+//! [`ImageLayers`] is what a mount's union (`tree`) reads its layers from, each loaded
+//! on first use and once; `pull` and `index push` call [`ImageLayers::prepare`] to get
+//! every layer into the store without opening it.
+
+use crate::digest::Digest;
+use crate::image::{Descriptor, ImageConfig};
+use crate::index_artifact::Spans;
+use crate::layer::estargz;
+use crate::layer::ingest::{self, BlobSource, LayerProgress, Loaded};
+use crate::layer::remote::{Estargz, Published, RangeSource};
+use crate::layer::spans::SpanCache;
+use crate::layer::{Contents, LayerData, LayerIndex};
+use crate::origin::Origin;
+use crate::referrers;
+use crate::registry::LazyClient;
+use crate::store::cache::DiskCache;
+use crate::store::db::ImageRecord;
+use crate::store::Store;
+use crate::tree::{LayerSource, SourceError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Why a layer could not be served. The texts are what a mount's log and `pull` show.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the image config lists {diff_ids} diff_ids for {layers} layers")]
+    DiffIdCount { diff_ids: usize, layers: usize },
+    #[error("bad TOC digest annotation {0:?}")]
+    TocAnnotation(String, #[source] crate::digest::Error),
+    #[error(transparent)]
+    Origin(#[from] crate::origin::Error),
+    /// Boxed: inline it would make every `Result` here large.
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::Error),
+    #[error(transparent)]
+    Ingest(#[from] ingest::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::registry::RegistryError> for Error {
+    fn from(e: crate::registry::RegistryError) -> Error {
+        Error::Registry(Box::new(e))
+    }
+}
+
+/// Makes the progress reporter for a fetch of layer `i` (`pull`'s bar, a mount's log).
+pub type ReportFn = dyn Fn(usize, &Descriptor) -> Box<dyn LayerProgress> + Send + Sync;
+
+/// The layers of one image, each made ready on first use: callers that need a layer
+/// being loaded wait for that layer alone, and `is_local` never waits.
+pub struct ImageLayers {
+    store: Store,
+    client: Arc<LazyClient>,
+    origin: Origin,
+    /// The image manifest the layers are listed in: what a published index is for.
+    manifest: Descriptor,
+    layers: Vec<Descriptor>,
+    diff_ids: Vec<Digest>,
+    spans: Arc<SpanCache>,
+    /// An OCI layout whose layer blobs are read where they are, not copied.
+    layout: Option<PathBuf>,
+    report: Box<ReportFn>,
+    loaded: Vec<OnceLock<Loaded>>,
+    /// Held while a layer loads, so that this process loads it once.
+    loading: Vec<Mutex<()>>,
+    /// Layers known to be stored and indexed: a layer once there stays while the image
+    /// is held, so the store is asked once.
+    ready: Vec<AtomicBool>,
+    /// Layers to serve by Range through their published index, until loaded.
+    published: Vec<Mutex<Option<PublishedLayer>>>,
+    /// The disk cache for pieces fetched by Range; `None`: no published index is looked
+    /// for, and eStargz layers are downloaded whole like others.
+    range_cache: Option<Arc<DiskCache>>,
+}
+
+/// A layer's published index, as a mount serves the layer from it: its table of
+/// contents, its checkpoints (without windows) and where to fetch spans and windows.
+struct PublishedLayer {
+    contents: Contents,
+    checkpoints: crate::layer::checkpoints::Checkpoints,
+    remote: Published,
+}
+
+/// What became of the search for a published index.
+pub enum IndexLookup {
+    /// Not looked for: every layer is stored, the image is from a local source, or
+    /// Range reads are off.
+    Skipped,
+    /// Found: `served` of the image's layers will be read by Range.
+    Using { index: Digest, served: usize },
+    /// None usable: layers are fetched whole on first use.
+    NoneUsable(SourceError),
+}
+
+impl ImageLayers {
+    /// The layers of `record`, whose config is `config`. `reference` is what the user
+    /// named the image by: an `oci:` layout there is read in place, as is the one the
+    /// image was first read from.
+    pub fn new(
+        store: Store,
+        client: Arc<LazyClient>,
+        record: &ImageRecord,
+        config: &ImageConfig,
+        reference: &str,
+    ) -> Result<ImageLayers> {
+        let origin = Origin::parse(&record.source)?;
+        let layout = [Origin::parse(reference).ok().as_ref(), Some(&origin)].into_iter().flatten().find_map(|o| {
+            let dir = o.layout_dir()?;
+            Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+        });
+        let n = record.layers.len();
+        Ok(ImageLayers {
+            store,
+            client,
+            origin,
+            manifest: Descriptor {
+                media_type: record.manifest_media_type.clone(),
+                digest: record.manifest.clone(),
+                // Only the digest is used to find referrers; the size is for publishing.
+                size: 0,
+                platform: None,
+                annotations: None,
+            },
+            layers: record.layers.clone(),
+            diff_ids: config.rootfs.diff_ids.clone(),
+            spans: Arc::new(SpanCache::new(0)),
+            layout,
+            report: Box::new(|_, _| Box::new(Silent)),
+            loaded: (0..n).map(|_| OnceLock::new()).collect(),
+            loading: (0..n).map(|_| Mutex::new(())).collect(),
+            ready: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            published: (0..n).map(|_| Mutex::new(None)).collect(),
+            range_cache: None,
+        })
+    }
+
+    /// Keep decoded spans of compressed layers in `spans` (shared by every read).
+    pub fn with_spans(mut self, spans: Arc<SpanCache>) -> ImageLayers {
+        self.spans = spans;
+        self
+    }
+
+    /// Report each layer fetch through what `report` makes for it.
+    pub fn with_report(mut self, report: Box<ReportFn>) -> ImageLayers {
+        self.report = report;
+        self
+    }
+
+    /// Read layers that are not stored by Range where the registry allows it (a
+    /// published index, an eStargz TOC), through `cache`; then look for a published
+    /// index. An image from a layout is read in place and an image from an archive has
+    /// no registry, so neither is looked up.
+    pub fn use_range_reads(&mut self, cache: Arc<DiskCache>) -> IndexLookup {
+        if self.layout.is_some() {
+            return IndexLookup::Skipped;
+        }
+        self.range_cache = Some(Arc::clone(&cache));
+        let Some((registry, repository)) = self.origin.registry() else { return IndexLookup::Skipped };
+        if (0..self.layers.len()).all(|i| self.is_stored(i)) {
+            return IndexLookup::Skipped;
+        }
+        let image = referrers::Image {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            manifest: self.manifest.clone(),
+            layers: self.layers.clone(),
+            diff_ids: self.diff_ids.clone(),
+        };
+        let found = self
+            .client
+            .get()
+            .map_err(SourceError::from)
+            .and_then(|c| referrers::find_heads(&c, &image).map(|found| (c, found)).map_err(SourceError::from));
+        let (client, (index, heads)) = match found {
+            Ok(found) => found,
+            Err(e) => return IndexLookup::NoneUsable(e),
+        };
+        let mut served = 0;
+        for (i, head) in heads.into_iter().enumerate() {
+            if self.is_stored(i) {
+                continue; // read from the store, as without an index
+            }
+            let a = head.artifact;
+            let Spans::Checkpoints(checkpoints) = a.spans else { continue };
+            let remote = Published {
+                source: RangeSource {
+                    client: Arc::clone(&client),
+                    registry: registry.to_string(),
+                    repository: repository.to_string(),
+                    cache: Arc::clone(&cache),
+                },
+                layer: a.layer,
+                artifact: head.blob,
+                span_digests: a.span_digests,
+                windows: a.windows,
+                window_ranges: head.window_ranges,
+            };
+            *self.published[i].get_mut().unwrap_or_else(|p| p.into_inner()) =
+                Some(PublishedLayer { contents: a.contents, checkpoints, remote });
+            served += 1;
+        }
+        IndexLookup::Using { index, served }
+    }
+
+    /// Make sure layer `i` is stored and indexed, without opening it if it is: what
+    /// `pull` and `index push` need. Never reads by Range.
+    pub fn prepare(&self, i: usize, progress: &dyn LayerProgress) -> Result<()> {
+        let diff_id = self.diff_id(i)?;
+        let from = self.blob_source();
+        Ok(ingest::prepare(&self.store, &self.layers[i], diff_id, &from, progress)?)
+    }
+
+    /// Is layer `i` stored and indexed (its blob in the store, or in its layout)?
+    fn is_stored(&self, i: usize) -> bool {
+        if self.ready[i].load(Ordering::Relaxed) {
+            return true;
+        }
+        let ready = ingest::is_ready(&self.store, &self.layers[i], self.layout.as_deref());
+        self.ready[i].store(ready, Ordering::Relaxed);
+        ready
+    }
+
+    fn diff_id(&self, i: usize) -> Result<&Digest> {
+        // Records and config are checked against each other at pull; records edited or
+        // damaged since are an error here, not a panic.
+        self.diff_ids.get(i).ok_or(Error::DiffIdCount { diff_ids: self.diff_ids.len(), layers: self.layers.len() })
+    }
+
+    /// Where a blob that is not stored is read from.
+    fn blob_source(&self) -> BlobSource<'_> {
+        if let Some(dir) = &self.layout {
+            return BlobSource::Layout(dir);
+        }
+        match &self.origin {
+            Origin::Registry { registry, repository } => {
+                BlobSource::Registry { client: &self.client, registry, repository }
+            }
+            Origin::Local(l) => BlobSource::Nowhere { what: l.to_string() },
+        }
+    }
+
+    /// An eStargz layer's table of contents and data from its footer and TOC, fetched
+    /// by Range. `None` when the layer is not eStargz, is stored, or Range reads are
+    /// off; an error when its TOC is unusable.
+    fn open_estargz(&self, i: usize) -> Result<Option<Loaded>> {
+        let layer = &self.layers[i];
+        let annotation = layer.annotations.as_ref().and_then(|a| a.get(estargz::TOC_DIGEST_ANNOTATION));
+        let (Some(cache), Some(annotation)) = (&self.range_cache, annotation) else { return Ok(None) };
+        let Some((registry, repository)) = self.origin.registry() else { return Ok(None) };
+        if self.store.has_blob(&layer.digest) {
+            return Ok(None);
+        }
+        let want: Digest = annotation.parse().map_err(|e| Error::TocAnnotation(annotation.clone(), e))?;
+        let remote = Estargz {
+            source: RangeSource {
+                client: self.client.get()?,
+                registry: registry.to_string(),
+                repository: repository.to_string(),
+                cache: Arc::clone(cache),
+            },
+            layer: layer.digest.clone(),
+        };
+        let layout = estargz::open(layer.size, &want, |a, b| remote.blob_range(a, b))?;
+        let index = Arc::new(LayerIndex::new(layout.contents));
+        Ok(Some((index, Arc::new(LayerData::estargz(remote, layout.files, Arc::clone(&self.spans))))))
+    }
+
+    fn load(&self, i: usize) -> Result<Loaded> {
+        if let Some(l) = self.loaded[i].get() {
+            return Ok(l.clone());
+        }
+        let _one_loader = self.loading[i].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = self.loaded[i].get() {
+            return Ok(l.clone());
+        }
+        let diff_id = self.diff_id(i)?;
+        let published = self.published[i].lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(p) = published {
+            let index = Arc::new(LayerIndex::new(p.contents));
+            let data = Arc::new(LayerData::remote(p.remote, p.checkpoints, Arc::clone(&self.spans)));
+            return Ok(self.loaded[i].get_or_init(|| (index, data)).clone());
+        }
+        let layer = &self.layers[i];
+        match self.open_estargz(i) {
+            Ok(Some(loaded)) => {
+                tracing::info!("layer {} is eStargz: served from its TOC by range reads", layer.digest);
+                return Ok(self.loaded[i].get_or_init(|| loaded).clone());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "eStargz layer {}: {}; downloading it whole instead",
+                layer.digest,
+                crate::log::Chain(&e)
+            ),
+        }
+        let progress = (self.report)(i, layer);
+        let loaded = ingest::load(&self.store, layer, diff_id, &self.spans, &self.blob_source(), &*progress)?;
+        Ok(self.loaded[i].get_or_init(|| loaded).clone())
+    }
+}
+
+/// Progress nobody is shown.
+struct Silent;
+impl LayerProgress for Silent {}
+
+impl LayerSource for ImageLayers {
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
+        Ok(self.load(i)?.0)
+    }
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
+        Ok(self.load(i)?.1)
+    }
+    fn is_local(&self, i: usize) -> bool {
+        self.loaded[i].get().is_some() || self.published[i].lock().is_ok_and(|p| p.is_some()) || self.is_stored(i)
+    }
+}
