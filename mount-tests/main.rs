@@ -31,6 +31,7 @@ mod faultproxy;
 mod faults;
 mod fleet;
 mod hostile;
+mod inspect;
 mod lifecycle;
 mod local_sources;
 #[path = "../tests/outcome/mod.rs"]
