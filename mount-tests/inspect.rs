@@ -74,6 +74,12 @@ fn cat_gives_the_reference_bytes_of_linked_readded_unicode_and_long_named_files(
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(out.stdout, reference_file("base:1", "usr/bin/true"));
 
+    // --platform and local sources, as pull takes them.
+    let arm = imgfs_ok(store.root(), &["cat", "--platform", "linux/arm64", &image("multi:1"), "/etc/arch"]);
+    assert_eq!(arm, "arm64\n");
+    let layout = format!("oci:{}:app-1", env().dir.join("work/oci").display());
+    assert_eq!(imgfs_ok(store.root(), &["cat", &layout, "/etc/hostname"]), "app-1\n");
+
     for (path, why) in [
         ("/hardlinks", "is a directory"),
         ("/nope", "no such file or directory in the image"),
