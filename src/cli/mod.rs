@@ -2,13 +2,22 @@
 //! subcommand runs with. Each subcommand lives in its own module with its clap `Args`
 //! and its `run`.
 
+pub mod cat;
 pub mod check;
+pub mod cp;
+pub mod diff;
+pub mod export;
+pub mod files;
+pub mod history;
 pub mod index;
 pub mod inspect;
+pub mod layers;
 pub mod login;
 pub mod logout;
 pub mod ls;
 pub mod mount;
+pub mod opening;
+pub mod progress;
 pub mod prune;
 pub mod pull;
 pub mod rm;
@@ -80,6 +89,20 @@ pub enum Command {
     Check(check::Args),
     /// Publish layer indexes next to an image in its registry, or inspect them
     Index(index::Args),
+    /// Print files of an image to stdout, without a mount
+    Cat(cat::Args),
+    /// Copy a file or directory out of an image (`docker cp`), without a mount
+    Cp(cp::Args),
+    /// List the files of an image, without a mount
+    Files(files::Args),
+    /// Write an image's flattened tree as a tar stream (`docker export`)
+    Export(export::Args),
+    /// Show the paths that differ between two images
+    Diff(diff::Args),
+    /// Show an image's history (`docker history`)
+    History(history::Args),
+    /// Show what each layer adds, changes, removes and wastes (dive's figures)
+    Layers(layers::Args),
     /// Print a shell completion script (bash, elvish, fish, powershell, zsh)
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout, or write one page per command to a directory
@@ -158,6 +181,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(a) => check::run(&ctx, a),
         Command::Index(a) => index::run(&ctx, a),
         Command::Login(a) => login::run(&ctx, a),
+        Command::Cat(a) => cat::run(&ctx, a),
+        Command::Cp(a) => cp::run(&ctx, a),
+        Command::Files(a) => files::run(&ctx, a),
+        Command::Export(a) => export::run(&ctx, a),
+        Command::Diff(a) => diff::run(&ctx, a),
+        Command::History(a) => history::run(&ctx, a),
+        Command::Layers(a) => layers::run(&ctx, a),
         Command::Logout(a) => logout::run(&ctx, a),
         // Returned above, before the store was opened.
         Command::Completions(a) => completions(a),

@@ -2,18 +2,17 @@
 //! showing progress on stderr the way `docker pull` does (a live line per layer on a
 //! terminal), and printing the image's reference on stdout.
 
+use super::progress::{plain_style, LayerLine};
 use super::Context;
 use crate::image::Platform;
-use crate::layer::ingest::LayerProgress;
 use crate::layer_source::ImageLayers;
 use crate::local_source::{self, LocalRef};
 use crate::reference::Reference;
 use crate::register;
 use anyhow::{bail, Context as _, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use std::io::{IsTerminal, Write};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -271,62 +270,6 @@ impl Display {
                 Some(bar)
             }
         };
-        LayerLine { bar, missing }
-    }
-}
-
-fn plain_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix}: {msg}").expect("a valid template")
-}
-
-/// One layer's line; the fetch reports to it through `LayerProgress`.
-struct LayerLine {
-    bar: Option<ProgressBar>,
-    /// Fetched by this pull (not `Already exists`).
-    missing: bool,
-}
-
-impl LayerLine {
-    fn complete(&self) {
-        if let Some(bar) = &self.bar {
-            if self.missing {
-                bar.disable_steady_tick();
-                bar.set_style(plain_style());
-                bar.finish_with_message("Pull complete");
-            }
-        }
-    }
-
-    fn failed(&self) {
-        if let Some(bar) = &self.bar {
-            bar.disable_steady_tick();
-            bar.set_style(plain_style());
-            bar.abandon_with_message("Failed");
-        }
-    }
-}
-
-impl LayerProgress for LayerLine {
-    fn downloading(&self, done: u64, total: u64) {
-        let Some(bar) = &self.bar else { return };
-        if bar.length() != Some(total) {
-            // The first bytes: from `Waiting` to a bar.
-            bar.set_style(
-                ProgressStyle::with_template("{prefix}: {msg} [{bar:40}] {decimal_bytes}/{decimal_total_bytes}")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_message("Downloading");
-            bar.set_length(total);
-        }
-        bar.set_position(done);
-    }
-
-    fn verifying(&self) {
-        let Some(bar) = &self.bar else { return };
-        // Indexing can trail the download by seconds: a spinner shows it is alive.
-        bar.set_style(ProgressStyle::with_template("{prefix}: {msg} {spinner}").expect("a valid template"));
-        bar.set_message(if bar.length() == Some(0) { "Indexing" } else { "Verifying and indexing" });
-        bar.enable_steady_tick(Duration::from_millis(120));
+        LayerLine::new(bar, missing)
     }
 }
