@@ -46,6 +46,7 @@ pub mod register;
 pub mod registry;
 pub mod resolve;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tar_stream;
 pub mod template;

@@ -590,18 +590,7 @@ fn fsname(reference: &str) -> String {
     format!("imgfs:{}", reference.replace([',', ' '], "_"))
 }
 
-// ---- Signals: the server's one place for SIGINT, SIGTERM and SIGHUP ------------------
-//
-// A thread is created with its creator's signal mask, and the kernel hands a signal
-// sent to the process to any thread that doesn't block it. A thread started before the
-// mask was set (the blocking HTTP client's runtime, started while the image resolves)
-// would take SIGINT's default action and end the server without unmounting, leaving a
-// dead mountpoint and a stale record. So `main` blocks these signals before any thread
-// exists, and one thread waits for them and acts on how far the server got.
-//
-// These calls stay libc's: rustix has signal masks and sigwait only in its `runtime`
-// module (`kernel_sigprocmask`, `kernel_sigwait`), which is for implementing a libc
-// and bypasses the signals libc reserves for itself.
+// ---- Signals: what SIGINT, SIGTERM and SIGHUP do to a server ------------------------
 
 /// How far the server got, as the signal thread sees it.
 enum Phase {
@@ -622,35 +611,10 @@ enum Phase {
 
 static PHASE: Mutex<Phase> = Mutex::new(Phase::Starting);
 
-/// Block SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread started
-/// after it, and handle them on a thread of their own. Call it before any other
-/// thread starts.
-///
-/// A signal the server was started with ignored stays ignored, as in any program:
-/// `nohup` ignores SIGHUP, a script's background job SIGINT. (Blocked, it would be
-/// queued for `sigwait` instead of being dropped.)
+/// Handle SIGINT, SIGTERM and SIGHUP by how far the server got (see `Phase`). Call it
+/// before any other thread starts (see `signals`).
 pub fn handle_signals() {
-    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises;
-    // sigaction with a null new action only reads the current one.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            let ignored = libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN;
-            if !ignored {
-                libc::sigaddset(&mut set, s);
-            }
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let mut sig = 0;
-        // SAFETY: set is an initialised sigset_t and sig a writable int.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            continue;
-        }
+    let handled = crate::signals::handle(|sig| {
         let phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
         match &*phase {
             Phase::Starting => {
@@ -685,11 +649,7 @@ pub fn handle_signals() {
             Phase::Stopping => {}
         }
     });
-    if let Err(e) = spawned {
-        // Without the thread the signals would stay blocked and the server could not be
-        // stopped but by SIGKILL or an unmount; better to keep the default actions.
+    if let Err(e) = handled {
         tracing::warn!("cannot start the signal thread ({e}); signals end the server without unmounting");
-        // SAFETY: as above.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     }
 }

@@ -136,31 +136,11 @@ static LIVE: Mutex<Option<(MultiProgress, Vec<ProgressBar>)>> = Mutex::new(None)
 /// line, and the process exits with 128 + the signal. Killed mid-draw, it would leave
 /// the cursor after the last line's padding to the terminal's width. The signals are
 /// blocked here and waited for on a thread of their own; threads inherit the mask, so
-/// this runs before any other thread starts (the HTTP client's runtime among them).
-/// A signal the process was started with ignored stays ignored.
+/// this runs before any other thread starts (the HTTP client's runtime among them; see
+/// `signals`).
 fn close_display_on_signals() {
-    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises;
-    // sigaction with a null new action only reads the current one. (libc's, not
-    // rustix's: see server.rs on signals.)
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            let ignored = libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN;
-            if !ignored {
-                libc::sigaddset(&mut set, s);
-            }
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let mut sig = 0;
-        // SAFETY: set is an initialised sigset_t and sig a writable int.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            continue;
-        }
+    // Without the thread the signals keep their default action: nothing worse than before.
+    let _ = crate::signals::handle(|sig| {
         if let Some((multi, bars)) = LIVE.lock().unwrap_or_else(PoisonError::into_inner).take() {
             // suspend clears the lines and keeps every other thread from drawing
             // while the plain ones are written; the process ends inside it.
@@ -176,11 +156,6 @@ fn close_display_on_signals() {
         }
         std::process::exit(128 + sig);
     });
-    if spawned.is_err() {
-        // No thread to wait for them: the signals keep their default action.
-        // SAFETY: as above.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    }
 }
 
 /// Pull from an OCI layout or an archive: the same checks, store and lines as a
