@@ -6,41 +6,14 @@
 //! token with OAuth2's refresh-token grant instead. Where credentials come from is
 //! credentials.rs.
 
-use super::credentials::{CredentialSources, IDENTITY_TOKEN_USER};
+use super::credentials::{CredentialSources, Credentials};
 use super::endpoint;
-use super::error::RegistryError;
+use super::error::{RegistryError, TokenError};
 use super::Client;
-use base64::Engine as _;
 use reqwest::Url;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
-
-/// A user name and password (or personal access token) for one registry.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    // Never print the secret, not even in a debug dump.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <hidden>)", self.username)
-    }
-}
-
-impl Credentials {
-    fn basic_header(&self) -> String {
-        let pair = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-    }
-
-    /// The secret is an identity (refresh) token, not a password.
-    fn is_identity_token(&self) -> bool {
-        self.username == IDENTITY_TOKEN_USER
-    }
-}
 
 /// A `WWW-Authenticate` challenge we know how to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,15 +118,6 @@ pub(crate) fn token_lifetime(expires_in: Option<u64>, issued_at: Option<&str>, n
         .unwrap_or(Duration::ZERO);
     let left = life.saturating_sub(elapsed);
     left.saturating_sub((life / 10).min(Duration::from_secs(10)))
-}
-
-/// Why a token service's answer holds no usable token.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("token answer is not valid JSON")]
-    Json(#[source] serde_json::Error),
-    #[error("token answer has neither `token` nor `access_token`")]
-    NoToken,
 }
 
 /// The token service's answer: `token` (or the OAuth2 name `access_token`), with its life.
