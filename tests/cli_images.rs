@@ -232,6 +232,7 @@ impl Env {
             image: image.id.clone(),
             reference: "test".into(),
             starting: false,
+            device: None,
         };
         self.store.add_mount_record(&rec).unwrap();
         pid
@@ -614,7 +615,10 @@ fn the_mount_list_takes_formats() {
     );
     let json_line = env.imgfs(&["mount", "--format", "json"]).ok().to_string();
     let v: Value = serde_json::from_str(json_line.trim_end()).unwrap();
-    assert_eq!(v, json!({"Image": "test", "ID": img.short(), "Mountpoint": "/mnt/some/where", "PID": pid}));
+    assert_eq!(
+        v,
+        json!({"Image": "test", "ID": img.short(), "Mountpoint": "/mnt/some/where", "PID": pid, "Detached": false})
+    );
     assert_eq!(
         env.imgfs(&["mount", "--format", r#"{{printf "%-18s|" .Mountpoint}}{{.Image}}"#]).ok(),
         "/mnt/some/where   |test\n"
