@@ -23,6 +23,7 @@ mod fidelity;
 mod fleet;
 mod harness;
 mod hostile;
+mod inspect;
 mod layered;
 mod laziness;
 mod lifecycle;

@@ -233,6 +233,11 @@ impl Fs {
         FsStats { bytes: self.image_bytes, files: self.tree.node_count() as u64 }
     }
 
+    /// Where a non-directory's bytes are (see `Tree::data_origin`).
+    pub fn data_origin(&self, ino: Ino) -> Option<(usize, u64)> {
+        self.tree.data_origin(ino)
+    }
+
     pub fn root(&self) -> Ino {
         ROOT
     }

@@ -129,6 +129,17 @@ impl Platform {
     }
 }
 
+impl ImageConfig {
+    /// The platform the image was built for, None when its config names none.
+    pub fn platform(&self) -> Option<Platform> {
+        (!self.os.is_empty() && !self.architecture.is_empty()).then(|| Platform {
+            os: self.os.clone(),
+            architecture: normalise_arch(&self.architecture),
+            variant: self.variant.clone(),
+        })
+    }
+}
+
 fn normalise_arch(a: &str) -> String {
     match a {
         "x86_64" | "x86-64" => "amd64".into(),
@@ -237,6 +248,29 @@ pub struct ImageConfig {
     #[serde(default)]
     pub config: Option<RunConfig>,
     pub rootfs: RootFs,
+    /// How each layer was made, oldest first; entries with `empty_layer` made none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_default")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One step of an image's history, as the config records it (`docker history` shows these).
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct HistoryEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
+}
+
+/// A `null` where a list is expected reads as the empty list (Go writes nil slices so).
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]

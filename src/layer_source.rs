@@ -82,6 +82,8 @@ pub struct ImageLayers {
     ready: Vec<AtomicBool>,
     /// Layers to serve by Range through their published index, until loaded.
     published: Vec<Mutex<Option<PublishedLayer>>>,
+    /// The uncompressed length of each layer a published index serves, as it says.
+    published_sizes: Vec<Option<u64>>,
     /// The disk cache for pieces fetched by Range; `None`: no published index is looked
     /// for, and eStargz layers are downloaded whole like others.
     range_cache: Option<Arc<DiskCache>>,
@@ -144,6 +146,7 @@ impl ImageLayers {
             loading: (0..n).map(|_| Mutex::new(())).collect(),
             ready: (0..n).map(|_| AtomicBool::new(false)).collect(),
             published: (0..n).map(|_| Mutex::new(None)).collect(),
+            published_sizes: vec![None; n],
             range_cache: None,
         })
     }
@@ -196,6 +199,7 @@ impl ImageLayers {
             }
             let a = head.artifact;
             let Spans::Checkpoints(checkpoints) = a.spans else { continue };
+            self.published_sizes[i] = Some(a.uncompressed_size);
             let remote = Published {
                 source: RangeSource {
                     client: Arc::clone(&client),
@@ -222,6 +226,27 @@ impl ImageLayers {
         let diff_id = self.diff_id(i)?;
         let from = self.blob_source();
         Ok(ingest::prepare(&self.store, &self.layers[i], diff_id, &from, progress)?)
+    }
+
+    /// The length of layer `i`'s uncompressed tar (what `docker history` and `podman
+    /// history` show as its size): from its stored index, or from its published index;
+    /// else the layer is fetched and indexed as `pull` does (`progress` shows that).
+    pub fn unpacked_size(&self, i: usize, progress: &dyn LayerProgress) -> Result<u64> {
+        let layer = &self.layers[i];
+        if let Some(size) = ingest::unpacked_size(&self.store, layer) {
+            return Ok(size);
+        }
+        if let Some(size) = self.published_sizes[i] {
+            return Ok(size);
+        }
+        self.prepare(i, progress)?;
+        let path = self.store.index_path(&layer.digest);
+        Ok(crate::layer::IndexFile::uncompressed_size(&path, layer.digest.as_str(), layer.size)?)
+    }
+
+    /// The image's layer descriptors, bottom first.
+    pub fn descriptors(&self) -> &[Descriptor] {
+        &self.layers
     }
 
     /// Is layer `i` stored and indexed (its blob in the store, or in its layout)?

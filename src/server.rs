@@ -16,11 +16,8 @@ use crate::fs::Fs;
 use crate::fuse::{self, MountSettings};
 use crate::image::{ImageConfig, Platform};
 use crate::layer::ingest::LayerProgress;
-use crate::layer::spans::SpanCache;
-use crate::layer_source::{ImageLayers, IndexLookup};
-use crate::local_source::{self, LocalRef};
-use crate::reference::Reference;
-use crate::register;
+use crate::layer_source::IndexLookup;
+use crate::opened_image::{self, open_layers, Reading};
 use crate::registry::LazyClient;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
@@ -93,27 +90,18 @@ pub enum Error {
     #[error("{} is not an imgfs mount (it is {fstype} from {from}); unmount it with umount or fusermount3 -u", dir.display())]
     NotImgfs { dir: PathBuf, fstype: String, from: String },
     #[error(transparent)]
-    Reference(#[from] crate::reference::Error),
-    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("no such image: {0}")]
-    NoRecord(Digest),
-    #[error("image config {id} is not valid")]
-    Config {
-        id: Digest,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// Boxed: inline it would make every `Result` here large.
     #[error(transparent)]
-    Register(#[from] crate::register::Error),
-    #[error(transparent)]
-    Layers(#[from] crate::layer_source::Error),
-    #[error(transparent)]
-    LocalSource(#[from] crate::local_source::Error),
+    Open(Box<crate::opened_image::Error>),
+}
+
+impl From<crate::opened_image::Error> for Error {
+    fn from(e: crate::opened_image::Error) -> Error {
+        Error::Open(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -164,6 +152,11 @@ pub fn mount(
         Some(id) => local_image(store, id)?,
         None => resolve(store, &client, reference, &dir, platform)?,
     };
+    // On the terminal (the parent) and in the log (the server).
+    warn_if_foreign(&config, platform);
+    // An image known by several manifests is served with the one its name refers to:
+    // those layer blobs, fetched (if need be) from that repository.
+    let record = record.known_as(reference);
     let result = match serving {
         Serving::Foreground(settings) => serve(store, client, &settings, reference, &dir, record, config),
         Serving::Background(command) => {
@@ -175,10 +168,11 @@ pub fn mount(
 }
 
 /// Find the image locally (by name or ID, and of the platform asked for), else fetch
-/// its manifest and config from the registry (`client` is called only then) and
-/// register it; layers are left for the mount to fetch. Whichever it is, the image is
-/// held for the mount under the same records lock that found or registered it, so
-/// that a `prune -a` or `rm` before the server records itself leaves it alone.
+/// its manifest and config from the registry or read it from its local source and
+/// register it (`opened_image::find_or_register`); layers are left for the mount to
+/// fetch. Whichever it is, the image is held for the mount under the same records lock
+/// that found or registered it, so that a `prune -a` or `rm` before the server records
+/// itself leaves it alone.
 pub fn resolve(
     store: &Store,
     client: &LazyClient,
@@ -186,55 +180,27 @@ pub fn resolve(
     dir: &Path,
     platform: Option<&Platform>,
 ) -> Result<(ImageRecord, ImageConfig)> {
-    if let Some(local) = LocalRef::parse(reference) {
-        return resolve_local(store, &local?, reference, dir, platform);
-    }
-    // A local image serves when no platform is asked for, or when it is that platform
-    // (so `DOCKER_DEFAULT_PLATFORM` doesn't send a mount of a pulled image to the registry).
-    let held = store.update_db(|db| -> Result<_> {
-        let Ok((id, _)) = db.find(reference) else { return Ok(None) };
-        let (record, config) = record_and_config(store, db, id)?;
-        if platform.is_some_and(|p| p.os != config.os || p.architecture != config.architecture) {
-            return Ok(None);
-        }
-        hold(store, &record.id, reference, dir)?;
-        Ok(Some((record, config)))
-    })?;
-    if let Some(found) = held {
-        return Ok(found);
-    }
-    let r = Reference::parse(reference)?;
-    let resolved = register::resolve(&*client.get()?, store, &r, platform)?;
-    register::register_and(store, &resolved, &r, |_| hold(store, &resolved.record.id, reference, dir))?;
-    Ok((resolved.record, resolved.config))
+    Ok(opened_image::find_or_register(store, client, reference, platform, |id| hold(store, id, reference, dir))?)
 }
 
-/// Read an image from an OCI layout or archive and register it, held for the mount.
-/// An archive's layer blobs are copied into the store now (a tar member can't be
-/// read in place cheaply); a layout's stay where they are, read by the server.
-fn resolve_local(
-    store: &Store,
-    local: &LocalRef,
-    reference: &str,
-    dir: &Path,
-    platform: Option<&Platform>,
-) -> Result<(ImageRecord, ImageConfig)> {
-    let image = local_source::resolve(local, platform)?;
-    let resolved =
-        register::stored(store, image.record.clone(), image.config.clone(), image.top_digest.clone(), &image.blobs)?;
-    if local.layout_dir().is_none() {
-        for l in &resolved.record.layers {
-            if !store.has_blob(&l.digest) {
-                image.copy_blob(store, l)?;
-            }
-        }
+/// A name may point at another platform's image (after `pull --platform`): when no
+/// platform was asked for and the image is not the host's, say so as docker does. It
+/// is still mounted (its files are readable on any host).
+fn warn_if_foreign(config: &ImageConfig, requested: Option<&Platform>) {
+    if requested.is_some() {
+        return;
     }
-    register::register_names(store, &resolved, &image.names, |_| hold(store, &resolved.record.id, reference, dir))?;
-    Ok((resolved.record, resolved.config))
+    let host = Platform::host();
+    if let Some(image) = config.platform().filter(|p| p.os != host.os || p.architecture != host.architecture) {
+        tracing::warn!(
+            "the requested image's platform ({image}) does not match the detected host platform ({host}) and no \
+             specific platform was requested"
+        );
+    }
 }
 
 /// A mount record of this process marked `starting`: the image is in use from now on.
-fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<()> {
+fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<(), crate::store::Error> {
     let pid = std::process::id();
     // Before the record exists, so that a signal from now on removes it (see
     // `handle_signals`); removing a record not written yet is harmless.
@@ -252,8 +218,7 @@ fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<()
         reference: reference.to_string(),
         starting: true,
         device: None,
-    })?;
-    Ok(())
+    })
 }
 
 /// End the hold `resolve` took: the server has recorded itself (or failed). In the
@@ -263,7 +228,9 @@ fn release_hold(store: &Store) {
 }
 
 /// Check that `dir` can be mounted on, and return its canonical path: a directory,
-/// not mounted already. A dead imgfs mount there is detached first.
+/// not mounted already. A dead imgfs mount there is detached first. A directory that
+/// holds files is mounted over (as mount(8) does), with a warning: they are hidden
+/// until the unmount.
 fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     clear_dead_mount(dir)?;
     let io = |source| Error::Mountpoint { dir: dir.to_path_buf(), source };
@@ -274,7 +241,12 @@ fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     match mount_at(&dir) {
         Some(m) if m.is_imgfs() => Err(Error::AlreadyImgfs(dir)),
         Some(m) if m.is_fuse() => Err(Error::AlreadyFuse { dir, from: m.source }),
-        _ => Ok(dir),
+        _ => {
+            if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+                tracing::warn!("{} is not empty: its files are hidden while the image is mounted there", dir.display());
+            }
+            Ok(dir)
+        }
     }
 }
 
@@ -373,15 +345,7 @@ fn detach_own(dir: &Path, device: &str) -> Result<bool> {
 fn local_image(store: &Store, id: &str) -> Result<(ImageRecord, ImageConfig)> {
     let db = store.db()?;
     let (id, _) = db.find(id)?;
-    record_and_config(store, &db, id)
-}
-
-/// An image's record and its config, read from the store.
-fn record_and_config(store: &Store, db: &crate::store::db::Db, id: Digest) -> Result<(ImageRecord, ImageConfig)> {
-    let record = db.images.get(&id).cloned().ok_or(Error::NoRecord(id))?;
-    let config = serde_json::from_slice(&store.read_blob(&record.id)?)
-        .map_err(|source| Error::Config { id: record.id.clone(), source })?;
-    Ok((record, config))
+    Ok(opened_image::record_and_config(store, &db, id)?)
 }
 
 /// Start `server` (an `imgfs mount -f` command line) as a detached background process
@@ -452,25 +416,20 @@ pub fn serve(
     let report = Box::new(move |i, layer: &crate::image::Descriptor| {
         Box::new(FetchLog::new(i, layer.digest.clone(), layer.size, source.clone())) as Box<dyn LayerProgress>
     });
-    let mut layers = ImageLayers::new(store.clone(), client, &record, &config, reference)?
-        .with_spans(Arc::new(SpanCache::new(settings.read_cache << 20)))
-        .with_report(report);
-    if !settings.no_index {
-        // One cache, and so one bound, for every layer read by Range. eStargz layers
-        // need no index artifact: their own TOC serves them.
-        let cache = Arc::new(crate::store::cache::DiskCache::open(store, settings.cache_size));
-        match layers.use_range_reads(cache) {
-            IndexLookup::Skipped => {}
-            IndexLookup::Using { index, served } => tracing::info!(
-                "using published index {index}: {served} of {} layers served by range reads (cache bound {})",
-                record.layers.len(),
-                indicatif::BinaryBytes(settings.cache_size)
-            ),
-            IndexLookup::NoneUsable(e) => tracing::warn!(
-                "no usable published index ({}); layers are fetched whole on first use",
-                crate::log::Chain(&*e)
-            ),
-        }
+    let reading =
+        Reading { read_cache: settings.read_cache << 20, cache_size: settings.cache_size, no_index: settings.no_index };
+    let (layers, lookup) = open_layers(store, client, &record, &config, reference, &reading, report)?;
+    match lookup {
+        IndexLookup::Skipped => {}
+        IndexLookup::Using { index, served } => tracing::info!(
+            "using published index {index}: {served} of {} layers served by range reads (cache bound {})",
+            record.layers.len(),
+            indicatif::BinaryBytes(settings.cache_size)
+        ),
+        IndexLookup::NoneUsable(e) => tracing::warn!(
+            "no usable published index ({}); layers are fetched whole on first use",
+            crate::log::Chain(&*e)
+        ),
     }
     // A provisional directory mode could let other users into a directory that is
     // really closed to them, so a mount they can see serves exact ones only.

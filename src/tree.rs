@@ -287,6 +287,19 @@ impl Tree {
         Ok(Some((data, entry)))
     }
 
+    /// Where a non-directory's bytes are: its layer (0 = bottom) and the offset of its
+    /// data in that layer's uncompressed tar. Nodes of two images whose layers at those
+    /// positions have the same digest, at the same offset, hold the same bytes.
+    pub fn data_origin(&self, ino: Ino) -> Option<(usize, u64)> {
+        let st = self.lock();
+        match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
+            Some(NodeKind::Leaf { layer, entry, .. }) => {
+                st.layers[*layer].as_ref().map(|idx| (*layer, idx.entry(*entry).offset))
+            }
+            _ => None,
+        }
+    }
+
     /// Number of nodes created so far.
     pub fn node_count(&self) -> usize {
         self.lock().nodes.len()

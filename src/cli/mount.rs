@@ -102,6 +102,10 @@ fn server_command(
         cmd.arg("--timeout").arg(t.as_secs().to_string());
     }
     cmd.args(["mount", "-f", "--resolved-id", id.as_str()]);
+    // The platform asked for, so that the server knows one was (`warn_if_foreign`).
+    if let Some(p) = args.platform.as_deref().filter(|p| !p.is_empty()) {
+        cmd.arg("--platform").arg(p);
+    }
     if args.allow_other {
         cmd.arg("--allow-other");
     }

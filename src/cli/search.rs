@@ -146,7 +146,7 @@ fn row(r: &SearchResult, trunc: bool, json: bool) -> Value {
 
 /// Docker's `formatter.Ellipsis`: text longer than `width` characters is cut to
 /// `width - 1` and ends in `…`.
-fn ellipsis(s: &str, width: usize) -> String {
+pub(crate) fn ellipsis(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         return s.to_string();
     }

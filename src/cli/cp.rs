@@ -1,0 +1,210 @@
+//! `imgfs cp [-L] REF:PATH DEST`: copy a file or directory out of an image with
+//! `docker cp`'s semantics, with no container and no mount:
+//! - a file to a DEST that is a directory lands in it under its own name, else it
+//!   becomes (or replaces) the file DEST; a DEST ending in `/` must be a directory;
+//! - a directory to a DEST that does not exist becomes DEST; to an existing directory
+//!   it lands in it under its own name, or, for a SRC ending in `/.`, its contents are
+//!   copied into it; a directory is never copied onto a file;
+//! - DEST `-` writes a tar stream of SRC to stdout (under SRC's name, or `./` for `/.`);
+//! - `-L` follows SRC when it is a symbolic link (inside the image), else the link
+//!   itself is copied.
+//!
+//! What is copied is made under a temporary name beside its destination
+//! (`extract`) and renamed into place once complete, so a failure leaves nothing
+//! half-written at DEST.
+
+use super::opening::{open, ImageOptions};
+use super::Context;
+use crate::extract::extract;
+use crate::pending_file::temp_beside;
+use crate::tar_stream::{self, Naming};
+use crate::walk::resolve;
+use anyhow::{bail, Context as _, Result};
+use std::ffi::{OsStr, OsString};
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub image: ImageOptions,
+    /// Follow SRC when it is a symbolic link
+    #[arg(short = 'L', long)]
+    pub follow_link: bool,
+    /// REF:PATH, the image and the path inside it (PATH is what follows the last `:/`,
+    /// or the last `:` for a path relative to the image's root)
+    #[arg(value_name = "REF:PATH")]
+    pub source: OsString,
+    /// Where to copy to on the host, or `-` for a tar stream on stdout
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+}
+
+/// Split `REF:PATH`. An absolute PATH starts at the last `:/` (a reference may hold
+/// `:/` itself only as `oci:/dir`, before it); else the path is what follows the last `:`.
+pub fn split_source(source: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = source.windows(2).rposition(|w| w == b":/").or_else(|| source.iter().rposition(|&b| b == b':'))?;
+    let (reference, path) = (&source[..at], &source[at + 1..]);
+    (!reference.is_empty() && !path.is_empty()).then_some((reference, path))
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    let Some((reference, path)) = split_source(args.source.as_bytes()) else {
+        bail!("{}: not REF:PATH (an image and a path inside it)", args.source.to_string_lossy());
+    };
+    let reference = std::str::from_utf8(reference).context("the image reference is not UTF-8")?;
+    let contents_only = path.ends_with(b"/.") || path == b".";
+    let must_be_dir = contents_only || path.ends_with(b"/");
+    let to_stdout = args.dest.as_os_str() == "-";
+    if to_stdout && std::io::stdout().is_terminal() {
+        bail!("refusing to write a tar stream to a terminal; redirect stdout");
+    }
+    let image = open(ctx, reference, &args.image)?;
+    let src = resolve(&image.fs, path, args.follow_link || must_be_dir)?;
+    let shown = String::from_utf8_lossy(path);
+    if must_be_dir && !src.is_dir() {
+        bail!("{shown}: not a directory");
+    }
+    if to_stdout {
+        let naming = if contents_only || src.path == b"/" { Naming::Relative } else { Naming::UnderName };
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        tar_stream::write(&image.fs, &src, naming, out)?.flush()?;
+        return Ok(());
+    }
+    let dest = &args.dest;
+    let dest_meta = std::fs::metadata(dest).ok();
+    let dest_is_dir = dest_meta.as_ref().is_some_and(|m| m.is_dir());
+    let dest_trailing_slash = dest.as_os_str().as_bytes().ends_with(b"/");
+    let name = OsStr::from_bytes(if src.path == b"/" { b"." } else { src.name() }).to_os_string();
+    if !src.is_dir() {
+        if dest_meta.is_none() && dest_trailing_slash {
+            bail!("destination directory {} does not exist", dest.display());
+        }
+        let target = if dest_is_dir { dest.join(&name) } else { dest.clone() };
+        if target.is_dir() {
+            bail!("cannot overwrite directory {} with non-directory {shown}", target.display());
+        }
+        return copy_new(&image.fs, &src, &target, true);
+    }
+    match dest_meta {
+        Some(_) if !dest_is_dir => bail!("cannot copy a directory to a file: {}", dest.display()),
+        None => copy_new(&image.fs, &src, dest, false),
+        Some(_) if contents_only || src.path == b"/" => merge_copy(&image.fs, &src, dest),
+        Some(_) => {
+            let target = dest.join(&name);
+            if target.symlink_metadata().is_ok() {
+                merge_copy(&image.fs, &src, &target)
+            } else {
+                copy_new(&image.fs, &src, &target, false)
+            }
+        }
+    }
+}
+
+/// Copy `src` to `target` through a temporary name beside it; `replace`: a file
+/// already there is replaced (a directory never is).
+fn copy_new(fs: &crate::fs::Fs, src: &crate::walk::Resolved, target: &Path, replace: bool) -> Result<()> {
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("destination directory {} does not exist", parent.display());
+    }
+    if !replace && target.symlink_metadata().is_ok() {
+        bail!("{} exists", target.display());
+    }
+    let temp = temp_beside(target);
+    let result = extract(fs, src, &temp)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| std::fs::rename(&temp, target).with_context(|| format!("cannot write {}", target.display())));
+    if result.is_err() {
+        let _ = remove_any(&temp);
+    }
+    result
+}
+
+/// Copy directory `src`'s contents into the existing directory `dest`, as `docker cp`
+/// and tar do: what is there and not in `src` stays, files are replaced, directories
+/// merged, and `dest` takes `src`'s attributes. All is first made in a temporary
+/// directory beside `dest`, then moved in entry by entry.
+fn merge_copy(fs: &crate::fs::Fs, src: &crate::walk::Resolved, dest: &Path) -> Result<()> {
+    // Canonical, so that `.` or `dir/` has a name to put the temporary one beside.
+    let dest = dest.canonicalize().with_context(|| format!("cannot read {}", dest.display()))?;
+    let temp = temp_beside(&dest);
+    let result = extract(fs, src, &temp).map_err(anyhow::Error::from).and_then(|()| move_into(&temp, &dest));
+    let _ = remove_any(&temp);
+    result
+}
+
+/// Move everything in `from` into the directory `to`, merging directories; then give
+/// `to` the attributes of `from`.
+fn move_into(from: &Path, to: &Path) -> Result<()> {
+    // Read before moving anything out, which changes `from`'s mtime.
+    let attributes = std::fs::metadata(from)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let src_is_dir = entry.file_type()?.is_dir();
+        match dst.symlink_metadata() {
+            Ok(m) if m.is_dir() && src_is_dir => move_into(&src, &dst)?,
+            Ok(m) if m.is_dir() => bail!("cannot overwrite directory {} with non-directory", dst.display()),
+            Ok(_) if src_is_dir => bail!("cannot overwrite non-directory {} with directory", dst.display()),
+            _ => std::fs::rename(&src, &dst).with_context(|| format!("cannot write {}", dst.display()))?,
+        }
+    }
+    set_attributes(&attributes, to)
+}
+
+/// Give `to` the owner (as root), mode and mtime `m` says.
+fn set_attributes(m: &std::fs::Metadata, to: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(to, Some(m.uid()), Some(m.gid()))?;
+    }
+    std::fs::set_permissions(to, m.permissions())?;
+    let t = rustix::fs::Timespec { tv_sec: m.mtime(), tv_nsec: 0 };
+    let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+    rustix::fs::utimensat(rustix::fs::CWD, to, &times, rustix::fs::AtFlags::empty())?;
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => {
+            // A copy of a read-only directory: make it writable again to empty it.
+            make_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_source;
+
+    #[test]
+    fn source_splits_at_the_last_colon_slash_or_colon() {
+        let s = |x: &str| split_source(x.as_bytes()).map(|(r, p)| (r.to_vec(), p.to_vec()));
+        let pair = |r: &str, p: &str| Some((r.as_bytes().to_vec(), p.as_bytes().to_vec()));
+        assert_eq!(s("debian:bookworm:/etc/os-release"), pair("debian:bookworm", "/etc/os-release"));
+        assert_eq!(s("localhost:5000/app:1:/etc"), pair("localhost:5000/app:1", "/etc"));
+        assert_eq!(s("oci:/tmp/layout:tag:/etc/."), pair("oci:/tmp/layout:tag", "/etc/."));
+        assert_eq!(s("app@sha256:abcd:etc/hostname"), pair("app@sha256:abcd", "etc/hostname"));
+        assert_eq!(s("app:/"), pair("app", "/"));
+        assert_eq!(s("app"), None);
+        assert_eq!(s(":/etc"), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! A file (or directory) written under a temporary name beside where it goes and
+//! renamed into place only once it is complete, so that a command that fails halfway
+//! leaves nothing half-written at its destination: `export -o`, `cp`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A temporary name beside `dest`: hidden, and unique to this process and attempt.
+pub fn temp_beside(dest: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let tmp = format!(".{name}.imgfs-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    dest.with_file_name(tmp)
+}
+
+/// A file being written; `commit` renames it to its destination, dropping it removes it.
+pub struct PendingFile {
+    file: Option<File>,
+    temp: PathBuf,
+    dest: PathBuf,
+}
+
+impl PendingFile {
+    /// Start writing what will become `dest`, with permission bits `mode` (before the umask).
+    pub fn create(dest: &Path, mode: u32) -> io::Result<PendingFile> {
+        let temp = temp_beside(dest);
+        let file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
+        Ok(PendingFile { file: Some(file), temp, dest: dest.to_path_buf() })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until committed")
+    }
+
+    /// The temporary path, for setting attributes before the rename.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Flush it and put it in place (replacing a file there).
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("open until committed");
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.temp, &self.dest)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+impl io::Write for PendingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
