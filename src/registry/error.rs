@@ -391,41 +391,6 @@ pub(crate) fn from_status(registry: &str, subject: Subject<'_>, status: StatusCo
     RegistryError::Status { registry: registry_s, what: subject.describe(registry), status: status.as_u16(), message }
 }
 
-/// A reqwest failure before any HTTP answer, as "cannot reach": the innermost causes
-/// say what happened (refused, DNS, timeout); reqwest's own top line repeats the URL.
-pub(crate) fn unreachable(registry: &str, host: &str, err: &reqwest::Error) -> RegistryError {
-    let mut causes: Vec<String> = Vec::new();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(s) = source {
-        let text = s.to_string();
-        // hyper's "client error (Connect)" only says which stage failed; its cause says how.
-        let generic = text.starts_with("client error (") && s.source().is_some();
-        if !generic && !causes.iter().any(|c| c.contains(&text)) {
-            causes.push(text);
-        }
-        source = s.source();
-    }
-    let reason = if err.is_timeout() && !causes.iter().any(|c| c.contains("timed out")) {
-        "timed out".to_string()
-    } else {
-        // The last two causes are the specific ones (e.g. "tcp connect error: Connection
-        // refused (os error 111)"); earlier ones are generic wrappers.
-        let n = causes.len();
-        let tail = if n > 2 { &causes[n - 2..] } else { &causes[..] };
-        if tail.is_empty() {
-            // reqwest's own text names the URL, which may carry a user and password.
-            let text = err.to_string();
-            match err.url() {
-                Some(u) => text.replace(u.as_str(), &super::endpoint::redacted(u)),
-                None => text,
-            }
-        } else {
-            tail.join(": ")
-        }
-    };
-    RegistryError::Unreachable { registry: registry.to_string(), host: host.to_string(), reason }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
