@@ -1,46 +1,17 @@
-//! Registry authentication: the `WWW-Authenticate` challenge a 401 carries, and the
-//! bearer-token flow (ask the challenge's realm for a token for one scope, keep it until
-//! it expires, renew it when it runs out or the registry stops taking it). Registries
-//! that ask for `Basic` get the configured credentials directly. An identity token
-//! (docker's `identitytoken`, or a helper's `<token>` user) is traded for an access
-//! token with OAuth2's refresh-token grant instead. Where credentials come from is
-//! credentials.rs.
+//! Registry authentication's state and vocabulary: the `WWW-Authenticate` challenge a
+//! 401 carries, the token service's answer and how long a token is good for, and what a
+//! client holds (each registry's credentials, looked up once; the bearer tokens per
+//! scope, until they expire or the registry stops taking them; the registries that want
+//! `Basic`). The flow that uses them, answering a challenge with a token fetched from
+//! its realm (an identity token, docker's `identitytoken` or a helper's `<token>` user,
+//! traded with OAuth2's refresh-token grant) or with basic credentials, is requests.rs;
+//! where credentials come from is credentials.rs.
 
-use super::credentials::{CredentialSources, IDENTITY_TOKEN_USER};
-use super::endpoint;
-use super::error::RegistryError;
-use super::Client;
-use base64::Engine as _;
-use reqwest::Url;
+use super::credentials::{CredentialSources, Credentials};
+use super::error::{RegistryError, TokenError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
-
-/// A user name and password (or personal access token) for one registry.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    // Never print the secret, not even in a debug dump.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <hidden>)", self.username)
-    }
-}
-
-impl Credentials {
-    fn basic_header(&self) -> String {
-        let pair = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-    }
-
-    /// The secret is an identity (refresh) token, not a password.
-    fn is_identity_token(&self) -> bool {
-        self.username == IDENTITY_TOKEN_USER
-    }
-}
 
 /// A `WWW-Authenticate` challenge we know how to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,15 +118,6 @@ pub(crate) fn token_lifetime(expires_in: Option<u64>, issued_at: Option<&str>, n
     left.saturating_sub((life / 10).min(Duration::from_secs(10)))
 }
 
-/// Why a token service's answer holds no usable token.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("token answer is not valid JSON")]
-    Json(#[source] serde_json::Error),
-    #[error("token answer has neither `token` nor `access_token`")]
-    NoToken,
-}
-
 /// The token service's answer: `token` (or the OAuth2 name `access_token`), with its life.
 pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<(String, Duration), TokenError> {
     #[derive(serde::Deserialize)]
@@ -238,137 +200,15 @@ impl AuthState {
         None
     }
 
-    fn store_token(&self, registry: &str, scope: &str, value: String, life: Duration) {
+    /// `registry` challenged with `Basic`: send it the credentials up front from now on.
+    pub fn use_basic(&self, registry: &str) {
+        self.basic.lock().unwrap_or_else(|p| p.into_inner()).insert(registry.to_string());
+    }
+
+    pub fn store_token(&self, registry: &str, scope: &str, value: String, life: Duration) {
         let token = Token { value, renew_at: Instant::now() + life };
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.insert((registry.to_string(), scope.to_string()), token);
-    }
-}
-
-impl Client {
-    /// Do what a 401's challenge asks so that the request can be sent again. Returns
-    /// false when there is nothing we can do (Basic without credentials, or a scheme
-    /// we do not speak): the 401 then stands.
-    pub(super) fn answer_challenge(
-        &self,
-        registry: &str,
-        scope: &str,
-        challenge: &Challenge,
-    ) -> Result<bool, RegistryError> {
-        match challenge {
-            Challenge::Basic => {
-                // An identity token is only good at a token service.
-                match self.auth.credentials(registry)? {
-                    Some(c) if !c.is_identity_token() => {}
-                    _ => return Ok(false),
-                }
-                self.auth.basic.lock().unwrap_or_else(|p| p.into_inner()).insert(registry.to_string());
-                Ok(true)
-            }
-            Challenge::Bearer { realm, service, scope: challenge_scope } => {
-                // Ask for the scope the operation needs (pull only); fall back to the
-                // challenge's own scope, cut down to pulling, for requests that need
-                // none of their own. We never ask for more than we use.
-                let fallback = challenge_scope.as_deref().map(pull_only).unwrap_or_default();
-                let want = if scope.is_empty() { fallback.as_str() } else { scope };
-                let (token, life) = self.fetch_token(registry, realm, service.as_deref(), want)?;
-                self.auth.store_token(registry, scope, token, life);
-                Ok(true)
-            }
-        }
-    }
-
-    /// GET realm?service=…&scope=…, with the registry's credentials as basic auth if we
-    /// have them (anonymous otherwise). With an identity token instead, POST the
-    /// OAuth2 refresh-token grant to the realm, as docker does.
-    fn fetch_token(
-        &self,
-        registry: &str,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<(String, Duration), RegistryError> {
-        let denied = |message: String| RegistryError::Unauthorized {
-            registry: registry.to_string(),
-            what: if scope.is_empty() { format!("registry {registry}") } else { format!("scope {scope}") },
-            message,
-        };
-        let mut url = match Url::parse(realm) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            Ok(u) => return Err(denied(format!("the token realm {} is not an http(s) URL", endpoint::redacted(&u)))),
-            // Printed without its text: it might hold a password.
-            Err(e) => return Err(denied(format!("the token realm is not a URL: {e}"))),
-        };
-        let creds = self.auth.credentials(registry)?;
-        if creds.is_some() && !endpoint::may_carry_credentials(&url, &self.insecure_registries) {
-            return Err(denied(format!(
-                "refusing to send the credentials for {registry} over plain HTTP to the token service at {}",
-                endpoint::authority(&url)
-            )));
-        }
-        let resp = match creds {
-            Some(c) if c.is_identity_token() => {
-                // The form, encoded by the URL parser's own serializer.
-                let mut form = Url::parse("form:").expect("a valid URL");
-                {
-                    let mut q = form.query_pairs_mut();
-                    q.append_pair("grant_type", "refresh_token");
-                    q.append_pair("refresh_token", &c.password);
-                    q.append_pair("client_id", "imgfs");
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                    if !scope.is_empty() {
-                        q.append_pair("scope", scope);
-                    }
-                }
-                let host = endpoint::authority(&url);
-                let verify = !endpoint::skips_verification(&host, &self.insecure_registries);
-                self.http
-                    .for_host(&host, verify)?
-                    .post(url.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(form.query().unwrap_or_default().to_string())
-                    .send()
-                    .map_err(|e| super::error::unreachable(registry, &endpoint::authority(&url), &e))?
-            }
-            creds => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                    if !scope.is_empty() {
-                        q.append_pair("scope", scope);
-                    }
-                }
-                let auth = creds.map(|c| c.basic_header());
-                self.send_following_redirects(registry, url.clone(), &Default::default(), auth.as_deref())?
-            }
-        };
-        let status = resp.status();
-        let host = endpoint::authority(&url);
-        let body = super::read_body(registry, &format!("a token from {host}"), resp, 1 << 20)?;
-        if !status.is_success() {
-            // Token services answer errors in several shapes: the spec's envelope,
-            // Docker Hub's {"details": …}, or plain text.
-            let detail = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    let envelope = super::error::parse_envelope(&body);
-                    if let Some(e) = envelope.first() {
-                        return Some(e.message.clone());
-                    }
-                    v.get("details").or(v.get("error")).and_then(|d| d.as_str()).map(str::to_string)
-                })
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().chars().take(200).collect());
-            return Err(denied(format!("token service {host} answered {status}: {detail}")));
-        }
-        parse_token_response(&body, SystemTime::now()).map_err(|source| RegistryError::InvalidToken {
-            registry: registry.to_string(),
-            host: host.to_string(),
-            source,
-        })
     }
 }
 

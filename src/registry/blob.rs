@@ -3,9 +3,11 @@
 //! byte range of a blob, for reads that need only a span of a layer. Both cope with
 //! registries that ignore `Range` and send the whole blob with 200.
 
+use super::client::Client;
 use super::error::{RegistryError, Subject};
+use super::names::check_repository;
 use super::retry::Retries;
-use super::{check_repository, fail, Client};
+use super::transport::fail;
 use crate::digest::{Digest, HashingWriter};
 use reqwest::blocking::Response;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_RANGE, RANGE};

@@ -15,9 +15,8 @@
 //! `credsStore`, else the inline `auths` entry (also the fallback when the helper has
 //! nothing for the host). Helpers run only when a registry asks for credentials.
 
-use super::auth::Credentials;
 use super::endpoint::is_docker_hub;
-use super::error::RegistryError;
+use super::error::{AuthFileError, RegistryError};
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::io::Write;
@@ -61,21 +60,30 @@ pub(crate) fn auth_file_paths(docker_config_dir: Option<&Path>) -> Vec<PathBuf> 
     out
 }
 
-/// Why a docker `config.json` or podman `auth.json` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthFileError {
-    #[error("not valid JSON")]
-    Json(#[source] serde_json::Error),
-    #[error("auths.{key:?}.auth is not base64")]
-    NotBase64 {
-        key: String,
-        #[source]
-        source: base64::DecodeError,
-    },
-    #[error("auths.{key:?}.auth is not UTF-8 text")]
-    NotUtf8 { key: String },
-    #[error("auths.{key:?}.auth does not decode to user:password")]
-    NotUserPassword { key: String },
+/// A user name and password (or personal access token) for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print the secret, not even in a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <hidden>)", self.username)
+    }
+}
+
+impl Credentials {
+    pub(crate) fn basic_header(&self) -> String {
+        let pair = format!("{}:{}", self.username, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+
+    /// The secret is an identity (refresh) token, not a password.
+    pub(crate) fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
+    }
 }
 
 /// One docker `config.json` or podman `auth.json`, read.

@@ -7,7 +7,7 @@
 //! every local registry speaks, and no one can read loopback traffic) and over HTTPS,
 //! unchecked, when its answer shows that the port speaks TLS.
 
-use super::RegistryError;
+use super::error::RegistryError;
 use reqwest::Url;
 use std::net::IpAddr;
 

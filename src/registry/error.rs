@@ -74,7 +74,7 @@ pub enum RegistryError {
         registry: String,
         host: String,
         #[source]
-        source: super::auth::TokenError,
+        source: TokenError,
     },
     /// Writing what we downloaded failed on our side (the output file).
     #[error("cannot store {what}: {source}")]
@@ -92,7 +92,7 @@ pub enum RegistryError {
     CredentialsInvalid {
         path: PathBuf,
         #[source]
-        source: super::credentials::AuthFileError,
+        source: AuthFileError,
     },
     /// A credential helper (`docker-credential-NAME`) failed.
     #[error("credential helper {helper}: {reason}")]
@@ -119,7 +119,7 @@ pub enum RegistryError {
     Config {
         path: PathBuf,
         #[source]
-        source: super::mirrors::ConfigError,
+        source: ConfigError,
     },
     /// A URL given in the environment that is not one.
     #[error("{name}={value:?} is not a URL")]
@@ -165,6 +165,61 @@ impl RegistryError {
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, RegistryError::Unauthorized { .. })
     }
+}
+
+/// Why a token service's answer holds no usable token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token answer is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("token answer has neither `token` nor `access_token`")]
+    NoToken,
+}
+
+/// Why a docker `config.json` or podman `auth.json` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error("not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("auths.{key:?}.auth is not base64")]
+    NotBase64 {
+        key: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("auths.{key:?}.auth is not UTF-8 text")]
+    NotUtf8 { key: String },
+    #[error("auths.{key:?}.auth does not decode to user:password")]
+    NotUserPassword { key: String },
+}
+
+/// What is wrong in registries.conf or daemon.json (the path is `RegistryError::Config`'s).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("a [[registry]] has neither location nor prefix")]
+    NoLocation,
+    #[error("a mirror of {prefix} has an empty location")]
+    EmptyMirror { prefix: String },
+    #[error("unknown pull-from-mirror {value:?} for mirror {mirror}")]
+    PullFromMirror { value: String, mirror: String },
+    #[error("`{key}` holds a non-string")]
+    NotAString { key: &'static str },
+    #[error("`{key}` is not an array")]
+    NotAnArray { key: &'static str },
+    #[error("bad registry mirror {url:?}")]
+    MirrorUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("bad registry mirror {url:?}: not an http(s) URL")]
+    MirrorNotHttp { url: String },
 }
 
 /// ` (at HOST)` when the host dialled is not the registry's own name.
@@ -336,41 +391,6 @@ pub(crate) fn from_status(registry: &str, subject: Subject<'_>, status: StatusCo
     RegistryError::Status { registry: registry_s, what: subject.describe(registry), status: status.as_u16(), message }
 }
 
-/// A reqwest failure before any HTTP answer, as "cannot reach": the innermost causes
-/// say what happened (refused, DNS, timeout); reqwest's own top line repeats the URL.
-pub(crate) fn unreachable(registry: &str, host: &str, err: &reqwest::Error) -> RegistryError {
-    let mut causes: Vec<String> = Vec::new();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(s) = source {
-        let text = s.to_string();
-        // hyper's "client error (Connect)" only says which stage failed; its cause says how.
-        let generic = text.starts_with("client error (") && s.source().is_some();
-        if !generic && !causes.iter().any(|c| c.contains(&text)) {
-            causes.push(text);
-        }
-        source = s.source();
-    }
-    let reason = if err.is_timeout() && !causes.iter().any(|c| c.contains("timed out")) {
-        "timed out".to_string()
-    } else {
-        // The last two causes are the specific ones (e.g. "tcp connect error: Connection
-        // refused (os error 111)"); earlier ones are generic wrappers.
-        let n = causes.len();
-        let tail = if n > 2 { &causes[n - 2..] } else { &causes[..] };
-        if tail.is_empty() {
-            // reqwest's own text names the URL, which may carry a user and password.
-            let text = err.to_string();
-            match err.url() {
-                Some(u) => text.replace(u.as_str(), &super::endpoint::redacted(u)),
-                None => text,
-            }
-        } else {
-            tail.join(": ")
-        }
-    };
-    RegistryError::Unreachable { registry: registry.to_string(), host: host.to_string(), reason }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,18 +439,15 @@ mod tests {
         let url = reqwest::Url::parse("http://[::1").unwrap_err();
         let e = RegistryError::InvalidHost { registry: "[::1".into(), source: Some(url) };
         assert_eq!(chain(e), r#"invalid registry host "[::1": invalid IPv6 address"#);
-        let e = RegistryError::InvalidToken {
-            registry: "r".into(),
-            host: "auth.r".into(),
-            source: super::super::auth::TokenError::NoToken,
-        };
+        let e =
+            RegistryError::InvalidToken { registry: "r".into(), host: "auth.r".into(), source: TokenError::NoToken };
         assert_eq!(
             chain(e),
             "registry r sent an unusable answer for a token from auth.r: token answer has neither `token` nor `access_token`"
         );
         let e = RegistryError::CredentialsInvalid {
             path: "/c.json".into(),
-            source: super::super::credentials::AuthFileError::NotUserPassword { key: "x".into() },
+            source: AuthFileError::NotUserPassword { key: "x".into() },
         };
         assert_eq!(
             chain(e),

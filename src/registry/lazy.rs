@@ -4,7 +4,8 @@
 //! and every part of a command that does shares the same one, with its tokens and the
 //! schemes it found.
 
-use super::{Client, ClientOptions, RegistryError};
+use super::client::{Client, ClientOptions};
+use super::error::RegistryError;
 use std::sync::{Arc, OnceLock};
 
 pub struct LazyClient {

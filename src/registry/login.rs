@@ -5,10 +5,11 @@
 //! names (`credHelpers`, `credsStore`), leaving an empty `auths[KEY]` as docker does.
 //! Docker Hub's key is `https://index.docker.io/v1/`; other registries' is `host[:port]`.
 
-use super::auth::Credentials;
-use super::credentials::{self, normalise_auth_key, AuthFile, AuthFileError};
+use super::client::Client;
+use super::credentials::{self, normalise_auth_key, AuthFile, Credentials};
 use super::endpoint::{self, is_docker_hub};
-use super::{Client, RegistryError};
+use super::error::AuthFileError;
+use super::error::RegistryError;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::io::Write;

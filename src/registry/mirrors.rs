@@ -7,7 +7,7 @@
 //! in order and the registry itself last; `route` says where to ask.
 
 use super::endpoint;
-use super::error::RegistryError;
+use super::error::{ConfigError, RegistryError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -252,35 +252,6 @@ fn read_optional(path: &Path) -> Result<Option<String>, RegistryError> {
 
 fn config_error(path: &Path, source: ConfigError) -> RegistryError {
     RegistryError::Config { path: path.to_path_buf(), source }
-}
-
-/// What is wrong in registries.conf or daemon.json (the path is `RegistryError::Config`'s).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Read(std::io::Error),
-    #[error(transparent)]
-    Toml(#[from] toml::de::Error),
-    #[error(transparent)]
-    Json(#[from] serde_json::Error),
-    #[error("a [[registry]] has neither location nor prefix")]
-    NoLocation,
-    #[error("a mirror of {prefix} has an empty location")]
-    EmptyMirror { prefix: String },
-    #[error("unknown pull-from-mirror {value:?} for mirror {mirror}")]
-    PullFromMirror { value: String, mirror: String },
-    #[error("`{key}` holds a non-string")]
-    NotAString { key: &'static str },
-    #[error("`{key}` is not an array")]
-    NotAnArray { key: &'static str },
-    #[error("bad registry mirror {url:?}")]
-    MirrorUrl {
-        url: String,
-        #[source]
-        source: url::ParseError,
-    },
-    #[error("bad registry mirror {url:?}: not an http(s) URL")]
-    MirrorNotHttp { url: String },
 }
 
 /// `host[:port]` of a `host[:port][/namespace]` location.

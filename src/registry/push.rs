@@ -7,8 +7,12 @@
 //! The writes are the only requests that ask for a token with `push` scope; every read
 //! keeps asking for `pull` alone.
 
+use super::client::Client;
+use super::error::RegistryError;
 use super::error::Subject;
-use super::{fail, Client, Outgoing, RegistryError, DOCKER_CONTENT_DIGEST};
+use super::manifests::{DOCKER_CONTENT_DIGEST, MANIFEST_LIMIT};
+use super::names::{check_manifest_reference, check_repository};
+use super::transport::{fail, read_body, Outgoing};
 use crate::digest::Digest;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, StatusCode};
@@ -20,7 +24,7 @@ fn push_scope(repository: &str) -> String {
 impl Client {
     /// Does the repository hold this blob? (HEAD; 404 is no.)
     pub fn blob_exists(&self, registry: &str, repository: &str, digest: &Digest) -> Result<bool, RegistryError> {
-        super::check_repository(repository)?;
+        check_repository(repository)?;
         let subject = Subject::Blob { repository, digest };
         let url = self.url(registry, &format!("v2/{repository}/blobs/{digest}"))?;
         let head = Outgoing { method: Method::HEAD, body: None };
@@ -95,8 +99,8 @@ impl Client {
         media_type: &str,
         body: &[u8],
     ) -> Result<Digest, RegistryError> {
-        super::check_repository(repository)?;
-        super::check_manifest_reference(reference)?;
+        check_repository(repository)?;
+        check_manifest_reference(reference)?;
         let subject = Subject::Manifest { repository, reference };
         let url = self.url(registry, &format!("v2/{repository}/manifests/{reference}"))?;
         let mut headers = HeaderMap::new();
@@ -154,7 +158,7 @@ impl Client {
         digest: &Digest,
         artifact_type: &str,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
-        super::check_repository(repository)?;
+        check_repository(repository)?;
         let reference = digest.as_str();
         let subject = Subject::Manifest { repository, reference };
         let mut url = self.url(registry, &format!("v2/{repository}/referrers/{digest}"))?;
@@ -169,6 +173,6 @@ impl Client {
             return Err(fail(registry, subject, resp));
         }
         let what = format!("the referrers of {}", subject.describe(registry));
-        super::read_body(registry, &what, resp, super::MANIFEST_LIMIT).map(Some)
+        read_body(registry, &what, resp, MANIFEST_LIMIT).map(Some)
     }
 }

@@ -5,7 +5,10 @@
 //! same way (a mirror of the index, or a test server), since the Hub is often out of
 //! reach.
 
-use super::{fail, read_body, Client, RegistryError, Subject, LIST_LIMIT};
+use super::client::Client;
+use super::error::{RegistryError, Subject};
+use super::lists::LIST_LIMIT;
+use super::transport::{fail, read_body};
 use reqwest::header::HeaderMap;
 use reqwest::Url;
 use serde::Deserialize;
