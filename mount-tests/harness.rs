@@ -344,7 +344,7 @@ pub(crate) fn all_dirs(dir: &Path) -> Vec<PathBuf> {
 /// records), so a difference that is only such an xattr missing from the reference is
 /// not one; `empty_xattr_value_is_served` checks that xattr on the mount directly.
 pub(crate) fn treecmp(mnt: &Path, reference: &Path, options: &[&str]) -> Vec<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-tests/treecmp.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/treecmp.py");
     let out = Command::new("python3").arg(script).args(options).arg(mnt).arg(reference).output().expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     match out.status.code() {

@@ -8,9 +8,9 @@ import shutil
 import sys
 import time
 
-from . import handmade, hostile, layered, umoci_images
+from . import handmade, hostile_images, layered_image, umoci_images
 from .oci import DOCKER_LAYER_GZIP, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Layout
-from .registry import Registry, expect, short
+from .push import Registry, expect, short
 from .tools import ensure_tools, log, run
 from .umoci import Umoci
 from .unpack import check_golden, unpack
@@ -64,9 +64,9 @@ def main():
     run("umoci", "init", "--layout", layout_path)
 
     umoci_images.build(u)
-    layered.build(u)
+    layered_image.build(u)
     umoci_images.build_retag_a(u)
-    layered.check(layout)
+    layered_image.check(layout)
     log("python: multi index, many:1, big:1, edge:1, edge-extra:1, pax-global:1")
     umoci_images.multi_index(layout)
     handmade.many_image(layout)
@@ -74,8 +74,8 @@ def main():
     handmade.edge_image(layout)
     handmade.edge_extra_image(layout)
     twins = {"pax-global-1": handmade.pax_global_image(layout)}
-    hostile.hostile_image(layout)
-    hostile.hostile_failing_images(layout)
+    hostile_images.hostile_image(layout)
+    hostile_images.hostile_failing_images(layout)
     log("built in %.1fs" % (time.time() - t_start))
 
     t_push = time.time()
@@ -138,7 +138,7 @@ def main():
          "1 layer opening with a global PAX header (unpack: same layer without it)")
     push("hostile-1", "hostile:1", ["--preserve-digests"], OCI_MANIFEST, GZ, None,
          "hand-made bad entries, served as documented: non-UTF-8 names, broken hard links, .., symlinks out")
-    for ref, repo_tag, mt in hostile.HOSTILE_FAILING:
+    for ref, repo_tag, mt in hostile_images.HOSTILE_FAILING:
         push(ref, repo_tag, ["--preserve-digests"], OCI_MANIFEST, mt, None,
              "hand-made layer that pull must refuse with a clear error (fulldisk: on a small disk)")
     log("pushed in %.1fs" % (time.time() - t_push))

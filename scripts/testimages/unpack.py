@@ -1,6 +1,6 @@
 """The reference trees: `umoci unpack` of each image (of a gzip twin where umoci cannot
 read the image), the directories whose mtime the unpack does not give as imgfs does
-(dir-mtime-ignore), and the check against mount-tests/fixtures where a golden list is.
+(dir-mtime-ignore), and the check against scripts/testimages/golden/ where a golden list is.
 """
 
 import difflib
@@ -84,13 +84,13 @@ def unpack(layout_path, layout, ref, dest, twins):
 
 
 def check_golden(unpack_dir, name):
-    """Compare the unpack with mount-tests/fixtures/NAME.list, where there is one."""
-    golden = os.path.join(REPO, "mount-tests", "fixtures", name + ".list")
+    """Compare the unpack with golden/NAME.list (beside this file), where there is one."""
+    golden = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", name + ".list")
     if not os.path.exists(golden):
         return
     with open(golden, encoding="utf-8", errors="surrogateescape") as f:
         want = [l for l in f.read().splitlines() if not l.startswith("# ")]
-    out = run(sys.executable, os.path.join(REPO, "mount-tests", "treecmp.py"), "--list",
+    out = run(sys.executable, os.path.join(REPO, "scripts", "treecmp.py"), "--list",
               os.path.join(unpack_dir, "rootfs"), "--ignore-dir-mtime-of",
               os.path.join(unpack_dir, "dir-mtime-ignore"), stdout=subprocess.PIPE).stdout
     got = out.decode("utf-8", errors="surrogateescape").splitlines()

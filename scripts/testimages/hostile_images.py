@@ -1,7 +1,7 @@
 """Hostile images: hand-made layers a careless or malicious builder could push.
 hostile:1 pulls and mounts (its bad entries are served as documented); each of
-HOSTILE_FAILING must make `imgfs pull` fail with a clear error. Tested by
-mount-tests/hostile.rs.
+HOSTILE_FAILING must make `imgfs pull` fail with a clear error; the mount tests'
+hostile module checks both.
 """
 
 import gzip

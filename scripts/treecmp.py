@@ -17,7 +17,7 @@
 # Prints one line per difference, `path: field: A_value != B_value`, and exits 1; or
 # prints `trees equal (N entries)` and exits 0. Exit 2 on usage errors. --list prints one
 # line per entry instead (directory mtimes that are not compared shown as "*"); the
-# golden listings in mount-tests/fixtures/ are in that form.
+# golden listings in scripts/testimages/golden/ are in that form.
 import argparse
 import hashlib
 import os
