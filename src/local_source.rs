@@ -298,7 +298,7 @@ pub fn resolve(r: &LocalRef, platform: Option<&Platform>) -> Result<LocalImage> 
         // podman names an image pulled from a layout after the layout's path as typed.
         image.names = local_name(&typed.to_string_lossy()).into_iter().collect();
     }
-    if let (Some(want), None) = (platform, &image.record.index) {
+    if let (Some(want), None) = (platform, &image.record.image_index) {
         if image.config.os != want.os || image.config.architecture != want.architecture {
             return Err(Error::WrongPlatform {
                 local: r.to_string(),
@@ -408,7 +408,7 @@ fn finish(
         id: manifest.config.digest.clone(),
         manifest: manifest_desc.digest.clone(),
         manifest_media_type: manifest_desc.media_type.clone(),
-        index,
+        image_index: index,
         config: manifest.config.clone(),
         layers: manifest.layers.clone(),
         source: LocalRef { pick: None, ..r.clone() }.to_string(),

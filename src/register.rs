@@ -64,7 +64,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
     store.put_blob_bytes(&config_desc.digest, &found.config_body)?;
     let record = ImageRecord {
         id: config_desc.digest.clone(),
-        index: found.index_digest().cloned(),
+        image_index: found.index_digest().cloned(),
         manifest: found.manifest.digest,
         manifest_media_type: found.manifest.media_type,
         config: config_desc,

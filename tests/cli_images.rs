@@ -202,7 +202,7 @@ impl Env {
             id: id.clone(),
             manifest: manifest_digest.clone(),
             manifest_media_type: OCI_MANIFEST.into(),
-            index: None,
+            image_index: None,
             config: config_desc,
             layers: descs.clone(),
             source: repos.first().cloned().unwrap_or_else(|| "docker.io/library/scratch".into()),

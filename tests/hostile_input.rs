@@ -65,7 +65,7 @@ fn store_with_layer_sizes(sizes: &[u64]) -> tempfile::TempDir {
         id: id.clone(),
         manifest: manifest_digest.clone(),
         manifest_media_type: OCI_MANIFEST.into(),
-        index: None,
+        image_index: None,
         config: config_desc,
         layers: sizes
             .iter()

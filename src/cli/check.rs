@@ -210,7 +210,7 @@ fn records(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
         // Every manifest the image is known by, each with its index if it came from one.
         let manifests = rec.manifests();
         let must_have = std::iter::once(&rec.id)
-            .chain(manifests.iter().flat_map(|m| std::iter::once(&m.manifest).chain(m.index.as_ref())));
+            .chain(manifests.iter().flat_map(|m| std::iter::once(&m.manifest).chain(m.image_index.as_ref())));
         let problem = if &rec.id != id || rec.config.digest != rec.id {
             Some("its ID, key and config digest differ".to_string())
         } else if let Some(missing) = must_have.into_iter().find(|d| !store.has_blob(d)) {

@@ -21,9 +21,11 @@ pub struct ImageRecord {
     /// The image manifest (the platform-specific one for a multi-arch image).
     pub manifest: Digest,
     pub manifest_media_type: String,
-    /// The index the manifest was chosen from, if it came from one.
-    #[serde(default)]
-    pub index: Option<Digest>,
+    /// The image index (a multi-arch image's list of manifests) the manifest was chosen
+    /// from, if it came from one. (Records written before the field was named so say
+    /// `index`.)
+    #[serde(default, alias = "index")]
+    pub image_index: Option<Digest>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
     /// `registry/repository` the image was fetched from; lazy layer fetches go there.
@@ -52,9 +54,11 @@ pub struct ImageRecord {
 pub struct ManifestRecord {
     pub manifest: Digest,
     pub manifest_media_type: String,
-    /// The index the manifest was chosen from, if it came from one.
-    #[serde(default)]
-    pub index: Option<Digest>,
+    /// The image index (a multi-arch image's list of manifests) the manifest was chosen
+    /// from, if it came from one. (Records written before the field was named so say
+    /// `index`.)
+    #[serde(default, alias = "index")]
+    pub image_index: Option<Digest>,
     pub layers: Vec<Descriptor>,
     /// `registry/repository` (or the local source) the layers are fetched from.
     pub source: String,
@@ -64,12 +68,12 @@ impl ManifestRecord {
     /// The digest a digest reference names: the index of a multi-arch image, else the
     /// manifest.
     pub fn top(&self) -> &Digest {
-        self.index.as_ref().unwrap_or(&self.manifest)
+        self.image_index.as_ref().unwrap_or(&self.manifest)
     }
 
     /// Every blob the manifest needs: itself, its index, its layers.
     pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
-        std::iter::once(&self.manifest).chain(self.index.as_ref()).chain(self.layers.iter().map(|l| &l.digest))
+        std::iter::once(&self.manifest).chain(self.image_index.as_ref()).chain(self.layers.iter().map(|l| &l.digest))
     }
 }
 
@@ -79,7 +83,7 @@ impl ImageRecord {
         ManifestRecord {
             manifest: self.manifest.clone(),
             manifest_media_type: self.manifest_media_type.clone(),
-            index: self.index.clone(),
+            image_index: self.image_index.clone(),
             layers: self.layers.clone(),
             source: self.source.clone(),
         }
@@ -94,7 +98,9 @@ impl ImageRecord {
     /// manifest from that repository is one of its own already.
     pub fn add_manifest(&mut self, other: &ImageRecord) {
         let new = other.main_manifest();
-        let known = |m: &ManifestRecord| m.manifest == new.manifest && m.index == new.index && m.source == new.source;
+        let known = |m: &ManifestRecord| {
+            m.manifest == new.manifest && m.image_index == new.image_index && m.source == new.source
+        };
         if other.id == self.id && !self.manifests().iter().any(known) {
             self.other_manifests.push(new);
         }
@@ -123,7 +129,7 @@ impl ImageRecord {
         out.other_manifests.insert(0, self.main_manifest());
         out.manifest = chosen.manifest;
         out.manifest_media_type = chosen.manifest_media_type;
-        out.index = chosen.index;
+        out.image_index = chosen.image_index;
         out.layers = chosen.layers;
         out.source = chosen.source;
         out
@@ -306,7 +312,7 @@ mod tests {
             id: Digest::of(b"config"),
             manifest: Digest::of(manifest),
             manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            index: None,
+            image_index: None,
             config: Descriptor { digest: Digest::of(b"config"), ..layer.clone() },
             layers: vec![layer],
             source: source.into(),
@@ -339,5 +345,16 @@ mod tests {
         assert!(json.get("other_manifests").is_none());
         let back: ImageRecord = serde_json::from_value(json).unwrap();
         assert!(back.other_manifests.is_empty());
+    }
+
+    #[test]
+    fn a_record_written_before_image_index_was_named_so_reads_its_index() {
+        let mut old = serde_json::to_value(record(b"m", "reg.lan/r")).unwrap();
+        let index = Digest::of(b"index");
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("image_index");
+        fields.insert("index".into(), serde_json::json!(index));
+        let back: ImageRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.image_index, Some(index));
     }
 }
