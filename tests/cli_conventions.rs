@@ -197,6 +197,143 @@ fn help_and_readme_agree_where_they_overlap() {
     assert!(readme_rows("search").contains("search Docker Hub"));
 }
 
+/// The README and the pages of docs/, each with its path.
+fn doc_pages() -> Vec<(std::path::PathBuf, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "md") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+/// A page's lines outside fenced code blocks, with inline code spans blanked out (a
+/// link or heading is never inside either).
+fn prose_lines(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            let spans: Vec<&str> = line.split('`').collect();
+            lines.push(spans.iter().step_by(2).copied().collect::<Vec<_>>().join(" "));
+        }
+    }
+    lines
+}
+
+/// The anchors of a page's headings, as GitHub makes them: lowercase, every character
+/// but letters, digits, `-`, `_` and spaces dropped, spaces as `-`, a repeated one
+/// numbered from `-1`.
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let Some(heading) = line.strip_prefix('#') else { continue };
+        if fenced {
+            continue;
+        }
+        let heading = heading.trim_start_matches('#').trim();
+        let base: String = heading
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(base.clone()).or_insert(0);
+        out.push(if *n == 0 { base } else { format!("{base}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+/// Every relative link in the README and docs/ names a file that exists, and every
+/// `#anchor` a heading of the page it points at.
+#[test]
+fn links_in_the_readme_and_docs_resolve() {
+    let pages = doc_pages();
+    let mut broken = Vec::new();
+    let mut links = 0;
+    for (path, text) in &pages {
+        let dir = path.parent().unwrap();
+        for line in prose_lines(text) {
+            for (i, _) in line.match_indices("](") {
+                let rest = &line[i + 2..];
+                let Some(end) = rest.find(')') else { continue };
+                let target = &rest[..end];
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                links += 1;
+                let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+                let file = if file.is_empty() { path.clone() } else { dir.join(file) };
+                let name = format!("{}: {target}", path.file_name().unwrap().to_string_lossy());
+                if !file.exists() {
+                    broken.push(format!("{name} (no such file)"));
+                } else if !anchor.is_empty() {
+                    let text = std::fs::read_to_string(&file).unwrap_or_default();
+                    if !anchors(&text).iter().any(|a| a == anchor) {
+                        broken.push(format!("{name} (no such heading)"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(links > 50, "only {links} links found: is the scan right?");
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+}
+
+/// docs/architecture.md's module map names every file under src/ (a row may name
+/// several as `src/dir/{a,b}.rs`), and nothing that is not there.
+#[test]
+fn the_module_map_names_every_module_and_no_other() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let mut named = std::collections::BTreeSet::new();
+    for line in map.lines().filter(|l| l.starts_with("| `src/")) {
+        let cell = line.split(" | ").next().unwrap();
+        for span in cell.split('`').skip(1).step_by(2) {
+            match span.split_once('{') {
+                Some((head, rest)) => {
+                    let (names, tail) = rest.split_once('}').expect("a closing brace");
+                    named.extend(names.split(',').map(|n| format!("{head}{n}{tail}")));
+                }
+                None => {
+                    named.insert(span.to_string());
+                }
+            }
+        }
+    }
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.insert(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut files = std::collections::BTreeSet::new();
+    walk(&root.join("src"), root, &mut files);
+    let missing: Vec<_> = files.difference(&named).collect();
+    let stale: Vec<_> = named.difference(&files).collect();
+    assert!(missing.is_empty(), "modules docs/architecture.md does not name: {missing:?}");
+    assert!(stale.is_empty(), "docs/architecture.md names files that do not exist: {stale:?}");
+}
+
 /// With `IMGFS_ROOT` (or any option's variable) set, a usage error shows the command's
 /// usage as its help does: clap would count the variable as an option given and print
 /// `Usage: imgfs pull --root <DIR> <REF>`.
