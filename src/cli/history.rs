@@ -2,8 +2,9 @@
 //! `docker history` shows it: newest first, the columns IMAGE, CREATED, CREATED BY,
 //! SIZE and COMMENT, the image ID on the top row and `<missing>` on the others (their
 //! steps made no image of their own here), sizes the layers' uncompressed sizes (what
-//! `docker history` and `podman history` show). A size comes from the layer's index in
-//! the store or its published index; a layer with neither is fetched and indexed.
+//! `docker history` and `podman history` show). A size comes from the layer's table of
+//! contents, in the store or in its published index; a layer with neither is fetched
+//! and its table of contents built.
 
 use super::ls::{created_since, human_size};
 use super::opening::{open, ImageOptions};

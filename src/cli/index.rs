@@ -1,7 +1,7 @@
-//! `imgfs index push REF` publishes, next to an image in its registry, the index of each
-//! of its layers (table of contents, decompression checkpoints, span digests: see
-//! `index_artifact`) as an OCI referrer of the image (`referrers`); `imgfs index inspect
-//! REF` finds it again from the registry alone and says what it holds.
+//! `imgfs index push REF` publishes, next to an image in its registry, the image's
+//! published index (per layer its table of contents, decompression checkpoints and span
+//! digests: see `index_artifact`) as an OCI referrer of the image (`referrers`); `imgfs
+//! index inspect REF` finds it again from the registry alone and says what it holds.
 
 use super::Context;
 use crate::image::{Descriptor, Platform};
@@ -23,9 +23,10 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum IndexCommand {
-    /// Pull an image if needed and publish its layer indexes to its registry as an OCI referrer
+    /// Pull an image if needed and publish its index (each layer's table of contents and
+    /// checkpoints) to its registry as an OCI referrer
     Push(PushArgs),
-    /// Find the layer indexes published for an image and show what they hold
+    /// Find the published index of an image and show what it holds
     Inspect(InspectArgs),
 }
 
@@ -34,7 +35,7 @@ pub struct PushArgs {
     /// Platform to use from a multi-arch image (OS/ARCH[/VARIANT])
     #[arg(long, env = "DOCKER_DEFAULT_PLATFORM")]
     pub platform: Option<String>,
-    /// Image reference ([registry/]name[:tag][@sha256:…]); the index goes to its repository
+    /// Image reference ([registry/]name[:tag][@sha256:…]); the published index goes to its repository
     #[arg(value_name = "REF")]
     pub reference: String,
 }

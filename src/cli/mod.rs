@@ -85,9 +85,11 @@ pub enum Command {
     Login(login::Args),
     /// Log out from a registry (removes the kept credentials)
     Logout(logout::Args),
-    /// Verify the store (blobs, indexes, records, mounts); --repair removes what is damaged
+    /// Verify the store (blobs, tables of contents, records, mounts); --repair removes what
+    /// is damaged
     Check(check::Args),
-    /// Publish layer indexes next to an image in its registry, or inspect them
+    /// Publish an image's index (each layer's table of contents and checkpoints) to its
+    /// registry, or inspect a published index
     Index(index::Args),
     /// Print files of an image to stdout, without a mount
     Cat(cat::Args),

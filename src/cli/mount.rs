@@ -33,8 +33,8 @@ pub struct Args {
     /// Memory for decoded data of compressed layers, shared by all reads (MiB)
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub read_cache: u64,
-    /// Don't look for an index published next to the image (`imgfs index push`):
-    /// fetch each layer whole on first use
+    /// Don't look for a published index (`imgfs index push`) nor read eStargz layers by
+    /// Range: fetch each layer whole on first use
     #[arg(long)]
     pub no_index: bool,
     /// Bound of the disk cache (ROOT/cache) of spans fetched by Range through a

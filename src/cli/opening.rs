@@ -14,8 +14,8 @@ pub struct ImageOptions {
     // Docker's variable for the default platform; the flag wins over it.
     #[arg(long, env = "DOCKER_DEFAULT_PLATFORM")]
     pub platform: Option<String>,
-    /// Don't look for an index published next to the image (`imgfs index push`):
-    /// fetch each layer that is needed whole
+    /// Don't look for a published index (`imgfs index push`) nor read eStargz layers by
+    /// Range: fetch each layer that is needed whole
     #[arg(long)]
     pub no_index: bool,
 }
