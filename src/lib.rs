@@ -1,20 +1,13 @@
 //! imgfs mounts container images (Docker and OCI) as read-only directory trees and
 //! manages a local content-addressed store of them with a docker-style CLI.
 //!
-//! Data flows from a reference to the kernel like this: `reference` parses what the
-//! user typed (`local_source` reads OCI layouts and archives instead of a registry);
-//! `registry` speaks the distribution API; `image` models manifests,
-//! indexes and configs and picks a platform; `fetch` brings manifests, configs and
-//! layers into the `store`, verified; `layer` turns a layer blob into a table of
-//! contents with random access to file data; `tree` stacks the layers into the OCI
-//! union, lazily; `fs` answers filesystem operations with plain values and errnos;
-//! `fuse` adapts that to the kernel through `fuser` (`fusermount` mounts through
-//! fusermount3 when /dev/fuse is closed to the user). `server` owns a mount's life
-//! (resolving and holding the image, the background server, signals, mount records,
-//! teardown); `filter` holds the image filters of `ls` and `prune`, and the store
-//! decides what may be deleted (`store::remove`). `cli` holds one module per
-//! subcommand: it parses arguments and prints; `log` is how the library's messages
-//! reach the user.
+//! An image is resolved from its registry (or read from a local source), recorded in
+//! the store, and opened: each of its layers comes, on first use, from the store, a
+//! published index, an eStargz TOC or a download, and becomes a table of contents with
+//! random access to its data; the layers are stacked into the OCI union, which answers
+//! filesystem operations for a FUSE mount or for the commands that read an image
+//! without one. The module map, and how data flows between the modules, is
+//! docs/architecture.md; each module's header says what it is for.
 
 // Every unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe` block
 // with a SAFETY comment that says why it holds.
