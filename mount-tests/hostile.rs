@@ -1,7 +1,7 @@
 //! Hostile images, pushed to the real test registry by scripts/build-test-images
-//! (scripts/testimages/hostile.py: hostile_image, hostile_failing_images): what a mount
-//! serves of bad entries, and the clear errors a pull gives for layers it refuses, the
-//! configurable bounds on a layer, and a full store disk.
+//! (scripts/testimages/hostile_images.py: hostile_image, hostile_failing_images): what a
+//! mount serves of bad entries, and the clear errors a pull gives for layers it refuses,
+//! the configurable bounds on a layer, and a full store disk.
 
 use super::*;
 use std::ffi::OsStr;

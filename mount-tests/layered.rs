@@ -1,5 +1,5 @@
-//! An image shaped as real ones are: layered:1 (scripts/testimages/layered.py) is built
-//! the way docker, BuildKit and umoci build images: only the base layer (a busybox
+//! An image shaped as real ones are: layered:1 (scripts/testimages/layered_image.py) is
+//! built the way docker, BuildKit and umoci build images: only the base layer (a busybox
 //! root) has a "./" entry; the three layers above, made by `umoci repack`, list only
 //! what changed and the directories whose mtime the change moved. Layers, bottom to top:
 //!   0 busybox base: ./, bin/busybox + applet symlinks, etc, root 0700, tmp 1777,

@@ -49,7 +49,7 @@ def app2_layer(root):
 
 
 def build(u):
-    """Every umoci image but layered:1 (layered.py) and retag's contents."""
+    """Every umoci image but layered:1 (layered_image.py) and retag's contents."""
     log("umoci: base:1, app:1, app:2")
     u.new("base-1")
     u.layer("base-1", "base-1", base_layer, "base layer")
