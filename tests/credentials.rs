@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 #[path = "outcome/mod.rs"]
 mod outcome;
+#[path = "pty/mod.rs"]
+mod pty;
 use outcome::{fails, ok};
 
 const USER: &str = "alice";
@@ -465,43 +467,10 @@ fn read_until(master: &mut std::fs::File, seen: &mut String, want: &str) {
 
 #[test]
 fn login_asks_on_the_terminal_without_echo() {
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
-    use std::os::fd::BorrowedFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::process::CommandExt;
     let Some(_) = outcome::test_env() else { return };
     let reg = htpasswd_registry();
     let home = Home::new();
-    // openpty(3), spelled out: a master, then its slave opened by name.
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
-    grantpt(&master).and_then(|()| unlockpt(&master)).expect("grantpt/unlockpt");
-    let name = ptsname(&master, Vec::new()).expect("ptsname");
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(name.to_str().expect("a pty's name is ASCII"))
-        .expect("open the pty's slave");
-    let mut master = std::fs::File::from(master);
-    let mut cmd = home.command(&["login", &reg.addr]);
-    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
-    // SAFETY: pre_exec's hook runs in the forked child, where only async-signal-safe
-    // calls are allowed: setsid(2) and ioctl(2), straight system calls through rustix,
-    // no allocation. Descriptor 0 is open there (the pty, set up before the hook runs).
-    // The child gets a session of its own with the pty as its controlling terminal, so
-    // /dev/tty is it.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            rustix::process::ioctl_tiocsctty(BorrowedFd::borrow_raw(0))?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    // Only the child may hold the terminal open: reading the master then ends (EIO)
-    // when it exits. The Command keeps its copies until it is dropped.
-    drop(cmd);
-    drop(slave);
+    let (mut child, mut master) = pty::spawn(home.command(&["login", &reg.addr]), None);
     let mut seen = String::new();
     read_until(&mut master, &mut seen, "Username: ");
     master.write_all(format!("{USER}\n").as_bytes()).unwrap();

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 #[path = "outcome/mod.rs"]
 mod outcome;
+#[path = "pty/mod.rs"]
+mod pty;
 use outcome::{fails, ok};
 
 #[path = "faultproxy/mod.rs"]
@@ -592,11 +594,8 @@ fn after_last_escape(screen: &str) -> &str {
 #[test]
 fn ctrl_c_during_a_pull_ends_the_progress_lines_cleanly() {
     use faultproxy::{Fault, FaultProxy, Rule};
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
     use std::io::{Read, Write};
-    use std::os::fd::BorrowedFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
     let Some(_) = outcome::test_env() else { return };
     let e = env_only();
     let proxy = FaultProxy::start(&e.addr);
@@ -611,36 +610,10 @@ fn ctrl_c_during_a_pull_ends_the_progress_lines_cleanly() {
     let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
     proxy.add(Rule::new(&layer, Fault::Stall));
 
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
-    grantpt(&master).and_then(|()| unlockpt(&master)).expect("grantpt/unlockpt");
-    let name = ptsname(&master, Vec::new()).expect("ptsname");
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(name.to_str().expect("a pty's name is ASCII"))
-        .expect("open the pty's slave");
-    let size = rustix::termios::Winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
-    rustix::termios::tcsetwinsize(&slave, size).expect("set the pty's size");
-    let mut master = std::fs::File::from(master);
     let root = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgfs"));
     cmd.arg("--root").arg(root.path()).args(["pull", &format!("{}/big:1", proxy.addr)]);
-    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
-    // SAFETY: pre_exec's hook runs in the forked child, where only async-signal-safe
-    // calls are allowed: setsid(2) and ioctl(2), straight system calls through rustix,
-    // no allocation. Descriptor 0 is the pty there. The child leads a session of its
-    // own whose controlling terminal is the pty, so the pty's ^C signals it.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            rustix::process::ioctl_tiocsctty(BorrowedFd::borrow_raw(0))?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    drop(slave);
+    let (mut child, mut master) = pty::spawn(cmd, Some(100));
     let waiting = format!("{}: Waiting", &layer[7..19]);
     let mut screen = String::new();
     let mut buf = [0u8; 4096];
