@@ -4,7 +4,8 @@
 //! diff_id, and turn tar entries into `Entry`s with whiteouts and opaque markers taken
 //! out.
 
-use super::checkpoints::{Checkpoints, Format, IndexingDecoder};
+use super::checkpoints::{Checkpoints, Format};
+use super::indexing::IndexingDecoder;
 use super::{join, show, split_parent, Contents, Entry, Kind};
 use super::{Context, Error, Result};
 use crate::digest::{Digest, HashingReader};

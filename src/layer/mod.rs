@@ -27,9 +27,11 @@ pub mod build;
 pub mod checkpoints;
 pub mod data;
 pub mod estargz;
+pub mod indexing;
 pub mod reframe;
 pub mod remote;
 pub mod spans;
+mod zlib;
 
 pub use data::LayerData;
 
