@@ -432,7 +432,7 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<(
 }
 
 /// Length of the gzip member header at the start of `d` (RFC 1952, 2.3).
-fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
+pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
