@@ -36,6 +36,15 @@ use std::sync::{mpsc, Arc};
 /// chunk's beginning (three inflaters until 32 KiB pass without a marker) cost little
 /// against decoding the rest, small enough that a few chunks per core stay in memory.
 pub const CHUNK: u64 = 1 << 20;
+/// Blobs smaller than this are decoded in order: a few chunks leave the workers little to
+/// do ahead of the reader, and the one-core decoder has no marked stretches to pay for.
+pub const MIN_PARALLEL: u64 = 4 * CHUNK;
+
+/// Whether decoding a gzip blob of `len` bytes on `workers` pays.
+pub fn pays(len: u64, workers: &Workers) -> bool {
+    workers.size() > 1 && len >= MIN_PARALLEL
+}
+
 /// Output (markers count two bytes) a chunk decoded ahead may hold; past it the chunk is
 /// dropped and decoded in order, streaming.
 const MAX_SPECULATIVE: usize = 32 << 20;
@@ -102,6 +111,8 @@ pub struct ParallelGzip {
     points: Vec<Checkpoint>,
     deflater: flate2::Compress,
     done: bool,
+    /// The first member's header has been read.
+    started: bool,
     stats: Stats,
     /// Take back a chunk still queued when it is needed (off only in tests, which
     /// want every chunk decoded ahead whatever the load).
@@ -122,35 +133,21 @@ pub struct Stats {
 impl ParallelGzip {
     /// Decodes `blob`, a gzip stream, with a checkpoint about every `span` bytes of output,
     /// in chunks of `chunk` compressed bytes decoded ahead on `workers`.
+    /// Nothing is read until the first `read`, where an error in the first header shows.
     pub fn new(blob: Arc<Arriving>, span: u64, chunk: u64, workers: &'static Workers) -> io::Result<ParallelGzip> {
         if span == 0 || chunk == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "span and chunk must be positive"));
         }
-        let mut head = vec![0; 64 << 10];
-        let got = blob.read_full_at(&mut head, 0)?;
-        head.truncate(got);
-        let (first, done) = if blob.is_empty() {
-            (0, true)
-        } else {
-            let len = gzip_header_len(&head).map_err(|e| {
-                if got < 10 {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream is truncated")
-                } else {
-                    e
-                }
-            })?;
-            (len as u64, false)
-        };
         Ok(ParallelGzip {
             in_flight: (workers.size() + 1).min(16),
             blob,
             workers,
             span,
             chunk,
-            first,
+            first: 0,
             tasks: VecDeque::new(),
             next_chunk: 1,
-            next_bit: 8 * first,
+            next_bit: 0,
             cur: None,
             window: Vec::with_capacity(2 * WINDOW_SIZE),
             crc: crc32fast::Hasher::new(),
@@ -158,7 +155,8 @@ impl ParallelGzip {
             out_total: 0,
             points: Vec::new(),
             deflater: flate2::Compress::new(flate2::Compression::fast(), false),
-            done,
+            done: false,
+            started: false,
             stats: Stats::default(),
             take_back: true,
         })
@@ -175,6 +173,28 @@ impl ParallelGzip {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Reads the first member's header: chunk 0 starts after it. An empty blob is an
+    /// empty stream, as for the one-core decoder.
+    fn start(&mut self) -> io::Result<()> {
+        self.started = true;
+        if self.blob.is_empty() {
+            self.done = true;
+            return Ok(());
+        }
+        let mut head = vec![0; 64 << 10];
+        let got = self.blob.read_full_at(&mut head, 0)?;
+        let len = gzip_header_len(&head[..got]).map_err(|e| {
+            if got < 10 {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream is truncated")
+            } else {
+                e
+            }
+        })?;
+        self.first = len as u64;
+        self.next_bit = 8 * self.first;
+        Ok(())
     }
 
     fn chunk_of(&self, bit: u64) -> u64 {
@@ -317,6 +337,9 @@ impl Read for ParallelGzip {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
+        }
+        if !self.started {
+            self.start()?;
         }
         loop {
             if self.done {
