@@ -153,10 +153,13 @@ impl<R: Read> Decoder<R> {
             Decoder::Parallel(d) => {
                 let stats = d.stats();
                 tracing::debug!(
-                    "gzip decoded in parallel: {} chunks ahead, {} in order, {} marker bytes",
+                    "gzip decoded in parallel: {} chunks ahead, {} in order, {} bytes marked, {} markers, \
+                     {:?} waited for workers",
                     stats.ahead,
                     stats.in_order,
-                    stats.markers
+                    stats.marked,
+                    stats.markers,
+                    stats.waited
                 );
                 Some(d.finish()?)
             }

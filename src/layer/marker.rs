@@ -4,13 +4,13 @@
 //! Without the window, a back-reference into it can't be resolved yet, so its bytes are
 //! kept as markers, the window positions they copy, and put right once the window is
 //! known (rapidgzip's method). The markers come from zlib-rs itself rather than a second
-//! inflate implementation: the stretch is decoded by three inflaters at once, each primed
-//! with a different made-up window (position `i` holds `i & 0xff`, `i >> 8` and
-//! `!(i & 0xff)`). Deflate's control flow never depends on the bytes it outputs, so the
-//! three consume the same input and make the same output except where a byte comes from
-//! the window: there the first and third differ, and the first two spell the position.
-//! Once 32 KiB of output without a marker has passed, the made-up window is out of reach
-//! and one inflater goes on alone.
+//! inflate implementation: the stretch is decoded by two inflaters at once, each primed
+//! with a different made-up window (position `i`, split into its low byte `lo` and high
+//! bits `hi`, holds `lo` in one and `lo ^ (hi + 1)` in the other). Deflate's control flow
+//! never depends on the bytes it outputs, so the two consume the same input and make the
+//! same output except where a byte comes from the window: there they differ (`hi + 1` is
+//! never 0), and together they spell the position. Once 32 KiB of output without a
+//! marker has passed, the made-up window is out of reach and one inflater goes on alone.
 //!
 //! A stretch ends at the first block boundary at or after its `stop` bit where a block
 //! with dynamic Huffman codes starts (the kind of start `blockfind` looks for), so a
@@ -67,7 +67,7 @@ pub(super) struct Stretch {
     out: u64,
     /// Output offset just after the last marker (0: none yet).
     clean_from: u64,
-    outs: [Vec<u8>; 3],
+    outs: [Vec<u8>; 2],
     pub(super) events: Vec<Event>,
     end: Option<End>,
 }
@@ -77,8 +77,7 @@ fn made_up_window(k: usize) -> Vec<u8> {
     (0..WINDOW_SIZE)
         .map(|i| match k {
             0 => i as u8,
-            1 => (i >> 8) as u8,
-            _ => !(i as u8),
+            _ => (i as u8) ^ ((i >> 8) as u8 + 1),
         })
         .collect()
 }
@@ -89,7 +88,7 @@ impl Stretch {
     /// member (at most 32 KiB, empty at a member's start); `None` when not known, which
     /// makes markers.
     pub(super) fn new(blob: Arc<Arriving>, start: u64, stop: u64, window: Option<&[u8]>) -> io::Result<Stretch> {
-        let count = if window.is_some() { 1 } else { 3 };
+        let count = if window.is_some() { 1 } else { 2 };
         let mut inflaters = Vec::with_capacity(count);
         let (byte, skip) = (start / 8, (start % 8) as u8);
         let mut first = [0u8];
@@ -124,7 +123,7 @@ impl Stretch {
         })
     }
 
-    /// Whether markers may still come (three inflaters at work).
+    /// Whether markers may still come (two inflaters at work).
     pub(super) fn marking(&self) -> bool {
         self.inflaters.len() > 1
     }
@@ -177,34 +176,39 @@ impl Stretch {
             return Err(truncated());
         }
         let input = &self.input[self.in_pos..];
-        let mut results = [(0, 0, 0, 0); 3];
-        for (k, inf) in self.inflaters.iter_mut().enumerate() {
-            self.outs[k].resize(OUTPUT_STEP, 0);
-            let (ret, consumed, produced) = inf.inflate(input, &mut self.outs[k], zlib::Z_BLOCK);
-            results[k] = (ret, consumed, produced, inf.data_type());
-        }
-        let (ret, consumed, produced, state) = results[0];
-        if results[1..self.inflaters.len()].iter().any(|r| *r != results[0]) {
-            // Cannot happen with a sound inflater; never trust such output.
-            return Err(invalid_data("the marker inflaters disagree"));
-        }
+        let (ret, consumed, produced, state) = if self.marking() {
+            let mut results = [(0, 0, 0, 0); 2];
+            for (k, inf) in self.inflaters.iter_mut().enumerate() {
+                self.outs[k].resize(OUTPUT_STEP, 0);
+                let (ret, consumed, produced) = inf.inflate(input, &mut self.outs[k], zlib::Z_BLOCK);
+                results[k] = (ret, consumed, produced, inf.data_type());
+            }
+            if results[1] != results[0] {
+                // Cannot happen with a sound inflater; never trust such output.
+                return Err(invalid_data("the marker inflaters disagree"));
+            }
+            results[0]
+        } else {
+            let inf = &mut self.inflaters[0];
+            let (ret, consumed, produced) = inf.inflate_onto(input, tail, OUTPUT_STEP, zlib::Z_BLOCK);
+            (ret, consumed, produced, inf.data_type())
+        };
         self.in_pos += consumed;
-        let made = &self.outs[0][..produced];
         if self.marking() {
-            for (j, (&a, (&b, &c))) in made.iter().zip(self.outs[1].iter().zip(&self.outs[2])).enumerate() {
-                if a == c {
+            let made = &self.outs[0][..produced];
+            head.reserve(produced);
+            for (j, (&a, &b)) in made.iter().zip(&self.outs[1]).enumerate() {
+                if a == b {
                     head.push(u16::from(a));
                 } else {
-                    head.push(MARKER | u16::from(a) | (u16::from(b) << 8));
+                    head.push(MARKER | u16::from(a) | (u16::from((a ^ b) - 1) << 8));
                     self.clean_from = self.out + j as u64 + 1;
                 }
             }
-        } else {
-            tail.extend_from_slice(made);
         }
         self.out += produced as u64;
         if self.marking() && self.out - self.clean_from >= WINDOW_SIZE as u64 {
-            // The made-up windows are out of reach: the three would agree from here on.
+            // The made-up windows are out of reach: the two would agree from here on.
             self.inflaters.truncate(1);
         }
         match ret {

@@ -19,8 +19,9 @@
 //! early is an error of kind `UnexpectedEof`. Every block boundary met is noted in order,
 //! so the checkpoints are chosen exactly as the one-core decoder chooses them.
 //!
-//! Memory: at most one chunk in decoding per worker plus one, each bounded
-//! (`MAX_SPECULATIVE`); a chunk that grows past that is decoded in order, streaming.
+//! Memory: at most one chunk decoded ahead per worker (up to `MAX_IN_FLIGHT`), each
+//! bounded (`MAX_SPECULATIVE`; a chunk that grows past it is decoded in order, streaming),
+//! and the one being handed on.
 
 use super::arriving::Arriving;
 use super::blockfind;
@@ -30,24 +31,27 @@ use super::workers::Workers;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
-/// Compressed bytes per chunk: enough that finding a start and the marked stretch at a
-/// chunk's beginning (three inflaters until 32 KiB pass without a marker) cost little
-/// against decoding the rest, small enough that a few chunks per core stay in memory.
-pub const CHUNK: u64 = 1 << 20;
-/// Blobs smaller than this are decoded in order: a few chunks leave the workers little to
-/// do ahead of the reader, and the one-core decoder has no marked stretches to pay for.
-pub const MIN_PARALLEL: u64 = 4 * CHUNK;
+/// Compressed bytes per chunk. A chunk's first few hundred KiB of output are decoded twice
+/// (markers may still come there; see `marker`), so a chunk must be large for that to cost
+/// little: at 1 MiB it was a third of the output of a real layer, at 8 MiB a twentieth.
+pub const CHUNK: u64 = 8 << 20;
+/// Blobs smaller than this are decoded in order: with one chunk, there is nothing to
+/// decode ahead of the reader.
+pub const MIN_PARALLEL: u64 = 2 * CHUNK;
 
 /// Whether decoding a gzip blob of `len` bytes on `workers` pays.
 pub fn pays(len: u64, workers: &Workers) -> bool {
     workers.size() > 1 && len >= MIN_PARALLEL
 }
 
+/// Chunks decoded ahead at once, at most (each holds its output, about four times its
+/// size, until the reader takes it).
+const MAX_IN_FLIGHT: usize = 8;
 /// Output (markers count two bytes) a chunk decoded ahead may hold; past it the chunk is
 /// dropped and decoded in order, streaming.
-const MAX_SPECULATIVE: usize = 32 << 20;
+const MAX_SPECULATIVE: usize = 96 << 20;
 /// Possible block starts tried in a chunk before it is left to the in-order decode.
 const MAX_TRIES: usize = 32;
 /// Bytes past a chunk's end read with it, so a block header near the end can be checked.
@@ -80,6 +84,8 @@ struct Decoded {
 /// The stretch being handed out.
 struct Current {
     bytes: Vec<u8>,
+    /// Output to hand on after `bytes` (a chunk decoded ahead: its tail, after its head).
+    next: Option<Vec<u8>>,
     pos: usize,
     /// Offset of `bytes[0]` in the stretch's output.
     base: u64,
@@ -103,8 +109,10 @@ pub struct ParallelGzip {
     next_chunk: u64,
     next_bit: u64,
     cur: Option<Current>,
-    /// The current member's output, its last 32 KiB at least (up to twice that).
+    /// The window before the current segment's bytes (see `window_now`).
     window: Vec<u8>,
+    scratch: Vec<u8>,
+    spare: Spare,
     crc: crc32fast::Hasher,
     member_out: u64,
     out_total: u64,
@@ -128,6 +136,10 @@ pub struct Stats {
     pub in_order: u64,
     /// Bytes that were markers, put right from a window.
     pub markers: u64,
+    /// Bytes decoded by two inflaters (while markers could still come).
+    pub marked: u64,
+    /// Time the reader waited for a chunk a worker was decoding.
+    pub waited: std::time::Duration,
 }
 
 impl ParallelGzip {
@@ -139,7 +151,7 @@ impl ParallelGzip {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "span and chunk must be positive"));
         }
         Ok(ParallelGzip {
-            in_flight: (workers.size() + 1).min(16),
+            in_flight: workers.size().min(MAX_IN_FLIGHT),
             blob,
             workers,
             span,
@@ -149,7 +161,9 @@ impl ParallelGzip {
             next_chunk: 1,
             next_bit: 0,
             cur: None,
-            window: Vec::with_capacity(2 * WINDOW_SIZE),
+            window: Vec::with_capacity(WINDOW_SIZE),
+            scratch: Vec::with_capacity(WINDOW_SIZE),
+            spare: Spare::default(),
             crc: crc32fast::Hasher::new(),
             member_out: 0,
             out_total: 0,
@@ -206,10 +220,6 @@ impl ParallelGzip {
         8 * (self.first + (c + 1) * self.chunk)
     }
 
-    fn window_tail(&self) -> &[u8] {
-        &self.window[self.window.len().saturating_sub(WINDOW_SIZE)..]
-    }
-
     /// Hands the chunks after `c` whose bytes have arrived to the workers, up to the
     /// in-flight bound.
     fn submit(&mut self, c: u64) {
@@ -225,7 +235,13 @@ impl ParallelGzip {
             }
             let (tx, rx) = mpsc::sync_channel(1);
             let state = Arc::new(AtomicU8::new(QUEUED));
-            let job = Job { blob: Arc::clone(&self.blob), lo, stop: self.stop_of(n), state: Arc::clone(&state) };
+            let job = Job {
+                blob: Arc::clone(&self.blob),
+                lo,
+                stop: self.stop_of(n),
+                state: Arc::clone(&state),
+                spare: Arc::clone(&self.spare),
+            };
             self.workers.run(move || {
                 if job.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     let _ = tx.send(job.decode());
@@ -252,22 +268,26 @@ impl ParallelGzip {
             if !self.take_back
                 || t.state.compare_exchange(QUEUED, TAKEN_BACK, Ordering::AcqRel, Ordering::Acquire).is_err()
             {
+                let t0 = std::time::Instant::now();
                 ahead = t.result.recv().ok().flatten();
+                self.stats.waited += t0.elapsed();
             }
         }
         let cur = match ahead {
             Some(d) if d.start == bit => {
-                let mut bytes = Vec::with_capacity(d.head.len() + d.tail.len());
-                self.stats.markers += marker::resolve(&d.head, self.window_tail(), &mut bytes)?;
-                bytes.extend_from_slice(&d.tail);
+                let mut bytes = Vec::with_capacity(d.head.len());
+                self.stats.markers += marker::resolve(&d.head, &self.window, &mut bytes)?;
                 self.stats.ahead += 1;
-                Current { bytes, pos: 0, base: 0, events: d.events.into(), stretch: None, end: Some(d.end) }
+                self.stats.marked += d.head.len() as u64;
+                let next = Some(d.tail);
+                Current { bytes, next, pos: 0, base: 0, events: d.events.into(), stretch: None, end: Some(d.end) }
             }
             _ => {
-                let stretch = Stretch::new(Arc::clone(&self.blob), bit, self.stop_of(c), Some(self.window_tail()))?;
+                let stretch = Stretch::new(Arc::clone(&self.blob), bit, self.stop_of(c), Some(&self.window))?;
                 self.stats.in_order += 1;
                 Current {
                     bytes: Vec::new(),
+                    next: None,
                     pos: 0,
                     base: 0,
                     events: VecDeque::new(),
@@ -281,20 +301,35 @@ impl ParallelGzip {
         Ok(())
     }
 
-    /// Output handed on: the member's CRC, its window, the counts.
+    /// Output handed on: the member's CRC, the counts.
     fn account(&mut self, bytes: &[u8]) {
         self.crc.update(bytes);
         self.member_out += bytes.len() as u64;
         self.out_total += bytes.len() as u64;
-        if bytes.len() >= WINDOW_SIZE {
-            self.window.clear();
-            self.window.extend_from_slice(&bytes[bytes.len() - WINDOW_SIZE..]);
+    }
+
+    /// The window now: the last (up to) 32 KiB of the member's output handed on, from the
+    /// part of the current segment handed on and, before it, `window`. Kept this way, not
+    /// copied as the bytes pass, because it is needed only every span or so.
+    fn window_now(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let need = (WINDOW_SIZE as u64).min(self.member_out) as usize;
+        let seg = self.cur.as_ref().map_or(&[][..], |c| &c.bytes[..c.pos]);
+        if seg.len() >= need {
+            out.extend_from_slice(&seg[seg.len() - need..]);
         } else {
-            if self.window.len() + bytes.len() > 2 * WINDOW_SIZE {
-                self.window.drain(..self.window.len() - WINDOW_SIZE);
-            }
-            self.window.extend_from_slice(bytes);
+            let older = need - seg.len();
+            out.extend_from_slice(&self.window[self.window.len().saturating_sub(older)..]);
+            out.extend_from_slice(seg);
         }
+    }
+
+    /// Before the current segment's bytes go: keep the window they end.
+    fn save_window(&mut self) {
+        let mut w = std::mem::take(&mut self.scratch);
+        self.window_now(&mut w);
+        std::mem::swap(&mut self.window, &mut w);
+        self.scratch = w;
     }
 
     fn event(&mut self, event: Event) -> io::Result<()> {
@@ -302,9 +337,11 @@ impl ParallelGzip {
             Event::Boundary { bit, .. } => {
                 let due = self.points.last().is_none_or(|p| self.out_total - p.uncompressed >= self.span);
                 if due {
-                    let window = &self.window[self.window.len().saturating_sub(WINDOW_SIZE)..];
+                    let mut window = std::mem::take(&mut self.scratch);
+                    self.window_now(&mut window);
                     let stored =
-                        if window.is_empty() { Vec::new() } else { deflate_window(&mut self.deflater, window)? };
+                        if window.is_empty() { Vec::new() } else { deflate_window(&mut self.deflater, &window)? };
+                    self.scratch = window;
                     let compressed = bit.div_ceil(8);
                     self.points.push(Checkpoint {
                         uncompressed: self.out_total,
@@ -365,6 +402,24 @@ impl Read for ParallelGzip {
                 self.account(&buf[..n]);
                 return Ok(n);
             }
+            if cur.next.is_some() || cur.stretch.is_some() || cur.end.is_some() {
+                self.save_window();
+            }
+            let cur = self.cur.as_mut().expect("still the current stretch");
+            if let Some(next) = cur.next.take() {
+                cur.base += cur.bytes.len() as u64;
+                cur.bytes = next;
+                cur.pos = 0;
+                continue;
+            }
+            if cur.stretch.is_none() {
+                // A chunk decoded ahead, handed on: its buffer serves the next.
+                let done = std::mem::take(&mut cur.bytes);
+                let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+                if spare.len() < self.in_flight {
+                    spare.push(done);
+                }
+            }
             if let Some(stretch) = cur.stretch.as_mut() {
                 cur.base += cur.bytes.len() as u64;
                 cur.bytes.clear();
@@ -408,7 +463,13 @@ struct Job {
     lo: u64,
     stop: u64,
     state: Arc<AtomicU8>,
+    spare: Spare,
 }
+
+/// Output buffers of chunks the reader is done with, for the next chunks: a chunk's tens
+/// of MiB, freed and allocated anew, would be handed back to the system and faulted in
+/// again page by page.
+type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
 
 impl Job {
     fn cancelled(&self) -> bool {
@@ -437,7 +498,12 @@ impl Job {
             }
             let start = self.lo * 8 + b as u64;
             let mut stretch = Stretch::new(Arc::clone(&self.blob), start, self.stop, None).ok()?;
-            let (mut head, mut tail) = (Vec::new(), Vec::new());
+            // Most chunks decode to about four times their size: room for that, taken
+            // from the system only as it is written.
+            let mut tail = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+            tail.clear();
+            tail.reserve(4 * (self.stop / 8 - self.lo) as usize);
+            let mut head = Vec::new();
             loop {
                 if stretch.step(&mut head, &mut tail).is_err() {
                     // A lookalike fails fast; a failure after real-looking blocks is left for

@@ -64,6 +64,40 @@ impl Inflater {
         (ret, consumed, produced)
     }
 
+    /// `inflate` appending at most `room` bytes to `out`, straight into its spare capacity
+    /// (no zeroing, no copy): what the parallel decoder's chunks are made of.
+    pub(super) fn inflate_onto(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        room: usize,
+        flush: c_int,
+    ) -> (c_int, usize, usize) {
+        out.reserve(room);
+        let spare = out.spare_capacity_mut();
+        let avail_in = input.len().min(u32::MAX as usize) as u32;
+        let avail_out = spare.len().min(room).min(u32::MAX as usize) as u32;
+        self.strm.next_in = input.as_ptr();
+        self.strm.avail_in = avail_in;
+        self.strm.next_out = spare.as_mut_ptr().cast::<u8>();
+        self.strm.avail_out = avail_out;
+        // SAFETY: as in `inflate`; next_out/avail_out describe the first `avail_out` bytes of
+        // `out`'s spare capacity, which `out` owns and nothing else borrows during the call.
+        // inflate only writes there, and reads back only bytes it wrote in this same call.
+        let ret = unsafe { zlib::inflate(&mut *self.strm, flush) };
+        let consumed = (avail_in - self.strm.avail_in) as usize;
+        let produced = (avail_out - self.strm.avail_out) as usize;
+        self.strm.next_in = std::ptr::null();
+        self.strm.avail_in = 0;
+        self.strm.next_out = std::ptr::null_mut();
+        self.strm.avail_out = 0;
+        // SAFETY: inflate initialised the first `produced` bytes of the spare capacity
+        // (avail_out went down by exactly that much), and `produced <= avail_out`, which is
+        // within the capacity reserved above.
+        unsafe { out.set_len(out.len() + produced) };
+        (ret, consumed, produced)
+    }
+
     pub(super) fn data_type(&self) -> c_int {
         self.strm.data_type
     }
