@@ -37,9 +37,9 @@ use std::sync::{mpsc, Arc, Mutex};
 /// (markers may still come there; see `marker`), so a chunk must be large for that to cost
 /// little: at 1 MiB it was a third of the output of a real layer, at 8 MiB a twentieth.
 pub const CHUNK: u64 = 8 << 20;
-/// Blobs smaller than this are decoded in order: with one chunk, there is nothing to
-/// decode ahead of the reader.
-pub const MIN_PARALLEL: u64 = 2 * CHUNK;
+/// Blobs smaller than this are decoded in order: with one chunk there is nothing to decode
+/// ahead of the reader, and a short second chunk does not pay for its marked stretch.
+pub const MIN_PARALLEL: u64 = CHUNK + CHUNK / 2;
 
 /// Whether decoding a gzip blob of `len` bytes on `workers` pays.
 pub fn pays(len: u64, workers: &Workers) -> bool {
