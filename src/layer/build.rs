@@ -111,7 +111,8 @@ pub fn index_layer_with(
 
 /// `index_layer` over a blob read by position, which may still be arriving: a gzip blob
 /// of at least `pargz::MIN_PARALLEL` bytes is decoded on every core this process may use
-/// (`pargz`), with the same output and checkpoints; others are read front to back.
+/// while no other layer is being indexed in it (`pargz`), with the same output and
+/// checkpoints; others are read front to back.
 pub fn index_blob(
     blob: &Arc<Arriving>,
     compression: Compression,
@@ -120,6 +121,7 @@ pub fn index_blob(
 ) -> Result<Built> {
     let limits = Limits::from_env()?;
     let workers = workers::global();
+    let _indexing = pargz::Indexing::start();
     if compression == Compression::Gzip && pargz::pays(blob.len(), workers) {
         let decoder = ParallelGzip::new(Arc::clone(blob), SPAN, pargz::CHUNK, workers)?;
         let decoder: Decoder<io::Empty> = Decoder::Parallel(Box::new(decoder));

@@ -30,16 +30,44 @@ use super::marker::{self, End, Event, Stretch};
 use super::workers::Workers;
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 /// Compressed bytes per chunk. A chunk's first few hundred KiB of output are decoded twice
 /// (markers may still come there; see `marker`), so a chunk must be large for that to cost
-/// little: at 1 MiB it was a third of the output of a real layer, at 8 MiB a twentieth.
-pub const CHUNK: u64 = 8 << 20;
+/// little: at 1 MiB it was a third of the output of a real layer, at 4 MiB a tenth, at
+/// 8 MiB a twentieth. But each chunk decoded ahead holds its output (about four times its
+/// size) until the reader takes it: 4 MiB keeps a layer's chunks in flight near 50 MB.
+pub const CHUNK: u64 = 4 << 20;
 /// Blobs smaller than this are decoded in order: with one chunk there is nothing to decode
 /// ahead of the reader, and a short second chunk does not pay for its marked stretch.
 pub const MIN_PARALLEL: u64 = CHUNK + CHUNK / 2;
+
+/// Counts the layers being indexed in this process at once: while there are several (a
+/// pull), they already keep the cores busy, one each, and chunks of one of them decoded
+/// ahead as well would only add their marked stretches and their memory. Chunks are
+/// handed to the workers only while one layer is being indexed.
+pub struct Indexing;
+
+static INDEXING: AtomicUsize = AtomicUsize::new(0);
+
+impl Indexing {
+    /// A layer's indexing starts; it ends when the value is dropped.
+    pub fn start() -> Indexing {
+        INDEXING.fetch_add(1, Ordering::AcqRel);
+        Indexing
+    }
+
+    fn alone() -> bool {
+        INDEXING.load(Ordering::Acquire) <= 1
+    }
+}
+
+impl Drop for Indexing {
+    fn drop(&mut self) {
+        INDEXING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Whether decoding a gzip blob of `len` bytes on `workers` pays.
 pub fn pays(len: u64, workers: &Workers) -> bool {
@@ -223,8 +251,8 @@ impl ParallelGzip {
     /// Hands the chunks after `c` whose bytes have arrived to the workers, up to the
     /// in-flight bound.
     fn submit(&mut self, c: u64) {
-        if self.workers.size() < 2 {
-            return; // one core: the reader decoding in order is as fast
+        if self.workers.size() < 2 || !Indexing::alone() {
+            return; // one core, or one per layer: the reader decoding in order is as fast
         }
         self.next_chunk = self.next_chunk.max(c + 1);
         while self.tasks.len() < self.in_flight {
@@ -416,7 +444,7 @@ impl Read for ParallelGzip {
                 // A chunk decoded ahead, handed on: its buffer serves the next.
                 let done = std::mem::take(&mut cur.bytes);
                 let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-                if spare.len() < self.in_flight {
+                if spare.is_empty() {
                     spare.push(done);
                 }
             }
