@@ -190,3 +190,62 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A gzip stream decoded by the parallel decoder (in chunks of a few KiB, so even small
+/// inputs have several) must give what the one-core decoder gives: the same bytes and
+/// checkpoints, or an error for both. The first byte picks the chunk size and whether
+/// the rest is the blob itself or data gzipped here in members (seeds of every block
+/// kind), with its bytes then flipped where the input's tail says.
+pub fn gzip(data: &[u8]) {
+    use imgfs::layer::arriving::Arriving;
+    use imgfs::layer::checkpoints::Format;
+    use imgfs::layer::indexing::IndexingDecoder;
+    use imgfs::layer::pargz::ParallelGzip;
+    use imgfs::layer::workers;
+    use std::io::{Read, Write};
+
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let chunk = 512u64 << (pick & 3);
+    let blob = if pick & 4 == 0 {
+        rest.to_vec()
+    } else {
+        // Members of the input's first half at levels 0-9, then flips from its second half.
+        let (plain, flips) = rest.split_at(rest.len() / 2);
+        let mut blob = Vec::new();
+        for (k, part) in plain.chunks(plain.len() / 3 + 1).enumerate() {
+            let level = (u32::from(pick >> 3) + k as u32) % 10;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+            e.write_all(part).unwrap();
+            blob.extend(e.finish().unwrap());
+        }
+        for f in flips.chunks(3).take(4) {
+            if f.len() == 3 && !blob.is_empty() {
+                let at = usize::from(u16::from_le_bytes([f[0], f[1]])) % blob.len();
+                blob[at] ^= 1 << (f[2] & 7);
+            }
+        }
+        blob
+    };
+    let span = 1024;
+    let mut seq = IndexingDecoder::new(&blob[..], Format::Gzip, span).unwrap();
+    let mut expected = Vec::new();
+    let sequential =
+        seq.read_to_end(&mut expected).map_err(|e| e.to_string()).and_then(|_| seq.finish().map_err(|e| e.to_string()));
+
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&blob).unwrap();
+    let blob_at = std::sync::Arc::new(Arriving::whole(file).unwrap());
+    let mut par = ParallelGzip::new(blob_at, span, chunk, workers::global()).unwrap();
+    let mut out = Vec::new();
+    let parallel =
+        par.read_to_end(&mut out).map_err(|e| e.to_string()).and_then(|_| par.finish().map_err(|e| e.to_string()));
+    match (sequential, parallel) {
+        (Ok(a), Ok(b)) => {
+            assert!(out == expected, "the parallel decoder gave other bytes");
+            assert_eq!(a, b, "the parallel decoder gave other checkpoints");
+        }
+        (Err(_), Err(_)) => {}
+        (Ok(_), Err(e)) => panic!("the parallel decoder refused a stream the one-core decoder takes: {e}"),
+        (Err(e), Ok(_)) => panic!("the parallel decoder took a stream the one-core decoder refuses: {e}"),
+    }
+}

@@ -4,7 +4,11 @@
 //! diff_id, and turn tar entries into `Entry`s with whiteouts and opaque markers taken
 //! out.
 
-use super::checkpoints::{Checkpoints, Format, IndexingDecoder};
+use super::arriving::Arriving;
+use super::checkpoints::{Checkpoints, Format};
+use super::indexing::IndexingDecoder;
+use super::pargz::{self, ParallelGzip};
+use super::workers;
 use super::{join, show, split_parent, Contents, Entry, Kind};
 use super::{Context, Error, Result};
 use crate::digest::{Digest, HashingReader};
@@ -12,6 +16,7 @@ use crate::image::Compression;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
+use std::sync::Arc;
 use tar::EntryType;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -101,21 +106,91 @@ pub fn index_layer_with(
     copy: Option<&mut dyn Write>,
     limits: &Limits,
 ) -> Result<Built> {
-    let raw = BufReader::with_capacity(1 << 20, blob);
-    let (mut decoder, mut plain) = match compression {
-        Compression::None => (None, Some(raw)),
-        Compression::Gzip => (Some(IndexingDecoder::new(raw, Format::Gzip, SPAN)?), None),
-        Compression::Zstd => (Some(IndexingDecoder::new(raw, Format::Zstd, SPAN)?), None),
-    };
+    index_decoded(Decoder::in_order(blob, compression)?, compression, diff_id, copy, limits)
+}
+
+/// `index_layer` over a blob read by position, which may still be arriving: a gzip blob
+/// of at least `pargz::MIN_PARALLEL` bytes is decoded on every core this process may use
+/// while no other layer is being indexed in it (`pargz`), with the same output and
+/// checkpoints; others are read front to back.
+pub fn index_blob(
+    blob: &Arc<Arriving>,
+    compression: Compression,
+    diff_id: Option<&Digest>,
+    copy: Option<&mut dyn Write>,
+) -> Result<Built> {
+    let limits = Limits::from_env()?;
+    let workers = workers::global();
+    let _indexing = pargz::Indexing::start();
+    if compression == Compression::Gzip && pargz::pays(blob.len(), workers) {
+        let decoder = ParallelGzip::new(Arc::clone(blob), SPAN, pargz::CHUNK, workers)?;
+        let decoder: Decoder<io::Empty> = Decoder::Parallel(Box::new(decoder));
+        return index_decoded(decoder, compression, diff_id, copy, &limits);
+    }
+    index_decoded(Decoder::in_order(blob.reader(), compression)?, compression, diff_id, copy, &limits)
+}
+
+/// A layer's uncompressed stream, from the decoder that suits its blob.
+enum Decoder<R: Read> {
+    Plain(BufReader<R>),
+    InOrder(IndexingDecoder<BufReader<R>>),
+    Parallel(Box<ParallelGzip>),
+}
+
+impl<R: Read> Decoder<R> {
+    fn in_order(blob: R, compression: Compression) -> Result<Decoder<R>> {
+        let raw = BufReader::with_capacity(1 << 20, blob);
+        Ok(match compression {
+            Compression::None => Decoder::Plain(raw),
+            Compression::Gzip => Decoder::InOrder(IndexingDecoder::new(raw, Format::Gzip, SPAN)?),
+            Compression::Zstd => Decoder::InOrder(IndexingDecoder::new(raw, Format::Zstd, SPAN)?),
+        })
+    }
+
+    /// The checkpoints, for a compressed layer read to its end.
+    fn finish(self) -> Result<Option<Checkpoints>> {
+        Ok(match self {
+            Decoder::Plain(_) => None,
+            Decoder::InOrder(d) => Some(d.finish()?),
+            Decoder::Parallel(d) => {
+                let stats = d.stats();
+                tracing::debug!(
+                    "gzip decoded in parallel: {} chunks ahead, {} in order, {} bytes marked, {} markers, \
+                     {:?} waited for workers",
+                    stats.ahead,
+                    stats.in_order,
+                    stats.marked,
+                    stats.markers,
+                    stats.waited
+                );
+                Some(d.finish()?)
+            }
+        })
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::InOrder(d) => d.read(buf),
+            Decoder::Parallel(d) => d.read(buf),
+        }
+    }
+}
+
+/// The one pass over a layer's uncompressed stream: table of contents, diff_id, limits.
+fn index_decoded<R: Read>(
+    mut decoder: Decoder<R>,
+    compression: Compression,
+    diff_id: Option<&Digest>,
+    copy: Option<&mut dyn Write>,
+    limits: &Limits,
+) -> Result<Built> {
     let contents = {
-        let decompressed: &mut dyn Read = match (decoder.as_mut(), plain.as_mut()) {
-            (Some(d), _) => d,
-            (None, Some(p)) => p,
-            (None, None) => unreachable!("one of the two is set"),
-        };
         let frontier = Cell::new(MAX_HEADERS);
         let mut watch =
-            Watch { inner: decompressed, copy, read: 0, max: limits.max_bytes, frontier: &frontier, failure: None };
+            Watch { inner: &mut decoder, copy, read: 0, max: limits.max_bytes, frontier: &frontier, failure: None };
         let mut hashed = HashingReader::new(&mut watch);
         let parsed = parse_entries(&mut hashed, limits, Some(&frontier)).and_then(|contents| {
             // The tar parser stops at the end-of-archive blocks; the diff_id covers the
@@ -137,11 +212,7 @@ pub fn index_layer_with(
         }
         contents
     };
-    let checkpoints = match decoder {
-        Some(d) => Some(d.finish()?),
-        None => None,
-    };
-    Ok(Built { contents, checkpoints })
+    Ok(Built { contents, checkpoints: decoder.finish()? })
 }
 
 /// Sits between the decompressor and the tar parser: counts the uncompressed bytes

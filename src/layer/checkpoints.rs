@@ -1,20 +1,15 @@
-//! Random access into a compressed layer blob without an uncompressed copy.
+//! Random access into a compressed layer blob without an uncompressed copy: the table of
+//! places where decoding can restart, its on-disk form, and decoding one span from it.
 //!
-//! While a gzip or zstd layer streams in for the first time, [`IndexingDecoder`] passes the
-//! uncompressed bytes through and notes, every `span` bytes of output, a place where decoding
-//! can restart: for gzip a zran checkpoint (the bit position of a deflate block boundary and
-//! the 32 KiB of output before it, which later back-references may copy from), for zstd the
-//! start of a frame. The resulting [`Checkpoints`] are small enough to keep next to the blob,
-//! and [`Checkpoints::decode_span`] later rebuilds any one span from the blob alone with
-//! positioned reads, so the FUSE threads can decode different spans of one file at once.
-//!
-//! Gzip goes through zlib-rs's C API (`libz-rs-sys`) because flate2 does not expose the two
-//! calls a restart needs: `inflatePrime` (feed the leftover bits of a byte shared by two
-//! blocks) and `inflateSetDictionary` on a raw stream (the window).
+//! For gzip a checkpoint is a zran restart point (the bit position of a deflate block
+//! boundary and the 32 KiB of output before it, which later back-references may copy from),
+//! for zstd the start of a frame. [`Checkpoints`] are small enough to keep next to the blob
+//! (they are made by the indexing pass, `layer::indexing`), and [`Checkpoints::decode_span`]
+//! later rebuilds any one span from the blob alone with positioned reads, so the FUSE threads
+//! can decode different spans of one file at once.
 
+use super::zlib::{self, Inflater};
 use super::{Context, Result};
-use libz_rs_sys as zlib;
-use std::ffi::{c_int, CStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -29,13 +24,12 @@ pub const DEFAULT_SPAN: u64 = 1 << 20;
 pub const MAX_SPAN_FACTOR: u64 = 4;
 
 /// Deflate's history: a back-reference reaches at most this far.
-const WINDOW_SIZE: usize = 32 * 1024;
+pub(super) const WINDOW_SIZE: usize = 32 * 1024;
 /// A deflated window may grow a little when the window is incompressible.
-const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
-const INPUT_BUFFER: usize = 128 * 1024;
+pub(super) const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
 
-const MAGIC: &[u8; 8] = b"imgfsckp";
-const VERSION: u32 = 1;
+pub(super) const MAGIC: &[u8; 8] = b"imgfsckp";
+pub(super) const VERSION: u32 = 1;
 
 /// How the blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,17 +51,17 @@ impl Format {
 
 /// A place in the blob where decoding can restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Checkpoint {
+pub(super) struct Checkpoint {
     /// Offset in the uncompressed stream.
-    uncompressed: u64,
+    pub(super) uncompressed: u64,
     /// Offset in the blob of the first byte wholly after the checkpoint.
-    compressed: u64,
+    pub(super) compressed: u64,
     /// gzip: how many high bits of the byte at `compressed - 1` belong to the data after
     /// the checkpoint (zlib's "unused bits"); 0 means the checkpoint is byte-aligned.
-    bits: u8,
+    pub(super) bits: u8,
     /// gzip: the up to 32 KiB of the member's output before the checkpoint, raw-deflated;
     /// empty at a member start. Always empty for zstd.
-    window: Vec<u8>,
+    pub(super) window: Vec<u8>,
 }
 
 /// The restart points of one blob, and how to decode a span from them.
@@ -81,6 +75,23 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
+    /// The table of `points`, in order of offset, taken from a blob of `compressed_size`
+    /// bytes that decodes to `uncompressed_size`.
+    pub(super) fn new(
+        format: Format,
+        span: u64,
+        compressed_size: u64,
+        uncompressed_size: u64,
+        points: Vec<Checkpoint>,
+    ) -> Checkpoints {
+        Checkpoints { format, span, compressed_size, uncompressed_size, points }
+    }
+
+    #[cfg(test)]
+    pub(super) fn points(&self) -> &[Checkpoint] {
+        &self.points
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }
@@ -357,233 +368,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Read adapter over a compressed layer stream: yields the uncompressed bytes and records
-/// checkpoints as it goes. One pass, no seeking, so it can sit directly on a download.
-pub struct IndexingDecoder<R> {
-    inner: R,
-    engine: Engine,
-    span: u64,
-    input: Box<[u8]>,
-    in_pos: usize,
-    in_len: usize,
-    /// Blob offset of `input[0]`.
-    in_base: u64,
-    input_eof: bool,
-    out_total: u64,
-    points: Vec<Checkpoint>,
-    done: bool,
-}
-
-enum Engine {
-    Gzip {
-        inflater: Inflater,
-        /// Between the end of one member and the start of the next (or of the first).
-        between_members: bool,
-        first_member: bool,
-        deflater: flate2::Compress,
-        window: Box<[u8]>,
-    },
-    Zstd {
-        decoder: zstd::stream::raw::Decoder<'static>,
-        in_frame: bool,
-    },
-}
-
-impl<R: Read> IndexingDecoder<R> {
-    /// Decodes `inner`, compressed as `format`, with a checkpoint about every `span` bytes
-    /// of output (see [`DEFAULT_SPAN`]).
-    pub fn new(inner: R, format: Format, span: u64) -> Result<Self> {
-        ensure!(span > 0, "span must be positive");
-        let engine = match format {
-            // 15 + 16: a gzip wrapper with a 32 KiB window; zlib parses the member header.
-            Format::Gzip => Engine::Gzip {
-                inflater: Inflater::new(15 + 16)?,
-                between_members: true,
-                first_member: true,
-                // Level 1: windows are written once per span and read once per decode; the
-                // higher levels cost several times more for a few percent.
-                deflater: flate2::Compress::new(flate2::Compression::fast(), false),
-                window: vec![0; WINDOW_SIZE].into_boxed_slice(),
-            },
-            Format::Zstd => Engine::Zstd { decoder: zstd::stream::raw::Decoder::new()?, in_frame: false },
-        };
-        Ok(IndexingDecoder {
-            inner,
-            engine,
-            span,
-            input: vec![0; INPUT_BUFFER].into_boxed_slice(),
-            in_pos: 0,
-            in_len: 0,
-            in_base: 0,
-            input_eof: false,
-            out_total: 0,
-            points: Vec::new(),
-            done: false,
-        })
-    }
-
-    /// The checkpoints, once the stream has been read to EOF.
-    pub fn finish(self) -> Result<Checkpoints> {
-        ensure!(self.done, "IndexingDecoder::finish before the end of the stream");
-        let format = match self.engine {
-            Engine::Gzip { .. } => Format::Gzip,
-            Engine::Zstd { .. } => Format::Zstd,
-        };
-        let mut points = self.points;
-        // A checkpoint at the very end (an empty stream, or an empty last member) would be an
-        // empty span.
-        points.retain(|p| p.uncompressed < self.out_total);
-        Ok(Checkpoints {
-            format,
-            span: self.span,
-            compressed_size: self.in_base + self.in_len as u64,
-            uncompressed_size: self.out_total,
-            points,
-        })
-    }
-
-    fn fill(&mut self) -> io::Result<()> {
-        if self.in_pos == self.in_len && !self.input_eof {
-            self.in_base += self.in_len as u64;
-            self.in_pos = 0;
-            self.in_len = 0;
-            let n = loop {
-                match self.inner.read(&mut self.input) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r?,
-                }
-            };
-            self.in_len = n;
-            self.input_eof = n == 0;
-        }
-        Ok(())
-    }
-
-    fn due(&self) -> bool {
-        self.points.last().is_none_or(|p| self.out_total - p.uncompressed >= self.span)
-    }
-
-    fn read_gzip(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.in_pos == self.in_len && !self.input_eof {
-                self.fill()?;
-                continue;
-            }
-            let Engine::Gzip { inflater, between_members, first_member, deflater, window } = &mut self.engine else {
-                unreachable!()
-            };
-            if *between_members {
-                if self.in_pos == self.in_len {
-                    self.done = true;
-                    return Ok(0);
-                }
-                if !*first_member {
-                    inflater.reset()?;
-                }
-                *first_member = false;
-                *between_members = false;
-            }
-            let input = &self.input[self.in_pos..self.in_len];
-            // Z_BLOCK: return at every block boundary, where a checkpoint can go.
-            let (ret, consumed, produced) = inflater.inflate(input, buf, zlib::Z_BLOCK);
-            self.in_pos += consumed;
-            self.out_total += produced as u64;
-            match ret {
-                zlib::Z_OK | zlib::Z_BUF_ERROR => {
-                    let state = inflater.data_type();
-                    // 128: stopped at a block boundary (or just after the header); 64: the
-                    // block just finished was the member's last, so the trailer follows.
-                    let at_boundary = state & 128 != 0 && state & 64 == 0;
-                    let due = self.points.last().is_none_or(|p| self.out_total - p.uncompressed >= self.span);
-                    if at_boundary && due {
-                        // Bits the inflater has taken but not used. zlib keeps fewer than 8 at
-                        // a boundary; whole bytes are handed back just in case.
-                        let held = (state & 63) as u64;
-                        let next = self.in_base + self.in_pos as u64;
-                        let compressed = next.checked_sub(held / 8).ok_or_else(|| invalid_data("bit count"))?;
-                        let n = inflater.dictionary(window)?;
-                        let stored = if n == 0 { Vec::new() } else { deflate_window(deflater, &window[..n])? };
-                        self.points.push(Checkpoint {
-                            uncompressed: self.out_total,
-                            compressed,
-                            bits: (held % 8) as u8,
-                            window: stored,
-                        });
-                    }
-                    if consumed == 0 && produced == 0 && ret == zlib::Z_BUF_ERROR {
-                        if self.input_eof {
-                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream is truncated"));
-                        }
-                        if self.in_pos < self.in_len {
-                            return Err(invalid_data("inflate made no progress"));
-                        }
-                    }
-                }
-                zlib::Z_STREAM_END => *between_members = true,
-                _ => return Err(inflater.error(ret)),
-            }
-            if produced > 0 {
-                return Ok(produced);
-            }
-        }
-    }
-
-    fn read_zstd(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.in_pos == self.in_len && !self.input_eof {
-                self.fill()?;
-                continue;
-            }
-            let due = self.due();
-            let Engine::Zstd { decoder, in_frame } = &mut self.engine else { unreachable!() };
-            if !*in_frame {
-                if self.in_pos == self.in_len {
-                    self.done = true;
-                    return Ok(0);
-                }
-                if due {
-                    self.points.push(Checkpoint {
-                        uncompressed: self.out_total,
-                        compressed: self.in_base + self.in_pos as u64,
-                        bits: 0,
-                        window: Vec::new(),
-                    });
-                }
-                *in_frame = true;
-            }
-            use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-            let mut inb = InBuffer::around(&self.input[self.in_pos..self.in_len]);
-            let mut outb = OutBuffer::around(&mut *buf);
-            let hint = decoder.run(&mut inb, &mut outb)?;
-            let (consumed, produced) = (inb.pos(), outb.pos());
-            self.in_pos += consumed;
-            self.out_total += produced as u64;
-            if hint == 0 {
-                // The frame is decoded and flushed; the next byte starts a new frame.
-                *in_frame = false;
-            } else if consumed == 0 && produced == 0 && self.in_pos == self.in_len && self.input_eof {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "zstd stream is truncated"));
-            }
-            if produced > 0 {
-                return Ok(produced);
-            }
-        }
-    }
-}
-
-impl<R: Read> Read for IndexingDecoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() || self.done {
-            return Ok(0);
-        }
-        match self.engine {
-            Engine::Gzip { .. } => self.read_gzip(buf),
-            Engine::Zstd { .. } => self.read_zstd(buf),
-        }
-    }
-}
-
-fn deflate_window(deflater: &mut flate2::Compress, window: &[u8]) -> io::Result<Vec<u8>> {
+pub(super) fn deflate_window(deflater: &mut flate2::Compress, window: &[u8]) -> io::Result<Vec<u8>> {
     deflater.reset();
     let mut out = Vec::with_capacity(MAX_STORED_WINDOW);
     let status = deflater
@@ -647,7 +432,7 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<(
 }
 
 /// Length of the gzip member header at the start of `d` (RFC 1952, 2.3).
-fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
+pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
@@ -677,485 +462,10 @@ fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
     Ok(p)
 }
 
-fn invalid_data(msg: &str) -> io::Error {
+pub(super) fn invalid_data(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
 fn invalid_input(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-/// An owned zlib-rs inflate stream. Boxed because zlib-rs checks that the stream has not
-/// moved since `inflateInit2_`.
-struct Inflater {
-    strm: Box<zlib::z_stream>,
-}
-
-// SAFETY: the stream's state is owned by this value alone (no thread-local or shared data
-// in zlib-rs), and its buffer pointers are only set for the duration of one call.
-unsafe impl Send for Inflater {}
-
-impl Inflater {
-    /// `window_bits`: -15 for raw deflate, 15 + 16 for gzip.
-    fn new(window_bits: c_int) -> io::Result<Self> {
-        // Default sets the Rust allocator in zalloc/zfree.
-        let mut strm = Box::new(zlib::z_stream::default());
-        // SAFETY: `strm` is a fully initialised z_stream with valid zalloc/zfree/opaque;
-        // the version string and struct size come from the library we call.
-        let ret = unsafe {
-            zlib::inflateInit2_(
-                &mut *strm,
-                window_bits,
-                zlib::zlibVersion(),
-                std::mem::size_of::<zlib::z_stream>() as c_int,
-            )
-        };
-        if ret != zlib::Z_OK {
-            return Err(io::Error::other(format!("inflateInit2 failed ({ret})")));
-        }
-        Ok(Inflater { strm })
-    }
-
-    /// One `inflate` call; returns (return code, bytes consumed, bytes produced).
-    fn inflate(&mut self, input: &[u8], output: &mut [u8], flush: c_int) -> (c_int, usize, usize) {
-        let avail_in = input.len().min(u32::MAX as usize) as u32;
-        let avail_out = output.len().min(u32::MAX as usize) as u32;
-        self.strm.next_in = input.as_ptr();
-        self.strm.avail_in = avail_in;
-        self.strm.next_out = output.as_mut_ptr();
-        self.strm.avail_out = avail_out;
-        // SAFETY: the stream was initialised by inflateInit2_ and has not moved (boxed);
-        // next_in/avail_in and next_out/avail_out describe `input` and `output`, which are
-        // borrowed for the whole call.
-        let ret = unsafe { zlib::inflate(&mut *self.strm, flush) };
-        let consumed = (avail_in - self.strm.avail_in) as usize;
-        let produced = (avail_out - self.strm.avail_out) as usize;
-        // Leave no pointers into buffers we no longer borrow.
-        self.strm.next_in = std::ptr::null();
-        self.strm.avail_in = 0;
-        self.strm.next_out = std::ptr::null_mut();
-        self.strm.avail_out = 0;
-        (ret, consumed, produced)
-    }
-
-    fn data_type(&self) -> c_int {
-        self.strm.data_type
-    }
-
-    fn reset(&mut self) -> io::Result<()> {
-        // SAFETY: initialised, unmoved stream (see `inflate`).
-        let ret = unsafe { zlib::inflateReset(&mut *self.strm) };
-        self.check(ret)
-    }
-
-    /// Feeds `bits` (< 8) low bits of `value` before the next input byte.
-    fn prime(&mut self, bits: u8, value: u8) -> io::Result<()> {
-        // SAFETY: initialised, unmoved stream (see `inflate`).
-        let ret = unsafe { zlib::inflatePrime(&mut *self.strm, c_int::from(bits), c_int::from(value)) };
-        self.check(ret)
-    }
-
-    fn set_dictionary(&mut self, dict: &[u8]) -> io::Result<()> {
-        // SAFETY: initialised, unmoved stream; `dict` is valid for reads of its length,
-        // which is at most 32 KiB (checked by inflate_window).
-        let ret = unsafe { zlib::inflateSetDictionary(&mut *self.strm, dict.as_ptr(), dict.len() as u32) };
-        self.check(ret)
-    }
-
-    /// Copies the current window (the member's last up to 32 KiB of output) into `buf`.
-    fn dictionary(&self, buf: &mut [u8]) -> io::Result<usize> {
-        assert!(buf.len() >= WINDOW_SIZE);
-        let mut len = 0;
-        // SAFETY: initialised, unmoved stream; `buf` has room for the largest window zlib
-        // keeps (32 KiB for window bits 15), which is all it writes.
-        let ret = unsafe { zlib::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
-        self.check(ret)?;
-        Ok(len as usize)
-    }
-
-    fn check(&self, ret: c_int) -> io::Result<()> {
-        if ret == zlib::Z_OK {
-            Ok(())
-        } else {
-            Err(self.error(ret))
-        }
-    }
-
-    fn error(&self, ret: c_int) -> io::Error {
-        let msg = if self.strm.msg.is_null() {
-            String::new()
-        } else {
-            // SAFETY: zlib sets `msg` to null or to a static NUL-terminated string.
-            unsafe { CStr::from_ptr(self.strm.msg) }.to_string_lossy().into_owned()
-        };
-        invalid_data(&format!("inflate error {ret}: {msg}"))
-    }
-}
-
-impl Drop for Inflater {
-    fn drop(&mut self) {
-        // SAFETY: initialised, unmoved stream, ended exactly once.
-        unsafe { zlib::inflateEnd(&mut *self.strm) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use flate2::write::{DeflateEncoder, GzEncoder};
-    use flate2::Compression;
-    use std::io::Seek;
-
-    /// xorshift64*: deterministic data without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    /// Text, noise, zero runs and long-distance repeats, so blocks of every type and
-    /// back-references across checkpoints all occur.
-    fn mixed(len: usize, seed: u64) -> Vec<u8> {
-        const WORDS: [&str; 8] = ["layer ", "tar ", "usr/lib/", "checkpoint ", "\n", "0x7f ", "zran ", "ELF "];
-        let mut rng = Rng(seed | 1);
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let n = 1 + rng.below(64 * 1024) as usize;
-            match rng.below(4) {
-                0 => (0..n / 4).for_each(|_| out.extend_from_slice(WORDS[rng.below(8) as usize].as_bytes())),
-                1 => (0..n).for_each(|_| out.push(rng.next() as u8)),
-                2 => out.resize(out.len() + n * 3, 0),
-                _ => {
-                    let back = 1 + rng.below(out.len().clamp(1, 32 * 1024) as u64) as usize;
-                    let from = out.len().saturating_sub(back);
-                    (0..n).for_each(|k| out.push(out.get(from + k).copied().unwrap_or(7)));
-                }
-            }
-        }
-        out.truncate(len);
-        out
-    }
-
-    fn gzip(data: &[u8], level: u32) -> Vec<u8> {
-        let mut e = GzEncoder::new(Vec::new(), Compression::new(level));
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    /// A gzip member whose header carries FEXTRA, FNAME, FCOMMENT and FHCRC.
-    fn gzip_all_fields(data: &[u8]) -> Vec<u8> {
-        let mut m = vec![0x1f, 0x8b, 8, 2 | 4 | 8 | 16, 1, 2, 3, 4, 0, 3];
-        m.extend_from_slice(&5u16.to_le_bytes());
-        m.extend_from_slice(b"AB\x00\x01\x00");
-        m.extend_from_slice(b"name.tar\x00");
-        m.extend_from_slice(b"a comment\x00");
-        let mut crc = flate2::Crc::new();
-        crc.update(&m);
-        m.extend_from_slice(&(crc.sum() as u16).to_le_bytes());
-        let mut e = DeflateEncoder::new(m, Compression::new(9));
-        e.write_all(data).unwrap();
-        let mut m = e.finish().unwrap();
-        let mut crc = flate2::Crc::new();
-        crc.update(data);
-        m.extend_from_slice(&crc.sum().to_le_bytes());
-        m.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        m
-    }
-
-    /// Hands out the blob a few bytes at a time, as a network stream may.
-    struct Dribble<'a> {
-        data: &'a [u8],
-        rng: Rng,
-        max: usize,
-    }
-
-    impl Read for Dribble<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = (1 + self.rng.below(self.max as u64) as usize).min(buf.len()).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
-    /// Runs the indexing pass with uneven input and output chunks.
-    fn index(blob: &[u8], format: Format, span: u64, max_chunk: usize) -> (Vec<u8>, Checkpoints) {
-        let input = Dribble { data: blob, rng: Rng(99), max: max_chunk };
-        let mut dec = IndexingDecoder::new(input, format, span).unwrap();
-        let mut rng = Rng(7);
-        let mut out = Vec::new();
-        let mut buf = vec![0; 70_000];
-        loop {
-            let want = 1 + rng.below(buf.len() as u64) as usize;
-            match dec.read(&mut buf[..want]).unwrap() {
-                0 => break,
-                n => out.extend_from_slice(&buf[..n]),
-            }
-        }
-        (out, dec.finish().unwrap())
-    }
-
-    fn blob_file(blob: &[u8]) -> File {
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(blob).unwrap();
-        f.rewind().unwrap();
-        f
-    }
-
-    /// Every span, span boundaries, random offsets and a save/load round trip.
-    fn check_random_access(blob: &[u8], expected: &[u8], cps: &Checkpoints) {
-        let file = blob_file(blob);
-        assert_eq!(cps.uncompressed_size(), expected.len() as u64);
-        assert_eq!(cps.compressed_size(), blob.len() as u64);
-        let n = cps.span_count();
-        assert!(n > 0);
-        let mut next = 0;
-        for i in 0..n {
-            let (start, end) = cps.span_range(i);
-            assert_eq!(start, next, "span {i} does not start where span {} ended", i.wrapping_sub(1));
-            assert!(end > start);
-            assert_eq!((cps.span_of(start), cps.span_of(end - 1)), (i, i));
-            let got = cps.decode_span(&file, i).unwrap();
-            assert!(got == expected[start as usize..end as usize], "span {i} ({start}..{end}) differs");
-            next = end;
-        }
-        assert_eq!(next, expected.len() as u64);
-        assert_eq!(cps.span_of(next), n);
-        assert!(cps.decode_span(&file, n).is_err());
-
-        let mut rng = Rng(5);
-        for _ in 0..50 {
-            let off = rng.below(expected.len() as u64);
-            let i = cps.span_of(off);
-            let (start, _) = cps.span_range(i);
-            let got = cps.decode_span(&file, i).unwrap();
-            let k = (off - start) as usize;
-            let len = 100.min(got.len() - k);
-            assert_eq!(got[k..k + len], expected[off as usize..off as usize + len]);
-        }
-
-        let mut saved = Vec::new();
-        cps.save(&mut saved).unwrap();
-        assert_eq!(&Checkpoints::load(&saved[..]).unwrap(), cps);
-    }
-
-    fn plain_gunzip(blob: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(blob).read_to_end(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn single_member_gzip() {
-        let data = mixed(6 << 20, 1);
-        let blob = gzip(&data, 6);
-        let (out, cps) = index(&blob, Format::Gzip, 256 * 1024, 1 << 16);
-        assert!(out == plain_gunzip(&blob));
-        assert!(cps.span_count() >= 10, "only {} spans", cps.span_count());
-        // Most checkpoints fall inside a byte and carry a window: the hard case is covered.
-        assert!(cps.points.iter().any(|p| p.bits != 0));
-        assert!(cps.points.iter().skip(1).all(|p| !p.window.is_empty()));
-        assert!(cps.is_seekable());
-        check_random_access(&blob, &data, &cps);
-    }
-
-    /// Checkpoints live as long as the layer: a window of zeros must cost its deflated
-    /// size (tens of bytes), not the room reserved for the worst case.
-    #[test]
-    fn windows_of_zeros_keep_little_memory() {
-        let data = vec![0u8; 16 << 20];
-        let blob = gzip(&data, 9);
-        let (_, cps) = index(&blob, Format::Gzip, 1 << 20, 1 << 16);
-        assert!(cps.span_count() >= 3, "only {} spans", cps.span_count());
-        let held: usize = cps.points.iter().map(|p| p.window.capacity()).sum();
-        assert!(held < cps.span_count() * 1024, "{held} bytes for {} windows", cps.span_count());
-        check_random_access(&blob, &data, &cps);
-    }
-
-    #[test]
-    fn multi_member_gzip() {
-        let sizes = [10_000, 300_000, 0, 1_000, 700_000, 5_000, 2_000_000, 50_000, 64 * 1024, 3];
-        let mut blob = Vec::new();
-        let mut data = Vec::new();
-        for (k, &n) in sizes.iter().enumerate() {
-            let part = mixed(n, 10 + k as u64);
-            match k % 3 {
-                0 => blob.extend(gzip(&part, 6)),
-                1 => {
-                    let mut e = flate2::GzBuilder::new().filename("layer.tar").write(Vec::new(), Compression::fast());
-                    e.write_all(&part).unwrap();
-                    blob.extend(e.finish().unwrap());
-                }
-                _ => blob.extend(gzip_all_fields(&part)),
-            }
-            data.extend(part);
-        }
-        assert!(plain_gunzip(&blob) == data);
-        let (out, cps) = index(&blob, Format::Gzip, 64 * 1024, 5000);
-        assert!(out == data);
-        check_random_access(&blob, &data, &cps);
-        // Spans that cross into a later member were exercised.
-        let member_starts = cps.points.iter().filter(|p| p.window.is_empty()).count();
-        assert!(member_starts >= 2 && member_starts < cps.span_count());
-    }
-
-    #[test]
-    fn tiny_reads_and_tiny_members() {
-        let mut blob = Vec::new();
-        let mut data = Vec::new();
-        for k in 0..40 {
-            let part = mixed(1 + k * 997, 100 + k as u64);
-            blob.extend(if k % 2 == 0 { gzip_all_fields(&part) } else { gzip(&part, 1) });
-            data.extend(part);
-        }
-        let (out, cps) = index(&blob, Format::Gzip, 4096, 3);
-        assert!(out == data);
-        check_random_access(&blob, &data, &cps);
-    }
-
-    #[test]
-    fn stored_gzip() {
-        let data = mixed(3 << 20, 2);
-        let blob = gzip(&data, 0);
-        let (out, cps) = index(&blob, Format::Gzip, 200_000, 1 << 16);
-        assert!(out == data);
-        assert!(cps.span_count() >= 10);
-        check_random_access(&blob, &data, &cps);
-    }
-
-    #[test]
-    fn multi_frame_zstd() {
-        let mut blob = Vec::new();
-        let mut data = Vec::new();
-        for (k, n) in [100_000, 5, 300_000, 390_000, 20_000, 0, 350_000, 3].into_iter().enumerate() {
-            let part = mixed(n, 30 + k as u64);
-            blob.extend(zstd::bulk::compress(&part, 3).unwrap());
-            if k == 2 {
-                // A skippable frame between data frames.
-                blob.extend(0x184d_2a50u32.to_le_bytes());
-                blob.extend(4u32.to_le_bytes());
-                blob.extend(b"skip");
-            }
-            data.extend(part);
-        }
-        let (out, cps) = index(&blob, Format::Zstd, 100_000, 1 << 16);
-        assert!(out == data);
-        assert!(cps.is_seekable());
-        assert!(cps.span_count() >= 4);
-        check_random_access(&blob, &data, &cps);
-    }
-
-    #[test]
-    fn one_big_zstd_frame_is_not_seekable() {
-        let data = mixed(2 << 20, 3);
-        let blob = zstd::bulk::compress(&data, 3).unwrap();
-        let (out, cps) = index(&blob, Format::Zstd, 64 * 1024, 1 << 16);
-        assert!(out == data);
-        assert_eq!(cps.span_count(), 1);
-        assert!(!cps.is_seekable());
-        check_random_access(&blob, &data, &cps);
-    }
-
-    #[test]
-    fn empty_and_truncated_streams() {
-        let (out, cps) = index(&gzip(b"", 6), Format::Gzip, 1024, 100);
-        assert!(out.is_empty());
-        assert_eq!((cps.span_count(), cps.span_of(0)), (0, 0));
-
-        let blob = gzip(&mixed(100_000, 4), 6);
-        for cut in [5, 20, blob.len() / 2, blob.len() - 4] {
-            let mut dec = IndexingDecoder::new(&blob[..cut], Format::Gzip, 1024).unwrap();
-            assert!(io::copy(&mut dec, &mut io::sink()).is_err(), "cut at {cut}");
-        }
-        let blob = zstd::bulk::compress(&mixed(100_000, 4), 3).unwrap();
-        let mut dec = IndexingDecoder::new(&blob[..blob.len() - 3], Format::Zstd, 1024).unwrap();
-        assert!(io::copy(&mut dec, &mut io::sink()).is_err());
-        let mut dec = IndexingDecoder::new(&b"not gzip at all"[..], Format::Gzip, 1024).unwrap();
-        assert!(io::copy(&mut dec, &mut io::sink()).is_err());
-    }
-
-    #[test]
-    fn corrupt_checkpoint_files_are_errors() {
-        let data = mixed(1 << 20, 5);
-        let blob = gzip(&data, 6);
-        let (_, cps) = index(&blob, Format::Gzip, 100_000, 1 << 16);
-        let mut saved = Vec::new();
-        cps.save(&mut saved).unwrap();
-        let step = (saved.len() / 300).max(1);
-        for cut in (0..saved.len()).step_by(step) {
-            assert!(Checkpoints::load(&saved[..cut]).is_err(), "truncated at {cut}");
-        }
-        let mut rng = Rng(11);
-        for _ in 0..300 {
-            let mut bad = saved.clone();
-            let at = rng.below(bad.len() as u64) as usize;
-            bad[at] ^= 1 << rng.below(8);
-            assert!(Checkpoints::load(&bad[..]).is_err(), "flip at {at}");
-        }
-        let mut longer = saved.clone();
-        longer.push(0);
-        assert!(Checkpoints::load(&longer[..]).is_err());
-
-        // Bodies with a valid CRC but impossible contents.
-        let frame = |body: &[u8]| {
-            let mut f = MAGIC.to_vec();
-            f.extend(VERSION.to_le_bytes());
-            f.extend((body.len() as u64).to_le_bytes());
-            f.extend(body);
-            let mut crc = flate2::Crc::new();
-            crc.update(body);
-            f.extend(crc.sum().to_le_bytes());
-            f
-        };
-        let bodies: [&[u8]; 6] = [
-            &[1, 1, 10, 10, 0xff, 0xff, 0xff, 0xff, 0x0f], // count far beyond the body
-            &[1, 1, 10, 10, 1, 5, 1, 0, 0],                // first point not at 0
-            &[1, 1, 10, 10, 1, 0, 11, 0, 0],               // past the end of the blob
-            &[1, 1, 10, 10, 1, 0, 1, 9, 0],                // 9 bits
-            &[2, 1, 10, 10, 1, 0, 1, 0, 1, 0],             // zstd with a window
-            &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], // varint overflow
-        ];
-        for body in bodies {
-            assert!(Checkpoints::load(&frame(body)[..]).is_err(), "{body:?}");
-        }
-        assert!(Checkpoints::load(&frame(&[1, 1, 10, 10, 1, 0, 1, 0, 0])[..]).is_ok());
-
-        // A blob that is not the one indexed gives errors or wrong bytes, never a panic.
-        let file = blob_file(&blob[..blob.len() / 2]);
-        assert!(cps.decode_span(&file, cps.span_count() - 1).is_err());
-        let garbage = blob_file(&mixed(blob.len(), 77));
-        for i in 0..cps.span_count() {
-            let _ = cps.decode_span(&garbage, i);
-        }
-    }
-
-    #[test]
-    fn concurrent_decode_on_one_file() {
-        let data = mixed(3 << 20, 6);
-        let blob = gzip(&data, 6);
-        let (_, cps) = index(&blob, Format::Gzip, 128 * 1024, 1 << 16);
-        let file = blob_file(&blob);
-        std::thread::scope(|s| {
-            for t in 0..8 {
-                let (cps, file, data) = (&cps, &file, &data);
-                s.spawn(move || {
-                    let mut rng = Rng(1000 + t);
-                    for _ in 0..12 {
-                        let i = rng.below(cps.span_count() as u64) as usize;
-                        let (start, end) = cps.span_range(i);
-                        assert!(cps.decode_span(file, i).unwrap() == data[start as usize..end as usize]);
-                    }
-                });
-            }
-        });
-    }
 }

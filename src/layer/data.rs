@@ -3,9 +3,11 @@
 //! zstd layer in one big frame) is decoded from the checkpoint at or before a read,
 //! span by span, through the shared span cache; a compressed layer with a published
 //! index may instead have its spans fetched by Range from its registry (`remote`).
-//! A read that nears the end of a span
-//! has the next span decoded on another thread meanwhile, so a sequential reader keeps
-//! two cores busy: one decoding, one copying to the kernel.
+//! A read past the middle of a span
+//! has the spans after it decoded on the decoding workers meanwhile (`workers`: one per
+//! core, shared with the indexing pass), as many as there are cores and as half the
+//! span cache holds, so a sequential reader keeps every core busy: the workers decoding,
+//! the reader's thread copying to the kernel.
 //!
 //! Bytes damaged on disk are never served: the index keeps a CRC-32 of every 64 KiB
 //! block of the stored file the data is read from (`BlockSums`, taken when the layer
@@ -18,15 +20,16 @@ use super::checkpoints::Checkpoints;
 use super::estargz::Chunk;
 use super::remote::{Estargz, Published};
 use super::spans::SpanCache;
+use super::workers;
 use super::Entry;
 use super::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub enum LayerData {
     /// An uncompressed layer: its blob, read in place.
@@ -172,9 +175,11 @@ pub struct Compressed {
     checkpoints: Checkpoints,
     spans: Arc<SpanCache>,
     id: u64,
-    /// A read-ahead decode is running; one at a time per layer is enough to stay
-    /// ahead of a sequential reader and leaves the other cores to other readers.
-    reading_ahead: AtomicBool,
+    /// Spans after a read to decode ahead of it: as many as there are cores, and as
+    /// fit in half the span cache (at least one).
+    ahead: usize,
+    /// Spans being decoded ahead now.
+    reading_ahead: Mutex<HashSet<usize>>,
 }
 
 impl Compressed {
@@ -199,20 +204,24 @@ impl Compressed {
         })
     }
 
-    /// Decode span `i` on another thread, unless it is cached or a read-ahead runs.
-    fn read_ahead(self: &Arc<Self>, i: usize) {
-        if i >= self.checkpoints.span_count() || self.spans.contains(self.id, i) {
-            return;
+    /// Decode the spans from `from` on (`ahead` of them) on the workers, those not
+    /// cached nor being decoded already.
+    fn read_ahead(self: &Arc<Self>, from: usize) {
+        let to = from.saturating_add(self.ahead).min(self.checkpoints.span_count());
+        for i in from..to {
+            if self.spans.contains(self.id, i) {
+                continue;
+            }
+            if !self.reading_ahead.lock().unwrap_or_else(|p| p.into_inner()).insert(i) {
+                continue;
+            }
+            let this = Arc::clone(self);
+            workers::global().run(move || {
+                // An error here is met again, and reported, by the read that needs the span.
+                let _ = this.span(i);
+                this.reading_ahead.lock().unwrap_or_else(|p| p.into_inner()).remove(&i);
+            });
         }
-        if self.reading_ahead.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = Arc::clone(self);
-        std::thread::spawn(move || {
-            // An error here is met again, and reported, by the read that needs the span.
-            let _ = this.span(i);
-            this.reading_ahead.store(false, Ordering::Release);
-        });
     }
 }
 
@@ -264,12 +273,15 @@ impl LayerData {
 
     fn compressed_from(blob: Source, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
         let id = SpanCache::layer_id();
+        let room = spans.limit() / (2 * checkpoints.max_span_len().max(1));
+        let ahead = workers::cores().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
         LayerData::Compressed(Arc::new(Compressed {
             blob,
             checkpoints,
             spans,
             id,
-            reading_ahead: AtomicBool::new(false),
+            ahead,
+            reading_ahead: Mutex::default(),
         }))
     }
 
@@ -322,7 +334,7 @@ impl LayerData {
                     }
                     buf.extend_from_slice(&bytes[from..to]);
                     at = s0 + to as u64;
-                    // Past the middle of a span: a sequential reader wants the next one soon.
+                    // Past the middle of a span: a sequential reader wants the next ones soon.
                     if at >= s0 + (s1 - s0) / 2 {
                         c.read_ahead(span + 1);
                     }

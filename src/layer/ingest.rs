@@ -9,9 +9,11 @@
 //! Where a layer's blob comes from when it is not stored is not decided here: the
 //! caller (`layer_source`) names it.
 
+use super::arriving::Arriving;
 use super::build::{self, Built};
-use super::checkpoints::{Format, IndexingDecoder};
+use super::checkpoints::Format;
 use super::data::BlockSums;
+use super::indexing::IndexingDecoder;
 use super::reframe::FrameWriter;
 use super::spans::SpanCache;
 use super::{Access, IndexFile, LayerData, LayerIndex};
@@ -21,9 +23,9 @@ use crate::registry::blob::BlobSink;
 use crate::registry::{Client, LazyClient, RegistryError};
 use crate::store::Store;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 /// What goes wrong bringing a layer into the store. The texts are what users see after
 /// `imgfs: error:` and in a mount's log.
@@ -219,19 +221,27 @@ fn index_in_place(
     compression: Compression,
     diff_id: &Digest,
 ) -> Result<(Built, Reframe)> {
-    let file = File::open(blob).map_err(failed(format!("cannot open layer {}", blob.display())))?;
-    let mut hashing = crate::digest::HashingReader::new(file);
+    let open = || File::open(blob).map_err(failed(format!("cannot open layer {}", blob.display())));
+    let whole = Arc::new(Arriving::whole(open()?)?);
     let mut copy = reframe(store, compression)?;
-    let built = build::index_layer(&mut hashing, compression, Some(diff_id), as_sink(&mut copy))
-        .map_err(Error::from)
-        .and_then(|b| {
-            // The indexer may stop at the tar's end: the digest covers the whole file.
+    // The digest is taken on a thread of its own, beside the decoding.
+    let (built, digest) = std::thread::scope(|s| {
+        let digest = s.spawn(|| -> Result<Digest> {
+            let mut hashing = crate::digest::HashingReader::new(open()?);
             io::copy(&mut hashing, &mut io::sink())?;
-            let (actual, _) = hashing.finish();
+            Ok(hashing.finish().0)
+        });
+        let built = build::index_blob(&whole, compression, Some(diff_id), as_sink(&mut copy));
+        (built, digest.join())
+    });
+    let built = digest
+        .map_err(|_| Error::Invalid("the layer digest thread panicked".into()))
+        .and_then(|d| d)
+        .and_then(|actual| {
             if actual != layer.digest {
                 return Err(Error::Invalid(format!("{} is corrupt: its content hashes to {actual}", blob.display())));
             }
-            Ok(b)
+            Ok(built?)
         })
         .map_err(failed(format!("layer {}", layer.digest)));
     match built {
@@ -291,9 +301,10 @@ fn index_local(
     diff_id: &Digest,
 ) -> Result<(Built, Reframe)> {
     let blob = File::open(store.blob_path(&layer.digest))
+        .and_then(Arriving::whole)
         .map_err(failed(format!("layer {} is not in the store", layer.digest)))?;
     let mut copy = reframe(store, compression)?;
-    match build::index_layer(blob, compression, Some(diff_id), as_sink(&mut copy)) {
+    match build::index_blob(&Arc::new(blob), compression, Some(diff_id), as_sink(&mut copy)) {
         Ok(built) => Ok((built, copy)),
         Err(e) => {
             discard(copy);
@@ -303,9 +314,10 @@ fn index_local(
 }
 
 /// Download a layer blob into the store while indexing it from the same bytes, on a
-/// thread of its own fed through a bounded channel. `Ok(None)`: the blob is stored and
-/// verified, but the registry sent it again from the start midway, so the indexer saw
-/// a broken stream; index it from the store.
+/// thread of its own that reads the blob's file up to what has arrived (the decoder may
+/// work on several places of it at once, behind the download). `Ok(None)`: the blob is
+/// stored and verified, but the registry sent it again from the start midway, so the
+/// indexer saw a broken stream; index it from the store.
 fn download_and_index(
     client: &Client,
     store: &Store,
@@ -315,52 +327,59 @@ fn download_and_index(
     diff_id: &Digest,
     progress: &dyn LayerProgress,
 ) -> Result<Option<(Built, Reframe)>> {
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
     let mut copy = reframe(store, compression)?;
-    std::thread::scope(|s| {
-        let indexer = s.spawn(move || {
-            let built = build::index_layer(ChannelReader::new(rx), compression, Some(diff_id), as_sink(&mut copy));
-            (built, copy)
-        });
-        let mut restarted = false;
-        let mut outcome = None;
-        let stored = store.put_blob_with(&layer.digest, |file| -> Result<Digest> {
+    let mut restarted = false;
+    let mut outcome = None;
+    let stored = store.put_blob_with(&layer.digest, |file| -> Result<Digest> {
+        let arriving = Arc::new(Arriving::new(file.try_clone()?, layer.size));
+        std::thread::scope(|s| {
+            let indexer = {
+                let (arriving, copy) = (Arc::clone(&arriving), &mut copy);
+                s.spawn(move || build::index_blob(&arriving, compression, Some(diff_id), as_sink(copy)))
+            };
             let mut sink = TeeSink {
                 file,
-                tx: Some(tx),
-                sent: false,
+                arriving: &arriving,
                 restarted: &mut restarted,
                 received: 0,
                 total: layer.size,
                 progress,
             };
             let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
-            drop(sink); // the indexer sees the end of the stream
-            if downloaded.is_ok() {
+            if downloaded.is_err() || sink.received != layer.size {
+                // The indexer must not wait for bytes that will not come.
+                arriving.fail();
+            } else {
                 // The indexer may still be a few seconds behind the network.
                 progress.verifying();
             }
-            let (built, copy) = indexer.join().map_err(|_| Error::Invalid("the layer indexer panicked".into()))?;
+            let built = indexer.join().map_err(|_| Error::Invalid("the layer indexer panicked".into()))?;
             downloaded.map_err(failed(format!("cannot fetch layer {} from {registry}/{repository}", layer.digest)))?;
-            if restarted {
-                discard(copy);
-            } else {
+            if !restarted {
                 // Only a layer whose content checks out is kept.
-                outcome = Some((built.map_err(failed(format!("layer {}", layer.digest)))?, copy));
+                outcome = Some(built.map_err(failed(format!("layer {}", layer.digest)))?);
             }
             Ok(layer.digest.clone())
-        });
-        stored.map(|()| outcome)
-    })
+        })
+    });
+    if let Err(e) = stored {
+        discard(copy);
+        return Err(e);
+    }
+    match outcome {
+        Some(built) => Ok(Some((built, copy))),
+        None => {
+            discard(copy);
+            Ok(None)
+        }
+    }
 }
 
-/// Writes a blob to its file and hands each chunk to the indexer. If the indexer
+/// Writes a blob to its file and tells the indexer how far it has arrived. If the indexer
 /// stopped (a bad layer), the download still completes; the indexer's error decides.
 struct TeeSink<'a> {
     file: &'a mut File,
-    tx: Option<mpsc::SyncSender<Vec<u8>>>,
-    /// Has the indexer been handed any bytes?
-    sent: bool,
+    arriving: &'a Arriving,
     restarted: &'a mut bool,
     /// Bytes of the blob written so far, of `total`, for `progress`.
     received: u64,
@@ -373,11 +392,8 @@ impl Write for TeeSink<'_> {
         self.file.write_all(buf)?;
         self.received += buf.len() as u64;
         self.progress.downloading(self.received, self.total);
-        if let Some(tx) = &self.tx {
-            self.sent = true;
-            if tx.send(buf.to_vec()).is_err() {
-                self.tx = None;
-            }
+        if !*self.restarted {
+            self.arriving.arrived(self.received);
         }
         Ok(buf.len())
     }
@@ -388,44 +404,16 @@ impl Write for TeeSink<'_> {
 
 impl BlobSink for TeeSink<'_> {
     fn restart(&mut self) -> io::Result<()> {
+        // The client empties the sink before its first request too: only bytes the
+        // indexer may have read and that no longer count cut it off.
+        if self.received > 0 {
+            self.arriving.fail();
+            *self.restarted = true;
+        }
         self.file.restart()?;
         self.received = 0;
         self.progress.downloading(0, self.total);
-        // The client empties the sink before its first request too: only bytes the
-        // indexer has seen and that no longer count cut it off.
-        if self.sent {
-            self.tx = None;
-            *self.restarted = true;
-        }
         Ok(())
-    }
-}
-
-/// Reads the chunks a `TeeSink` sends; ends when the sender is dropped.
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<Vec<u8>>) -> ChannelReader {
-        ChannelReader { rx, chunk: Vec::new(), at: 0 }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(c) => (self.chunk, self.at) = (c, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 

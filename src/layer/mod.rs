@@ -23,14 +23,23 @@ macro_rules! ensure {
     };
 }
 
+pub mod arriving;
+mod blockfind;
 pub mod build;
 pub mod checkpoints;
 pub mod data;
 pub mod estargz;
+pub mod indexing;
 pub mod ingest;
+mod marker;
+pub mod pargz;
 pub mod reframe;
 pub mod remote;
 pub mod spans;
+#[cfg(test)]
+mod testdata;
+pub mod workers;
+mod zlib;
 
 pub use data::LayerData;
 

@@ -62,7 +62,8 @@ impl<W: Write> Write for FrameWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::checkpoints::{Format, IndexingDecoder};
+    use crate::layer::checkpoints::Format;
+    use crate::layer::indexing::IndexingDecoder;
     use std::io::Read;
 
     #[test]

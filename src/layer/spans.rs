@@ -33,6 +33,11 @@ impl SpanCache {
         SpanCache { limit, inner: Mutex::new(Inner { slots: LruCache::unbounded(), bytes: 0 }) }
     }
 
+    /// The bytes the cache may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// A fresh id for a layer's spans.
     pub fn layer_id() -> u64 {
         static NEXT: AtomicU64 = AtomicU64::new(1);
