@@ -54,7 +54,17 @@ pub struct BlockSums {
 }
 
 impl BlockSums {
-    const BLOCK: u64 = 64 << 10;
+    pub const BLOCK: u64 = 64 << 10;
+
+    /// The length of the file the sums cover.
+    pub fn covered(&self) -> u64 {
+        self.len
+    }
+
+    /// The CRC-32 of each block, in order.
+    pub fn sums(&self) -> &[u32] {
+        &self.sums
+    }
 
     /// The sums of everything `file` holds.
     pub fn of(file: impl Read) -> io::Result<BlockSums> {

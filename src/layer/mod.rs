@@ -31,6 +31,7 @@ pub mod ingest;
 pub mod reframe;
 pub mod remote;
 pub mod spans;
+pub mod toc;
 
 pub use data::LayerData;
 
