@@ -25,7 +25,8 @@ use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
 use crate::layer::checkpoints::{Checkpoints, Format};
 use crate::layer::remote::Window;
-use crate::layer::{Access, Contents, IndexFile};
+use crate::layer::toc::{AccessKind, Toc};
+use crate::layer::Contents;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -215,7 +216,7 @@ impl IndexArtifact {
     /// Build the artifact of a stored layer from its store index and blob (one read of
     /// the blob for the span digests).
     pub fn build(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Result<IndexArtifact> {
-        let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str())?;
+        let toc = Toc::open(&store.toc_path(&layer.digest), layer.digest.as_str())?;
         let blob_path = store.blob_path(&layer.digest);
         let blob =
             File::open(&blob_path).map_err(|source| Error::NotStored { digest: layer.digest.clone(), source })?;
@@ -224,21 +225,21 @@ impl IndexArtifact {
             compressed_size == layer.size,
             Error::StoredSize { digest: layer.digest.clone(), actual: compressed_size, expected: layer.size },
         )?;
-        let (spans, uncompressed_size) = match file.access {
-            Access::Plain => (Spans::Whole, compressed_size),
-            Access::Checkpoints(c) => {
+        let (spans, uncompressed_size) = match (toc.access(), toc.checkpoints()?) {
+            (AccessKind::Checkpoints, Some(c)) => {
                 let u = c.uncompressed_size();
                 (Spans::Checkpoints(c), u)
             }
             // The checkpoints are of the store's re-encoded copy, not of the blob.
-            Access::Reframed(c) => (Spans::Whole, c.uncompressed_size()),
+            (AccessKind::Reframed, Some(c)) => (Spans::Whole, c.uncompressed_size()),
+            _ => (Spans::Whole, compressed_size),
         };
         let mut artifact = IndexArtifact {
             layer: layer.digest.clone(),
             diff_id: diff_id.clone(),
             compressed_size,
             uncompressed_size,
-            contents: file.index.contents,
+            contents: toc.to_contents()?,
             spans,
             span_digests: Vec::new(),
             windows: Vec::new(),
@@ -504,8 +505,8 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&tar).unwrap();
         let blob = gz.finish().unwrap();
-        let built = build::index_layer(&blob[..], Compression::Gzip, None, None).unwrap();
-        let c = built.checkpoints.unwrap();
+        let (contents, c) = build::index_contents(&blob[..], Compression::Gzip).unwrap();
+        let c = c.unwrap();
         let layer = Descriptor {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             digest: Digest::of(&blob),
@@ -518,7 +519,7 @@ mod tests {
             diff_id: Digest::of(&tar),
             compressed_size: blob.len() as u64,
             uncompressed_size: tar.len() as u64,
-            contents: built.contents,
+            contents,
             windows: c.clone().take_windows().iter().map(|w| Window::of(w)).collect(),
             spans: Spans::Checkpoints(c),
             span_digests: vec![],

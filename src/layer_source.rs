@@ -15,11 +15,13 @@
 use crate::digest::Digest;
 use crate::image::{Descriptor, ImageConfig};
 use crate::index_artifact::Spans;
+use crate::layer::data::BlockSums;
 use crate::layer::estargz;
 use crate::layer::ingest::{self, BlobSource, LayerProgress, Loaded};
 use crate::layer::remote::{Estargz, Published, RangeSource};
 use crate::layer::spans::SpanCache;
-use crate::layer::{Contents, LayerData, LayerIndex};
+use crate::layer::toc::{self, write::DataIndex, Toc};
+use crate::layer::{Contents, LayerData};
 use crate::origin::Origin;
 use crate::referrers;
 use crate::registry::LazyClient;
@@ -275,8 +277,17 @@ impl ImageLayers {
             layer: layer.digest.clone(),
         };
         let layout = estargz::open(layer.size, &want, |a, b| remote.blob_range(a, b))?;
-        let index = Arc::new(LayerIndex::new(layout.contents));
-        Ok(Some((index, Arc::new(LayerData::estargz(remote, layout.files, Arc::clone(&self.spans))))))
+        let toc = self.scratch_toc(&layout.contents, layer)?;
+        Ok(Some((toc, Arc::new(LayerData::estargz(remote, layout.files, Arc::clone(&self.spans))))))
+    }
+
+    /// The TOC of a table that came whole from elsewhere (an eStargz TOC, a published
+    /// index), in a scratch file of the store for as long as the mount runs.
+    fn scratch_toc(&self, contents: &Contents, layer: &Descriptor) -> Result<Arc<Toc>> {
+        let _lease = self.store.writer_guard().map_err(ingest::Error::from)?;
+        let sums = BlockSums::of(std::io::empty()).map_err(crate::layer::Error::from)?;
+        let dir = self.store.scratch_dir();
+        Ok(Arc::new(toc::from_contents(contents, &dir, layer.digest.as_str(), DataIndex::Plain, &sums)?))
     }
 
     fn load(&self, i: usize) -> Result<Loaded> {
@@ -290,9 +301,9 @@ impl ImageLayers {
         let diff_id = self.diff_id(i)?;
         let published = self.published[i].lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(p) = published {
-            let index = Arc::new(LayerIndex::new(p.contents));
+            let toc = self.scratch_toc(&p.contents, &self.layers[i])?;
             let data = Arc::new(LayerData::remote(p.remote, p.checkpoints, Arc::clone(&self.spans)));
-            return Ok(self.loaded[i].get_or_init(|| (index, data)).clone());
+            return Ok(self.loaded[i].get_or_init(|| (toc, data)).clone());
         }
         let layer = &self.layers[i];
         match self.open_estargz(i) {
@@ -321,7 +332,7 @@ impl LayerSource for ImageLayers {
     fn layer_count(&self) -> usize {
         self.layers.len()
     }
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError> {
         Ok(self.load(i)?.0)
     }
     fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {

@@ -43,3 +43,8 @@ fn template_inputs() {
 fn layer_inputs() {
     replay("layer", checks::layer);
 }
+
+#[test]
+fn toc_inputs() {
+    replay("toc", checks::toc);
+}

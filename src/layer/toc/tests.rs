@@ -352,10 +352,10 @@ fn a_tar_layer_with_checkpoints_and_sums_reads_back() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &tar).unwrap();
     let blob = gz.finish().unwrap();
-    let built = build::index_layer(&blob[..], crate::image::Compression::Gzip, None, None).unwrap();
+    let built = build::index_layer(&blob[..], crate::image::Compression::Gzip, None, None, dir.path()).unwrap();
     let c = built.checkpoints.unwrap();
     let s = crate::layer::data::BlockSums::of(&blob[..]).unwrap();
-    let toc = from_contents(&built.contents, dir.path(), "sha256:bb", write::DataIndex::Checkpoints(&c), &s).unwrap();
+    let toc = open_parts(built.toc, dir.path(), "sha256:bb", write::DataIndex::Checkpoints(&c), &s).unwrap();
     assert_eq!(toc.access(), AccessKind::Checkpoints);
     assert_eq!(toc.checkpoints().unwrap().unwrap(), c);
     assert_eq!(toc.sums_len(), s.covered());
