@@ -107,6 +107,38 @@ fn remount_reuses_layer_indexes() {
     assert_eq!(blob_gets(mark, &proxy.addr, "app", &app2[1]), 1, "app:2's own layer is fetched once");
 }
 
+/// Two mounts of images that share a layer read that layer's TOC from one file, mapped
+/// by both servers (so its pages are the page cache's, shared, not a copy in each
+/// server's memory), and both serve their image exactly.
+#[test]
+fn two_mounts_sharing_a_layer_map_one_toc_file() {
+    let Some(_) = outcome::test_env() else { return };
+    let (app1, app2) = (layer_digests("app:1"), layer_digests("app:2"));
+    assert_eq!(app1[0], app2[0], "app:1 and app:2 should share their base layer");
+    let store = Store::new();
+    let a = mount(store.root(), &format!("{}/app:1", env().addr), &[]);
+    let b = mount(store.root(), &format!("{}/app:2", env().addr), &[]);
+    read_all(&a.dir);
+    read_all(&b.dir);
+    for (m, image) in [(&a, "app:1"), (&b, "app:2")] {
+        let diffs = treecmp(&m.dir, &unpack_of(image).join("rootfs"), &["--no-dir-mtime"]);
+        assert!(diffs.is_empty(), "{image}:\n{}", diffs.join("\n"));
+    }
+    let toc = store.root().join("toc/sha256").join(format!("{}.toc", app1[0].trim_start_matches("sha256:")));
+    let ino = fs::metadata(&toc).unwrap().ino();
+    for m in [&a, &b] {
+        let pids = server_pids(&m.dir);
+        assert_eq!(pids.len(), 1, "one server for {}", m.dir.display());
+        let maps = fs::read_to_string(format!("/proc/{}/maps", pids[0])).unwrap();
+        // Fields: address perms offset dev inode path.
+        let mapped = maps.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 6 && f[4] == ino.to_string() && f[5] == toc.to_str().unwrap()
+        });
+        assert!(mapped, "the server of {} does not map {}:\n{maps}", m.dir.display(), toc.display());
+    }
+}
+
 /// Two mounts of one image in one store, read at once: each layer blob is fetched
 /// once (the second mount waits for the first one's fetch through the store), both
 /// read the right bytes, and a gzip layer leaves no uncompressed copy behind.

@@ -213,7 +213,7 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(Some(info)) => reply.entry(&ttl(&info), &attr(&info), Generation(info.generation)),
+            Ok(Some(info)) => reply.entry(&ttl(&info), &attr(&info), Generation(0)),
             Ok(None) => reply.entry(&TTL, &negative_attr(), Generation(0)),
             Err(e) => reply.error(errno("lookup", parent, e)),
         }
@@ -317,8 +317,7 @@ impl Filesystem for FuseFs {
                 };
                 let counted = !matches!(l.target, Target::Dot(_));
                 let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&l.name);
-                let generation = Generation(info.generation);
-                if reply.add(INodeNo(info.ino), l.cookie, name, &ttl(&info), &attr(&info), generation) {
+                if reply.add(INodeNo(info.ino), l.cookie, name, &ttl(&info), &attr(&info), Generation(0)) {
                     if counted {
                         self.fs.forget(info.ino, 1);
                     }

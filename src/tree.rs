@@ -1,14 +1,15 @@
 //! The union of an image's layers, resolved lazily over their tables of contents.
 //!
-//! Nodes live in a flat table and a node's inode number is its slot + 1, so the root is
-//! inode 1 (FUSE's root). A node refers into the layers' TOCs instead of copying from
-//! them: a directory by the TOC node of its topmost layer (and, as they are looked at,
-//! its node in each lower one), everything else by the layer entry that holds its data,
-//! so that the names of a hard-link group share one node (and one `st_ino`). Names,
-//! attributes and listings are read from the TOCs (mapped files) whenever they are
-//! asked for; a node holds a few words. The kernel's lookups are counted, and a node it
-//! has forgotten goes (its slot is reused under a new generation number), unless a
-//! directory node below it is still alive.
+//! A node refers into the layers' TOCs instead of copying from them: a directory by
+//! the TOC node of its topmost layer (and, as they are looked at, its node in each
+//! lower one), everything else by the layer entry that holds its data, so that the
+//! names of a hard-link group share one node. That reference is also its inode number
+//! (layer + 1 in the high half, the TOC record in the low; the root is 1), so a file
+//! keeps its number for the life of the mount, even when its node goes and comes back:
+//! tools that find hard links by `st_ino` (tar, du, rsync) never see two files as one.
+//! Names, attributes and listings are read from the TOCs (mapped files) whenever they
+//! are asked for; a node holds a few words. The kernel's lookups are counted, and a
+//! node it has forgotten goes, unless a directory node below it is still alive.
 //!
 //! Layers are consulted from the top down and only as far as an answer needs:
 //! a lookup that an upper layer settles (a non-directory there, a whiteout, an opaque
@@ -87,8 +88,6 @@ pub enum DirAttrs {
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
     pub ino: Ino,
-    /// Bumped each time an inode number is reused for another node.
-    pub generation: u64,
     pub kind: Kind,
     pub mode: u32,
     pub uid: u32,
@@ -158,8 +157,6 @@ enum NodeKind {
         rec: u32,
         nlink: u32,
     },
-    /// A slot free for reuse.
-    Free,
 }
 
 struct Node {
@@ -168,14 +165,11 @@ struct Node {
     refs: u64,
     /// Directory nodes whose parent this is: it stays while they do.
     children: u32,
-    generation: u64,
 }
 
 struct State {
-    nodes: Vec<Node>,
-    free: Vec<usize>,
-    /// Directories by their (layer, TOC node) key; leaves by their data (layer, record).
-    by_key: HashMap<(u32, u32), Ino, foldhash::fast::RandomState>,
+    /// Live nodes by inode number (see `ino_of_key`).
+    nodes: HashMap<Ino, Node, foldhash::fast::RandomState>,
     /// Layer TOCs opened so far; `None` until an operation needs the layer.
     layers: Vec<Option<Arc<Toc>>>,
 }
@@ -259,18 +253,10 @@ impl Tree {
             })),
             refs: 1,
             children: 0,
-            generation: 0,
         };
-        Tree {
-            source,
-            dir_attrs,
-            state: Mutex::new(State {
-                nodes: vec![root],
-                free: Vec::new(),
-                by_key: HashMap::default(),
-                layers: vec![None; n],
-            }),
-        }
+        let mut nodes = HashMap::default();
+        nodes.insert(ROOT, root);
+        Tree { source, dir_attrs, state: Mutex::new(State { nodes, layers: vec![None; n] }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -325,7 +311,7 @@ impl Tree {
             Err(need) => return Err(need),
         };
         if !matches!(target, Target::Dot(_)) {
-            st.nodes[(ino - 1) as usize].refs += 1;
+            Self::node(st, ino).refs += 1;
         }
         Ok(info)
     }
@@ -334,32 +320,25 @@ impl Tree {
     /// no live directory below it needs, goes.
     pub fn forget(&self, ino: Ino, n: u64) {
         let mut st = self.lock();
-        let Some(node) = st.nodes.get_mut((ino.wrapping_sub(1)) as usize) else { return };
+        let Some(node) = st.nodes.get_mut(&ino) else { return };
         node.refs = node.refs.saturating_sub(n);
         Self::release(&mut st, ino);
     }
 
-    /// Free `ino` if nothing holds it, and then its parent if that was all it held.
+    /// Drop `ino` if nothing holds it, and then its parent if that was all it held.
     fn release(st: &mut State, mut ino: Ino) {
         while ino != ROOT {
-            let i = (ino - 1) as usize;
-            let node = &st.nodes[i];
+            let Some(node) = st.nodes.get(&ino) else { return };
             if node.refs > 0 || node.children > 0 {
                 return;
             }
-            let (key, parent) = match &node.kind {
-                NodeKind::Dir(d) => (d.key, Some(d.parent)),
-                NodeKind::Leaf { layer, rec, .. } => (Some((*layer, *rec)), None),
-                NodeKind::Free => return,
+            let parent = match &node.kind {
+                NodeKind::Dir(d) => Some(d.parent),
+                NodeKind::Leaf { .. } => None,
             };
-            if let Some(k) = key {
-                st.by_key.remove(&k);
-            }
-            st.nodes[i].kind = NodeKind::Free;
-            st.free.push(i);
-            match parent {
-                Some(p) => {
-                    let pn = &mut st.nodes[(p - 1) as usize];
+            st.nodes.remove(&ino);
+            match parent.and_then(|p| st.nodes.get_mut(&p).map(|n| (p, n))) {
+                Some((p, pn)) => {
                     pn.children = pn.children.saturating_sub(1);
                     ino = p;
                 }
@@ -433,7 +412,7 @@ impl Tree {
 
     pub fn parent(&self, ino: Ino) -> Ino {
         let st = self.lock();
-        match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
+        match st.nodes.get(&ino).map(|n| &n.kind) {
             Some(NodeKind::Dir(d)) => d.parent,
             _ => ROOT,
         }
@@ -443,7 +422,7 @@ impl Tree {
     pub fn data(&self, ino: Ino) -> TResult<Option<(Arc<LayerData>, u64, u64)>> {
         let (layer, offset, size) = {
             let st = self.lock();
-            match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
+            match st.nodes.get(&ino).map(|n| &n.kind) {
                 Some(NodeKind::Leaf { layer, rec, .. }) => {
                     let toc = st.layers[*layer as usize].clone().expect("a leaf's layer is loaded");
                     let r = toc
@@ -460,14 +439,23 @@ impl Tree {
 
     /// Number of live nodes.
     pub fn node_count(&self) -> usize {
-        let st = self.lock();
-        st.nodes.len() - st.free.len()
+        self.lock().nodes.len()
     }
 
     // ---- internals; all run under the state lock ----
 
     fn is_live(st: &State, ino: Ino) -> bool {
-        !matches!(st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind), None | Some(NodeKind::Free))
+        st.nodes.contains_key(&ino)
+    }
+
+    fn node(st: &mut State, ino: Ino) -> &mut Node {
+        st.nodes.get_mut(&ino).expect("callers check that the node is live")
+    }
+
+    /// The inode number of the node a (layer, TOC record) key names: a directory's
+    /// topmost node, a leaf's data record.
+    fn ino_of_key(layer: u32, id: u32) -> Ino {
+        (u64::from(layer) + 1) << 32 | u64::from(id)
     }
 
     fn layer(st: &State, i: u32) -> Step<Arc<Toc>> {
@@ -485,14 +473,14 @@ impl Tree {
     }
 
     fn dir(st: &mut State, ino: Ino) -> &mut DirState {
-        match &mut st.nodes[(ino - 1) as usize].kind {
+        match &mut Self::node(st, ino).kind {
             NodeKind::Dir(d) => d,
             _ => unreachable!("caller checked that {ino} is a directory"),
         }
     }
 
     fn is_dir(st: &State, ino: Ino) -> bool {
-        matches!(st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind), Some(NodeKind::Dir(_)))
+        matches!(st.nodes.get(&ino).map(|n| &n.kind), Some(NodeKind::Dir(_)))
     }
 
     /// The TOC node of directory `ino` in layer `l` (`ABSENT`: the layer has no such
@@ -690,7 +678,8 @@ impl Tree {
             Target::Dot(ino) if Self::is_live(st, ino) => return Ok(ino),
             Target::Dot(ino) => return Err(Stop::Fail(LayerError::Broken(format!("inode {ino} is gone").into()))),
         };
-        if let Some(&ino) = st.by_key.get(&key) {
+        let ino = Self::ino_of_key(key.0, key.1);
+        if st.nodes.contains_key(&ino) {
             return Ok(ino);
         }
         let kind = match target {
@@ -705,7 +694,7 @@ impl Tree {
                 if !Self::is_dir(st, parent) {
                     return Err(Stop::Fail(LayerError::Broken("a listed directory's parent is gone".into())));
                 }
-                st.nodes[(parent - 1) as usize].children += 1;
+                Self::node(st, parent).children += 1;
                 NodeKind::Dir(Box::new(DirState {
                     parent,
                     key: Some((layer, node)),
@@ -724,20 +713,7 @@ impl Tree {
                 NodeKind::Leaf { layer, rec, nlink }
             }
         };
-        let ino = match st.free.pop() {
-            Some(i) => {
-                let node = &mut st.nodes[i];
-                node.kind = kind;
-                node.generation += 1;
-                (node.refs, node.children) = (0, 0);
-                i as Ino + 1
-            }
-            None => {
-                st.nodes.push(Node { kind, refs: 0, children: 0, generation: 0 });
-                st.nodes.len() as Ino
-            }
-        };
-        st.by_key.insert(key, ino);
+        st.nodes.insert(ino, Node { kind, refs: 0, children: 0 });
         Ok(ino)
     }
 
@@ -863,8 +839,7 @@ impl Tree {
     }
 
     fn info_locked(&self, st: &mut State, ino: Ino) -> Step<NodeInfo> {
-        let generation = st.nodes[(ino - 1) as usize].generation;
-        match &st.nodes[(ino - 1) as usize].kind {
+        match &Self::node(st, ino).kind {
             NodeKind::Dir(d) => {
                 if d.subdirs.is_none() && self.range_is_local(st, ino) {
                     let n = self.count_subdirs(st, ino)?;
@@ -889,7 +864,6 @@ impl Tree {
                 };
                 Ok(NodeInfo {
                     ino,
-                    generation,
                     kind: Kind::Dir,
                     mode,
                     uid,
@@ -908,7 +882,7 @@ impl Tree {
                 let nlink = match nlink {
                     0 => {
                         let n = self.count_links(st, layer, rec)?;
-                        if let NodeKind::Leaf { nlink, .. } = &mut st.nodes[(ino - 1) as usize].kind {
+                        if let NodeKind::Leaf { nlink, .. } = &mut Self::node(st, ino).kind {
                             *nlink = n;
                         }
                         n
@@ -921,7 +895,6 @@ impl Tree {
                 let link = toc.link(&r).map_err(bad(layer))?.map(<[u8]>::to_vec);
                 Ok(NodeInfo {
                     ino,
-                    generation,
                     kind,
                     mode: r.mode,
                     uid: r.uid,
@@ -938,7 +911,6 @@ impl Tree {
                     settled: true,
                 })
             }
-            NodeKind::Free => unreachable!("callers check that {ino} is live"),
         }
     }
 

@@ -879,3 +879,69 @@ fn the_deepest_path_resolves() {
     assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"deep");
     assert_eq!(fs.readdir(ino).unwrap().len(), 3);
 }
+
+/// The kernel's references are counted: a node it has forgotten every lookup of goes
+/// (a directory only once no directory below it is alive), and comes back, when looked
+/// up again, under the same inode number: a number never passes to another file, so a
+/// walk that finds hard links by `st_ino` (tar, du) never sees two files as one; a
+/// hard-link group is one node however many names were looked up.
+#[test]
+fn nodes_the_kernel_forgets_go_and_come_back_under_the_same_number() {
+    let (fs, _) = fs_of(&real_shape());
+    let nodes = || fs.statfs().files;
+    let start = nodes();
+    let etc = fs.lookup(ROOT, OsStr::new("etc")).unwrap().unwrap();
+    let f = fs.lookup(etc.ino, OsStr::new("os-release")).unwrap().unwrap();
+    assert_eq!(fs.lookup(etc.ino, OsStr::new("os-release")).unwrap().unwrap().ino, f.ino);
+    assert_eq!(nodes(), start + 2);
+    fs.forget(f.ino, 1);
+    assert_eq!(fs.getattr(f.ino).unwrap().ino, f.ino, "one lookup is still held");
+    fs.forget(f.ino, 1);
+    assert_eq!(fs.getattr(f.ino).err(), Some(FsError::NotFound), "forgotten, and gone");
+    fs.forget(etc.ino, 1);
+    assert_eq!(nodes(), start);
+
+    // A directory stays while one below it is alive.
+    let usr = fs.lookup(ROOT, OsStr::new("usr")).unwrap().unwrap();
+    let bin = fs.lookup(usr.ino, OsStr::new("bin")).unwrap().unwrap();
+    fs.forget(usr.ino, 1);
+    assert_eq!(fs.getattr(usr.ino).unwrap().kind, Kind::Dir);
+    assert_eq!(fs.lookup(bin.ino, OsStr::new("sh")).unwrap().map(|i| i.kind), Some(Kind::File));
+    fs.forget(bin.ino, 1);
+    assert_eq!(nodes(), start + 1, "bin and usr went; usr/bin/sh is still held");
+
+    // Forgotten nodes come back under their own numbers, and no other file takes them.
+    let again = fs.lookup(ROOT, OsStr::new("etc")).unwrap().unwrap();
+    assert_eq!(again.ino, etc.ino);
+    let f_again = fs.lookup(again.ino, OsStr::new("os-release")).unwrap().unwrap();
+    assert_eq!((f_again.ino, f_again.size), (f.ino, 8));
+    let mut seen = std::collections::HashMap::new();
+    for path in ["etc", "etc/os-release", "etc/apt.conf", "etc/app.conf", "usr", "usr/bin", "usr/bin/sh", "root"] {
+        let info = fs.getattr(walk(&fs, path).unwrap()).unwrap();
+        if let Some(other) = seen.insert(info.ino, path) {
+            panic!("{path} and {other} have one inode number");
+        }
+    }
+
+    // Three names of one hard-link group: one node, counted once per lookup of any name.
+    let opt = fs.lookup(ROOT, OsStr::new("opt")).unwrap().unwrap();
+    let a = fs.lookup(opt.ino, OsStr::new("tool")).unwrap().unwrap();
+    let b = fs.lookup(opt.ino, OsStr::new("tool-a")).unwrap().unwrap();
+    assert_eq!((a.ino, a.nlink), (b.ino, 3));
+    fs.forget(a.ino, 1);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 3, "still held through tool-a");
+    fs.forget(b.ino, 1);
+    assert_eq!(fs.getattr(a.ino).err(), Some(FsError::NotFound));
+
+    // Entries handed out by a listing are counted as lookups are; `.` and `..` are not.
+    let listed = fs.read_dir(ROOT, 0, 100).unwrap();
+    let before = nodes();
+    let infos: Vec<_> = listed.iter().map(|l| fs.entry(l).unwrap()).collect();
+    for (l, info) in listed.iter().zip(&infos) {
+        if l.name != b"." && l.name != b".." {
+            fs.forget(info.ino, 1);
+        }
+    }
+    assert!(nodes() <= before, "{} nodes after forgetting a listing, {before} before", nodes());
+    assert_eq!(fs.getattr(ROOT).unwrap().kind, Kind::Dir, "the root is never forgotten");
+}
