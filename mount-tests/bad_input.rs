@@ -1,6 +1,7 @@
 //! Bad mount requests: a missing or non-directory mountpoint, an unknown tag,
 //! repository or registry, a directory already mounted. Each fails with one line naming
-//! the culprit and leaves nothing mounted, listed or recorded.
+//! the culprit and leaves nothing mounted, listed or recorded. A mountpoint that holds
+//! files is no error, but a warning.
 
 use super::*;
 
@@ -52,4 +53,29 @@ fn mount_refuses_an_existing_mount() {
     // Only one mount stacked on the directory.
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert_eq!(info.lines().filter(|l| l.split(' ').nth(4) == Some(m.arg())).count(), 1);
+}
+
+/// Mounting over a directory that holds files works (as mount(8) does) and says, in
+/// one line on stderr, that they are hidden; they are back after the unmount. An
+/// empty directory gets no such line.
+#[test]
+fn mount_over_a_non_empty_directory_warns_that_its_files_are_hidden() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let image = format!("{}/lazy:1", env().addr);
+    let m = Mount::empty();
+    fs::write(m.path("mine.txt"), "the user's file\n").unwrap();
+    let out = imgfs(store.root(), &["mount", &image, m.arg()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("imgfs: warning: ") && err.contains(m.arg()) && err.contains("hidden"), "{err}");
+    assert!(!m.path("mine.txt").exists(), "the image is not mounted over the file");
+    assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+    imgfs_ok(store.root(), &["umount", m.arg()]);
+    assert_eq!(fs::read_to_string(m.path("mine.txt")).unwrap(), "the user's file\n");
+
+    let empty = Mount::empty();
+    let out = imgfs(store.root(), &["mount", &image, empty.arg()]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", show(&out));
 }

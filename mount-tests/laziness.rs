@@ -2,7 +2,7 @@
 //! layer when a lookup or a read needs it, each layer once however many mounts read it,
 //! nothing again once a layer is indexed (a remount, a store written by an older imgfs
 //! converted from its own blobs), and nothing at all for a pulled image of the default
-//! platform.
+//! platform; a pulled image of another platform is mounted with docker's warning.
 
 use super::*;
 
@@ -225,4 +225,48 @@ fn a_default_platform_the_pulled_image_has_mounts_it_without_the_registry() {
         imgfs_env(root, &[("DOCKER_DEFAULT_PLATFORM", platform.trim())], &["mount", "127.0.0.1:9/lazy:1", m.arg()]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(fs::read(m.path("top/c.txt")).unwrap(), reference_file("lazy:1", "top/c.txt"));
+}
+
+/// After `pull --platform` of the other architecture, a plain `imgfs mount` of the name
+/// mounts that image (as docker runs it), and says on stderr and in the server's log
+/// that its platform is not the host's; asked for explicitly, or the host's own, it
+/// says nothing.
+#[test]
+fn a_mount_of_another_platforms_image_warns() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let root = store.root();
+    let image = format!("{}/multi:1", env().addr);
+    let (other, unpack) = if cfg!(target_arch = "x86_64") {
+        ("linux/arm64", "unpacked/multi-arm64")
+    } else {
+        ("linux/amd64", "unpacked/multi-amd64")
+    };
+    imgfs_ok(root, &["pull", "-q", "--platform", other, &image]);
+    let warning = format!("imgfs: warning: the requested image's platform ({other}");
+    let m = Mount::empty();
+    let out = imgfs(root, &["mount", &image, m.arg()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&warning) && stderr.contains("does not match the detected host platform"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        fs::read(m.path("etc/arch")).unwrap(),
+        fs::read(env().dir.join(unpack).join("rootfs/etc/arch")).unwrap()
+    );
+    assert!(server_logs(root).contains(&warning), "{}", server_logs(root));
+    drop(m);
+
+    // Asked for by name: no warning.
+    let m = Mount::empty();
+    let out = imgfs(root, &["mount", "--platform", other, &image, m.arg()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+    drop(m);
+    // The host's own image: no warning either.
+    let m = Mount::empty();
+    let out = imgfs(root, &["mount", &format!("{}/lazy:1", env().addr), m.arg()]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", show(&out));
+    drop(m);
+    assert_eq!(server_logs(root).matches(&warning).count(), 1, "{}", server_logs(root));
 }

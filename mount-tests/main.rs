@@ -38,6 +38,7 @@ mod pushing;
 mod registries;
 mod security;
 mod store_safety;
+mod unmounting;
 
 use faultproxy::{Fault, FaultProxy, Rule};
 use harness::*;

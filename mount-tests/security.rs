@@ -289,7 +289,7 @@ fn non_root_mount_without_access_to_dev_fuse_fails_with_one_line_naming_the_fix(
         err
     };
     let err = one_line(&try_mount("/usr/sbin:/usr/bin:/sbin:/bin"));
-    assert!(err.contains("fusermount3 failed too"), "fusermount3 was not tried: {err}");
+    assert!(err.contains("fusermount3 failed ("), "fusermount3 was not tried: {err}");
     let err = one_line(&try_mount("/nonexistent"));
     assert!(err.contains("install fuse3"), "{err}");
     // Nothing left: no server, no mount record, and the real /dev/fuse as it was.
@@ -300,7 +300,7 @@ fn non_root_mount_without_access_to_dev_fuse_fails_with_one_line_naming_the_fix(
     assert!(real.file_type().is_char_device(), "/dev/fuse changed outside the namespace");
 }
 
-const TEST_USER: &str = "imgfs-test";
+pub(crate) const TEST_USER: &str = "imgfs-test";
 
 /// A user mounts through fusermount3 into a store of its own; the kernel checks
 /// permissions (default_permissions: the 0600 root file is EACCES for the user), and
@@ -353,7 +353,7 @@ fn unprivileged_user_mounts_via_fusermount3() {
 }
 
 /// The uid of TEST_USER, created once (tests running at once must not race useradd).
-fn test_user() -> u32 {
+pub(crate) fn test_user() -> u32 {
     static UID: OnceLock<u32> = OnceLock::new();
     *UID.get_or_init(|| {
         let _ = Command::new("useradd").args(["-m", TEST_USER]).output(); // fails if it exists: fine
@@ -370,7 +370,7 @@ fn user_id(name: &str) -> u32 {
 /// On a normal host udev makes /dev/fuse 0666 (systemd's 50-udev-default.rules) and
 /// unprivileged FUSE needs that (libfuse and fuser open it before calling fusermount3).
 /// A container without udev may leave it 0600: set the host default.
-fn ensure_dev_fuse_is_world_usable() {
+pub(crate) fn ensure_dev_fuse_is_world_usable() {
     let md = fs::metadata("/dev/fuse").expect("/dev/fuse");
     if md.permissions().mode() & 0o666 != 0o666 {
         eprintln!(

@@ -244,3 +244,69 @@ fn rm_and_prune_spare_a_mounted_image() {
     let out = imgfs(store.root(), &["rm", &image]);
     assert!(!out.status.success(), "the image should be gone after rm: {}", show(&out));
 }
+
+/// One image under two manifests: zstd:1 and zstd-gzip:1 have one config (so one image
+/// ID) and zstd and gzip layer blobs. Each manifest keeps its blobs while the image has
+/// a name: a dangling-only `prune -f` removes none of them (`ls --digests` names both
+/// digests, so both must be served), a pull again fetches nothing, `check` verifies both manifests, and each name mounts with
+/// its own layers and reads with the registry gone.
+#[test]
+fn one_image_under_two_manifests_keeps_both_through_prune() {
+    let Some(_) = outcome::test_env() else { return };
+    let proxy = FaultProxy::start(&env().addr);
+    let store = Store::new();
+    let root = store.root();
+    let (zstd, gzip) = (format!("{}/zstd:1", proxy.addr), format!("{}/zstd-gzip:1", proxy.addr));
+    assert_eq!(config_digest("zstd:1"), config_digest("zstd-gzip:1"), "the test images no longer share a config");
+    let (zstd_layers, gzip_layers) = (layer_digests("zstd:1"), layer_digests("zstd-gzip:1"));
+    imgfs_ok(root, &["pull", "-q", &zstd]);
+    imgfs_ok(root, &["pull", "-q", &gzip]);
+    assert_eq!(imgfs_ok(root, &["ls", "-q"]).lines().count(), 1, "one image ID");
+    let digests = imgfs_ok(root, &["ls", "--digests", "--format", "{{.Repository}} {{.Digest}}"]);
+    let manifest_of = |repo_tag: &str| {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+            .arg(format!("docker://{}/{repo_tag}", env().addr))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (zstd_manifest, gzip_manifest) = (manifest_of("zstd:1"), manifest_of("zstd-gzip:1"));
+    assert!(digests.contains(&zstd_manifest) && digests.contains(&gzip_manifest), "{digests}");
+
+    let out = imgfs_ok(root, &["prune", "-f"]);
+    for d in zstd_layers.iter().chain(&gzip_layers).chain([&zstd_manifest, &gzip_manifest]) {
+        assert!(blob_file(root, d).exists(), "prune -f removed blob {d} of a named image:\n{out}");
+    }
+    assert!(imgfs_ok(root, &["check"]).contains("is consistent"));
+
+    // Pulled again: every layer is there, nothing is fetched.
+    sync_registry_log();
+    let mark = log_mark();
+    imgfs_ok(root, &["pull", "-q", &gzip]);
+    sync_registry_log();
+    for l in &gzip_layers {
+        assert_eq!(blob_gets(mark, &proxy.addr, "zstd-gzip", l), 0, "layer {l} fetched again");
+    }
+
+    // Each name has its own layers (inspect shows them, all stored), and mounts them
+    // with the registry gone.
+    for (name, layers) in [(&zstd, &zstd_layers), (&gzip, &gzip_layers)] {
+        let shown =
+            imgfs_ok(root, &["inspect", "--format", "{{range .Layers}}{{.Digest}} {{.Present}}\n{{end}}", name]);
+        let want: String = layers.iter().map(|l| format!("{l} true\n")).collect();
+        assert_eq!(shown.trim_end(), want.trim_end(), "{name}");
+    }
+    proxy.set_offline(true);
+    for name in [&zstd, &gzip] {
+        let m = mount(root, name, &[]);
+        let diff = treecmp(&m.dir, &unpack_of("zstd:1").join("rootfs"), &["--no-dir-mtime"]);
+        assert!(diff.is_empty(), "{name} differs from the unpack:\n{}", diff.join("\n"));
+    }
+
+    // `check` looks at the second manifest too.
+    fs::remove_file(blob_file(root, &gzip_manifest)).unwrap();
+    let out = imgfs(root, &["check"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("blob {gzip_manifest}")), "{}", show(&out));
+}

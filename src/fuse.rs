@@ -8,8 +8,8 @@ use crate::layer::Kind;
 use crate::tree::{NodeInfo, Target};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -37,32 +37,30 @@ pub struct MountSettings<'a> {
 }
 
 /// Mount `fs` at `dir`. Nothing is served until the session's `run`, which returns
-/// once the mount is gone; dropping the session unmounts (a session mounted through
-/// our own fusermount3 call is unmounted by the server's signal handling and `umount`
-/// instead, through `store::mounts::detach`).
+/// once the mount is gone. The mount is made here, by mount(2) as root and through
+/// fusermount3 otherwise (as libfuse does), and the session only gets its `/dev/fuse`
+/// descriptor: a session of fuser's own mount unmounts by path when it ends, and by then
+/// a lazily detached mount's directory may hold another mount, which it would take
+/// down. A server unmounts its own mount by its device instead (`store::mounts`).
 pub fn mount(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<fuser::Session<FuseFs>> {
     let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::DefaultPermissions,
-        MountOption::FSName(settings.fsname.to_string()),
-        MountOption::Subtype("imgfs".to_string()),
-    ];
     config.acl = if settings.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(settings.threads);
     let fs = FuseFs { fs, no_open: false, no_opendir: false };
-    if dev_fuse_is_closed_to_us() {
-        // fuser would fail on the open and stop there. Go through fusermount3, as
-        // libfuse does; Debian's opens the device with the user's rights too and
-        // fails the same way, and then the error must say what to change.
+    let fd = if rustix::process::geteuid().is_root() {
+        mount_directly(dir, settings)?
+    } else {
         let mut options = String::from("ro,nodev,nosuid,default_permissions,subtype=imgfs");
         options.push_str(&format!(",fsname={}", settings.fsname));
         if settings.allow_other {
             options.push_str(",allow_other");
         }
-        let fd = crate::fusermount::mount(dir, &options).map_err(|e| {
+        crate::fusermount::mount(dir, &options).map_err(|e| {
+            if !dev_fuse_is_closed_to_us() {
+                return e;
+            }
+            // Debian's fusermount3 opens the device with the user's rights, so a device
+            // closed to the user fails there too, and the error must say what to change.
             let dev = dev_fuse_description();
             let fix = "let the user open /dev/fuse: chmod 0666 /dev/fuse (what udev sets), or give it a group \
                        the user is in (chgrp fuse /dev/fuse; chmod 0660 /dev/fuse; usermod -aG fuse USER)";
@@ -72,11 +70,34 @@ pub fn mount(fs: Fs, dir: &Path, settings: &MountSettings) -> std::io::Result<fu
                 format!("/dev/fuse ({dev}) is not open to this user, and {e}: {fix}")
             };
             std::io::Error::new(e.kind(), msg)
-        })?;
-        let acl = config.acl;
-        return fuser::Session::from_fd(fs, fd, acl, config);
+        })?
+    };
+    let acl = config.acl;
+    fuser::Session::from_fd(fs, fd, acl, config)
+}
+
+/// mount(2) of a FUSE filesystem on a `/dev/fuse` descriptor of our own, with the
+/// options and flags fuser's own mount gives (type plain `fuse`, the fsname as source).
+fn mount_directly(dir: &Path, settings: &MountSettings) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::mount::{mount, MountFlags};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    // The root's type and mode until the first GETATTR: the mountpoint's.
+    let rootmode = std::fs::metadata(dir)?.mode() & (libc::S_IFMT | 0o7777);
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    if settings.allow_other {
+        data.push_str(",allow_other");
     }
-    fuser::Session::new(fs, dir, &config)
+    let data = std::ffi::CString::new(data)?;
+    let flags = MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID;
+    mount(settings.fsname, dir, "fuse", flags, data.as_c_str())?;
+    Ok(dev.into())
 }
 
 /// "mode 0600, owner 0:0", for the error that says why /dev/fuse is closed.

@@ -1,12 +1,12 @@
-//! Mounting through `fusermount3` when `/dev/fuse` is not open to us.
+//! Mounting through `fusermount3`, as a user who may not call mount(2) does.
 //!
-//! fuser's own mount opens `/dev/fuse` first and gives up if it can't, and only falls
-//! back to `fusermount3` when the mount(2) call itself is refused. libfuse goes to the
-//! setuid-root `fusermount3` in that case too: `_FUSE_COMMFD` names our end of a socket
-//! pair, fusermount3 opens the device, mounts, and sends the descriptor back with
-//! SCM_RIGHTS, and we serve on it. (Debian's fusermount3 opens the device with the
-//! user's rights, so a device closed to the user fails there as well: the admin's
-//! permissions on /dev/fuse decide, and the caller's error says how to change them.)
+//! As libfuse does, the setuid-root `fusermount3` mounts for us: `_FUSE_COMMFD` names
+//! our end of a socket pair, fusermount3 opens the device, mounts, and sends the
+//! descriptor back with SCM_RIGHTS, and we serve on it. (fuser's own mount opens
+//! `/dev/fuse` first and gives up if it can't, and its session unmounts by path when
+//! it ends; see `fuse::mount`. Debian's fusermount3 opens the device with the user's
+//! rights, so a device closed to the user fails there as well: the admin's permissions
+//! on /dev/fuse decide, and the caller's error says how to change them.)
 
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -62,7 +62,7 @@ pub fn mount(dir: &Path, options: &str) -> io::Result<OwnedFd> {
         Err(e) => {
             let why = why.trim().lines().last().unwrap_or("").trim_start_matches("fusermount3: ").to_string();
             let why = if why.is_empty() { format!("{status}, {e}") } else { why };
-            Err(io::Error::other(format!("fusermount3 failed too ({why})")))
+            Err(io::Error::other(format!("fusermount3 failed ({why})")))
         }
     }
 }

@@ -129,6 +129,17 @@ impl Platform {
     }
 }
 
+impl ImageConfig {
+    /// The platform the image was built for, None when its config names none.
+    pub fn platform(&self) -> Option<Platform> {
+        (!self.os.is_empty() && !self.architecture.is_empty()).then(|| Platform {
+            os: self.os.clone(),
+            architecture: normalise_arch(&self.architecture),
+            variant: self.variant.clone(),
+        })
+    }
+}
+
 fn normalise_arch(a: &str) -> String {
     match a {
         "x86_64" | "x86-64" => "amd64".into(),

@@ -415,6 +415,7 @@ fn finish(
         repo_digests: Vec::new(),
         pinned: Vec::new(),
         added: jiff::Timestamp::now().as_second(),
+        other_manifests: Vec::new(),
     };
     Ok(LocalImage { record, config, top_digest, blobs, names, files, members })
 }

@@ -6,12 +6,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use clap::Parser;
 use std::io::{ErrorKind, IsTerminal};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = imgfs::cli::Cli::parse();
+    let cli = imgfs::cli::parse();
     // A mount server handles its signals on one thread of its own; the mask that
     // keeps them from every other thread must be set before any thread exists.
     let mut server = false;

@@ -73,6 +73,7 @@ pub fn resolve(client: &Client, store: &Store, r: &Reference, platform: Option<&
         repo_digests: vec![format!("{}@{}", r.name(), found.top.digest)],
         pinned: Vec::new(),
         added: jiff::Timestamp::now().as_second(),
+        other_manifests: Vec::new(),
     };
     Ok(Resolved { record, config: found.config, top_digest: found.top.digest, _lease: lease })
 }
@@ -104,7 +105,8 @@ pub fn register_names<E: From<Error> + From<crate::store::Error>>(
     also: impl FnOnce(&crate::store::db::Db) -> Result<(), E>,
 ) -> Result<Vec<Digest>, E> {
     store.update_db(|db| {
-        db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
+        let rec = db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
+        rec.add_manifest(&resolved.record);
         let moved = names.iter().filter_map(|n| db.set_tag(n, &resolved.record.id)).collect();
         also(db)?;
         Ok(moved)
@@ -128,6 +130,9 @@ pub fn register_and<E: From<Error> + From<crate::store::Error>>(
 ) -> Result<Option<Digest>, E> {
     store.update_db(|db| {
         let rec = db.images.entry(resolved.record.id.clone()).or_insert_with(|| resolved.record.clone());
+        // The same image under another manifest (other layer blobs, another
+        // repository): its blobs are kept as the first one's are.
+        rec.add_manifest(&resolved.record);
         for d in &resolved.record.repo_digests {
             if !rec.repo_digests.contains(d) {
                 rec.repo_digests.push(d.clone());

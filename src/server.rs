@@ -5,6 +5,11 @@
 //! its mount record, the one thread that handles the server's signals, and detaching
 //! the mount and removing the record when it ends (or when a killed server left a
 //! dead mountpoint behind). `cli::mount` parses the arguments and prints.
+//!
+//! A server's mount is its device, not its path: a mount detached lazily (`umount
+//! --lazy`) is served until the last file open in it closes, and meanwhile its
+//! directory may be mounted again. So a server only ever unmounts the mount of its own
+//! device, and `umount DIR` waits for the server of the mount it took off DIR.
 
 use crate::digest::Digest;
 use crate::fs::Fs;
@@ -19,8 +24,8 @@ use crate::register;
 use crate::registry::LazyClient;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
-    detach, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mountpoint_path, process_start_ticks, statfs_errno,
-    MountRecord,
+    detach, holders, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mount_table, mountpoint_path,
+    process_start_ticks, statfs_errno, unmount_device, MountRecord, Unmounted,
 };
 use crate::store::Store;
 use crate::tree::{DirAttrs, Tree};
@@ -77,6 +82,13 @@ pub enum Error {
     },
     #[error("{} is not mounted", .0.display())]
     NotMounted(PathBuf),
+    /// What was mounted there was detached, and its server still serves the files
+    /// open in it.
+    #[error("{} is not mounted (its detached mount is served by pid {pid} until the last file open in it is closed)", dir.display())]
+    OnlyDetached { dir: PathBuf, pid: u32 },
+    /// A plain unmount refused, as umount(8)'s: something has the mount open.
+    #[error("{} is busy{in_use_by}; close what uses it, or detach it now with imgfs umount --lazy", dir.display())]
+    Busy { dir: PathBuf, in_use_by: String },
     /// `umount` touches imgfs mounts only: as root an unmount would succeed on anything.
     #[error("{} is not an imgfs mount (it is {fstype} from {from}); unmount it with umount or fusermount3 -u", dir.display())]
     NotImgfs { dir: PathBuf, fstype: String, from: String },
@@ -152,6 +164,11 @@ pub fn mount(
         Some(id) => local_image(store, id)?,
         None => resolve(store, &client, reference, &dir, platform)?,
     };
+    // On the terminal (the parent) and in the log (the server).
+    warn_if_foreign(&config, platform);
+    // An image known by several manifests is served with the one its name refers to:
+    // those layer blobs, fetched (if need be) from that repository.
+    let record = record.known_as(reference);
     let result = match serving {
         Serving::Foreground(settings) => serve(store, client, &settings, reference, &dir, record, config),
         Serving::Background(command) => {
@@ -197,6 +214,22 @@ pub fn resolve(
     Ok((resolved.record, resolved.config))
 }
 
+/// A name may point at another platform's image (after `pull --platform`): when no
+/// platform was asked for and the image is not the host's, say so as docker does. It
+/// is still mounted (its files are readable on any host).
+fn warn_if_foreign(config: &ImageConfig, requested: Option<&Platform>) {
+    if requested.is_some() {
+        return;
+    }
+    let host = Platform::host();
+    if let Some(image) = config.platform().filter(|p| p.os != host.os || p.architecture != host.architecture) {
+        tracing::warn!(
+            "the requested image's platform ({image}) does not match the detected host platform ({host}) and no \
+             specific platform was requested"
+        );
+    }
+}
+
 /// Read an image from an OCI layout or archive and register it, held for the mount.
 /// An archive's layer blobs are copied into the store now (a tar member can't be
 /// read in place cheaply); a layout's stay where they are, read by the server.
@@ -239,6 +272,7 @@ fn hold(store: &Store, image: &Digest, reference: &str, dir: &Path) -> Result<()
         image: image.clone(),
         reference: reference.to_string(),
         starting: true,
+        device: None,
     })?;
     Ok(())
 }
@@ -250,7 +284,9 @@ fn release_hold(store: &Store) {
 }
 
 /// Check that `dir` can be mounted on, and return its canonical path: a directory,
-/// not mounted already. A dead imgfs mount there is detached first.
+/// not mounted already. A dead imgfs mount there is detached first. A directory that
+/// holds files is mounted over (as mount(8) does), with a warning: they are hidden
+/// until the unmount.
 fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     clear_dead_mount(dir)?;
     let io = |source| Error::Mountpoint { dir: dir.to_path_buf(), source };
@@ -261,7 +297,12 @@ fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
     match mount_at(&dir) {
         Some(m) if m.is_imgfs() => Err(Error::AlreadyImgfs(dir)),
         Some(m) if m.is_fuse() => Err(Error::AlreadyFuse { dir, from: m.source }),
-        _ => Ok(dir),
+        _ => {
+            if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+                tracing::warn!("{} is not empty: its files are hidden while the image is mounted there", dir.display());
+            }
+            Ok(dir)
+        }
     }
 }
 
@@ -280,19 +321,43 @@ fn clear_dead_mount(dir: &Path) -> Result<()> {
 }
 
 /// Unmount the imgfs mount at `dir` (a dead one a killed server left included) and
-/// wait for its server, if it is alive, to see the session end and exit.
-pub fn unmount(store: &Store, dir: &Path) -> Result<()> {
+/// wait for its server, if it is alive, to see the session end and exit. A mount that
+/// something has open is busy and left as it is, unless `lazy`: then it is detached
+/// at once and its server serves what is open until the last of it is closed (its
+/// record stays until then, protecting the image, and `imgfs mount` lists it as
+/// detached).
+pub fn unmount(store: &Store, dir: &Path, lazy: bool) -> Result<()> {
     let dir = mountpoint_path(dir);
-    let Some(entry) = mount_at(&dir) else { return Err(Error::NotMounted(dir)) };
+    let Some(entry) = mount_at(&dir) else {
+        let table = mount_table();
+        let (live, _) = store.mounts()?;
+        if let Some(m) = live.iter().find(|m| m.mountpoint == dir && m.is_detached(&table)) {
+            return Err(Error::OnlyDetached { dir, pid: m.pid });
+        }
+        return Err(Error::NotMounted(dir));
+    };
     if !entry.is_imgfs() {
         return Err(Error::NotImgfs { dir, fstype: entry.fstype, from: entry.source });
     }
-    detach(&dir)?;
-    // Its server, if it is alive, is still running (it exits once it sees the session
-    // end); the record of a dead one is dropped here.
-    let (live, _) = store.mounts()?;
-    let server = live.iter().find(|m| m.mountpoint == dir && !m.starting).cloned();
-    // Let the server see the session end and remove its record.
+    // Nothing serves a dead mount: whatever has it open only gets errors, so it is
+    // detached even when busy. Listing drops its server's record.
+    if statfs_errno(&dir) == Some(libc::ENOTCONN) {
+        detach(&dir)?;
+        store.mounts()?;
+        return Ok(());
+    }
+    // The server of this mount, not of an older one detached from the same directory;
+    // found before the unmount, as it removes its record on its way out.
+    let server = store.mounts()?.0.into_iter().find(|m| !m.starting && m.serves(&entry));
+    match unmount_device(&dir, &entry.device, lazy)? {
+        Unmounted::Done => {}
+        Unmounted::NotThere => return Err(Error::NotMounted(dir)),
+        Unmounted::Busy => return Err(Error::Busy { in_use_by: in_use_by(&holders(&entry.device)), dir }),
+    }
+    if lazy {
+        return Ok(());
+    }
+    // It exits once it sees the session end.
     if let Some(m) = server {
         let start = Instant::now();
         while process_start_ticks(m.pid) == Some(m.start_ticks) {
@@ -306,6 +371,30 @@ pub fn unmount(store: &Store, dir: &Path) -> Result<()> {
         store.mounts()?;
     }
     Ok(())
+}
+
+/// ": in use by pid 4242 (sh), pid 4250 (vim)" for a busy mount's error, or nothing
+/// when no process that this user may see holds it.
+fn in_use_by(holders: &[(u32, String)]) -> String {
+    const NAMED: usize = 3;
+    if holders.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> = holders.iter().take(NAMED).map(|(pid, comm)| format!("pid {pid} ({comm})")).collect();
+    let more = match holders.len().saturating_sub(NAMED) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(": in use by {}{more}", named.join(", "))
+}
+
+/// Detach this server's own mount, the one of `device`, if it is still mounted at
+/// `dir`; never another mount there. Returns whether there was one to detach.
+fn detach_own(dir: &Path, device: &str) -> Result<bool> {
+    if !mount_table().iter().any(|m| m.device == device && m.mountpoint == dir) {
+        return Ok(false);
+    }
+    Ok(unmount_device(dir, device, true)? == Unmounted::Done)
 }
 
 /// The image a background server was started for, found by the ID its parent resolved.
@@ -423,13 +512,14 @@ pub fn serve(
         image: record.id.clone(),
         reference: reference.to_string(),
         starting: false,
+        device: None,
     };
     // Enough workers that a thread waiting for a layer download leaves others free.
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
     let settings = MountSettings { fsname: &fsname(reference), allow_other, threads };
     // The record and the mount come into being under the phase lock, so a signal
     // finds either nothing to undo or a mount to detach (see `handle_signals`).
-    let session = {
+    let (session, device) = {
         let mut phase = PHASE.lock().unwrap_or_else(PoisonError::into_inner);
         // Written under the records lock, where rm and prune check for mounts, after
         // making sure the image is still there: a mount racing an rm can't lose its image.
@@ -439,10 +529,23 @@ pub fn serve(
             }
             store.add_mount_record(&rec).map(Ok)
         })??;
-        match fuse::mount(fs, dir, &settings) {
-            Ok(session) => {
-                *phase = Phase::Serving { dir: dir.to_path_buf(), store: store.clone(), pid };
-                session
+        // The mount's device names it from now on; found at once, before anything
+        // else could be mounted over it.
+        let mounted = fuse::mount(fs, dir, &settings).and_then(|session| {
+            let device = mount_at(dir).filter(|m| m.is_imgfs()).map(|m| m.device);
+            let device = device.ok_or_else(|| std::io::Error::other("the new mount is not in /proc/self/mountinfo"))?;
+            Ok((session, device))
+        });
+        match mounted {
+            Ok((session, device)) => {
+                // Before a signal can remove the record (it waits for the phase lock).
+                if let Err(e) = store.add_mount_record(&MountRecord { device: Some(device.clone()), ..rec }) {
+                    // The record without its device still protects the image; `umount`
+                    // finds the mount by its path then.
+                    tracing::warn!("cannot record the mount's device: {}", crate::log::Chain(&e));
+                }
+                *phase = Phase::Serving { dir: dir.to_path_buf(), device: device.clone(), store: store.clone(), pid };
+                (session, device)
             }
             Err(e) => {
                 store.remove_mount_record(pid);
@@ -450,9 +553,15 @@ pub fn serve(
             }
         }
     };
-    tracing::info!("serving {reference} ({}) at {}", record.id, dir.display());
+    tracing::info!("serving {reference} ({}) at {} (device {device})", record.id, dir.display());
     let result = session.run();
     *PHASE.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Stopping;
+    // The session ends when the kernel drops the connection, normally once the mount
+    // is gone; a connection aborted (/sys/fs/fuse/connections) or a failed session
+    // leaves it mounted and dead, and only then is there something to detach.
+    if let Err(e) = detach_own(dir, &device) {
+        tracing::error!("{}", crate::log::Chain(&e));
+    }
     store.remove_mount_record(pid);
     tracing::info!("{} unmounted", dir.display());
     result.map_err(|source| Error::Serve { dir: dir.to_path_buf(), source })
@@ -570,11 +679,12 @@ enum Phase {
     /// The image is held for the mount (`hold`): a `starting` record is, or is about to
     /// be, written. A signal removes it and ends the process.
     Holding { store: Store, pid: u32 },
-    /// Mounted: a signal detaches the mount, removes the record and ends the process.
-    /// Exiting rather than waiting for the session to end is what stops a mount that
-    /// was busy (an open file keeps a lazily detached mount alive): closing the FUSE
-    /// device aborts the connection, and whoever still reads gets ENOTCONN.
-    Serving { dir: PathBuf, store: Store, pid: u32 },
+    /// Mounted: a signal detaches the mount (the one of `device`, if it is still at
+    /// `dir`), removes the record and ends the process. Exiting rather than waiting
+    /// for the session to end is what stops a mount that was busy (an open file keeps
+    /// a lazily detached mount alive): closing the FUSE device aborts the connection,
+    /// and whoever still reads gets ENOTCONN.
+    Serving { dir: PathBuf, device: String, store: Store, pid: u32 },
     /// The session is over (unmounted from outside): the main thread is on its way out.
     Stopping,
 }
@@ -625,12 +735,16 @@ pub fn handle_signals() {
                 let _ = store.with_records_lock(|| store.remove_mount_record(*pid));
                 std::process::exit(128 + sig);
             }
-            Phase::Serving { dir, store, pid } => {
+            Phase::Serving { dir, device, store, pid } => {
                 tracing::info!("signal {sig}, unmounting {}", dir.display());
-                match detach(dir) {
-                    Ok(()) => {
+                match detach_own(dir, device) {
+                    Ok(detached) => {
                         store.remove_mount_record(*pid);
-                        tracing::info!("{} unmounted", dir.display());
+                        if detached {
+                            tracing::info!("{} unmounted", dir.display());
+                        } else {
+                            tracing::info!("the mount was detached from {} already", dir.display());
+                        }
                         std::process::exit(0);
                     }
                     // Still serving: a later signal tries again.

@@ -100,6 +100,158 @@ fn man_page_is_roff_and_names_every_subcommand() {
     }
 }
 
+/// The README, its whitespace folded (its paragraphs are wrapped anywhere).
+fn readme() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The README's usage-table rows for `imgfs NAME …` (both cells), joined.
+fn readme_rows(name: &str) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = format!("| `imgfs {name}");
+    text.lines()
+        .filter(|l| l.starts_with(&start) && l[start.len()..].starts_with([' ', '`', '\\']))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What `imgfs ARGS --help` prints, whitespace folded.
+fn help(args: &[&str]) -> String {
+    let root = tempfile::tempdir().unwrap();
+    let out = imgfs(root.path(), &[args, &["--help"]].concat());
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Where the help and the README say the same thing, they say it alike: every
+/// command's options (long or short) are in its row of the README's usage table, the
+/// global options' variables and defaults are in both, `--insecure-registry` is
+/// described as it behaves, the completion shells are clap's, and search names Docker
+/// Hub as its default.
+#[test]
+fn help_and_readme_agree_where_they_overlap() {
+    fn walk(cmd: &clap::Command, path: &[&str], out: &mut Vec<String>) {
+        let name = path.first().copied().unwrap_or("");
+        let rows = readme_rows(name);
+        if !path.is_empty() {
+            assert!(!rows.is_empty(), "no README usage row for imgfs {}", path.join(" "));
+        }
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set() && !a.is_global_set()) {
+            let id = arg.get_id().as_str();
+            if path.is_empty() || id == "help" || id == "version" {
+                continue;
+            }
+            let long = arg.get_long().map(|l| format!("--{l}"));
+            let short = arg.get_short().map(|s| format!("-{s}"));
+            let named = |flag: &Option<String>| {
+                flag.as_ref().is_some_and(|f| {
+                    rows.match_indices(f.as_str()).any(|(i, _)| {
+                        let next = rows[i + f.len()..].chars().next();
+                        !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+                    })
+                })
+            };
+            if (long.is_some() || short.is_some()) && !named(&long) && !named(&short) {
+                out.push(format!("imgfs {} {}", path.join(" "), long.or(short).unwrap()));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut p = path.to_vec();
+            p.push(sub.get_name());
+            walk(sub, &p, out);
+        }
+    }
+    let cmd = imgfs::cli::Cli::command();
+    let mut missing = Vec::new();
+    walk(&cmd, &[], &mut missing);
+    assert!(missing.is_empty(), "options the README's usage table leaves out: {missing:?}");
+
+    let (readme, top) = (readme(), help(&[]));
+    for both in [
+        "IMGFS_ROOT",
+        "~/.local/share/imgfs",
+        "$XDG_DATA_HOME/imgfs",
+        "IMGFS_INSECURE_REGISTRIES",
+        "over HTTPS without checking its certificate, then over plain HTTP",
+        "IMGFS_TIMEOUT",
+    ] {
+        assert!(top.contains(both), "imgfs --help does not say {both:?}: {top}");
+        assert!(readme.contains(both), "the README does not say {both:?}");
+    }
+
+    let shells: Vec<String> = cmd
+        .find_subcommand("completions")
+        .and_then(|c| c.get_arguments().find(|a| a.get_id() == "shell"))
+        .expect("completions SHELL")
+        .get_possible_values()
+        .iter()
+        .map(|v| v.get_name().to_string())
+        .collect();
+    let row = readme_rows("completions");
+    let listed = row.split('`').nth(1).and_then(|c| c.strip_prefix("imgfs completions ")).expect("the row's command");
+    assert_eq!(listed.split("\\|").collect::<Vec<_>>(), shells, "{row}");
+    assert!(help(&["completions"]).contains(&shells.join(", ")), "{}", help(&["completions"]));
+
+    assert!(help(&["search"]).contains("Docker Hub"), "{}", help(&["search"]));
+    assert!(readme_rows("search").contains("search Docker Hub"));
+}
+
+/// With `IMGFS_ROOT` (or any option's variable) set, a usage error shows the command's
+/// usage as its help does: clap would count the variable as an option given and print
+/// `Usage: imgfs pull --root <DIR> <REF>`.
+#[test]
+fn a_usage_error_with_options_from_the_environment_keeps_the_plain_usage() {
+    for (args, usage) in [
+        (&["pull"][..], "Usage: imgfs pull [OPTIONS] <REF>"),
+        (&["index", "push"], "Usage: imgfs index push [OPTIONS] <REF>"),
+        (&["mount", "--no-such-option"], "Usage: imgfs mount [OPTIONS] [REF] [DIR]"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+            .args(args)
+            .env("IMGFS_ROOT", "/nonexistent/imgfs-root")
+            .env("IMGFS_TIMEOUT", "5")
+            .env("DOCKER_DEFAULT_PLATFORM", "linux/amd64")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.lines().any(|l| l == usage), "{args:?}: {err}");
+    }
+}
+
+/// `imgfs man --dir DIR` writes the main page and one per command, and every
+/// `imgfs-…(1)` a page names is one of them.
+#[test]
+fn man_pages_are_written_per_command_and_their_references_resolve() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("man/man1");
+    let out = imgfs(root.path(), &["man", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut pages: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    pages.sort();
+    for sub in subcommands().iter().filter(|s| *s != "help") {
+        assert!(pages.contains(&format!("imgfs-{sub}.1")), "no page for {sub}: {pages:?}");
+    }
+    assert!(pages.contains(&"imgfs.1".to_string()) && pages.contains(&"imgfs-index-push.1".to_string()), "{pages:?}");
+    let main = String::from_utf8(imgfs(root.path(), &["man"]).stdout).unwrap();
+    assert_eq!(main, std::fs::read_to_string(dir.join("imgfs.1")).unwrap(), "imgfs man prints imgfs.1");
+    let mut named = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap().replace("\\-", "-");
+        for (i, _) in text.match_indices("(1)") {
+            let start = text[..i].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |s| s + 1);
+            let name = &text[start..i];
+            if name.starts_with("imgfs") {
+                named += 1;
+                assert!(pages.contains(&format!("{name}.1")), "{page} names {name}(1), which has no page");
+            }
+        }
+    }
+    assert!(named >= subcommands().len() - 1, "the pages name {named} others");
+}
+
 /// The test registry's address (scripts/test starts it and exports IMGFS_TEST_ENV).
 fn registry() -> String {
     outcome::registry_addr()

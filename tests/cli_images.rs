@@ -209,6 +209,7 @@ impl Env {
             repo_digests: repos.iter().map(|r| format!("{r}@{manifest_digest}")).collect(),
             pinned,
             added: if spec.added != 0 { spec.added } else { Timestamp::now().as_second() },
+            other_manifests: Vec::new(),
         };
         self.store
             .update_db(|db| {
@@ -232,6 +233,7 @@ impl Env {
             image: image.id.clone(),
             reference: "test".into(),
             starting: false,
+            device: None,
         };
         self.store.add_mount_record(&rec).unwrap();
         pid
@@ -614,7 +616,10 @@ fn the_mount_list_takes_formats() {
     );
     let json_line = env.imgfs(&["mount", "--format", "json"]).ok().to_string();
     let v: Value = serde_json::from_str(json_line.trim_end()).unwrap();
-    assert_eq!(v, json!({"Image": "test", "ID": img.short(), "Mountpoint": "/mnt/some/where", "PID": pid}));
+    assert_eq!(
+        v,
+        json!({"Image": "test", "ID": img.short(), "Mountpoint": "/mnt/some/where", "PID": pid, "Detached": false})
+    );
     assert_eq!(
         env.imgfs(&["mount", "--format", r#"{{printf "%-18s|" .Mountpoint}}{{.Image}}"#]).ok(),
         "/mnt/some/where   |test\n"
@@ -916,6 +921,26 @@ fn prune_all_removes_every_image_but_mounted_ones() {
     env.imgfs(&["prune", "-af"]).ok();
     assert!(env.store.db().unwrap().images.is_empty());
     assert_eq!(std::fs::read_dir(env.dir.path().join("blobs/sha256")).unwrap().count(), 0);
+}
+
+/// A layer four deleted images shared is deleted once, and listed once.
+#[test]
+fn prune_lists_a_shared_layer_once() {
+    let env = Env::new();
+    let images: Vec<TestImage> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|salt| env.add(Spec { layers: &[b"shared by four", salt.as_bytes()], salt, ..Default::default() }))
+        .collect();
+    let shared = &images[0].layers[0];
+    assert!(images.iter().all(|i| &i.layers[0] == shared));
+    let out = env.imgfs(&["prune", "-a", "-f"]);
+    let text = out.ok();
+    assert_eq!(text.matches(&format!("deleted: {shared}\n")).count(), 1, "{text}");
+    for i in &images {
+        assert_eq!(text.matches(&format!("deleted: {}\n", i.id)).count(), 1, "{text}");
+        assert_eq!(text.matches(&format!("deleted: {}\n", i.layers[1])).count(), 1, "{text}");
+    }
+    assert!(!env.store.has_blob(shared));
 }
 
 #[test]

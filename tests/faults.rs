@@ -151,16 +151,46 @@ fn a_stalled_registry_times_out_with_a_clear_error() {
     assert!(err.contains("timed out") && err.contains("app") && err.contains("IMGFS_TIMEOUT"), "{err}");
 }
 
-/// A registry that stalls once: the timeout (here from `--timeout`) fires and the
-/// request is tried again.
+/// `--timeout` is the budget of a whole request, retries included: a request that
+/// stalls spends it and is not tried again; the next command starts afresh.
 #[test]
-fn a_request_that_stalls_once_is_tried_again_after_the_timeout() {
+fn a_request_that_stalls_spends_the_timeout_and_is_not_tried_again() {
     let Some(_) = outcome::test_env() else { return };
     let proxy = FaultProxy::start(&registry_addr());
     proxy.add(Rule::new("/manifests/1", Fault::Stall).times(1));
     let root = tempfile::tempdir().unwrap();
+    let err = fails(&imgfs(root.path(), &["--timeout", "1", "pull", &format!("{}/app:1", proxy.addr)], &[]));
+    assert!(err.contains("timed out (limit 1 s: --timeout, IMGFS_TIMEOUT)"), "{err}");
+    assert_eq!(proxy.seen_for("/manifests/1").len(), 1);
     ok(&imgfs(root.path(), &["--timeout", "1", "pull", &format!("{}/app:1", proxy.addr)], &[]));
     assert_eq!(proxy.seen_for("/manifests/1").len(), 2);
+}
+
+/// A port that accepts connections and never says a word: `--timeout 2` gives up after
+/// the one attempt that waited those 2 s, not after more tries of 2 s each. Counted by
+/// the listener, not timed.
+#[test]
+fn a_silent_registry_is_given_up_on_after_one_timeout() {
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new(); // open and silent until the test ends
+        for conn in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    let root = tempfile::tempdir().unwrap();
+    let err = fails(&imgfs(root.path(), &["--timeout", "2", "pull", &format!("{addr}/app:1")], &[]));
+    assert!(err.contains(&format!("cannot reach registry {addr}")), "{err}");
+    assert!(err.contains("timed out (limit 2 s: --timeout, IMGFS_TIMEOUT)"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one attempt, no retries past the budget: {err}");
 }
 
 #[test]

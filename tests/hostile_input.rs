@@ -81,6 +81,7 @@ fn store_with_layer_sizes(sizes: &[u64]) -> tempfile::TempDir {
         repo_digests: vec![format!("docker.io/library/app@{manifest_digest}")],
         pinned: Vec::new(),
         added: 1_700_000_000,
+        other_manifests: Vec::new(),
     };
     store
         .update_db(|db| {

@@ -10,6 +10,9 @@ use std::process::{Command, Output};
 mod outcome;
 use outcome::{fails, ok};
 
+#[path = "faultproxy/mod.rs"]
+mod faultproxy;
+
 struct Env {
     dir: PathBuf,
     addr: String,
@@ -148,6 +151,15 @@ fn a_second_image_fetches_only_the_layers_the_store_lacks() {
     assert!(app_layers.iter().all(|l| e.blob_gets_since(before, l) == 0));
     assert_blobs_verified(r);
     assert_eq!(tmp_files(r), 0);
+
+    // A layer the store lost (removed by hand here) is fetched again, and the status
+    // line says so: a pull that downloaded layers did not find the image up to date.
+    let lost = &app_layers[1];
+    std::fs::remove_file(r.join("blobs/sha256").join(&lost[7..])).unwrap();
+    let before = e.log_len();
+    let status = pull_on_a_terminal(r, &[&format!("{}/app:1", e.addr)]);
+    assert_eq!(e.blob_gets_since(before, lost), 1);
+    assert!(status.contains("Status: Downloaded newer image"), "{status}");
 }
 
 #[test]
@@ -557,4 +569,99 @@ fn pull_on_a_terminal_draws_progress() {
     assert!(screen.contains('\x1b'), "no terminal drawing: {screen:?}");
     assert!(screen.contains(": Pull complete"), "{screen:?}");
     assert!(screen.contains("Status: Downloaded newer image"), "{screen:?}");
+}
+
+/// What a terminal shows last: the text after the last escape sequence (a CSI:
+/// `ESC [`, parameters, one final byte) in what was written to it.
+fn after_last_escape(screen: &str) -> &str {
+    let Some(esc) = screen.rfind('\x1b') else { return screen };
+    let rest = &screen[esc + 1..];
+    let Some(csi) = rest.strip_prefix('[') else { return rest };
+    match csi.find(|c: char| ('\x40'..='\x7e').contains(&c)) {
+        Some(end) => &csi[end + 1..],
+        None => "",
+    }
+}
+
+/// Ctrl-C on the terminal while a layer downloads (its GET stalls in a fault proxy):
+/// the layer lines end as plain lines, the unfinished one `Interrupted`, the last one
+/// ending its line and none padded to the terminal's width (indicatif pads its last
+/// line, and a pull killed mid-draw would leave the cursor after that padding); exit 130.
+/// A pty of the test's own, 100 columns wide, as its controlling terminal: the ^C is
+/// the terminal's, sent by writing it to the pty.
+#[test]
+fn ctrl_c_during_a_pull_ends_the_progress_lines_cleanly() {
+    use faultproxy::{Fault, FaultProxy, Rule};
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::{Read, Write};
+    use std::os::fd::BorrowedFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let Some(_) = outcome::test_env() else { return };
+    let e = env_only();
+    let proxy = FaultProxy::start(&e.addr);
+    let body = reqwest::blocking::Client::new()
+        .get(format!("http://{}/v2/big/manifests/1", e.addr))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    proxy.add(Rule::new(&layer, Fault::Stall));
+
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
+    grantpt(&master).and_then(|()| unlockpt(&master)).expect("grantpt/unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(name.to_str().expect("a pty's name is ASCII"))
+        .expect("open the pty's slave");
+    let size = rustix::termios::Winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(&slave, size).expect("set the pty's size");
+    let mut master = std::fs::File::from(master);
+    let root = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgfs"));
+    cmd.arg("--root").arg(root.path()).args(["pull", &format!("{}/big:1", proxy.addr)]);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
+    // SAFETY: pre_exec's hook runs in the forked child, where only async-signal-safe
+    // calls are allowed: setsid(2) and ioctl(2), straight system calls through rustix,
+    // no allocation. Descriptor 0 is the pty there. The child leads a session of its
+    // own whose controlling terminal is the pty, so the pty's ^C signals it.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    drop(slave);
+    let waiting = format!("{}: Waiting", &layer[7..19]);
+    let mut screen = String::new();
+    let mut buf = [0u8; 4096];
+    while !screen.contains(&waiting) {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("the pull ended before its layer line showed: {screen:?}"),
+            Ok(n) => screen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    master.write_all(b"\x03").unwrap();
+    // To EOF (EIO): the pull is the pty's last holder.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        screen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?} (signal {:?}): {screen:?}", status.signal());
+    let last = after_last_escape(&screen);
+    assert!(last.contains(&format!("{}: Interrupted\r\n", &layer[7..19])), "{last:?}");
+    assert!(last.ends_with("\r\n"), "the last line is not ended: {last:?}");
+    assert!(!last.lines().any(|l| l.trim_end_matches('\r').ends_with(' ')), "a padded line: {last:?}");
 }

@@ -242,6 +242,130 @@ fn the_system_trust_store_is_trusted() {
     assert_ne!(stored_images(&root), "");
 }
 
+/// A self-signed certificate and key made exactly as docker's registry guide makes
+/// them ("Run an externally-accessible registry": `openssl req -newkey rsa:4096 -nodes
+/// -sha256 -keyout domain.key -addext "subjectAltName = IP:…" -x509 -days 365 -out
+/// domain.crt`), for `san_ip`, in `dir/NAME.crt` and `dir/NAME.key`. OpenSSL marks it
+/// CA:TRUE, so it is both the server's certificate and the anchor a client trusts.
+fn docker_guide_certificate(dir: &Path, name: &str, san_ip: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    run(Command::new("openssl")
+        .args(["req", "-newkey", "rsa:4096", "-nodes", "-sha256", "-keyout"])
+        .arg(&key)
+        .args(["-addext", &format!("subjectAltName = IP:{san_ip}"), "-x509", "-days", "365", "-out"])
+        .arg(&crt)
+        .args(["-subj", &format!("/CN={san_ip}")]));
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&crt).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"), "openssl no longer marks it CA:TRUE");
+    (crt, key)
+}
+
+/// The same certificate's twin that expired in 2020 (same key, name and CA:TRUE), signed
+/// by itself through `openssl ca`, the one openssl command that takes a start date.
+fn expired_twin(dir: &Path, key: &Path, san_ip: &str) -> PathBuf {
+    let d = dir.join("expired-ca");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+         default_md = sha256\npolicy = p\ncopy_extensions = copy\nunique_subject = no\n[p]\ncommonName = supplied\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(&d).args(args));
+    let key = key.to_str().unwrap();
+    let san = format!("subjectAltName = IP:{san_ip}");
+    openssl(&["req", "-new", "-key", key, "-subj", &format!("/CN={san_ip}"), "-addext", &san, "-out", "x.csr"]);
+    openssl(&["req", "-in", "x.csr", "-noout"]);
+    openssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        key,
+        "-in",
+        "x.csr",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200201000000Z",
+        "-extfile",
+        "/dev/null",
+        "-out",
+        "expired.crt",
+    ]);
+    d.join("expired.crt")
+}
+
+/// The `http:` lines for docker-registry to serve TLS with `crt` and `key`.
+fn serve_tls(crt: &Path, key: &Path) -> String {
+    format!("  tls:\n    certificate: {}\n    key: {}\n", crt.display(), key.display())
+}
+
+#[test]
+fn docker_guide_self_signed_certificate_is_trusted_as_its_own_anchor() {
+    let Some(_) = outcome::test_env() else { return };
+    // docker (Go), skopeo and curl accept a server certificate that is itself one of the
+    // anchors configured for the host, though it says CA:TRUE; webpki alone refuses it as
+    // "CaUsedAsEndEntity". Its name and dates are still checked.
+    let ip = host_ip();
+    let tmp = tempfile::tempdir().unwrap();
+    let (crt, key) = docker_guide_certificate(tmp.path(), "domain", &ip);
+    let reg = Registry::start_on(&ip, tempfile::tempdir().unwrap(), "", &serve_tls(&crt, &key));
+    copy_base_image(&format!("{}/base:1", reg.addr), None);
+    let image = format!("{}/base:1", reg.addr);
+
+    // In certs.d, as docker's guide says to place it.
+    let root = tmp.path().join("store-certs-d");
+    let certs = CertsD::new("/etc/docker/certs.d", &reg.addr);
+    certs.add(&crt, "ca.crt");
+    ok(&imgfs(&root, &[], &["pull", "-q", &image]));
+    assert_ne!(stored_images(&root), "");
+    drop(certs);
+
+    // In the system store, through SSL_CERT_FILE.
+    let root = tmp.path().join("store-ssl-cert-file");
+    ok(&imgfs(&root, &[("SSL_CERT_FILE", crt.to_str().unwrap())], &["pull", "-q", &image]));
+    assert_ne!(stored_images(&root), "");
+
+    // Trusted as an anchor, but for another address: refused, naming the mismatch.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let elsewhere = if ip == "192.0.2.1" { "192.0.2.3" } else { "192.0.2.1" };
+    let (wrong_name, wrong_key) = docker_guide_certificate(&other, "domain", elsewhere);
+    let reg2 = Registry::start_on(&ip, tempfile::tempdir().unwrap(), "", &serve_tls(&wrong_name, &wrong_key));
+    copy_base_image(&format!("{}/base:1", reg2.addr), None);
+    let root = tmp.path().join("store-wrong-name");
+    let certs = CertsD::new("/etc/docker/certs.d", &reg2.addr);
+    certs.add(&wrong_name, "ca.crt");
+    let err = fails(&imgfs(&root, &[], &["pull", "-q", &format!("{}/base:1", reg2.addr)]));
+    assert!(err.contains(&format!("TLS certificate of {} is not trusted", reg2.addr)), "{err}");
+    assert!(err.contains("not valid for name"), "{err}");
+    assert_eq!(stored_images(&root), "");
+    drop(certs);
+
+    // Trusted as an anchor, the right name, but expired: refused.
+    let expired = expired_twin(tmp.path(), &key, &ip);
+    let reg3 = Registry::start_on(&ip, tempfile::tempdir().unwrap(), "", &serve_tls(&expired, &key));
+    copy_base_image(&format!("{}/base:1", reg3.addr), None);
+    let root = tmp.path().join("store-expired");
+    let certs = CertsD::new("/etc/docker/certs.d", &reg3.addr);
+    certs.add(&expired, "ca.crt");
+    let err = fails(&imgfs(&root, &[], &["pull", "-q", &format!("{}/base:1", reg3.addr)]));
+    assert!(err.contains(&format!("TLS certificate of {} is not trusted", reg3.addr)), "{err}");
+    assert!(err.contains("expired"), "{err}");
+    assert_eq!(stored_images(&root), "");
+    let err = fails(&imgfs(
+        &root,
+        &[("SSL_CERT_FILE", expired.to_str().unwrap())],
+        &["pull", "-q", &format!("{}/base:1", reg3.addr)],
+    ));
+    assert!(err.contains("expired"), "{err}");
+}
+
 #[test]
 fn mutual_tls_takes_the_client_certificate_from_containers_certs_d() {
     let Some(_) = outcome::test_env() else { return };
@@ -300,9 +424,13 @@ fn plain_http_registry_off_loopback_needs_naming_insecure() {
     let image = format!("{}/base:1", reg.addr);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    // Not named: HTTPS only, which a plain-HTTP registry cannot answer.
+    // Not named: HTTPS only, which a plain-HTTP registry cannot answer. rustls alone
+    // says "received corrupt message of type InvalidContentType"; the error says what
+    // that means and what to do.
     let err = fails(&imgfs(&root, &[], &["pull", "-q", &image]));
     assert!(err.contains(&reg.addr), "{err}");
+    assert!(err.contains("answered the TLS handshake with plain HTTP"), "{err}");
+    assert!(err.contains(&format!("--insecure-registry {}", reg.addr)), "{err}");
     assert_eq!(stored_images(&root), "");
     // Named insecure: HTTPS is tried first and fails, plain HTTP answers.
     ok(&imgfs(&root, &[("IMGFS_INSECURE_REGISTRIES", &reg.addr)], &["pull", "-q", &image]));

@@ -115,6 +115,10 @@ def main():
          "umoci, 2 layers, pushed as Docker schema 2 (gzip)")
     push("zstd-1", "zstd:1", ["--dest-compress-format", "zstd"], OCI_MANIFEST, ZS, "zstd-1",
          "umoci, 2 layers, re-compressed to zstd by skopeo")
+    # The same image (config, so ID) under another manifest: its gzip layers as umoci
+    # made them. --preserve-digests keeps skopeo from reusing zstd:1's blobs instead.
+    push("zstd-1", "zstd-gzip:1", ["--preserve-digests"], OCI_MANIFEST, GZ, "zstd-1",
+         "zstd:1's image with umoci's gzip layers: one image ID, two manifests")
     # plain:1: skopeo decompresses into a dir: copy, then pushes that as it is.
     plain_dir = os.path.join(work, "plain-dir")
     run("skopeo", "--insecure-policy", "copy", "-q", "--dest-decompress", oci("plain-1"), "dir:" + plain_dir)

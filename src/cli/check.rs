@@ -1,8 +1,10 @@
 //! `imgfs check [--repair]`: verify the store from the bytes up and report each damaged
 //! item on a line of its own: every blob against its digest, every layer TOC against
-//! its layer (format, the digest it was built for, every page's checksum, its re-encoded copy against the TOC's block checksums), every image
-//! record against the blobs it must have (manifest, config, index; layers are fetched
-//! lazily, so one that is absent is not damage), tags against the records, and the
+//! its layer (format, the digest it was built for, every page's checksum, its re-encoded
+//! copy against the TOC's block checksums), every image
+//! record against the blobs it must have (config, and for each manifest the image is
+//! known by, the manifest and its index; layers are fetched lazily, so one that is
+//! absent is not damage), tags against the records, and the
 //! mount records against their servers. It fails when anything is damaged.
 //!
 //! With `--repair` each damaged item is removed instead, and the command fails only
@@ -155,10 +157,11 @@ fn indexes(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
         .db()?
         .images
         .values()
-        .filter_map(|rec| {
-            let dir = crate::origin::Origin::parse(&rec.source).ok()?.layout_dir()?.to_path_buf();
+        .flat_map(|rec| rec.manifests())
+        .filter_map(|m| {
+            let dir = crate::origin::Origin::parse(&m.source).ok()?.layout_dir()?.to_path_buf();
             Some(
-                rec.layers
+                m.layers
                     .iter()
                     .filter(move |l| dir.join("blobs/sha256").join(l.digest.hex()).is_file())
                     .map(|l| l.digest.clone())
@@ -206,19 +209,24 @@ fn records(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
         counts.images += 1;
         let names = db.tags_of(id);
         let shown = if names.is_empty() { id.to_string() } else { format!("{id} ({})", names.join(", ")) };
-        let must_have = [Some(&rec.id), Some(&rec.manifest), rec.index.as_ref()];
+        // Every manifest the image is known by, each with its index if it came from one.
+        let manifests = rec.manifests();
+        let must_have = std::iter::once(&rec.id)
+            .chain(manifests.iter().flat_map(|m| std::iter::once(&m.manifest).chain(m.index.as_ref())));
         let problem = if &rec.id != id || rec.config.digest != rec.id {
             Some("its ID, key and config digest differ".to_string())
-        } else if let Some(missing) = must_have.into_iter().flatten().find(|d| !store.has_blob(d)) {
+        } else if let Some(missing) = must_have.into_iter().find(|d| !store.has_blob(d)) {
             Some(format!("blob {missing} it names is not in the store"))
         } else {
             match store.read_blob(&rec.id).map(|b| serde_json::from_slice::<ImageConfig>(&b)) {
-                Ok(Ok(c)) if c.rootfs.diff_ids.len() == rec.layers.len() => None,
-                Ok(Ok(c)) => Some(format!(
-                    "its config lists {} diff_ids for {} layers",
-                    c.rootfs.diff_ids.len(),
-                    rec.layers.len()
-                )),
+                Ok(Ok(c)) => manifests.iter().find(|m| m.layers.len() != c.rootfs.diff_ids.len()).map(|m| {
+                    format!(
+                        "its config lists {} diff_ids for the {} layers of manifest {}",
+                        c.rootfs.diff_ids.len(),
+                        m.layers.len(),
+                        m.manifest
+                    )
+                }),
                 Ok(Err(e)) => Some(format!("its config is not valid: {e}")),
                 Err(e) => Some(format!("{e:#}")),
             }

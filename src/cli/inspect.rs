@@ -218,7 +218,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             Some(local) => local.map_err(anyhow::Error::from).and_then(|l| inspect_local(&ctx.store, &l)),
             None => db.find(name).map_err(anyhow::Error::from).and_then(|(id, _)| {
                 let rec = db.images.get(&id).with_context(|| format!("image {id} has no record"))?;
-                inspect(&ctx.store, rec, &ctx.store.read_blob(&rec.id)?, db.tags_of(&rec.id))
+                // Its layers as the name knows them (one image may have several manifests).
+                let rec = rec.known_as(name);
+                inspect(&ctx.store, &rec, &ctx.store.read_blob(&rec.id)?, db.tags_of(&rec.id))
             }),
         };
         match view {

@@ -26,16 +26,21 @@ use std::sync::Arc;
 #[derive(Parser, Debug)]
 #[command(name = "imgfs", version, about = "Mount container images as read-only directory trees")]
 pub struct Cli {
-    /// Store directory [default: /var/lib/imgfs for root, else $XDG_DATA_HOME/imgfs]
+    /// Store directory [default: /var/lib/imgfs for root, else $XDG_DATA_HOME/imgfs, or
+    /// ~/.local/share/imgfs without XDG_DATA_HOME]
     #[arg(long, global = true, env = "IMGFS_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Talk plain HTTP to this registry host (repeatable; loopback hosts always are)
+    /// Registry host (HOST or HOST:PORT) to reach over HTTPS without checking its
+    /// certificate, then over plain HTTP (repeatable; loopback hosts need no naming)
+    /// [env: IMGFS_INSECURE_REGISTRIES=, comma-separated, added to these]
+    // The variable is read in `run`, not by clap: it adds to the flags instead of
+    // standing in for them.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     pub insecure_registries: Vec<String>,
 
-    /// Give up on a registry that stays silent this long (to connect, answer, or send
-    /// more of a body) [default: 60]
+    /// Time budget of one request to a registry, retries included: a registry silent
+    /// this long (to connect, answer, or send more of a body) fails it [default: 60]
     #[arg(long, global = true, env = "IMGFS_TIMEOUT", value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
@@ -64,7 +69,8 @@ pub enum Command {
     Mount(mount::Args),
     /// Unmount an imgfs mount
     Umount(umount::Args),
-    /// List repositories of a registry whose name contains a term
+    /// Search Docker Hub for images (HOST/TERM: the repositories of registry HOST whose
+    /// name contains TERM)
     Search(search::Args),
     /// Log in to a registry (keeps the credentials as `docker login` does)
     Login(login::Args),
@@ -74,10 +80,10 @@ pub enum Command {
     Check(check::Args),
     /// Publish layer indexes next to an image in its registry, or inspect them
     Index(index::Args),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh)
     Completions(CompletionsArgs),
-    /// Print the man page (roff) to stdout
-    Man,
+    /// Print the man page (roff) to stdout, or write one page per command to a directory
+    Man(ManArgs),
 }
 
 /// What every subcommand gets: the store and a lazily built registry client.
@@ -105,7 +111,7 @@ pub fn run(cli: Cli) -> Result<()> {
     // These only print what clap knows: no store to open (it may not exist yet).
     match cli.command {
         Command::Completions(a) => return completions(a),
-        Command::Man => return man_page(),
+        Command::Man(a) => return man_pages(a),
         _ => {}
     }
     let root = cli.root.clone().unwrap_or_else(Store::default_root);
@@ -155,8 +161,35 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logout(a) => logout::run(&ctx, a),
         // Returned above, before the store was opened.
         Command::Completions(a) => completions(a),
-        Command::Man => man_page(),
+        Command::Man(a) => man_pages(a),
     }
+}
+
+/// The command line as clap defines it, with each command's usage line fixed to the
+/// one its help shows (`imgfs pull [OPTIONS] <REF>`). clap counts an option set from
+/// the environment (`IMGFS_ROOT`, `DOCKER_DEFAULT_PLATFORM`) as given on the command
+/// line, and would name it in a usage error: `Usage: imgfs pull --root <DIR> <REF>`.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    with_fixed_usage(Cli::command())
+}
+
+fn with_fixed_usage(mut cmd: clap::Command) -> clap::Command {
+    fn fix(mut cmd: clap::Command) -> clap::Command {
+        let usage = cmd.render_usage().to_string();
+        let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage).to_string();
+        cmd.override_usage(usage).mut_subcommands(fix)
+    }
+    // Built first, so that each subcommand's usage starts with its full name (`imgfs pull`).
+    cmd.build();
+    fix(cmd)
+}
+
+/// Parse the command line (see `command`), exiting as clap does on a usage error.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// `imgfs completions SHELL`: the completion script, generated from the same clap
@@ -177,12 +210,31 @@ fn completions(args: CompletionsArgs) -> Result<()> {
     Ok(())
 }
 
-/// `imgfs man`: the roff man page, from the same definitions; each subcommand's
-/// options are on its `--help`.
-fn man_page() -> Result<()> {
+/// `imgfs man [--dir DIR]`.
+#[derive(clap::Args, Debug)]
+pub struct ManArgs {
+    /// Write imgfs.1 and a page per command (imgfs-pull.1, imgfs-index-push.1, …) into
+    /// DIR, e.g. /usr/local/share/man/man1, instead of printing imgfs.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `imgfs man`: roff man pages, from the same definitions as the parser. The main page
+/// lists the commands as `imgfs-pull(1)` and so on: the pages `--dir` writes.
+fn man_pages(args: ManArgs) -> Result<()> {
+    use anyhow::Context as _;
     use clap::CommandFactory;
-    let mut out = std::io::stdout().lock();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-    std::io::Write::flush(&mut out)?;
-    Ok(())
+    // `imgfs help` is clap's own: no page of its own, so none to refer to.
+    let cmd = with_fixed_usage(Cli::command().disable_help_subcommand(true));
+    match args.dir {
+        Some(dir) => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(cmd, &dir))
+            .with_context(|| format!("cannot write the man pages in {}", dir.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! `imgfs mount`: its arguments, and the list of running mounts it prints with none.
+//! `imgfs mount`: its arguments, and the list of running mounts it prints with none
+//! (a mount detached by `umount --lazy` is listed, marked, until its server exits).
 //!
 //! A mount's life is the `server` module's: resolving the image, starting the
 //! background server (without `-f`, a detached copy of this program in the foreground
@@ -42,7 +43,7 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_cache_size)]
     pub cache_size: u64,
     /// With no image: format the list of mounts with a Go-style template, `table
-    /// TEMPLATE`, or `json` (fields .Image .ID .Mountpoint .PID)
+    /// TEMPLATE`, or `json` (fields .Image .ID .Mountpoint .PID .Detached)
     #[arg(long, conflicts_with = "reference")]
     pub format: Option<String>,
     /// The image ID the parent already resolved (internal, for the background server)
@@ -101,6 +102,10 @@ fn server_command(
         cmd.arg("--timeout").arg(t.as_secs().to_string());
     }
     cmd.args(["mount", "-f", "--resolved-id", id.as_str()]);
+    // The platform asked for, so that the server knows one was (`warn_if_foreign`).
+    if let Some(p) = args.platform.as_deref().filter(|p| !p.is_empty()) {
+        cmd.arg("--platform").arg(p);
+    }
     if args.allow_other {
         cmd.arg("--allow-other");
     }
@@ -124,11 +129,12 @@ pub fn is_server(args: &Args) -> bool {
     args.foreground && args.dir.is_some()
 }
 
-const LIST_TABLE: &str = "{{.Image}}\t{{.ID}}\t{{.Mountpoint}}\t{{.PID}}";
+const LIST_TABLE: &str = "{{.Image}}\t{{.ID}}\t{{.Mountpoint}}{{if .Detached}} (detached){{end}}\t{{.PID}}";
 
 fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
     let format = Format::parse(format, LIST_TABLE, true).context("invalid --format")?;
     let (live, _dead) = ctx.store.mounts()?;
+    let table = crate::store::mounts::mount_table();
     let rows: Vec<serde_json::Value> = live
         .into_iter()
         .filter(|m| !m.starting)
@@ -138,10 +144,14 @@ fn list(ctx: &Context, format: Option<&str>) -> Result<()> {
                 "ID": m.image.short(),
                 "Mountpoint": m.mountpoint.display().to_string(),
                 "PID": m.pid,
+                "Detached": m.is_detached(&table),
             })
         })
         .collect();
-    let titles = serde_json::json!({"Image": "IMAGE", "ID": "IMAGE ID", "Mountpoint": "MOUNTPOINT", "PID": "PID"});
+    // An empty title: `{{if .Detached}}` adds nothing to the header.
+    let titles = serde_json::json!({
+        "Image": "IMAGE", "ID": "IMAGE ID", "Mountpoint": "MOUNTPOINT", "PID": "PID", "Detached": ""
+    });
     let text = format.render(&rows, &titles).context("invalid --format")?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -56,12 +56,17 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if !deleted.is_empty() {
         writeln!(out, "Deleted Images:")?;
+        // A blob several deleted images shared went once: it is listed once, with the
+        // first of them.
+        let mut listed = std::collections::HashSet::new();
         for d in &deleted {
             for name in &d.names {
                 writeln!(out, "untagged: {name}")?;
             }
             for blob in d.deleted_blobs(&sweep) {
-                writeln!(out, "deleted: {blob}")?;
+                if listed.insert(blob.clone()) {
+                    writeln!(out, "deleted: {blob}")?;
+                }
             }
         }
         writeln!(out)?;

@@ -12,6 +12,7 @@ use crate::register;
 use anyhow::{bail, Context as _, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +33,10 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    if Display::live(args.quiet) {
+        // Before the HTTP client starts its thread: see `close_display_on_signals`.
+        close_display_on_signals();
+    }
     // An empty value (`DOCKER_DEFAULT_PLATFORM=`) means no platform, as in docker.
     let platform = args.platform.as_deref().filter(|p| !p.is_empty()).map(Platform::parse).transpose()?;
     if let Some(local) = LocalRef::parse(&args.reference) {
@@ -96,18 +101,21 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
             });
         }
     });
+    display.done();
     if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
         return Err(e.into());
     }
-    // Up to date: the name already pointed at this very image before this pull.
+    // Up to date: the name already pointed at this very image before this pull, and
+    // nothing had to be fetched for it.
     let db = store.db()?;
-    let up_to_date = match &r.tag {
-        Some(t) => db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id),
-        None => db
-            .images
-            .get(&resolved.record.id)
-            .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
-    };
+    let up_to_date = missing.is_empty()
+        && match &r.tag {
+            Some(t) => db.tags.get(&format!("{}:{t}", r.name())) == Some(&resolved.record.id),
+            None => db
+                .images
+                .get(&resolved.record.id)
+                .is_some_and(|i| i.pinned.iter().any(|p| p.ends_with(resolved.top_digest.as_str()))),
+        };
     register::register(store, &resolved, r)?;
     display.say(&format!("Digest: {}", resolved.top_digest));
     let shown = r.familiar();
@@ -119,6 +127,61 @@ fn pull_one(ctx: &Context, r: &Reference, platform: Option<&Platform>, quiet: bo
     // The one result: the reference, alone on stdout (what `docker pull -q` prints).
     writeln!(std::io::stdout(), "{shown}")?;
     Ok(())
+}
+
+/// The layer lines on the terminal, while a pull draws them: what a signal must close.
+static LIVE: Mutex<Option<(MultiProgress, Vec<ProgressBar>)>> = Mutex::new(None);
+
+/// Ctrl-C (or SIGTERM, SIGHUP) while a pull draws its layer lines: the lines are
+/// written once more, plain (an unfinished layer's as `Interrupted`), each ending its
+/// line, and the process exits with 128 + the signal. Killed mid-draw, it would leave
+/// the cursor after the last line's padding to the terminal's width. The signals are
+/// blocked here and waited for on a thread of their own; threads inherit the mask, so
+/// this runs before any other thread starts (the HTTP client's runtime among them).
+/// A signal the process was started with ignored stays ignored.
+fn close_display_on_signals() {
+    // SAFETY: signal-set calls on a zeroed sigset_t, which sigemptyset initialises;
+    // sigaction with a null new action only reads the current one. (libc's, not
+    // rustix's: see server.rs on signals.)
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: set is an initialised sigset_t and sig a writable int.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        if let Some((multi, bars)) = LIVE.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            // suspend clears the lines and keeps every other thread from drawing
+            // while the plain ones are written; the process ends inside it.
+            multi.suspend(|| {
+                let mut err = std::io::stderr().lock();
+                for bar in &bars {
+                    let state = if bar.is_finished() { bar.message() } else { "Interrupted".to_string() };
+                    let _ = writeln!(err, "{}: {state}", bar.prefix());
+                }
+                let _ = err.flush();
+                std::process::exit(128 + sig)
+            });
+        }
+        std::process::exit(128 + sig);
+    });
+    if spawned.is_err() {
+        // No thread to wait for them: the signals keep their default action.
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
 }
 
 /// Pull from an OCI layout or an archive: the same checks, store and lines as a
@@ -143,6 +206,7 @@ fn pull_local(ctx: &Context, r: &LocalRef, platform: Option<&Platform>, quiet: b
             }
         }
     }
+    display.done();
     register::register_names(store, &resolved, &image.names, |_| Ok::<_, anyhow::Error>(()))?;
     display.say(&format!("Digest: {}", resolved.top_digest));
     // The one result: the image's name, or its ID when the source gave it none (as
@@ -161,12 +225,24 @@ enum Display {
 }
 
 impl Display {
+    /// Whether a pull draws live lines: on a terminal, without -q.
+    fn live(quiet: bool) -> bool {
+        !quiet && std::io::stderr().is_terminal()
+    }
+
     fn new(quiet: bool) -> Display {
-        if quiet || !std::io::stderr().is_terminal() {
-            Display::Quiet
+        if Display::live(quiet) {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            *LIVE.lock().unwrap_or_else(PoisonError::into_inner) = Some((multi.clone(), Vec::new()));
+            Display::Bars(multi)
         } else {
-            Display::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+            Display::Quiet
         }
+    }
+
+    /// The layer lines are all final: a signal has nothing left to close.
+    fn done(&self) {
+        LIVE.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 
     /// A line of its own: called before the layer lines exist and after they have all
@@ -188,6 +264,9 @@ impl Display {
                     bar.set_message("Waiting");
                 } else {
                     bar.finish_with_message("Already exists");
+                }
+                if let Some((_, bars)) = LIVE.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                    bars.push(bar.clone());
                 }
                 Some(bar)
             }

@@ -76,7 +76,7 @@ impl Client {
         let what = subject.describe(registry);
         let url = self.url(registry, &format!("v2/{repository}/blobs/{digest}"))?;
         let local = |e: io::Error| RegistryError::LocalIo { what: what.clone(), source: e };
-        let mut retries = Retries::new(registry, &what);
+        let mut retries = Retries::new(registry, &what, self.timeout);
 
         let mut sink = restart(HashingWriter::new(out)).map_err(local)?;
         let mut written: u64 = 0;
@@ -180,7 +180,7 @@ impl Client {
         let url = self.url(registry, &format!("v2/{repository}/blobs/{digest}"))?;
         let end = offset.saturating_add(len); // exclusive
         let what = format!("bytes {offset}..{end} of {}", subject.describe(registry));
-        let mut retries = Retries::new(registry, &what);
+        let mut retries = Retries::new(registry, &what, self.timeout);
         let mut data = Vec::with_capacity(len.min(8 << 20) as usize);
         loop {
             let from = offset + data.len() as u64;

@@ -11,7 +11,7 @@
 //! registry's own origin, never to the CDN a registry sends blob downloads to.
 //!
 //! Transport: one HTTP client per host (tls.rs: that host's CAs and client certificate
-//! from certs.d), the scheme for loopback and insecure hosts found by trying
+//! from certs.d; trust.rs: what certificate is trusted), the scheme for loopback and insecure hosts found by trying
 //! (endpoint.rs), and manifests and blobs asked of the configured mirrors before the
 //! registry itself (mirrors.rs).
 
@@ -27,6 +27,7 @@ mod push;
 mod retry;
 pub mod search;
 mod tls;
+mod trust;
 
 pub use error::RegistryError;
 pub use lazy::LazyClient;
@@ -73,8 +74,9 @@ pub struct ClientOptions {
     /// Where `config.json` with registry credentials lives; default `$DOCKER_CONFIG`,
     /// else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
-    /// How long to wait for a registry that has gone silent (to connect, for an
-    /// answer, or for the next bytes of a body); default 60 s.
+    /// The time budget of one request, retries included (renewed while a transfer
+    /// makes progress): how long to wait for a registry that has gone silent (to
+    /// connect, for an answer, or for the next bytes of a body); default 60 s.
     pub timeout: Option<Duration>,
 }
 
@@ -196,7 +198,7 @@ impl Client {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_str(&image::MANIFEST_ACCEPT.join(", ")).expect("ASCII media types"));
         let what = subject.describe(registry);
-        let mut retries = retry::Retries::new(registry, &what);
+        let mut retries = retry::Retries::new(registry, &what, self.timeout);
         loop {
             let resp = self.get(registry, subject, &url, &headers)?;
             if !resp.status().is_success() {
@@ -340,8 +342,8 @@ impl Client {
 
     /// GET with authentication (`send_authenticated`) for pull scope, tried again under the retry
     /// policy (retry.rs) while it fails to connect or the registry answers 5xx, 408 or
-    /// 429. When retries run out, the last answer is returned for the caller to report,
-    /// or the last connection error.
+    /// 429. When retries or the time budget run out, the last answer is returned for
+    /// the caller to report, or the last connection error.
     fn get(
         &self,
         registry: &str,
@@ -363,19 +365,22 @@ impl Client {
         headers: &HeaderMap,
     ) -> Result<Response, RegistryError> {
         let what = subject.describe(registry);
-        let mut retries = retry::Retries::new(registry, &what);
+        let mut retries = retry::Retries::new(registry, &what, self.timeout);
         loop {
-            let wait = match self.send_authenticated(registry, scope, req, url, headers) {
+            let result = self.send_authenticated(registry, scope, req, url, headers);
+            // Some(the pause the registry asked for, if any) for an answer worth asking again.
+            let again = match &result {
                 Ok(resp) if retry::retryable_status(resp.status()) => {
-                    retry::retry_after(resp.headers(), std::time::SystemTime::now())
+                    Some(retry::retry_after(resp.headers(), std::time::SystemTime::now()))
                 }
                 // A mirror that cannot be reached is passed over at once (via_mirrors).
-                Err(e @ RegistryError::Unreachable { .. }) if self.mirrors.is_mirror(registry) => return Err(e),
-                Err(e) if e.is_transient() => None,
-                other => return other,
+                Err(RegistryError::Unreachable { .. }) if self.mirrors.is_mirror(registry) => None,
+                Err(e) if e.is_transient() => Some(None),
+                _ => None,
             };
-            if !retries.wait(wait) {
-                return self.send_authenticated(registry, scope, req, url, headers);
+            match again {
+                Some(wait) if retries.wait(wait) => {}
+                _ => return result,
             }
         }
     }
@@ -530,6 +535,15 @@ impl Client {
                         reason.push_str(&format!(
                             " (the registry may want a client certificate: client.cert and client.key in \
                              /etc/docker/certs.d/{host}/ or /etc/containers/certs.d/{host}/)"
+                        ));
+                    }
+                    // rustls's words for a TLS hello answered with bytes that are not a
+                    // TLS record: "HTTP/1.1 400 …" from a server that speaks plain HTTP.
+                    // (A host named insecure is tried over plain HTTP anyway.)
+                    if verify && url.scheme() == "https" && reason.contains("InvalidContentType") {
+                        reason.push_str(&format!(
+                            " ({host} answered the TLS handshake with plain HTTP, or something else that is not \
+                             TLS; if it is a plain-HTTP registry, name it with --insecure-registry {host})"
                         ));
                     }
                 }

@@ -1,14 +1,15 @@
 //! The client's one retry policy. A request that fails for a reason that may pass (the
-//! connection failed or broke, a timeout, 5xx, 408, 429) is tried again after a short,
-//! growing pause, or after the pause the registry asked for with `Retry-After`. A
-//! transfer that broke off after making progress starts a fresh budget: a link that
-//! drops every few megabytes still gets a large blob through, one stretch at a time,
-//! while a registry that gives nothing at all is given up on after a few seconds.
+//! connection failed or broke, 5xx, 408, 429) is tried again after a short, growing
+//! pause, or after the pause the registry asked for with `Retry-After`, while its time
+//! budget (`--timeout`) lasts: a registry that stays silent for the whole budget has
+//! had its chance, and is not waited for again and again. A transfer that broke off
+//! after making progress starts a fresh budget: a link that drops every few megabytes
+//! still gets a large blob through, one stretch at a time.
 
 use super::error::RegistryError;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How many times one request (or one stretch of a transfer) is tried again.
 const MAX_RETRIES: u32 = 5;
@@ -22,23 +23,32 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Counts the retries of one request or transfer and waits before each.
 pub(super) struct Retries<'a> {
     count: u32,
+    /// Since the request started, or last made progress.
+    started: Instant,
+    /// The time a request may take without progress, its tries and pauses together.
+    budget: Duration,
     registry: &'a str,
     what: &'a str,
 }
 
 impl<'a> Retries<'a> {
-    pub fn new(registry: &'a str, what: &'a str) -> Retries<'a> {
-        Retries { count: 0, registry, what }
+    pub fn new(registry: &'a str, what: &'a str, budget: Duration) -> Retries<'a> {
+        Retries { count: 0, started: Instant::now(), budget, registry, what }
     }
 
     /// Wait before trying again (`retry_after` if the registry named a time); false
-    /// when the budget is spent or the registry wants us back too late.
+    /// when the retries or the time budget are spent (a try that waited out the
+    /// whole budget spends it), or the registry wants us back too late.
     pub fn wait(&mut self, retry_after: Option<Duration>) -> bool {
         if self.count >= MAX_RETRIES || retry_after.is_some_and(|d| d > MAX_RETRY_AFTER) {
             return false;
         }
+        let pause = retry_after.unwrap_or(BACKOFF * 2u32.pow(self.count));
+        if self.started.elapsed() + pause >= self.budget {
+            return false;
+        }
         self.count += 1;
-        std::thread::sleep(retry_after.unwrap_or(BACKOFF * 2u32.pow(self.count - 1)));
+        std::thread::sleep(pause);
         true
     }
 
@@ -58,6 +68,7 @@ impl<'a> Retries<'a> {
     /// The last attempt got further than the one before: start a fresh budget.
     pub fn progressed(&mut self) {
         self.count = 0;
+        self.started = Instant::now();
     }
 }
 
@@ -101,15 +112,28 @@ mod tests {
 
     #[test]
     fn a_registry_that_wants_us_back_too_late_is_not_waited_for() {
-        let mut r = Retries::new("r", "x");
+        let mut r = Retries::new("r", "x", Duration::from_secs(60));
         assert!(!r.wait(Some(MAX_RETRY_AFTER + Duration::from_secs(1))));
         assert!(retryable_status(StatusCode::SERVICE_UNAVAILABLE) && retryable_status(StatusCode::TOO_MANY_REQUESTS));
         assert!(!retryable_status(StatusCode::NOT_IMPLEMENTED) && !retryable_status(StatusCode::NOT_FOUND));
     }
 
     #[test]
+    fn no_retry_once_the_time_budget_is_spent() {
+        let mut r = Retries::new("r", "x", Duration::from_millis(50));
+        assert!(r.wait(Some(Duration::ZERO)));
+        std::thread::sleep(Duration::from_millis(60)); // a try that waited out the budget
+        assert!(!r.wait(Some(Duration::ZERO)));
+        // A pause that would end past the budget is not taken either.
+        let mut r = Retries::new("r", "x", Duration::from_secs(5));
+        assert!(!r.wait(Some(Duration::from_secs(6))));
+        r.progressed();
+        assert!(r.wait(Some(Duration::ZERO)));
+    }
+
+    #[test]
     fn progress_renews_the_budget() {
-        let mut r = Retries::new("r", "x");
+        let mut r = Retries::new("r", "x", Duration::from_secs(60));
         for _ in 0..20 {
             // Each stretch breaks once and then gets further.
             assert!(r.wait(Some(Duration::ZERO)));

@@ -6,12 +6,19 @@
 //! a `NAME.cert` with its `NAME.key` is the client certificate for mutual TLS. Since
 //! that differs per host, there is one HTTP client per host (and per verification
 //! mode), built the first time the host is dialled and kept for the client's life.
+//! The TLS set-up is rustls's, made here rather than by reqwest, so that the
+//! certificate check is trust.rs's (a server certificate that is itself one of the
+//! anchors is accepted, as docker accepts it).
 
 use super::error::RegistryError;
+use super::trust;
 use reqwest::blocking::Client as HttpClient;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where docker and podman look for a host's certificates, in the order searched.
@@ -59,16 +66,8 @@ impl Clients {
     }
 
     fn build(&self, authority: &str, verify: bool) -> Result<HttpClient, RegistryError> {
-        let mut b = HttpClient::builder()
-            .user_agent(concat!("imgfs/", env!("CARGO_PKG_VERSION")))
-            // Followed by hand in `send_following_redirects`, see there.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.settings.connect_timeout)
-            .timeout(self.settings.timeout)
-            // The web roots and the system store, both (reqwest's features).
-            .tls_built_in_root_certs(true)
-            .danger_accept_invalid_certs(!verify);
         let setup = |reason: String| RegistryError::Setup { reason };
+        let mut anchors: Vec<CertificateDer<'static>> = Vec::new();
         let mut identity: Option<(PathBuf, PathBuf)> = None;
         for dir in certs_d_dirs(authority) {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -79,14 +78,13 @@ impl Clients {
                     Some("crt") => {
                         let pem = std::fs::read(&path)
                             .map_err(|e| setup(format!("cannot read CA certificate {}: {e}", path.display())))?;
-                        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                        let certs = CertificateDer::pem_slice_iter(&pem)
+                            .collect::<Result<Vec<_>, _>>()
                             .map_err(|e| setup(format!("bad CA certificate {}: {e}", path.display())))?;
                         if certs.is_empty() {
                             return Err(setup(format!("no PEM certificate in {}", path.display())));
                         }
-                        for c in certs {
-                            b = b.add_root_certificate(c);
-                        }
+                        anchors.extend(certs);
                     }
                     Some("cert") if identity.is_none() => {
                         let key = path.with_extension("key");
@@ -103,21 +101,52 @@ impl Clients {
                 }
             }
         }
-        if let Some((cert, key)) = identity {
-            // rustls takes the key and the chain as one PEM.
-            let mut pem =
-                std::fs::read(&key).map_err(|e| setup(format!("cannot read client key {}: {e}", key.display())))?;
-            pem.push(b'\n');
-            pem.extend(
-                std::fs::read(&cert)
-                    .map_err(|e| setup(format!("cannot read client certificate {}: {e}", cert.display())))?,
-            );
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                setup(format!("bad client certificate or key {} / {}: {e}", cert.display(), key.display()))
-            })?;
-            b = b.identity(id);
-        }
-        b.build().map_err(|e| setup(format!("cannot set up the HTTP client for {authority}: {e}")))
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier: Arc<dyn ServerCertVerifier> = if verify {
+            // The system store (or SSL_CERT_FILE / SSL_CERT_DIR, as OpenSSL reads them):
+            // certificates it cannot parse are skipped, as every TLS client does.
+            anchors.extend(rustls_native_certs::load_native_certs().certs);
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots.add_parsable_certificates(anchors.iter().cloned());
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| setup(format!("cannot set up TLS verification for {authority}: {e}")))?;
+            Arc::new(trust::AnchorAwareVerifier::new(webpki, anchors))
+        } else {
+            Arc::new(trust::Unchecked { schemes: provider.signature_verification_algorithms.supported_schemes() })
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| setup(format!("cannot set up TLS for {authority}: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match identity {
+            Some((cert, key)) => {
+                let chain_pem = std::fs::read(&cert)
+                    .map_err(|e| setup(format!("cannot read client certificate {}: {e}", cert.display())))?;
+                let key_pem =
+                    std::fs::read(&key).map_err(|e| setup(format!("cannot read client key {}: {e}", key.display())))?;
+                let bad = |e: &dyn std::fmt::Display| {
+                    setup(format!("bad client certificate or key {} / {}: {e}", cert.display(), key.display()))
+                };
+                let chain =
+                    CertificateDer::pem_slice_iter(&chain_pem).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+                let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(&e))?;
+                config.with_client_auth_cert(chain, private).map_err(|e| bad(&e))?
+            }
+            None => config.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        HttpClient::builder()
+            .user_agent(concat!("imgfs/", env!("CARGO_PKG_VERSION")))
+            // Followed by hand in `send_following_redirects`, see there.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.settings.connect_timeout)
+            .timeout(self.settings.timeout)
+            .use_preconfigured_tls(config)
+            .build()
+            .map_err(|e| setup(format!("cannot set up the HTTP client for {authority}: {e}")))
     }
 }
 

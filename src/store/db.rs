@@ -37,6 +37,97 @@ pub struct ImageRecord {
     pub pinned: Vec<String>,
     /// When the image entered the store (seconds since the epoch).
     pub added: i64,
+    /// The other manifests the image is known by: its config pushed with other layer
+    /// blobs (gzip in one repository, zstd in another) or found in another repository,
+    /// each with the repository its layers come from. Their blobs are kept as the main
+    /// manifest's are while the image has a record; a name picks its own
+    /// (`known_as`). Records written before imgfs kept them have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_manifests: Vec<ManifestRecord>,
+}
+
+/// One manifest an image is known by: the image's config with these layer blobs, in
+/// that repository.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub manifest: Digest,
+    pub manifest_media_type: String,
+    /// The index the manifest was chosen from, if it came from one.
+    #[serde(default)]
+    pub index: Option<Digest>,
+    pub layers: Vec<Descriptor>,
+    /// `registry/repository` (or the local source) the layers are fetched from.
+    pub source: String,
+}
+
+impl ManifestRecord {
+    /// The digest a digest reference names: the index of a multi-arch image, else the
+    /// manifest.
+    pub fn top(&self) -> &Digest {
+        self.index.as_ref().unwrap_or(&self.manifest)
+    }
+
+    /// Every blob the manifest needs: itself, its index, its layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        std::iter::once(&self.manifest).chain(self.index.as_ref()).chain(self.layers.iter().map(|l| &l.digest))
+    }
+}
+
+impl ImageRecord {
+    /// The main manifest: the one the image was first recorded with.
+    fn main_manifest(&self) -> ManifestRecord {
+        ManifestRecord {
+            manifest: self.manifest.clone(),
+            manifest_media_type: self.manifest_media_type.clone(),
+            index: self.index.clone(),
+            layers: self.layers.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// Every manifest the image is known by, the main one first.
+    pub fn manifests(&self) -> Vec<ManifestRecord> {
+        std::iter::once(self.main_manifest()).chain(self.other_manifests.iter().cloned()).collect()
+    }
+
+    /// Remember that the image is also known by `other`'s main manifest, unless that
+    /// manifest from that repository is one of its own already.
+    pub fn add_manifest(&mut self, other: &ImageRecord) {
+        let new = other.main_manifest();
+        let known = |m: &ManifestRecord| m.manifest == new.manifest && m.index == new.index && m.source == new.source;
+        if other.id == self.id && !self.manifests().iter().any(known) {
+            self.other_manifests.push(new);
+        }
+    }
+
+    /// Forget the other manifest `repo_digest` (`registry/repo@sha256:…`) named: no
+    /// name is left for it. The main manifest stays while the record does.
+    pub fn forget_manifest(&mut self, repo_digest: &str) {
+        self.other_manifests.retain(|m| format!("{}@{}", m.source, m.top()) != repo_digest);
+    }
+
+    /// The image as `name` knows it: with the manifest from `name`'s repository (the
+    /// one with `name`'s digest, for a digest reference) as its main one, when the
+    /// image has such a manifest; as it is otherwise (an ID, a name from a repository
+    /// the image was not fetched from).
+    pub fn known_as(&self, name: &str) -> ImageRecord {
+        let Ok(r) = crate::reference::Reference::parse(name) else { return self.clone() };
+        let repo = r.name();
+        let fits = |m: &ManifestRecord| m.source == repo && r.digest.as_ref().is_none_or(|d| m.top() == d);
+        if fits(&self.main_manifest()) {
+            return self.clone();
+        }
+        let Some(i) = self.other_manifests.iter().position(fits) else { return self.clone() };
+        let mut out = self.clone();
+        let chosen = out.other_manifests.remove(i);
+        out.other_manifests.insert(0, self.main_manifest());
+        out.manifest = chosen.manifest;
+        out.manifest_media_type = chosen.manifest_media_type;
+        out.index = chosen.index;
+        out.layers = chosen.layers;
+        out.source = chosen.source;
+        out
+    }
 }
 
 impl ImageRecord {
@@ -196,5 +287,57 @@ impl Db {
             None => crate::reference::Reference::parse(input).err().map(|e| crate::log::Chain(&e).to_string()),
         };
         Err(Error::NoSuchImage { input: input.to_string(), why })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(manifest: &[u8], source: &str) -> ImageRecord {
+        let layer = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(&[manifest, b"layer"].concat()),
+            size: 1,
+            platform: None,
+            annotations: None,
+        };
+        ImageRecord {
+            id: Digest::of(b"config"),
+            manifest: Digest::of(manifest),
+            manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            index: None,
+            config: Descriptor { digest: Digest::of(b"config"), ..layer.clone() },
+            layers: vec![layer],
+            source: source.into(),
+            repo_digests: vec![format!("{source}@{}", Digest::of(manifest))],
+            pinned: Vec::new(),
+            added: 0,
+            other_manifests: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_name_picks_the_manifest_of_its_repository_and_a_removed_digest_forgets_it() {
+        let mut rec = record(b"zstd", "reg.lan/r-zstd");
+        let gzip = record(b"gzip", "reg.lan/r");
+        rec.add_manifest(&gzip);
+        rec.add_manifest(&gzip); // known already: nothing changes
+        rec.add_manifest(&rec.clone());
+        assert_eq!(rec.manifests().len(), 2);
+        assert_eq!(rec.known_as("reg.lan/r:apps").manifest, gzip.manifest);
+        assert_eq!(rec.known_as("reg.lan/r:apps").layers, gzip.layers);
+        assert_eq!(rec.known_as("reg.lan/r:apps").manifests().len(), 2);
+        assert_eq!(rec.known_as(&format!("reg.lan/r@{}", gzip.manifest)).source, "reg.lan/r");
+        assert_eq!(rec.known_as("reg.lan/r-zstd:apps").manifest, rec.manifest);
+        assert_eq!(rec.known_as("reg.lan/other:1").manifest, rec.manifest);
+        assert_eq!(rec.known_as(rec.id.as_str()).manifest, rec.manifest);
+        rec.forget_manifest(&format!("reg.lan/r@{}", gzip.manifest));
+        assert_eq!(rec.manifests().len(), 1);
+        // An old record (no other_manifests key) still reads, and is written as before.
+        let json = serde_json::to_value(&rec).unwrap();
+        assert!(json.get("other_manifests").is_none());
+        let back: ImageRecord = serde_json::from_value(json).unwrap();
+        assert!(back.other_manifests.is_empty());
     }
 }

@@ -1,4 +1,5 @@
-//! Garbage collection: mark every blob reachable from an image record, sweep the
+//! Garbage collection: mark every blob reachable from an image record (through each
+//! manifest the image is known by), sweep the
 //! rest (with the layer indexes, checkpoints and uncompressed copies derived from
 //! them), stale temp files and fetch locks.
 //!
@@ -36,12 +37,9 @@ impl Store {
         let mut keep: HashSet<String> = HashSet::new();
         for img in db.images.values() {
             keep.insert(img.id.hex().to_string());
-            keep.insert(img.manifest.hex().to_string());
-            if let Some(i) = &img.index {
-                keep.insert(i.hex().to_string());
-            }
-            for l in &img.layers {
-                keep.insert(l.digest.hex().to_string());
+            // Every manifest the image is known by keeps its own blobs.
+            for m in img.manifests() {
+                keep.extend(m.blobs().map(|d| d.hex().to_string()));
             }
         }
         let mut sweep = Sweep::default();

@@ -11,6 +11,11 @@
 //! A mount is imgfs's when the mount table says so (a FUSE mount whose source is
 //! `imgfs:REF`): `imgfs umount` and the dead-mount cleanup never touch another
 //! filesystem, an sshfs mount included.
+//!
+//! A server's mount is named by its device (`MAJOR:MINOR`, one per FUSE connection),
+//! never by its path alone: a mount detached lazily goes on serving the files open in
+//! it while the directory is mounted again, so two records may name one path, and
+//! whatever unmounts checks it has the mount it means (`unmount_device`).
 
 use super::{io, Error, Result, Store};
 use crate::digest::Digest;
@@ -31,6 +36,27 @@ pub struct MountRecord {
     /// and prune leave it), but there is no mount to list or unmount.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub starting: bool,
+    /// The device of the server's mount (`MAJOR:MINOR`, as mountinfo shows it), written
+    /// once the mount is up: what tells this mount from a later one at the same path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+impl MountRecord {
+    /// Is this the record of the server of `entry`? By device; a record that has none
+    /// (its server is just starting, or is an older imgfs's) by its path.
+    pub fn serves(&self, entry: &MountEntry) -> bool {
+        match &self.device {
+            Some(d) => *d == entry.device,
+            None => self.mountpoint == entry.mountpoint,
+        }
+    }
+
+    /// Has the server's mount been detached (lazily unmounted: no longer in the mount
+    /// `table`, but served while files opened in it stay open)?
+    pub fn is_detached(&self, table: &[MountEntry]) -> bool {
+        self.device.as_ref().is_some_and(|d| !table.iter().any(|m| m.device == *d))
+    }
 }
 
 impl Store {
@@ -70,7 +96,8 @@ impl Store {
             if process_start_ticks(rec.pid) == Some(rec.start_ticks) {
                 live.push(rec);
             } else {
-                if is_dead_imgfs_mount(&rec.mountpoint) {
+                // Only the dead server's own mount: the directory may hold a later one.
+                if is_dead_imgfs_mount(&rec.mountpoint) && mount_at(&rec.mountpoint).is_some_and(|m| rec.serves(&m)) {
                     if let Err(e) = detach(&rec.mountpoint) {
                         // Another command may have detached it at the same moment: only
                         // a mount that is still there is worth a word.
@@ -118,9 +145,12 @@ pub fn is_fuse_mountpoint(dir: &Path) -> bool {
     mount_at(&mountpoint_path(dir)).is_some_and(|m| m.is_fuse())
 }
 
-/// The topmost mount at a directory, from /proc/self/mountinfo.
+/// One mount of /proc/self/mountinfo.
 #[derive(Debug)]
 pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    /// `MAJOR:MINOR` of the mounted filesystem; a FUSE mount has one per connection.
+    pub device: String,
     pub fstype: String,
     /// The source column (FUSE: the fsname; imgfs's is `imgfs:REF`).
     pub source: String,
@@ -138,21 +168,27 @@ impl MountEntry {
     }
 }
 
+/// Every mount of this process's mount namespace, in mount order: of mounts stacked
+/// on one directory, the last is on top.
+pub fn mount_table() -> Vec<MountEntry> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+                device: fields.get(2)?.to_string(),
+                fstype: fields.get(sep + 1)?.to_string(),
+                source: unescape_mountinfo(fields.get(sep + 2)?),
+            })
+        })
+        .collect()
+}
+
 /// The topmost mount whose mountpoint is `dir` (absolute, as `mountpoint_path` gives).
 pub fn mount_at(dir: &Path) -> Option<MountEntry> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = dir.to_str()?;
-    // Mounts stacked on one directory are listed in mount order: the last is on top.
-    info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-")?;
-        if unescape_mountinfo(fields.get(4)?) != want {
-            return None;
-        }
-        let fstype = fields.get(sep + 1)?.to_string();
-        let source = unescape_mountinfo(fields.get(sep + 2)?);
-        Some(MountEntry { fstype, source })
-    })
+    mount_table().into_iter().rev().find(|m| m.mountpoint == dir)
 }
 
 /// `dir` as the mount table names it: absolute, with symlinks resolved. A dead mount
@@ -179,7 +215,9 @@ pub fn statfs_errno(dir: &Path) -> Option<i32> {
 }
 
 /// Unmount `dir`: a plain unmount first, then a lazy detach if something holds it
-/// busy. As root that is umount2(2) directly; otherwise fusermount3 does it.
+/// busy. As root that is umount2(2) directly; otherwise fusermount3 does it. For a dead
+/// mount only (whatever is at `dir`, checked by the caller): a live one is unmounted
+/// by its device, with `unmount_device`.
 pub fn detach(dir: &Path) -> Result<()> {
     use rustix::mount::{unmount, UnmountFlags};
     if rustix::process::geteuid().is_root() {
@@ -203,6 +241,112 @@ pub fn detach(dir: &Path) -> Result<()> {
         return Err(Error::Fusermount { dir: dir.to_path_buf(), why });
     }
     Ok(())
+}
+
+/// What `unmount_device` did.
+#[derive(Debug, PartialEq)]
+pub enum Unmounted {
+    Done,
+    /// `dir` does not hold the mount of that device (any more): nothing was touched.
+    NotThere,
+    /// A plain unmount found the mount in use (EBUSY): nothing was touched.
+    Busy,
+}
+
+/// Unmount the mount of `device` at `dir`, never another mounted there since. Plain:
+/// refused as busy while a process has a file or its working directory in it (as
+/// umount(8) is); `lazy`: detached at once (MNT_DETACH), the filesystem serving what is
+/// open in it until the last of it is closed. As root through umount2(2), otherwise
+/// through fusermount3.
+pub fn unmount_device(dir: &Path, device: &str, lazy: bool) -> Result<Unmounted> {
+    use rustix::mount::{unmount, UnmountFlags};
+    let what = || format!("cannot unmount {}", dir.display());
+    if lazy && rustix::process::geteuid().is_root() {
+        // A descriptor pins the very mount it was opened on, and umount2 of its
+        // /proc/self/fd link detaches that one, whatever is mounted at `dir` meanwhile.
+        // (It keeps the mount busy, so a plain unmount can't go this way.)
+        use rustix::fs::{open, Mode, OFlags};
+        let fd = open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(std::io::Error::from)
+            .map_err(io(what()))?;
+        if device_of(&fd, "").as_deref() != Some(device) {
+            return Ok(Unmounted::NotThere);
+        }
+        use std::os::fd::AsRawFd;
+        unmount(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(), UnmountFlags::DETACH)
+            .map_err(std::io::Error::from)
+            .map_err(io(what()))?;
+        return Ok(Unmounted::Done);
+    }
+    // By path, right after the check: only a mount made at `dir` in between would be
+    // mistaken for it.
+    if device_of(rustix::fs::CWD, dir).as_deref() != Some(device) {
+        return Ok(Unmounted::NotThere);
+    }
+    if !rustix::process::geteuid().is_root() {
+        return fusermount3_unmount(dir, if lazy { "-uz" } else { "-u" });
+    }
+    match unmount(dir, UnmountFlags::empty()) {
+        Ok(()) => Ok(Unmounted::Done),
+        Err(rustix::io::Errno::BUSY) => Ok(Unmounted::Busy),
+        Err(e) => Err(io(what())(e.into())),
+    }
+}
+
+/// `fusermount3 FLAGS dir`: its failure as an error with its message, but EBUSY as
+/// `Busy` (its message is strerror's, read in the C locale).
+fn fusermount3_unmount(dir: &Path, flags: &str) -> Result<Unmounted> {
+    let out = std::process::Command::new("fusermount3")
+        .arg(flags)
+        .arg(dir)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io("cannot run fusermount3"))?;
+    if out.status.success() {
+        return Ok(Unmounted::Done);
+    }
+    let why = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
+    if why.contains("Device or resource busy") {
+        return Ok(Unmounted::Busy);
+    }
+    Err(Error::Fusermount { dir: dir.to_path_buf(), why })
+}
+
+/// The device (`MAJOR:MINOR`) of `path` under `dirfd` (`""`: `dirfd` itself). Asks the
+/// kernel for no attribute, so a FUSE filesystem gets no request: its server may be
+/// this very process, or stuck, and a mount without `allow_other` answers the device
+/// to anyone.
+pub fn device_of<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(dirfd: Fd, path: P) -> Option<String> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let empty = if path.as_str().is_ok_and(str::is_empty) { AtFlags::EMPTY_PATH } else { AtFlags::empty() };
+    let st = statx(dirfd, path, empty | AtFlags::STATX_DONT_SYNC, StatxFlags::empty()).ok()?;
+    Some(format!("{}:{}", st.stx_dev_major, st.stx_dev_minor))
+}
+
+/// Processes that have a file, their working directory or their root in the filesystem
+/// of `device`, as far as /proc shows this user: pid and command name. What makes an
+/// unmount busy, for the error that says so (the kernel only says EBUSY).
+pub fn holders(device: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let Ok(procs) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let dir = p.path();
+        let fds = fs::read_dir(dir.join("fd")).into_iter().flatten().flatten().map(|e| e.path());
+        let mut links = [dir.join("cwd"), dir.join("root")].into_iter().chain(fds);
+        // statx follows the /proc link to the open file itself.
+        if links.any(|l| device_of(rustix::fs::CWD, &l).as_deref() == Some(device)) {
+            let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
+            found.push((pid, comm));
+        }
+    }
+    found.sort();
+    found
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -238,7 +382,12 @@ mod tests {
 
     #[test]
     fn only_fuse_mounts_named_imgfs_are_imgfs_mounts() {
-        let entry = |fstype: &str, source: &str| MountEntry { fstype: fstype.into(), source: source.into() };
+        let entry = |fstype: &str, source: &str| MountEntry {
+            mountpoint: PathBuf::from("/mnt"),
+            device: "0:99".into(),
+            fstype: fstype.into(),
+            source: source.into(),
+        };
         assert!(entry("fuse", "imgfs:alpine").is_imgfs());
         assert!(entry("fuse.imgfs", "imgfs:127.0.0.1:5000/app:1").is_imgfs());
         assert!(!entry("fuse.sshfs", "imgfs:x").is_imgfs());
@@ -246,6 +395,32 @@ mod tests {
         assert!(!entry("fuse", "/srv/data").is_imgfs());
         assert!(!entry("tmpfs", "imgfs:x").is_imgfs());
         assert!(entry("fuse.sshfs", "me@host:/srv").is_fuse() && !entry("tmpfs", "tmpfs").is_fuse());
+    }
+
+    #[test]
+    fn a_record_names_its_mount_by_device_and_by_path_only_without_one() {
+        let entry = |dir: &str, device: &str| MountEntry {
+            mountpoint: PathBuf::from(dir),
+            device: device.into(),
+            fstype: "fuse".into(),
+            source: "imgfs:x".into(),
+        };
+        let record = |device: Option<&str>| MountRecord {
+            pid: 1,
+            start_ticks: 1,
+            mountpoint: PathBuf::from("/m"),
+            image: Digest::of(b"x"),
+            reference: "x".into(),
+            starting: false,
+            device: device.map(String::from),
+        };
+        // The directory mounted again: the new mount has another device.
+        let table = [entry("/m", "0:51")];
+        let (old, new, older_imgfs) = (record(Some("0:50")), record(Some("0:51")), record(None));
+        assert!(!old.serves(&table[0]) && old.is_detached(&table));
+        assert!(new.serves(&table[0]) && !new.is_detached(&table));
+        assert!(older_imgfs.serves(&table[0]) && !older_imgfs.is_detached(&table));
+        assert!(!older_imgfs.serves(&entry("/elsewhere", "0:51")));
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Store {
                 } else if let Some(img) = db.images.get_mut(&id) {
                     img.pinned.retain(|p| *p != key);
                     img.repo_digests.retain(|p| *p != key);
+                    img.forget_manifest(&key);
                 }
                 Ok(Outcome::Untagged(familiar_ref(&key)))
             }
@@ -178,10 +179,11 @@ impl Deletion {
         let rec = &self.record;
         let swept: HashSet<&Digest> = sweep.blobs.iter().collect();
         let mut out = vec![rec.id.clone()];
-        let own = std::iter::once(&rec.manifest).chain(rec.index.as_ref()).chain(rec.layers.iter().map(|l| &l.digest));
-        for d in own {
-            if swept.contains(d) && !out.contains(d) {
-                out.push(d.clone());
+        for m in rec.manifests() {
+            for d in m.blobs() {
+                if swept.contains(d) && !out.contains(d) {
+                    out.push(d.clone());
+                }
             }
         }
         out
