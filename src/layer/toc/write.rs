@@ -23,7 +23,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 /// Bytes the item sort holds before it spills a run; the other sorts hold less.
-const ITEM_BUDGET: usize = 16 << 20;
+const ITEM_BUDGET: usize = 8 << 20;
 const SMALL_BUDGET: usize = 2 << 20;
 const BUFFER: usize = 64 << 10;
 
