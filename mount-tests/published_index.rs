@@ -171,7 +171,8 @@ fn a_span_that_fails_its_published_digest_is_eio_and_the_rest_serves() {
     let mut a = IndexArtifact::decode(&blob, &Expected { layer: &layer, diff_id: &diff_id }).unwrap();
 
     // The span holding data/small.txt is the bad one; big.bin's first bytes lie elsewhere.
-    let entry = |p: &str| a.contents.entries.iter().find(|e| e.path == p.as_bytes()).unwrap().offset;
+    let contents = a.contents().unwrap();
+    let entry = |p: &str| contents.entries.iter().find(|e| e.path == p.as_bytes()).unwrap().offset;
     let Spans::Checkpoints(c) = &a.spans else { panic!("big:1 is gzip") };
     let (bad, good_span) = (c.span_of(entry("data/small.txt")), c.span_of(entry("data/big.bin")));
     assert_ne!(bad, good_span, "the test needs the two files in different spans");

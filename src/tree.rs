@@ -213,14 +213,20 @@ type TResult<T> = std::result::Result<T, LayerError>;
 enum Stop {
     /// Layer k's TOC is not open: load it with the lock released, then rerun.
     Need(usize),
+    /// Page p of layer k's TOC (one read from elsewhere, page by page) is not there:
+    /// fetch it with the lock released, then rerun.
+    Fetch(usize, u64),
     Fail(LayerError),
 }
 
 type Step<T> = std::result::Result<T, Stop>;
 
-/// A TOC read of layer `l` that failed: the layer is damaged.
+/// A TOC read of layer `l` that failed: a page to fetch first, or damage.
 fn bad(l: u32) -> impl Fn(crate::layer::Error) -> Stop {
-    move |e| Stop::Fail(LayerError::Load { layer: l as usize, source: Arc::new(e) })
+    move |e| match e {
+        crate::layer::Error::PageMissing { page } => Stop::Fetch(l as usize, page),
+        e => Stop::Fail(LayerError::Load { layer: l as usize, source: Arc::new(e) }),
+    }
 }
 
 /// What a name in a directory resolves to, before any node is made.
@@ -271,14 +277,19 @@ impl Tree {
     /// layer with the lock released and run `op` again.
     fn run<T>(&self, mut op: impl FnMut(&Self, &mut State) -> Step<T>) -> TResult<T> {
         loop {
-            let need = {
+            let (need, fetch) = {
                 let mut st = self.lock();
                 match op(self, &mut st) {
                     Ok(v) => return Ok(v),
                     Err(Stop::Fail(e)) => return Err(e),
-                    Err(Stop::Need(k)) => k,
+                    Err(Stop::Need(k)) => (k, None),
+                    Err(Stop::Fetch(k, page)) => (k, st.layers[k].clone().map(|toc| (toc, page))),
                 }
             };
+            if let Some((toc, page)) = fetch {
+                toc.fetch_page(page).map_err(|e| LayerError::Load { layer: need, source: Arc::new(e) })?;
+                continue;
+            }
             let toc = self.source.toc(need).map_err(LayerError::load(need))?;
             self.lock().layers[need].get_or_insert(toc);
         }
@@ -420,18 +431,20 @@ impl Tree {
 
     /// Where a file's data is: its layer's data, and (offset, size) in it.
     pub fn data(&self, ino: Ino) -> TResult<Option<(Arc<LayerData>, u64, u64)>> {
-        let (layer, offset, size) = {
+        let (layer, offset, size): (usize, u32, Arc<Toc>) = {
             let st = self.lock();
             match st.nodes.get(&ino).map(|n| &n.kind) {
                 Some(NodeKind::Leaf { layer, rec, .. }) => {
-                    let toc = st.layers[*layer as usize].clone().expect("a leaf's layer is loaded");
-                    let r = toc
-                        .record(*rec)
-                        .map_err(|e| LayerError::Load { layer: *layer as usize, source: Arc::new(e) })?;
-                    (*layer as usize, r.offset(), r.size())
+                    (*layer as usize, *rec, st.layers[*layer as usize].clone().expect("a leaf's layer is loaded"))
                 }
                 _ => return Ok(None),
             }
+        };
+        let (layer, offset, size) = {
+            let (layer, rec, toc) = (layer, offset, size);
+            // No lock is held: the record's page may be fetched.
+            let r = toc.fetching(|t| t.record(rec)).map_err(|e| LayerError::Load { layer, source: Arc::new(e) })?;
+            (layer, r.offset(), r.size())
         };
         let data = self.source.data(layer).map_err(LayerError::load(layer))?;
         Ok(Some((data, offset, size)))

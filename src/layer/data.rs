@@ -107,7 +107,7 @@ impl Sums {
     fn get(&self, i: usize) -> io::Result<Option<u32>> {
         match self {
             Sums::Owned(s) => Ok(s.sums.get(i).copied()),
-            Sums::Toc(t) => t.sum(i as u64).map_err(io::Error::other),
+            Sums::Toc(t) => t.fetching(|t| t.sum(i as u64)).map_err(io::Error::other),
         }
     }
 
@@ -226,7 +226,7 @@ impl Table {
     fn span_of(&self, at: u64) -> io::Result<usize> {
         match self {
             Table::Memory(c) => Ok(c.span_of(at)),
-            Table::Toc(t) => t.span_of(at).map(|i| i as usize).map_err(io::Error::other),
+            Table::Toc(t) => t.fetching(|t| t.span_of(at)).map(|i| i as usize).map_err(io::Error::other),
         }
     }
 
@@ -235,7 +235,7 @@ impl Table {
         match self {
             Table::Memory(c) if i < c.span_count() => Ok((c.span_range(i), c.compressed_range(i))),
             Table::Memory(_) => Err(io::Error::other(format!("span {i} out of range"))),
-            Table::Toc(t) => t.span(i as u64).map_err(io::Error::other),
+            Table::Toc(t) => t.fetching(|t| t.span(i as u64)).map_err(io::Error::other),
         }
     }
 
@@ -274,6 +274,11 @@ impl Compressed {
                 Source::Stored(blob) => {
                     let mut data = vec![0; usize::try_from(c1 - c0).map_err(|_| io::Error::other("span too large"))?];
                     blob.read_exact_at(&mut data, c0)?;
+                    self.checkpoints.decode(i, &data)
+                }
+                // The windows of a published TOC are in the TOC itself.
+                Source::Remote(remote) if matches!(self.checkpoints, Table::Toc(_)) => {
+                    let data = remote.span(i, (c0, c1))?;
                     self.checkpoints.decode(i, &data)
                 }
                 Source::Remote(remote) => {
@@ -329,6 +334,16 @@ impl LayerData {
     /// published index (whose checkpoints these are, without windows) allows.
     pub fn remote(remote: Published, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
         Self::compressed_from(Source::Remote(remote), Table::Memory(checkpoints), spans)
+    }
+
+    /// A compressed layer read from its registry by Range, span by span, as its
+    /// published index of format 2 allows: its checkpoints and windows in `toc`, itself
+    /// read page by page.
+    pub fn remote_toc(remote: Published, toc: Arc<Toc>, spans: Arc<SpanCache>) -> Result<LayerData> {
+        if toc.points().is_none() {
+            bail!("the published TOC of layer {} has no checkpoints", remote.layer);
+        }
+        Ok(Self::compressed_from(Source::Remote(remote), Table::Toc(toc), spans))
     }
 
     /// An eStargz layer read chunk by chunk from its registry, `files` as its TOC lays

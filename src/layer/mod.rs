@@ -62,6 +62,10 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A page of a TOC read from elsewhere (`toc::PageSource`) is not fetched yet: the
+    /// caller fetches it (`Toc::fetch_page`), with no lock held, and reads again.
+    #[error("page {page} of a layer TOC is not fetched yet")]
+    PageMissing { page: u64 },
     #[error("layer content does not match the config's diff_id: expected {want}, got {actual}")]
     DiffId { want: crate::digest::Digest, actual: crate::digest::Digest },
     #[error(transparent)]

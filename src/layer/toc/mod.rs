@@ -458,6 +458,45 @@ impl Header {
     }
 }
 
+/// Where the pages of a TOC read from elsewhere come from (a published index, fetched
+/// by Range): each page checked against what vouches for it before it is handed over.
+pub trait PageSource: Send + Sync {
+    /// Bytes per page; the last page may be short.
+    fn page_size(&self) -> u64;
+    /// Page `i`'s bytes, checked. May take as long as a network round trip: never
+    /// called under a lock others need.
+    fn fetch(&self, i: u64) -> std::io::Result<Vec<u8>>;
+}
+
+/// A TOC whose bytes arrive page by page into a scratch file: which pages are there.
+struct Remote {
+    source: Box<dyn PageSource>,
+    file: File,
+    page: u64,
+    len: u64,
+    present: Box<[AtomicU64]>,
+}
+
+impl Remote {
+    fn fetch(&self, i: u64) -> Result<()> {
+        if Toc::is_checked(&self.present, i) {
+            return Ok(());
+        }
+        let want = (self.len - (i * self.page).min(self.len)).min(self.page);
+        if want == 0 {
+            return Err(Error::Invalid(format!("page {i} lies past the end of a layer TOC")));
+        }
+        let bytes = self.source.fetch(i)?;
+        if bytes.len() as u64 != want {
+            return Err(Error::Invalid(format!("page {i} of a layer TOC came as {} bytes, not {want}", bytes.len())));
+        }
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&bytes, i * self.page)?;
+        Toc::set_checked(&self.present, i);
+        Ok(())
+    }
+}
+
 /// A layer's TOC, opened in place.
 pub struct Toc {
     path: PathBuf,
@@ -475,6 +514,9 @@ pub struct Toc {
     /// One bit per page: checked against its CRC already; one per 4 KiB of checksums.
     checked: Box<[AtomicU64]>,
     checked_crcs: Box<[AtomicU64]>,
+    /// For a TOC read from elsewhere: where its pages come from. Its pages are checked
+    /// by their source (SHA-256), not by the page checksums.
+    remote: Option<Remote>,
 }
 
 impl std::fmt::Debug for Toc {
@@ -503,12 +545,39 @@ impl Toc {
     /// `open` for a file already open: a TOC in the store, or one written to a scratch
     /// file (`from_contents`); `path` names it in errors.
     pub fn open_file(file: &File, path: &Path, digest: &str) -> Result<Toc> {
+        Self::open_mapped(file, path, digest, None)
+    }
+
+    /// A TOC of `len` bytes read from elsewhere, page by page as reads need them, into a
+    /// scratch file in `dir` (its header's pages are fetched now). `path` names it in
+    /// errors.
+    pub fn open_remote(source: Box<dyn PageSource>, len: u64, dir: &Path, path: &Path, digest: &str) -> Result<Toc> {
+        let page = source.page_size();
+        if !(512..=1 << 20).contains(&page) {
+            return Err(Error::Damaged { path: path.to_path_buf(), source: "its page size is out of range".into() });
+        }
+        let file = scratch_file(dir)?;
+        file.set_len(len)?;
+        let pages = len.div_ceil(page);
+        let remote =
+            Remote { source, file, page, len, present: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect() };
+        // The header is at most about 4.6 KiB.
+        for i in 0..(5 << 10u64).min(len).div_ceil(page) {
+            remote.fetch(i)?;
+        }
+        let file = remote.file.try_clone()?;
+        Self::open_mapped(&file, path, digest, Some(remote))
+    }
+
+    fn open_mapped(file: &File, path: &Path, digest: &str, remote: Option<Remote>) -> Result<Toc> {
         // SAFETY: a TOC file is written once, whole (the store's through a temp file and
         // a rename, a scratch one before it is opened here), and never changed in place;
         // the store removes one only by unlinking, which keeps the pages of a mapping,
         // and the store is private to its owner (0700), so no one else truncates it
-        // under us. Every read through the map is bounds-checked against the length the
-        // header gives, which is checked below to be the file's.
+        // under us. A TOC read from elsewhere is an unlinked scratch file of its final
+        // length, each page written once, with bytes its source checked, before any read
+        // of it (`Remote::present`). Every read through the map is bounds-checked against
+        // the length the header gives, which is checked below to be the file's.
         let map = unsafe { Mmap::map(file) }.map_err(|e| Error::Context {
             what: format!("cannot map layer TOC {}", path.display()),
             source: Box::new(e),
@@ -557,7 +626,28 @@ impl Toc {
             crc_dir: h.crc_dir,
             data_start,
             checked: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            remote,
         })
+    }
+
+    /// Fetch page `i` of a TOC read from elsewhere (after a read answered
+    /// `Error::PageMissing`); with no lock held, as it may wait for the network.
+    pub fn fetch_page(&self, i: u64) -> Result<()> {
+        match &self.remote {
+            Some(r) => r.fetch(i),
+            None => Ok(()),
+        }
+    }
+
+    /// Run `read`, fetching the pages it misses as it goes (for readers that hold no
+    /// lock others need: file data, tools).
+    pub fn fetching<T>(&self, read: impl Fn(&Toc) -> Result<T>) -> Result<T> {
+        loop {
+            match read(self) {
+                Err(Error::PageMissing { page }) => self.fetch_page(page)?,
+                other => return other,
+            }
+        }
     }
 
     /// Do the sections fit the file and each other?
@@ -596,8 +686,21 @@ impl Toc {
         &self.path
     }
 
-    /// Bytes `off..off + len` of the file, every page they touch checked.
+    /// Bytes `off..off + len` of the file, every page they touch checked (or, for a TOC
+    /// read from elsewhere, fetched: `Error::PageMissing` for the first that is not).
     fn bytes(&self, off: u64, len: u64) -> Result<&[u8]> {
+        if let Some(r) = &self.remote {
+            let end =
+                off.checked_add(len).filter(|&e| e <= r.len).ok_or_else(|| self.damaged("a read past its end"))?;
+            if len > 0 {
+                for page in off / r.page..end.div_ceil(r.page) {
+                    if !Self::is_checked(&r.present, page) {
+                        return Err(Error::PageMissing { page });
+                    }
+                }
+            }
+            return Ok(&self.map[off as usize..end as usize]);
+        }
         let data_end = self.sections[Section::PageCrcs as usize].0;
         let end = off
             .checked_add(len)
@@ -651,8 +754,10 @@ impl Toc {
     /// and the fuzz target): every record, name, child lookup, link and table.
     pub fn verify(&self) -> Result<()> {
         let data_end = self.sections[Section::PageCrcs as usize].0;
-        for page in 0..data_end.div_ceil(PAGE) {
-            self.check_page(page)?;
+        if self.remote.is_none() {
+            for page in 0..data_end.div_ceil(PAGE) {
+                self.check_page(page)?;
+            }
         }
         for id in 0..self.nodes + self.orphans {
             let r = self.record(id)?;
@@ -1169,11 +1274,13 @@ impl Toc {
         self.bytes(w_off + off, u64::from(len))
     }
 
-    /// Decode span `i` from `data`, the blob bytes `span(i).1` names.
+    /// Decode span `i` from `data`, the blob bytes `span(i).1` names (fetching the pages
+    /// of a TOC read from elsewhere as needed: not for callers holding a lock).
     pub fn decode_span(&self, i: u64, data: &[u8]) -> std::io::Result<Vec<u8>> {
         let info = self.points.ok_or_else(|| std::io::Error::other(self.damaged("no checkpoints")))?;
-        let (range, _) = self.span(i).map_err(std::io::Error::other)?;
-        let (_, compressed, bits, _, _) = self.point(i).map_err(std::io::Error::other)?;
+        let (range, _) = self.fetching(|t| t.span(i)).map_err(std::io::Error::other)?;
+        let (_, compressed, bits, _, _) = self.fetching(|t| t.point(i)).map_err(std::io::Error::other)?;
+        self.fetching(|t| t.window(i).map(drop)).map_err(std::io::Error::other)?;
         let window = self.window(i).map_err(std::io::Error::other)?;
         checkpoints::decode_point(info.format, range, (compressed, bits), window, data)
     }
