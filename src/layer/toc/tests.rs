@@ -522,3 +522,62 @@ fn consistent_but_hostile_tocs_give_errors_not_panics() {
     }
     assert!(refused > 50, "only {refused} of 1000 changed TOCs were refused");
 }
+
+/// A TOC read from elsewhere page by page: a read of a page not there yet answers
+/// `PageMissing` (so a caller under a lock can let it go and fetch), `fetching` fetches
+/// as it reads, only the pages a lookup touches are fetched, and a page whose source
+/// fails (a digest that does not match) fails the read.
+#[test]
+fn a_toc_read_from_elsewhere_fetches_only_the_pages_it_reads() {
+    use std::sync::atomic::AtomicUsize;
+    struct Pages {
+        bytes: Vec<u8>,
+        fetched: Arc<AtomicUsize>,
+        bad: Option<u64>,
+    }
+    impl PageSource for Pages {
+        fn page_size(&self) -> u64 {
+            1024
+        }
+        fn fetch(&self, i: u64) -> std::io::Result<Vec<u8>> {
+            if self.bad == Some(i) {
+                return Err(std::io::Error::other("does not match its digest"));
+            }
+            self.fetched.fetch_add(1, Ordering::SeqCst);
+            let start = (i * 1024) as usize;
+            Ok(self.bytes[start..(start + 1024).min(self.bytes.len())].to_vec())
+        }
+    }
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Contents::default();
+    for i in 0..3000 {
+        c.entries.push(entry(format!("d{}/f{i:04}", i % 30).as_bytes(), Kind::File));
+    }
+    let path = dir.path().join("t.toc");
+    write_named(&c, &path, dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let pages = bytes.len().div_ceil(1024);
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let source = Box::new(Pages { bytes: bytes.clone(), fetched: Arc::clone(&fetched), bad: None });
+    let toc = Toc::open_remote(source, bytes.len() as u64, dir.path(), &path, "sha256:aa").unwrap();
+    let at_open = fetched.load(Ordering::SeqCst);
+    assert!(at_open <= 5, "{at_open} pages fetched to open");
+    assert!(matches!(toc.lookup(b"d7/f0007"), Err(Error::PageMissing { .. })));
+    let f = toc.fetching(|t| t.lookup(b"d7/f0007")).unwrap().unwrap();
+    assert_eq!(toc.fetching(|t| t.record(f)).unwrap().kind(), Some(Kind::File));
+    let used = fetched.load(Ordering::SeqCst);
+    assert!(used < pages / 4, "{used} of {pages} pages fetched for one lookup");
+    check_against_model(&c, &{
+        let all = Box::new(Pages { bytes: bytes.clone(), fetched: Arc::new(AtomicUsize::new(0)), bad: None });
+        let t = Toc::open_remote(all, bytes.len() as u64, dir.path(), &path, "sha256:aa").unwrap();
+        for i in 0..pages as u64 {
+            t.fetch_page(i).unwrap();
+        }
+        t
+    });
+    let failing =
+        Box::new(Pages { bytes: bytes.clone(), fetched: Arc::new(AtomicUsize::new(0)), bad: Some(pages as u64 - 2) });
+    let t = Toc::open_remote(failing, bytes.len() as u64, dir.path(), &path, "sha256:aa").unwrap();
+    assert!(t.fetching(|t| t.verify()).is_err(), "a page that could not be fetched was read");
+}
