@@ -793,24 +793,23 @@ impl Tree {
             };
             cursors.push((l, toc, start, range.end));
         }
+        // Each cursor's current name, read once.
+        let name_at =
+            |l: u32, toc: &Toc, at: u32| toc.record(at).and_then(|r| toc.name(&r).map(<[u8]>::to_vec)).map_err(bad(l));
+        let mut heads: Vec<Option<Vec<u8>>> = Vec::with_capacity(cursors.len());
+        for (l, toc, at, end) in &cursors {
+            heads.push(if at < end { Some(name_at(*l, toc, *at)?) } else { None });
+        }
         loop {
             // The smallest name at any cursor.
-            let mut least: Option<Vec<u8>> = None;
-            for (l, toc, at, end) in &cursors {
-                if at < end {
-                    let name = toc.record(*at).and_then(|r| toc.name(&r).map(<[u8]>::to_vec)).map_err(bad(*l))?;
-                    if least.as_ref().is_none_or(|m| name < *m) {
-                        least = Some(name);
-                    }
-                }
-            }
-            let Some(name) = least else { return Ok(()) };
+            let Some(name) = heads.iter().flatten().min().cloned() else { return Ok(()) };
             // Every layer holding it, top down: its node there.
             let mut found: Vec<(u32, u32)> = Vec::new();
-            for (l, toc, at, end) in cursors.iter_mut() {
-                if *at < *end && toc.record(*at).and_then(|r| Ok(toc.name(&r)? == &name[..])).map_err(bad(*l))? {
+            for ((l, toc, at, end), head) in cursors.iter_mut().zip(heads.iter_mut()) {
+                if head.as_deref() == Some(&name[..]) {
                     found.push((*l, *at));
                     *at += 1;
+                    *head = if at < end { Some(name_at(*l, toc, *at)?) } else { None };
                 }
             }
             let mut resolved = Resolved::Absent;
@@ -936,8 +935,19 @@ impl Tree {
         if r.is_linked() {
             return Ok(true);
         }
-        let path = toc.entry_path(&r).map_err(bad(layer))?;
+        // Most layers link to nothing below them: no path to build then.
+        let mut uppers = Vec::new();
         for k in layer + 1..self.layer_count() {
+            let upper = Self::layer(st, k)?;
+            if upper.has_lower_links() {
+                uppers.push(k);
+            }
+        }
+        if uppers.is_empty() {
+            return Ok(false);
+        }
+        let path = toc.entry_path(&r).map_err(bad(layer))?;
+        for k in uppers {
             let upper = Self::layer(st, k)?;
             if let Some(node) = upper.lookup(&path).map_err(bad(k))? {
                 if upper.record(node).map_err(bad(k))?.has_lower_links() {

@@ -1144,6 +1144,11 @@ impl Toc {
         self.pairs(Section::LinksTo, r.id)
     }
 
+    /// Does any hard link of this layer point at a path of a lower layer?
+    pub fn has_lower_links(&self) -> bool {
+        self.section(Section::LowerLinks).1 > 0
+    }
+
     /// The hard links of this layer that point at node `r`'s path in a lower layer.
     pub fn links_to_lower(&self, r: &Rec) -> Result<Vec<u32>> {
         if !r.has_lower_links() {
