@@ -406,7 +406,7 @@ impl Tree {
                     Some(name.map_err(|_| Stop::Fail(LayerError::BadOffset(c)))?)
                 }
             };
-            t.merge(st, ino, after.as_deref(), |name, target, kind, cookie| {
+            t.merge(st, ino, after.as_deref(), true, |name, target, kind, cookie| {
                 out.push(Listed { name: name.to_vec(), kind, target, cookie });
                 out.len() < max
             })?;
@@ -653,11 +653,26 @@ impl Tree {
     /// What TOC node `child` of layer `l` (a child of `parent`'s node there) makes of
     /// the name, or `None` to go on to lower layers.
     fn settle(&self, st: &mut State, parent: Ino, l: u32, toc: &Toc, child: u32) -> Step<Option<Resolved>> {
+        self.settle_as(st, parent, l, toc, child, true)
+    }
+
+    /// `settle`; with `follow` false a non-directory is not followed through hard links
+    /// (what counting subdirectories needs: it is no directory either way).
+    fn settle_as(
+        &self,
+        st: &mut State,
+        parent: Ino,
+        l: u32,
+        toc: &Toc,
+        child: u32,
+        follow: bool,
+    ) -> Step<Option<Resolved>> {
         let r = toc.record(child).map_err(bad(l))?;
         Ok(match r.presence() {
             Presence::Entry(Kind::Dir) | Presence::ImplicitDir => {
                 Some(Resolved::Target(Target::Dir { parent, layer: l, node: child }))
             }
+            Presence::Entry(_) if !follow => Some(Resolved::Target(Target::Leaf { layer: l, rec: child })),
             Presence::Entry(_) => Some(self.leaf(st, l, &r)?),
             Presence::Absent if r.is_whiteout() => Some(Resolved::Absent),
             Presence::Absent => None,
@@ -768,6 +783,7 @@ impl Tree {
         st: &mut State,
         ino: Ino,
         after: Option<&[u8]>,
+        follow: bool,
         mut each: impl FnMut(&[u8], Target, Kind, u64) -> bool,
     ) -> Step<()> {
         // The layers in range, top down, and where each one's children are read from.
@@ -815,7 +831,7 @@ impl Tree {
             let mut resolved = Resolved::Absent;
             for &(l, child) in &found {
                 let toc = Self::layer(st, l)?;
-                if let Some(r) = self.settle(st, ino, l, &toc, child)? {
+                if let Some(r) = self.settle_as(st, ino, l, &toc, child, follow)? {
                     resolved = r;
                     break;
                 }
@@ -825,6 +841,7 @@ impl Tree {
                 Resolved::Target(target) => {
                     let kind = match target {
                         Target::Dir { .. } | Target::Dot(_) => Kind::Dir,
+                        Target::Leaf { .. } if !follow => Kind::File,
                         Target::Leaf { layer, rec } => {
                             let toc = Self::layer(st, layer)?;
                             toc.record(rec).map_err(bad(layer))?.kind().unwrap_or(Kind::File)
@@ -843,7 +860,7 @@ impl Tree {
     /// Count the visible subdirectories of `ino` (for its link count).
     fn count_subdirs(&self, st: &mut State, ino: Ino) -> Step<u32> {
         let mut n = 0;
-        self.merge(st, ino, None, |_, _, kind, _| {
+        self.merge(st, ino, None, false, |_, _, kind, _| {
             n += u32::from(kind == Kind::Dir);
             true
         })?;
