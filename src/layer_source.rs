@@ -382,4 +382,10 @@ impl LayerSource for ImageLayers {
     fn is_local(&self, i: usize) -> bool {
         self.loaded[i].get().is_some() || self.published[i].lock().is_ok_and(|p| p.is_some()) || self.is_stored(i)
     }
+    fn reads_by_range(&self, i: usize) -> bool {
+        match self.loaded[i].get() {
+            Some((toc, _)) => toc.is_remote(),
+            None => self.published[i].lock().is_ok_and(|p| matches!(*p, Some(PublishedLayer::Paged { .. }))),
+        }
+    }
 }

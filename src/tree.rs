@@ -68,6 +68,11 @@ pub trait LayerSource: Send + Sync {
     /// Is layer `i` available without a fetch? Answers at once, never waiting for a
     /// fetch in progress.
     fn is_local(&self, i: usize) -> bool;
+    /// Is layer `i`'s TOC read from its registry page by page (a published index), so
+    /// that reading all of a big directory costs a download?
+    fn reads_by_range(&self, _i: usize) -> bool {
+        false
+    }
 }
 
 pub type Ino = u64;
@@ -406,10 +411,18 @@ impl Tree {
                     Some(name.map_err(|_| Stop::Fail(LayerError::BadOffset(c)))?)
                 }
             };
+            let mut complete = true;
             t.merge(st, ino, after.as_deref(), true, |name, target, kind, cookie| {
                 out.push(Listed { name: name.to_vec(), kind, target, cookie });
-                out.len() < max
+                complete = out.len() < max;
+                complete
             })?;
+            // A whole listing in one batch counts the subdirectories on the way (what a
+            // directory read page by page by Range gets its link count from).
+            if offset == 0 && complete {
+                let n = out.iter().filter(|l| matches!(l.target, Target::Dir { .. })).count() as u32;
+                Self::dir(st, ino).subdirs = Some(n);
+            }
             Ok(out)
         })
     }
@@ -480,9 +493,17 @@ impl Tree {
         st.layers[i as usize].is_some() || self.source.is_local(i as usize)
     }
 
+    /// Can the directory's children be counted without a fetch: every layer of its
+    /// range local, none read by Range page by page (there a listing counts them)?
     fn range_is_local(&self, st: &mut State, ino: Ino) -> bool {
         let floor = Self::dir(st, ino).floor.unwrap_or(0);
-        (floor..self.layer_count()).all(|i| self.available(st, i))
+        (floor..self.layer_count()).all(|i| {
+            let remote = match &st.layers[i as usize] {
+                Some(toc) => toc.is_remote(),
+                None => self.source.reads_by_range(i as usize),
+            };
+            self.available(st, i) && !remote
+        })
     }
 
     fn dir(st: &mut State, ino: Ino) -> &mut DirState {

@@ -630,6 +630,11 @@ impl Toc {
         })
     }
 
+    /// Are its pages fetched from elsewhere as reads need them?
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// Fetch page `i` of a TOC read from elsewhere (after a read answered
     /// `Error::PageMissing`); with no lock held, as it may wait for the network.
     pub fn fetch_page(&self, i: u64) -> Result<()> {
