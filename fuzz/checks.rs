@@ -10,7 +10,8 @@ use imgfs::fs::Fs;
 use imgfs::image::{self, Compression, ImageConfig, ManifestKind, Platform};
 use imgfs::layer::build;
 use imgfs::layer::spans::SpanCache;
-use imgfs::layer::{Kind, LayerData, LayerIndex};
+use imgfs::layer::toc::{self, write::DataIndex, Toc};
+use imgfs::layer::{data::BlockSums, Kind, LayerData};
 use imgfs::reference::{familiar_ref, Reference};
 use imgfs::template::{align_table, Template};
 use imgfs::tree::{DirAttrs, LayerSource, SourceError, Tree, ROOT};
@@ -100,23 +101,75 @@ pub fn layer(data: &[u8]) {
     } else {
         vec![rest]
     };
-    let mut layers = Layers { files: Vec::new(), indexes: Vec::new(), data: Vec::new() };
+    let mut layers = Layers { files: Vec::new(), tocs: Vec::new(), data: Vec::new() };
     let spans = Arc::new(SpanCache::new(4 << 20));
     for (i, blob) in blobs.iter().enumerate() {
         let compression = [Compression::None, Compression::Gzip, Compression::Zstd][(pick >> (2 * i)) as usize % 3];
-        let Ok(built) = build::index_layer(*blob, compression, None, None) else { return };
+        let scratch = std::env::temp_dir();
+        let Ok(built) = build::index_layer(*blob, compression, None, None, &scratch) else { return };
         let file = TempFile::new(blob);
+        let sums = BlockSums::of(*blob).expect("bytes in memory");
+        let index = match &built.checkpoints {
+            Some(c) => DataIndex::Checkpoints(c),
+            None => DataIndex::Plain,
+        };
+        let toc = toc::open_parts(built.toc, &scratch, "sha256:fuzz", index, &sums).expect("a TOC of what was indexed");
         let data = match built.checkpoints {
             Some(c) => LayerData::compressed(&file.0, c, spans.clone()),
             None => LayerData::tar(&file.0),
         };
-        layers.indexes.push(Arc::new(LayerIndex::new(built.contents)));
+        layers.tocs.push(Arc::new(toc));
         layers.data.push(Arc::new(data.expect("the layer file was just written")));
         layers.files.push(file);
     }
     let fs = Fs::new(Tree::new(Arc::new(layers), DirAttrs::Exact), 0);
     let mut budget = 10_000;
     walk(&fs, ROOT, &mut budget);
+}
+
+/// A layer's TOC as the reader meets it. With the first byte even, the rest is a tar
+/// (its last 8 bytes aside): its TOC is written as a pull writes one, then changed
+/// where those 8 bytes say; with it odd, the rest is taken as a TOC file. Either way
+/// its checksums are recomputed (as a hostile publisher would make them hold), and it
+/// is opened and read whole: a TOC that is not what `build` makes must give errors.
+pub fn toc(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let scratch = std::env::temp_dir();
+    let mut bytes = if mode % 2 == 0 {
+        let (tar, edits) = rest.split_at(rest.len().saturating_sub(8));
+        let Ok(built) = build::index_layer(tar, Compression::None, None, None, &scratch) else { return };
+        let sums = BlockSums::of(tar).expect("bytes in memory");
+        let mut file = toc::scratch_file(&scratch).expect("a scratch file");
+        toc::write::write(&mut file, "sha256:fuzz", built.toc, DataIndex::Plain, &sums)
+            .expect("a TOC of what was indexed");
+        let mut bytes = Vec::new();
+        use std::io::{Read, Seek};
+        file.seek(std::io::SeekFrom::Start(0)).expect("rewind");
+        file.read_to_end(&mut bytes).expect("read back");
+        for e in edits.chunks(4) {
+            if let [a, b, c, x] = *e {
+                let at = u32::from_le_bytes([a, b, c, 0]) as usize;
+                if !bytes.is_empty() {
+                    let at = at % bytes.len();
+                    bytes[at] ^= x;
+                }
+            }
+        }
+        bytes
+    } else {
+        rest.to_vec()
+    };
+    toc::reseal(&mut bytes);
+    let file = TempFile::new(&bytes);
+    let Ok(toc) = Toc::open(&file.0, "sha256:fuzz") else { return };
+    let _ = toc.verify();
+    let _ = toc.to_contents();
+    for path in [&b""[..], b"a", b"a/b/c", b"\xff", b"d/f"] {
+        if let Ok(Some(node)) = toc.lookup(path) {
+            let _ = toc.path_of(node);
+            let _ = toc.lower_bound(node, b"m");
+        }
+    }
 }
 
 fn walk(fs: &Fs, dir: u64, budget: &mut usize) {
@@ -152,16 +205,16 @@ fn walk(fs: &Fs, dir: u64, budget: &mut usize) {
 
 struct Layers {
     files: Vec<TempFile>,
-    indexes: Vec<Arc<LayerIndex>>,
+    tocs: Vec<Arc<Toc>>,
     data: Vec<Arc<LayerData>>,
 }
 
 impl LayerSource for Layers {
     fn layer_count(&self) -> usize {
-        self.indexes.len()
+        self.tocs.len()
     }
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
-        Ok(self.indexes[i].clone())
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError> {
+        Ok(self.tocs[i].clone())
     }
     fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         Ok(self.data[i].clone())

@@ -74,7 +74,7 @@ fn remount_reuses_layer_indexes() {
     assert_eq!(app1[0], app2[0], "app:1 and app:2 should share their base layer");
     let proxy = FaultProxy::start(&env().addr);
     let store = Store::new();
-    let index_dir = store.root().join("index/sha256");
+    let toc_dir = store.root().join("toc/sha256");
 
     let first = mount(store.root(), &format!("{}/app:1", proxy.addr), &[]);
     assert!(read_all(&first.dir) > 5);
@@ -82,8 +82,8 @@ fn remount_reuses_layer_indexes() {
     drop(first);
 
     let idx_stamp = |d: &str| -> (u64, i64, i64, u64) {
-        let p = index_dir.join(format!("{}.idx", d.trim_start_matches("sha256:")));
-        let md = fs::metadata(&p).unwrap_or_else(|e| panic!("index of layer {d}: {}: {e}", p.display()));
+        let p = toc_dir.join(format!("{}.toc", d.trim_start_matches("sha256:")));
+        let md = fs::metadata(&p).unwrap_or_else(|e| panic!("TOC of layer {d}: {}: {e}", p.display()));
         (md.ino(), md.mtime(), md.mtime_nsec(), md.len())
     };
     let before: Vec<_> = app1.iter().map(|d| idx_stamp(d)).collect();
@@ -105,6 +105,38 @@ fn remount_reuses_layer_indexes() {
         assert_eq!(blob_gets(mark, &proxy.addr, "app", d), 0, "layer {d} of app:1 was fetched again");
     }
     assert_eq!(blob_gets(mark, &proxy.addr, "app", &app2[1]), 1, "app:2's own layer is fetched once");
+}
+
+/// Two mounts of images that share a layer read that layer's TOC from one file, mapped
+/// by both servers (so its pages are the page cache's, shared, not a copy in each
+/// server's memory), and both serve their image exactly.
+#[test]
+fn two_mounts_sharing_a_layer_map_one_toc_file() {
+    let Some(_) = outcome::test_env() else { return };
+    let (app1, app2) = (layer_digests("app:1"), layer_digests("app:2"));
+    assert_eq!(app1[0], app2[0], "app:1 and app:2 should share their base layer");
+    let store = Store::new();
+    let a = mount(store.root(), &format!("{}/app:1", env().addr), &[]);
+    let b = mount(store.root(), &format!("{}/app:2", env().addr), &[]);
+    read_all(&a.dir);
+    read_all(&b.dir);
+    for (m, image) in [(&a, "app:1"), (&b, "app:2")] {
+        let diffs = treecmp(&m.dir, &unpack_of(image).join("rootfs"), &["--no-dir-mtime"]);
+        assert!(diffs.is_empty(), "{image}:\n{}", diffs.join("\n"));
+    }
+    let toc = store.root().join("toc/sha256").join(format!("{}.toc", app1[0].trim_start_matches("sha256:")));
+    let ino = fs::metadata(&toc).unwrap().ino();
+    for m in [&a, &b] {
+        let pids = server_pids(&m.dir);
+        assert_eq!(pids.len(), 1, "one server for {}", m.dir.display());
+        let maps = fs::read_to_string(format!("/proc/{}/maps", pids[0])).unwrap();
+        // Fields: address perms offset dev inode path.
+        let mapped = maps.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 6 && f[4] == ino.to_string() && f[5] == toc.to_str().unwrap()
+        });
+        assert!(mapped, "the server of {} does not map {}:\n{maps}", m.dir.display(), toc.display());
+    }
 }
 
 /// Two mounts of one image in one store, read at once: each layer blob is fetched
@@ -136,9 +168,10 @@ fn two_mounts_of_one_image_fetch_each_layer_once() {
     assert_eq!(copies, 0, "uncompressed copies of gzip layers in the store");
 }
 
-/// A store written by an older imgfs (JSON indexes, an uncompressed copy of each gzip
-/// layer) is converted on first use, from the blobs it has: nothing is fetched, the
-/// copies go, the indexes are rewritten in the current format, and the tree is right.
+/// A store written by an older imgfs (layer indexes decoded whole, in `index/`, an
+/// uncompressed copy of each gzip layer, no `toc/`) is converted on first use, from the
+/// blobs it has: nothing is fetched, the old indexes and copies go, every layer gets a
+/// TOC in the current format, and the tree is right.
 #[test]
 fn an_older_store_is_converted_on_first_use() {
     let Some(_) = outcome::test_env() else { return };
@@ -147,13 +180,15 @@ fn an_older_store_is_converted_on_first_use() {
     let image = format!("{}/app:1", proxy.addr);
     imgfs_ok(store.root(), &["pull", "-q", &image]);
     let layers = layer_digests("app:1");
-    for l in &layers {
+    fs::remove_dir_all(store.root().join("toc")).unwrap();
+    fs::create_dir_all(store.root().join("index/sha256")).unwrap();
+    for (i, l) in layers.iter().enumerate() {
         let hex = l.trim_start_matches("sha256:");
-        fs::write(
-            store.root().join(format!("index/sha256/{hex}.idx")),
-            br#"{"entries":[],"whiteouts":[],"opaque":[]}"#,
-        )
-        .unwrap();
+        // The head of the last format an older imgfs wrote (version 4), then its body;
+        // the first layer's is JSON, as still older ones wrote.
+        let old: &[u8] =
+            if i == 0 { br#"{"entries":[],"whiteouts":[],"opaque":[]}"# } else { b"IMGFSIDX\x04\0\0\0postcard" };
+        fs::write(store.root().join(format!("index/sha256/{hex}.idx")), old).unwrap();
         fs::write(store.root().join(format!("layers/sha256/{hex}.tar")), b"an old uncompressed copy").unwrap();
     }
     let mark = log_mark();
@@ -165,10 +200,12 @@ fn an_older_store_is_converted_on_first_use() {
     for l in &layers {
         let hex = l.trim_start_matches("sha256:");
         assert_eq!(blob_gets(mark, &proxy.addr, "app", l), 0, "layer {l} was fetched again");
-        let idx = fs::read(store.root().join(format!("index/sha256/{hex}.idx"))).unwrap();
-        assert!(idx.starts_with(b"IMGFSIDX"), "index of {l} was not rewritten");
+        let toc = fs::read(store.root().join(format!("toc/sha256/{hex}.toc"))).unwrap();
+        assert!(toc.starts_with(b"IMGFSTOC"), "layer {l} has no TOC in the current format");
+        assert!(!store.root().join(format!("index/sha256/{hex}.idx")).exists(), "the old index of {l} is still there");
         assert!(!store.root().join(format!("layers/sha256/{hex}.tar")).exists(), "the old copy of {l} is still there");
     }
+    imgfs_ok(store.root(), &["check"]);
 }
 
 /// `DOCKER_DEFAULT_PLATFORM` names the platform a mount wants: a pulled image

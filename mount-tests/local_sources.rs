@@ -38,7 +38,7 @@ fn mounts_of_layouts_and_archives_match_the_reference_unpack() {
     for d in &layers {
         assert!(layout.join("blobs/sha256").join(&d[7..]).is_file(), "skopeo kept {d} as it is");
         assert!(!blob_file(store.root(), d).exists(), "the mount of the layout copied layer {d} into the store");
-        assert!(store.root().join("index/sha256").join(format!("{}.idx", &d[7..])).is_file(), "{d} not indexed");
+        assert!(store.root().join("toc/sha256").join(format!("{}.toc", &d[7..])).is_file(), "{d} not indexed");
     }
     // Those indexes are no damage to `imgfs check`, though the store lacks their blobs.
     let out = imgfs(store.root(), &["check"]);

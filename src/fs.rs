@@ -7,12 +7,9 @@
 //! tried afresh later.
 
 use crate::layer::Kind;
-use crate::tree::{Ino, LayerError, NodeInfo, Tree, ROOT};
-use std::collections::HashMap;
+use crate::tree::{Ino, LayerError, Listed, NodeInfo, Tree, ROOT};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -30,8 +27,6 @@ pub enum FsError {
     NoAttr,
     #[error("ERANGE")]
     Range,
-    #[error("EBADF")]
-    BadHandle,
     /// A layer could not be fetched, indexed or read: why.
     #[error("EIO")]
     Io(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -69,7 +64,6 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
-            FsError::BadHandle => libc::EBADF,
             FsError::Io(_) => libc::EIO,
         }
     }
@@ -82,12 +76,9 @@ pub struct DirEntry {
     pub name: Vec<u8>,
     pub ino: Ino,
     pub kind: Kind,
+    /// The offset that resumes the listing after this entry.
+    pub offset: u64,
 }
-
-/// The entries of a directory, `.` and `..` first, taken once per directory (see
-/// `Fs::listing`): readdir calls stream from it by offset, so a listing is never
-/// rebuilt per open or per kernel call.
-pub type DirSnapshot = Arc<Vec<DirEntry>>;
 
 /// Totals for statfs.
 pub struct FsStats {
@@ -99,32 +90,22 @@ pub struct Fs {
     tree: Tree,
     /// Sum of the image's layer sizes: what statfs reports as used.
     image_bytes: u64,
-    /// Open directories, by handle.
-    open_dirs: Mutex<HashMap<u64, DirSnapshot>>,
-    next_handle: AtomicU64,
-    /// Each directory's snapshot, made on its first listing: the image never changes,
-    /// so one per directory serves every open handle, and the kernels that read
-    /// directories without opening them (see `fuse`).
-    listings: Mutex<HashMap<Ino, DirSnapshot>>,
 }
 
 impl Fs {
     pub fn new(tree: Tree, image_bytes: u64) -> Fs {
-        Fs {
-            tree,
-            image_bytes,
-            open_dirs: Mutex::default(),
-            next_handle: AtomicU64::new(1),
-            listings: Mutex::default(),
-        }
+        Fs { tree, image_bytes }
     }
 
-    /// `Ok(None)` means "no such name", which the kernel may cache: the image never changes.
+    /// `Ok(None)` means "no such name", which the kernel may cache: the image never
+    /// changes. A name found counts as a reference the kernel holds until `forget`.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Option<NodeInfo>> {
-        match self.tree.lookup(parent, name.as_bytes())? {
-            Some(ino) => self.getattr(ino).map(Some),
-            None => Ok(None),
-        }
+        Ok(self.tree.lookup(parent, name.as_bytes())?)
+    }
+
+    /// The kernel dropped `n` references to `ino` (from lookups and readdirplus).
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.tree.forget(ino, n)
     }
 
     pub fn getattr(&self, ino: Ino) -> FsResult<NodeInfo> {
@@ -152,55 +133,58 @@ impl Fs {
     }
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (data, entry) = self.tree.data(ino)?.ok_or(FsError::IsDir)?;
-        Ok(data.read(&entry, offset, size)?)
+        let (data, start, len) = self.tree.data(ino)?.ok_or(FsError::IsDir)?;
+        Ok(data.read(start, len, offset, size)?)
     }
 
-    /// The directory's entries, `.` and `..` first.
-    pub fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+    /// Up to `max` entries of a directory from `offset` on (0 first: `.` and `..`, then
+    /// the children by name), read from the layers' TOCs: nothing is kept between
+    /// calls. No node is counted as held by the kernel: see `entry` and `ino_of`.
+    pub fn read_dir(&self, ino: Ino, offset: u64, max: usize) -> FsResult<Vec<Listed>> {
         let info = self.getattr(ino)?;
         if info.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let children = self.tree.list(ino)?;
-        let mut out = Vec::with_capacity(children.len() + 2);
-        out.push(DirEntry { name: b".".to_vec(), ino, kind: Kind::Dir });
-        out.push(DirEntry { name: b"..".to_vec(), ino: self.tree.parent(ino), kind: Kind::Dir });
-        for (name, child, kind) in children {
-            out.push(DirEntry { name, ino: child, kind });
-        }
-        Ok(out)
+        Ok(self.tree.read_dir(ino, offset, max)?)
     }
 
-    /// Open a directory for reading: its snapshot (made on the first open, shared by
-    /// the later ones: the image never changes) under a new handle.
-    pub fn opendir(&self, ino: Ino, flags: i32) -> FsResult<u64> {
+    /// A listed entry's attributes, its node made and counted as a reference the
+    /// kernel holds (readdirplus; `.` and `..` are not counted, as the kernel takes no
+    /// reference to them).
+    pub fn entry(&self, listed: &Listed) -> FsResult<NodeInfo> {
+        Ok(self.tree.remember(listed.target)?)
+    }
+
+    /// A listed entry's inode, for a plain readdir (the kernel takes no reference).
+    pub fn ino_of(&self, listed: &Listed) -> FsResult<Ino> {
+        Ok(self.tree.ino_of(listed.target)?)
+    }
+
+    /// The whole listing, `.` and `..` first: for callers outside the kernel (tests, the
+    /// fuzz target). Nodes are made for every entry.
+    pub fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let batch = self.read_dir(ino, offset, 256)?;
+            let Some(last) = batch.last() else { return Ok(out) };
+            offset = last.cookie;
+            for l in &batch {
+                out.push(DirEntry { name: l.name.clone(), ino: self.ino_of(l)?, kind: l.kind, offset: l.cookie });
+            }
+        }
+    }
+
+    /// Open a directory for reading: only reading is allowed, and there is nothing to
+    /// keep per handle (a listing resumes from the offset the kernel gives).
+    pub fn opendir(&self, ino: Ino, flags: i32) -> FsResult<()> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(FsError::ReadOnly);
         }
-        let entries = self.listing(ino)?;
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
-        Ok(fh)
-    }
-
-    /// The snapshot taken when handle `fh` was opened.
-    pub fn dir_handle(&self, fh: u64) -> FsResult<DirSnapshot> {
-        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned().ok_or(FsError::BadHandle)
-    }
-
-    /// The snapshot of directory `ino`, made on its first listing and kept.
-    pub fn listing(&self, ino: Ino) -> FsResult<DirSnapshot> {
-        if let Some(l) = self.listings.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
-            return Ok(Arc::clone(l));
+        if self.getattr(ino)?.kind != Kind::Dir {
+            return Err(FsError::NotDir);
         }
-        let entries = Arc::new(self.readdir(ino)?);
-        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(Arc::clone(listings.entry(ino).or_insert(entries)))
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+        Ok(())
     }
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {

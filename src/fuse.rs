@@ -3,9 +3,9 @@
 //! settled attributes and entries (negative ones included) are cached for a long
 //! time, and file pages are kept across opens.
 
-use crate::fs::{DirSnapshot, Fs, FsError};
+use crate::fs::{Fs, FsError};
 use crate::layer::Kind;
-use crate::tree::NodeInfo;
+use crate::tree::{NodeInfo, Target};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
@@ -26,7 +26,7 @@ pub struct FuseFs {
     /// cache" and stops sending OPEN and RELEASE for files.
     no_open: bool,
     /// Likewise for directories: no OPENDIR/RELEASEDIR, and the listing is kept in
-    /// the kernel's cache; readdir then comes with handle 0.
+    /// the kernel's cache.
     no_opendir: bool,
 }
 
@@ -196,15 +196,17 @@ fn negative_attr() -> FileAttr {
     }
 }
 
+/// Entries read from the TOCs per batch of a readdir; a reply takes what fits.
+const BATCH: usize = 128;
+
 impl FuseFs {
-    /// The entries a readdir streams from: the open handle's snapshot, or, where the
-    /// kernel reads directories without opening them, the directory's own.
-    fn snapshot(&self, ino: INodeNo, fh: FileHandle) -> Result<DirSnapshot, FsError> {
-        if self.no_opendir {
-            self.fs.listing(ino.0)
-        } else {
-            self.fs.dir_handle(fh.0)
+    /// A readdirplus that failed midway: the entries it had counted never reach the
+    /// kernel.
+    fn fail_plus(&self, ino: INodeNo, e: FsError, given: &[u64], reply: ReplyDirectoryPlus) {
+        for &i in given {
+            self.fs.forget(i, 1);
         }
+        reply.error(errno("readdirplus", ino, e))
     }
 }
 
@@ -236,6 +238,10 @@ impl Filesystem for FuseFs {
             Ok(None) => reply.entry(&TTL, &negative_attr(), Generation(0)),
             Err(e) => reply.error(errno("lookup", parent, e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -285,47 +291,68 @@ impl Filesystem for FuseFs {
         }
         match self.fs.opendir(ino.0, flags.0) {
             // The kernel may keep the listing in its page cache: the image never changes.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(errno("opendir", ino, e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.snapshot(ino, fh) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), name) {
-                        break;
-                    }
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut offset = offset;
+        loop {
+            let batch = match self.fs.read_dir(ino.0, offset, BATCH) {
+                Ok(b) => b,
+                Err(e) => return reply.error(errno("readdir", ino, e)),
+            };
+            let Some(last) = batch.last() else { break };
+            offset = last.cookie;
+            for l in &batch {
+                let child = match self.fs.ino_of(l) {
+                    Ok(i) => i,
+                    Err(e) => return reply.error(errno("readdir", ino, e)),
+                };
+                let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&l.name);
+                if reply.add(INodeNo(child), l.cookie, file_type(l.kind), name) {
+                    return reply.ok();
                 }
-                reply.ok()
             }
-            Err(e) => reply.error(errno("readdir", ino, e)),
         }
+        reply.ok()
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.snapshot(ino, fh) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let info = match self.fs.getattr(e.ino) {
-                        Ok(info) => info,
-                        Err(err) => return reply.error(errno("readdirplus", ino, err)),
-                    };
-                    let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, name, &ttl(&info), &attr(&info), Generation(0)) {
-                        break;
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // Each entry given counts as a reference the kernel holds; one that does not fit
+        // (or a batch that fails) is not given, and its reference is dropped again.
+        let mut given: Vec<u64> = Vec::new();
+        let mut offset = offset;
+        loop {
+            let batch = match self.fs.read_dir(ino.0, offset, BATCH) {
+                Ok(b) => b,
+                Err(e) => return self.fail_plus(ino, e, &given, reply),
+            };
+            let Some(last) = batch.last() else { break };
+            offset = last.cookie;
+            for l in &batch {
+                let info = match self.fs.entry(l) {
+                    Ok(info) => info,
+                    Err(e) => return self.fail_plus(ino, e, &given, reply),
+                };
+                let counted = !matches!(l.target, Target::Dot(_));
+                let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&l.name);
+                if reply.add(INodeNo(info.ino), l.cookie, name, &ttl(&info), &attr(&info), Generation(0)) {
+                    if counted {
+                        self.fs.forget(info.ino, 1);
                     }
+                    return reply.ok();
                 }
-                reply.ok()
+                if counted {
+                    given.push(info.ino);
+                }
             }
-            Err(e) => reply.error(errno("readdirplus", ino, e)),
         }
+        reply.ok()
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.fs.releasedir(fh.0);
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         reply.ok()
     }
 

@@ -1,31 +1,35 @@
 //! A layer's index as it is published next to its image (see `referrers`): everything a
 //! host needs to serve the layer without downloading it first.
 //!
-//! One artifact blob per layer holds the table of contents (the same `Contents` the store
-//! keeps), the decompression checkpoints of a gzip or zstd layer that has them, and a
-//! SHA-256 of the compressed bytes of every span between them. (A layer without
-//! checkpoints, an uncompressed tar or a zstd layer in one big frame, is published with
-//! its table of contents alone: a mount downloads it whole on first use.) A host that later fetches one span by HTTP Range trusts it only if its
-//! bytes hash to the digest in this index, which itself was fetched by digest from the
-//! artifact manifest. The blob is bound to its layer (layer digest, diff_id, compressed
-//! size inside) so an index published for one layer can't be passed off as another's.
+//! One artifact blob per layer. Format 2 (what `imgfs index push` publishes) is: `IMGFSRIX`,
+//! a little-endian u32 format version, the u64 length of the head, the head (a zstd frame
+//! of the postcard-encoded body), then the layer's TOC file as the store keeps it
+//! (`layer::toc`: its table of contents, checkpoints and windows), then a SHA-256 of
+//! every `page` bytes of the TOC and of every span's compressed bytes, in chunks of
+//! `per_chunk` digests. The head holds the SHA-256 of each chunk: a reader fetches the
+//! head (checked against the manifest's annotation), then only the TOC pages its
+//! lookups touch and the chunks of digests that vouch for them, each by Range and
+//! checked, so `cat` of one file of a layer of 300,000 entries fetches tens of KB of
+//! table, not megabytes. A span fetched by Range is trusted only if its bytes hash to its
+//! digest. The blob is bound to its layer (layer digest, diff_id, compressed size in the
+//! head; the layer digest in the TOC's header) so an index published for one layer
+//! can't be passed off as another's.
 //!
-//! Layout: `IMGFSRIX`, a little-endian u32 format version, the u64 length of the head,
-//! the head (a zstd frame of the postcard-encoded body: everything but the gzip
-//! windows), then the windows, one after another. The head is what every lookup needs
-//! (about 0.2% of a layer); the windows are most of the bytes (a deflated 32 KiB per
-//! 1 MiB span), and a reader needs only the one before the span it reads: the head
-//! holds each window's length and SHA-256, so a window fetched alone by Range is
-//! checked like a span. The head's own digest goes in the artifact manifest
-//! (`referrers`), so it can be fetched alone too. It all comes from the network, so
-//! decoding bounds every size before it allocates, and refuses anything `build` would
-//! not have made.
+//! Format 1 (what earlier imgfs published) is still read: its head holds the whole table
+//! of contents (`Contents`), the checkpoints without their windows, each span's SHA-256
+//! and each window's length and SHA-256; the windows follow it. (A layer without
+//! checkpoints, an uncompressed tar or a zstd layer in one big frame, is published with
+//! its table of contents alone: a mount downloads it whole on first use.)
+//!
+//! It all comes from the network, so decoding bounds every size before it allocates, and
+//! refuses anything `build` would not have made.
 
 use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
 use crate::layer::checkpoints::{Checkpoints, Format};
 use crate::layer::remote::Window;
-use crate::layer::{Access, Contents, IndexFile};
+use crate::layer::toc::{AccessKind, Toc};
+use crate::layer::Contents;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -64,8 +68,18 @@ pub enum Error {
     TooLarge,
     #[error("it is not an imgfs layer index")]
     NotAnIndex,
-    #[error("it is of format version {0}; this imgfs reads version {VERSION}")]
+    #[error("it is of format version {0}; this imgfs reads versions 1 and {VERSION}")]
     Version(u32),
+    #[error("its TOC pages are of {0} bytes")]
+    PageSize(u64),
+    #[error("its digests do not fit its TOC and spans")]
+    DigestLayout,
+    #[error("its digests (chunk {0}) do not match its head")]
+    DigestMismatch(u64),
+    #[error("its TOC (page {0}) does not match its digest")]
+    TocPageMismatch(u64),
+    #[error("its TOC does not describe the layer's blob")]
+    TocNotOfLayer,
     #[error("its head is longer than {MAX_BLOB} bytes")]
     HeadTooLong,
     #[error("its head is cut short")]
@@ -133,7 +147,13 @@ fn ensure(cond: bool, e: Error) -> Result<()> {
 pub const MEDIA_TYPE: &str = "application/vnd.imgfs.index.layer.v1+zstd";
 
 const MAGIC: &[u8; 8] = b"IMGFSRIX";
-const VERSION: u32 = 1;
+/// What `index push` publishes; format 1 is still read.
+const VERSION: u32 = 2;
+/// Bytes of TOC a reader fetches at a time: a lookup touches a few such pages per
+/// directory on its path.
+pub const TOC_PAGE: u64 = 2048;
+/// Digests per chunk of the digest list: one chunk vouches for 128 KiB of TOC.
+const PER_CHUNK: u64 = 64;
 
 /// The most an artifact blob may be, compressed and decoded. A layer of a million empty
 /// files makes a store index of 26 MB: these leave room for ten times that, and no more.
@@ -151,24 +171,84 @@ pub enum Spans {
     /// A gzip or zstd blob: span `i` is `compressed_range(i)` of the checkpoints, which
     /// decodes alone into `span_range(i)` of the tar.
     Checkpoints(Checkpoints),
+    /// As `Checkpoints`, the checkpoints in the TOC (format 2, its head alone decoded):
+    /// this many spans.
+    InToc(u64),
     /// A blob read only from its start (an uncompressed tar, or a zstd layer in one big
     /// frame, which the store re-encodes): no spans.
     Whole,
 }
 
+/// Where the TOC and the digests of a format 2 blob lie, and what vouches for them.
+#[derive(Clone, Debug)]
+pub struct Paged {
+    pub toc_len: u64,
+    /// Bytes per TOC page (the last may be short) and digests per chunk.
+    pub page: u64,
+    pub per_chunk: u64,
+    /// TOC pages, then spans: digest `i < pages` is page `i`'s, `pages + j` span `j`'s.
+    pub pages: u64,
+    pub spans: u64,
+    /// SHA-256 of each chunk of digests.
+    pub chunks: Vec<[u8; 32]>,
+}
+
+impl Paged {
+    /// Blob bytes `(start, end)` of TOC page `i`, for a head of `head_len` bytes.
+    pub fn page_range(&self, head_len: u64, i: u64) -> (u64, u64) {
+        let start = head_len + i * self.page;
+        (start, (start + self.page).min(head_len + self.toc_len))
+    }
+
+    /// Blob bytes of chunk `k` of the digests.
+    pub fn chunk_range(&self, head_len: u64, k: u64) -> (u64, u64) {
+        let first = head_len + self.toc_len + k * self.per_chunk * 32;
+        let end = head_len + self.toc_len + (self.pages + self.spans) * 32;
+        (first, (first + self.per_chunk * 32).min(end))
+    }
+
+    fn blob_len(&self, head_len: u64) -> u64 {
+        head_len + self.toc_len + (self.pages + self.spans) * 32
+    }
+}
+
 /// One layer's published index, decoded and checked.
 pub struct IndexArtifact {
+    pub version: u32,
     pub layer: Digest,
     pub diff_id: Digest,
     pub compressed_size: u64,
     pub uncompressed_size: u64,
-    pub contents: Contents,
+    /// Format 1: the table of contents, from the head. Format 2 keeps it in its TOC
+    /// (see `contents`).
+    contents: Option<Contents>,
     pub spans: Spans,
-    /// SHA-256 of span `i`'s compressed bytes (`compressed_range(i)`).
+    /// SHA-256 of span `i`'s compressed bytes (`compressed_range(i)`): all of them in
+    /// format 1, and in format 2 when built or decoded whole (a head alone has none).
     pub span_digests: Vec<[u8; 32]>,
-    /// For checkpoint spans, checkpoint `i`'s window as stored after the head (empty
-    /// otherwise): its length and SHA-256.
+    /// Format 1, for checkpoint spans: checkpoint `i`'s window as stored after the
+    /// head: its length and SHA-256.
     pub windows: Vec<Window>,
+    /// Format 2: the layer's TOC file, when built or decoded whole.
+    pub toc: Option<Vec<u8>>,
+    /// Format 2: where its TOC and digests lie, from the head.
+    pub paged: Option<Paged>,
+}
+
+/// Format 2's head (postcard: no field names).
+#[derive(Serialize, Deserialize)]
+struct Body2 {
+    layer: Digest,
+    diff_id: Digest,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    /// The layer is read whole, not by span (an uncompressed tar, a one-frame zstd).
+    whole: bool,
+    spans: u64,
+    toc_len: u64,
+    page: u32,
+    per_chunk: u32,
+    chunks: Vec<[u8; 32]>,
 }
 
 /// What travels, in this order (postcard: no field names).
@@ -212,10 +292,12 @@ pub struct Expected<'a> {
 }
 
 impl IndexArtifact {
-    /// Build the artifact of a stored layer from its store index and blob (one read of
-    /// the blob for the span digests).
+    /// Build the artifact of a stored layer from its TOC and blob (one read of the blob
+    /// for the span digests): format 2.
     pub fn build(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Result<IndexArtifact> {
-        let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str())?;
+        let toc_path = store.toc_path(&layer.digest);
+        let toc = Toc::open(&toc_path, layer.digest.as_str())?;
+        let toc_bytes = std::fs::read(&toc_path).map_err(|source| Error::Read { path: toc_path.clone(), source })?;
         let blob_path = store.blob_path(&layer.digest);
         let blob =
             File::open(&blob_path).map_err(|source| Error::NotStored { digest: layer.digest.clone(), source })?;
@@ -224,28 +306,28 @@ impl IndexArtifact {
             compressed_size == layer.size,
             Error::StoredSize { digest: layer.digest.clone(), actual: compressed_size, expected: layer.size },
         )?;
-        let (spans, uncompressed_size) = match file.access {
-            Access::Plain => (Spans::Whole, compressed_size),
-            Access::Checkpoints(c) => {
+        let (spans, uncompressed_size) = match (toc.access(), toc.checkpoints()?) {
+            (AccessKind::Checkpoints, Some(c)) => {
                 let u = c.uncompressed_size();
                 (Spans::Checkpoints(c), u)
             }
             // The checkpoints are of the store's re-encoded copy, not of the blob.
-            Access::Reframed(c) => (Spans::Whole, c.uncompressed_size()),
+            (AccessKind::Reframed, Some(c)) => (Spans::Whole, c.uncompressed_size()),
+            _ => (Spans::Whole, compressed_size),
         };
         let mut artifact = IndexArtifact {
+            version: VERSION,
             layer: layer.digest.clone(),
             diff_id: diff_id.clone(),
             compressed_size,
             uncompressed_size,
-            contents: file.index.contents,
+            contents: None,
             spans,
             span_digests: Vec::new(),
             windows: Vec::new(),
+            toc: Some(toc_bytes),
+            paged: None,
         };
-        if let Spans::Checkpoints(c) = &artifact.spans {
-            artifact.windows = c.clone().take_windows().iter().map(|w| Window::of(w)).collect();
-        }
         let mut buf = Vec::new();
         for i in 0..artifact.span_count() {
             let (start, end) = artifact.compressed_range(i);
@@ -256,27 +338,61 @@ impl IndexArtifact {
         Ok(artifact)
     }
 
+    /// The table of contents: format 1's from its head; format 2's from its TOC (built,
+    /// or decoded whole).
+    pub fn contents(&self) -> Result<Contents> {
+        if let Some(c) = &self.contents {
+            return Ok(Contents {
+                entries: c.entries.clone(),
+                whiteouts: c.whiteouts.clone(),
+                opaque: c.opaque.clone(),
+            });
+        }
+        let bytes = self.toc.as_ref().ok_or(Error::HeadCut)?;
+        Ok(self.open_toc(bytes)?.to_contents()?)
+    }
+
+    /// Format 1's table of contents, moved out (for a reader that serves it whole).
+    pub fn take_contents(&mut self) -> Option<Contents> {
+        self.contents.take()
+    }
+
+    /// A format 2 TOC held whole, opened from a scratch file.
+    fn open_toc(&self, bytes: &[u8]) -> Result<Toc> {
+        let dir = std::env::temp_dir();
+        let mut f = crate::layer::toc::scratch_file(&dir)?;
+        io::Write::write_all(&mut f, bytes)?;
+        Ok(Toc::open_file(&f, &dir.join(format!("(published TOC of {})", self.layer)), self.layer.as_str())?)
+    }
+
     pub fn span_count(&self) -> usize {
         match &self.spans {
             Spans::Whole => 0,
             Spans::Checkpoints(c) => c.span_count(),
+            Spans::InToc(n) => *n as usize,
         }
     }
 
     /// The blob bytes of span `i`, as `(start, end)`, end exclusive: what a Range read
-    /// fetches and what `span_digests[i]` covers. Panics if `i >= span_count()`.
+    /// fetches and what `span_digests[i]` covers. Panics if `i >= span_count()`, or
+    /// when the checkpoints are in a TOC not held here.
     pub fn compressed_range(&self, i: usize) -> (u64, u64) {
         match &self.spans {
             Spans::Whole => panic!("span {i} out of range: the layer has no spans"),
             Spans::Checkpoints(c) => c.compressed_range(i),
+            Spans::InToc(_) => panic!("span {i}: the checkpoints are in the TOC"),
         }
     }
 
-    /// The artifact blob: header, head (the body, postcard in a zstd frame), windows.
+    /// The artifact blob: format 2 for one built from a TOC, else format 1 (header, head
+    /// (the body, postcard in a zstd frame), windows).
     pub fn encode(&self) -> Result<Vec<u8>> {
+        if let Some(toc) = &self.toc {
+            return self.encode_paged(toc);
+        }
         let mut windows = Vec::new();
         let spans = match &self.spans {
-            Spans::Whole => WireSpans::Whole,
+            Spans::Whole | Spans::InToc(_) => WireSpans::Whole,
             Spans::Checkpoints(c) => {
                 let mut c = c.clone();
                 windows = c.take_windows();
@@ -285,17 +401,12 @@ impl IndexArtifact {
                 WireSpans::Checkpoints(bytes)
             }
         };
-        // Borrowing would need a second set of types; the contents are cloned once per push.
         let body = Body {
             layer: self.layer.clone(),
             diff_id: self.diff_id.clone(),
             compressed_size: self.compressed_size,
             uncompressed_size: self.uncompressed_size,
-            contents: Contents {
-                entries: self.contents.entries.clone(),
-                whiteouts: self.contents.whiteouts.clone(),
-                opaque: self.contents.opaque.clone(),
-            },
+            contents: self.contents()?,
             spans,
             span_digests: self.span_digests.clone(),
             windows: windows.iter().map(|w| Window::of(w)).collect(),
@@ -303,7 +414,7 @@ impl IndexArtifact {
         // Level 19: paths compress well; the blob is made once and fetched by every host.
         let head = zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?;
         let mut out = Vec::from(&MAGIC[..]);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
         out.extend_from_slice(&(head.len() as u64).to_le_bytes());
         out.extend(head);
         // Already deflated: zstd would not shrink them, and they must stay addressable.
@@ -311,19 +422,49 @@ impl IndexArtifact {
         Ok(out)
     }
 
-    /// The head of an artifact blob: its first bytes, up to the windows. What a reader
-    /// fetches (and checks against the manifest's annotation) before anything else.
+    fn encode_paged(&self, toc: &[u8]) -> Result<Vec<u8>> {
+        let pages = (toc.len() as u64).div_ceil(TOC_PAGE);
+        let mut digests: Vec<[u8; 32]> = toc.chunks(TOC_PAGE as usize).map(|p| Sha256::digest(p).into()).collect();
+        digests.extend(&self.span_digests);
+        let list: Vec<u8> = digests.concat();
+        let chunks = list.chunks((PER_CHUNK * 32) as usize).map(|c| Sha256::digest(c).into()).collect();
+        let body = Body2 {
+            layer: self.layer.clone(),
+            diff_id: self.diff_id.clone(),
+            compressed_size: self.compressed_size,
+            uncompressed_size: self.uncompressed_size,
+            whole: matches!(self.spans, Spans::Whole),
+            spans: self.span_digests.len() as u64,
+            toc_len: toc.len() as u64,
+            page: TOC_PAGE as u32,
+            per_chunk: PER_CHUNK as u32,
+            chunks,
+        };
+        let _ = pages;
+        let head = zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?;
+        let mut out = Vec::from(&MAGIC[..]);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend(head);
+        out.extend_from_slice(toc);
+        out.extend(list);
+        Ok(out)
+    }
+
+    /// The head of an artifact blob: its first bytes, up to the windows (format 1) or the
+    /// TOC (format 2). What a reader fetches (and checks against the manifest's
+    /// annotation) before anything else.
     pub fn head(blob: &[u8]) -> Result<&[u8]> {
         ensure(blob.len() >= HEADER && &blob[..8] == MAGIC, Error::NotAnIndex)?;
         let version = u32::from_le_bytes(blob[8..12].try_into().unwrap());
-        ensure(version == VERSION, Error::Version(version))?;
+        ensure(version == 1 || version == VERSION, Error::Version(version))?;
         let len = u64::from_le_bytes(blob[12..20].try_into().unwrap());
         ensure(len <= MAX_BLOB, Error::HeadTooLong)?;
         blob.get(..HEADER + len as usize).ok_or(Error::HeadCut)
     }
 
     /// Where each checkpoint's window lies in the artifact blob whose head is
-    /// `head_len` bytes: `(start, end)`, end exclusive, in checkpoint order.
+    /// `head_len` bytes: `(start, end)`, end exclusive, in checkpoint order (format 1).
     pub fn window_ranges(&self, head_len: u64) -> Vec<(u64, u64)> {
         let mut start = head_len;
         self.windows
@@ -334,6 +475,14 @@ impl IndexArtifact {
                 range
             })
             .collect()
+    }
+
+    /// How many bytes the blob of this head must have (`head_len` its head's).
+    pub fn blob_len(&self, head_len: u64) -> u64 {
+        match &self.paged {
+            Some(p) => p.blob_len(head_len),
+            None => self.window_ranges(head_len).last().map_or(head_len, |r| r.1),
+        }
     }
 
     /// Decode an artifact blob fetched for the layer `expect` names, refusing one of
@@ -350,6 +499,29 @@ impl IndexArtifact {
         let head = Self::head(bytes)?;
         let mut artifact = Self::decode_head_unbound(head, layer)?;
         let head_len = head.len() as u64;
+        if let Some(p) = artifact.paged.clone() {
+            ensure(p.blob_len(head_len) == bytes.len() as u64, Error::DigestLayout)?;
+            let (list_start, _) = p.chunk_range(head_len, 0);
+            let list = &bytes[list_start as usize..];
+            for (k, chunk) in list.chunks((p.per_chunk * 32) as usize).enumerate() {
+                ensure(<[u8; 32]>::from(Sha256::digest(chunk)) == p.chunks[k], Error::DigestMismatch(k as u64))?;
+            }
+            let toc = &bytes[head_len as usize..(head_len + p.toc_len) as usize];
+            for (i, page) in toc.chunks(p.page as usize).enumerate() {
+                let want = &list[i * 32..i * 32 + 32];
+                ensure(Sha256::digest(page).as_slice() == want, Error::TocPageMismatch(i as u64))?;
+            }
+            artifact.span_digests =
+                list[(p.pages * 32) as usize..].chunks(32).map(|d| d.try_into().expect("32 bytes")).collect();
+            artifact.toc = Some(toc.to_vec());
+            if let Spans::InToc(n) = artifact.spans {
+                let c = artifact.open_toc(toc)?.checkpoints()?.ok_or(Error::TocNotOfLayer)?;
+                ensure(c.span_count() as u64 == n, Error::TocNotOfLayer)?;
+                artifact.spans = Spans::Checkpoints(c);
+                artifact.check_shape()?;
+            }
+            return Ok(artifact);
+        }
         let total = artifact.windows.iter().map(|w| u64::from(w.len)).sum::<u64>();
         ensure(head_len + total == bytes.len() as u64, Error::WindowsDoNotFill)?;
         // Bounded by the sum above: every window lies within the blob.
@@ -366,9 +538,9 @@ impl IndexArtifact {
         Ok(artifact)
     }
 
-    /// Decode the head alone (`head`), for a reader that fetches windows one by one
-    /// (`window_ranges`, checked with `Window::matches`, put back with
-    /// `Checkpoints::set_window`).
+    /// Decode the head alone (`head`), for a reader that fetches the rest piece by
+    /// piece: format 1's windows (`window_ranges`, checked with `Window::matches`, put
+    /// back with `Checkpoints::set_window`), format 2's TOC pages and digests (`paged`).
     pub fn decode_head(head: &[u8], expect: &Expected<'_>) -> Result<IndexArtifact> {
         let layer = &expect.layer.digest;
         Self::decode_head_unbound(head, layer)
@@ -384,6 +556,38 @@ impl IndexArtifact {
             .read_to_end(&mut decoded)
             .map_err(Error::Zstd)?;
         ensure(decoded.len() as u64 <= MAX_DECODED, Error::DecodesTooLarge)?;
+        if u32::from_le_bytes(head[8..12].try_into().unwrap()) == VERSION {
+            let body: Body2 = postcard::from_bytes(&decoded).map_err(Error::Body)?;
+            ensure(&body.layer == layer, Error::OtherLayer(body.layer.clone()))?;
+            let page = u64::from(body.page);
+            ensure(page.is_power_of_two() && (512..=1 << 20).contains(&page), Error::PageSize(page))?;
+            let per_chunk = u64::from(body.per_chunk);
+            ensure((16..=4096).contains(&per_chunk), Error::DigestLayout)?;
+            ensure(body.toc_len <= MAX_BLOB && body.spans <= MAX_BLOB / 32, Error::DigestLayout)?;
+            ensure(!body.whole || body.spans == 0, Error::DigestLayout)?;
+            let pages = body.toc_len.div_ceil(page);
+            ensure((pages + body.spans).div_ceil(per_chunk) == body.chunks.len() as u64, Error::DigestLayout)?;
+            return Ok(IndexArtifact {
+                version: VERSION,
+                layer: body.layer,
+                diff_id: body.diff_id,
+                compressed_size: body.compressed_size,
+                uncompressed_size: body.uncompressed_size,
+                contents: None,
+                spans: if body.whole { Spans::Whole } else { Spans::InToc(body.spans) },
+                span_digests: Vec::new(),
+                windows: Vec::new(),
+                toc: None,
+                paged: Some(Paged {
+                    toc_len: body.toc_len,
+                    page,
+                    per_chunk,
+                    pages,
+                    spans: body.spans,
+                    chunks: body.chunks,
+                }),
+            });
+        }
         let body: Body = postcard::from_bytes(&decoded).map_err(Error::Body)?;
         ensure(&body.layer == layer, Error::OtherLayer(body.layer.clone()))?;
         let mut span_digests = body.span_digests;
@@ -396,14 +600,17 @@ impl IndexArtifact {
             WireSpans::Checkpoints(bytes) => Spans::Checkpoints(Checkpoints::load(&bytes[..])?),
         };
         let artifact = IndexArtifact {
+            version: 1,
             layer: body.layer,
             diff_id: body.diff_id,
             compressed_size: body.compressed_size,
             uncompressed_size: body.uncompressed_size,
-            contents: body.contents,
+            contents: Some(body.contents),
             spans,
             span_digests,
             windows: body.windows,
+            toc: None,
+            paged: None,
         };
         artifact.check_shape()?;
         Ok(artifact)
@@ -417,12 +624,15 @@ impl IndexArtifact {
         }
         let spans = self.span_count();
         ensure(self.span_digests.len() == spans, Error::SpanDigestCount { have: self.span_digests.len(), spans })?;
+        if self.paged.is_some() {
+            return Ok(());
+        }
         let windows = if let Spans::Checkpoints(c) = &self.spans { c.span_count() } else { 0 };
         ensure(self.windows.len() == windows, Error::WindowCount { have: self.windows.len(), checkpoints: windows })?;
         if let Some(i) = self.windows.iter().position(|w| w.len as usize > MAX_WINDOW) {
             return Err(Error::WindowTooLong { index: i, len: self.windows[i].len });
         }
-        let c = &self.contents;
+        let Some(c) = &self.contents else { return Ok(()) };
         ensure(c.entries.len() <= MAX_ENTRIES, Error::TooManyEntries(c.entries.len()))?;
         c.check()?;
         for e in &c.entries {
@@ -445,6 +655,8 @@ impl IndexArtifact {
             (Spans::Whole, Compression::None) => self.uncompressed_size == self.compressed_size,
             (Spans::Checkpoints(c), Compression::Gzip) => c.format() == Format::Gzip,
             (Spans::Checkpoints(c), Compression::Zstd) => c.format() == Format::Zstd,
+            // The TOC's checkpoints are checked against the layer when it is opened.
+            (Spans::InToc(_), Compression::Gzip | Compression::Zstd) => true,
             (Spans::Whole, Compression::Zstd) => true,
             _ => false,
         };
@@ -460,6 +672,7 @@ impl IndexArtifact {
         match &self.spans {
             Spans::Checkpoints(c) if c.format() == Format::Gzip => "gzip",
             Spans::Checkpoints(_) => "zstd",
+            Spans::InToc(_) => "paged",
             Spans::Whole if self.uncompressed_size == self.compressed_size => "plain",
             Spans::Whole => "stream",
         }
@@ -504,8 +717,8 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&tar).unwrap();
         let blob = gz.finish().unwrap();
-        let built = build::index_layer(&blob[..], Compression::Gzip, None, None).unwrap();
-        let c = built.checkpoints.unwrap();
+        let (contents, c) = build::index_contents(&blob[..], Compression::Gzip).unwrap();
+        let c = c.unwrap();
         let layer = Descriptor {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             digest: Digest::of(&blob),
@@ -514,11 +727,14 @@ mod tests {
             annotations: None,
         };
         let mut a = IndexArtifact {
+            version: 1,
+            toc: None,
+            paged: None,
             layer: layer.digest.clone(),
             diff_id: Digest::of(&tar),
             compressed_size: blob.len() as u64,
             uncompressed_size: tar.len() as u64,
-            contents: built.contents,
+            contents: Some(contents),
             windows: c.clone().take_windows().iter().map(|w| Window::of(w)).collect(),
             spans: Spans::Checkpoints(c),
             span_digests: vec![],
@@ -539,7 +755,7 @@ mod tests {
         assert!(a.span_count() > 1, "several spans");
         let bytes = a.encode().unwrap();
         let back = IndexArtifact::decode(&bytes, &Expected { layer: &layer, diff_id: &diff_id }).unwrap();
-        assert_eq!(back.contents.entries.len(), 40);
+        assert_eq!(back.contents().unwrap().entries.len(), 40);
         let Spans::Checkpoints(c) = &back.spans else { panic!("gzip spans") };
         let tar = tar();
         for i in 0..back.span_count() {
@@ -604,9 +820,10 @@ mod tests {
         assert!(err(&bytes, &Expected { layer: &plain, diff_id: &diff_id }).contains("not those of a None layer"));
         assert!(err(&bytes, &Expected { layer: &layer, diff_id: &Digest::of(b"x") }).contains("diff_id"));
 
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert!(err(&v2, &expect).contains("format version 2"));
+        // A version this imgfs does not know (format 1 and 2 it reads).
+        let mut v3 = bytes.clone();
+        v3[8] = 3;
+        assert!(err(&v3, &expect).contains("format version 3"));
         for cut in [0, 5, 12, 40, bytes.len() / 2, bytes.len() - 1] {
             let e = err(&bytes[..cut], &expect);
             assert!(e.contains("is not valid"), "cut at {cut}: {e}");
@@ -621,7 +838,60 @@ mod tests {
         a.span_digests.pop();
         assert!(err(&a.encode().unwrap(), &expect).contains("span digests"));
         let (mut a, _, _) = gzip_artifact();
-        a.contents.entries[3].offset = a.uncompressed_size;
+        a.contents.as_mut().unwrap().entries[3].offset = a.uncompressed_size;
         assert!(err(&a.encode().unwrap(), &expect).contains("past the end"));
+    }
+
+    /// Format 2: the layer's TOC after the head, then the digests of its pages and spans
+    /// in chunks vouched for by the head. Decoded whole it gives the same table and spans;
+    /// its head alone says where the pieces lie; a changed TOC page or digest is refused.
+    #[test]
+    fn a_paged_artifact_round_trips_and_refuses_a_changed_page_or_digest() {
+        let (v1, blob, layer) = gzip_artifact();
+        let dir = tempfile::tempdir().unwrap();
+        let Spans::Checkpoints(c) = &v1.spans else { panic!("gzip spans") };
+        let sums = crate::layer::data::BlockSums::of(&blob[..]).unwrap();
+        let contents = v1.contents().unwrap();
+        let mut w = crate::layer::toc::TocWriter::new(dir.path()).unwrap();
+        for e in &contents.entries {
+            w.entry(e).unwrap();
+        }
+        let path = dir.path().join("x.toc");
+        let mut f = File::create(&path).unwrap();
+        let data = crate::layer::toc::write::DataIndex::Checkpoints(c);
+        crate::layer::toc::write::write(&mut f, layer.digest.as_str(), w.finish().unwrap(), data, &sums).unwrap();
+        let a = IndexArtifact {
+            version: VERSION,
+            layer: v1.layer.clone(),
+            diff_id: v1.diff_id.clone(),
+            compressed_size: v1.compressed_size,
+            uncompressed_size: v1.uncompressed_size,
+            contents: None,
+            spans: Spans::Checkpoints(c.clone()),
+            span_digests: v1.span_digests.clone(),
+            windows: Vec::new(),
+            toc: Some(std::fs::read(&path).unwrap()),
+            paged: None,
+        };
+        let bytes = a.encode().unwrap();
+        let expect = Expected { layer: &layer, diff_id: &a.diff_id };
+        let back = IndexArtifact::decode(&bytes, &expect).unwrap();
+        assert_eq!(back.version, 2);
+        assert_eq!(back.contents().unwrap().entries.len(), 40);
+        assert_eq!(back.span_digests, v1.span_digests);
+        let Spans::Checkpoints(bc) = &back.spans else { panic!("spans from the TOC") };
+        assert_eq!(bc.span_count(), c.span_count());
+        let head = IndexArtifact::head(&bytes).unwrap();
+        let h = IndexArtifact::decode_head(head, &expect).unwrap();
+        let p = h.paged.clone().unwrap();
+        assert_eq!(h.blob_len(head.len() as u64), bytes.len() as u64);
+        assert_eq!(p.toc_len, a.toc.as_ref().unwrap().len() as u64);
+        assert!(matches!(h.spans, Spans::InToc(n) if n as usize == c.span_count()));
+        let (s0, _) = p.page_range(head.len() as u64, 1);
+        for at in [s0 as usize + 7, bytes.len() - 5] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert!(IndexArtifact::decode(&bad, &expect).is_err(), "a change at {at} went unnoticed");
+        }
     }
 }

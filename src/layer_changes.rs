@@ -5,7 +5,8 @@
 //! images don't share touch, `layers` for dive's figures); everything else goes
 //! through the union (`fs`, `tree`).
 
-use crate::layer::Kind;
+use crate::layer::toc::Toc;
+use crate::layer::{join, Kind};
 use crate::tree::{LayerSource, SourceError};
 
 /// One entry a layer holds for a path (the last one, when the tar names it twice).
@@ -30,17 +31,45 @@ pub struct LayerChanges {
 
 /// Layer `i`'s changes, loading its table of contents (a fetch, if it is not local).
 pub fn read(source: &dyn LayerSource, i: usize) -> Result<LayerChanges, SourceError> {
-    let index = source.index(i)?;
-    let c = &index.contents;
-    let entries = (0..c.entries.len() as u32)
-        .filter_map(|e| {
-            let entry = index.entry(e);
-            let path = index.final_path(e).filter(|p| !p.is_empty())?;
-            let size = if entry.kind == Kind::File { entry.size } else { 0 };
-            Some(Change { path, kind: entry.kind, size })
-        })
-        .collect();
-    Ok(LayerChanges { entries, whiteouts: c.whiteouts.clone(), opaque: c.opaque.clone() })
+    let toc = source.toc(i)?;
+    Ok(changes(&toc)?)
+}
+
+/// Every path of a TOC with what the layer does to it, in the TOC's node order (each
+/// directory's children together, sorted by name). Each read fetches the page it needs
+/// when the TOC is read by Range (`Toc::fetching`): a walk of the whole table reads
+/// every page once.
+fn changes(toc: &Toc) -> crate::layer::Result<LayerChanges> {
+    // A node's path, by node: a node's parent comes before it, so its path is known.
+    let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut out = LayerChanges::default();
+    for id in 0..toc.node_count() {
+        let r = toc.fetching(|t| t.record(id))?;
+        let children = toc.fetching(|t| t.children(id))?;
+        for child in children {
+            if child as usize != paths.len() {
+                return Err(crate::layer::Error::Invalid(format!(
+                    "the TOC {} has the children of record {id} out of place",
+                    toc.path().display()
+                )));
+            }
+            let name = toc.fetching(|t| Ok(t.name(&t.record(child)?)?.to_vec()))?;
+            paths.push(join(&paths[id as usize], &name));
+        }
+        let path = &paths[id as usize];
+        if r.is_whiteout() {
+            out.whiteouts.push(path.clone());
+        }
+        if r.is_opaque() {
+            out.opaque.push(path.clone());
+        }
+        // Nodes hold the entry that finally has their path; the entries a later one
+        // replaced come after the nodes and are not changes.
+        if let (Some(kind), false) = (r.kind(), path.is_empty()) {
+            out.entries.push(Change { path: path.clone(), kind, size: r.size() });
+        }
+    }
+    Ok(out)
 }
 
 /// The changes of each of `layers`, loaded a few at a time (a listing of what they

@@ -15,11 +15,13 @@
 use crate::digest::Digest;
 use crate::image::{Descriptor, ImageConfig};
 use crate::index_artifact::Spans;
+use crate::layer::data::BlockSums;
 use crate::layer::estargz;
 use crate::layer::ingest::{self, BlobSource, LayerProgress, Loaded};
-use crate::layer::remote::{Estargz, Published, RangeSource};
+use crate::layer::remote::{Estargz, PagedIndex, Published, RangeSource, TocPages};
 use crate::layer::spans::SpanCache;
-use crate::layer::{Contents, LayerData, LayerIndex};
+use crate::layer::toc::{self, write::DataIndex, Toc};
+use crate::layer::{Contents, LayerData};
 use crate::origin::Origin;
 use crate::referrers;
 use crate::registry::LazyClient;
@@ -91,10 +93,11 @@ pub struct ImageLayers {
 
 /// A layer's published index, as a mount serves the layer from it: its table of
 /// contents, its checkpoints (without windows) and where to fetch spans and windows.
-struct PublishedLayer {
-    contents: Contents,
-    checkpoints: crate::layer::checkpoints::Checkpoints,
-    remote: Published,
+enum PublishedLayer {
+    /// Format 1: the whole table and the checkpoints came with the head.
+    Whole { contents: Contents, checkpoints: crate::layer::checkpoints::Checkpoints, remote: Published },
+    /// Format 2: the TOC (table, checkpoints, windows) is read page by page by Range.
+    Paged { toc_len: u64, remote: Published },
 }
 
 /// What became of the search for a published index.
@@ -197,24 +200,48 @@ impl ImageLayers {
             if self.is_stored(i) {
                 continue; // read from the store, as without an index
             }
-            let a = head.artifact;
-            let Spans::Checkpoints(checkpoints) = a.spans else { continue };
+            let mut a = head.artifact;
             self.published_sizes[i] = Some(a.uncompressed_size);
-            let remote = Published {
-                source: RangeSource {
-                    client: Arc::clone(&client),
-                    registry: registry.to_string(),
-                    repository: repository.to_string(),
-                    cache: Arc::clone(&cache),
-                },
-                layer: a.layer,
-                artifact: head.blob,
-                span_digests: a.span_digests,
-                windows: a.windows,
-                window_ranges: head.window_ranges,
+            let contents = a.take_contents();
+            let source = RangeSource {
+                client: Arc::clone(&client),
+                registry: registry.to_string(),
+                repository: repository.to_string(),
+                cache: Arc::clone(&cache),
             };
-            *self.published[i].get_mut().unwrap_or_else(|p| p.into_inner()) =
-                Some(PublishedLayer { contents: a.contents, checkpoints, remote });
+            let layer = match (a.spans, a.paged) {
+                (Spans::InToc(_), Some(paged)) => {
+                    let toc_len = paged.toc_len;
+                    let index =
+                        PagedIndex::new(source.clone(), a.layer.clone(), head.blob.clone(), head.head_len, paged);
+                    let remote = Published {
+                        source,
+                        layer: a.layer,
+                        artifact: head.blob,
+                        span_digests: Vec::new(),
+                        windows: Vec::new(),
+                        window_ranges: Vec::new(),
+                        paged: Some(Arc::new(index)),
+                    };
+                    PublishedLayer::Paged { toc_len, remote }
+                }
+                (Spans::Checkpoints(checkpoints), None) => {
+                    tracing::info!("layer {}: its published index is of format 1, read whole", a.layer);
+                    let Some(contents) = contents else { continue };
+                    let remote = Published {
+                        source,
+                        layer: a.layer,
+                        artifact: head.blob,
+                        span_digests: a.span_digests,
+                        windows: a.windows,
+                        window_ranges: head.window_ranges,
+                        paged: None,
+                    };
+                    PublishedLayer::Whole { contents, checkpoints, remote }
+                }
+                _ => continue,
+            };
+            *self.published[i].get_mut().unwrap_or_else(|p| p.into_inner()) = Some(layer);
             served += 1;
         }
         IndexLookup::Using { index, served }
@@ -240,8 +267,8 @@ impl ImageLayers {
             return Ok(size);
         }
         self.prepare(i, progress)?;
-        let path = self.store.index_path(&layer.digest);
-        Ok(crate::layer::IndexFile::uncompressed_size(&path, layer.digest.as_str(), layer.size)?)
+        let toc = crate::layer::toc::Toc::open(&self.store.toc_path(&layer.digest), layer.digest.as_str())?;
+        Ok(toc.uncompressed_size(layer.size))
     }
 
     /// The image's layer descriptors, bottom first.
@@ -300,8 +327,17 @@ impl ImageLayers {
             layer: layer.digest.clone(),
         };
         let layout = estargz::open(layer.size, &want, |a, b| remote.blob_range(a, b))?;
-        let index = Arc::new(LayerIndex::new(layout.contents));
-        Ok(Some((index, Arc::new(LayerData::estargz(remote, layout.files, Arc::clone(&self.spans))))))
+        let toc = self.scratch_toc(&layout.contents, layer)?;
+        Ok(Some((toc, Arc::new(LayerData::estargz(remote, layout.files, Arc::clone(&self.spans))))))
+    }
+
+    /// The TOC of a table that came whole from elsewhere (an eStargz TOC, a published
+    /// index), in a scratch file of the store for as long as the mount runs.
+    fn scratch_toc(&self, contents: &Contents, layer: &Descriptor) -> Result<Arc<Toc>> {
+        let _lease = self.store.writer_guard().map_err(ingest::Error::from)?;
+        let sums = BlockSums::of(std::io::empty()).map_err(crate::layer::Error::from)?;
+        let dir = self.store.scratch_dir();
+        Ok(Arc::new(toc::from_contents(contents, &dir, layer.digest.as_str(), DataIndex::Plain, &sums)?))
     }
 
     fn load(&self, i: usize) -> Result<Loaded> {
@@ -314,10 +350,26 @@ impl ImageLayers {
         }
         let diff_id = self.diff_id(i)?;
         let published = self.published[i].lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(p) = published {
-            let index = Arc::new(LayerIndex::new(p.contents));
-            let data = Arc::new(LayerData::remote(p.remote, p.checkpoints, Arc::clone(&self.spans)));
-            return Ok(self.loaded[i].get_or_init(|| (index, data)).clone());
+        match published {
+            Some(PublishedLayer::Whole { contents, checkpoints, remote }) => {
+                let toc = self.scratch_toc(&contents, &self.layers[i])?;
+                let data = Arc::new(LayerData::remote(remote, checkpoints, Arc::clone(&self.spans)));
+                return Ok(self.loaded[i].get_or_init(|| (toc, data)).clone());
+            }
+            Some(PublishedLayer::Paged { toc_len, remote }) => {
+                let layer = &self.layers[i];
+                let pages = remote.paged.clone().expect("a paged layer has its pages");
+                let dir = self.store.scratch_dir();
+                let label = dir.join(format!("(published TOC of {})", layer.digest));
+                let toc = {
+                    let _lease = self.store.writer_guard().map_err(ingest::Error::from)?;
+                    let source = Box::new(TocPages(pages));
+                    Arc::new(Toc::open_remote(source, toc_len, &dir, &label, layer.digest.as_str())?)
+                };
+                let data = Arc::new(LayerData::remote_toc(remote, Arc::clone(&toc), Arc::clone(&self.spans))?);
+                return Ok(self.loaded[i].get_or_init(|| (toc, data)).clone());
+            }
+            None => {}
         }
         let layer = &self.layers[i];
         match self.open_estargz(i) {
@@ -346,7 +398,7 @@ impl LayerSource for ImageLayers {
     fn layer_count(&self) -> usize {
         self.layers.len()
     }
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError> {
         Ok(self.load(i)?.0)
     }
     fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
@@ -354,5 +406,11 @@ impl LayerSource for ImageLayers {
     }
     fn is_local(&self, i: usize) -> bool {
         self.loaded[i].get().is_some() || self.published[i].lock().is_ok_and(|p| p.is_some()) || self.is_stored(i)
+    }
+    fn reads_by_range(&self, i: usize) -> bool {
+        match self.loaded[i].get() {
+            Some((toc, _)) => toc.is_remote(),
+            None => self.published[i].lock().is_ok_and(|p| matches!(*p, Some(PublishedLayer::Paged { .. }))),
+        }
     }
 }

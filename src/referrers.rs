@@ -291,8 +291,10 @@ pub fn find(client: &Client, image: &Image) -> Result<(Digest, Vec<Found>)> {
 pub struct Head {
     /// Decoded from the head: its checkpoints have no windows.
     pub artifact: IndexArtifact,
-    /// The artifact blob, which holds the windows after the head.
+    /// The artifact blob, which holds the windows (format 1) or the TOC and its digests
+    /// (format 2) after the head of `head_len` bytes.
     pub blob: Digest,
+    pub head_len: u64,
     pub window_ranges: Vec<(u64, u64)>,
 }
 
@@ -417,10 +419,10 @@ fn load_heads(client: &Client, image: &Image, digest: &Digest) -> Result<Vec<Hea
         }
         let artifact = IndexArtifact::decode_head(&head, &Expected { layer, diff_id })?;
         let window_ranges = artifact.window_ranges(size);
-        if window_ranges.last().map_or(size, |r| r.1) != d.size {
+        if artifact.blob_len(size) != d.size {
             return Err(Error::WindowsDoNotFill { layer: layer.digest.clone() });
         }
-        heads.push(Head { artifact, blob: d.digest.clone(), window_ranges });
+        heads.push(Head { artifact, blob: d.digest.clone(), head_len: size, window_ranges });
     }
     Ok(heads)
 }

@@ -1,9 +1,15 @@
-//! The union of an image's layers, resolved lazily.
+//! The union of an image's layers, resolved lazily over their tables of contents.
 //!
-//! Nodes live in a flat table and a node's inode number is its index + 1, so the
-//! root is inode 1 (FUSE's root). Directories are keyed by path; everything else by
-//! the layer entry that holds its data, so that the names of a hard-link group share
-//! one node (and one `st_ino`).
+//! A node refers into the layers' TOCs instead of copying from them: a directory by
+//! the TOC node of its topmost layer (and, as they are looked at, its node in each
+//! lower one), everything else by the layer entry that holds its data, so that the
+//! names of a hard-link group share one node. That reference is also its inode number
+//! (layer + 1 in the high half, the TOC record in the low; the root is 1), so a file
+//! keeps its number for the life of the mount, even when its node goes and comes back:
+//! tools that find hard links by `st_ino` (tar, du, rsync) never see two files as one.
+//! Names, attributes and listings are read from the TOCs (mapped files) whenever they
+//! are asked for; a node holds a few words. The kernel's lookups are counted, and a
+//! node it has forgotten goes, unless a directory node below it is still alive.
 //!
 //! Layers are consulted from the top down and only as far as an answer needs:
 //! a lookup that an upper layer settles (a non-directory there, a whiteout, an opaque
@@ -15,6 +21,11 @@
 //! - a non-directory entry cuts everything below L at P;
 //! - `.wh.P` in L hides P in layers below L (L's own entry for P, if any, stays);
 //! - an opaque marker in P in L hides P's children in layers below L.
+//!
+//! A listing is a merge of the directory's children in every layer of its range (each
+//! TOC keeps them sorted by name), each name resolved by the rules above; it is read
+//! from a name on (the cookie the kernel hands back names where the last batch ended),
+//! so nothing of it is kept between calls.
 //!
 //! Two things would otherwise pull in lower layers on real images, whose upper
 //! layers name the paths they change but not the directories above them (no `./`):
@@ -28,33 +39,40 @@
 //! - A hard-link group's `st_nlink`: its names can only be in the layer holding its
 //!   data and above, which the lookup that found it has read already.
 //!
-//! Locking: one mutex guards the node table, and nothing slow happens under it. An
-//! operation runs under the lock until it needs a layer whose index is not loaded;
-//! then it drops the lock, waits for that layer alone (the `LayerSource` loads each
-//! layer once), and runs again from the start. The parts of the state it updated
-//! before stopping are complete facts, so a rerun only goes faster. Operations that
+//! Locking: one mutex guards the node table, and nothing slow happens under it (a TOC
+//! read is a page of a mapped file). An operation runs under the lock until it needs a
+//! layer whose TOC is not open; then it drops the lock, waits for that layer alone (the
+//! `LayerSource` loads each layer once), and runs again from the start. The parts of
+//! the state it updated before stopping are complete facts, so a rerun only goes
+//! faster; a kernel reference is counted only by the run that answers. Operations that
 //! don't need that layer never wait for it.
 
-use crate::layer::{join, show, Entry, Kind, LayerData, LayerIndex, Presence};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use crate::layer::toc::{Presence, Rec, Toc};
+use crate::layer::{show, Kind, LayerData};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Why a layer source could not give a layer: whatever its own error type (a fetch,
-/// an index, a test's), with its causes.
+/// a TOC, a test's), with its causes.
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where layers come from: the store (fetching from the registry on first use), or
-/// tarballs in memory in tests.
+/// tarballs in temp files in tests.
 pub trait LayerSource: Send + Sync {
     fn layer_count(&self) -> usize;
-    /// The index of layer `i` (0 = bottom), fetching and indexing it if needed. May
-    /// take as long as a download; the tree never calls it under its lock.
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError>;
-    /// Random access to layer `i`'s uncompressed tar. Only called after `index(i)`.
+    /// The TOC of layer `i` (0 = bottom), fetching and indexing it if needed. May take
+    /// as long as a download; the tree never calls it under its lock.
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError>;
+    /// Random access to layer `i`'s uncompressed tar. Only called after `toc(i)`.
     fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError>;
     /// Is layer `i` available without a fetch? Answers at once, never waiting for a
     /// fetch in progress.
     fn is_local(&self, i: usize) -> bool;
+    /// Is layer `i`'s TOC read from its registry page by page (a published index), so
+    /// that reading all of a big directory costs a download?
+    fn reads_by_range(&self, _i: usize) -> bool {
+        false
+    }
 }
 
 pub type Ino = u64;
@@ -91,53 +109,74 @@ pub struct NodeInfo {
     pub settled: bool,
 }
 
-struct DirState {
-    path: Vec<u8>,
-    parent: Ino,
-    /// Layers with index >= next have been examined for this directory (next may be
-    /// 0 and `floor` set when done).
-    next: usize,
-    floor: Option<usize>,
-    /// Topmost explicit entry (layer, entry index): the directory's attributes.
-    attrs_from: Option<(usize, u32)>,
-    lookups: HashMap<Vec<u8>, Child>,
-    /// Set by the first listing: every visible child, by name.
-    listing: Option<Arc<BTreeMap<Vec<u8>, Ino>>>,
+/// One entry of a listing, and where the next batch starts.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    /// What the name resolves to; a node is made for it by `remember`.
+    pub target: Target,
+    /// The offset that resumes the listing after this entry.
+    pub cookie: u64,
 }
 
-/// What a name in a directory resolves to.
-#[derive(Clone)]
-enum Child {
-    Node(Ino),
-    Absent,
-    /// An entry the image has but that can't be served: a hard link whose target is
-    /// missing at that point of the stream, or is a directory. That name alone fails
-    /// (EIO, with this reason); listings leave it out, and the rest of the image is served.
-    Broken(Arc<str>),
+/// What a visible name is, before a node is made for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A directory first present in `layer` as TOC node `node`.
+    Dir { parent: Ino, layer: u32, node: u32 },
+    /// A non-directory whose data is record `rec` of `layer`.
+    Leaf { layer: u32, rec: u32 },
+    /// `.` or `..`: a directory the kernel holds already.
+    Dot(Ino),
+}
+
+/// A directory's node in a layer: not looked at yet, or the layer has no such path.
+const UNKNOWN: u32 = u32::MAX;
+const ABSENT: u32 = u32::MAX - 1;
+
+struct DirState {
+    parent: Ino,
+    /// The layer and TOC node it was first found as (top down); its name comes from
+    /// there. The root has none.
+    key: Option<(u32, u32)>,
+    /// Layers with index >= next have been examined for this directory (next may be
+    /// 0 and `floor` set when done).
+    next: u32,
+    floor: Option<u32>,
+    /// Topmost explicit entry (layer, record): the directory's attributes.
+    attrs_from: Option<(u32, u32)>,
+    /// Its TOC node in each layer (`UNKNOWN`, `ABSENT` or a node).
+    locs: Box<[u32]>,
+    /// Visible subdirectories, counted once every layer of its range was local.
+    subdirs: Option<u32>,
 }
 
 enum NodeKind {
-    Dir(DirState),
-    /// A non-directory: its data lives in entry `entry` of layer `layer`. `nlink` is
+    Dir(Box<DirState>),
+    /// A non-directory: its data lives in record `rec` of layer `layer`. `nlink` is
     /// known at once for a leaf no hard link can name again, and counted on the first
-    /// getattr otherwise.
+    /// getattr otherwise (0 until then).
     Leaf {
-        layer: usize,
-        entry: u32,
-        nlink: Option<u32>,
+        layer: u32,
+        rec: u32,
+        nlink: u32,
     },
 }
 
 struct Node {
     kind: NodeKind,
+    /// Lookups the kernel holds (replies that gave it this inode, less its forgets).
+    refs: u64,
+    /// Directory nodes whose parent this is: it stays while they do.
+    children: u32,
 }
 
 struct State {
-    nodes: Vec<Node>,
-    dirs: HashMap<Vec<u8>, Ino>,
-    leaves: HashMap<(usize, u32), Ino>,
-    /// Layer indexes loaded so far; `None` until an operation needs the layer.
-    layers: Vec<Option<Arc<LayerIndex>>>,
+    /// Live nodes by inode number (see `ino_of_key`).
+    nodes: HashMap<Ino, Node, foldhash::fast::RandomState>,
+    /// Layer TOCs opened so far; `None` until an operation needs the layer.
+    layers: Vec<Option<Arc<Toc>>>,
 }
 
 pub struct Tree {
@@ -149,17 +188,22 @@ pub struct Tree {
 /// Why the tree can't answer; the filesystem answers EIO.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LayerError {
-    /// Layer `layer` (0 = bottom) could not be loaded; the cause, shared (an `Arc`) so
-    /// one failure can be answered to every operation that needed the layer.
+    /// Layer `layer` (0 = bottom) could not be loaded or its TOC read; the cause, shared
+    /// (an `Arc`) so one failure can be answered to every operation that needed it.
     #[error("layer {layer}")]
     Load {
         layer: usize,
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
-    /// A name the image has but can't serve (see `Child::Broken`), and why.
+    /// A name the image has but can't serve (a hard link whose target is missing at
+    /// that point of the stream, or is a directory), and why. That name alone fails;
+    /// listings leave it out, and the rest of the image is served.
     #[error("{0}")]
     Broken(Arc<str>),
+    /// A listing offset that is none this filesystem gave.
+    #[error("bad directory offset {0}")]
+    BadOffset(u64),
 }
 
 impl LayerError {
@@ -172,172 +216,359 @@ type TResult<T> = std::result::Result<T, LayerError>;
 
 /// Why a step under the lock stopped short.
 enum Stop {
-    /// Layer k's index is not loaded: load it with the lock released, then rerun.
+    /// Layer k's TOC is not open: load it with the lock released, then rerun.
     Need(usize),
+    /// Page p of layer k's TOC (one read from elsewhere, page by page) is not there:
+    /// fetch it with the lock released, then rerun.
+    Fetch(usize, u64),
     Fail(LayerError),
 }
 
 type Step<T> = std::result::Result<T, Stop>;
 
+/// A TOC read of layer `l` that failed: a page to fetch first, or damage.
+fn bad(l: u32) -> impl Fn(crate::layer::Error) -> Stop {
+    move |e| match e {
+        crate::layer::Error::PageMissing { page } => Stop::Fetch(l as usize, page),
+        e => Stop::Fail(LayerError::Load { layer: l as usize, source: Arc::new(e) }),
+    }
+}
+
+/// What a name in a directory resolves to, before any node is made.
+enum Resolved {
+    Target(Target),
+    Absent,
+    Broken(Arc<str>),
+}
+
+/// A listing resumes after a name: the cookie says where that name is (`layer + 1` in
+/// the high half, its TOC node in the low), so that it can be read back; 1 and 2 are
+/// after `.` and `..`.
+fn cookie(layer: u32, node: u32) -> u64 {
+    (u64::from(layer) + 1) << 32 | u64::from(node)
+}
+
 impl Tree {
     pub fn new(source: Arc<dyn LayerSource>, dir_attrs: DirAttrs) -> Tree {
         let n = source.layer_count();
         let root = Node {
-            kind: NodeKind::Dir(DirState {
-                path: Vec::new(),
+            kind: NodeKind::Dir(Box::new(DirState {
                 parent: ROOT,
-                next: n,
+                key: None,
+                next: n as u32,
                 floor: if n == 0 { Some(0) } else { None },
                 attrs_from: None,
-                lookups: HashMap::new(),
-                listing: None,
-            }),
+                // The root is node 0 of every TOC.
+                locs: vec![0; n].into(),
+                subdirs: None,
+            })),
+            refs: 1,
+            children: 0,
         };
-        let mut dirs = HashMap::new();
-        dirs.insert(Vec::new(), ROOT);
-        Tree {
-            source,
-            dir_attrs,
-            state: Mutex::new(State { nodes: vec![root], dirs, leaves: HashMap::new(), layers: vec![None; n] }),
-        }
+        let mut nodes = HashMap::default();
+        nodes.insert(ROOT, root);
+        Tree { source, dir_attrs, state: Mutex::new(State { nodes, layers: vec![None; n] }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn layer_count(&self) -> u32 {
+        self.source.layer_count() as u32
+    }
+
     /// Run `op` under the lock; whenever it needs a layer that is not loaded, load that
     /// layer with the lock released and run `op` again.
     fn run<T>(&self, mut op: impl FnMut(&Self, &mut State) -> Step<T>) -> TResult<T> {
         loop {
-            let need = {
+            let (need, fetch) = {
                 let mut st = self.lock();
                 match op(self, &mut st) {
                     Ok(v) => return Ok(v),
                     Err(Stop::Fail(e)) => return Err(e),
-                    Err(Stop::Need(k)) => k,
+                    Err(Stop::Need(k)) => (k, None),
+                    Err(Stop::Fetch(k, page)) => (k, st.layers[k].clone().map(|toc| (toc, page))),
                 }
             };
-            let idx = self.source.index(need).map_err(LayerError::load(need))?;
-            self.lock().layers[need].get_or_insert(idx);
+            if let Some((toc, page)) = fetch {
+                toc.fetch_page(page).map_err(|e| LayerError::Load { layer: need, source: Arc::new(e) })?;
+                continue;
+            }
+            let toc = self.source.toc(need).map_err(LayerError::load(need))?;
+            self.lock().layers[need].get_or_insert(toc);
         }
     }
 
-    /// Find `name` in directory `parent`. `Ok(None)`: no such entry.
-    pub fn lookup(&self, parent: Ino, name: &[u8]) -> TResult<Option<Ino>> {
-        self.run(|t, st| match t.lookup_locked(st, parent, name)? {
-            Child::Node(ino) => Ok(Some(ino)),
-            Child::Absent => Ok(None),
-            Child::Broken(why) => Err(Stop::Fail(LayerError::Broken(why))),
+    /// Find `name` in directory `parent` and count the kernel's reference to what it
+    /// finds. `Ok(None)`: no such entry.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> TResult<Option<NodeInfo>> {
+        self.run(|t, st| match t.resolve(st, parent, name)? {
+            Resolved::Target(target) => t.remember_locked(st, target).map(Some),
+            Resolved::Absent => Ok(None),
+            Resolved::Broken(why) => Err(Stop::Fail(LayerError::Broken(why))),
         })
     }
 
-    /// Attributes of a node. Directories whose layers are all local are listed
-    /// first, so their link count is exact; otherwise the answer is marked unsettled
-    /// rather than fetching layers just to count subdirectories.
+    /// Make (or find) the node of a listed entry, count the kernel's reference to it,
+    /// and give its attributes.
+    pub fn remember(&self, target: Target) -> TResult<NodeInfo> {
+        self.run(|t, st| t.remember_locked(st, target))
+    }
+
+    fn remember_locked(&self, st: &mut State, target: Target) -> Step<NodeInfo> {
+        let ino = self.node_of(st, target)?;
+        let info = match self.info_locked(st, ino) {
+            Ok(info) => info,
+            Err(Stop::Fail(e)) => {
+                Self::release(st, ino);
+                return Err(Stop::Fail(e));
+            }
+            Err(need) => return Err(need),
+        };
+        if !matches!(target, Target::Dot(_)) {
+            Self::node(st, ino).refs += 1;
+        }
+        Ok(info)
+    }
+
+    /// The kernel dropped `n` references to `ino`: a node it no longer holds, and that
+    /// no live directory below it needs, goes.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let mut st = self.lock();
+        let Some(node) = st.nodes.get_mut(&ino) else { return };
+        node.refs = node.refs.saturating_sub(n);
+        Self::release(&mut st, ino);
+    }
+
+    /// Drop `ino` if nothing holds it, and then its parent if that was all it held.
+    fn release(st: &mut State, mut ino: Ino) {
+        while ino != ROOT {
+            let Some(node) = st.nodes.get(&ino) else { return };
+            if node.refs > 0 || node.children > 0 {
+                return;
+            }
+            let parent = match &node.kind {
+                NodeKind::Dir(d) => Some(d.parent),
+                NodeKind::Leaf { .. } => None,
+            };
+            st.nodes.remove(&ino);
+            match parent.and_then(|p| st.nodes.get_mut(&p).map(|n| (p, n))) {
+                Some((p, pn)) => {
+                    pn.children = pn.children.saturating_sub(1);
+                    ino = p;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Attributes of a node. Directories whose layers are all local have their
+    /// subdirectories counted first, so their link count is exact; otherwise the answer
+    /// is marked unsettled rather than fetching layers just to count them.
     pub fn info(&self, ino: Ino) -> TResult<Option<NodeInfo>> {
         self.run(|t, st| {
-            if ino == 0 || ino as usize > st.nodes.len() {
+            if !Self::is_live(st, ino) {
                 return Ok(None);
-            }
-            if Self::is_dir(st, ino) {
-                if Self::dir(st, ino).listing.is_none() && t.range_is_local(st, ino) {
-                    t.list_locked(st, ino)?;
-                }
-                t.find_dir_attrs(st, ino)?;
             }
             t.info_locked(st, ino).map(Some)
         })
     }
 
-    /// Every visible child of a directory, by name, with its type.
-    pub fn list(&self, ino: Ino) -> TResult<Vec<(Vec<u8>, Ino, Kind)>> {
+    /// Up to `max` visible children of a directory from `offset` on (0: from the start,
+    /// `.` and `..` first; else a cookie a previous batch gave), each with the cookie
+    /// that resumes after it. No node is made for them (see `remember`).
+    pub fn read_dir(&self, ino: Ino, offset: u64, max: usize) -> TResult<Vec<Listed>> {
         self.run(|t, st| {
-            let listing = t.list_locked(st, ino)?;
-            let mut out = Vec::with_capacity(listing.len());
-            for (name, &child) in listing.iter() {
-                let kind = Self::kind_locked(st, child).expect("a listed child's layer is loaded");
-                out.push((name.clone(), child, kind));
+            if !Self::is_dir(st, ino) {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::new();
+            let parent = Self::dir(st, ino).parent;
+            let dot = |name: &[u8], cookie, ino| Listed {
+                name: name.to_vec(),
+                kind: Kind::Dir,
+                target: Target::Dot(ino),
+                cookie,
+            };
+            if offset == 0 {
+                out.push(dot(b".", 1, ino));
+            }
+            if offset <= 1 {
+                out.push(dot(b"..", 2, parent));
+            }
+            out.truncate(max);
+            if out.len() == max {
+                return Ok(out);
+            }
+            let after = match offset {
+                0..=2 => None,
+                c => {
+                    let (layer, node) = ((c >> 32) as u32 - 1, c as u32);
+                    let toc = st.layers.get(layer as usize).cloned().flatten();
+                    let toc = toc.ok_or(Stop::Fail(LayerError::BadOffset(c)))?;
+                    let name = toc.record(node).and_then(|r| toc.name(&r).map(<[u8]>::to_vec));
+                    Some(name.map_err(|_| Stop::Fail(LayerError::BadOffset(c)))?)
+                }
+            };
+            let mut complete = true;
+            t.merge(st, ino, after.as_deref(), true, |name, target, kind, cookie| {
+                out.push(Listed { name: name.to_vec(), kind, target, cookie });
+                complete = out.len() < max;
+                complete
+            })?;
+            // A whole listing in one batch counts the subdirectories on the way (what a
+            // directory read page by page by Range gets its link count from).
+            if offset == 0 && complete {
+                let n = out.iter().filter(|l| matches!(l.target, Target::Dir { .. })).count() as u32;
+                Self::dir(st, ino).subdirs = Some(n);
             }
             Ok(out)
         })
     }
 
+    /// The node of a listed entry, made if needed, without counting a kernel reference
+    /// (for a plain readdir, whose entries the kernel does not keep: such a node stays
+    /// until the kernel forgets a reference it takes to it or below it).
+    pub fn ino_of(&self, target: Target) -> TResult<Ino> {
+        self.run(|t, st| t.node_of(st, target))
+    }
+
     pub fn parent(&self, ino: Ino) -> Ino {
         let st = self.lock();
-        match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
+        match st.nodes.get(&ino).map(|n| &n.kind) {
             Some(NodeKind::Dir(d)) => d.parent,
             _ => ROOT,
         }
     }
 
-    /// Read file data: returns the layer data and the entry to read from.
-    pub fn data(&self, ino: Ino) -> TResult<Option<(Arc<LayerData>, Entry)>> {
-        let (layer, entry) = {
+    /// Where a file's data is: its layer's data, and (offset, size) in it.
+    pub fn data(&self, ino: Ino) -> TResult<Option<(Arc<LayerData>, u64, u64)>> {
+        let (layer, offset, size): (usize, u32, Arc<Toc>) = {
             let st = self.lock();
-            match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
-                Some(NodeKind::Leaf { layer, entry, .. }) => {
-                    let idx = st.layers[*layer].clone().expect("a leaf's layer is loaded");
-                    (*layer, idx.entry(*entry).clone())
+            match st.nodes.get(&ino).map(|n| &n.kind) {
+                Some(NodeKind::Leaf { layer, rec, .. }) => {
+                    (*layer as usize, *rec, st.layers[*layer as usize].clone().expect("a leaf's layer is loaded"))
                 }
                 _ => return Ok(None),
             }
         };
+        let (layer, offset, size) = {
+            let (layer, rec, toc) = (layer, offset, size);
+            // No lock is held: the record's page may be fetched.
+            let r = toc.fetching(|t| t.record(rec)).map_err(|e| LayerError::Load { layer, source: Arc::new(e) })?;
+            (layer, r.offset(), r.size())
+        };
         let data = self.source.data(layer).map_err(LayerError::load(layer))?;
-        Ok(Some((data, entry)))
+        Ok(Some((data, offset, size)))
     }
 
     /// Where a non-directory's bytes are: its layer (0 = bottom) and the offset of its
     /// data in that layer's uncompressed tar. Nodes of two images whose layers at those
     /// positions have the same digest, at the same offset, hold the same bytes.
     pub fn data_origin(&self, ino: Ino) -> Option<(usize, u64)> {
-        let st = self.lock();
-        match st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind) {
-            Some(NodeKind::Leaf { layer, entry, .. }) => {
-                st.layers[*layer].as_ref().map(|idx| (*layer, idx.entry(*entry).offset))
+        let (layer, rec, toc) = {
+            let st = self.lock();
+            match st.nodes.get(&ino).map(|n| &n.kind) {
+                Some(NodeKind::Leaf { layer, rec, .. }) => (*layer as usize, *rec, st.layers[*layer as usize].clone()?),
+                _ => return None,
             }
-            _ => None,
-        }
+        };
+        // No lock is held: the record's page may be fetched.
+        let r = toc.fetching(|t| t.record(rec)).ok()?;
+        Some((layer, r.offset()))
     }
 
-    /// Number of nodes created so far.
+    /// Number of live nodes.
     pub fn node_count(&self) -> usize {
         self.lock().nodes.len()
     }
 
     // ---- internals; all run under the state lock ----
 
-    fn kind_locked(st: &State, ino: Ino) -> Option<Kind> {
-        match &st.nodes.get((ino.wrapping_sub(1)) as usize)?.kind {
-            NodeKind::Dir(_) => Some(Kind::Dir),
-            // A leaf is only made once its layer is loaded.
-            NodeKind::Leaf { layer, entry, .. } => st.layers[*layer].as_ref().map(|idx| idx.entry(*entry).kind),
-        }
+    fn is_live(st: &State, ino: Ino) -> bool {
+        st.nodes.contains_key(&ino)
     }
 
-    fn layer(st: &State, i: usize) -> Step<Arc<LayerIndex>> {
-        st.layers[i].clone().ok_or(Stop::Need(i))
+    fn node(st: &mut State, ino: Ino) -> &mut Node {
+        st.nodes.get_mut(&ino).expect("callers check that the node is live")
+    }
+
+    /// The inode number of the node a (layer, TOC record) key names: a directory's
+    /// topmost node, a leaf's data record.
+    fn ino_of_key(layer: u32, id: u32) -> Ino {
+        (u64::from(layer) + 1) << 32 | u64::from(id)
+    }
+
+    fn layer(st: &State, i: u32) -> Step<Arc<Toc>> {
+        st.layers[i as usize].clone().ok_or(Stop::Need(i as usize))
     }
 
     /// Can layer `i` be read without a fetch?
-    fn available(&self, st: &State, i: usize) -> bool {
-        st.layers[i].is_some() || self.source.is_local(i)
+    fn available(&self, st: &State, i: u32) -> bool {
+        st.layers[i as usize].is_some() || self.source.is_local(i as usize)
     }
 
+    /// Can the directory's children be counted without a fetch: every layer of its
+    /// range local, none read by Range page by page (there a listing counts them)?
     fn range_is_local(&self, st: &mut State, ino: Ino) -> bool {
         let floor = Self::dir(st, ino).floor.unwrap_or(0);
-        (floor..self.source.layer_count()).all(|i| self.available(st, i))
+        (floor..self.layer_count()).all(|i| {
+            let remote = match &st.layers[i as usize] {
+                Some(toc) => toc.is_remote(),
+                None => self.source.reads_by_range(i as usize),
+            };
+            self.available(st, i) && !remote
+        })
     }
 
     fn dir(st: &mut State, ino: Ino) -> &mut DirState {
-        match &mut st.nodes[(ino - 1) as usize].kind {
+        match &mut Self::node(st, ino).kind {
             NodeKind::Dir(d) => d,
-            NodeKind::Leaf { .. } => unreachable!("caller checked that {ino} is a directory"),
+            _ => unreachable!("caller checked that {ino} is a directory"),
         }
     }
 
     fn is_dir(st: &State, ino: Ino) -> bool {
-        matches!(st.nodes.get((ino.wrapping_sub(1)) as usize).map(|n| &n.kind), Some(NodeKind::Dir(_)))
+        matches!(st.nodes.get(&ino).map(|n| &n.kind), Some(NodeKind::Dir(_)))
+    }
+
+    /// The TOC node of directory `ino` in layer `l` (`ABSENT`: the layer has no such
+    /// path), found from its parent's.
+    fn loc(&self, st: &mut State, ino: Ino, l: u32) -> Step<u32> {
+        // The ancestors whose node is not known yet, nearest first: found from the top
+        // down, in a loop (paths may be 2000 directories deep).
+        let mut chain = vec![ino];
+        loop {
+            let d = Self::dir(st, *chain.last().expect("not empty"));
+            if d.locs[l as usize] != UNKNOWN {
+                chain.pop();
+                break;
+            }
+            chain.push(d.parent);
+        }
+        let mut loc = ABSENT;
+        for &i in chain.iter().rev() {
+            loc = self.loc_from_parent(st, i, l)?;
+        }
+        Ok(if chain.is_empty() { Self::dir(st, ino).locs[l as usize] } else { loc })
+    }
+
+    /// `loc`, for a directory whose parent's node in layer `l` is known.
+    fn loc_from_parent(&self, st: &mut State, ino: Ino, l: u32) -> Step<u32> {
+        let d = Self::dir(st, ino);
+        let (parent, (kl, kn)) = (d.parent, d.key.expect("only the root has no key, and it knows its nodes"));
+        let parent_loc = Self::dir(st, parent).locs[l as usize];
+        let loc = if parent_loc == ABSENT {
+            ABSENT
+        } else {
+            let own = Self::layer(st, kl)?;
+            let name = own.record(kn).and_then(|r| own.name(&r).map(<[u8]>::to_vec)).map_err(bad(kl))?;
+            let toc = Self::layer(st, l)?;
+            toc.child(parent_loc, &name).map_err(bad(l))?.unwrap_or(ABSENT)
+        };
+        Self::dir(st, ino).locs[l as usize] = loc;
+        Ok(loc)
     }
 
     /// Read down to the directory's topmost explicit entry, through local layers only
@@ -358,7 +589,35 @@ impl Tree {
 
     /// Is layer `l` within directory `ino`'s range? Examines layers from the top
     /// down to `l` as needed.
-    fn reaches(&self, st: &mut State, ino: Ino, l: usize) -> Step<bool> {
+    fn reaches(&self, st: &mut State, ino: Ino, l: u32) -> Step<bool> {
+        self.reaches_one(st, ino, l)
+    }
+
+    /// Does directory `ino` know whether layer `l` is in its range?
+    fn answers(st: &mut State, ino: Ino, l: u32) -> bool {
+        let d = Self::dir(st, ino);
+        d.floor.is_some() || d.next <= l
+    }
+
+    /// Make `ino` and its ancestors answer for layer `l`, from the top down, in a loop
+    /// (paths may be 2000 directories deep): each asks its parent only what it needs.
+    fn reach_up(&self, st: &mut State, ino: Ino, l: u32) -> Step<bool> {
+        let mut chain = vec![ino];
+        let mut i = ino;
+        while i != ROOT && !Self::answers(st, i, l) {
+            i = Self::dir(st, i).parent;
+            chain.push(i);
+        }
+        for &a in chain.iter().rev() {
+            if !Self::answers(st, a, l) {
+                self.reaches_one(st, a, l)?;
+            }
+        }
+        self.reaches_one(st, ino, l)
+    }
+
+    /// `reaches`, asking the parent through `reach_up`.
+    fn reaches_one(&self, st: &mut State, ino: Ino, l: u32) -> Step<bool> {
         loop {
             let d = Self::dir(st, ino);
             if let Some(f) = d.floor {
@@ -368,35 +627,37 @@ impl Tree {
                 return Ok(true);
             }
             let k = d.next - 1;
-            let (path, parent) = (d.path.clone(), d.parent);
-            if ino != ROOT && !self.reaches(st, parent, k)? {
+            let parent = d.parent;
+            if ino != ROOT && !self.reach_up(st, parent, k)? {
                 let d = Self::dir(st, ino);
                 d.floor = Some(k + 1);
                 d.next = k + 1;
                 continue;
             }
-            let idx = Self::layer(st, k)?;
+            let toc = Self::layer(st, k)?;
+            let loc = self.loc(st, ino, k)?;
+            let r = if loc == ABSENT { None } else { Some(toc.record(loc).map_err(bad(k))?) };
             let d = Self::dir(st, ino);
             d.next = k;
-            let present = match idx.presence(&path) {
-                Presence::Entry(e) if e.kind == Kind::Dir => {
+            let present = match r.map(|r| r.presence()) {
+                Some(Presence::Entry(Kind::Dir)) => {
                     if d.attrs_from.is_none() {
-                        d.attrs_from = idx.entry_index(&path).map(|i| (k, i));
+                        d.attrs_from = Some((k, loc));
                     }
                     true
                 }
-                Presence::Entry(_) => {
+                Some(Presence::Entry(_)) => {
                     // A non-directory here was replaced by the directory above it.
                     d.floor = Some(k + 1);
                     d.next = k + 1;
                     continue;
                 }
-                Presence::ImplicitDir => true,
-                Presence::Absent => false,
+                Some(Presence::ImplicitDir) => true,
+                Some(Presence::Absent) | None => false,
             };
-            if idx.is_opaque(&path) {
+            if r.is_some_and(|r| r.is_opaque()) {
                 d.floor = Some(k);
-            } else if idx.is_whiteout(&path) {
+            } else if r.is_some_and(|r| r.is_whiteout()) {
                 d.floor = Some(if present { k } else { k + 1 });
             } else if k == 0 {
                 d.floor = Some(0);
@@ -404,180 +665,269 @@ impl Tree {
         }
     }
 
-    fn lookup_locked(&self, st: &mut State, parent: Ino, name: &[u8]) -> Step<Child> {
+    /// What `name` in directory `parent` resolves to, top down.
+    fn resolve(&self, st: &mut State, parent: Ino, name: &[u8]) -> Step<Resolved> {
         if !Self::is_dir(st, parent) {
-            return Ok(Child::Absent);
+            return Ok(Resolved::Absent);
         }
-        if let Some(hit) = Self::dir(st, parent).lookups.get(name) {
-            return Ok(hit.clone());
-        }
-        let child = join(&Self::dir(st, parent).path, name);
-        let mut found = Child::Absent;
-        for l in (0..self.source.layer_count()).rev() {
+        for l in (0..self.layer_count()).rev() {
             if !self.reaches(st, parent, l)? {
                 break;
             }
-            let idx = Self::layer(st, l)?;
-            match idx.presence(&child) {
-                Presence::Entry(e) if e.kind != Kind::Dir => {
-                    let i = idx.entry_index(&child).expect("present");
-                    found = self.leaf_node(st, l, i)?;
-                    break;
-                }
-                Presence::Entry(_) | Presence::ImplicitDir => {
-                    found = Child::Node(self.dir_node(st, &child, parent, l));
-                    break;
-                }
-                Presence::Absent if idx.is_whiteout(&child) => break,
-                Presence::Absent => {}
+            let loc = self.loc(st, parent, l)?;
+            if loc == ABSENT {
+                continue;
+            }
+            let toc = Self::layer(st, l)?;
+            let Some(child) = toc.child(loc, name).map_err(bad(l))? else { continue };
+            if let Some(r) = self.settle(st, parent, l, &toc, child)? {
+                return Ok(r);
             }
         }
-        Self::dir(st, parent).lookups.insert(name.to_vec(), found.clone());
-        Ok(found)
+        Ok(Resolved::Absent)
     }
 
-    /// The node a path resolves to from the root, if any.
-    fn resolve_locked(&self, st: &mut State, path: &[u8]) -> Step<Option<Ino>> {
-        let mut ino = ROOT;
-        for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            match self.lookup_locked(st, ino, name)? {
-                Child::Node(child) => ino = child,
-                Child::Absent | Child::Broken(_) => return Ok(None),
+    /// What TOC node `child` of layer `l` (a child of `parent`'s node there) makes of
+    /// the name, or `None` to go on to lower layers.
+    fn settle(&self, st: &mut State, parent: Ino, l: u32, toc: &Toc, child: u32) -> Step<Option<Resolved>> {
+        self.settle_as(st, parent, l, toc, child, true)
+    }
+
+    /// `settle`; with `follow` false a non-directory is not followed through hard links
+    /// (what counting subdirectories needs: it is no directory either way).
+    fn settle_as(
+        &self,
+        st: &mut State,
+        parent: Ino,
+        l: u32,
+        toc: &Toc,
+        child: u32,
+        follow: bool,
+    ) -> Step<Option<Resolved>> {
+        let r = toc.record(child).map_err(bad(l))?;
+        Ok(match r.presence() {
+            Presence::Entry(Kind::Dir) | Presence::ImplicitDir => {
+                Some(Resolved::Target(Target::Dir { parent, layer: l, node: child }))
+            }
+            Presence::Entry(_) if !follow => Some(Resolved::Target(Target::Leaf { layer: l, rec: child })),
+            Presence::Entry(_) => Some(self.leaf(st, l, &r)?),
+            Presence::Absent if r.is_whiteout() => Some(Resolved::Absent),
+            Presence::Absent => None,
+        })
+    }
+
+    /// A non-directory entry, followed through hard links to the entry with its data.
+    fn leaf(&self, st: &mut State, l: u32, r: &Rec) -> Step<Resolved> {
+        match self.data_entry(st, l, r.id, 0)? {
+            Some((dl, di)) => Ok(Resolved::Target(Target::Leaf { layer: dl, rec: di })),
+            None => {
+                let toc = Self::layer(st, l)?;
+                let path = toc.entry_path(r).map_err(bad(l))?;
+                let link = toc.link(r).map_err(bad(l))?.unwrap_or_default();
+                Ok(Resolved::Broken(
+                    format!(
+                        "hard link {} in layer {l} points at {}, which is not a file of the image at that point",
+                        show(&path),
+                        show(link)
+                    )
+                    .into(),
+                ))
             }
         }
-        Ok(Some(ino))
     }
 
-    fn dir_node(&self, st: &mut State, path: &[u8], parent: Ino, top: usize) -> Ino {
-        if let Some(&ino) = st.dirs.get(path) {
-            return ino;
-        }
-        st.nodes.push(Node {
-            kind: NodeKind::Dir(DirState {
-                path: path.to_vec(),
-                parent,
-                next: top + 1,
-                floor: None,
-                attrs_from: None,
-                lookups: HashMap::new(),
-                listing: None,
-            }),
-        });
-        let ino = st.nodes.len() as Ino;
-        st.dirs.insert(path.to_vec(), ino);
-        ino
-    }
-
-    /// The node for entry `i` of layer `l`, following hard links to the entry that
-    /// holds the data.
-    fn leaf_node(&self, st: &mut State, l: usize, i: u32) -> Step<Child> {
-        let Some((dl, di)) = self.data_entry(st, l, i, 0)? else {
-            let e = Self::layer(st, l)?.entry(i).clone();
-            return Ok(Child::Broken(
-                format!(
-                    "hard link {} in layer {l} points at {}, which is not a file of the image at that point",
-                    show(&e.path),
-                    show(&e.link.unwrap_or_default())
-                )
-                .into(),
-            ));
+    /// The node for a target, made if it is not there.
+    fn node_of(&self, st: &mut State, target: Target) -> Step<Ino> {
+        let key = match target {
+            Target::Dir { layer, node, .. } | Target::Leaf { layer, rec: node } => (layer, node),
+            Target::Dot(ino) if Self::is_live(st, ino) => return Ok(ino),
+            Target::Dot(ino) => return Err(Stop::Fail(LayerError::Broken(format!("inode {ino} is gone").into()))),
         };
-        if let Some(&ino) = st.leaves.get(&(dl, di)) {
-            return Ok(Child::Node(ino));
+        let ino = Self::ino_of_key(key.0, key.1);
+        if st.nodes.contains_key(&ino) {
+            return Ok(ino);
         }
-        // Decided once, here, where every layer above the data has just been read,
-        // rather than on each getattr.
-        let nlink = if self.may_be_linked(st, dl, di)? { None } else { Some(1) };
-        st.nodes.push(Node { kind: NodeKind::Leaf { layer: dl, entry: di, nlink } });
-        let ino = st.nodes.len() as Ino;
-        st.leaves.insert((dl, di), ino);
-        Ok(Child::Node(ino))
+        let kind = match target {
+            Target::Dir { parent, layer, node } => {
+                let n = self.layer_count();
+                // Layers above `layer` were read for the parent and hold nothing at
+                // this path (else the lookup would have stopped there).
+                let mut locs = vec![UNKNOWN; n as usize];
+                for (i, loc) in locs.iter_mut().enumerate().skip(layer as usize) {
+                    *loc = if i == layer as usize { node } else { ABSENT };
+                }
+                if !Self::is_dir(st, parent) {
+                    return Err(Stop::Fail(LayerError::Broken("a listed directory's parent is gone".into())));
+                }
+                Self::node(st, parent).children += 1;
+                NodeKind::Dir(Box::new(DirState {
+                    parent,
+                    key: Some((layer, node)),
+                    next: layer + 1,
+                    floor: None,
+                    attrs_from: None,
+                    locs: locs.into(),
+                    subdirs: None,
+                }))
+            }
+            Target::Dot(_) => unreachable!("handled above"),
+            Target::Leaf { layer, rec } => {
+                // Decided once, here, where every layer above the data has just been
+                // read, rather than on each getattr.
+                let nlink = if self.may_be_linked(st, layer, rec)? { 0 } else { 1 };
+                NodeKind::Leaf { layer, rec, nlink }
+            }
+        };
+        st.nodes.insert(ino, Node { kind, refs: 0, children: 0 });
+        Ok(ino)
     }
 
     /// A hard link resolves to its target as the stream had it when the link was
     /// read: an earlier entry of the same layer, else the path in the layers below,
     /// down to layer `floor` at the lowest. `None`: the target is not there.
-    fn data_entry(&self, st: &mut State, l: usize, i: u32, floor: usize) -> Step<Option<(usize, u32)>> {
-        let idx = Self::layer(st, l)?;
-        let e = idx.entry(i);
-        if e.kind == Kind::Dir {
-            return Ok(None); // a hard link to a directory
+    fn data_entry(&self, st: &mut State, l: u32, i: u32, floor: u32) -> Step<Option<(u32, u32)>> {
+        let toc = Self::layer(st, l)?;
+        let r = toc.record(i).map_err(bad(l))?;
+        match r.kind() {
+            Some(Kind::Dir) | None => return Ok(None), // a hard link to a directory
+            Some(Kind::Hardlink) => {}
+            Some(_) => return Ok(Some((l, i))),
         }
-        if e.kind != Kind::Hardlink {
-            return Ok(Some((l, i)));
-        }
-        if let Some(t) = e.link_entry {
+        if let Some(t) = toc.link_target(&r).map_err(bad(l))? {
             // The earlier entry may itself be a link to a lower layer.
-            return self.data_entry(st, l, t, floor);
+            return self.data_entry(st, l, t.id, floor);
         }
-        let target = e.link.clone().unwrap_or_default();
+        let target = toc.link(&r).map_err(bad(l))?.unwrap_or_default().to_vec();
         for k in (floor..l).rev() {
             let lower = Self::layer(st, k)?;
-            match lower.presence(&target) {
-                Presence::Entry(t) if t.kind != Kind::Dir => {
-                    let ti = lower.entry_index(&target).expect("present");
-                    return self.data_entry(st, k, ti, floor);
-                }
+            let Some(node) = lower.lookup(&target).map_err(bad(k))? else { continue };
+            let t = lower.record(node).map_err(bad(k))?;
+            match t.presence() {
+                Presence::Entry(kind) if kind != Kind::Dir => return self.data_entry(st, k, node, floor),
                 Presence::Entry(_) | Presence::ImplicitDir => break,
-                Presence::Absent if lower.is_whiteout(&target) => break,
+                Presence::Absent if t.is_whiteout() => break,
                 Presence::Absent => {}
             }
         }
         Ok(None)
     }
 
-    fn list_locked(&self, st: &mut State, ino: Ino) -> Step<Arc<BTreeMap<Vec<u8>, Ino>>> {
-        if !Self::is_dir(st, ino) {
-            return Ok(Arc::default());
-        }
-        if let Some(l) = &Self::dir(st, ino).listing {
-            return Ok(Arc::clone(l));
-        }
-        let path = Self::dir(st, ino).path.clone();
-        let mut names = BTreeSet::new();
-        for l in (0..self.source.layer_count()).rev() {
+    /// Walk the children of directory `ino` in every layer of its range, merged by
+    /// name from after `after` on, and hand each visible one to `each` (with its kind
+    /// and cookie) until it says stop.
+    fn merge(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        after: Option<&[u8]>,
+        follow: bool,
+        mut each: impl FnMut(&[u8], Target, Kind, u64) -> bool,
+    ) -> Step<()> {
+        // The layers in range, top down, and where each one's children are read from.
+        let mut cursors: Vec<(u32, Arc<Toc>, u32, u32)> = Vec::new();
+        for l in (0..self.layer_count()).rev() {
             if !self.reaches(st, ino, l)? {
                 break;
             }
-            let idx = Self::layer(st, l)?;
-            names.extend(idx.children(&path).iter().cloned());
-        }
-        let mut listing = BTreeMap::new();
-        for name in names {
-            match self.lookup_locked(st, ino, &name)? {
-                Child::Node(child) => {
-                    listing.insert(name, child);
+            let loc = self.loc(st, ino, l)?;
+            if loc == ABSENT {
+                continue;
+            }
+            let toc = Self::layer(st, l)?;
+            let range = toc.children(loc).map_err(bad(l))?;
+            let start = match after {
+                Some(name) => {
+                    let at = toc.lower_bound(loc, name).map_err(bad(l))?;
+                    let same =
+                        at < range.end && toc.record(at).and_then(|r| Ok(toc.name(&r)? == name)).map_err(bad(l))?;
+                    at + u32::from(same)
                 }
-                Child::Absent => {}
-                // Logged once: the listing is kept.
-                Child::Broken(why) => tracing::warn!("{} left out of its directory: {why}", show(&name)),
+                None => range.start,
+            };
+            cursors.push((l, toc, start, range.end));
+        }
+        // Each cursor's current name, read once.
+        let name_at =
+            |l: u32, toc: &Toc, at: u32| toc.record(at).and_then(|r| toc.name(&r).map(<[u8]>::to_vec)).map_err(bad(l));
+        let mut heads: Vec<Option<Vec<u8>>> = Vec::with_capacity(cursors.len());
+        for (l, toc, at, end) in &cursors {
+            heads.push(if at < end { Some(name_at(*l, toc, *at)?) } else { None });
+        }
+        loop {
+            // The smallest name at any cursor.
+            let Some(name) = heads.iter().flatten().min().cloned() else { return Ok(()) };
+            // Every layer holding it, top down: its node there.
+            let mut found: Vec<(u32, u32)> = Vec::new();
+            for ((l, toc, at, end), head) in cursors.iter_mut().zip(heads.iter_mut()) {
+                if head.as_deref() == Some(&name[..]) {
+                    found.push((*l, *at));
+                    *at += 1;
+                    *head = if at < end { Some(name_at(*l, toc, *at)?) } else { None };
+                }
+            }
+            let mut resolved = Resolved::Absent;
+            for &(l, child) in &found {
+                let toc = Self::layer(st, l)?;
+                if let Some(r) = self.settle_as(st, ino, l, &toc, child, follow)? {
+                    resolved = r;
+                    break;
+                }
+            }
+            let (l, node) = found[0];
+            match resolved {
+                Resolved::Target(target) => {
+                    let kind = match target {
+                        Target::Dir { .. } | Target::Dot(_) => Kind::Dir,
+                        Target::Leaf { .. } if !follow => Kind::File,
+                        Target::Leaf { layer, rec } => {
+                            let toc = Self::layer(st, layer)?;
+                            toc.record(rec).map_err(bad(layer))?.kind().unwrap_or(Kind::File)
+                        }
+                    };
+                    if !each(&name, target, kind, cookie(l, node)) {
+                        return Ok(());
+                    }
+                }
+                Resolved::Absent => {}
+                Resolved::Broken(why) => tracing::warn!("{} left out of its directory: {why}", show(&name)),
             }
         }
-        let listing = Arc::new(listing);
-        Self::dir(st, ino).listing = Some(Arc::clone(&listing));
-        Ok(listing)
+    }
+
+    /// Count the visible subdirectories of `ino` (for its link count).
+    fn count_subdirs(&self, st: &mut State, ino: Ino) -> Step<u32> {
+        let mut n = 0;
+        self.merge(st, ino, None, false, |_, _, kind, _| {
+            n += u32::from(kind == Kind::Dir);
+            true
+        })?;
+        Ok(n)
     }
 
     fn info_locked(&self, st: &mut State, ino: Ino) -> Step<NodeInfo> {
-        match &st.nodes[(ino - 1) as usize].kind {
+        match &Self::node(st, ino).kind {
             NodeKind::Dir(d) => {
-                let attrs_from = d.attrs_from;
-                let listing = d.listing.clone();
+                if d.subdirs.is_none() && self.range_is_local(st, ino) {
+                    let n = self.count_subdirs(st, ino)?;
+                    Self::dir(st, ino).subdirs = Some(n);
+                }
+                self.find_dir_attrs(st, ino)?;
+                let d = Self::dir(st, ino);
+                let (attrs_from, subdirs) = (d.attrs_from, d.subdirs);
                 // Known once the topmost explicit entry is found, or once every layer
                 // in range has been read and none has one.
                 let explicit_known = attrs_from.is_some() || d.floor.is_some() || d.next == 0;
                 let (mode, uid, gid, mtime, xattrs) = match attrs_from {
                     Some((l, i)) => {
-                        let e = Self::layer(st, l)?.entry(i).clone();
-                        (e.mode, e.uid, e.gid, e.mtime, e.xattrs)
+                        let toc = Self::layer(st, l)?;
+                        let r = toc.record(i).map_err(bad(l))?;
+                        (r.mode, r.uid, r.gid, r.mtime, toc.xattrs(&r).map_err(bad(l))?)
                     }
                     // A directory no layer has an entry for (a parent left out of the
                     // tar) gets the attributes tar extractors give it; so does one whose
                     // entry is in a layer not read yet, provisionally.
                     None => (0o755, 0, 0, 0, Vec::new()),
                 };
-                let subdirs =
-                    listing.as_ref().map(|l| l.values().filter(|c| Self::is_dir(st, **c)).count() as u32).unwrap_or(0);
                 Ok(NodeInfo {
                     ino,
                     kind: Kind::Dir,
@@ -587,41 +937,43 @@ impl Tree {
                     size: 4096,
                     mtime,
                     rdev: (0, 0),
-                    nlink: 2 + subdirs,
+                    nlink: 2 + subdirs.unwrap_or(0),
                     link: None,
                     xattrs,
-                    settled: listing.is_some() && explicit_known,
+                    settled: subdirs.is_some() && explicit_known,
                 })
             }
-            NodeKind::Leaf { layer, entry, nlink } => {
-                let (layer, entry, nlink) = (*layer, *entry, *nlink);
+            NodeKind::Leaf { layer, rec, nlink } => {
+                let (layer, rec, nlink) = (*layer, *rec, *nlink);
                 let nlink = match nlink {
-                    Some(n) => n,
-                    None => {
-                        let n = self.count_links(st, ino, layer, entry)?;
-                        if let NodeKind::Leaf { nlink, .. } = &mut st.nodes[(ino - 1) as usize].kind {
-                            *nlink = Some(n);
+                    0 => {
+                        let n = self.count_links(st, layer, rec)?;
+                        if let NodeKind::Leaf { nlink, .. } = &mut Self::node(st, ino).kind {
+                            *nlink = n;
                         }
                         n
                     }
+                    n => n,
                 };
-                let idx = Self::layer(st, layer)?;
-                let e = idx.entry(entry);
+                let toc = Self::layer(st, layer)?;
+                let r = toc.record(rec).map_err(bad(layer))?;
+                let kind = r.kind().unwrap_or(Kind::File);
+                let link = toc.link(&r).map_err(bad(layer))?.map(<[u8]>::to_vec);
                 Ok(NodeInfo {
                     ino,
-                    kind: e.kind,
-                    mode: e.mode,
-                    uid: e.uid,
-                    gid: e.gid,
-                    size: match e.kind {
-                        Kind::Symlink => e.link.as_ref().map_or(0, |l| l.len() as u64),
-                        _ => e.size,
+                    kind,
+                    mode: r.mode,
+                    uid: r.uid,
+                    gid: r.gid,
+                    size: match kind {
+                        Kind::Symlink => link.as_ref().map_or(0, |l| l.len() as u64),
+                        _ => r.size(),
                     },
-                    mtime: e.mtime,
-                    rdev: e.rdev,
+                    mtime: r.mtime,
+                    rdev: r.rdev(),
                     nlink,
-                    link: e.link.clone(),
-                    xattrs: e.xattrs.clone(),
+                    link,
+                    xattrs: toc.xattrs(&r).map_err(bad(layer))?,
                     settled: true,
                 })
             }
@@ -631,39 +983,61 @@ impl Tree {
     /// Could some other visible name share this leaf? Only hard links make that so:
     /// one in the leaf's own layer, or one above it that points at its path. Every
     /// layer above the leaf has been read by the lookup that found it.
-    fn may_be_linked(&self, st: &mut State, layer: usize, entry: u32) -> Step<bool> {
-        let idx = Self::layer(st, layer)?;
-        if idx.is_linked(entry) {
+    fn may_be_linked(&self, st: &mut State, layer: u32, rec: u32) -> Step<bool> {
+        let toc = Self::layer(st, layer)?;
+        let r = toc.record(rec).map_err(bad(layer))?;
+        if r.is_linked() {
             return Ok(true);
         }
-        let path = &idx.entry(entry).path;
-        for k in layer + 1..self.source.layer_count() {
-            if !Self::layer(st, k)?.links_to_lower(path).is_empty() {
-                return Ok(true);
+        // Most layers link to nothing below them: no path to build then.
+        let mut uppers = Vec::new();
+        for k in layer + 1..self.layer_count() {
+            let upper = Self::layer(st, k)?;
+            if upper.has_lower_links() {
+                uppers.push(k);
+            }
+        }
+        if uppers.is_empty() {
+            return Ok(false);
+        }
+        let path = toc.entry_path(&r).map_err(bad(layer))?;
+        for k in uppers {
+            let upper = Self::layer(st, k)?;
+            if let Some(node) = upper.lookup(&path).map_err(bad(k))? {
+                if upper.record(node).map_err(bad(k))?.has_lower_links() {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)
     }
 
-    /// The visible names of the hard-link group whose data is entry `di` of layer `dl`
-    /// (node `ino`). A name of the group is either in layer `dl` (the data entry, or a
-    /// link to it) or a link in a higher layer to a path that was a name of the group
-    /// below it, so only layers `dl` and up are read: the ones the lookup that found
-    /// the node has read. A candidate name counts if the union resolves it to `ino`.
-    fn count_links(&self, st: &mut State, ino: Ino, dl: usize, di: u32) -> Step<u32> {
+    /// The visible names of the hard-link group whose data is record `di` of layer
+    /// `dl`. A name of the group is either in layer `dl` (the data entry, or a link to
+    /// it) or a link in a higher layer to a path that was a name of the group below it,
+    /// so only layers `dl` and up are read: the ones the lookup that found the node has
+    /// read. A candidate name counts if the union resolves it to the same data.
+    fn count_links(&self, st: &mut State, dl: u32, di: u32) -> Step<u32> {
         let base = Self::layer(st, dl)?;
         let mut names: HashSet<Vec<u8>> = HashSet::new();
-        for i in std::iter::once(di).chain(base.links_to(di).iter().copied()) {
-            names.extend(base.final_path(i));
+        let data = base.record(di).map_err(bad(dl))?;
+        names.extend(base.final_path(di).map_err(bad(dl))?);
+        for i in base.links_to(&data).map_err(bad(dl))? {
+            names.extend(base.final_path(i).map_err(bad(dl))?);
         }
-        for k in dl + 1..self.source.layer_count() {
-            let idx = Self::layer(st, k)?;
+        for k in dl + 1..self.layer_count() {
+            let toc = Self::layer(st, k)?;
             let mut found = Vec::new();
             for target in names.iter() {
-                for &li in idx.links_to_lower(target) {
+                let Some(node) = toc.lookup(target).map_err(bad(k))? else { continue };
+                let r = toc.record(node).map_err(bad(k))?;
+                for li in toc.links_to_lower(&r).map_err(bad(k))? {
                     if self.data_entry(st, k, li, dl)? == Some((dl, di)) {
-                        found.extend(idx.final_path(li));
-                        found.extend(idx.links_to(li).iter().filter_map(|&i| idx.final_path(i)));
+                        found.extend(toc.final_path(li).map_err(bad(k))?);
+                        let lr = toc.record(li).map_err(bad(k))?;
+                        for i in toc.links_to(&lr).map_err(bad(k))? {
+                            found.extend(toc.final_path(i).map_err(bad(k))?);
+                        }
                     }
                 }
             }
@@ -671,10 +1045,31 @@ impl Tree {
         }
         let mut visible = 0;
         for path in names {
-            if self.resolve_locked(st, &path)? == Some(ino) {
+            if self.resolve_path(st, &path)? == Some(Target::Leaf { layer: dl, rec: di }) {
                 visible += 1;
             }
         }
         Ok(visible.max(1))
+    }
+
+    /// What a path resolves to from the root. The directories on the way get nodes
+    /// (held by no kernel reference: they go when the kernel forgets one below them).
+    fn resolve_path(&self, st: &mut State, path: &[u8]) -> Step<Option<Target>> {
+        let mut ino = ROOT;
+        let mut last = None;
+        for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            if last.is_some() {
+                last = None; // a component under a non-directory
+                break;
+            }
+            match self.resolve(st, ino, name)? {
+                Resolved::Target(t @ Target::Dir { .. }) => ino = self.node_of(st, t)?,
+                Resolved::Target(t) => last = Some(t),
+                Resolved::Absent | Resolved::Broken(_) => break,
+            }
+        }
+        // The directories made on the way that no one holds go again.
+        Self::release(st, ino);
+        Ok(last)
     }
 }

@@ -48,3 +48,8 @@ fn layer_inputs() {
 fn gzip_inputs() {
     replay("gzip", checks::gzip);
 }
+
+#[test]
+fn toc_inputs() {
+    replay("toc", checks::toc);
+}

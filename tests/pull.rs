@@ -287,7 +287,7 @@ fn docker_v2s2_zstd_and_uncompressed_layers_pull_and_index() {
         ok(&imgfs(r, &["pull", &format!("{}/{image}", e.addr)]));
         let id = tag_target(r, &format!("{}/{image}", e.addr)).unwrap();
         for l in layers_of(r, &id) {
-            assert!(r.join("index/sha256").join(format!("{}.idx", &l[7..])).is_file(), "{image}: {l} indexed");
+            assert!(r.join("toc/sha256").join(format!("{}.toc", &l[7..])).is_file(), "{image}: {l} indexed");
             // Nothing next to a layer but its index, except a zstd layer in one big
             // frame, re-encoded in frames: never an uncompressed copy.
             let tar = r.join("layers/sha256").join(format!("{}.tar", &l[7..]));
@@ -300,7 +300,7 @@ fn docker_v2s2_zstd_and_uncompressed_layers_pull_and_index() {
     let size = |dir: &str| -> u64 {
         std::fs::read_dir(r.join(dir)).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
     };
-    let (blobs, derived) = (size("blobs/sha256"), size("index/sha256") + size("layers/sha256"));
+    let (blobs, derived) = (size("blobs/sha256"), size("toc/sha256") + size("layers/sha256"));
     assert!(derived * 4 < blobs, "indexes and re-encoded layers take {derived} bytes next to {blobs} of blobs");
     assert_blobs_verified(r);
 }
@@ -538,7 +538,7 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     let copies = std::fs::read_dir(r.join("layers/sha256")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(copies, 0, "no uncompressed copies of gzip layers");
     for l in &layers {
-        assert!(r.join("index/sha256").join(format!("{}.idx", &l[7..])).is_file(), "layer {l} has no index");
+        assert!(r.join("toc/sha256").join(format!("{}.toc", &l[7..])).is_file(), "layer {l} has no index");
     }
 }
 

@@ -324,7 +324,7 @@ fn check_finds_each_kind_of_damage_and_repair_removes_it() {
     // a record names deleted, and the record of a mount server that is gone.
     let top = app_layers.last().unwrap();
     corrupt(&blob(root, top));
-    let index = root.join("index/sha256").join(format!("{}.idx", app_layers[0].strip_prefix("sha256:").unwrap()));
+    let index = root.join("toc/sha256").join(format!("{}.toc", app_layers[0].strip_prefix("sha256:").unwrap()));
     let len = index.metadata().unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&index).unwrap().set_len(len / 2).unwrap();
     std::fs::remove_file(blob(root, &lazy_id)).unwrap();
@@ -337,7 +337,7 @@ fn check_finds_each_kind_of_damage_and_repair_removes_it() {
     let lines = check_damaged(root);
     let has = |needle: &str| lines.iter().any(|l| l.starts_with("damaged: ") && l.contains(needle));
     assert!(has(&format!("blob {top}: its")), "{lines:?}");
-    assert!(has(&format!("index of layer {}", app_layers[0])), "{lines:?}");
+    assert!(has(&format!("TOC of layer {}", app_layers[0])), "{lines:?}");
     assert!(
         has(&format!("image {lazy_id}")) && has(&format!("blob {lazy_id} it names is not in the store")),
         "{lines:?}"
@@ -361,7 +361,7 @@ fn check_finds_each_kind_of_damage_and_repair_removes_it() {
 
 /// Temp files of every kind: in tmp/, and `.tmp-…` beside records and indexes.
 fn temp_files(root: &Path) -> Vec<PathBuf> {
-    let beside = [root.to_path_buf(), root.join("mounts"), root.join("index/sha256")];
+    let beside = [root.to_path_buf(), root.join("mounts"), root.join("toc/sha256")];
     let mut v = files_in(&root.join("tmp"));
     for dir in beside {
         v.extend(files_in(&dir).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-")));

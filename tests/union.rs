@@ -4,7 +4,8 @@
 
 use imgfs::fs::{Fs, FsError};
 use imgfs::image::Compression;
-use imgfs::layer::{build, Kind, LayerData, LayerIndex};
+use imgfs::layer::toc::{self, write::DataIndex, Toc};
+use imgfs::layer::{build, data::BlockSums, Kind, LayerData};
 use imgfs::tree::{DirAttrs, LayerSource, SourceError, Tree, ROOT};
 use std::ffi::OsStr;
 use std::io::Write;
@@ -68,7 +69,7 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
 
 struct MemLayers {
     files: Vec<tempfile::NamedTempFile>,
-    indexes: Vec<Arc<LayerIndex>>,
+    tocs: Vec<Arc<Toc>>,
     asked: Vec<AtomicUsize>,
 }
 
@@ -79,17 +80,19 @@ impl MemLayers {
 
     fn of_tars(tars: &[Vec<u8>]) -> Arc<MemLayers> {
         let mut files = Vec::new();
-        let mut indexes = Vec::new();
+        let mut tocs = Vec::new();
+        let scratch = std::env::temp_dir();
         for tar in tars {
             let mut f = tempfile::NamedTempFile::new().unwrap();
             f.write_all(tar).unwrap();
             let mut r = std::fs::File::open(f.path()).unwrap();
-            let contents = build::index_layer(&mut r, Compression::None, None, None).unwrap().contents;
-            indexes.push(Arc::new(LayerIndex::new(contents)));
+            let built = build::index_layer(&mut r, Compression::None, None, None, &scratch).unwrap();
+            let sums = BlockSums::of(&tar[..]).unwrap();
+            tocs.push(Arc::new(toc::open_parts(built.toc, &scratch, "sha256:test", DataIndex::Plain, &sums).unwrap()));
             files.push(f);
         }
         let asked = tars.iter().map(|_| AtomicUsize::new(0)).collect();
-        Arc::new(MemLayers { files, indexes, asked })
+        Arc::new(MemLayers { files, tocs, asked })
     }
 
     fn asked(&self) -> Vec<bool> {
@@ -99,11 +102,11 @@ impl MemLayers {
 
 impl LayerSource for MemLayers {
     fn layer_count(&self) -> usize {
-        self.indexes.len()
+        self.tocs.len()
     }
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError> {
         self.asked[i].fetch_add(1, Ordering::SeqCst);
-        Ok(self.indexes[i].clone())
+        Ok(self.tocs[i].clone())
     }
     fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         Ok(Arc::new(LayerData::tar(self.files[i].path())?))
@@ -391,7 +394,7 @@ impl LayerSource for HeldLayers {
     fn layer_count(&self) -> usize {
         self.inner.layer_count()
     }
-    fn index(&self, i: usize) -> Result<Arc<LayerIndex>, SourceError> {
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError> {
         if i == 0 {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let mut open = self.gate.lock().unwrap();
@@ -399,7 +402,7 @@ impl LayerSource for HeldLayers {
                 open = self.opened.wait(open).unwrap();
             }
         }
-        self.inner.index(i)
+        self.inner.toc(i)
     }
     fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
         self.inner.data(i)
@@ -521,22 +524,46 @@ fn concurrent_operations_agree_with_a_single_thread() {
     }
 }
 
-/// A directory's entries are snapshotted once per open handle, and once per directory
-/// for kernels that read directories without opening them; both match readdir.
+/// A listing is read from the TOCs in batches, each resuming at the cookie the last
+/// one ended with: any batch size gives readdir's entries, and nothing is kept between
+/// batches (the same cookie read twice gives the same entries).
 #[test]
-fn directory_snapshots_match_readdir_and_are_built_once() {
-    let (fs, _) = fs_of(&real_shape());
+fn listings_resume_from_any_cookie_in_batches_of_any_size() {
+    let mut layers = real_shape();
+    let names: Vec<&'static str> =
+        (0..150).map(|i| &*Box::leak(format!("usr/many/f{i:03}").into_boxed_str())).collect();
+    layers[0].extend(names.iter().map(|n| E::File(n, "x")));
+    layers[2].extend([E::Marker("usr/many/.wh.f007"), E::File("usr/many/f151", "y"), E::File("usr/many/a", "z")]);
+    let (fs, _) = fs_of(&layers);
+    for dir in ["etc", "usr/many", ""] {
+        let ino = walk(&fs, dir).unwrap();
+        let want: Vec<(Vec<u8>, u64)> = fs.readdir(ino).unwrap().into_iter().map(|e| (e.name, e.ino)).collect();
+        for batch in [1, 2, 7, 64, 1000] {
+            let mut got = Vec::new();
+            let mut offset = 0;
+            loop {
+                let b = fs.read_dir(ino, offset, batch).unwrap();
+                let Some(last) = b.last() else { break };
+                assert!(b.len() <= batch);
+                offset = last.cookie;
+                // Reading from the same cookie again gives the same next entries.
+                let again = fs.read_dir(ino, offset, batch).unwrap();
+                let next: Vec<_> = fs.read_dir(ino, offset, batch).unwrap().into_iter().map(|l| l.name).collect();
+                assert_eq!(again.into_iter().map(|l| l.name).collect::<Vec<_>>(), next);
+                for l in b {
+                    got.push((l.name.clone(), fs.ino_of(&l).unwrap()));
+                }
+            }
+            assert_eq!(got, want, "{dir:?} in batches of {batch}");
+        }
+    }
+    let many = walk(&fs, "usr/many").unwrap();
+    let listed: Vec<Vec<u8>> = fs.readdir(many).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(listed.len(), 2 + 150 + 2 - 1, "f007 whited out, f151 and a added");
+    assert!(listed.windows(2).skip(2).all(|w| w[0] < w[1]), "sorted by name");
     let etc = walk(&fs, "etc").unwrap();
-    let want: Vec<Vec<u8>> = fs.readdir(etc).unwrap().into_iter().map(|e| e.name).collect();
-    let fh = fs.opendir(etc, libc::O_RDONLY).unwrap();
-    let by_handle: Vec<Vec<u8>> = fs.dir_handle(fh).unwrap().iter().map(|e| e.name.clone()).collect();
-    assert_eq!(by_handle, want);
-    fs.releasedir(fh);
-    assert_eq!(fs.dir_handle(fh).err(), Some(FsError::BadHandle));
-    let (a, b) = (fs.listing(etc).unwrap(), fs.listing(etc).unwrap());
-    assert!(Arc::ptr_eq(&a, &b), "the listing was built twice");
-    assert_eq!(a.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), want);
     assert_eq!(fs.opendir(etc, libc::O_RDWR), Err(FsError::ReadOnly));
+    assert!(fs.read_dir(etc, 0xdead_0000_0000_beef, 10).is_err(), "an offset this listing never gave");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -605,7 +632,7 @@ fn fs_of_tars(tars: &[Vec<u8>]) -> Fs {
 
 /// The error indexing this layer gives, within these limits.
 fn index_error(blob: &[u8], compression: Compression, limits: &build::Limits) -> String {
-    match build::index_layer_with(blob, compression, None, None, limits) {
+    match build::index_layer_with(blob, compression, None, None, &std::env::temp_dir(), limits) {
         Ok(_) => panic!("the layer was accepted"),
         Err(e) => format!("{:#}", anyhow::Error::from(e)),
     }
@@ -793,7 +820,8 @@ fn a_full_disk_while_copying_the_layer_says_no_space() {
     }
     let tar = tar_of(&[E::File("f", "data")]);
     let zs = zstd::encode_all(&tar[..], 3).unwrap();
-    let err = build::index_layer(&zs[..], Compression::Zstd, None, Some(&mut Full)).err().unwrap();
+    let err =
+        build::index_layer(&zs[..], Compression::Zstd, None, Some(&mut Full), &std::env::temp_dir()).err().unwrap();
     let err = format!("{:#}", anyhow::Error::from(err));
     assert!(err.starts_with("cannot write the re-encoded layer: No space left on device"), "{err}");
 }
@@ -850,4 +878,70 @@ fn the_deepest_path_resolves() {
     let f = fs.lookup(ino, OsStr::new("f")).unwrap().unwrap();
     assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"deep");
     assert_eq!(fs.readdir(ino).unwrap().len(), 3);
+}
+
+/// The kernel's references are counted: a node it has forgotten every lookup of goes
+/// (a directory only once no directory below it is alive), and comes back, when looked
+/// up again, under the same inode number: a number never passes to another file, so a
+/// walk that finds hard links by `st_ino` (tar, du) never sees two files as one; a
+/// hard-link group is one node however many names were looked up.
+#[test]
+fn nodes_the_kernel_forgets_go_and_come_back_under_the_same_number() {
+    let (fs, _) = fs_of(&real_shape());
+    let nodes = || fs.statfs().files;
+    let start = nodes();
+    let etc = fs.lookup(ROOT, OsStr::new("etc")).unwrap().unwrap();
+    let f = fs.lookup(etc.ino, OsStr::new("os-release")).unwrap().unwrap();
+    assert_eq!(fs.lookup(etc.ino, OsStr::new("os-release")).unwrap().unwrap().ino, f.ino);
+    assert_eq!(nodes(), start + 2);
+    fs.forget(f.ino, 1);
+    assert_eq!(fs.getattr(f.ino).unwrap().ino, f.ino, "one lookup is still held");
+    fs.forget(f.ino, 1);
+    assert_eq!(fs.getattr(f.ino).err(), Some(FsError::NotFound), "forgotten, and gone");
+    fs.forget(etc.ino, 1);
+    assert_eq!(nodes(), start);
+
+    // A directory stays while one below it is alive.
+    let usr = fs.lookup(ROOT, OsStr::new("usr")).unwrap().unwrap();
+    let bin = fs.lookup(usr.ino, OsStr::new("bin")).unwrap().unwrap();
+    fs.forget(usr.ino, 1);
+    assert_eq!(fs.getattr(usr.ino).unwrap().kind, Kind::Dir);
+    assert_eq!(fs.lookup(bin.ino, OsStr::new("sh")).unwrap().map(|i| i.kind), Some(Kind::File));
+    fs.forget(bin.ino, 1);
+    assert_eq!(nodes(), start + 1, "bin and usr went; usr/bin/sh is still held");
+
+    // Forgotten nodes come back under their own numbers, and no other file takes them.
+    let again = fs.lookup(ROOT, OsStr::new("etc")).unwrap().unwrap();
+    assert_eq!(again.ino, etc.ino);
+    let f_again = fs.lookup(again.ino, OsStr::new("os-release")).unwrap().unwrap();
+    assert_eq!((f_again.ino, f_again.size), (f.ino, 8));
+    let mut seen = std::collections::HashMap::new();
+    for path in ["etc", "etc/os-release", "etc/apt.conf", "etc/app.conf", "usr", "usr/bin", "usr/bin/sh", "root"] {
+        let info = fs.getattr(walk(&fs, path).unwrap()).unwrap();
+        if let Some(other) = seen.insert(info.ino, path) {
+            panic!("{path} and {other} have one inode number");
+        }
+    }
+
+    // Three names of one hard-link group: one node, counted once per lookup of any name.
+    let opt = fs.lookup(ROOT, OsStr::new("opt")).unwrap().unwrap();
+    let a = fs.lookup(opt.ino, OsStr::new("tool")).unwrap().unwrap();
+    let b = fs.lookup(opt.ino, OsStr::new("tool-a")).unwrap().unwrap();
+    assert_eq!((a.ino, a.nlink), (b.ino, 3));
+    fs.forget(a.ino, 1);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 3, "still held through tool-a");
+    fs.forget(b.ino, 1);
+    assert_eq!(fs.getattr(a.ino).err(), Some(FsError::NotFound));
+
+    // Entries handed out by a listing are counted as lookups are; `.` and `..` are not.
+    let listed = fs.read_dir(ROOT, 0, 100).unwrap();
+    let before = nodes();
+    let infos: Vec<_> = listed.iter().map(|l| fs.entry(l).unwrap()).collect();
+    for (l, info) in listed.iter().zip(&infos) {
+        if l.name != b"." && l.name != b".." {
+            fs.forget(info.ino, 1);
+        }
+    }
+    assert!(nodes() <= before, "{} nodes after forgetting a listing, {before} before", nodes());
+    assert_eq!(fs.getattr(ROOT).unwrap().kind, Kind::Dir, "the root is never forgotten");
 }

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 
-from . import handmade, hostile_images, layered_image, umoci_images
+from . import handmade, hostile_images, layered_image, scale, umoci_images
 from .oci import DOCKER_LAYER_GZIP, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Layout
 from .push import Registry, expect, short
 from .tools import ensure_tools, log, run
@@ -67,13 +67,14 @@ def main():
     layered_image.build(u)
     umoci_images.build_retag_a(u)
     layered_image.check(layout)
-    log("python: multi index, many:1, big:1, edge:1, edge-extra:1, pax-global:1")
+    log("python: multi index, many:1, big:1, edge:1, edge-extra:1, pax-global:1, scale:1")
     umoci_images.multi_index(layout)
     handmade.many_image(layout)
     handmade.big_image(layout)
     handmade.edge_image(layout)
     handmade.edge_extra_image(layout)
     twins = {"pax-global-1": handmade.pax_global_image(layout)}
+    scale.scale_image(layout)
     hostile_images.hostile_image(layout)
     hostile_images.hostile_failing_images(layout)
     log("built in %.1fs" % (time.time() - t_start))
@@ -136,6 +137,8 @@ def main():
          "more hand-made cases: ./ names and root entry, cross-layer hardlink, dir re-made after its whiteout, non-UTF-8 name, absolute name")
     push("pax-global-1", "pax-global:1", ["--preserve-digests"], OCI_MANIFEST, GZ, "pax-global-1",
          "1 layer opening with a global PAX header (unpack: same layer without it)")
+    push("scale-1", "scale:1", ["--preserve-digests"], OCI_MANIFEST, GZ, "scale-1",
+         "2 gzip layers, 200,000 entries node_modules-like, then rewrites, whiteouts, an opaque dir")
     push("hostile-1", "hostile:1", ["--preserve-digests"], OCI_MANIFEST, GZ, None,
          "hand-made bad entries, served as documented: non-UTF-8 names, broken hard links, .., symlinks out")
     for ref, repo_tag, mt in hostile_images.HOSTILE_FAILING:

@@ -1,6 +1,7 @@
 //! `imgfs check [--repair]`: verify the store from the bytes up and report each damaged
-//! item on a line of its own: every blob against its digest, every layer index against
-//! its layer (format, the digest it was built for, its re-encoded copy against the index's block checksums), every image
+//! item on a line of its own: every blob against its digest, every layer TOC against
+//! its layer (format, the digest it was built for, every page's checksum, its re-encoded
+//! copy against the TOC's block checksums), every image
 //! record against the blobs it must have (config, and for each manifest the image is
 //! known by, the manifest and its index; layers are fetched lazily, so one that is
 //! absent is not damage), tags against the records, and the
@@ -16,7 +17,8 @@
 use super::Context;
 use crate::digest::{digest_reader, Digest};
 use crate::image::ImageConfig;
-use crate::layer::{Access, IndexFile};
+use crate::layer::data::Sums;
+use crate::layer::toc::{AccessKind, Toc};
 use crate::store::mounts::{process_start_ticks, MountRecord};
 use crate::store::Store;
 use anyhow::{bail, Result};
@@ -76,7 +78,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         }
     }
     let Counts { blobs, indexes, images, mounts } = counts;
-    let summary = format!("{blobs} blobs, {indexes} layer indexes, {images} images, {mounts} mount records");
+    let summary = format!("{blobs} blobs, {indexes} layer TOCs, {images} images, {mounts} mount records");
     if damaged == 0 {
         writeln!(out, "store {} is consistent: {summary}", store.root().display())?;
         return Ok(());
@@ -118,7 +120,7 @@ fn names(dir: &Path) -> Result<Vec<String>> {
 
 /// A blob and what was derived from it, all to go together.
 fn blob_files(store: &Store, d: &Digest) -> Vec<PathBuf> {
-    vec![store.blob_path(d), store.index_path(d), store.reframed_path(d)]
+    vec![store.blob_path(d), store.toc_path(d), store.reframed_path(d)]
 }
 
 fn blobs(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
@@ -147,7 +149,7 @@ fn blobs(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
 }
 
 fn indexes(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
-    let dir = store.root().join("index/sha256");
+    let dir = store.root().join("toc/sha256");
     let mut damage = Vec::new();
     // Layers of images read from an OCI layout are indexed where they are, their blobs
     // never copied into the store: those indexes are fine while the layout has the blob.
@@ -171,27 +173,27 @@ fn indexes(store: &Store, counts: &mut Counts) -> Result<Vec<Damage>> {
     for name in names(&dir)? {
         counts.indexes += 1;
         let path = dir.join(&name);
-        let d = name.strip_suffix(".idx").and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+        let d = name.strip_suffix(".toc").and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
         let Some(d) = d else {
             damage.push(Damage {
-                what: format!("index file {name}: not named by a layer digest"),
+                what: format!("TOC file {name}: not named by a layer digest"),
                 remove: Removal::Files(vec![path]),
             });
             continue;
         };
         let what = if !store.has_blob(&d) && !in_layouts.contains(&d) {
-            format!("index of layer {d}: the layer blob is not in the store")
+            format!("TOC of layer {d}: the layer blob is not in the store")
         } else {
-            match IndexFile::load(&path, d.as_str()) {
+            match Toc::open(&path, d.as_str()).and_then(|t| t.verify().map(|()| t)) {
                 // A re-encoded copy has no digest of its own: its block sums vouch for it.
-                Ok(IndexFile { access: Access::Reframed(_), sums, .. }) => {
-                    match sums.verify(&store.reframed_path(&d)) {
+                Ok(toc) if toc.access() == AccessKind::Reframed => {
+                    match Sums::Toc(std::sync::Arc::new(toc)).verify(&store.reframed_path(&d)) {
                         Ok(()) => continue,
-                        Err(e) => format!("index of layer {d}: its re-encoded copy: {e}"),
+                        Err(e) => format!("TOC of layer {d}: its re-encoded copy: {e}"),
                     }
                 }
                 Ok(_) => continue,
-                Err(e) => format!("index of layer {d}: {e:#}"),
+                Err(e) => format!("TOC of layer {d}: {}", crate::log::Chain(&e)),
             }
         };
         // The blob stays: the next pull or mount indexes it again.

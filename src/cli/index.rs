@@ -116,13 +116,13 @@ fn inspect(ctx: &Context, args: InspectArgs) -> Result<()> {
     let (digest, found) = referrers::find(&client, &image)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let layers: Vec<_> = image
+        let layers = image
             .layers
             .iter()
             .zip(&found)
-            .map(|(l, f)| {
+            .map(|(l, f)| -> Result<serde_json::Value> {
                 let a = &f.artifact;
-                let c = &a.contents;
+                let c = &a.contents()?;
                 let spans: Vec<_> = (0..a.span_count())
                     .map(|i| {
                         let (start, end) = a.compressed_range(i);
@@ -135,7 +135,7 @@ fn inspect(ctx: &Context, args: InspectArgs) -> Result<()> {
                         span
                     })
                     .collect();
-                json!({
+                Ok(json!({
                     "layer": l.digest,
                     "diff_id": a.diff_id,
                     "media_type": l.media_type,
@@ -148,9 +148,9 @@ fn inspect(ctx: &Context, args: InspectArgs) -> Result<()> {
                     "whiteouts": c.whiteouts.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
                     "opaque": c.opaque.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
                     "spans": spans,
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let doc = json!({ "index": digest, "subject": image.manifest.digest, "layers": layers });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
@@ -169,7 +169,7 @@ fn inspect(ctx: &Context, args: InspectArgs) -> Result<()> {
             "{:<14} {:<7} {:>9} {:>7} {:>12} {:>12} {:>6.2}% {:>10} {:>6.2}%",
             l.digest.short(),
             a.span_kind(),
-            a.contents.entries.len(),
+            a.contents()?.entries.len(),
             a.span_count(),
             a.compressed_size,
             f.blob_size,

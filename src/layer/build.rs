@@ -2,20 +2,22 @@
 //! still be arriving from the registry: decompress (recording checkpoints where a later
 //! read can start decoding), check the uncompressed stream against the config's
 //! diff_id, and turn tar entries into `Entry`s with whiteouts and opaque markers taken
-//! out.
+//! out, each handed on as it is read: to a TOC being written (`toc::TocWriter`, whose
+//! memory does not grow with the entries), or to a list in memory.
 
 use super::arriving::Arriving;
 use super::checkpoints::{Checkpoints, Format};
 use super::indexing::IndexingDecoder;
 use super::pargz::{self, ParallelGzip};
+use super::toc::{TocParts, TocWriter};
 use super::workers;
 use super::{join, show, split_parent, Contents, Entry, Kind};
 use super::{Context, Error, Result};
 use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use tar::EntryType;
 
@@ -30,9 +32,48 @@ pub const SPAN: u64 = 1 << 20;
 
 /// What one pass over a layer yields.
 pub struct Built {
-    pub contents: Contents,
+    /// The table of contents, to be assembled into a TOC file (`toc::write::write`).
+    pub toc: TocParts,
     /// Where decoding can start, for a compressed layer.
     pub checkpoints: Option<Checkpoints>,
+}
+
+/// Where the entries of a layer go as they are read, in stream order.
+pub trait Sink {
+    fn entry(&mut self, e: &Entry) -> Result<()>;
+    /// `.wh.NAME`: `path` is hidden in lower layers.
+    fn whiteout(&mut self, path: &[u8]) -> Result<()>;
+    /// `DIR/.wh..wh..opq`: the lower children of `dir` are hidden.
+    fn opaque(&mut self, dir: &[u8]) -> Result<()>;
+}
+
+impl Sink for TocWriter {
+    fn entry(&mut self, e: &Entry) -> Result<()> {
+        TocWriter::entry(self, e)
+    }
+    fn whiteout(&mut self, path: &[u8]) -> Result<()> {
+        TocWriter::whiteout(self, path)
+    }
+    fn opaque(&mut self, dir: &[u8]) -> Result<()> {
+        TocWriter::opaque(self, dir)
+    }
+}
+
+/// A list in memory, for small tables (tests, and what is published whole); hard links
+/// are not resolved here (`link_entry` stays `None`): a TOC made from the list does it.
+impl Sink for Contents {
+    fn entry(&mut self, e: &Entry) -> Result<()> {
+        self.entries.push(e.clone());
+        Ok(())
+    }
+    fn whiteout(&mut self, path: &[u8]) -> Result<()> {
+        self.whiteouts.push(path.to_vec());
+        Ok(())
+    }
+    fn opaque(&mut self, dir: &[u8]) -> Result<()> {
+        self.opaque.push(dir.to_vec());
+        Ok(())
+    }
 }
 
 /// Bounds on what one layer may hold, so that a hostile layer (a decompression bomb,
@@ -86,16 +127,17 @@ pub(crate) fn parse_size(v: &str) -> Option<u64> {
 }
 
 /// Index the layer whose (possibly compressed) bytes `blob` yields, within the limits
-/// of the environment (`Limits::from_env`). When `copy` is given, the uncompressed tar
-/// is written to it as it streams (for `reframe`). `diff_id`, when known, must match
-/// the uncompressed stream.
+/// of the environment (`Limits::from_env`), its TOC's scratch files in `scratch`. When
+/// `copy` is given, the uncompressed tar is written to it as it streams (for
+/// `reframe`). `diff_id`, when known, must match the uncompressed stream.
 pub fn index_layer(
     blob: impl Read,
     compression: Compression,
     diff_id: Option<&Digest>,
     copy: Option<&mut dyn Write>,
+    scratch: &Path,
 ) -> Result<Built> {
-    index_layer_with(blob, compression, diff_id, copy, &Limits::from_env()?)
+    index_layer_with(blob, compression, diff_id, copy, scratch, &Limits::from_env()?)
 }
 
 /// `index_layer` within the given limits.
@@ -104,9 +146,12 @@ pub fn index_layer_with(
     compression: Compression,
     diff_id: Option<&Digest>,
     copy: Option<&mut dyn Write>,
+    scratch: &Path,
     limits: &Limits,
 ) -> Result<Built> {
-    index_decoded(Decoder::in_order(blob, compression)?, compression, diff_id, copy, limits)
+    let mut toc = TocWriter::new(scratch)?;
+    let checkpoints = index_into(Decoder::in_order(blob, compression)?, compression, diff_id, copy, limits, &mut toc)?;
+    Ok(Built { toc: toc.finish()?, checkpoints })
 }
 
 /// `index_layer` over a blob read by position, which may still be arriving: a gzip blob
@@ -118,16 +163,30 @@ pub fn index_blob(
     compression: Compression,
     diff_id: Option<&Digest>,
     copy: Option<&mut dyn Write>,
+    scratch: &Path,
 ) -> Result<Built> {
     let limits = Limits::from_env()?;
     let workers = workers::global();
     let _indexing = pargz::Indexing::start();
-    if compression == Compression::Gzip && pargz::pays(blob.len(), workers) {
+    let mut toc = TocWriter::new(scratch)?;
+    let checkpoints = if compression == Compression::Gzip && pargz::pays(blob.len(), workers) {
         let decoder = ParallelGzip::new(Arc::clone(blob), SPAN, pargz::CHUNK, workers)?;
         let decoder: Decoder<io::Empty> = Decoder::Parallel(Box::new(decoder));
-        return index_decoded(decoder, compression, diff_id, copy, &limits);
-    }
-    index_decoded(Decoder::in_order(blob.reader(), compression)?, compression, diff_id, copy, &limits)
+        index_into(decoder, compression, diff_id, copy, &limits, &mut toc)?
+    } else {
+        let decoder = Decoder::in_order(blob.reader(), compression)?;
+        index_into(decoder, compression, diff_id, copy, &limits, &mut toc)?
+    };
+    Ok(Built { toc: toc.finish()?, checkpoints })
+}
+
+/// Index a layer into a list in memory (for small layers: tests, what is published
+/// whole), within the limits of the environment.
+pub fn index_contents(blob: impl Read, compression: Compression) -> Result<(Contents, Option<Checkpoints>)> {
+    let mut contents = Contents::default();
+    let decoder = Decoder::in_order(blob, compression)?;
+    let checkpoints = index_into(decoder, compression, None, None, &Limits::from_env()?, &mut contents)?;
+    Ok((contents, checkpoints))
 }
 
 /// A layer's uncompressed stream, from the decoder that suits its blob.
@@ -179,40 +238,41 @@ impl<R: Read> Read for Decoder<R> {
     }
 }
 
-/// The one pass over a layer's uncompressed stream: table of contents, diff_id, limits.
-fn index_decoded<R: Read>(
+/// One pass over a layer's uncompressed stream: every entry to `sink`, the diff_id
+/// checked, the limits kept; the checkpoints of a compressed one.
+fn index_into<R: Read>(
     mut decoder: Decoder<R>,
     compression: Compression,
     diff_id: Option<&Digest>,
     copy: Option<&mut dyn Write>,
     limits: &Limits,
-) -> Result<Built> {
-    let contents = {
+    sink: &mut dyn Sink,
+) -> Result<Option<Checkpoints>> {
+    {
         let frontier = Cell::new(MAX_HEADERS);
         let mut watch =
             Watch { inner: &mut decoder, copy, read: 0, max: limits.max_bytes, frontier: &frontier, failure: None };
         let mut hashed = HashingReader::new(&mut watch);
-        let parsed = parse_entries(&mut hashed, limits, Some(&frontier)).and_then(|contents| {
+        let parsed = parse_entries(&mut hashed, limits, Some(&frontier), sink).and_then(|()| {
             // The tar parser stops at the end-of-archive blocks; the diff_id covers the
             // padding after them too.
             frontier.set(u64::MAX);
             io::copy(&mut hashed, &mut io::sink()).context("cannot read the end of the layer")?;
-            Ok(contents)
+            Ok(())
         });
         let (actual, _) = hashed.finish();
         // What went wrong below the tar parser says more than the parser's own error.
         if let Some(failure) = watch.failure.take() {
             return Err(failure.into_error(compression, limits));
         }
-        let contents = parsed?;
+        parsed?;
         if let Some(want) = diff_id {
             if &actual != want {
                 return Err(Error::DiffId { want: want.clone(), actual });
             }
         }
-        contents
-    };
-    Ok(Built { contents, checkpoints: decoder.finish()? })
+    }
+    decoder.finish()
 }
 
 /// Sits between the decompressor and the tar parser: counts the uncompressed bytes
@@ -317,7 +377,9 @@ pub fn parse_tar(stream: impl Read) -> Result<Contents> {
 /// kernel could not serve, or that would reach outside the image, make the layer fail
 /// with an error naming the entry; see `check_name`.
 pub fn parse_tar_with(stream: impl Read, limits: &Limits) -> Result<Contents> {
-    parse_entries(stream, limits, None)
+    let mut contents = Contents::default();
+    parse_entries(stream, limits, None, &mut contents)?;
+    Ok(contents)
 }
 
 /// Tar header bytes (PAX records, GNU long names, the headers themselves) allowed
@@ -328,11 +390,8 @@ const MAX_HEADERS: u64 = 1 << 20;
 /// `parse_tar_with`; when `frontier` is given, it is kept at the stream offset the parser
 /// may read up to before it yields the next entry (the end of this entry's data plus
 /// `MAX_HEADERS`), for a reader below to enforce.
-fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>>) -> Result<Contents> {
+fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>>, sink: &mut dyn Sink) -> Result<()> {
     let mut archive = tar::Archive::new(stream);
-    let mut contents = Contents::default();
-    // Path → latest entry, to resolve hard links "at that point of the stream".
-    let mut latest: HashMap<Vec<u8>, u32> = HashMap::new();
     let mut count: u64 = 0;
     let mut last: Option<Vec<u8>> = None;
     for item in archive.entries().context("layer is not a tar archive")? {
@@ -359,8 +418,17 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
         let path = normalise(&raw_path);
         check_name(&path).with_context(|| format!("tar entry {}", show(&raw_path)))?;
         last = Some(path.clone());
-        if take_marker(&path, &mut contents) {
-            continue;
+        match marker(&path) {
+            Some(Marker::Whiteout(p)) => {
+                sink.whiteout(&p)?;
+                continue;
+            }
+            Some(Marker::Opaque(d)) => {
+                sink.opaque(&d)?;
+                continue;
+            }
+            Some(Marker::Invalid) => continue,
+            None => {}
         }
         let sparse = match te.pax_extensions()? {
             Some(pax) => pax.filter_map(|e| e.ok()).any(|e| e.key_bytes().starts_with(b"GNU.sparse.")),
@@ -434,19 +502,11 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
                 }
             }
         }
-        let link_entry = match kind {
-            // The entry the target path held at this point of the stream. It may be a
-            // directory: the tree then serves the link as broken, alone.
-            Kind::Hardlink => link.as_ref().and_then(|t| latest.get(t)).map(|&i| {
-                // A link to a link shares the first link's data entry.
-                let target = &contents.entries[i as usize];
-                target.link_entry.filter(|_| target.kind == Kind::Hardlink).unwrap_or(i)
-            }),
-            _ => None,
-        };
         let size = if kind == Kind::File { te.size() } else { 0 };
+        // A hard link resolves to the entry its target path held at this point of the
+        // stream: the sink knows (a TOC resolves it when it sorts the paths).
         let entry = Entry {
-            path: path.clone(),
+            path,
             kind,
             mode,
             uid,
@@ -454,35 +514,40 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
             size,
             mtime,
             link,
-            link_entry,
+            link_entry: None,
             rdev,
             xattrs,
             offset: te.raw_file_position(),
         };
-        let idx = contents.entries.len() as u32;
-        latest.insert(path, idx);
-        contents.entries.push(entry);
+        sink.entry(&entry)?;
     }
-    Ok(contents)
+    Ok(())
 }
 
-/// If `path` (normalised) is a whiteout or opaque marker, record it in `contents` and
-/// say so: a marker is never an entry of its own (tar layers and eStargz TOCs alike).
-pub(crate) fn take_marker(path: &[u8], contents: &mut Contents) -> bool {
+/// A marker's meaning: it is never an entry of its own (tar layers and eStargz TOCs
+/// alike).
+pub(crate) enum Marker {
+    /// `.wh.NAME`: the path hidden in lower layers.
+    Whiteout(Vec<u8>),
+    /// `.wh..wh..opq`: the directory whose lower children are hidden.
+    Opaque(Vec<u8>),
+    /// A bare `.wh.`, a whiteout of `.` or `..`, another `.wh..wh.` marker: invalid or
+    /// unknown, hiding nothing, never shown.
+    Invalid,
+}
+
+/// Is `path` (normalised) a whiteout or opaque marker, and what does it mark?
+pub(crate) fn marker(path: &[u8]) -> Option<Marker> {
     let (parent, name) = split_parent(path);
     if name == OPAQUE_MARKER {
-        contents.opaque.push(parent.to_vec());
-        return true;
+        return Some(Marker::Opaque(parent.to_vec()));
     }
-    if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-        // A bare `.wh.`, a whiteout of `.` or `..`, and other `.wh..wh.` markers are
-        // invalid or unknown: they hide nothing, and are never shown.
-        if !hidden.is_empty() && hidden != b"." && hidden != b".." && !hidden.starts_with(WHITEOUT_PREFIX) {
-            contents.whiteouts.push(join(parent, hidden));
-        }
-        return true;
+    let hidden = name.strip_prefix(WHITEOUT_PREFIX)?;
+    if !hidden.is_empty() && hidden != b"." && hidden != b".." && !hidden.starts_with(WHITEOUT_PREFIX) {
+        Some(Marker::Whiteout(join(parent, hidden)))
+    } else {
+        Some(Marker::Invalid)
     }
-    false
 }
 
 /// Refuse a name no kernel could serve: a component over 255 bytes, a path over 4096,

@@ -88,7 +88,7 @@ impl Checkpoints {
     }
 
     #[cfg(test)]
-    pub(super) fn points(&self) -> &[Checkpoint] {
+    pub(super) fn checkpoint_list(&self) -> &[Checkpoint] {
         &self.points
     }
 
@@ -215,6 +215,38 @@ impl Checkpoints {
         Ok(out)
     }
 
+    /// Each checkpoint as `(uncompressed offset, compressed offset, bits, window)`: what a
+    /// layer's TOC file keeps of them, to be read back by position (`decode_point`).
+    pub fn points(&self) -> impl Iterator<Item = (u64, u64, u8, &[u8])> {
+        self.points.iter().map(|p| (p.uncompressed, p.compressed, p.bits, &p.window[..]))
+    }
+
+    /// Checkpoints from their parts (as `points` gives them), checked as `load` checks
+    /// what it reads.
+    pub fn from_points(
+        format: Format,
+        span: u64,
+        compressed_size: u64,
+        uncompressed_size: u64,
+        points: impl IntoIterator<Item = (u64, u64, u8, Vec<u8>)>,
+    ) -> Result<Checkpoints> {
+        let mut body = vec![format.code()];
+        let points: Vec<_> = points.into_iter().collect();
+        for v in [span, compressed_size, uncompressed_size, points.len() as u64] {
+            put_varint(&mut body, v);
+        }
+        let (mut last_out, mut last_in) = (0, 0);
+        for (out, inp, bits, window) in &points {
+            put_varint(&mut body, out.checked_sub(last_out).context("checkpoints out of order")?);
+            put_varint(&mut body, inp.checked_sub(last_in).context("checkpoints out of order")?);
+            body.push(*bits);
+            put_varint(&mut body, window.len() as u64);
+            body.extend_from_slice(window);
+            (last_out, last_in) = (*out, *inp);
+        }
+        parse_body(&body)
+    }
+
     fn check_span(&self, i: usize) -> io::Result<()> {
         if i >= self.points.len() {
             return Err(invalid_input(format!("span {i} out of range ({} spans)", self.points.len())));
@@ -328,6 +360,50 @@ fn parse_body(body: &[u8]) -> Result<Checkpoints> {
     ensure!(c.0.is_empty(), "trailing bytes in checkpoint body");
     ensure!(!points.is_empty() || uncompressed_size == 0, "no checkpoints for a non-empty stream");
     Ok(Checkpoints { format, span, compressed_size, uncompressed_size, points })
+}
+
+/// Decodes the span `start..end` of the uncompressed stream from one checkpoint given by
+/// its parts (a table kept elsewhere and read by position, as a layer's TOC file keeps
+/// it): `compressed` and `bits` as `points` gives them, `window` as stored, `data` the
+/// blob bytes from `compressed` (one byte earlier when `bits` > 0) to the next checkpoint.
+pub fn decode_point(
+    format: Format,
+    (start, end): (u64, u64),
+    (compressed, bits): (u64, u8),
+    window: &[u8],
+    data: &[u8],
+) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(end.saturating_sub(start)).map_err(|_| invalid_input("span too large".into()))?;
+    if bits >= 8 || window.len() > MAX_STORED_WINDOW {
+        return Err(invalid_data("bad checkpoint"));
+    }
+    let mut out = vec![0; len];
+    match format {
+        Format::Gzip => {
+            let point = Checkpoint { uncompressed: start, compressed, bits, window: window.to_vec() };
+            inflate_span(&point, data, &mut out)?;
+        }
+        Format::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(data)?;
+            dec.read_exact(&mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+impl Format {
+    /// The code a file stores for the format, and back.
+    pub fn to_code(self) -> u8 {
+        self.code()
+    }
+
+    pub fn from_code(code: u8) -> Option<Format> {
+        match code {
+            1 => Some(Format::Gzip),
+            2 => Some(Format::Zstd),
+            _ => None,
+        }
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

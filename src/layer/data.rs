@@ -20,8 +20,8 @@ use super::checkpoints::Checkpoints;
 use super::estargz::Chunk;
 use super::remote::{Estargz, Published};
 use super::spans::SpanCache;
+use super::toc::Toc;
 use super::workers;
-use super::Entry;
 use super::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -57,7 +57,17 @@ pub struct BlockSums {
 }
 
 impl BlockSums {
-    const BLOCK: u64 = 64 << 10;
+    pub const BLOCK: u64 = 64 << 10;
+
+    /// The length of the file the sums cover.
+    pub fn covered(&self) -> u64 {
+        self.len
+    }
+
+    /// The CRC-32 of each block, in order.
+    pub fn sums(&self) -> &[u32] {
+        &self.sums
+    }
 
     /// The sums of everything `file` holds.
     pub fn of(file: impl Read) -> io::Result<BlockSums> {
@@ -75,28 +85,59 @@ impl BlockSums {
         Ok(BlockSums { len, sums })
     }
 
+    /// Check every block of `file` (for `imgfs check`).
+    pub fn verify(&self, path: &Path) -> io::Result<()> {
+        Sums::Owned(self.clone()).verify(path)
+    }
+}
+
+/// Where the block sums of a stored file are: in memory (just taken), or in the
+/// layer's TOC, read as reads need them.
+#[derive(Clone)]
+pub enum Sums {
+    Owned(BlockSums),
+    Toc(Arc<Toc>),
+}
+
+impl Sums {
+    fn len(&self) -> u64 {
+        match self {
+            Sums::Owned(s) => s.len,
+            Sums::Toc(t) => t.sums_len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> io::Result<Option<u32>> {
+        match self {
+            Sums::Owned(s) => Ok(s.sums.get(i).copied()),
+            Sums::Toc(t) => t.fetching(|t| t.sum(i as u64)).map_err(io::Error::other),
+        }
+    }
+
     /// Read `buf.len()` bytes at `at` from `file`, whole blocks at a time, each checked
     /// against its sum.
     fn read_exact_at(&self, file: &File, path: &Path, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let len = self.len();
         let end = at + buf.len() as u64;
-        if end > self.len {
+        if end > len {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the stored layer"));
         }
-        let first = at / Self::BLOCK;
-        let from = first * Self::BLOCK;
-        let to = end.div_ceil(Self::BLOCK).saturating_mul(Self::BLOCK).min(self.len);
+        const BLOCK: u64 = BlockSums::BLOCK;
+        let first = at / BLOCK;
+        let from = first * BLOCK;
+        let to = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(len);
         let mut blocks = vec![0u8; (to - from) as usize];
         file.read_exact_at(&mut blocks, from)?;
-        for (k, chunk) in blocks.chunks(Self::BLOCK as usize).enumerate() {
+        for (k, chunk) in blocks.chunks(BLOCK as usize).enumerate() {
             let b = first as usize + k;
-            if self.sums.get(b) != Some(&crc32fast::hash(chunk)) {
+            if self.get(b)? != Some(crc32fast::hash(chunk)) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
                         "{} is damaged on disk: bytes {}..{} fail their checksum (imgfs check --repair removes it)",
                         path.display(),
-                        b as u64 * Self::BLOCK,
-                        b as u64 * Self::BLOCK + chunk.len() as u64
+                        b as u64 * BLOCK,
+                        b as u64 * BLOCK + chunk.len() as u64
                     ),
                 ));
             }
@@ -110,15 +151,16 @@ impl BlockSums {
     pub fn verify(&self, path: &Path) -> io::Result<()> {
         let file = File::open(path)?;
         let real = file.metadata()?.len();
-        if real != self.len {
+        let len = self.len();
+        if real != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} is {real} bytes, its index says {}", path.display(), self.len),
+                format!("{} is {real} bytes, its TOC says {len}", path.display()),
             ));
         }
         let mut at = 0;
-        while at < self.len {
-            let n = Self::BLOCK.min(self.len - at);
+        while at < len {
+            let n = BlockSums::BLOCK.min(len - at);
             self.read_exact_at(&file, path, &mut vec![0u8; n as usize], at)?;
             at += n;
         }
@@ -145,11 +187,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub struct Stored {
     file: File,
     path: PathBuf,
-    sums: Option<BlockSums>,
+    sums: Option<Sums>,
 }
 
 impl Stored {
-    fn open(path: &Path, sums: Option<BlockSums>) -> Result<Stored> {
+    fn open(path: &Path, sums: Option<Sums>) -> Result<Stored> {
         let file = File::open(path).with_context(|| format!("cannot open layer data {}", path.display()))?;
         Ok(Stored { file, path: path.to_path_buf(), sums })
     }
@@ -170,9 +212,64 @@ enum Source {
     Remote(Published),
 }
 
+/// A compressed layer's checkpoints: in memory, or in its TOC, read by position.
+pub enum Table {
+    Memory(Checkpoints),
+    Toc(Arc<Toc>),
+}
+
+impl Table {
+    fn span_count(&self) -> usize {
+        match self {
+            Table::Memory(c) => c.span_count(),
+            Table::Toc(t) => t.points().map_or(0, |p| p.count as usize),
+        }
+    }
+
+    /// About how much one span decodes to, for sizing read-ahead: the longest span of a
+    /// table in memory; the span asked for at indexing of one in a TOC (finding the
+    /// longest would read every checkpoint).
+    fn span_len(&self) -> u64 {
+        match self {
+            Table::Memory(c) => c.max_span_len(),
+            Table::Toc(t) => t.points().map_or(0, |p| p.span),
+        }
+    }
+
+    fn span_of(&self, at: u64) -> io::Result<usize> {
+        match self {
+            Table::Memory(c) => Ok(c.span_of(at)),
+            Table::Toc(t) => t.fetching(|t| t.span_of(at)).map(|i| i as usize).map_err(io::Error::other),
+        }
+    }
+
+    /// Span `i`'s uncompressed and compressed ranges.
+    fn ranges(&self, i: usize) -> io::Result<((u64, u64), (u64, u64))> {
+        match self {
+            Table::Memory(c) if i < c.span_count() => Ok((c.span_range(i), c.compressed_range(i))),
+            Table::Memory(_) => Err(io::Error::other(format!("span {i} out of range"))),
+            Table::Toc(t) => t.fetching(|t| t.span(i as u64)).map_err(io::Error::other),
+        }
+    }
+
+    fn decode(&self, i: usize, data: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Table::Memory(c) => c.decode_span_from(i, data),
+            Table::Toc(t) => t.decode_span(i as u64, data),
+        }
+    }
+
+    fn decode_with_window(&self, i: usize, window: &[u8], data: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Table::Memory(c) => c.decode_span_with_window(i, window, data),
+            Table::Toc(_) => self.decode(i, data),
+        }
+    }
+}
+
 pub struct Compressed {
     blob: Source,
-    checkpoints: Checkpoints,
+    checkpoints: Table,
     spans: Arc<SpanCache>,
     id: u64,
     /// Spans after a read to decode ahead of it: as many as there are cores, and as
@@ -184,21 +281,25 @@ pub struct Compressed {
 
 impl Compressed {
     fn span(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
-        let (s0, s1) = self.checkpoints.span_range(i);
+        let ((s0, s1), (c0, c1)) = self.checkpoints.ranges(i)?;
         self.spans.get(self.id, i, s1 - s0, || {
             // The compressed bytes are read once, checked on the way (a damaged block
             // may still decode), and decoded from memory.
-            let (c0, c1) = self.checkpoints.compressed_range(i);
             match &self.blob {
                 Source::Stored(blob) => {
                     let mut data = vec![0; usize::try_from(c1 - c0).map_err(|_| io::Error::other("span too large"))?];
                     blob.read_exact_at(&mut data, c0)?;
-                    self.checkpoints.decode_span_from(i, &data)
+                    self.checkpoints.decode(i, &data)
+                }
+                // The windows of a published TOC are in the TOC itself.
+                Source::Remote(remote) if matches!(self.checkpoints, Table::Toc(_)) => {
+                    let data = remote.span(i, (c0, c1))?;
+                    self.checkpoints.decode(i, &data)
                 }
                 Source::Remote(remote) => {
                     let window = remote.window(i)?;
                     let data = remote.span(i, (c0, c1))?;
-                    self.checkpoints.decode_span_with_window(i, &window, &data)
+                    self.checkpoints.decode_with_window(i, &window, &data)
                 }
             }
         })
@@ -232,29 +333,36 @@ impl LayerData {
     }
 
     /// An uncompressed layer whose reads are checked against `sums`.
-    pub fn tar_checked(path: &Path, sums: BlockSums) -> Result<LayerData> {
+    pub fn tar_checked(path: &Path, sums: Sums) -> Result<LayerData> {
         Ok(LayerData::Tar(Stored::open(path, Some(sums))?))
     }
 
     pub fn compressed(blob: &Path, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> Result<LayerData> {
-        Self::compressed_checked(blob, checkpoints, spans, None)
+        let blob = Stored::open(blob, None)?;
+        Ok(Self::compressed_from(Source::Stored(blob), Table::Memory(checkpoints), spans))
     }
 
-    /// A compressed layer whose reads from `blob` are checked against `sums`.
-    pub fn compressed_checked(
-        blob: &Path,
-        checkpoints: Checkpoints,
-        spans: Arc<SpanCache>,
-        sums: Option<BlockSums>,
-    ) -> Result<LayerData> {
-        let blob = Stored::open(blob, sums)?;
-        Ok(Self::compressed_from(Source::Stored(blob), checkpoints, spans))
+    /// A compressed layer of the store: its checkpoints and block sums read from its
+    /// TOC, every read from `blob` (the blob or its re-encoded copy) checked.
+    pub fn compressed_checked(blob: &Path, toc: Arc<Toc>, spans: Arc<SpanCache>) -> Result<LayerData> {
+        let blob = Stored::open(blob, Some(Sums::Toc(Arc::clone(&toc))))?;
+        Ok(Self::compressed_from(Source::Stored(blob), Table::Toc(toc), spans))
     }
 
     /// A compressed layer read from its registry by Range, span by span, as its
     /// published index (whose checkpoints these are, without windows) allows.
     pub fn remote(remote: Published, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
-        Self::compressed_from(Source::Remote(remote), checkpoints, spans)
+        Self::compressed_from(Source::Remote(remote), Table::Memory(checkpoints), spans)
+    }
+
+    /// A compressed layer read from its registry by Range, span by span, as its
+    /// published index of format 2 allows: its checkpoints and windows in `toc`, itself
+    /// read page by page.
+    pub fn remote_toc(remote: Published, toc: Arc<Toc>, spans: Arc<SpanCache>) -> Result<LayerData> {
+        if toc.points().is_none() {
+            bail!("the published TOC of layer {} has no checkpoints", remote.layer);
+        }
+        Ok(Self::compressed_from(Source::Remote(remote), Table::Toc(toc), spans))
     }
 
     /// An eStargz layer read chunk by chunk from its registry, `files` as its TOC lays
@@ -271,9 +379,9 @@ impl LayerData {
         LayerData::Estargz { remote, files, first, spans, id: SpanCache::layer_id() }
     }
 
-    fn compressed_from(blob: Source, checkpoints: Checkpoints, spans: Arc<SpanCache>) -> LayerData {
+    fn compressed_from(blob: Source, checkpoints: Table, spans: Arc<SpanCache>) -> LayerData {
         let id = SpanCache::layer_id();
-        let room = spans.limit() / (2 * checkpoints.max_span_len().max(1));
+        let room = spans.limit() / (2 * checkpoints.span_len().max(1));
         let ahead = workers::cores().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
         LayerData::Compressed(Arc::new(Compressed {
             blob,
@@ -285,13 +393,14 @@ impl LayerData {
         }))
     }
 
-    /// Read up to `len` bytes of an entry's data starting at `pos` within the entry.
-    pub fn read(&self, entry: &Entry, pos: u64, len: u32) -> io::Result<Vec<u8>> {
-        if pos >= entry.size {
+    /// Read up to `len` bytes of a file's data (`size` bytes at `offset` in the layer)
+    /// starting at `pos` within the file.
+    pub fn read(&self, offset: u64, size: u64, pos: u64, len: u32) -> io::Result<Vec<u8>> {
+        if pos >= size {
             return Ok(Vec::new());
         }
-        let n = (len as u64).min(entry.size - pos) as usize;
-        let start = entry.offset + pos;
+        let n = (len as u64).min(size - pos) as usize;
+        let start = offset + pos;
         match self {
             LayerData::Tar(stored) => {
                 let mut buf = vec![0u8; n];
@@ -299,7 +408,7 @@ impl LayerData {
                 Ok(buf)
             }
             LayerData::Estargz { remote, files, first, spans, id } => {
-                let file = entry.offset as usize;
+                let file = offset as usize;
                 let chunks = files.get(file).map_or(&[][..], Vec::as_slice);
                 let end = pos + n as u64;
                 let mut buf = Vec::with_capacity(n);
@@ -321,11 +430,11 @@ impl LayerData {
                 let end = start + n as u64;
                 let mut at = start;
                 while at < end {
-                    let span = c.checkpoints.span_of(at);
+                    let span = c.checkpoints.span_of(at)?;
                     if span >= c.checkpoints.span_count() {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the layer"));
                     }
-                    let (s0, s1) = c.checkpoints.span_range(span);
+                    let ((s0, s1), _) = c.checkpoints.ranges(span)?;
                     let bytes = c.span(span)?;
                     let from = (at - s0) as usize;
                     let to = (end.min(s1) - s0) as usize;
@@ -356,7 +465,7 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().unwrap();
         tmp.write_all(&data).unwrap();
         let sums = BlockSums::of(&data[..]).unwrap();
-        let stored = Stored::open(tmp.path(), Some(sums.clone())).unwrap();
+        let stored = Stored::open(tmp.path(), Some(Sums::Owned(sums.clone()))).unwrap();
         for (at, len) in [(0, 1), (65_535, 2), (65_000, 70_000), (131_072, 68_928), (199_999, 1)] {
             let mut buf = vec![0u8; len];
             stored.read_exact_at(&mut buf, at as u64).unwrap();
@@ -370,7 +479,7 @@ mod tests {
         let mut bad = data.clone();
         bad[100_000] ^= 1;
         std::fs::write(tmp.path(), &bad).unwrap();
-        let stored = Stored::open(tmp.path(), Some(sums.clone())).unwrap();
+        let stored = Stored::open(tmp.path(), Some(Sums::Owned(sums.clone()))).unwrap();
         let mut buf = vec![0u8; 10];
         let e = stored.read_exact_at(&mut buf, 99_990).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);

@@ -169,7 +169,12 @@ impl Layout {
                 files.last_mut().context("eStargz TOC: a chunk of an empty file")?.push(chunk(te, size, &member_end)?);
                 continue;
             }
-            if build::take_marker(&path, &mut contents) {
+            if let Some(m) = build::marker(&path) {
+                match m {
+                    build::Marker::Whiteout(p) => contents.whiteouts.push(p),
+                    build::Marker::Opaque(d) => contents.opaque.push(d),
+                    build::Marker::Invalid => {}
+                }
                 continue;
             }
             let kind = match te.kind.as_str() {

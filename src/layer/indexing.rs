@@ -280,8 +280,8 @@ mod tests {
         assert!(out == plain_gunzip(&blob));
         assert!(cps.span_count() >= 10, "only {} spans", cps.span_count());
         // Most checkpoints fall inside a byte and carry a window: the hard case is covered.
-        assert!(cps.points().iter().any(|p| p.bits != 0));
-        assert!(cps.points().iter().skip(1).all(|p| !p.window.is_empty()));
+        assert!(cps.checkpoint_list().iter().any(|p| p.bits != 0));
+        assert!(cps.checkpoint_list().iter().skip(1).all(|p| !p.window.is_empty()));
         assert!(cps.is_seekable());
         check_random_access(&blob, &data, &cps);
     }
@@ -294,7 +294,7 @@ mod tests {
         let blob = gzip(&data, 9);
         let (_, cps) = index(&blob, Format::Gzip, 1 << 20, 1 << 16);
         assert!(cps.span_count() >= 3, "only {} spans", cps.span_count());
-        let held: usize = cps.points().iter().map(|p| p.window.capacity()).sum();
+        let held: usize = cps.checkpoint_list().iter().map(|p| p.window.capacity()).sum();
         assert!(held < cps.span_count() * 1024, "{held} bytes for {} windows", cps.span_count());
         check_random_access(&blob, &data, &cps);
     }
@@ -322,7 +322,7 @@ mod tests {
         assert!(out == data);
         check_random_access(&blob, &data, &cps);
         // Spans that cross into a later member were exercised.
-        let member_starts = cps.points().iter().filter(|p| p.window.is_empty()).count();
+        let member_starts = cps.checkpoint_list().iter().filter(|p| p.window.is_empty()).count();
         assert!(member_starts >= 2 && member_starts < cps.span_count());
     }
 

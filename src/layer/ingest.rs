@@ -3,8 +3,8 @@
 //! with checkpoints, diff_id, table of contents), or a blob already on disk (in the
 //! store, or in an OCI layout read where it is) is indexed in one read; then the
 //! result is committed: the form reads will decode from is picked (the blob itself, or
-//! a re-encoded copy of a zstd layer in one big frame), checksummed, and the index file
-//! written. Only a layer whose digest and diff_id check out is kept.
+//! a re-encoded copy of a zstd layer in one big frame), checksummed, and the layer's
+//! TOC file written. Only a layer whose digest and diff_id check out is kept.
 //!
 //! Where a layer's blob comes from when it is not stored is not decided here: the
 //! caller (`layer_source`) names it.
@@ -12,11 +12,13 @@
 use super::arriving::Arriving;
 use super::build::{self, Built};
 use super::checkpoints::Format;
-use super::data::BlockSums;
+use super::data::{BlockSums, Sums};
 use super::indexing::IndexingDecoder;
 use super::reframe::FrameWriter;
 use super::spans::SpanCache;
-use super::{Access, IndexFile, LayerData, LayerIndex};
+use super::toc::write::DataIndex;
+use super::toc::{self, AccessKind, Toc};
+use super::LayerData;
 use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
 use crate::registry::blob::BlobSink;
@@ -73,7 +75,7 @@ pub trait LayerProgress: Sync {
 }
 
 /// A layer ready to serve: its table of contents and random access to its data.
-pub type Loaded = (Arc<LayerIndex>, Arc<LayerData>);
+pub type Loaded = (Arc<Toc>, Arc<LayerData>);
 
 /// Where a layer's blob is when it is not in the store.
 pub enum BlobSource<'a> {
@@ -95,11 +97,10 @@ impl BlobSource<'_> {
     }
 }
 
-/// Is the layer ready to open without indexing: an index in the current format, and
-/// the blob it indexes (in the store, or in `layout`)? Reads the index's header only.
+/// Is the layer ready to open without indexing: a TOC in the current format, and the
+/// blob it indexes (in the store, or in `layout`)? Reads the TOC's header only.
 pub fn is_ready(store: &Store, layer: &Descriptor, layout: Option<&Path>) -> bool {
-    IndexFile::is_current(&store.index_path(&layer.digest), layer.digest.as_str())
-        && blob_file(store, layer, layout).is_some()
+    Toc::is_current(&store.toc_path(&layer.digest), layer.digest.as_str()) && blob_file(store, layer, layout).is_some()
 }
 
 /// The file a layer's data is read from: the store's blob, else one in the layout.
@@ -206,9 +207,9 @@ pub fn load(
 /// format version is not: the layer is indexed again.
 pub fn open(store: &Store, layer: &Descriptor, spans: &Arc<SpanCache>, layout: Option<&Path>) -> Option<Loaded> {
     let blob = blob_file(store, layer, layout)?;
-    let file = IndexFile::load(&store.index_path(&layer.digest), layer.digest.as_str()).ok()?;
-    let data = open_data(store, &blob, layer, file.access, file.sums, spans);
-    Some((Arc::new(file.index), Arc::new(data.ok()?)))
+    let toc = Arc::new(Toc::open(&store.toc_path(&layer.digest), layer.digest.as_str()).ok()?);
+    let data = open_data(store, &blob, layer, &toc, spans);
+    Some((toc, Arc::new(data.ok()?)))
 }
 
 /// Index a blob that stays where it is (an OCI layout's), checking its digest as it
@@ -231,7 +232,7 @@ fn index_in_place(
             io::copy(&mut hashing, &mut io::sink())?;
             Ok(hashing.finish().0)
         });
-        let built = build::index_blob(&whole, compression, Some(diff_id), as_sink(&mut copy));
+        let built = build::index_blob(&whole, compression, Some(diff_id), as_sink(&mut copy), &store.scratch_dir());
         (built, digest.join())
     });
     let built = digest
@@ -253,20 +254,19 @@ fn index_in_place(
     }
 }
 
-/// The layer's data, every read from disk checked against `sums`.
+/// The layer's data, every read from disk checked against the block sums in its TOC.
 fn open_data(
     store: &Store,
     blob: &Path,
     layer: &Descriptor,
-    access: Access,
-    sums: BlockSums,
+    toc: &Arc<Toc>,
     spans: &Arc<SpanCache>,
 ) -> Result<LayerData> {
-    Ok(match access {
-        Access::Plain => LayerData::tar_checked(blob, sums),
-        Access::Checkpoints(c) => LayerData::compressed_checked(blob, c, Arc::clone(spans), Some(sums)),
-        Access::Reframed(c) => {
-            LayerData::compressed_checked(&store.reframed_path(&layer.digest), c, Arc::clone(spans), Some(sums))
+    Ok(match toc.access() {
+        AccessKind::Plain => LayerData::tar_checked(blob, Sums::Toc(Arc::clone(toc))),
+        AccessKind::Checkpoints => LayerData::compressed_checked(blob, Arc::clone(toc), Arc::clone(spans)),
+        AccessKind::Reframed => {
+            LayerData::compressed_checked(&store.reframed_path(&layer.digest), Arc::clone(toc), Arc::clone(spans))
         }
     }?)
 }
@@ -304,7 +304,7 @@ fn index_local(
         .and_then(Arriving::whole)
         .map_err(failed(format!("layer {} is not in the store", layer.digest)))?;
     let mut copy = reframe(store, compression)?;
-    match build::index_blob(&Arc::new(blob), compression, Some(diff_id), as_sink(&mut copy)) {
+    match build::index_blob(&Arc::new(blob), compression, Some(diff_id), as_sink(&mut copy), &store.scratch_dir()) {
         Ok(built) => Ok((built, copy)),
         Err(e) => {
             discard(copy);
@@ -328,6 +328,7 @@ fn download_and_index(
     progress: &dyn LayerProgress,
 ) -> Result<Option<(Built, Reframe)>> {
     let mut copy = reframe(store, compression)?;
+    let scratch = store.scratch_dir();
     let mut restarted = false;
     let mut outcome = None;
     let stored = store.put_blob_with(&layer.digest, |file| -> Result<Digest> {
@@ -335,7 +336,7 @@ fn download_and_index(
         std::thread::scope(|s| {
             let indexer = {
                 let (arriving, copy) = (Arc::clone(&arriving), &mut copy);
-                s.spawn(move || build::index_blob(&arriving, compression, Some(diff_id), as_sink(copy)))
+                s.spawn(move || build::index_blob(&arriving, compression, Some(diff_id), as_sink(copy), &scratch))
             };
             let mut sink = TeeSink {
                 file,
@@ -417,8 +418,8 @@ impl BlobSink for TeeSink<'_> {
     }
 }
 
-/// Save a freshly built index (keeping the re-encoded form only of a layer that can't
-/// be entered midway) and open the layer.
+/// Write a freshly built TOC (keeping the re-encoded form only of a layer that can't be
+/// entered midway) and open the layer.
 fn finish(
     store: &Store,
     blob: &Path,
@@ -428,53 +429,63 @@ fn finish(
     spans: &Arc<SpanCache>,
 ) -> Result<Loaded> {
     let reframed = store.reframed_path(&layer.digest);
-    let access = match (compression, built.checkpoints, copy) {
+    let (reframe_to, checkpoints) = match (compression, built.checkpoints, copy) {
         (Compression::None, _, copy) => {
             discard(copy);
-            Access::Plain
+            (None, None)
         }
         // A gzip checkpoint can only sit at a deflate block boundary, so a rare span
         // runs long; decoding it is still far cheaper than another form of the layer.
         (Compression::Gzip, Some(c), copy) => {
             discard(copy);
-            Access::Checkpoints(c)
+            (None, Some(c))
         }
         // zstd can only restart at a frame start: a layer in big frames is read from
         // its re-encoded form.
         (_, Some(c), copy) if c.is_seekable() => {
             discard(copy);
-            Access::Checkpoints(c)
+            (None, Some(c))
         }
         (_, _, Some((tmp, writer))) => {
             let file = writer.finish()?;
             file.sync_all()?;
             let mut frames = IndexingDecoder::new(File::open(&tmp)?, Format::Zstd, build::SPAN)?;
             io::copy(&mut frames, &mut io::sink())?;
-            let c = frames.finish()?;
-            std::fs::rename(&tmp, &reframed).map_err(failed(format!("cannot write {}", reframed.display())))?;
-            Access::Reframed(c)
+            (Some(tmp), Some(frames.finish()?))
         }
         (_, _, None) => {
             return Err(Error::Invalid(format!("layer {} can't be read midway and was not re-encoded", layer.digest)))
         }
     };
+    if let Some(tmp) = &reframe_to {
+        std::fs::rename(tmp, &reframed).map_err(failed(format!("cannot write {}", reframed.display())))?;
+    }
+    let data = match (&reframe_to, &checkpoints) {
+        (None, None) => DataIndex::Plain,
+        (None, Some(c)) => DataIndex::Checkpoints(c),
+        (Some(_), Some(c)) => DataIndex::Reframed(c),
+        (Some(_), None) => unreachable!("a re-encoded layer has checkpoints"),
+    };
     let _ = std::fs::remove_file(store.old_copy_path(&layer.digest));
     // Checksums of what reads will come from, taken right after the blob's digest (and
     // the layer's diff_id) checked out; the file is still in the page cache.
-    let stored = if matches!(access, Access::Reframed(_)) { &reframed } else { blob };
+    let stored = if reframe_to.is_some() { &reframed } else { blob };
     let sums =
         File::open(stored).and_then(BlockSums::of).map_err(failed(format!("cannot read {}", stored.display())))?;
-    let file = IndexFile { index: LayerIndex::new(built.contents), access, sums };
-    store.write_derived(&store.index_path(&layer.digest), |f| -> Result<()> {
-        Ok(file.save(layer.digest.as_str(), f)?)
+    let path = store.toc_path(&layer.digest);
+    store.write_derived(&path, |f| -> Result<()> {
+        Ok(toc::write::write(f, layer.digest.as_str(), built.toc, data, &sums)?)
     })?;
-    let IndexFile { index, access, sums } = file;
-    let data = open_data(store, blob, layer, access, sums, spans)?;
-    Ok((Arc::new(index), Arc::new(data)))
+    // An older imgfs's index of this layer is never read again.
+    let _ = std::fs::remove_file(store.legacy_index_path(&layer.digest));
+    let toc = Arc::new(Toc::open(&path, layer.digest.as_str())?);
+    let data = open_data(store, blob, layer, &toc, spans)?;
+    Ok((toc, Arc::new(data)))
 }
 
-/// A layer's uncompressed tar size, if it is indexed in the store (read from its
-/// index's head).
+/// A layer's uncompressed tar size, if it is indexed in the store (read from its TOC's
+/// header).
 pub fn unpacked_size(store: &Store, layer: &Descriptor) -> Option<u64> {
-    IndexFile::uncompressed_size(&store.index_path(&layer.digest), layer.digest.as_str(), layer.size).ok()
+    let toc = Toc::open(&store.toc_path(&layer.digest), layer.digest.as_str()).ok()?;
+    Some(toc.uncompressed_size(layer.size))
 }

@@ -39,6 +39,7 @@ impl Window {
 }
 
 /// Where a layer's blobs are, and the disk cache their fetched pieces go to.
+#[derive(Clone)]
 pub struct RangeSource {
     pub client: Arc<Client>,
     pub registry: String,
@@ -85,26 +86,106 @@ impl RangeSource {
 }
 
 /// A layer served through its published index: spans of the layer blob, and the
-/// windows the gzip checkpoints need, from the index blob.
+/// windows the gzip checkpoints need, from the index blob (format 1; in format 2 the
+/// windows are in the TOC, read through `Paged`).
 pub struct Published {
     pub source: RangeSource,
     pub layer: Digest,
     /// The index blob, which holds the windows after its head.
     pub artifact: Digest,
-    /// SHA-256 of span `i`'s compressed bytes.
+    /// SHA-256 of span `i`'s compressed bytes (format 1; format 2's are in `paged`).
     pub span_digests: Vec<[u8; 32]>,
     pub windows: Vec<Window>,
     /// `(start, end)` of each window in the index blob.
     pub window_ranges: Vec<(u64, u64)>,
+    /// Format 2: the TOC pages and digests, fetched as they are needed.
+    pub paged: Option<Arc<PagedIndex>>,
 }
 
 const PUBLISHED: &str = "published index";
 
+/// A published index of format 2 read piece by piece: the chunks of its digest list
+/// (each checked against the head), the TOC pages and spans they vouch for.
+pub struct PagedIndex {
+    pub source: RangeSource,
+    pub layer: Digest,
+    pub artifact: Digest,
+    pub head_len: u64,
+    pub paged: crate::index_artifact::Paged,
+    /// Chunks of digests fetched so far (a few KiB each, about 32 bytes per 2 KiB of
+    /// TOC and per span: kept).
+    chunks: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<u8>>>>,
+}
+
+impl PagedIndex {
+    pub fn new(
+        source: RangeSource,
+        layer: Digest,
+        artifact: Digest,
+        head_len: u64,
+        paged: crate::index_artifact::Paged,
+    ) -> PagedIndex {
+        PagedIndex { source, layer, artifact, head_len, paged, chunks: Default::default() }
+    }
+
+    /// Digest `i` of the list (TOC page `i`, or span `i - pages`), from its checked chunk.
+    fn digest(&self, i: u64) -> io::Result<[u8; 32]> {
+        let p = &self.paged;
+        if i >= p.pages + p.spans {
+            return Err(io::Error::other(format!("digest {i} out of range")));
+        }
+        let k = i / p.per_chunk;
+        let cached = self.chunks.lock().unwrap_or_else(|e| e.into_inner()).get(&k).cloned();
+        let chunk = match cached {
+            Some(c) => c,
+            None => {
+                let want = p.chunks.get(k as usize).ok_or_else(|| io::Error::other("digest chunk out of range"))?;
+                let range = p.chunk_range(self.head_len, k);
+                let key = format!("{}-digests-{k}", self.artifact.hex());
+                let what = || format!("digests {k} of the published index of layer {}", self.layer);
+                let check = |b: &[u8]| <[u8; 32]>::from(Sha256::digest(b)) == *want;
+                let bytes = Arc::new(self.source.fetch(&key, &self.artifact, range, check, what, PUBLISHED)?);
+                self.chunks.lock().unwrap_or_else(|e| e.into_inner()).insert(k, Arc::clone(&bytes));
+                bytes
+            }
+        };
+        let at = ((i % p.per_chunk) * 32) as usize;
+        chunk.get(at..at + 32).and_then(|d| d.try_into().ok()).ok_or_else(|| io::Error::other("digest chunk cut short"))
+    }
+
+    /// The digest of span `i`.
+    fn span_digest(&self, i: usize) -> io::Result<[u8; 32]> {
+        self.digest(self.paged.pages + i as u64)
+    }
+}
+
+/// The TOC pages of a published index of format 2, for `Toc::open_remote`.
+pub struct TocPages(pub Arc<PagedIndex>);
+
+impl crate::layer::toc::PageSource for TocPages {
+    fn page_size(&self) -> u64 {
+        self.0.paged.page
+    }
+
+    fn fetch(&self, i: u64) -> io::Result<Vec<u8>> {
+        let p = &self.0;
+        let want = p.digest(i)?;
+        let range = p.paged.page_range(p.head_len, i);
+        let key = format!("{}-toc-{i}", p.artifact.hex());
+        let what = || format!("TOC page {i} of the published index of layer {}", p.layer);
+        let check = |b: &[u8]| <[u8; 32]>::from(Sha256::digest(b)) == want;
+        p.source.fetch(&key, &p.artifact, range, check, what, PUBLISHED)
+    }
+}
+
 impl Published {
     /// The compressed bytes of span `i`, blob bytes `range`, checked.
     pub fn span(&self, i: usize, range: (u64, u64)) -> io::Result<Vec<u8>> {
-        let want = self.span_digests.get(i).ok_or_else(|| io::Error::other(format!("span {i} out of range")))?;
-        let check = |b: &[u8]| <[u8; 32]>::from(Sha256::digest(b)) == *want;
+        let want = match &self.paged {
+            Some(p) => p.span_digest(i)?,
+            None => *self.span_digests.get(i).ok_or_else(|| io::Error::other(format!("span {i} out of range")))?,
+        };
+        let check = |b: &[u8]| <[u8; 32]>::from(Sha256::digest(b)) == want;
         let key = format!("{}-span-{i}", self.layer.hex());
         let what = || format!("span {i} (bytes {}..{}) of layer {}", range.0, range.1, self.layer);
         self.source.fetch(&key, &self.layer, range, check, what, PUBLISHED)

@@ -55,8 +55,8 @@ impl Store {
             }
             fs::remove_file(entry.path())?;
         }
-        // Derived files are named HEX.idx / HEX.tar after the layer blob they came from.
-        for sub in ["index/sha256", "layers/sha256"] {
+        // Derived files are named HEX.toc / HEX.zst after the layer blob they came from.
+        for sub in ["toc/sha256", "layers/sha256"] {
             for entry in fs::read_dir(self.root().join(sub))? {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -66,6 +66,16 @@ impl Store {
                     fs::remove_file(entry.path())?;
                 }
             }
+        }
+        // Indexes of an older imgfs (`index/`) are never read again: all go.
+        let legacy = self.root().join("index");
+        if let Ok(entries) = fs::read_dir(legacy.join("sha256")) {
+            for entry in entries.flatten() {
+                sweep.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = fs::remove_file(entry.path());
+            }
+            let _ = fs::remove_dir(legacy.join("sha256"));
+            let _ = fs::remove_dir(&legacy);
         }
         // No writer holds the shared lock now, so every temp file in tmp/ is left over
         // (records, written without a lease, keep theirs beside them, out of reach

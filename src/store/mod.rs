@@ -7,8 +7,10 @@
 //!   (see `gc`). Nothing here is ever read as a blob. A temp file is named after its
 //!   owner (pid and process start time): one whose owner is dead is removed by the
 //!   next command that opens the store, the rest by `prune`.
-//! - `index/sha256/HEX.idx`: a layer's table of contents and decompression
-//!   checkpoints, keyed by the layer's digest (see `layer::IndexFile`).
+//! - `toc/sha256/HEX.toc`: a layer's table of contents, decompression checkpoints and
+//!   block sums, keyed by the layer's digest and read in place (see `layer::toc`). An
+//!   older imgfs kept them as `index/sha256/HEX.idx`: those are never read, and go when
+//!   the layer's TOC is written or at the next `prune`.
 //! - `layers/sha256/HEX.zst`: a layer that can't be entered midway (zstd in one
 //!   frame), re-encoded in frames; other layers are read from their blobs.
 //! - `locks/fetch-HEX.lock`: held by the one process fetching blob HEX.
@@ -46,9 +48,9 @@ const DIR_MODE: u32 = 0o700;
 /// Mode of every file in the store.
 pub const FILE_MODE: u32 = 0o600;
 /// The subdirectories, created on open.
-const SUBDIRS: [&str; 8] = ["blobs/sha256", "tmp", "index/sha256", "layers/sha256", "locks", "mounts", "logs", "cache"];
+const SUBDIRS: [&str; 8] = ["blobs/sha256", "tmp", "toc/sha256", "layers/sha256", "locks", "mounts", "logs", "cache"];
 /// Where `write_derived` puts files, and so its temp files (`.tmp-…`).
-const DERIVED_DIRS: [&str; 4] = ["", "mounts", "index/sha256", "cache"];
+const DERIVED_DIRS: [&str; 4] = ["", "mounts", "toc/sha256", "cache"];
 
 /// What goes wrong in the store. The texts are what users see after `imgfs: error:`.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +160,20 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
-    pub fn index_path(&self, layer: &Digest) -> PathBuf {
+    /// A layer's TOC.
+    pub fn toc_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("toc/sha256").join(format!("{}.toc", layer.hex()))
+    }
+
+    /// Where an older imgfs kept a layer's index (decoded whole, a format no longer
+    /// read): removed when the layer's TOC is written.
+    pub fn legacy_index_path(&self, layer: &Digest) -> PathBuf {
         self.root.join("index/sha256").join(format!("{}.idx", layer.hex()))
+    }
+
+    /// Scratch files of work in progress (a TOC being sorted): `tmp/`, under a GC lease.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// Spans fetched by Range through a published index (`cache::DiskCache`).
@@ -341,7 +355,7 @@ fn tighten(root: &Path) -> std::io::Result<()> {
             _ => {}
         }
     }
-    // The top of each subdirectory `open` makes (`index/sha256` → `index`), each once.
+    // The top of each subdirectory `open` makes (`toc/sha256` → `toc`), each once.
     let mut tops: Vec<&str> = SUBDIRS.iter().map(|s| s.split('/').next().unwrap_or(s)).collect();
     tops.dedup();
     let mut stack: Vec<PathBuf> = tops.iter().map(|t| root.join(t)).collect();
