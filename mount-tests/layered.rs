@@ -315,3 +315,39 @@ fn layered_provisional_dir_attrs_become_exact() {
         treecmp(&l.m.dir, &unpack_of(LAYERED).join("rootfs"), &["--ignore-dir-mtime-of", ignore.to_str().unwrap()]);
     assert!(diffs.is_empty(), "{LAYERED} differs from its reference unpack:\n{}", diffs.join("\n"));
 }
+
+/// A listing needs every layer of its directory's range, so a listing of the root from a
+/// fresh mount fetches them together: while the top layer's download is held back, the
+/// layers below it are asked for too (one after another, each would wait for the top
+/// one). The listing then equals the reference's.
+#[test]
+fn layered_listing_fetches_its_layers_together() {
+    let Some(_) = outcome::test_env() else { return };
+    let l = Layered::mount();
+    l.proxy.add(Rule::new(&l.layers[3], Fault::Hold));
+    let guard = Duration::from_secs(40);
+    let (tx, rx) = mpsc::channel();
+    let root = l.path("");
+    std::thread::spawn(move || {
+        let names = fs::read_dir(&root).map(|d| {
+            let mut names: Vec<String> = d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            names
+        });
+        let _ = tx.send(names);
+    });
+    let top_held = wait_until(guard, || l.proxy.held() > 0);
+    let below_asked = top_held && wait_until(guard, || l.layers[..3].iter().all(|d| !l.proxy.seen_for(d).is_empty()));
+    let asked: Vec<bool> = l.layers.iter().map(|d| !l.proxy.seen_for(d).is_empty()).collect();
+    let still_held = !l.proxy.is_released();
+    l.proxy.release();
+    let names = rx.recv_timeout(guard).expect("the listing answers once the top layer is let go").unwrap();
+    assert!(top_held, "listing the root never asked for the top layer");
+    assert!(still_held && below_asked, "with the top layer held, the layers below were not all asked for: {asked:?}");
+    let mut want: Vec<String> = fs::read_dir(unpack_of(LAYERED).join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+}

@@ -379,6 +379,9 @@ impl Tree {
     /// `.` and `..` first; else a cookie a previous batch gave), each with the cookie
     /// that resumes after it. No node is made for them (see `remember`).
     pub fn read_dir(&self, ino: Ino, offset: u64, max: usize) -> TResult<Vec<Listed>> {
+        if offset == 0 {
+            self.fetch_range(ino);
+        }
         self.run(|t, st| {
             if !Self::is_dir(st, ino) {
                 return Ok(Vec::new());
@@ -425,6 +428,58 @@ impl Tree {
             }
             Ok(out)
         })
+    }
+
+    /// A listing needs every layer of the directory's range: fetch the layers of it that
+    /// are neither loaded nor local together (as many at once as there are cores, two at
+    /// least), instead of one after another as the merge comes to them. The range runs
+    /// down to the directory's floor, or, before that is known, to the nearest floor
+    /// among its ancestors (the root's range is every layer): a layer that an opaque
+    /// marker or whiteout of a layer above turns out to cut is then fetched for nothing,
+    /// the one speculation here. A fetch that fails is left for the listing itself to
+    /// meet and report. Nothing else is fetched ahead: a lookup still reads layers from
+    /// the top down, as far as its answer needs.
+    fn fetch_range(&self, ino: Ino) {
+        let missing: Vec<usize> = {
+            let mut st = self.lock();
+            if !Self::is_dir(&st, ino) {
+                return;
+            }
+            let top = Self::dir(&mut st, ino).next;
+            let mut at = ino;
+            let floor = loop {
+                let d = Self::dir(&mut st, at);
+                match d.floor {
+                    Some(f) => break f,
+                    None if at == ROOT => break 0,
+                    None => at = d.parent,
+                }
+            };
+            // Top down, as the listing merges them: the first it needs come first.
+            (floor..top)
+                .rev()
+                .map(|l| l as usize)
+                .filter(|&l| st.layers[l].is_none() && !self.source.is_local(l))
+                .collect()
+        };
+        if missing.len() < 2 {
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        // Two at least: a fetch waits on the network as much as on a core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cores.max(2).min(missing.len());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while let Some(&l) = missing.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        if let Ok(toc) = self.source.toc(l) {
+                            self.lock().layers[l].get_or_insert(toc);
+                        }
+                    }
+                });
+            }
+        });
     }
 
     /// The node of a listed entry, made if needed, without counting a kernel reference
@@ -1057,19 +1112,44 @@ impl Tree {
     fn resolve_path(&self, st: &mut State, path: &[u8]) -> Step<Option<Target>> {
         let mut ino = ROOT;
         let mut last = None;
-        for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            if last.is_some() {
-                last = None; // a component under a non-directory
+        let mut made = Vec::new();
+        let result = (|| {
+            for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                if last.is_some() {
+                    last = None; // a component under a non-directory
+                    break;
+                }
+                match self.resolve(st, ino, name)? {
+                    Resolved::Target(t @ Target::Dir { layer, node, .. }) => {
+                        let existed = st.nodes.contains_key(&Self::ino_of_key(layer, node));
+                        ino = self.node_of(st, t)?;
+                        if !existed {
+                            made.push(ino);
+                        }
+                    }
+                    Resolved::Target(t) => last = Some(t),
+                    Resolved::Absent | Resolved::Broken(_) => break,
+                }
+            }
+            Ok(last)
+        })();
+        // The directories made on the way go again, deepest first, if no one holds them
+        // meanwhile; only those: a node made before (for a listing, say, whose caller
+        // holds no reference) stays.
+        for ino in made.into_iter().rev() {
+            let Some(node) = st.nodes.get(&ino) else { continue };
+            if node.refs > 0 || node.children > 0 {
                 break;
             }
-            match self.resolve(st, ino, name)? {
-                Resolved::Target(t @ Target::Dir { .. }) => ino = self.node_of(st, t)?,
-                Resolved::Target(t) => last = Some(t),
-                Resolved::Absent | Resolved::Broken(_) => break,
+            let parent = match &node.kind {
+                NodeKind::Dir(d) => d.parent,
+                NodeKind::Leaf { .. } => break,
+            };
+            st.nodes.remove(&ino);
+            if let Some(p) = st.nodes.get_mut(&parent) {
+                p.children = p.children.saturating_sub(1);
             }
         }
-        // The directories made on the way that no one holds go again.
-        Self::release(st, ino);
-        Ok(last)
+        result
     }
 }

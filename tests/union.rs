@@ -233,6 +233,28 @@ fn hardlinks_share_an_inode_and_count_only_visible_names() {
     assert!(walk(&fs, "orig").is_none());
 }
 
+/// A listing's entries keep their nodes while their attributes are read: counting a
+/// hard-link group's names resolves their paths, and the directories that makes on the
+/// way go again only if that resolution made them, never one the listing handed out.
+#[test]
+fn a_listed_directory_outlives_the_link_count_of_a_sibling() {
+    let (fs, _) = fs_of(&[vec![
+        E::Dir("hardlinks"),
+        E::File("hardlinks/a", "shared"),
+        E::Hard("hardlinks/b", "hardlinks/a"),
+        E::Dir("hardlinks/sub"),
+        E::Hard("hardlinks/sub/c", "hardlinks/a"),
+    ]]);
+    let dir = walk(&fs, "hardlinks").unwrap();
+    let listing = fs.readdir(dir).unwrap();
+    let mut seen = Vec::new();
+    for e in listing.iter().filter(|e| e.name != b"." && e.name != b"..") {
+        let info = fs.getattr(e.ino).unwrap_or_else(|err| panic!("{:?}: {err:?}", String::from_utf8_lossy(&e.name)));
+        seen.push((String::from_utf8(e.name.clone()).unwrap(), info.nlink));
+    }
+    assert_eq!(seen, [("a".to_string(), 3), ("b".to_string(), 3), ("sub".to_string(), 2)]);
+}
+
 #[test]
 fn a_hardlink_to_a_lower_layer_resolves_to_the_lower_file() {
     let (fs, _) = fs_of(&[vec![E::File("base", "lower data")], vec![E::Hard("up", "base")]]);
