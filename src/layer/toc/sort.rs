@@ -17,15 +17,25 @@ pub type Compare = fn(&[u8], &[u8]) -> Ordering;
 const MAX_FAN_IN: usize = 64;
 const READ_BUFFER: usize = 64 << 10;
 
-/// A scratch file no one else can see: created in `dir` and unlinked at once, so it
-/// goes with the process whatever happens to it.
+/// A scratch file no one else can see: an unnamed file in `dir` (`O_TMPFILE`), which
+/// goes with the process whatever happens to it, even a kill. Where the filesystem has
+/// no unnamed files, a named one unlinked at once; a kill between the two leaves a
+/// `.toc-scratch-…` file, which the next GC sweep of `tmp/` removes.
 pub fn scratch_file(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match File::options().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir) {
+        Ok(file) => return Ok(file),
+        // EISDIR: a kernel that does not know the flag; EOPNOTSUPP: a filesystem that
+        // does not have unnamed files.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)) => {}
+        Err(e) => return Err(e),
+    }
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     loop {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(".toc-scratch-{}-{n}", std::process::id()));
-        let file = match File::options().read(true).write(true).create_new(true).open(&path) {
+        let file = match File::options().read(true).write(true).create_new(true).mode(0o600).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
