@@ -8,7 +8,7 @@
 //! later rebuilds any one span from the blob alone with positioned reads, so the FUSE threads
 //! can decode different spans of one file at once.
 
-use super::zlib::{self, Inflater};
+use super::zlib::{self, invalid_data, Inflater, WINDOW_SIZE};
 use super::{Context, Result};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -23,8 +23,6 @@ pub const DEFAULT_SPAN: u64 = 1 << 20;
 /// only be entered at its start, and many encoders write one frame per layer).
 pub const MAX_SPAN_FACTOR: u64 = 4;
 
-/// Deflate's history: a back-reference reaches at most this far.
-pub(super) const WINDOW_SIZE: usize = 32 * 1024;
 /// A deflated window may grow a little when the window is incompressible.
 pub(super) const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
 
@@ -536,10 +534,6 @@ pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
         return Err(bad());
     }
     Ok(p)
-}
-
-pub(super) fn invalid_data(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
 fn invalid_input(msg: String) -> io::Error {
