@@ -213,19 +213,70 @@ fn cp_copies_a_directory_with_and_without_slash_dot_a_file_and_a_tar() {
 }
 
 fn tar_names(stream: &[u8]) -> Vec<String> {
+    let out = tar_list(stream);
+    assert!(out.status.success(), "tar -t: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+/// `tar -t` of `stream`.
+fn tar_list(stream: &[u8]) -> Output {
     let mut child = Command::new("tar")
         .args(["-tf", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let data = stream.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&data));
     let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "tar -t");
-    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    // tar may stop reading a stream it finds broken.
+    let _ = writer.join().unwrap();
+    out
+}
+
+/// A stream that fails midway ends where it failed. The layer blobs of a stored image
+/// are damaged (zeros, the same size), so the first file's data fails its check:
+/// `export` and `cp … -` exit 1 naming that file, and what they wrote is no archive
+/// `tar -t` accepts (the tar writer used to end it with the end-of-archive blocks,
+/// which `tar` read as the file's data, zeros, and the end). `export -o` leaves
+/// nothing, nor does `export -o DIR`, which is refused before anything is read.
+#[test]
+fn a_stream_that_fails_midway_is_no_complete_archive() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = image("app:1");
+    imgfs_ok(store.root(), &["pull", &app]);
+    for d in layer_digests("app:1") {
+        let blob = blob_file(store.root(), &d);
+        let len = fs::metadata(&blob).unwrap().len() as usize;
+        fs::write(&blob, vec![0u8; len]).unwrap();
+    }
+    let etc = format!("{app}:/etc");
+    for (args, first_file) in
+        [(vec!["export", app.as_str()], "/app/bin/run.sh"), (vec!["cp", etc.as_str(), "-"], "/etc/hostname")]
+    {
+        let out = imgfs(store.root(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(first_file) && !err.contains("writing"),
+            "{args:?}: not a read failure of {first_file}: {err}"
+        );
+        assert!(!out.stdout.is_empty(), "{args:?}: nothing written before {first_file}");
+        let listed = tar_list(&out.stdout);
+        assert!(!listed.status.success(), "{args:?}: tar takes the stream for a whole archive: {}", show(&listed));
+    }
+    let file = tmp.path().join("app.tar");
+    imgfs_fails(store.root(), &["export", "-o", file.to_str().unwrap(), &app]);
+    let dir = tmp.path().join("a-dir");
+    fs::create_dir(&dir).unwrap();
+    let err = imgfs_fails(store.root(), &["export", "-o", dir.to_str().unwrap(), &app]);
+    assert!(err.contains("is a directory"), "{err}");
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["a-dir"], "export -o left files behind");
 }
 
 #[test]

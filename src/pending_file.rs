@@ -35,17 +35,13 @@ impl PendingFile {
         self.file.as_mut().expect("open until committed")
     }
 
-    /// The temporary path, for setting attributes before the rename.
-    pub fn temp_path(&self) -> &Path {
-        &self.temp
-    }
-
-    /// Flush it and put it in place (replacing a file there).
+    /// Flush it and put it in place (replacing a file there). When that fails, the
+    /// temporary file goes when this is dropped, as for one never committed.
     pub fn commit(mut self) -> io::Result<()> {
-        let file = self.file.take().expect("open until committed");
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.temp, &self.dest)
+        self.file().sync_all()?;
+        std::fs::rename(&self.temp, &self.dest)?;
+        self.file = None;
+        Ok(())
     }
 }
 
@@ -63,5 +59,35 @@ impl io::Write for PendingFile {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingFile;
+    use std::io::Write;
+
+    #[test]
+    fn a_commit_that_fails_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory at the destination: the rename fails (EISDIR).
+        let dest = dir.path().join("taken");
+        std::fs::create_dir(&dest).unwrap();
+        let mut file = PendingFile::create(&dest, 0o644).unwrap();
+        file.write_all(b"complete, but with nowhere to go\n").unwrap();
+        assert!(file.commit().is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["taken"], "the temporary file stays after a failed commit");
+    }
+
+    #[test]
+    fn a_commit_puts_the_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        let mut file = PendingFile::create(&dest, 0o644).unwrap();
+        file.write_all(b"done\n").unwrap();
+        file.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"done\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

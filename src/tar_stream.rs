@@ -30,9 +30,11 @@ pub enum Naming {
 }
 
 /// Write `top` and everything below it to `out` as a tar stream, ending with the two
-/// zero blocks of the end of an archive.
+/// zero blocks of the end of an archive. A stream that fails midway ends where it
+/// failed, without them, so that a reader sees a truncated archive rather than a
+/// complete one with files missing.
 pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming, out: W) -> Result<W, Error> {
-    let mut builder = tar::Builder::new(out);
+    let mut builder = tar::Builder::new(Cut { out, cut: false });
     // First name written of each hard-link group, by inode.
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let base: Vec<u8> = match naming {
@@ -40,7 +42,7 @@ pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming, out: W) -> Resul
         _ if !top.is_dir() => top.name().to_vec(),
         _ => Vec::new(),
     };
-    walk::walk(fs, top, |rel, node| -> Result<(), Error> {
+    let walked = walk::walk(fs, top, |rel, node| -> Result<(), Error> {
         let mut name = if base.is_empty() {
             if rel.is_empty() {
                 b".".to_vec()
@@ -68,8 +70,31 @@ pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming, out: W) -> Resul
             name.push(b'/');
         }
         append(&mut builder, fs, node, &name, link_to.as_deref())
-    })?;
-    Ok(builder.into_inner()?)
+    });
+    if let Err(e) = walked {
+        // `tar::Builder` ends the archive when it is dropped: cut the output first.
+        builder.get_mut().cut = true;
+        return Err(e);
+    }
+    Ok(builder.into_inner()?.out)
+}
+
+/// The output of a stream, refusing every write once `cut`.
+struct Cut<W> {
+    out: W,
+    cut: bool,
+}
+
+impl<W: Write> Write for Cut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cut {
+            return Err(std::io::Error::other("the tar stream was cut off where it failed"));
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// The largest number ustar's 8-byte octal fields hold (7 digits).
@@ -141,11 +166,21 @@ fn append<W: Write>(
     }
     header.set_cksum();
     if kind == tar::EntryType::Regular {
-        builder.append(&header, BufferedFile::new(fs, node))?;
+        builder.append(&header, BufferedFile::new(fs, node)).map_err(read_or_write)?;
     } else {
         builder.append(&header, std::io::empty())?;
     }
     Ok(())
+}
+
+/// A file's read failure comes back from `tar`'s copy as an `io::Error` holding the
+/// walk's error: give it back as that (an image that cannot be read), not as a failure
+/// to write the stream.
+fn read_or_write(e: std::io::Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<walk::Error>()) {
+        return Error::Io(e);
+    }
+    Error::Walk(*e.into_inner().and_then(|inner| inner.downcast().ok()).expect("holds a walk::Error"))
 }
 
 /// Put `value` in a ustar name field if it fits as ASCII, else a PAX record `key` (the
