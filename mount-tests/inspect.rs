@@ -279,6 +279,41 @@ fn a_stream_that_fails_midway_is_no_complete_archive() {
     assert_eq!(left, ["a-dir"], "export -o left files behind");
 }
 
+/// Where SRC's name is a symbolic link in DEST (a rootfs's `var/run -> /run`), `cp` of
+/// a directory is refused and writes nothing through it; where it is a file, refused
+/// too. `-L` names the copy after the link, as `docker cp` does, in a tar stream too.
+#[test]
+fn cp_never_writes_through_a_link_in_dest_and_names_a_followed_link_after_it() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = format!("{}:/etc", image("app:1"));
+    let (into, outside) = (tmp.path().join("into"), tmp.path().join("outside"));
+    fs::create_dir(&into).unwrap();
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, into.join("etc")).unwrap();
+    let err = imgfs_fails(store.root(), &["cp", &src, into.to_str().unwrap()]);
+    assert!(err.contains("cannot overwrite non-directory"), "{err}");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "cp wrote through the link");
+    assert!(fs::symlink_metadata(into.join("etc")).unwrap().file_type().is_symlink());
+    let files = tmp.path().join("files");
+    fs::create_dir(&files).unwrap();
+    fs::write(files.join("etc"), "mine\n").unwrap();
+    let err = imgfs_fails(store.root(), &["cp", &src, files.to_str().unwrap()]);
+    assert!(err.contains("cannot overwrite non-directory"), "{err}");
+    assert_eq!(fs::read(files.join("etc")).unwrap(), b"mine\n");
+
+    let link = format!("{}:/etc/issue.link", image("base:1"));
+    imgfs_ok(store.root(), &["cp", "-L", &link, files.to_str().unwrap()]);
+    let copied = files.join("issue.link");
+    assert!(fs::symlink_metadata(&copied).unwrap().is_file(), "-L copies what the link leads to");
+    assert_eq!(fs::read(&copied).unwrap(), reference_file("base:1", "etc/issue"));
+    assert!(!files.join("issue").exists());
+    let out = imgfs(store.root(), &["cp", "-L", &link, "-"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(tar_names(&out.stdout), ["issue.link"]);
+}
+
 #[test]
 fn files_lists_a_directory_and_a_tree_as_the_reference_has_them() {
     let Some(_) = outcome::test_env() else { return };

@@ -21,26 +21,27 @@ pub enum Error {
 }
 
 /// How the entries are named.
-pub enum Naming {
+pub enum Naming<'a> {
     /// The top is `./` (or, for a non-directory, its own name); what is below it is
     /// named relative to it: `etc/`, `etc/hostname` (`export`, and `cp DIR/. -`).
     Relative,
-    /// Everything under the top's own name: `etc/`, `etc/hostname` for `/etc` (`cp DIR -`).
-    UnderName,
+    /// Everything under this name: `etc/`, `etc/hostname` for `/etc` named `etc`
+    /// (`cp DIR -`; `cp -L LINK -` names what the link leads to after the link).
+    Under(&'a [u8]),
 }
 
 /// Write `top` and everything below it to `out` as a tar stream, ending with the two
 /// zero blocks of the end of an archive. A stream that fails midway ends where it
 /// failed, without them, so that a reader sees a truncated archive rather than a
 /// complete one with files missing.
-pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming, out: W) -> Result<W, Error> {
+pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming<'_>, out: W) -> Result<W, Error> {
     let mut builder = tar::Builder::new(Cut { out, cut: false });
     // First name written of each hard-link group, by inode.
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let base: Vec<u8> = match naming {
-        Naming::UnderName if top.path != b"/" => top.name().to_vec(),
-        _ if !top.is_dir() => top.name().to_vec(),
-        _ => Vec::new(),
+        Naming::Under(name) => name.to_vec(),
+        Naming::Relative if !top.is_dir() => top.name().to_vec(),
+        Naming::Relative => Vec::new(),
     };
     let walked = walk::walk(fs, top, |rel, node| -> Result<(), Error> {
         let mut name = if base.is_empty() {
