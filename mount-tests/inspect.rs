@@ -314,6 +314,107 @@ fn cp_never_writes_through_a_link_in_dest_and_names_a_followed_link_after_it() {
     assert_eq!(tar_names(&out.stdout), ["issue.link"]);
 }
 
+/// An OCI layout made here with umoci (`oci:DIR:t`): /tree holds a read-only (0555)
+/// directory with a read-only directory in it; /links a device node with a second
+/// (hard-linked) name, between two files.
+fn umoci_image(dir: &Path) -> String {
+    let run = |program: &str, args: &[&std::ffi::OsStr]| {
+        let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {}", show(&out));
+    };
+    let layout = dir.join("layout");
+    let image = format!("{}:t", layout.display());
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    run("umoci", &["init".as_ref(), "--layout".as_ref(), layout.as_os_str()]);
+    run("umoci", &["new".as_ref(), "--image".as_ref(), image.as_ref()]);
+    run("umoci", &["unpack".as_ref(), "--image".as_ref(), image.as_ref(), bundle.as_os_str()]);
+    fs::create_dir_all(rootfs.join("tree/ro/sub")).unwrap();
+    fs::write(rootfs.join("tree/ro/f"), "in a read-only directory\n").unwrap();
+    fs::write(rootfs.join("tree/ro/sub/g"), "deeper\n").unwrap();
+    fs::write(rootfs.join("tree/plain"), "plain\n").unwrap();
+    for d in ["tree/ro/sub", "tree/ro"] {
+        fs::set_permissions(rootfs.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    fs::create_dir(rootfs.join("links")).unwrap();
+    fs::write(rootfs.join("links/a"), "before\n").unwrap();
+    run("mknod", &[rootfs.join("links/null").as_os_str(), "c".as_ref(), "1".as_ref(), "3".as_ref()]);
+    fs::hard_link(rootfs.join("links/null"), rootfs.join("links/null2")).unwrap();
+    fs::write(rootfs.join("links/z"), "after\n").unwrap();
+    run("umoci", &["repack".as_ref(), "--image".as_ref(), image.as_ref(), bundle.as_os_str()]);
+    // umoci keeps its layout to root (index.json is 0600).
+    run("chmod", &["-R".as_ref(), "a+rX".as_ref(), layout.as_os_str()]);
+    format!("oci:{image}")
+}
+
+/// `imgfs` run as the test user.
+fn imgfs_as_user(store: &Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", TEST_USER, "--", env!("CARGO_BIN_EXE_imgfs"), "--root"])
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("runuser")
+}
+
+/// `cp` as a user: a merge into an existing directory moves read-only directories in
+/// (Linux moves a directory to another parent only while it is writable: they get
+/// their modes once moved), and works in a directory whose parent the user cannot
+/// write (as `~` in /home); a device node is skipped with a warning, the other names
+/// of its hard-link group too.
+#[test]
+fn cp_as_a_user_merges_read_only_directories_and_skips_linked_device_nodes() {
+    let Some(_) = outcome::test_env() else { return };
+    let uid = test_user();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let source = umoci_image(tmp.path());
+    let nlink = imgfs_ok(Store::new().root(), &["files", "--format", "{{.Type}} {{.Nlink}}", &source, "/links/null2"]);
+    assert_eq!(nlink.trim(), "char 2", "the image has no hard-linked device node");
+    let (store, home) = (tmp.path().join("store"), tmp.path().join("home"));
+    for d in [&store, &home, &home.join("merge")] {
+        fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+    }
+    let mine = home.join("mine");
+    fs::write(&mine, "stays\n").unwrap();
+    std::os::unix::fs::chown(&mine, Some(uid), Some(uid)).unwrap();
+    let ok = |args: &[&str]| {
+        let out = imgfs_as_user(&store, args);
+        assert!(out.status.success(), "{args:?} as {TEST_USER}: {}", show(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let links = home.join("links");
+    let warnings = ok(&["cp", &format!("{source}:/links"), links.to_str().unwrap()]);
+    for name in ["null", "null2"] {
+        let warned =
+            warnings.lines().any(|l| l.contains(&format!("/links/{name}\"")) && l.contains("made only as root"));
+        assert!(warned, "no warning for {name}: {warnings}");
+        assert!(fs::symlink_metadata(links.join(name)).is_err(), "{name} made");
+    }
+    assert_eq!(fs::read(links.join("z")).unwrap(), b"after\n");
+
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    for dest in [home.join("merge"), home.clone()] {
+        ok(&["cp", &format!("{source}:/tree/."), dest.to_str().unwrap()]);
+        assert_eq!(fs::read(dest.join("ro/f")).unwrap(), b"in a read-only directory\n");
+        assert_eq!(fs::read(dest.join("ro/sub/g")).unwrap(), b"deeper\n");
+        assert_eq!(fs::read(dest.join("plain")).unwrap(), b"plain\n");
+        assert_eq!((mode(&dest.join("ro")), mode(&dest.join("ro/sub"))), (0o555, 0o555));
+        assert_eq!(fs::metadata(dest.join("ro")).unwrap().uid(), uid);
+    }
+    assert_eq!(fs::read(&mine).unwrap(), b"stays\n");
+    for dir in [tmp.path(), &home] {
+        let left: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".imgfs-"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
+    }
+}
+
 #[test]
 fn files_lists_a_directory_and_a_tree_as_the_reference_has_them() {
     let Some(_) = outcome::test_env() else { return };

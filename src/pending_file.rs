@@ -1,6 +1,7 @@
 //! A file (or directory) written under a temporary name beside where it goes and
 //! renamed into place only once it is complete, so that a command that fails halfway
-//! leaves nothing half-written at its destination: `export -o`, `cp`.
+//! leaves nothing half-written at its destination: `export -o`, `cp`; and the hidden
+//! temporary names `cp` makes what it merges into a directory under.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -9,11 +10,19 @@ use std::path::{Path, PathBuf};
 
 /// A temporary name beside `dest`: hidden, and unique to this process and attempt.
 pub fn temp_beside(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    dest.with_file_name(temp_name(&name))
+}
+
+/// A temporary name inside the directory `dir`, as hidden and unique.
+pub fn temp_in(dir: &Path) -> PathBuf {
+    dir.join(temp_name("merge"))
+}
+
+fn temp_name(name: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = format!(".{name}.imgfs-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    dest.with_file_name(tmp)
+    format!(".{name}.imgfs-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A file being written; `commit` renames it to its destination, dropping it removes it.

@@ -9,15 +9,17 @@
 //! - `-L` follows SRC when it is a symbolic link (inside the image), else the link
 //!   itself is copied; either way SRC's name is the last one of the PATH given.
 //!
-//! What is copied is made under a temporary name beside its destination
-//! (`extract`) and renamed into place once complete, so a failure leaves nothing
-//! half-written at DEST.
+//! What is copied to a new name is made under a temporary name beside it (`extract`)
+//! and renamed into place once complete, so a failure leaves nothing at DEST. A merge
+//! into an existing directory is made in a temporary directory inside it and moved in
+//! entry by entry: a failure midway leaves the entries moved so far (each complete)
+//! and nothing else.
 
 use super::opening::{open, ImageOptions};
 use super::Context;
-use crate::extract::extract;
+use crate::extract::{extract, extract_deferred};
 use crate::local_source::LocalRef;
-use crate::pending_file::temp_beside;
+use crate::pending_file::{temp_beside, temp_in};
 use crate::tar_stream::{self, Naming};
 use crate::walk::resolve;
 use anyhow::{bail, Context as _, Result};
@@ -136,9 +138,9 @@ fn copy_new(fs: &crate::fs::Fs, src: &crate::walk::Resolved, target: &Path, repl
     if !replace && target.symlink_metadata().is_ok() {
         bail!("{} exists", target.display());
     }
-    let temp = temp_beside(target);
-    let result = extract(fs, src, &temp)
-        .map_err(anyhow::Error::from)
+    let (temp, made) = at_free_temp(|| temp_beside(target), |temp| extract(fs, src, temp));
+    let result = made
+        .map_err(|e| anyhow::Error::from(e.shown_at(&temp, target)))
         .and_then(|()| std::fs::rename(&temp, target).with_context(|| format!("cannot write {}", target.display())));
     if result.is_err() {
         let _ = remove_any(&temp);
@@ -146,24 +148,44 @@ fn copy_new(fs: &crate::fs::Fs, src: &crate::walk::Resolved, target: &Path, repl
     result
 }
 
+/// Run `make` (an extraction, which makes its top first) at a temporary name from
+/// `name`. A name taken already (EEXIST for the top) is someone else's: it is left
+/// alone and another is tried. The name used and the outcome; after a failure, what
+/// is at that name is this process's to remove.
+fn at_free_temp<T>(
+    name: impl Fn() -> PathBuf,
+    make: impl Fn(&Path) -> Result<T, crate::extract::Error>,
+) -> (PathBuf, Result<T, crate::extract::Error>) {
+    loop {
+        let temp = name();
+        match make(&temp) {
+            Err(crate::extract::Error::Io { path, source })
+                if path == temp && source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            outcome => return (temp, outcome),
+        }
+    }
+}
+
 /// Copy directory `src`'s contents into the existing directory `dest`, as `docker cp`
 /// and tar do: what is there and not in `src` stays, files are replaced, directories
 /// merged, and `dest` takes `src`'s attributes. All is first made in a temporary
-/// directory beside `dest`, then moved in entry by entry.
+/// directory inside `dest` (where the caller can write, unlike beside it in `~`'s
+/// parent), then moved in entry by entry; the directories get their attributes last,
+/// once moved (a read-only one could not move to another parent).
 fn merge_copy(fs: &crate::fs::Fs, src: &crate::walk::Resolved, dest: &Path) -> Result<()> {
-    // Canonical, so that `.` or `dir/` has a name to put the temporary one beside.
-    let dest = dest.canonicalize().with_context(|| format!("cannot read {}", dest.display()))?;
-    let temp = temp_beside(&dest);
-    let result = extract(fs, src, &temp).map_err(anyhow::Error::from).and_then(|()| move_into(&temp, &dest));
-    let _ = remove_any(&temp);
-    result
+    let (temp, made) = at_free_temp(|| temp_in(dest), |temp| extract_deferred(fs, src, temp));
+    let moved = made
+        .map_err(|e| anyhow::Error::from(e.shown_at(&temp, dest)))
+        .and_then(|dirs| move_into(&temp, dest).map(|()| dirs));
+    let removed = remove_any(&temp).with_context(|| format!("cannot remove {}", temp.display()));
+    let dirs = moved?;
+    removed?;
+    // After the removal, which moves `dest`'s mtime.
+    Ok(dirs.apply(dest)?)
 }
 
-/// Move everything in `from` into the directory `to`, merging directories; then give
-/// `to` the attributes of `from`.
+/// Move everything in `from` into the directory `to`, merging directories.
 fn move_into(from: &Path, to: &Path) -> Result<()> {
-    // Read before moving anything out, which changes `from`'s mtime.
-    let attributes = std::fs::metadata(from)?;
     for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
         let entry = entry?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
@@ -175,19 +197,6 @@ fn move_into(from: &Path, to: &Path) -> Result<()> {
             _ => std::fs::rename(&src, &dst).with_context(|| format!("cannot write {}", dst.display()))?,
         }
     }
-    set_attributes(&attributes, to)
-}
-
-/// Give `to` the owner (as root), mode and mtime `m` says.
-fn set_attributes(m: &std::fs::Metadata, to: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if rustix::process::geteuid().is_root() {
-        std::os::unix::fs::chown(to, Some(m.uid()), Some(m.gid()))?;
-    }
-    std::fs::set_permissions(to, m.permissions())?;
-    let t = rustix::fs::Timespec { tv_sec: m.mtime(), tv_nsec: 0 };
-    let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
-    rustix::fs::utimensat(rustix::fs::CWD, to, &times, rustix::fs::AtFlags::empty())?;
     Ok(())
 }
 
