@@ -542,6 +542,14 @@ fn diff_of_images_sharing_a_base_equals_the_diff_of_their_unpacks() {
     );
     // The same image twice: nothing.
     assert_eq!(imgfs_ok(store.root(), &["diff", &image("app:1"), &image("app:1")]), "");
+    // A PATH below a directory one image whites out, which no layer names: still compared.
+    let readme = "/usr/share/doc/README";
+    assert!(want.contains(&format!("A {readme}")), "the test needs {readme} only in app:2: {want:?}");
+    let below = imgfs_ok(store.root(), &["diff", &image("app:1"), &image("app:2"), readme]);
+    assert_eq!(below, format!("A {readme}\n"));
+    // A PATH in neither image is an error naming it.
+    let err = imgfs_fails(store.root(), &["diff", &image("app:1"), &image("app:2"), "/nowhere"]);
+    assert!(err.contains("/nowhere") && err.contains("in neither image"), "{err}");
 }
 
 /// With indexes published for both images, a diff from an empty store fetches no
