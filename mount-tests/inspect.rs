@@ -213,19 +213,206 @@ fn cp_copies_a_directory_with_and_without_slash_dot_a_file_and_a_tar() {
 }
 
 fn tar_names(stream: &[u8]) -> Vec<String> {
+    let out = tar_list(stream);
+    assert!(out.status.success(), "tar -t: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+/// `tar -t` of `stream`.
+fn tar_list(stream: &[u8]) -> Output {
     let mut child = Command::new("tar")
         .args(["-tf", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let data = stream.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&data));
     let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "tar -t");
-    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    // tar may stop reading a stream it finds broken.
+    let _ = writer.join().unwrap();
+    out
+}
+
+/// A stream that fails midway ends where it failed. The layer blobs of a stored image
+/// are damaged (zeros, the same size), so the first file's data fails its check:
+/// `export` and `cp … -` exit 1 naming that file, and what they wrote is no archive
+/// `tar -t` accepts (the tar writer used to end it with the end-of-archive blocks,
+/// which `tar` read as the file's data, zeros, and the end). `export -o` leaves
+/// nothing, nor does `export -o DIR`, which is refused before anything is read.
+#[test]
+fn a_stream_that_fails_midway_is_no_complete_archive() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = image("app:1");
+    imgfs_ok(store.root(), &["pull", &app]);
+    for d in layer_digests("app:1") {
+        let blob = blob_file(store.root(), &d);
+        let len = fs::metadata(&blob).unwrap().len() as usize;
+        fs::write(&blob, vec![0u8; len]).unwrap();
+    }
+    let etc = format!("{app}:/etc");
+    for (args, first_file) in
+        [(vec!["export", app.as_str()], "/app/bin/run.sh"), (vec!["cp", etc.as_str(), "-"], "/etc/hostname")]
+    {
+        let out = imgfs(store.root(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(first_file) && !err.contains("writing"),
+            "{args:?}: not a read failure of {first_file}: {err}"
+        );
+        assert!(!out.stdout.is_empty(), "{args:?}: nothing written before {first_file}");
+        let listed = tar_list(&out.stdout);
+        assert!(!listed.status.success(), "{args:?}: tar takes the stream for a whole archive: {}", show(&listed));
+    }
+    let file = tmp.path().join("app.tar");
+    imgfs_fails(store.root(), &["export", "-o", file.to_str().unwrap(), &app]);
+    let dir = tmp.path().join("a-dir");
+    fs::create_dir(&dir).unwrap();
+    let err = imgfs_fails(store.root(), &["export", "-o", dir.to_str().unwrap(), &app]);
+    assert!(err.contains("is a directory"), "{err}");
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["a-dir"], "export -o left files behind");
+}
+
+/// Where SRC's name is a symbolic link in DEST (a rootfs's `var/run -> /run`), `cp` of
+/// a directory is refused and writes nothing through it; where it is a file, refused
+/// too. `-L` names the copy after the link, as `docker cp` does, in a tar stream too.
+#[test]
+fn cp_never_writes_through_a_link_in_dest_and_names_a_followed_link_after_it() {
+    let Some(_) = outcome::test_env() else { return };
+    let store = Store::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = format!("{}:/etc", image("app:1"));
+    let (into, outside) = (tmp.path().join("into"), tmp.path().join("outside"));
+    fs::create_dir(&into).unwrap();
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, into.join("etc")).unwrap();
+    let err = imgfs_fails(store.root(), &["cp", &src, into.to_str().unwrap()]);
+    assert!(err.contains("cannot overwrite non-directory"), "{err}");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "cp wrote through the link");
+    assert!(fs::symlink_metadata(into.join("etc")).unwrap().file_type().is_symlink());
+    let files = tmp.path().join("files");
+    fs::create_dir(&files).unwrap();
+    fs::write(files.join("etc"), "mine\n").unwrap();
+    let err = imgfs_fails(store.root(), &["cp", &src, files.to_str().unwrap()]);
+    assert!(err.contains("cannot overwrite non-directory"), "{err}");
+    assert_eq!(fs::read(files.join("etc")).unwrap(), b"mine\n");
+
+    let link = format!("{}:/etc/issue.link", image("base:1"));
+    imgfs_ok(store.root(), &["cp", "-L", &link, files.to_str().unwrap()]);
+    let copied = files.join("issue.link");
+    assert!(fs::symlink_metadata(&copied).unwrap().is_file(), "-L copies what the link leads to");
+    assert_eq!(fs::read(&copied).unwrap(), reference_file("base:1", "etc/issue"));
+    assert!(!files.join("issue").exists());
+    let out = imgfs(store.root(), &["cp", "-L", &link, "-"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(tar_names(&out.stdout), ["issue.link"]);
+}
+
+/// An OCI layout made here with umoci (`oci:DIR:t`): /tree holds a read-only (0555)
+/// directory with a read-only directory in it; /links a device node with a second
+/// (hard-linked) name, between two files.
+fn umoci_image(dir: &Path) -> String {
+    let run = |program: &str, args: &[&std::ffi::OsStr]| {
+        let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {}", show(&out));
+    };
+    let layout = dir.join("layout");
+    let image = format!("{}:t", layout.display());
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    run("umoci", &["init".as_ref(), "--layout".as_ref(), layout.as_os_str()]);
+    run("umoci", &["new".as_ref(), "--image".as_ref(), image.as_ref()]);
+    run("umoci", &["unpack".as_ref(), "--image".as_ref(), image.as_ref(), bundle.as_os_str()]);
+    fs::create_dir_all(rootfs.join("tree/ro/sub")).unwrap();
+    fs::write(rootfs.join("tree/ro/f"), "in a read-only directory\n").unwrap();
+    fs::write(rootfs.join("tree/ro/sub/g"), "deeper\n").unwrap();
+    fs::write(rootfs.join("tree/plain"), "plain\n").unwrap();
+    for d in ["tree/ro/sub", "tree/ro"] {
+        fs::set_permissions(rootfs.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    fs::create_dir(rootfs.join("links")).unwrap();
+    fs::write(rootfs.join("links/a"), "before\n").unwrap();
+    run("mknod", &[rootfs.join("links/null").as_os_str(), "c".as_ref(), "1".as_ref(), "3".as_ref()]);
+    fs::hard_link(rootfs.join("links/null"), rootfs.join("links/null2")).unwrap();
+    fs::write(rootfs.join("links/z"), "after\n").unwrap();
+    run("umoci", &["repack".as_ref(), "--image".as_ref(), image.as_ref(), bundle.as_os_str()]);
+    // umoci keeps its layout to root (index.json is 0600).
+    run("chmod", &["-R".as_ref(), "a+rX".as_ref(), layout.as_os_str()]);
+    format!("oci:{image}")
+}
+
+/// `imgfs` run as the test user.
+fn imgfs_as_user(store: &Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", TEST_USER, "--", env!("CARGO_BIN_EXE_imgfs"), "--root"])
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("runuser")
+}
+
+/// `cp` as a user: a merge into an existing directory moves read-only directories in
+/// (Linux moves a directory to another parent only while it is writable: they get
+/// their modes once moved), and works in a directory whose parent the user cannot
+/// write (as `~` in /home); a device node is skipped with a warning, the other names
+/// of its hard-link group too.
+#[test]
+fn cp_as_a_user_merges_read_only_directories_and_skips_linked_device_nodes() {
+    let Some(_) = outcome::test_env() else { return };
+    let uid = test_user();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let source = umoci_image(tmp.path());
+    let nlink = imgfs_ok(Store::new().root(), &["files", "--format", "{{.Type}} {{.Nlink}}", &source, "/links/null2"]);
+    assert_eq!(nlink.trim(), "char 2", "the image has no hard-linked device node");
+    let (store, home) = (tmp.path().join("store"), tmp.path().join("home"));
+    for d in [&store, &home, &home.join("merge")] {
+        fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+    }
+    let mine = home.join("mine");
+    fs::write(&mine, "stays\n").unwrap();
+    std::os::unix::fs::chown(&mine, Some(uid), Some(uid)).unwrap();
+    let ok = |args: &[&str]| {
+        let out = imgfs_as_user(&store, args);
+        assert!(out.status.success(), "{args:?} as {TEST_USER}: {}", show(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let links = home.join("links");
+    let warnings = ok(&["cp", &format!("{source}:/links"), links.to_str().unwrap()]);
+    for name in ["null", "null2"] {
+        let warned =
+            warnings.lines().any(|l| l.contains(&format!("/links/{name}\"")) && l.contains("made only as root"));
+        assert!(warned, "no warning for {name}: {warnings}");
+        assert!(fs::symlink_metadata(links.join(name)).is_err(), "{name} made");
+    }
+    assert_eq!(fs::read(links.join("z")).unwrap(), b"after\n");
+
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    for dest in [home.join("merge"), home.clone()] {
+        ok(&["cp", &format!("{source}:/tree/."), dest.to_str().unwrap()]);
+        assert_eq!(fs::read(dest.join("ro/f")).unwrap(), b"in a read-only directory\n");
+        assert_eq!(fs::read(dest.join("ro/sub/g")).unwrap(), b"deeper\n");
+        assert_eq!(fs::read(dest.join("plain")).unwrap(), b"plain\n");
+        assert_eq!((mode(&dest.join("ro")), mode(&dest.join("ro/sub"))), (0o555, 0o555));
+        assert_eq!(fs::metadata(dest.join("ro")).unwrap().uid(), uid);
+    }
+    assert_eq!(fs::read(&mine).unwrap(), b"stays\n");
+    for dir in [tmp.path(), &home] {
+        let left: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".imgfs-"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
+    }
 }
 
 #[test]
@@ -355,6 +542,14 @@ fn diff_of_images_sharing_a_base_equals_the_diff_of_their_unpacks() {
     );
     // The same image twice: nothing.
     assert_eq!(imgfs_ok(store.root(), &["diff", &image("app:1"), &image("app:1")]), "");
+    // A PATH below a directory one image whites out, which no layer names: still compared.
+    let readme = "/usr/share/doc/README";
+    assert!(want.contains(&format!("A {readme}")), "the test needs {readme} only in app:2: {want:?}");
+    let below = imgfs_ok(store.root(), &["diff", &image("app:1"), &image("app:2"), readme]);
+    assert_eq!(below, format!("A {readme}\n"));
+    // A PATH in neither image is an error naming it.
+    let err = imgfs_fails(store.root(), &["diff", &image("app:1"), &image("app:2"), "/nowhere"]);
+    assert!(err.contains("/nowhere") && err.contains("in neither image"), "{err}");
 }
 
 /// With indexes published for both images, a diff from an empty store fetches no

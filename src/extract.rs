@@ -9,7 +9,9 @@
 //! it under a temporary name and renames it into place when the copy is complete.
 //! Directories get their own mode, owner and time last, deepest first, so that a
 //! read-only directory can still be filled and a directory's mtime is not moved by
-//! what is made in it.
+//! what is made in it. A caller that moves what was made into another directory
+//! entry by entry (`cp`'s merge) has them set only after the move ([`Dirs`]): Linux
+//! lets a directory move to another parent only when it is writable.
 
 use crate::fs::Fs;
 use crate::layer::{show, Kind};
@@ -34,6 +36,24 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The error with a path below `temp`, where the copy was being made, shown below
+    /// `dest`, where it goes: the temporary name means nothing to the user.
+    pub fn shown_at(self, temp: &Path, dest: &Path) -> Error {
+        match self {
+            Error::Io { path, source } => {
+                let path = match path.strip_prefix(temp) {
+                    Ok(rest) if rest.as_os_str().is_empty() => dest.to_path_buf(),
+                    Ok(rest) => dest.join(rest),
+                    Err(_) => path,
+                };
+                Error::Io { path, source }
+            }
+            other => other,
+        }
+    }
+}
+
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
@@ -45,23 +65,49 @@ fn errno_at(path: &Path) -> impl FnOnce(rustix::io::Errno) -> Error + '_ {
 /// Copy `top` (and, for a directory, everything below it) to `dest`, which must not
 /// exist.
 pub fn extract(fs: &Fs, top: &Resolved, dest: &Path) -> Result<(), Error> {
+    extract_deferred(fs, top, dest)?.apply(dest)
+}
+
+/// The directories of a copy, each with the attributes it is to get, in the order
+/// they were made (a directory before what is in it).
+pub struct Dirs {
+    /// Path relative to the copy's top (empty for the top), path in the image, node.
+    dirs: Vec<(PathBuf, Vec<u8>, NodeInfo)>,
+    as_root: bool,
+}
+
+impl Dirs {
+    /// Give each directory, now below `base` (where the copy's top is), its own
+    /// attributes, deepest first.
+    pub fn apply(&self, base: &Path) -> Result<(), Error> {
+        for (rel, shown, info) in self.dirs.iter().rev() {
+            let path = if rel.as_os_str().is_empty() { base.to_path_buf() } else { base.join(rel) };
+            set_attributes(&path, shown, info, self.as_root)?;
+        }
+        Ok(())
+    }
+}
+
+/// As [`extract`], but the directories are left as they were made (writable, the
+/// caller's), for [`Dirs::apply`] to finish once they are where they go.
+pub fn extract_deferred(fs: &Fs, top: &Resolved, dest: &Path) -> Result<Dirs, Error> {
     let as_root = rustix::process::geteuid().is_root();
     // First host path made for each hard-link group, by inode.
     let mut linked: HashMap<u64, PathBuf> = HashMap::new();
-    let mut dirs: Vec<(PathBuf, Vec<u8>, NodeInfo)> = Vec::new();
+    let mut dirs = Dirs { dirs: Vec::new(), as_root };
     walk::walk(fs, top, |rel, node| -> Result<(), Error> {
         let path = if rel.is_empty() { dest.to_path_buf() } else { dest.join(OsStr::from_bytes(rel)) };
         let info = &node.info;
-        if info.kind != Kind::Dir && info.nlink > 1 {
+        let grouped = info.kind != Kind::Dir && info.nlink > 1;
+        if grouped {
             if let Some(first) = linked.get(&info.ino) {
                 return std::fs::hard_link(first, &path).map_err(io_at(&path));
             }
-            linked.insert(info.ino, path.clone());
         }
         match info.kind {
             Kind::Dir => {
                 std::fs::create_dir(&path).map_err(io_at(&path))?;
-                dirs.push((path, node.path.clone(), info.clone()));
+                dirs.dirs.push((PathBuf::from(OsStr::from_bytes(rel)), node.path.clone(), info.clone()));
                 return Ok(());
             }
             Kind::File | Kind::Hardlink => {
@@ -81,6 +127,8 @@ pub fn extract(fs: &Fs, top: &Resolved, dest: &Path) -> Result<(), Error> {
                     .map_err(errno_at(&path))?;
             }
             Kind::Char | Kind::Block if !as_root => {
+                // Never recorded as made, so each other name of its hard-link group
+                // comes here too and is skipped the same way.
                 tracing::warn!("{}: a device node is made only as root; skipped", show(&node.path));
                 return Ok(());
             }
@@ -94,12 +142,13 @@ pub fn extract(fs: &Fs, top: &Resolved, dest: &Path) -> Result<(), Error> {
                 rustix::fs::mknodat(CWD, &path, kind, Mode::from_raw_mode(0o600), dev).map_err(errno_at(&path))?;
             }
         }
-        set_attributes(&path, &node.path, info, as_root)
+        set_attributes(&path, &node.path, info, as_root)?;
+        if grouped {
+            linked.insert(info.ino, path);
+        }
+        Ok(())
     })?;
-    for (path, shown, info) in dirs.iter().rev() {
-        set_attributes(path, shown, info, as_root)?;
-    }
-    Ok(())
+    Ok(dirs)
 }
 
 /// Xattrs, owner, mode and mtime of what was just made at `path` (`shown`: its path

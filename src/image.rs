@@ -152,28 +152,37 @@ fn normalise_arch(a: &str) -> String {
 /// with no variant wanted, an entry without one wins over one with a variant, except
 /// that arm64 treats a missing variant and `v8` as the same, as containerd does.
 pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
-    let arm64_v8 = |p: &Platform| p.architecture == "arm64" && p.variant.as_deref().unwrap_or("v8") == "v8";
-    let candidates = manifests.iter().filter(|d| {
-        let Some(p) = &d.platform else { return false };
-        p.os == want.os && p.architecture == want.architecture
-    });
     let mut best: Option<(&Descriptor, u8)> = None;
-    for d in candidates {
-        let p = d.platform.as_ref().unwrap();
-        let score = if p.variant == want.variant {
-            3
-        } else if arm64_v8(p) && arm64_v8(want) {
-            2
-        } else if want.variant.is_none() || (want.architecture != "arm64" && p.variant.is_none()) {
-            1
-        } else {
-            0
-        };
+    for d in manifests {
+        let Some(p) = &d.platform else { continue };
+        let score = fit(p, want);
         if score > 0 && best.is_none_or(|(_, s)| score > s) {
             best = Some((d, score));
         }
     }
     best.map(|(d, _)| d)
+}
+
+/// Does an image built for `have` serve `want`, by the rules of `select_platform`?
+pub fn serves(have: &Platform, want: &Platform) -> bool {
+    fit(have, want) > 0
+}
+
+/// How well `have` serves `want`: 0 not at all (another OS or architecture, or
+/// another variant), 1 acceptable, 2 the same arm64 (`v8` or none), 3 exactly.
+fn fit(have: &Platform, want: &Platform) -> u8 {
+    let arm64_v8 = |p: &Platform| p.architecture == "arm64" && p.variant.as_deref().unwrap_or("v8") == "v8";
+    if have.os != want.os || have.architecture != want.architecture {
+        0
+    } else if have.variant == want.variant {
+        3
+    } else if arm64_v8(have) && arm64_v8(want) {
+        2
+    } else if want.variant.is_none() || (want.architecture != "arm64" && have.variant.is_none()) {
+        1
+    } else {
+        0
+    }
 }
 
 /// `select_platform`, or the error every source gives when the index has no such image:
@@ -344,6 +353,19 @@ impl Compression {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored image is taken for a platform by the same rules as an index entry.
+    #[test]
+    fn an_image_serves_a_platform_as_an_index_entry_would() {
+        let p = |s: &str| Platform::parse(s).unwrap();
+        assert!(!serves(&p("linux/arm/v7"), &p("linux/arm/v6")));
+        assert!(serves(&p("linux/arm/v7"), &p("linux/arm/v7")));
+        assert!(serves(&p("linux/arm/v7"), &p("linux/arm")));
+        assert!(serves(&p("linux/arm64"), &p("linux/arm64/v8")));
+        assert!(serves(&p("linux/aarch64/v8"), &p("linux/arm64")));
+        assert!(!serves(&p("linux/amd64"), &p("linux/arm64")));
+        assert!(!serves(&p("windows/amd64"), &p("linux/amd64")));
+    }
 
     fn desc(os: &str, arch: &str, variant: Option<&str>, n: u8) -> Descriptor {
         Descriptor {

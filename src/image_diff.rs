@@ -6,13 +6,14 @@
 //! the directories above those. Each of those paths is looked up in both images (a
 //! lookup may read a shared layer's table of contents, never its data) and compared;
 //! below a whiteout or an opaque directory, and below a path that is a directory in
-//! one image only, the two subtrees are compared whole. A file's content is read only
+//! one image only, the two subtrees are compared whole; so is the PATH asked for when
+//! such a change, or a non-directory, is above it. A file's content is read only
 //! when everything else matches and the two files are not the same bytes of the same
 //! layer (same layer digest, same offset).
 
 use crate::digest::Digest;
 use crate::fs::Fs;
-use crate::layer::Kind;
+use crate::layer::{show, Kind};
 use crate::layer_changes::{self, LayerChanges};
 use crate::layer_source::ImageLayers;
 use crate::tree::SourceError;
@@ -25,6 +26,8 @@ pub enum Error {
     Walk(#[from] walk::Error),
     #[error("reading the layers' tables of contents")]
     Layers(#[source] SourceError),
+    #[error("{0}: in neither image")]
+    InNeither(String),
 }
 
 /// How a path differs.
@@ -82,17 +85,33 @@ pub fn diff(a: &Side<'_>, b: &Side<'_>, under: &[u8], mtime: bool) -> Result<Vec
         let cb = read(b, db.len());
         (ta.join().expect("reading layers does not panic"), cb)
     });
+    let under_rel: Vec<u8> =
+        under.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect::<Vec<_>>().join(&b'/');
     let mut touched: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+    // Has a layer hidden or replaced a directory above `under` (which then changes
+    // though no layer names it)?
+    let mut above = false;
     for c in ca?.iter().chain(cb?.iter()) {
         for e in &c.entries {
             touch(&mut touched, &e.path, false);
+            above |= e.kind != Kind::Dir && is_above(&e.path, &under_rel);
         }
         for p in c.whiteouts.iter().chain(&c.opaque) {
             touch(&mut touched, p, true);
+            above |= is_above(p, &under_rel);
         }
     }
-    let under_rel: Vec<u8> = under.iter().copied().skip_while(|&b| b == b'/').collect();
     let mut cmp = Compare { a, b, mtime, out: Vec::new(), whole: BTreeSet::new(), digests: (da, db) };
+    if !under_rel.is_empty() {
+        let path = [b"/".as_slice(), &under_rel].concat();
+        let (ra, rb) = (lookup_literal(a.fs, &path)?, lookup_literal(b.fs, &path)?);
+        if ra.is_none() && rb.is_none() {
+            return Err(Error::InNeither(show(under)));
+        }
+        if above {
+            cmp.nodes(&path, ra, rb, true)?;
+        }
+    }
     for (rel, deep) in touched {
         if !is_under(&rel, &under_rel) {
             continue;
@@ -124,6 +143,11 @@ fn touch(touched: &mut BTreeMap<Vec<u8>, bool>, rel: &[u8], deep: bool) {
         }
         touched.insert(p.to_vec(), false);
     }
+}
+
+/// Is `dir` a directory above `path` (both relative to the root, the root empty)?
+fn is_above(dir: &[u8], path: &[u8]) -> bool {
+    !path.is_empty() && (dir.is_empty() || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/')))
 }
 
 /// Is `path` `dir` itself or below it (both with or both without a leading `/`)?

@@ -45,6 +45,13 @@ fn changes(toc: &Toc) -> crate::layer::Result<LayerChanges> {
     let mut out = LayerChanges::default();
     for id in 0..toc.node_count() {
         let r = toc.fetching(|t| t.record(id))?;
+        // A damaged or hostile table can have a record no directory lists.
+        let Some(path) = paths.get(id as usize).cloned() else {
+            return Err(crate::layer::Error::Invalid(format!(
+                "the TOC {} has record {id} in no directory",
+                toc.path().display()
+            )));
+        };
         let children = toc.fetching(|t| t.children(id))?;
         for child in children {
             if child as usize != paths.len() {
@@ -54,9 +61,8 @@ fn changes(toc: &Toc) -> crate::layer::Result<LayerChanges> {
                 )));
             }
             let name = toc.fetching(|t| Ok(t.name(&t.record(child)?)?.to_vec()))?;
-            paths.push(join(&paths[id as usize], &name));
+            paths.push(join(&path, &name));
         }
-        let path = &paths[id as usize];
         if r.is_whiteout() {
             out.whiteouts.push(path.clone());
         }
@@ -100,4 +106,58 @@ pub fn read_all(source: &dyn LayerSource, layers: &[usize]) -> Result<Vec<LayerC
         out.push(r?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes;
+    use crate::layer::data::BlockSums;
+    use crate::layer::toc::{reseal, write, Toc, TocWriter};
+    use crate::layer::{Entry, Kind};
+
+    fn entry(path: &[u8], kind: Kind) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 1_600_000_000,
+            link: None,
+            link_entry: None,
+            rdev: (0, 0),
+            xattrs: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// A table whose checksums all hold (as a publisher could make one) but whose root
+    /// lists no children: its other records are in no directory. An error, not a panic.
+    #[test]
+    fn a_record_in_no_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toc");
+        let mut w = TocWriter::new(dir.path()).unwrap();
+        w.entry(&entry(b"a", Kind::Dir)).unwrap();
+        w.entry(&entry(b"b", Kind::File)).unwrap();
+        let sums = BlockSums::of(&b"some layer data"[..]).unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
+        write::write(&mut f, "sha256:aa", w.finish().unwrap(), write::DataIndex::Plain, &sums).unwrap();
+        drop(f);
+        let good = changes(&Toc::open(&path, "sha256:aa").unwrap()).unwrap();
+        let paths: Vec<&[u8]> = good.entries.iter().map(|c| c.path.as_slice()).collect();
+        assert_eq!(paths, [b"a".as_slice(), b"b"]);
+
+        // The records start right after the header, whose length is at 12..16; a
+        // record's first child is at 8..12. The root's children now start where the
+        // nodes end (root, a, b): it has none.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let records = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        bytes[records + 8..records + 12].copy_from_slice(&3u32.to_le_bytes());
+        reseal(&mut bytes);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = changes(&Toc::open(&path, "sha256:aa").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("has record 1 in no directory"), "{e}");
+    }
 }

@@ -68,7 +68,7 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
     let mut out: Vec<LayerFigures> = vec![LayerFigures::default(); layers.len()];
     let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
     for (l, changes) in layers.iter().enumerate() {
-        out[l].bytes = changes.entries.iter().map(|c| c.size).sum();
+        out[l].bytes = total(changes.entries.iter().map(|c| c.size));
         // dive's leaves: paths of this layer with nothing of this layer below them.
         let mut ancestors: HashSet<&[u8]> = HashSet::new();
         for p in changes.entries.iter().map(|c| &c.path[..]).chain(changes.whiteouts.iter().map(|p| &p[..])) {
@@ -82,7 +82,7 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
         }
         let mut note = |path: &[u8], size: u64| {
             let s = seen.entry(path.to_vec()).or_default();
-            s.cumulative += size;
+            s.cumulative = s.cumulative.saturating_add(size);
             s.min = Some(s.min.map_or(size, |m| m.min(size)));
             s.count += 1;
         };
@@ -91,7 +91,7 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
                 continue;
             }
             let size = match visible.get(p) {
-                Some(v) if v.kind == Kind::Dir => below(&visible, p).map(|(_, v)| v.size).sum(),
+                Some(v) if v.kind == Kind::Dir => total(below(&visible, p).map(|(_, v)| v.size)),
                 _ => 0,
             };
             note(p, size);
@@ -119,7 +119,7 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
             match visible.get(&c.path).copied() {
                 Some(old) if old.layer < l => {
                     out[l].changed += 1;
-                    out[old.layer].wasted += old.size;
+                    out[old.layer].wasted = out[old.layer].wasted.saturating_add(old.size);
                     if old.kind == Kind::Dir && c.kind != Kind::Dir {
                         let hidden: Vec<Vec<u8>> = below(&visible, &c.path).map(|(k, _)| k.clone()).collect();
                         remove(&mut visible, &mut out, l, hidden);
@@ -135,7 +135,7 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
                 match visible.get(p) {
                     Some(v) if v.kind == Kind::Dir => break,
                     Some(v) => {
-                        out[v.layer].wasted += v.size;
+                        out[v.layer].wasted = out[v.layer].wasted.saturating_add(v.size);
                         visible.insert(p.to_vec(), Visible { layer: l, kind: Kind::Dir, size: 0 });
                     }
                     None => {
@@ -148,14 +148,14 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
     }
     let (mut min_sum, mut cumulative_sum, mut wasted) = (0u64, 0u64, 0u64);
     for s in seen.values() {
-        min_sum += s.min.unwrap_or(0);
-        cumulative_sum += s.cumulative;
+        min_sum = min_sum.saturating_add(s.min.unwrap_or(0));
+        cumulative_sum = cumulative_sum.saturating_add(s.cumulative);
         if s.count > 1 {
-            wasted += s.cumulative;
+            wasted = wasted.saturating_add(s.cumulative);
         }
     }
-    let size_bytes = out.iter().map(|l| l.bytes).sum();
-    let user_size_bytes = out.iter().skip(1).map(|l| l.bytes).sum();
+    let size_bytes = total(out.iter().map(|l| l.bytes));
+    let user_size_bytes = total(out.iter().skip(1).map(|l| l.bytes));
     ImageFigures {
         efficiency: if cumulative_sum == 0 { 1.0 } else { min_sum as f64 / cumulative_sum as f64 },
         wasted_bytes: wasted,
@@ -164,6 +164,12 @@ pub fn figures(layers: &[LayerChanges]) -> ImageFigures {
         wasted_user_share: if user_size_bytes == 0 { 0.0 } else { wasted as f64 / user_size_bytes as f64 },
         layers: out,
     }
+}
+
+/// A sum of sizes from a table of contents, which (published by anyone) can claim
+/// sizes that add up past `u64`: it stops at `u64::MAX` rather than wrap or panic.
+fn total(sizes: impl Iterator<Item = u64>) -> u64 {
+    sizes.fold(0, u64::saturating_add)
 }
 
 /// The visible paths strictly below directory `dir` (`""` is the root).
@@ -182,7 +188,7 @@ fn remove(visible: &mut BTreeMap<Vec<u8>, Visible>, out: &mut [LayerFigures], l:
     for p in paths {
         if let Some(v) = visible.remove(&p) {
             out[l].removed += 1;
-            out[v.layer].wasted += v.size;
+            out[v.layer].wasted = out[v.layer].wasted.saturating_add(v.size);
         }
     }
 }
@@ -221,5 +227,16 @@ mod tests {
         let score = (100 + 1000 + 1000) as f64 / (400 + 50 + 1000 + 1000) as f64;
         assert!((f.efficiency - score).abs() < 1e-12, "{} != {score}", f.efficiency);
         assert_eq!(f.user_size_bytes, 300);
+    }
+
+    /// Sizes claimed by a published table of contents need not be true: sums past
+    /// `u64` stop at its largest value.
+    #[test]
+    fn sizes_that_add_up_past_u64_saturate() {
+        let huge = |path: &str| LayerChanges { entries: vec![file(path, u64::MAX - 1)], ..Default::default() };
+        let f = figures(&[huge("a"), huge("a"), huge("b")]);
+        assert_eq!(f.size_bytes, u64::MAX);
+        assert_eq!(f.wasted_bytes, u64::MAX);
+        assert_eq!(f.layers[0].wasted, u64::MAX - 1);
     }
 }

@@ -82,7 +82,7 @@ pub fn find_or_register(
     let found = store.update_db(|db| -> Result<_> {
         let Ok((id, _)) = db.find(reference) else { return Ok(None) };
         let (record, config) = record_and_config(store, db, id)?;
-        if platform.is_some_and(|p| p.os != config.os || p.architecture != config.architecture) {
+        if platform.is_some_and(|p| !config.platform().is_some_and(|have| crate::image::serves(&have, p))) {
             return Ok(None);
         }
         if let Some(also) = also.take() {

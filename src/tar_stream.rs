@@ -21,26 +21,29 @@ pub enum Error {
 }
 
 /// How the entries are named.
-pub enum Naming {
+pub enum Naming<'a> {
     /// The top is `./` (or, for a non-directory, its own name); what is below it is
     /// named relative to it: `etc/`, `etc/hostname` (`export`, and `cp DIR/. -`).
     Relative,
-    /// Everything under the top's own name: `etc/`, `etc/hostname` for `/etc` (`cp DIR -`).
-    UnderName,
+    /// Everything under this name: `etc/`, `etc/hostname` for `/etc` named `etc`
+    /// (`cp DIR -`; `cp -L LINK -` names what the link leads to after the link).
+    Under(&'a [u8]),
 }
 
 /// Write `top` and everything below it to `out` as a tar stream, ending with the two
-/// zero blocks of the end of an archive.
-pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming, out: W) -> Result<W, Error> {
-    let mut builder = tar::Builder::new(out);
+/// zero blocks of the end of an archive. A stream that fails midway ends where it
+/// failed, without them, so that a reader sees a truncated archive rather than a
+/// complete one with files missing.
+pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming<'_>, out: W) -> Result<W, Error> {
+    let mut builder = tar::Builder::new(Cut { out, cut: false });
     // First name written of each hard-link group, by inode.
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let base: Vec<u8> = match naming {
-        Naming::UnderName if top.path != b"/" => top.name().to_vec(),
-        _ if !top.is_dir() => top.name().to_vec(),
-        _ => Vec::new(),
+        Naming::Under(name) => name.to_vec(),
+        Naming::Relative if !top.is_dir() => top.name().to_vec(),
+        Naming::Relative => Vec::new(),
     };
-    walk::walk(fs, top, |rel, node| -> Result<(), Error> {
+    let walked = walk::walk(fs, top, |rel, node| -> Result<(), Error> {
         let mut name = if base.is_empty() {
             if rel.is_empty() {
                 b".".to_vec()
@@ -68,8 +71,31 @@ pub fn write<W: Write>(fs: &Fs, top: &Resolved, naming: Naming, out: W) -> Resul
             name.push(b'/');
         }
         append(&mut builder, fs, node, &name, link_to.as_deref())
-    })?;
-    Ok(builder.into_inner()?)
+    });
+    if let Err(e) = walked {
+        // `tar::Builder` ends the archive when it is dropped: cut the output first.
+        builder.get_mut().cut = true;
+        return Err(e);
+    }
+    Ok(builder.into_inner()?.out)
+}
+
+/// The output of a stream, refusing every write once `cut`.
+struct Cut<W> {
+    out: W,
+    cut: bool,
+}
+
+impl<W: Write> Write for Cut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cut {
+            return Err(std::io::Error::other("the tar stream was cut off where it failed"));
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// The largest number ustar's 8-byte octal fields hold (7 digits).
@@ -141,11 +167,21 @@ fn append<W: Write>(
     }
     header.set_cksum();
     if kind == tar::EntryType::Regular {
-        builder.append(&header, BufferedFile::new(fs, node))?;
+        builder.append(&header, BufferedFile::new(fs, node)).map_err(read_or_write)?;
     } else {
         builder.append(&header, std::io::empty())?;
     }
     Ok(())
+}
+
+/// A file's read failure comes back from `tar`'s copy as an `io::Error` holding the
+/// walk's error: give it back as that (an image that cannot be read), not as a failure
+/// to write the stream.
+fn read_or_write(e: std::io::Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<walk::Error>()) {
+        return Error::Io(e);
+    }
+    Error::Walk(*e.into_inner().and_then(|inner| inner.downcast().ok()).expect("holds a walk::Error"))
 }
 
 /// Put `value` in a ustar name field if it fits as ASCII, else a PAX record `key` (the

@@ -72,11 +72,14 @@ pub fn resolve(fs: &Fs, path: &[u8], follow_last: bool) -> Result<Resolved> {
     let root = fs.getattr(ROOT).map_err(fs_error(asked))?;
     let mut links = 0;
     while let Some(name) = todo.pop_front() {
-        if name == b"." {
-            continue;
-        }
-        if name == b".." {
-            stack.pop();
+        if name == b"." || name == b".." {
+            // Only a directory has them: `/etc/hostname/..` is no path, as on Linux.
+            if stack.last().is_some_and(|(_, info)| info.kind != Kind::Dir) {
+                return Err(Error::NotDir(show(asked)));
+            }
+            if name == b".." {
+                stack.pop();
+            }
             continue;
         }
         let here = stack.last().map_or(&root, |(_, info)| info);
@@ -92,6 +95,10 @@ pub fn resolve(fs: &Fs, path: &[u8], follow_last: bool) -> Result<Resolved> {
                 return Err(Error::Loop(show(asked)));
             }
             let target = info.link.clone().unwrap_or_default();
+            if target.is_empty() {
+                // Linux resolves an empty target to nothing (ENOENT), not to the link's directory.
+                return Err(Error::NotFound(show(asked)));
+            }
             if target.starts_with(b"/") {
                 stack.clear();
             }

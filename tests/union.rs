@@ -967,3 +967,29 @@ fn nodes_the_kernel_forgets_go_and_come_back_under_the_same_number() {
     assert!(nodes() <= before, "{} nodes after forgetting a listing, {before} before", nodes());
     assert_eq!(fs.getattr(ROOT).unwrap().kind, Kind::Dir, "the root is never forgotten");
 }
+
+/// Paths inside an image as the mount-free commands resolve them (`walk::resolve`),
+/// the way Linux resolves them: `.` or `..` after a non-directory is ENOTDIR, a link
+/// with an empty target leads nowhere (ENOENT).
+#[test]
+fn paths_resolve_as_linux_resolves_them() {
+    use imgfs::walk::{resolve, Error};
+    let tar = raw_tar(&[
+        Raw { mode: Some(0o755), ..raw(b"etc", tar::EntryType::Directory) },
+        Raw { data: b"h\n", ..raw(b"etc/hostname", tar::EntryType::Regular) },
+        Raw { data: b"p\n", ..raw(b"etc/passwd", tar::EntryType::Regular) },
+        Raw { link: b"hostname", ..raw(b"etc/link", tar::EntryType::Symlink) },
+        raw(b"etc/empty", tar::EntryType::Symlink),
+    ]);
+    let fs = fs_of_tars(&[tar]);
+    assert_eq!(resolve(&fs, b"/etc/../etc/./passwd", true).unwrap().path, b"/etc/passwd");
+    for path in ["/etc/hostname/../passwd", "/etc/hostname/.", "etc/link/../passwd"] {
+        let r = resolve(&fs, path.as_bytes(), true);
+        assert!(matches!(r, Err(Error::NotDir(_))), "{path}: {r:?}");
+    }
+    assert_eq!(resolve(&fs, b"/etc/empty", false).unwrap().info.kind, Kind::Symlink);
+    for path in ["/etc/empty", "/etc/empty/passwd"] {
+        let r = resolve(&fs, path.as_bytes(), true);
+        assert!(matches!(r, Err(Error::NotFound(_))), "{path}: {r:?}");
+    }
+}

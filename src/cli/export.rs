@@ -32,6 +32,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     if args.output.is_none() && std::io::stdout().is_terminal() {
         bail!("refusing to write a tar stream to a terminal; use -o FILE or redirect stdout");
     }
+    if let Some(path) = args.output.as_ref().filter(|p| p.is_dir()) {
+        bail!("cannot write {}: it is a directory", path.display());
+    }
     let image = open(ctx, &args.reference, &args.image)?;
     let top = resolve(&image.fs, args.path.as_bytes(), true)?;
     match &args.output {

@@ -75,8 +75,9 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
     } else {
         let root = root.to_path_buf();
         let options = ctx.client_options().clone();
+        let reference = reference.clone();
         server::Serving::Background(Box::new(move |id: &Digest, dir: &Path| {
-            server_command(&options, &root, id, dir, &args)
+            server_command(&options, &root, &reference, id, dir, &args)
         }))
     };
     let id = resolved_id.as_deref();
@@ -88,11 +89,11 @@ pub fn run(ctx: &Context, args: Args, root: &Path) -> Result<()> {
 fn server_command(
     options: &ClientOptions,
     root: &Path,
+    reference: &str,
     id: &Digest,
     dir: &Path,
     args: &Args,
 ) -> std::io::Result<Command> {
-    let Some(reference) = &args.reference else { unreachable!("a mount names its image") };
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--root").arg(root);
     for h in &options.insecure_registries {
