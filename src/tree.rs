@@ -2,8 +2,9 @@
 //!
 //! A node refers into the layers' TOCs instead of copying from them: a directory by
 //! the TOC node of its topmost layer (and, as they are looked at, its node in each
-//! lower one), everything else by the layer entry that holds its data, so that the
-//! names of a hard-link group share one node. That reference is also its inode number
+//! other one: a layer above may hold whiteouts or an opaque marker inside it with no
+//! entry of its own), everything else by the layer entry that holds its data, so that
+//! the names of a hard-link group share one node. That reference is also its inode number
 //! (layer + 1 in the high half, the TOC record in the low; the root is 1), so a file
 //! keeps its number for the life of the mount, even when its node goes and comes back:
 //! tools that find hard links by `st_ino` (tar, du, rsync) never see two files as one.
@@ -804,23 +805,28 @@ impl Tree {
         }
         let kind = match target {
             Target::Dir { parent, layer, node } => {
-                let n = self.layer_count();
-                // Layers above `layer` were read for the parent and hold nothing at
-                // this path (else the lookup would have stopped there).
-                let mut locs = vec![UNKNOWN; n as usize];
-                for (i, loc) in locs.iter_mut().enumerate().skip(layer as usize) {
-                    *loc = if i == layer as usize { node } else { ABSENT };
-                }
                 if !Self::is_dir(st, parent) {
                     return Err(Stop::Fail(LayerError::Broken("a listed directory's parent is gone".into())));
                 }
+                // Layers above `layer` have no entry at this path (else the lookup would
+                // have stopped there), but may still carry a whiteout or an opaque
+                // marker inside it (`a/.wh.x` with no `a/`): they are examined like the
+                // rest, from the top. The lookup has loaded them already.
+                let n = self.layer_count();
+                let mut locs = vec![UNKNOWN; n as usize];
+                locs[layer as usize] = node;
+                // Its own entry here is its topmost explicit one (none is above): taken
+                // now, so that an opaque marker above, which ends its range there, does
+                // not leave it with no attributes.
+                let toc = Self::layer(st, layer)?;
+                let explicit = toc.record(node).map_err(bad(layer))?.presence() == Presence::Entry(Kind::Dir);
                 Self::node(st, parent).children += 1;
                 NodeKind::Dir(Box::new(DirState {
                     parent,
                     key: Some((layer, node)),
-                    next: layer + 1,
+                    next: n,
                     floor: None,
-                    attrs_from: None,
+                    attrs_from: explicit.then_some((layer, node)),
                     locs: locs.into(),
                     subdirs: None,
                 }))

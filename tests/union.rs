@@ -164,6 +164,40 @@ fn whiteout_hides_a_file_and_a_whole_subtree_of_lower_layers() {
     assert!(walk(&fs, "a/.wh.gone").is_none(), "markers are never shown");
 }
 
+/// Upper layers as `umoci repack` and hand-made tars may write them: a whiteout or an
+/// opaque marker inside a directory the layer has no entry for. The directory is
+/// found in the layer below, and the markers above still apply to it, whether it is
+/// reached by a lookup or handed out by its parent's listing; its attributes are its
+/// own entry's.
+#[test]
+fn markers_in_a_layer_without_their_directory_still_apply() {
+    let base = || vec![E::DirMode("a", 0o700), E::File("a/gone", "g"), E::File("a/keep", "k")];
+    for (upper, expect) in [(E::Marker("a/.wh.gone"), vec!["keep"]), (E::Marker("a/.wh..wh..opq"), vec![])] {
+        let marker = match &upper {
+            E::Marker(m) => m.to_string(),
+            _ => unreachable!(),
+        };
+        let (fs, _) = fs_of(&[base(), vec![upper]]);
+        assert_eq!(names(&fs, "a"), expect, "{marker}");
+        assert!(walk(&fs, "a/gone").is_none(), "{marker}");
+        let a = fs.getattr(walk(&fs, "a").unwrap()).unwrap();
+        assert_eq!(
+            (a.mode, a.mtime, a.settled),
+            (0o700, 1_600_000_000, true),
+            "{marker}: the lower entry's attributes"
+        );
+
+        // The same directory as its parent's listing hands it out.
+        let (fs, _) = fs_of(&[base(), vec![E::Marker(&marker)]]);
+        let listed = fs.readdir(ROOT).unwrap().into_iter().find(|e| e.name == b"a").expect("a is listed");
+        let inside: Vec<_> = fs.readdir(listed.ino).unwrap().into_iter().map(|e| e.name).collect();
+        let mut want: Vec<Vec<u8>> = vec![b".".to_vec(), b"..".to_vec()];
+        want.extend(expect.iter().map(|n| n.as_bytes().to_vec()));
+        assert_eq!(inside, want, "{marker}, listed");
+        assert_eq!(fs.getattr(listed.ino).unwrap().mode, 0o700, "{marker}, listed");
+    }
+}
+
 #[test]
 fn opaque_marker_applies_whatever_its_place_in_the_tar() {
     for marker_first in [true, false] {
