@@ -83,6 +83,7 @@ pub struct DirEntry {
 /// Totals for statfs.
 pub struct FsStats {
     pub bytes: u64,
+    /// Inodes: 0, unknown (the layers not read yet hold an unknown share of them).
     pub files: u64,
 }
 
@@ -155,13 +156,15 @@ impl Fs {
         Ok(self.tree.remember(listed.target)?)
     }
 
-    /// A listed entry's inode, for a plain readdir (the kernel takes no reference).
-    pub fn ino_of(&self, listed: &Listed) -> FsResult<Ino> {
-        Ok(self.tree.ino_of(listed.target)?)
+    /// A listed entry's inode, for a plain readdir: no node is made (the kernel takes
+    /// no reference, and looks the name up before it uses the inode).
+    pub fn ino_of(&self, listed: &Listed) -> Ino {
+        Tree::ino_of(listed.target)
     }
 
     /// The whole listing, `.` and `..` first: for callers outside the kernel (tests, the
-    /// fuzz target). Nodes are made for every entry.
+    /// fuzz target, the mount-free commands' walks), which go on to ask for the entries'
+    /// attributes by inode. Nodes are made for every entry.
     pub fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
         let mut out = Vec::new();
         let mut offset = 0;
@@ -170,7 +173,12 @@ impl Fs {
             let Some(last) = batch.last() else { return Ok(out) };
             offset = last.cookie;
             for l in &batch {
-                out.push(DirEntry { name: l.name.clone(), ino: self.ino_of(l)?, kind: l.kind, offset: l.cookie });
+                out.push(DirEntry {
+                    name: l.name.clone(),
+                    ino: self.tree.keep(l.target)?,
+                    kind: l.kind,
+                    offset: l.cookie,
+                });
             }
         }
     }
@@ -214,7 +222,12 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> FsStats {
-        FsStats { bytes: self.image_bytes, files: self.tree.node_count() as u64 }
+        FsStats { bytes: self.image_bytes, files: 0 }
+    }
+
+    /// Nodes alive in the tree (for tests: what the kernel's references keep).
+    pub fn node_count(&self) -> usize {
+        self.tree.node_count()
     }
 
     /// Where a non-directory's bytes are (see `Tree::data_origin`).

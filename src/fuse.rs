@@ -306,10 +306,7 @@ impl Filesystem for FuseFs {
             let Some(last) = batch.last() else { break };
             offset = last.cookie;
             for l in &batch {
-                let child = match self.fs.ino_of(l) {
-                    Ok(i) => i,
-                    Err(e) => return reply.error(errno("readdir", ino, e)),
-                };
+                let child = self.fs.ino_of(l);
                 let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&l.name);
                 if reply.add(INodeNo(child), l.cookie, file_type(l.kind), name) {
                     return reply.ok();

@@ -318,14 +318,20 @@ impl Tree {
     }
 
     fn remember_locked(&self, st: &mut State, target: Target) -> Step<NodeInfo> {
+        let made = !matches!(target, Target::Dot(_)) && !st.nodes.contains_key(&Self::ino_of(target));
         let ino = self.node_of(st, target)?;
         let info = match self.info_locked(st, ino) {
             Ok(info) => info,
-            Err(Stop::Fail(e)) => {
-                Self::release(st, ino);
-                return Err(Stop::Fail(e));
+            Err(stop) => {
+                // A node this run made goes again, whether it failed or stopped for a
+                // layer (a rerun makes it anew, and a failed load ends the operation
+                // with no rerun); one that was there before, `.` and `..` included,
+                // stays for whoever holds it.
+                if made {
+                    Self::unmake(st, ino);
+                }
+                return Err(stop);
             }
-            Err(need) => return Err(need),
         };
         if !matches!(target, Target::Dot(_)) {
             Self::node(st, ino).refs += 1;
@@ -340,6 +346,24 @@ impl Tree {
         let Some(node) = st.nodes.get_mut(&ino) else { return };
         node.refs = node.refs.saturating_sub(n);
         Self::release(&mut st, ino);
+    }
+
+    /// Drop a node this operation made, if nothing came to hold it meanwhile; its
+    /// parent stays (it was there before). False if it stays.
+    fn unmake(st: &mut State, ino: Ino) -> bool {
+        let Some(node) = st.nodes.get(&ino) else { return true };
+        if ino == ROOT || node.refs > 0 || node.children > 0 {
+            return false;
+        }
+        let parent = match &node.kind {
+            NodeKind::Dir(d) => Some(d.parent),
+            NodeKind::Leaf { .. } => None,
+        };
+        st.nodes.remove(&ino);
+        if let Some(p) = parent.and_then(|p| st.nodes.get_mut(&p)) {
+            p.children = p.children.saturating_sub(1);
+        }
+        true
     }
 
     /// Drop `ino` if nothing holds it, and then its parent if that was all it held.
@@ -408,7 +432,8 @@ impl Tree {
             let after = match offset {
                 0..=2 => None,
                 c => {
-                    let (layer, node) = ((c >> 32) as u32 - 1, c as u32);
+                    let layer = ((c >> 32) as u32).checked_sub(1).ok_or(Stop::Fail(LayerError::BadOffset(c)))?;
+                    let node = c as u32;
                     let toc = st.layers.get(layer as usize).cloned().flatten();
                     let toc = toc.ok_or(Stop::Fail(LayerError::BadOffset(c)))?;
                     let name = toc.record(node).and_then(|r| toc.name(&r).map(<[u8]>::to_vec));
@@ -483,19 +508,22 @@ impl Tree {
         });
     }
 
-    /// The node of a listed entry, made if needed, without counting a kernel reference
-    /// (for a plain readdir, whose entries the kernel does not keep: such a node stays
-    /// until the kernel forgets a reference it takes to it or below it).
-    pub fn ino_of(&self, target: Target) -> TResult<Ino> {
-        self.run(|t, st| t.node_of(st, target))
+    /// The inode number a listed entry has, or will have once a lookup makes its node:
+    /// what a plain readdir gives the kernel, which takes no reference to its entries
+    /// and looks each one up before using it. No node is made.
+    pub fn ino_of(target: Target) -> Ino {
+        match target {
+            Target::Dir { layer, node, .. } | Target::Leaf { layer, rec: node } => Self::ino_of_key(layer, node),
+            Target::Dot(ino) => ino,
+        }
     }
 
-    pub fn parent(&self, ino: Ino) -> Ino {
-        let st = self.lock();
-        match st.nodes.get(&ino).map(|n| &n.kind) {
-            Some(NodeKind::Dir(d)) => d.parent,
-            _ => ROOT,
-        }
+    /// The node of a listed entry, made if needed, without counting a kernel reference:
+    /// for callers outside the kernel that go on to ask for its attributes or data.
+    /// Such a node stays until the kernel forgets a reference it takes to it or below
+    /// it (or the process ends).
+    pub fn keep(&self, target: Target) -> TResult<Ino> {
+        self.run(|t, st| t.node_of(st, target))
     }
 
     /// Where a file's data is: its layer's data, and (offset, size) in it.
@@ -794,12 +822,13 @@ impl Tree {
 
     /// The node for a target, made if it is not there.
     fn node_of(&self, st: &mut State, target: Target) -> Step<Ino> {
-        let key = match target {
-            Target::Dir { layer, node, .. } | Target::Leaf { layer, rec: node } => (layer, node),
-            Target::Dot(ino) if Self::is_live(st, ino) => return Ok(ino),
-            Target::Dot(ino) => return Err(Stop::Fail(LayerError::Broken(format!("inode {ino} is gone").into()))),
-        };
-        let ino = Self::ino_of_key(key.0, key.1);
+        let ino = Self::ino_of(target);
+        if let Target::Dot(ino) = target {
+            if Self::is_live(st, ino) {
+                return Ok(ino);
+            }
+            return Err(Stop::Fail(LayerError::Broken(format!("inode {ino} is gone").into())));
+        }
         if st.nodes.contains_key(&ino) {
             return Ok(ino);
         }
@@ -1143,17 +1172,8 @@ impl Tree {
         // meanwhile; only those: a node made before (for a listing, say, whose caller
         // holds no reference) stays.
         for ino in made.into_iter().rev() {
-            let Some(node) = st.nodes.get(&ino) else { continue };
-            if node.refs > 0 || node.children > 0 {
+            if !Self::unmake(st, ino) {
                 break;
-            }
-            let parent = match &node.kind {
-                NodeKind::Dir(d) => d.parent,
-                NodeKind::Leaf { .. } => break,
-            };
-            st.nodes.remove(&ino);
-            if let Some(p) = st.nodes.get_mut(&parent) {
-                p.children = p.children.saturating_sub(1);
             }
         }
         result

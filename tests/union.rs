@@ -607,7 +607,7 @@ fn listings_resume_from_any_cookie_in_batches_of_any_size() {
                 let next: Vec<_> = fs.read_dir(ino, offset, batch).unwrap().into_iter().map(|l| l.name).collect();
                 assert_eq!(again.into_iter().map(|l| l.name).collect::<Vec<_>>(), next);
                 for l in b {
-                    got.push((l.name.clone(), fs.ino_of(&l).unwrap()));
+                    got.push((l.name.clone(), fs.ino_of(&l)));
                 }
             }
             assert_eq!(got, want, "{dir:?} in batches of {batch}");
@@ -944,7 +944,7 @@ fn the_deepest_path_resolves() {
 #[test]
 fn nodes_the_kernel_forgets_go_and_come_back_under_the_same_number() {
     let (fs, _) = fs_of(&real_shape());
-    let nodes = || fs.statfs().files;
+    let nodes = || fs.node_count();
     let start = nodes();
     let etc = fs.lookup(ROOT, OsStr::new("etc")).unwrap().unwrap();
     let f = fs.lookup(etc.ino, OsStr::new("os-release")).unwrap().unwrap();
@@ -1025,5 +1025,65 @@ fn paths_resolve_as_linux_resolves_them() {
     for path in ["/etc/empty", "/etc/empty/passwd"] {
         let r = resolve(&fs, path.as_bytes(), true);
         assert!(matches!(r, Err(Error::NotFound(_))), "{path}: {r:?}");
+    }
+}
+
+/// A source whose layer `broken` can't be loaded, as a failed download.
+struct FailingLayers {
+    inner: Arc<MemLayers>,
+    broken: usize,
+}
+
+impl LayerSource for FailingLayers {
+    fn layer_count(&self) -> usize {
+        self.inner.layer_count()
+    }
+    fn toc(&self, i: usize) -> Result<Arc<Toc>, SourceError> {
+        if i == self.broken {
+            return Err(format!("layer {i} is unreachable").into());
+        }
+        self.inner.toc(i)
+    }
+    fn data(&self, i: usize) -> Result<Arc<LayerData>, SourceError> {
+        self.inner.data(i)
+    }
+    fn is_local(&self, i: usize) -> bool {
+        i != self.broken && self.inner.is_local(i)
+    }
+}
+
+/// What a plain readdir hands the kernel makes no node (the kernel takes no reference
+/// to it), and is the number a lookup of the name gives; a lookup that fails for want
+/// of a layer leaves no node behind either.
+#[test]
+fn plain_listings_and_failed_lookups_leave_no_nodes() {
+    use std::os::unix::ffi::OsStrExt;
+    let (fs, _) = fs_of(&real_shape());
+    let nodes = || fs.node_count();
+    let start = nodes();
+    let listed = fs.read_dir(ROOT, 0, 100).unwrap();
+    let inos: Vec<u64> = listed.iter().map(|l| fs.ino_of(l)).collect();
+    assert_eq!(nodes(), start, "a plain readdir made nodes");
+    for (l, ino) in listed.iter().zip(&inos).filter(|(l, _)| l.name != b"." && l.name != b"..") {
+        let found = fs.lookup(ROOT, OsStr::from_bytes(&l.name)).unwrap().unwrap();
+        assert_eq!(found.ino, *ino, "{}", String::from_utf8_lossy(&l.name));
+    }
+
+    // `a` is implicit in the top layer; its exact attributes need the bottom layer,
+    // which can't be loaded.
+    let src =
+        Arc::new(FailingLayers { inner: MemLayers::new(&[vec![E::Dir("a")], vec![E::File("a/x", "x")]]), broken: 0 });
+    let fs = Fs::new(Tree::new(src, DirAttrs::Exact), 0);
+    let start = fs.node_count();
+    assert!(matches!(fs.lookup(ROOT, OsStr::new("a")), Err(FsError::Io(_))));
+    assert_eq!(fs.node_count(), start, "a failed lookup left its node");
+}
+
+/// An offset below 2^32 other than 0, 1 and 2 is none a listing gives.
+#[test]
+fn a_listing_offset_that_names_no_layer_is_refused() {
+    let (fs, _) = fs_of(&real_shape());
+    for offset in [3, 5, u64::from(u32::MAX)] {
+        assert!(matches!(fs.read_dir(ROOT, offset, 10), Err(FsError::Io(_))), "offset {offset}");
     }
 }
