@@ -888,15 +888,39 @@ impl Tree {
             return self.data_entry(st, l, t.id, floor);
         }
         let target = toc.link(&r).map_err(bad(l))?.unwrap_or_default().to_vec();
+        let names: Vec<&[u8]> = target.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
         for k in (floor..l).rev() {
             let lower = Self::layer(st, k)?;
-            let Some(node) = lower.lookup(&target).map_err(bad(k))? else { continue };
-            let t = lower.record(node).map_err(bad(k))?;
-            match t.presence() {
-                Presence::Entry(kind) if kind != Kind::Dir => return self.data_entry(st, k, node, floor),
-                Presence::Entry(_) | Presence::ImplicitDir => break,
-                Presence::Absent if t.is_whiteout() => break,
-                Presence::Absent => {}
+            // Down to the target in layer k. A directory on the way that this layer
+            // whites out, makes opaque or replaces by a non-directory hides the target
+            // in the layers below, as it does for the union.
+            let mut node = lower.root();
+            let mut hides_below = lower.record(node).map_err(bad(k))?.is_opaque();
+            let mut found = None;
+            for (j, name) in names.iter().enumerate() {
+                let Some(child) = lower.child(node, name).map_err(bad(k))? else { break };
+                let c = lower.record(child).map_err(bad(k))?;
+                if j + 1 == names.len() {
+                    found = Some(c);
+                    break;
+                }
+                if matches!(c.presence(), Presence::Entry(kind) if kind != Kind::Dir) {
+                    hides_below = true;
+                    break;
+                }
+                hides_below |= c.is_whiteout() || c.is_opaque();
+                node = child;
+            }
+            if let Some(t) = found {
+                match t.presence() {
+                    Presence::Entry(kind) if kind != Kind::Dir => return self.data_entry(st, k, t.id, floor),
+                    Presence::Entry(_) | Presence::ImplicitDir => break,
+                    Presence::Absent if t.is_whiteout() => break,
+                    Presence::Absent => {}
+                }
+            }
+            if hides_below {
+                break;
             }
         }
         Ok(None)

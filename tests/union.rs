@@ -299,6 +299,32 @@ fn a_hardlink_to_a_lower_layer_resolves_to_the_lower_file() {
     assert_eq!(content(&fs, "up"), "lower data");
 }
 
+/// A hard link to a lower layer's path finds it as the union below the link had it: a
+/// directory on the way that a layer in between whites out, makes opaque or replaces by
+/// a file hides the target, and the link is broken (left out, EIO on lookup).
+#[test]
+fn a_hardlink_to_a_lower_path_hidden_in_between_is_broken() {
+    let hidden: Vec<Vec<E>> = vec![
+        vec![E::Marker(".wh.d")],
+        vec![E::Dir("d"), E::Marker("d/.wh..wh..opq")],
+        vec![E::File("d", "a file now")],
+        vec![E::Marker(".wh..wh..opq")],
+    ];
+    let cases = ["whiteout of d", "opaque d", "d a file", "opaque root"];
+    for (middle, what) in hidden.into_iter().zip(cases) {
+        let (fs, _) = fs_of(&[vec![E::Dir("d"), E::File("d/f", "data")], middle, vec![E::Hard("h", "d/f")]]);
+        assert!(matches!(fs.lookup(ROOT, OsStr::new("h")), Err(FsError::Io(_))), "{what}");
+        assert!(!names(&fs, "").contains(&"h".to_string()), "{what}");
+    }
+    // A directory in between that only adds to d hides nothing.
+    let (fs, _) = fs_of(&[
+        vec![E::Dir("d"), E::File("d/f", "data")],
+        vec![E::Dir("d"), E::File("d/g", "g")],
+        vec![E::Hard("h", "d/f")],
+    ]);
+    assert_eq!(content(&fs, "h"), "data");
+}
+
 #[test]
 fn duplicate_entries_in_one_layer_the_last_wins_but_a_link_keeps_the_earlier_data() {
     let (fs, _) = fs_of(&[vec![E::File("d", "first"), E::Hard("keep", "d"), E::File("d", "second")]]);
