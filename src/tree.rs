@@ -671,12 +671,6 @@ impl Tree {
         }
     }
 
-    /// Is layer `l` within directory `ino`'s range? Examines layers from the top
-    /// down to `l` as needed.
-    fn reaches(&self, st: &mut State, ino: Ino, l: u32) -> Step<bool> {
-        self.reaches_one(st, ino, l)
-    }
-
     /// Does directory `ino` know whether layer `l` is in its range?
     fn answers(st: &mut State, ino: Ino, l: u32) -> bool {
         let d = Self::dir(st, ino);
@@ -694,14 +688,15 @@ impl Tree {
         }
         for &a in chain.iter().rev() {
             if !Self::answers(st, a, l) {
-                self.reaches_one(st, a, l)?;
+                self.reaches(st, a, l)?;
             }
         }
-        self.reaches_one(st, ino, l)
+        self.reaches(st, ino, l)
     }
 
-    /// `reaches`, asking the parent through `reach_up`.
-    fn reaches_one(&self, st: &mut State, ino: Ino, l: u32) -> Step<bool> {
+    /// Is layer `l` within directory `ino`'s range? Examines layers from the top
+    /// down to `l` as needed, asking the parent through `reach_up`.
+    fn reaches(&self, st: &mut State, ino: Ino, l: u32) -> Step<bool> {
         loop {
             let d = Self::dir(st, ino);
             if let Some(f) = d.floor {
@@ -764,7 +759,7 @@ impl Tree {
             }
             let toc = Self::layer(st, l)?;
             let Some(child) = toc.child(loc, name).map_err(bad(l))? else { continue };
-            if let Some(r) = self.settle(st, parent, l, &toc, child)? {
+            if let Some(r) = self.settle(st, parent, l, &toc, child, true)? {
                 return Ok(r);
             }
         }
@@ -772,14 +767,10 @@ impl Tree {
     }
 
     /// What TOC node `child` of layer `l` (a child of `parent`'s node there) makes of
-    /// the name, or `None` to go on to lower layers.
-    fn settle(&self, st: &mut State, parent: Ino, l: u32, toc: &Toc, child: u32) -> Step<Option<Resolved>> {
-        self.settle_as(st, parent, l, toc, child, true)
-    }
-
-    /// `settle`; with `follow` false a non-directory is not followed through hard links
-    /// (what counting subdirectories needs: it is no directory either way).
-    fn settle_as(
+    /// the name, or `None` to go on to lower layers. With `follow` false a non-directory
+    /// is not followed through hard links (what counting subdirectories needs: it is no
+    /// directory either way).
+    fn settle(
         &self,
         st: &mut State,
         parent: Ino,
@@ -982,7 +973,7 @@ impl Tree {
             let mut resolved = Resolved::Absent;
             for &(l, child) in &found {
                 let toc = Self::layer(st, l)?;
-                if let Some(r) = self.settle_as(st, ino, l, &toc, child, follow)? {
+                if let Some(r) = self.settle(st, ino, l, &toc, child, follow)? {
                     resolved = r;
                     break;
                 }

@@ -921,11 +921,12 @@ impl Toc {
                 let shared = first_name.get(..skip).ok_or_else(|| self.damaged("a fence skips too much"))?;
                 let prefix = &f[8..8 + plen];
                 let head = &name[..skip.min(name.len())];
+                // A `name` shorter than the shared bytes never compares Equal here (the
+                // shared bytes are Greater than a prefix of themselves: the name goes
+                // before the fence), so `name[skip..]` below is in bounds.
                 let below = match shared.cmp(head) {
                     Less => true,
                     Greater => false,
-                    // `name` is a prefix of the shared bytes: shorter, so before the fence.
-                    Equal if name.len() < skip => false,
                     Equal => {
                         let rest = &name[skip..];
                         if plen < FENCE_PREFIX || rest.len() < plen {
