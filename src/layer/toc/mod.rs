@@ -69,6 +69,8 @@ const POINT: u64 = 32;
 /// Longest string (a symlink target, a hard link's path, one entry's xattrs) a record
 /// may point at.
 const STRING_MAX: u64 = 16 << 20;
+/// The checkpoint spans a TOC may ask for (`build::SPAN` is 1 MiB).
+const SPANS: std::ops::RangeInclusive<u64> = 64 << 10..=16 << 20;
 
 /// Record flags.
 const VISIBLE: u8 = 1;
@@ -679,6 +681,11 @@ impl Toc {
             && h.sums == h.sums_len.div_ceil(super::block_sums::BlockSums::BLOCK);
         if !fits {
             return Err("its sections do not agree with its counts".into());
+        }
+        // The checkpoints' span bounds every span a read decodes (`span`): one far from
+        // what `build` asks for would let a span claim any length.
+        if h.access != 0 && !SPANS.contains(&h.span) {
+            return Err(format!("its checkpoint span ({} bytes) is out of range", h.span));
         }
         Ok(())
     }

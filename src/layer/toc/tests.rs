@@ -375,6 +375,43 @@ fn a_tar_layer_with_checkpoints_and_sums_reads_back() {
     assert_eq!((r.kind(), r.mode, r.size()), (Some(Kind::File), 0o600, 60_000));
 }
 
+/// The checkpoint span in the header bounds how long a span may claim to be, so one
+/// far from what `build` writes is damage: with `u64::MAX` a hostile span could ask a
+/// read to allocate any length.
+#[test]
+fn a_checkpoint_span_out_of_range_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    b.append_data(&mut h, "f", &b"hello"[..]).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+    let blob = gz.finish().unwrap();
+    let built = build::index_layer(&blob[..], crate::image::Compression::Gzip, None, None, dir.path()).unwrap();
+    let c = built.checkpoints.unwrap();
+    let path = dir.path().join("t.toc");
+    let sums = crate::layer::block_sums::BlockSums::of(&blob[..]).unwrap();
+    write::write(&mut File::create(&path).unwrap(), "sha256:aa", built.toc, write::DataIndex::Checkpoints(&c), &sums)
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let head = Header::decode(&bytes).unwrap();
+    assert_eq!(head.span, build::SPAN);
+    assert!(Toc::check_header(&head, bytes.len() as u64).is_ok());
+    for span in [0, 1, 32 << 10, 1 << 40, u64::MAX] {
+        let bad = Header { span, ..head.clone() };
+        let err = Toc::check_header(&bad, bytes.len() as u64).unwrap_err();
+        assert!(err.contains("span"), "span {span}: {err}");
+    }
+    // A whole file with a header that says 32 KiB (its varint as long as 1 MiB's).
+    let changed = Header { span: 32 << 10, ..head.clone() }.encode();
+    assert_eq!(changed.len(), head.len());
+    bytes[..changed.len()].copy_from_slice(&changed);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Toc::open(&path, "sha256:aa").unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }) && format!("{err:?}").contains("span"), "{err:?}");
+}
+
 /// Write the TOC of `c` to `path`.
 fn write_named(c: &Contents, path: &Path, scratch: &Path) {
     let mut f = File::create(path).unwrap();
