@@ -771,6 +771,11 @@ impl Toc {
                 self.check_page(page)?;
             }
         }
+        // The children ranges tile the nodes after the root in order, so the nodes before
+        // the root's first child would be no one's.
+        if self.nodes > 1 && self.first_child(0)? != 1 {
+            return Err(self.damaged("some of its records are not reachable from the root"));
+        }
         for id in 0..self.nodes + self.orphans {
             let r = self.record(id)?;
             if id < self.nodes {
@@ -1178,18 +1183,21 @@ impl Toc {
         let mut contents = super::Contents::default();
         for id in 0..self.nodes {
             let r = self.record(id)?;
+            let cut_off = || self.damaged(format!("record {id} is not reachable from the root"));
             for child in self.children(id)? {
                 if child as usize != paths.len() {
                     return Err(self.damaged(format!("the children of record {id} are out of place")));
                 }
                 let name = self.name(&self.record(child)?)?;
-                paths.push(super::join(&paths[id as usize], name));
+                let path = super::join(paths.get(id as usize).ok_or_else(cut_off)?, name);
+                paths.push(path);
             }
+            let path = paths.get(id as usize).ok_or_else(cut_off)?;
             if r.is_whiteout() {
-                contents.whiteouts.push(paths[id as usize].clone());
+                contents.whiteouts.push(path.clone());
             }
             if r.is_opaque() {
-                contents.opaque.push(paths[id as usize].clone());
+                contents.opaque.push(path.clone());
             }
         }
         let mut entries: Vec<(u32, u32)> = Vec::new();

@@ -560,6 +560,32 @@ fn consistent_but_hostile_tocs_give_errors_not_panics() {
     assert!(refused > 50, "only {refused} of 1000 changed TOCs were refused");
 }
 
+/// A TOC whose root's children start past where they are (checksums resealed): every
+/// range is still in order, but the records before that start are no one's children.
+/// `verify` says so, and reading it whole is an error, not a panic.
+#[test]
+fn records_the_root_does_not_reach_are_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Contents::default();
+    c.whiteouts.push(b"gone".to_vec());
+    let path = dir.path().join("t.toc");
+    write_named(&c, &path, dir.path());
+    let toc = Toc::open(&path, "sha256:aa").unwrap();
+    assert_eq!((toc.node_count(), toc.children(0).unwrap()), (2, 1..2));
+    toc.verify().unwrap();
+    let at = toc.sections[Section::Records as usize].0 as usize + 8;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+    reseal(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    let toc = Toc::open(&path, "sha256:aa").unwrap();
+    assert_eq!(toc.children(0).unwrap(), 2..2);
+    let err = format!("{:?}", toc.verify().unwrap_err());
+    assert!(err.contains("not reachable from the root"), "{err}");
+    let err = format!("{:?}", toc.to_contents().unwrap_err());
+    assert!(err.contains("not reachable from the root"), "{err}");
+}
+
 /// A TOC read from elsewhere page by page: a read of a page not there yet answers
 /// `PageMissing` (so a caller under a lock can let it go and fetch), `fetching` fetches
 /// as it reads, only the pages a lookup touches are fetched, and a page whose source
