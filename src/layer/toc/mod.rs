@@ -586,8 +586,10 @@ impl Toc {
         })?;
         let damaged = |why: String| Error::Damaged { path: path.to_path_buf(), source: why.into() };
         let h = Header::decode(&map).map_err(|why| {
-            if why.starts_with("it is of format version") || why == "it is not a TOC file" {
+            if why.starts_with("it is of format version") {
                 Error::Invalid(format!("layer TOC {} is of another format version", path.display()))
+            } else if why == "it is not a TOC file" {
+                Error::Invalid(format!("{} is not an imgfs layer TOC", path.display()))
             } else {
                 damaged(why)
             }
@@ -596,7 +598,9 @@ impl Toc {
             return Err(Error::Invalid(format!("layer TOC {} is not the TOC of {digest}", path.display())));
         }
         Self::check_header(&h, map.len() as u64).map_err(damaged)?;
-        let data_start = h.len() as u64;
+        // The header's length as stored (`decode` checked it fits the file), which is
+        // where the sections start: re-encoding the header need not give it back.
+        let data_start = u64::from(le32(&map[12..]));
         let pages = h.sections[Section::PageCrcs as usize].0.div_ceil(PAGE);
         let access = match h.access {
             0 => AccessKind::Plain,
@@ -1104,9 +1108,13 @@ impl Toc {
         }
         let n = self.items(Section::Xattrs, XATTR_ITEM);
         let at = self.search(n, |i| Ok(le32(self.item(Section::Xattrs, XATTR_ITEM, i)?)), r.id)?;
+        let no_xattrs = || self.damaged(format!("record {} has no xattrs", r.id));
+        if at >= n {
+            return Err(no_xattrs());
+        }
         let item = self.item(Section::Xattrs, XATTR_ITEM, at)?;
-        if at >= n || le32(item) != r.id {
-            return Err(self.damaged(format!("record {} has no xattrs", r.id)));
+        if le32(item) != r.id {
+            return Err(no_xattrs());
         }
         let mut s = self.string(le64(&item[8..]), u64::from(le32(&item[4..])))?;
         let mut out = Vec::new();
