@@ -84,7 +84,7 @@ impl Sums {
     /// against its sum.
     fn read_exact_at(&self, file: &File, path: &Path, buf: &mut [u8], at: u64) -> io::Result<()> {
         let len = self.len();
-        let end = at + buf.len() as u64;
+        let end = at.saturating_add(buf.len() as u64);
         if end > len {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the stored layer"));
         }
@@ -352,7 +352,10 @@ impl LayerData {
             return Ok(Vec::new());
         }
         let n = (len as u64).min(size - pos) as usize;
-        let start = offset + pos;
+        // A damaged or hostile TOC may give any offset and size.
+        let start = offset.checked_add(pos).filter(|s| s.checked_add(n as u64).is_some()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "a file's data lies past the end of any layer")
+        })?;
         match self {
             LayerData::Tar(stored) => {
                 let mut buf = vec![0u8; n];

@@ -421,7 +421,7 @@ impl Header {
         let p = &p[..len - 4];
         let mut at = 16;
         let dl = get_varint(p, &mut at)? as usize;
-        let digest = p.get(at..at + dl).ok_or("its digest is cut short")?;
+        let digest = at.checked_add(dl).and_then(|end| p.get(at..end)).ok_or("its digest is cut short")?;
         let digest = String::from_utf8(digest.to_vec()).map_err(|_| "its digest is not text")?;
         at += dl;
         let mut v = || get_varint(p, &mut at);
@@ -477,7 +477,15 @@ struct Remote {
     page: u64,
     len: u64,
     present: Box<[AtomicU64]>,
+    /// Held while a page is fetched and written (page `i` takes lock `i % WRITERS`):
+    /// two threads that miss the same page fetch it once, and a page is written only
+    /// before it is marked present, never while the map is read there.
+    writing: Box<[std::sync::Mutex<()>]>,
 }
+
+/// Pages of a remote TOC fetched at once, at most (distinct pages on one lock wait
+/// for each other).
+const WRITERS: u64 = 16;
 
 impl Remote {
     fn fetch(&self, i: u64) -> Result<()> {
@@ -487,6 +495,10 @@ impl Remote {
         let want = (self.len - (i * self.page).min(self.len)).min(self.page);
         if want == 0 {
             return Err(Error::Invalid(format!("page {i} lies past the end of a layer TOC")));
+        }
+        let _writer = self.writing[(i % WRITERS) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        if Toc::is_checked(&self.present, i) {
+            return Ok(());
         }
         let bytes = self.source.fetch(i)?;
         if bytes.len() as u64 != want {
@@ -561,8 +573,14 @@ impl Toc {
         let file = scratch_file(dir)?;
         file.set_len(len)?;
         let pages = len.div_ceil(page);
-        let remote =
-            Remote { source, file, page, len, present: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect() };
+        let remote = Remote {
+            source,
+            file,
+            page,
+            len,
+            present: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            writing: (0..WRITERS).map(|_| std::sync::Mutex::new(())).collect(),
+        };
         // The header is at most about 4.6 KiB.
         for i in 0..(5 << 10u64).min(len).div_ceil(page) {
             remote.fetch(i)?;
@@ -577,8 +595,9 @@ impl Toc {
         // the store removes one only by unlinking, which keeps the pages of a mapping,
         // and the store is private to its owner (0700), so no one else truncates it
         // under us. A TOC read from elsewhere is an unlinked scratch file of its final
-        // length, each page written once, with bytes its source checked, before any read
-        // of it (`Remote::present`). Every read through the map is bounds-checked against
+        // length, each page written once (under its `Remote::writing` lock), with bytes
+        // its source checked, before any read of it (`Remote::present`, set with release
+        // and read with acquire). Every read through the map is bounds-checked against
         // the length the header gives, which is checked below to be the file's.
         let map = unsafe { Mmap::map(file) }.map_err(|e| Error::Context {
             what: format!("cannot map layer TOC {}", path.display()),
@@ -664,8 +683,9 @@ impl Toc {
     /// Do the sections fit the file and each other?
     fn check_header(h: &Header, real_len: u64) -> std::result::Result<(), String> {
         let (crc_off, crc_len) = h.sections[Section::PageCrcs as usize];
-        if crc_off + crc_len != real_len {
-            return Err(format!("it is {real_len} bytes, its header says {}", crc_off + crc_len));
+        let Some(end) = crc_off.checked_add(crc_len) else { return Err("its sections overflow".into()) };
+        if end != real_len {
+            return Err(format!("it is {real_len} bytes, its header says {end}"));
         }
         if crc_len.div_ceil(PAGE) != h.crc_dir.len() as u64 {
             return Err("its page checksums do not cover it".into());
@@ -730,12 +750,14 @@ impl Toc {
         Ok(&self.map[off as usize..end as usize])
     }
 
+    /// Acquire and release: a thread that sees a page's bit sees the page as it was
+    /// when the bit was set (written, for a remote TOC).
     fn is_checked(bits: &[AtomicU64], i: u64) -> bool {
-        bits[(i / 64) as usize].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
+        bits[(i / 64) as usize].load(Ordering::Acquire) & (1 << (i % 64)) != 0
     }
 
     fn set_checked(bits: &[AtomicU64], i: u64) {
-        bits[(i / 64) as usize].fetch_or(1 << (i % 64), Ordering::Relaxed);
+        bits[(i / 64) as usize].fetch_or(1 << (i % 64), Ordering::Release);
     }
 
     /// Check page `page` (its bytes past the header and before the checksums) against

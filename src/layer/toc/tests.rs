@@ -645,3 +645,71 @@ fn a_toc_read_from_elsewhere_fetches_only_the_pages_it_reads() {
     let t = Toc::open_remote(failing, bytes.len() as u64, dir.path(), &path, "sha256:aa").unwrap();
     assert!(t.fetching(|t| t.verify()).is_err(), "a page that could not be fetched was read");
 }
+
+/// Threads that miss the same page of a TOC read from elsewhere fetch it once: the page
+/// is written once, before it is marked present, never under a reader.
+#[test]
+fn a_page_missed_by_many_threads_is_fetched_once() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    struct Slow {
+        bytes: Vec<u8>,
+        fetches: Arc<Vec<AtomicUsize>>,
+    }
+    impl PageSource for Slow {
+        fn page_size(&self) -> u64 {
+            1024
+        }
+        fn fetch(&self, i: u64) -> std::io::Result<Vec<u8>> {
+            self.fetches[i as usize].fetch_add(1, Ordering::SeqCst);
+            // As long as a round trip: the other threads miss the page meanwhile.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let start = (i * 1024) as usize;
+            Ok(self.bytes[start..(start + 1024).min(self.bytes.len())].to_vec())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Contents::default();
+    for i in 0..300 {
+        c.entries.push(entry(format!("d/f{i:04}").as_bytes(), Kind::File));
+    }
+    let path = dir.path().join("t.toc");
+    write_named(&c, &path, dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let pages = bytes.len().div_ceil(1024);
+    let fetches: Arc<Vec<AtomicUsize>> = Arc::new((0..pages).map(|_| AtomicUsize::new(0)).collect());
+    let source = Box::new(Slow { bytes: bytes.clone(), fetches: Arc::clone(&fetches) });
+    let toc = Toc::open_remote(source, bytes.len() as u64, dir.path(), &path, "sha256:aa").unwrap();
+    let last = pages - 1;
+    assert!(last >= 5, "the last page is fetched at open");
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| toc.fetch_page(last as u64).unwrap());
+        }
+    });
+    assert_eq!(fetches[last].load(Ordering::SeqCst), 1, "page {last} fetched more than once");
+    let tail = toc.fetching(|t| t.bytes(last as u64 * 1024, (bytes.len() - last * 1024) as u64).map(<[u8]>::to_vec));
+    assert_eq!(tail.unwrap(), &bytes[last * 1024..]);
+}
+
+/// A header whose numbers would overflow what they are added to is refused, in debug
+/// builds too (where an overflow panics).
+#[test]
+fn header_lengths_that_overflow_are_refused() {
+    let mut h = Vec::new();
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    put_varint(&mut h, u64::MAX); // the digest's length
+    h.extend_from_slice(&[0; 16]);
+    let len = (h.len() + 4) as u32;
+    h[12..16].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(Header::decode(&h).unwrap_err(), "its digest is cut short");
+
+    // Sections whose end overflows.
+    let mut head = Header { nodes: 1, ..Header::default() };
+    head.sections[Section::PageCrcs as usize] = (u64::MAX - 10, 100);
+    assert!(Toc::check_header(&head, 1000).unwrap_err().contains("overflow"));
+}
