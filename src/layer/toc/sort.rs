@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 pub type Compare = fn(&[u8], &[u8]) -> Ordering;
 
 /// Runs merged at once: more are first merged into longer runs, so the read buffers
-/// (64 KiB each) stay bounded too.
+/// (64 KiB each) and the open files stay bounded too.
 const MAX_FAN_IN: usize = 64;
 const READ_BUFFER: usize = 64 << 10;
 
 /// A scratch file no one else can see: an unnamed file in `dir` (`O_TMPFILE`), which
 /// goes with the process whatever happens to it, even a kill. Where the filesystem has
 /// no unnamed files, a named one unlinked at once; a kill between the two leaves a
-/// `.toc-scratch-…` file, which the next GC sweep of `tmp/` removes.
+/// `.toc-scratch-…` file in the store's `tmp/`, which the sweep of `rm` and `prune`
+/// (under the exclusive lock) removes; the sweep of dead owners' temp files when a
+/// store is opened does not know the name.
 pub fn scratch_file(dir: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match File::options().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir) {
@@ -54,7 +56,8 @@ pub struct Sorter {
     bytes: Vec<u8>,
     /// (start, len) of each record in `bytes`.
     spans: Vec<(usize, u32)>,
-    runs: Vec<File>,
+    /// Sorted runs in push order, each with its level (how many merges made it).
+    runs: Vec<(u32, File)>,
 }
 
 impl Sorter {
@@ -95,8 +98,22 @@ impl Sorter {
         }
         let mut file = w.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
-        self.runs.push(file);
+        self.runs.push((0, file));
         self.bytes.clear();
+        // As soon as the last MAX_FAN_IN runs are of one level, they become one run of
+        // the next (levels never rise towards the end): the open runs stay under
+        // MAX_FAN_IN per level, however many records go through, and each record is
+        // written once per level.
+        while self.runs.len() >= MAX_FAN_IN {
+            let tail = self.runs.len() - MAX_FAN_IN;
+            let level = self.runs[tail].0;
+            if self.runs[tail..].iter().any(|&(l, _)| l != level) {
+                break;
+            }
+            let group = self.runs.drain(tail..).map(|(_, f)| f).collect();
+            let merged = merge_to_run(group, self.compare, &self.dir)?;
+            self.runs.push((level + 1, merged));
+        }
         Ok(())
     }
 
@@ -109,7 +126,7 @@ impl Sorter {
         if !self.spans.is_empty() {
             self.spill()?;
         }
-        let mut runs = std::mem::take(&mut self.runs);
+        let mut runs: Vec<File> = std::mem::take(&mut self.runs).into_iter().map(|(_, f)| f).collect();
         while runs.len() > MAX_FAN_IN {
             let mut longer = Vec::new();
             let mut rest = runs.into_iter();
@@ -118,20 +135,25 @@ impl Sorter {
                 if group.is_empty() {
                     break;
                 }
-                let mut merged = Merge::new(group, self.compare)?;
-                let mut w = BufWriter::with_capacity(READ_BUFFER, scratch_file(&self.dir)?);
-                while let Some(r) = merged.next()? {
-                    w.write_all(&(r.len() as u32).to_le_bytes())?;
-                    w.write_all(r)?;
-                }
-                let mut file = w.into_inner().map_err(|e| e.into_error())?;
-                file.seek(SeekFrom::Start(0))?;
-                longer.push(file);
+                longer.push(merge_to_run(group, self.compare, &self.dir)?);
             }
             runs = longer;
         }
         Ok(Sorted { inner: Inner::Runs(Merge::new(runs, self.compare)?) })
     }
+}
+
+/// Merge sorted runs (in push order) into one run in a new scratch file in `dir`.
+fn merge_to_run(runs: Vec<File>, compare: Compare, dir: &Path) -> io::Result<File> {
+    let mut merged = Merge::new(runs, compare)?;
+    let mut w = BufWriter::with_capacity(READ_BUFFER, scratch_file(dir)?);
+    while let Some(r) = merged.next()? {
+        w.write_all(&(r.len() as u32).to_le_bytes())?;
+        w.write_all(r)?;
+    }
+    let mut file = w.into_inner().map_err(|e| e.into_error())?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 /// The records of a `Sorter`, in order: `next` lends each in turn.
@@ -254,6 +276,9 @@ mod tests {
             let mut s = Sorter::new(dir.path(), budget, by_bytes);
             for r in &records {
                 s.push(r).unwrap();
+                // A run per ~10 records at the smallest budget: 2000 in all, never
+                // open at once.
+                assert!(s.runs.len() < 2 * MAX_FAN_IN, "{} runs open", s.runs.len());
             }
             let mut got = Vec::new();
             let mut sorted = s.finish().unwrap();
