@@ -836,6 +836,12 @@ fn names_no_kernel_can_serve_fail_the_layer_with_the_entry_named() {
             }]),
             r#"sparse file "GNUSparseFile.0/real" (PAX) in layer is not supported"#,
         ),
+        // A hard link's target is a name of the image too.
+        (
+            raw_tar(&[raw(b"f", tar::EntryType::Regular), Raw { link: b"f\0x", ..raw(b"h", tar::EntryType::Link) }]),
+            r#"hard link "h" points at "f\0x": the name holds a NUL byte"#,
+        ),
+        (raw_tar(&[Raw { link: &long, ..raw(b"h2", tar::EntryType::Link) }]), r#"hard link "h2" points at "nnn"#),
     ];
     for (tar, want) in cases {
         let err = index_error(&tar, Compression::None, &build::Limits::DEFAULT);

@@ -86,8 +86,9 @@ pub struct Limits {
     /// this (at most about 3.6%: a 32 KiB window per 1 MiB span, stored deflated), and
     /// so does a re-encoded copy of a zstd layer in one frame.
     pub max_bytes: u64,
-    /// Tar entries, markers included. The table of contents kept in memory and in the
-    /// index grows with this (a few hundred bytes per entry, plus its name).
+    /// Tar entries, markers included. The table of contents on disk grows with this
+    /// (about a hundred bytes per entry, plus its name); writing it takes bounded
+    /// memory, whatever the count.
     pub max_entries: u64,
 }
 
@@ -473,6 +474,8 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
                 let target = normalise_inside(&raw).with_context(|| {
                     format!("hard link {} points outside the image, at {}", show(&path), show(&raw))
                 })?;
+                // The target is a path of the image too, kept in the TOC as one.
+                check_name(&target).with_context(|| format!("hard link {} points at {}", show(&path), show(&raw)))?;
                 Some(target)
             }
             _ => None,

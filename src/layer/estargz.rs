@@ -194,7 +194,12 @@ impl Layout {
                 Kind::Symlink => Some(te.link_name.as_bytes().to_vec()),
                 Kind::Hardlink => Some(
                     names::normalise_inside(te.link_name.as_bytes())
-                        .with_context(|| format!("hard link {} points outside the image", te.name))?,
+                        .with_context(|| format!("hard link {} points outside the image", te.name))
+                        .and_then(|t| {
+                            names::check_name(&t)
+                                .with_context(|| format!("hard link {} points at {}", te.name, te.link_name))?;
+                            Ok(t)
+                        })?,
                 ),
                 _ => None,
             };
