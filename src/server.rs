@@ -120,6 +120,8 @@ pub struct Settings {
 
 /// How long `imgfs mount` waits for its background server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server that did not start in time has to end after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Makes the background server's command line from the image ID and the mountpoint.
 pub type ServerCommand = dyn FnOnce(&Digest, &Path) -> std::io::Result<Command>;
@@ -391,11 +393,28 @@ fn start_background(store: &Store, dir: &Path, mut server: Command) -> Result<()
             return Err(Error::Exited { status, last, log });
         }
         if start.elapsed() > START_TIMEOUT {
-            let _ = child.kill();
+            stop(&mut child);
             return Err(Error::Timeout { dir: dir.to_path_buf(), timeout: START_TIMEOUT, log });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Stop a server that did not come up in time: asked first (SIGTERM, which it answers
+/// by unmounting and removing its mount record, should it have got that far), killed
+/// if it has not ended after a while, and reaped either way.
+fn stop(child: &mut std::process::Child) {
+    use rustix::process::{kill_process, Pid, Signal};
+    let _ = kill_process(Pid::from_child(child), Signal::TERM);
+    let asked = Instant::now();
+    while asked.elapsed() < STOP_GRACE {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Serve `record` at `dir` in this process until the mount ends: unmounted from
