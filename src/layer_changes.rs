@@ -111,7 +111,7 @@ pub fn read_all(source: &dyn LayerSource, layers: &[usize]) -> Result<Vec<LayerC
 #[cfg(test)]
 mod tests {
     use super::changes;
-    use crate::layer::data::BlockSums;
+    use crate::layer::block_sums::BlockSums;
     use crate::layer::toc::{reseal, write, Toc, TocWriter};
     use crate::layer::{Entry, Kind};
 
