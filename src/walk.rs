@@ -187,6 +187,13 @@ pub fn walk<E: From<Error>>(
                 todo.push((child_rel, Resolved { info, path: join(&node.path, &name) }));
             }
         }
+        // Done with this node (a directory's entries have nodes of their own): let the
+        // union drop it, as the kernel's forget would, so a walk of a million entries
+        // does not keep a million nodes. One a lookup holds stays, and so does a file
+        // with other names: they share its node, and may still be ahead in the walk.
+        if node.is_dir() || node.info.nlink <= 1 {
+            fs.forget(node.info.ino, 0);
+        }
     }
     Ok(())
 }

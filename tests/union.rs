@@ -1119,3 +1119,26 @@ fn a_listing_offset_that_names_no_layer_is_refused() {
         assert!(matches!(fs.read_dir(ROOT, offset, 10), Err(FsError::Io(_))), "offset {offset}");
     }
 }
+
+/// A mount-free walk (export, cp, files -R) lets the union drop each node once it is
+/// done with it, as the kernel's forgets would: what stays is what lookups hold, and
+/// the one node each hard-link group shares (its other names may be ahead in the walk).
+#[test]
+fn a_walk_leaves_no_nodes_behind() {
+    let (fs, _) = fs_of(&real_shape());
+    let top = imgfs::walk::resolve(&fs, b"/", true).unwrap();
+    let start = fs.node_count();
+    let (mut visited, mut linked) = (0, std::collections::HashSet::new());
+    imgfs::walk::walk(&fs, &top, |_, node| -> Result<(), imgfs::walk::Error> {
+        visited += 1;
+        // Each node still answers while it is visited.
+        fs.getattr(node.info.ino).unwrap();
+        if !node.is_dir() && node.info.nlink > 1 {
+            linked.insert(node.info.ino);
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(visited > 10 && linked.len() == 1, "the shape: {visited} entries, {} link groups", linked.len());
+    assert_eq!(fs.node_count(), start + linked.len(), "the walk kept nodes");
+}
