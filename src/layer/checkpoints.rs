@@ -23,10 +23,16 @@ pub const DEFAULT_SPAN: u64 = 1 << 20;
 /// only be entered at its start, and many encoders write one frame per layer).
 pub const MAX_SPAN_FACTOR: u64 = 4;
 
+/// The longest span a table of checkpoints read from elsewhere (a published index) may
+/// have, as a multiple of its requested span: a read decodes a whole span in memory.
+pub const MAX_TABLE_SPAN_FACTOR: u64 = MAX_SPAN_FACTOR * 64;
+
 /// Deflate's history: a back-reference reaches at most this far.
 pub(super) const WINDOW_SIZE: usize = 32 * 1024;
 /// A deflated window may grow a little when the window is incompressible.
-pub(super) const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
+pub const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
+/// Deflate's largest ratio of output to input: a 258-byte copy coded in two bits.
+const MAX_DEFLATE_RATIO: u64 = 1032;
 
 pub(super) const MAGIC: &[u8; 8] = b"imgfsckp";
 pub(super) const VERSION: u32 = 1;
@@ -187,16 +193,7 @@ impl Checkpoints {
     pub fn decode_span_from(&self, i: usize, data: &[u8]) -> io::Result<Vec<u8>> {
         self.check_span(i)?;
         let (start, end) = self.span_range(i);
-        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
-        let mut out = vec![0; len];
-        match self.format {
-            Format::Gzip => inflate_span(&self.points[i], data, &mut out)?,
-            Format::Zstd => {
-                let mut dec = zstd::stream::read::Decoder::with_buffer(data)?;
-                dec.read_exact(&mut out)?;
-            }
-        }
-        Ok(out)
+        decode(self.format, &self.points[i], data, end - start)
     }
 
     /// Decodes span `i` from `data` with `window` as its checkpoint's window, for
@@ -208,11 +205,8 @@ impl Checkpoints {
             return self.decode_span_from(i, data);
         }
         let (start, end) = self.span_range(i);
-        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
-        let mut out = vec![0; len];
         let point = Checkpoint { window: window.to_vec(), ..self.points[i].clone() };
-        inflate_span(&point, data, &mut out)?;
-        Ok(out)
+        decode(self.format, &point, data, end - start)
     }
 
     /// Each checkpoint as `(uncompressed offset, compressed offset, bits, window)`: what a
@@ -373,19 +367,33 @@ pub fn decode_point(
     window: &[u8],
     data: &[u8],
 ) -> io::Result<Vec<u8>> {
-    let len = usize::try_from(end.saturating_sub(start)).map_err(|_| invalid_input("span too large".into()))?;
     if bits >= 8 || window.len() > MAX_STORED_WINDOW {
         return Err(invalid_data("bad checkpoint"));
     }
-    let mut out = vec![0; len];
+    let point = Checkpoint { uncompressed: start, compressed, bits, window: window.to_vec() };
+    decode(format, &point, data, end.saturating_sub(start))
+}
+
+/// Decodes `len` bytes from `point` out of `data` (the blob from the checkpoint, one byte
+/// earlier when it is not byte-aligned, to the next checkpoint). The length comes from a
+/// table that may have come from the network: one that `data` cannot decode to, or that
+/// no memory can hold, is an error before anything is allocated, never an abort.
+fn decode(format: Format, point: &Checkpoint, data: &[u8], len: u64) -> io::Result<Vec<u8>> {
+    if format == Format::Gzip && len > (data.len() as u64 + 1).saturating_mul(MAX_DEFLATE_RATIO) {
+        return Err(invalid_data(&format!("a span of {len} bytes from {} compressed bytes", data.len())));
+    }
+    let len = usize::try_from(len).map_err(|_| invalid_input("span too large".into()))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, format!("no memory for a span of {len} bytes")))?;
     match format {
-        Format::Gzip => {
-            let point = Checkpoint { uncompressed: start, compressed, bits, window: window.to_vec() };
-            inflate_span(&point, data, &mut out)?;
-        }
+        Format::Gzip => inflate_span(point, data, &mut out, len)?,
         Format::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(data)?;
-            dec.read_exact(&mut out)?;
+            let dec = zstd::stream::read::Decoder::with_buffer(data)?;
+            dec.take(len as u64).read_to_end(&mut out)?;
+            if out.len() < len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "span data ends early"));
+            }
         }
     }
     Ok(out)
@@ -468,9 +476,10 @@ fn inflate_window(stored: &[u8]) -> io::Result<Vec<u8>> {
     Ok(window)
 }
 
-/// Decodes `out.len()` bytes starting at `point`; `data` holds the blob from the checkpoint
-/// (one byte earlier when it is not byte-aligned) to the next checkpoint.
-fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<()> {
+/// Appends `len` bytes decoded from `point` to `out` (which has room for them); `data`
+/// holds the blob from the checkpoint (one byte earlier when it is not byte-aligned) to
+/// the next checkpoint.
+fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut Vec<u8>, len: usize) -> io::Result<()> {
     let mut inflater = Inflater::new(-15)?;
     let mut pos = 0;
     if point.bits > 0 {
@@ -481,18 +490,17 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<(
     if !point.window.is_empty() {
         inflater.set_dictionary(&inflate_window(&point.window)?)?;
     }
-    let mut filled = 0;
-    while filled < out.len() {
-        let (ret, consumed, produced) = inflater.inflate(&data[pos..], &mut out[filled..], zlib::Z_NO_FLUSH);
+    while out.len() < len {
+        let room = len - out.len();
+        let (ret, consumed, produced) = inflater.inflate_onto(&data[pos..], out, room, zlib::Z_NO_FLUSH);
         pos += consumed;
-        filled += produced;
         match ret {
             zlib::Z_OK => {}
             zlib::Z_BUF_ERROR if consumed > 0 || produced > 0 => {}
             zlib::Z_BUF_ERROR => {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "span data ends early"));
             }
-            zlib::Z_STREAM_END if filled == out.len() => {}
+            zlib::Z_STREAM_END if out.len() == len => {}
             zlib::Z_STREAM_END => {
                 // The member ended inside the span: skip its trailer (CRC-32, ISIZE) and the
                 // next member's header, and go on with a fresh raw stream.
@@ -544,4 +552,50 @@ pub(super) fn invalid_data(msg: &str) -> io::Error {
 
 fn invalid_input(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::indexing::IndexingDecoder;
+    use crate::layer::testdata::{gzip, mixed};
+
+    /// Checkpoints of `blob` as the indexing pass takes them, each with its window.
+    fn index(blob: &[u8], format: Format) -> (Checkpoints, Vec<(u64, u64, u8, Vec<u8>)>) {
+        let mut dec = IndexingDecoder::new(blob, format, 1 << 20).unwrap();
+        io::copy(&mut dec, &mut io::sink()).unwrap();
+        let c = dec.finish().unwrap();
+        let points = c.points().map(|(u, cp, bits, w)| (u, cp, bits, w.to_vec())).collect();
+        (c, points)
+    }
+
+    /// A table read from elsewhere may claim any length for a span: one its compressed
+    /// bytes can't decode to, or that no memory could hold, is an error for that read,
+    /// never an allocation that aborts the process.
+    #[test]
+    fn a_span_longer_than_its_bytes_or_memory_allow_is_an_error() {
+        let data = mixed(3 << 20, 5);
+        for (format, blob) in [(Format::Gzip, gzip(&data, 6)), (Format::Zstd, zstd::encode_all(&data[..], 3).unwrap())] {
+            let (c, points) = index(&blob, format);
+            let last = c.span_count() - 1;
+            for extra in [1 << 40, (isize::MAX as u64) * 2 - c.uncompressed_size()] {
+                let size = c.uncompressed_size() + extra;
+                let long =
+                    Checkpoints::from_points(format, c.requested_span(), c.compressed_size(), size, points.clone())
+                        .unwrap();
+                let (s, e) = long.compressed_range(last);
+                let got = long.decode_span_from(last, &blob[s as usize..e as usize]);
+                assert!(got.is_err(), "{format:?}: a span of {} bytes decoded", size - long.span_range(last).0);
+                let (start, end) = long.span_range(last);
+                let (_, compressed, bits, window) = &points[last];
+                let got = decode_point(format, (start, end), (*compressed, *bits), window, &blob[s as usize..]);
+                assert!(got.is_err(), "{format:?}: decode_point of a span of {} bytes", end - start);
+            }
+            // Told the true length, the same span decodes.
+            let (s, e) = c.compressed_range(last);
+            let (us, ue) = c.span_range(last);
+            assert!(c.decode_span_from(last, &blob[s as usize..e as usize]).unwrap() == data[us as usize..ue as usize]);
+        }
+    }
+
 }
