@@ -506,7 +506,7 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut Vec<u8>, len: usize) 
                 // next member's header, and go on with a fresh raw stream.
                 pos += 8;
                 let rest = data.get(pos..).ok_or_else(|| invalid_data("gzip trailer cut short"))?;
-                pos += gzip_header_len(rest)?;
+                pos += gzip_header_len(rest)?.ok_or_else(|| invalid_data("gzip member header cut short"))?;
                 inflater.reset()?;
             }
             _ => return Err(inflater.error(ret)),
@@ -515,35 +515,41 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut Vec<u8>, len: usize) 
     Ok(())
 }
 
-/// Length of the gzip member header at the start of `d` (RFC 1952, 2.3).
-pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
+/// Length of the gzip member header at the start of `d` (RFC 1952, 2.3), its CRC-16
+/// checked when it has one (as zlib checks it); `None` when `d` ends inside it. Its
+/// fields have no bound but the blob's end (FEXTRA alone may take 65,547 bytes).
+pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<Option<usize>> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
     const FCOMMENT: u8 = 16;
     let bad = || invalid_data("bad gzip member header");
-    if d.len() < 10 || d[0] != 0x1f || d[1] != 0x8b || d[2] != 8 || d[3] & 0xe0 != 0 {
+    if d.iter().zip([0x1f, 0x8b, 8]).any(|(&a, b)| a != b) || d.get(3).is_some_and(|f| f & 0xe0 != 0) {
         return Err(bad());
+    }
+    if d.len() < 10 {
+        return Ok(None);
     }
     let flags = d[3];
     let mut p = 10;
     if flags & FEXTRA != 0 {
-        let xlen = d.get(p..p + 2).ok_or_else(bad)?;
+        let Some(xlen) = d.get(p..p + 2) else { return Ok(None) };
         p += 2 + usize::from(u16::from_le_bytes([xlen[0], xlen[1]]));
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            let nul = d.get(p..).ok_or_else(bad)?.iter().position(|&b| b == 0).ok_or_else(bad)?;
+            let Some(nul) = d.get(p..).and_then(|rest| rest.iter().position(|&b| b == 0)) else { return Ok(None) };
             p += nul + 1;
         }
     }
     if flags & FHCRC != 0 {
+        let Some(sum) = d.get(p..p + 2) else { return Ok(None) };
+        if crc32fast::hash(&d[..p]) as u16 != u16::from_le_bytes([sum[0], sum[1]]) {
+            return Err(invalid_data("gzip member header fails its CRC-16"));
+        }
         p += 2;
     }
-    if p > d.len() {
-        return Err(bad());
-    }
-    Ok(p)
+    Ok((p <= d.len()).then_some(p))
 }
 
 pub(super) fn invalid_data(msg: &str) -> io::Error {
@@ -598,4 +604,25 @@ mod tests {
         }
     }
 
+    /// Member headers as RFC 1952 allows them: an extra field of 65,535 bytes, a name of
+    /// 100 KiB, a header CRC (checked: a wrong one is an error, as zlib makes it).
+    #[test]
+    fn member_headers_of_any_length_and_their_crc() {
+        let mut h = vec![0x1f, 0x8b, 8, 2 | 4 | 8, 0, 0, 0, 0, 0, 3];
+        h.extend_from_slice(&u16::MAX.to_le_bytes());
+        h.resize(h.len() + usize::from(u16::MAX), b'x');
+        h.resize(h.len() + (100 << 10), b'n');
+        h.push(0);
+        let crc = crc32fast::hash(&h) as u16;
+        h.extend_from_slice(&crc.to_le_bytes());
+        let len = h.len();
+        h.extend_from_slice(b"deflate data follows");
+        assert_eq!(gzip_header_len(&h).unwrap(), Some(len));
+        for cut in [0, 3, 9, 10, 11, 12, 70_000, len - 1] {
+            assert_eq!(gzip_header_len(&h[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        h[len - 1] ^= 1;
+        assert!(gzip_header_len(&h).is_err(), "a wrong header CRC");
+        assert!(gzip_header_len(b"\x1f\x8c").is_err());
+    }
 }

@@ -25,7 +25,7 @@
 
 use super::arriving::Arriving;
 use super::blockfind;
-use super::checkpoints::{deflate_window, gzip_header_len, invalid_data, Checkpoint, Checkpoints, Format, WINDOW_SIZE};
+use super::checkpoints::{deflate_window, invalid_data, Checkpoint, Checkpoints, Format, WINDOW_SIZE};
 use super::marker::{self, End, Event, Stretch};
 use super::workers::Workers;
 use std::collections::VecDeque;
@@ -225,15 +225,7 @@ impl ParallelGzip {
             self.done = true;
             return Ok(());
         }
-        let mut head = vec![0; 64 << 10];
-        let got = self.blob.read_full_at(&mut head, 0)?;
-        let len = gzip_header_len(&head[..got]).map_err(|e| {
-            if got < 10 {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream is truncated")
-            } else {
-                e
-            }
-        })?;
+        let len = marker::member_header_len(&self.blob, 0)?;
         self.first = len as u64;
         self.next_bit = 8 * self.first;
         Ok(())
@@ -658,6 +650,47 @@ mod tests {
             blob.extend(gzip(&mixed(k * 131, k as u64), 1 + (k % 9) as u32));
         }
         same_as_sequential(&blob, 64 << 10, 64 << 10);
+    }
+
+    /// Member headers as RFC 1952 allows them and zlib reads them, longer than 64 KiB:
+    /// the largest extra field (65,547 bytes of header), a name of 100 KiB; each with a
+    /// header CRC, checked. The first member's header among them.
+    #[test]
+    fn member_headers_longer_than_64_kib() {
+        let data = mixed(3 << 20, 61);
+        let mut blob = Vec::new();
+        let mut names = Vec::new();
+        for (k, part) in data.chunks(700_000).enumerate() {
+            let mut m = vec![0x1f, 0x8b, 8, 2 | 4 | 8, 0, 0, 0, 0, 0, 3];
+            let xlen = if k % 2 == 0 { u16::MAX } else { 6 };
+            m.extend_from_slice(&xlen.to_le_bytes());
+            m.resize(m.len() + usize::from(xlen), b'x');
+            names.push(blob.len() + m.len());
+            m.resize(m.len() + if k % 2 == 0 { 10 } else { 100 << 10 }, b'n');
+            m.push(0);
+            let crc = crc32fast::hash(&m) as u16;
+            m.extend_from_slice(&crc.to_le_bytes());
+            let mut e = flate2::write::DeflateEncoder::new(m, Compression::new(6));
+            e.write_all(part).unwrap();
+            let mut m = e.finish().unwrap();
+            m.extend_from_slice(&crc32fast::hash(part).to_le_bytes());
+            m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            blob.extend(m);
+        }
+        let (out, cps, _) = decode(&blob, 128 << 10, 256 << 10).unwrap();
+        assert!(out == data, "output differs ({} bytes, expected {})", out.len(), data.len());
+        let (seq_out, seq) = sequential(&blob, 256 << 10);
+        assert!(seq_out == data);
+        assert_eq!(cps, seq, "checkpoints differ from the one-core decoder's");
+        check_random_access(&blob, &data, &cps);
+        // A name changed under its header CRC: an error for both decoders.
+        for at in [names[0], names[3]] {
+            let mut bad = blob.clone();
+            bad[at] ^= 1;
+            assert!(decode(&bad, 128 << 10, 256 << 10).is_err(), "a header CRC failed at {at}, unnoticed");
+            let mut dec = IndexingDecoder::new(&bad[..], Format::Gzip, 256 << 10).unwrap();
+            assert!(io::copy(&mut dec, &mut io::sink()).is_err(), "zlib reads it");
+        }
     }
 
     #[test]
