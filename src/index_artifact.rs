@@ -423,7 +423,6 @@ impl IndexArtifact {
     }
 
     fn encode_paged(&self, toc: &[u8]) -> Result<Vec<u8>> {
-        let pages = (toc.len() as u64).div_ceil(TOC_PAGE);
         let mut digests: Vec<[u8; 32]> = toc.chunks(TOC_PAGE as usize).map(|p| Sha256::digest(p).into()).collect();
         digests.extend(&self.span_digests);
         let list: Vec<u8> = digests.concat();
@@ -440,7 +439,6 @@ impl IndexArtifact {
             per_chunk: PER_CHUNK as u32,
             chunks,
         };
-        let _ = pages;
         let head = zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?;
         let mut out = Vec::from(&MAGIC[..]);
         out.extend_from_slice(&VERSION.to_le_bytes());

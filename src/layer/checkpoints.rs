@@ -4,15 +4,14 @@
 //! For gzip a checkpoint is a zran restart point (the bit position of a deflate block
 //! boundary and the 32 KiB of output before it, which later back-references may copy from),
 //! for zstd the start of a frame. [`Checkpoints`] are small enough to keep next to the blob
-//! (they are made by the indexing pass, `layer::indexing`), and [`Checkpoints::decode_span`]
-//! later rebuilds any one span from the blob alone with positioned reads, so the FUSE threads
-//! can decode different spans of one file at once.
+//! (they are made by the indexing pass, `layer::indexing`), and any one span is later
+//! rebuilt from its checkpoint and the blob bytes up to the next one alone
+//! ([`Checkpoints::decode_span_from`], [`decode_point`] for checkpoints kept in a TOC), so
+//! the FUSE threads can decode different spans of one file at once.
 
 use super::zlib::{self, Inflater};
 use super::{Context, Result};
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 
 /// Uncompressed bytes between checkpoints unless the caller asks otherwise. A read of one byte
 /// decodes on average half a span; 1 MiB is a few milliseconds of inflate.
@@ -179,7 +178,9 @@ impl Checkpoints {
     /// Decodes exactly span `i`'s uncompressed bytes from `blob`, the same compressed bytes
     /// the checkpoints were taken from. Uses only positioned reads and local state, so any
     /// number of threads may call it at once on one `File`.
-    pub fn decode_span(&self, blob: &File, i: usize) -> io::Result<Vec<u8>> {
+    #[cfg(test)]
+    pub fn decode_span(&self, blob: &std::fs::File, i: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         self.check_span(i)?;
         let (cstart, cend) = self.compressed_range(i);
         let clen = usize::try_from(cend - cstart).map_err(|_| invalid_input("span too large".into()))?;
@@ -297,24 +298,6 @@ impl Checkpoints {
         ensure!(r.read(&mut extra)? == 0, "trailing bytes after checkpoint file");
         parse_body(&body)
     }
-}
-
-/// The length of the uncompressed stream, from the first bytes of what
-/// [`Checkpoints::save`] wrote (for showing an image's size without loading every
-/// checkpoint; the CRC over the whole body is not checked here).
-pub fn read_uncompressed_size(mut r: impl Read) -> Result<u64> {
-    let mut head = [0; 20];
-    r.read_exact(&mut head).context("checkpoint file is truncated")?;
-    ensure!(&head[..8] == MAGIC, "not a checkpoint file");
-    ensure!(head[8..12] == VERSION.to_le_bytes(), "checkpoint file of another version");
-    // A format byte and three varints of at most 10 bytes each.
-    let mut body = Vec::new();
-    r.take(31).read_to_end(&mut body)?;
-    let mut c = Cursor(&body);
-    c.byte()?;
-    c.varint()?;
-    c.varint()?;
-    c.varint()
 }
 
 fn parse_body(body: &[u8]) -> Result<Checkpoints> {

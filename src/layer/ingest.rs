@@ -4,7 +4,10 @@
 //! store, or in an OCI layout read where it is) is indexed in one read; then the
 //! result is committed: the form reads will decode from is picked (the blob itself, or
 //! a re-encoded copy of a zstd layer in one big frame), checksummed, and the layer's
-//! TOC file written. Only a layer whose digest and diff_id check out is kept.
+//! TOC file written. Only a layer whose digest and diff_id check out gets a TOC, so only
+//! such a layer is ever served. (A blob is stored once its digest checks out; when its
+//! download was restarted midway, its diff_id is checked after that, and a blob that
+//! fails it stays unindexed until garbage collection takes it.)
 //!
 //! Where a layer's blob comes from when it is not stored is not decided here: the
 //! caller (`layer_source`) names it.
