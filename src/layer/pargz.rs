@@ -13,15 +13,17 @@
 //! (no start found, a lookalike, not reached yet by the download, or still queued when
 //! needed) is decoded in order by the reader itself, which then knows its window.
 //!
-//! Nothing unchecked is handed on: the reader checks every member's CRC-32 and length
-//! against its trailer as the bytes pass (the caller checks the diff_id over them all),
-//! a marker reaching before its member's start is an error, and a stream that ends
-//! early is an error of kind `UnexpectedEof`. Every block boundary met is noted in order,
-//! so the checkpoints are chosen exactly as the one-core decoder chooses them.
+//! Nothing unchecked is committed: the reader checks every member's CRC-32 and length
+//! against its trailer as the bytes pass (bytes reach the caller, the tar parser, before
+//! their member's check: it keeps nothing until the stream has ended well, and checks
+//! the diff_id over them all), a marker reaching before its member's start is an
+//! error, and a stream that ends early is an error of kind `UnexpectedEof`. Every block
+//! boundary met is noted in order, so the checkpoints are chosen exactly as the
+//! one-core decoder chooses them.
 //!
 //! Memory: at most one chunk decoded ahead per worker (up to `MAX_IN_FLIGHT`), each
-//! bounded (`MAX_SPECULATIVE`; a chunk that grows past it is decoded in order, streaming),
-//! and the one being handed on.
+//! bounded (`MAX_SPECULATIVE`, `MAX_MARKED`; a chunk that grows past them is decoded in
+//! order, streaming), and the one being handed on.
 
 use super::arriving::Arriving;
 use super::blockfind;
@@ -37,7 +39,8 @@ use std::sync::{mpsc, Arc, Mutex};
 /// (markers may still come there; see `marker`), so a chunk must be large for that to cost
 /// little: at 1 MiB it was a third of the output of a real layer, at 4 MiB a tenth, at
 /// 8 MiB a twentieth. But each chunk decoded ahead holds its output (about four times its
-/// size) until the reader takes it: 4 MiB keeps a layer's chunks in flight near 50 MB.
+/// size, `MAX_SPECULATIVE` at most) until the reader takes it: at 4 MiB, about 16 MiB per
+/// chunk in flight (`MAX_IN_FLIGHT`).
 pub const CHUNK: u64 = 4 << 20;
 /// Blobs smaller than this are decoded in order: with one chunk there is nothing to decode
 /// ahead of the reader, and a short second chunk does not pay for its marked stretch.
@@ -78,8 +81,13 @@ pub fn pays(len: u64, workers: &Workers) -> bool {
 /// size, until the reader takes it).
 const MAX_IN_FLIGHT: usize = 8;
 /// Output (markers count two bytes) a chunk decoded ahead may hold; past it the chunk is
-/// dropped and decoded in order, streaming.
-const MAX_SPECULATIVE: usize = 96 << 20;
+/// dropped and decoded in order, streaming. Twice what ordinary data makes of a chunk.
+const MAX_SPECULATIVE: usize = 8 * CHUNK as usize;
+/// Output a chunk decoded ahead may have while markers can still come (two bytes each);
+/// past it the chunk is dropped and decoded in order. Markers stop within a few hundred
+/// KiB in ordinary data (32 KiB without one), but never in a run of zeros: there every
+/// byte copies the one before, and so, in the end, the window the chunk lacks.
+const MAX_MARKED: usize = 4 << 20;
 /// Possible block starts tried in a chunk before it is left to the in-order decode.
 const MAX_TRIES: usize = 32;
 /// Bytes past a chunk's end read with it, so a block header near the end can be checked.
@@ -537,7 +545,7 @@ impl Job {
                     let events = std::mem::take(&mut stretch.events);
                     return Some(Decoded { start, end, head, tail, events });
                 }
-                if head.len() * 2 + tail.len() > MAX_SPECULATIVE || self.cancelled() {
+                if head.len() > MAX_MARKED || head.len() * 2 + tail.len() > MAX_SPECULATIVE || self.cancelled() {
                     return None;
                 }
             }
