@@ -11,7 +11,7 @@ use imgfs::image::{self, Compression, ImageConfig, ManifestKind, Platform};
 use imgfs::layer::build;
 use imgfs::layer::spans::SpanCache;
 use imgfs::layer::toc::{self, write::DataIndex, Toc};
-use imgfs::layer::{data::BlockSums, Kind, LayerData};
+use imgfs::layer::{block_sums::BlockSums, Kind, LayerData};
 use imgfs::reference::{familiar_ref, Reference};
 use imgfs::template::{align_table, Template};
 use imgfs::tree::{DirAttrs, LayerSource, SourceError, Tree, ROOT};

@@ -27,7 +27,7 @@
 use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
 use crate::layer::checkpoints::{Checkpoints, Format, MAX_STORED_WINDOW, MAX_TABLE_SPAN_FACTOR};
-use crate::layer::remote::Window;
+use crate::layer::remote::{Paged, Window};
 use crate::layer::toc::{AccessKind, Toc};
 use crate::layer::Contents;
 use crate::store::Store;
@@ -177,39 +177,6 @@ pub enum Spans {
     /// A blob read only from its start (an uncompressed tar, or a zstd layer in one big
     /// frame, which the store re-encodes): no spans.
     Whole,
-}
-
-/// Where the TOC and the digests of a format 2 blob lie, and what vouches for them.
-#[derive(Clone, Debug)]
-pub struct Paged {
-    pub toc_len: u64,
-    /// Bytes per TOC page (the last may be short) and digests per chunk.
-    pub page: u64,
-    pub per_chunk: u64,
-    /// TOC pages, then spans: digest `i < pages` is page `i`'s, `pages + j` span `j`'s.
-    pub pages: u64,
-    pub spans: u64,
-    /// SHA-256 of each chunk of digests.
-    pub chunks: Vec<[u8; 32]>,
-}
-
-impl Paged {
-    /// Blob bytes `(start, end)` of TOC page `i`, for a head of `head_len` bytes.
-    pub fn page_range(&self, head_len: u64, i: u64) -> (u64, u64) {
-        let start = head_len + i * self.page;
-        (start, (start + self.page).min(head_len + self.toc_len))
-    }
-
-    /// Blob bytes of chunk `k` of the digests.
-    pub fn chunk_range(&self, head_len: u64, k: u64) -> (u64, u64) {
-        let first = head_len + self.toc_len + k * self.per_chunk * 32;
-        let end = head_len + self.toc_len + (self.pages + self.spans) * 32;
-        (first, (first + self.per_chunk * 32).min(end))
-    }
-
-    fn blob_len(&self, head_len: u64) -> u64 {
-        head_len + self.toc_len + (self.pages + self.spans) * 32
-    }
 }
 
 /// One layer's published index, decoded and checked.
@@ -870,7 +837,7 @@ mod tests {
         let (v1, blob, layer) = gzip_artifact();
         let dir = tempfile::tempdir().unwrap();
         let Spans::Checkpoints(c) = &v1.spans else { panic!("gzip spans") };
-        let sums = crate::layer::data::BlockSums::of(&blob[..]).unwrap();
+        let sums = crate::layer::block_sums::BlockSums::of(&blob[..]).unwrap();
         let contents = v1.contents().unwrap();
         let mut w = crate::layer::toc::TocWriter::new(dir.path()).unwrap();
         for e in &contents.entries {

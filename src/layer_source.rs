@@ -15,7 +15,7 @@
 use crate::digest::Digest;
 use crate::image::{Descriptor, ImageConfig};
 use crate::index_artifact::Spans;
-use crate::layer::data::BlockSums;
+use crate::layer::block_sums::BlockSums;
 use crate::layer::estargz;
 use crate::layer::ingest::{self, BlobSource, LayerProgress, Loaded};
 use crate::layer::remote::{Estargz, PagedIndex, Published, RangeSource, TocPages};

@@ -5,7 +5,7 @@
 use imgfs::fs::{Fs, FsError};
 use imgfs::image::Compression;
 use imgfs::layer::toc::{self, write::DataIndex, Toc};
-use imgfs::layer::{build, data::BlockSums, Kind, LayerData};
+use imgfs::layer::{block_sums::BlockSums, build, Kind, LayerData};
 use imgfs::tree::{DirAttrs, LayerSource, SourceError, Tree, ROOT};
 use std::ffi::OsStr;
 use std::io::Write;

@@ -8,6 +8,7 @@
 use super::arriving::Arriving;
 use super::checkpoints::{Checkpoints, Format};
 use super::indexing::IndexingDecoder;
+use super::names::{check_name, normalise, normalise_inside, PATH_MAX};
 use super::pargz::{self, ParallelGzip};
 use super::toc::{TocParts, TocWriter};
 use super::workers;
@@ -363,10 +364,6 @@ impl<R: Read> Read for Watch<'_, '_, R> {
     }
 }
 
-/// Longest name component Linux (and so FUSE) can serve, and longest whole path.
-const NAME_MAX: usize = 255;
-const PATH_MAX: usize = 4096;
-
 /// Parse an uncompressed tar stream into entries, whiteouts and opaque markers, with
 /// the default (or environment-configured) limits.
 pub fn parse_tar(stream: impl Read) -> Result<Contents> {
@@ -550,51 +547,6 @@ pub(crate) fn marker(path: &[u8]) -> Option<Marker> {
     }
 }
 
-/// Refuse a name no kernel could serve: a component over 255 bytes, a path over 4096,
-/// or a NUL byte (a PAX name can hold one; a C string ends there).
-pub(crate) fn check_name(path: &[u8]) -> Result<()> {
-    if path.contains(&0) {
-        bail!("the name holds a NUL byte");
-    }
-    if path.len() >= PATH_MAX {
-        bail!("the name is longer than {PATH_MAX} bytes");
-    }
-    if path.split(|&b| b == b'/').any(|c| c.len() > NAME_MAX) {
-        bail!("a name component is longer than {NAME_MAX} bytes");
-    }
-    Ok(())
-}
-
-/// Normalise a tar path as containerd and umoci do (as if joined to `/` and cleaned):
-/// strip `./` and leading `/`, collapse `//` and `.`, and apply `..` lexically, never
-/// above the root (`../../etc` is `etc`).
-pub fn normalise(raw: &[u8]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for c in raw.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join(&b'/')
-}
-
-/// Normalise a hard link's target; `None` if a `..` would climb above the root.
-pub fn normalise_inside(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut depth = 0usize;
-    for c in raw.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => depth = depth.checked_sub(1)?,
-            _ => depth += 1,
-        }
-    }
-    Some(normalise(raw))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,17 +561,5 @@ mod tests {
         for bad in ["", "G", "x", "-1", "1.5G", "99999999999T"] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn normalise_paths() {
-        assert_eq!(normalise(b"./a/b/"), b"a/b");
-        assert_eq!(normalise(b"/a//b"), b"a/b");
-        assert_eq!(normalise(b"./"), b"");
-        assert_eq!(normalise(b"a/../b"), b"b");
-        assert_eq!(normalise(b"../../etc/passwd"), b"etc/passwd");
-        assert_eq!(normalise_inside(b"a/../b").as_deref(), Some(&b"b"[..]));
-        assert_eq!(normalise_inside(b"/etc/passwd").as_deref(), Some(&b"etc/passwd"[..]));
-        assert_eq!(normalise_inside(b"a/../../etc/passwd"), None);
     }
 }

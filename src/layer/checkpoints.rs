@@ -9,7 +9,7 @@
 //! ([`Checkpoints::decode_span_from`], [`decode_point`] for checkpoints kept in a TOC), so
 //! the FUSE threads can decode different spans of one file at once.
 
-use super::zlib::{self, Inflater};
+use super::zlib::{self, invalid_data, Inflater, WINDOW_SIZE};
 use super::{Context, Result};
 use std::io::{self, Read, Write};
 
@@ -26,8 +26,6 @@ pub const MAX_SPAN_FACTOR: u64 = 4;
 /// have, as a multiple of its requested span: a read decodes a whole span in memory.
 pub const MAX_TABLE_SPAN_FACTOR: u64 = MAX_SPAN_FACTOR * 64;
 
-/// Deflate's history: a back-reference reaches at most this far.
-pub(super) const WINDOW_SIZE: usize = 32 * 1024;
 /// A deflated window may grow a little when the window is incompressible.
 pub const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
 /// Deflate's largest ratio of output to input: a 258-byte copy coded in two bits.
@@ -533,10 +531,6 @@ pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<Option<usize>> {
         p += 2;
     }
     Ok((p <= d.len()).then_some(p))
-}
-
-pub(super) fn invalid_data(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
 fn invalid_input(msg: String) -> io::Error {

@@ -16,6 +16,7 @@
 //! checked, a compressed span once per decode. A mismatch fails that read (EIO, logged
 //! by the filesystem) and nothing else.
 
+use super::block_sums::BlockSums;
 use super::checkpoints::Checkpoints;
 use super::estargz::Chunk;
 use super::remote::{Estargz, Published};
@@ -23,10 +24,9 @@ use super::spans::SpanCache;
 use super::toc::Toc;
 use super::workers;
 use super::{Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -49,43 +49,9 @@ pub enum LayerData {
     },
 }
 
-/// CRC-32 of each `BLOCK` bytes of a stored file (the last block may be short).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockSums {
-    len: u64,
-    sums: Vec<u32>,
-}
-
+#[cfg(test)]
 impl BlockSums {
-    pub const BLOCK: u64 = 64 << 10;
-
-    /// The length of the file the sums cover.
-    pub fn covered(&self) -> u64 {
-        self.len
-    }
-
-    /// The CRC-32 of each block, in order.
-    pub fn sums(&self) -> &[u32] {
-        &self.sums
-    }
-
-    /// The sums of everything `file` holds.
-    pub fn of(file: impl Read) -> io::Result<BlockSums> {
-        let mut file = io::BufReader::with_capacity(Self::BLOCK as usize, file);
-        let (mut len, mut sums) = (0, Vec::new());
-        let mut block = vec![0u8; Self::BLOCK as usize];
-        loop {
-            let n = read_full(&mut file, &mut block)?;
-            if n == 0 {
-                break;
-            }
-            sums.push(crc32fast::hash(&block[..n]));
-            len += n as u64;
-        }
-        Ok(BlockSums { len, sums })
-    }
-
-    /// Check every block of `file` (for `imgfs check`).
+    /// Check every block of `file` against sums taken in memory.
     pub fn verify(&self, path: &Path) -> io::Result<()> {
         Sums::Owned(self.clone()).verify(path)
     }
@@ -102,14 +68,14 @@ pub enum Sums {
 impl Sums {
     fn len(&self) -> u64 {
         match self {
-            Sums::Owned(s) => s.len,
+            Sums::Owned(s) => s.covered(),
             Sums::Toc(t) => t.sums_len(),
         }
     }
 
     fn get(&self, i: usize) -> io::Result<Option<u32>> {
         match self {
-            Sums::Owned(s) => Ok(s.sums.get(i).copied()),
+            Sums::Owned(s) => Ok(s.sums().get(i).copied()),
             Sums::Toc(t) => t.fetching(|t| t.sum(i as u64)).map_err(io::Error::other),
         }
     }
@@ -166,20 +132,6 @@ impl Sums {
         }
         Ok(())
     }
-}
-
-/// Read until `buf` is full or the end; the count read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// A file layer data is read from, checked against its sums when it has them (an

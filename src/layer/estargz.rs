@@ -11,7 +11,7 @@
 //! it (`Layout`, whiteouts and opaque markers taken from names as in a tar), and one
 //! chunk decoded and checked against its `chunkDigest` (`decode_chunk`).
 
-use super::{build, Contents, Entry, Kind};
+use super::{build, names, Contents, Entry, Kind};
 use super::{Context, Result};
 use crate::digest::Digest;
 use base64::Engine as _;
@@ -162,8 +162,8 @@ impl Layout {
         let mut latest: HashMap<Vec<u8>, u32> = HashMap::new();
         let mut last_file: Option<u32> = None;
         for te in &toc.entries {
-            let path = build::normalise(te.name.as_bytes());
-            build::check_name(&path).with_context(|| format!("eStargz TOC entry {}", te.name))?;
+            let path = names::normalise(te.name.as_bytes());
+            names::check_name(&path).with_context(|| format!("eStargz TOC entry {}", te.name))?;
             if te.kind == "chunk" {
                 let Some(file) = last_file.filter(|&f| contents.entries[f as usize].path == path) else {
                     bail!("eStargz TOC has a chunk of {} with no file before it", te.name);
@@ -196,7 +196,7 @@ impl Layout {
             let link = match kind {
                 Kind::Symlink => Some(te.link_name.as_bytes().to_vec()),
                 Kind::Hardlink => Some(
-                    build::normalise_inside(te.link_name.as_bytes())
+                    names::normalise_inside(te.link_name.as_bytes())
                         .with_context(|| format!("hard link {} points outside the image", te.name))?,
                 ),
                 _ => None,

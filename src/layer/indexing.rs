@@ -3,8 +3,8 @@
 //! of output, a place where decoding can restart (see `checkpoints`): for gzip the bit
 //! position of a deflate block boundary and the window before it, for zstd a frame start.
 
-use super::checkpoints::{deflate_window, invalid_data, Checkpoint, Checkpoints, Format, WINDOW_SIZE};
-use super::zlib::{self, Inflater};
+use super::checkpoints::{deflate_window, Checkpoint, Checkpoints, Format};
+use super::zlib::{self, invalid_data, Inflater, WINDOW_SIZE};
 use super::Result;
 use std::io::{self, Read};
 

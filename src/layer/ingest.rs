@@ -13,9 +13,10 @@
 //! caller (`layer_source`) names it.
 
 use super::arriving::Arriving;
+use super::block_sums::BlockSums;
 use super::build::{self, Built};
 use super::checkpoints::Format;
-use super::data::{BlockSums, Sums};
+use super::data::Sums;
 use super::indexing::IndexingDecoder;
 use super::reframe::FrameWriter;
 use super::spans::SpanCache;

@@ -20,8 +20,8 @@
 
 use super::arriving::Arriving;
 use super::blockfind;
-use super::checkpoints::{gzip_header_len, invalid_data, WINDOW_SIZE};
-use super::zlib::{self, Inflater};
+use super::checkpoints::gzip_header_len;
+use super::zlib::{self, invalid_data, Inflater, WINDOW_SIZE};
 use std::io;
 use std::sync::Arc;
 

@@ -26,6 +26,7 @@ macro_rules! ensure {
 }
 
 pub mod arriving;
+pub mod block_sums;
 mod blockfind;
 pub mod build;
 pub mod checkpoints;
@@ -34,6 +35,7 @@ pub mod estargz;
 pub mod indexing;
 pub mod ingest;
 mod marker;
+pub mod names;
 pub mod pargz;
 pub mod reframe;
 pub mod remote;
@@ -163,7 +165,7 @@ impl Contents {
     /// resolved to earlier entries. An index file that passes holds nothing the tree
     /// could trip on.
     pub fn check(&self) -> Result<()> {
-        let normal = |p: &[u8]| build::normalise(p) == p && build::check_name(p).is_ok();
+        let normal = |p: &[u8]| names::normalise(p) == p && names::check_name(p).is_ok();
         for (i, e) in self.entries.iter().enumerate() {
             if !normal(&e.path) {
                 bail!("entry {i} has the name {}", show(&e.path));

@@ -27,9 +27,10 @@
 
 use super::arriving::Arriving;
 use super::blockfind;
-use super::checkpoints::{deflate_window, invalid_data, Checkpoint, Checkpoints, Format, WINDOW_SIZE};
+use super::checkpoints::{deflate_window, Checkpoint, Checkpoints, Format};
 use super::marker::{self, End, Event, Stretch};
 use super::workers::Workers;
+use super::zlib::{invalid_data, WINDOW_SIZE};
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

@@ -19,6 +19,40 @@ use sha2::{Digest as _, Sha256};
 use std::io;
 use std::sync::Arc;
 
+/// Where the TOC and the digests of a format 2 blob lie, and what vouches for them.
+#[derive(Clone, Debug)]
+pub struct Paged {
+    pub toc_len: u64,
+    /// Bytes per TOC page (the last may be short) and digests per chunk.
+    pub page: u64,
+    pub per_chunk: u64,
+    /// TOC pages, then spans: digest `i < pages` is page `i`'s, `pages + j` span `j`'s.
+    pub pages: u64,
+    pub spans: u64,
+    /// SHA-256 of each chunk of digests.
+    pub chunks: Vec<[u8; 32]>,
+}
+
+impl Paged {
+    /// Blob bytes `(start, end)` of TOC page `i`, for a head of `head_len` bytes.
+    pub fn page_range(&self, head_len: u64, i: u64) -> (u64, u64) {
+        let start = head_len + i * self.page;
+        (start, (start + self.page).min(head_len + self.toc_len))
+    }
+
+    /// Blob bytes of chunk `k` of the digests.
+    pub fn chunk_range(&self, head_len: u64, k: u64) -> (u64, u64) {
+        let first = head_len + self.toc_len + k * self.per_chunk * 32;
+        let end = head_len + self.toc_len + (self.pages + self.spans) * 32;
+        (first, (first + self.per_chunk * 32).min(end))
+    }
+
+    /// The whole blob's length, for a head of `head_len` bytes.
+    pub fn blob_len(&self, head_len: u64) -> u64 {
+        head_len + self.toc_len + (self.pages + self.spans) * 32
+    }
+}
+
 /// One checkpoint's window (raw-deflated, as `Checkpoints` keeps it) as a published
 /// index lists it: its length and SHA-256.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,20 +145,14 @@ pub struct PagedIndex {
     pub layer: Digest,
     pub artifact: Digest,
     pub head_len: u64,
-    pub paged: crate::index_artifact::Paged,
+    pub paged: Paged,
     /// Chunks of digests fetched so far (a few KiB each, about 32 bytes per 2 KiB of
     /// TOC and per span: kept).
     chunks: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<u8>>>>,
 }
 
 impl PagedIndex {
-    pub fn new(
-        source: RangeSource,
-        layer: Digest,
-        artifact: Digest,
-        head_len: u64,
-        paged: crate::index_artifact::Paged,
-    ) -> PagedIndex {
+    pub fn new(source: RangeSource, layer: Digest, artifact: Digest, head_len: u64, paged: Paged) -> PagedIndex {
         PagedIndex { source, layer, artifact, head_len, paged, chunks: Default::default() }
     }
 

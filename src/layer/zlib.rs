@@ -6,10 +6,17 @@
 
 pub(super) use libz_rs_sys::{Z_BLOCK, Z_BUF_ERROR, Z_NO_FLUSH, Z_OK, Z_STREAM_END};
 
-use super::checkpoints::{invalid_data, WINDOW_SIZE};
 use libz_rs_sys as zlib;
 use std::ffi::{c_int, CStr};
 use std::io;
+
+/// Deflate's history: a back-reference reaches at most this far.
+pub(super) const WINDOW_SIZE: usize = 32 * 1024;
+
+/// The error of a stream that is not valid deflate or gzip.
+pub(super) fn invalid_data(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
 
 /// An owned zlib-rs inflate stream. Boxed because zlib-rs checks that the stream has not
 /// moved since `inflateInit2_`.

@@ -25,7 +25,7 @@
 //!   big directory touches one or two pages of fences and one block of records instead
 //!   of a page per probe.
 //! - checkpoints (fixed records) and their windows, and the CRC-32 of each 64 KiB block
-//!   of the stored data file (`data::BlockSums`): read when a read needs them.
+//!   of the stored data file (`block_sums::BlockSums`): read when a read needs them.
 //! - page checksums: a CRC-32 of each 4 KiB page of the file (of its bytes between the
 //!   header and the checksums), checked the first time the page is read, so damage
 //!   anywhere gives an error, never a wrong answer or a panic.
@@ -43,6 +43,7 @@ mod sort;
 pub mod write;
 
 use super::checkpoints::{self, Format};
+use super::names::{self, NAME_MAX};
 use super::{Error, Kind, Result};
 use memmap2::Mmap;
 use std::fs::File;
@@ -65,9 +66,8 @@ const FENCE_PREFIX: usize = 16;
 const XATTR_ITEM: u64 = 16;
 const PAIR: u64 = 8;
 const POINT: u64 = 32;
-/// Longest name component, and longest string (a symlink target, a hard link's path,
-/// one entry's xattrs) a record may point at.
-const NAME_MAX: usize = 255;
+/// Longest string (a symlink target, a hard link's path, one entry's xattrs) a record
+/// may point at.
 const STRING_MAX: u64 = 16 << 20;
 
 /// Record flags.
@@ -676,7 +676,7 @@ impl Toc {
             && len(Section::Fences) % FENCE == 0
             && len(Section::Points) == h.points.saturating_mul(POINT)
             && len(Section::Sums) == h.sums.saturating_mul(4)
-            && h.sums == h.sums_len.div_ceil(super::data::BlockSums::BLOCK);
+            && h.sums == h.sums_len.div_ceil(super::block_sums::BlockSums::BLOCK);
         if !fits {
             return Err("its sections do not agree with its counts".into());
         }
@@ -1075,7 +1075,7 @@ impl Toc {
         let Some(len) = r.link_len() else { return Ok(None) };
         let s = self.string(r.a, len)?;
         let ok = match r.kind {
-            Some(Kind::Hardlink) => super::build::normalise(s) == s && super::build::check_name(s).is_ok(),
+            Some(Kind::Hardlink) => names::normalise(s) == s && names::check_name(s).is_ok(),
             _ => s.len() < 4096 && !s.contains(&0),
         };
         if !ok {
@@ -1374,7 +1374,7 @@ pub fn from_contents(
     dir: &Path,
     digest: &str,
     data: write::DataIndex<'_>,
-    sums: &super::data::BlockSums,
+    sums: &super::block_sums::BlockSums,
 ) -> Result<Toc> {
     let mut w = TocWriter::new(dir)?;
     for e in &contents.entries {
@@ -1396,7 +1396,7 @@ pub fn open_parts(
     dir: &Path,
     digest: &str,
     data: write::DataIndex<'_>,
-    sums: &super::data::BlockSums,
+    sums: &super::block_sums::BlockSums,
 ) -> Result<Toc> {
     let mut file = scratch_file(dir)?;
     write::write(&mut file, digest, parts, data, sums)?;

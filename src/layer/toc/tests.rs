@@ -180,8 +180,8 @@ fn random_contents(rng: &mut Rng, n: usize) -> Contents {
     c
 }
 
-fn sums() -> crate::layer::data::BlockSums {
-    crate::layer::data::BlockSums::of(&b"some layer data"[..]).unwrap()
+fn sums() -> crate::layer::block_sums::BlockSums {
+    crate::layer::block_sums::BlockSums::of(&b"some layer data"[..]).unwrap()
 }
 
 fn toc_of(c: &Contents, dir: &Path) -> Toc {
@@ -354,7 +354,7 @@ fn a_tar_layer_with_checkpoints_and_sums_reads_back() {
     let blob = gz.finish().unwrap();
     let built = build::index_layer(&blob[..], crate::image::Compression::Gzip, None, None, dir.path()).unwrap();
     let c = built.checkpoints.unwrap();
-    let s = crate::layer::data::BlockSums::of(&blob[..]).unwrap();
+    let s = crate::layer::block_sums::BlockSums::of(&blob[..]).unwrap();
     let toc = open_parts(built.toc, dir.path(), "sha256:bb", write::DataIndex::Checkpoints(&c), &s).unwrap();
     assert_eq!(toc.access(), AccessKind::Checkpoints);
     assert_eq!(toc.checkpoints().unwrap().unwrap(), c);

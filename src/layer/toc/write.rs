@@ -15,8 +15,8 @@
 
 use super::sort::{scratch_file, Sorted, Sorter};
 use super::*;
+use crate::layer::block_sums::BlockSums;
 use crate::layer::checkpoints::Checkpoints;
-use crate::layer::data::BlockSums;
 use crate::layer::{Context, Entry};
 use std::cmp::Ordering;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
