@@ -110,7 +110,9 @@ pub enum Error {
     WindowCount { have: usize, checkpoints: usize },
     #[error("its window {index} is of {len} bytes")]
     WindowTooLong { index: usize, len: u32 },
-    #[error("its longest span is of {len} bytes, more than {limit} (its requested span times {MAX_TABLE_SPAN_FACTOR})")]
+    #[error(
+        "its longest span is of {len} bytes, more than {limit} (its requested span times {MAX_TABLE_SPAN_FACTOR})"
+    )]
     SpanTooLong { len: u64, limit: u64 },
     #[error("it has {0} entries, more than {MAX_ENTRIES}")]
     TooManyEntries(usize),
@@ -820,7 +822,8 @@ mod tests {
         let Spans::Checkpoints(c) = &a.spans else { panic!("gzip spans") };
         let points: Vec<_> = c.points().map(|(u, cp, bits, w)| (u, cp, bits, w.to_vec())).collect();
         let huge = c.uncompressed_size() + (1 << 40);
-        let long = Checkpoints::from_points(Format::Gzip, c.requested_span(), c.compressed_size(), huge, points).unwrap();
+        let long =
+            Checkpoints::from_points(Format::Gzip, c.requested_span(), c.compressed_size(), huge, points).unwrap();
         a.uncompressed_size = huge;
         a.spans = Spans::Checkpoints(long);
         let bytes = a.encode().unwrap();

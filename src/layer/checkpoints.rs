@@ -543,8 +543,11 @@ mod tests {
     use crate::layer::indexing::IndexingDecoder;
     use crate::layer::testdata::{gzip, mixed};
 
+    /// A checkpoint as `points` gives it, its window owned.
+    type Point = (u64, u64, u8, Vec<u8>);
+
     /// Checkpoints of `blob` as the indexing pass takes them, each with its window.
-    fn index(blob: &[u8], format: Format) -> (Checkpoints, Vec<(u64, u64, u8, Vec<u8>)>) {
+    fn index(blob: &[u8], format: Format) -> (Checkpoints, Vec<Point>) {
         let mut dec = IndexingDecoder::new(blob, format, 1 << 20).unwrap();
         io::copy(&mut dec, &mut io::sink()).unwrap();
         let c = dec.finish().unwrap();
@@ -558,7 +561,8 @@ mod tests {
     #[test]
     fn a_span_longer_than_its_bytes_or_memory_allow_is_an_error() {
         let data = mixed(3 << 20, 5);
-        for (format, blob) in [(Format::Gzip, gzip(&data, 6)), (Format::Zstd, zstd::encode_all(&data[..], 3).unwrap())] {
+        for (format, blob) in [(Format::Gzip, gzip(&data, 6)), (Format::Zstd, zstd::encode_all(&data[..], 3).unwrap())]
+        {
             let (c, points) = index(&blob, format);
             let last = c.span_count() - 1;
             for extra in [1 << 40, (isize::MAX as u64) * 2 - c.uncompressed_size()] {
