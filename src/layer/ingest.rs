@@ -345,8 +345,10 @@ fn download_and_index(
                 let (arriving, copy, indexer_failed) = (Arc::clone(&arriving), &mut copy, &indexer_failed);
                 s.spawn(move || {
                     let built = build::index_blob(&arriving, compression, Some(diff_id), as_sink(copy), &scratch);
-                    if built.is_err() {
-                        // The download stops at its next write: the layer is refused already.
+                    // Over a limit, the layer is refused already: the download stops at its
+                    // next write. A layer found damaged is downloaded to its end, so that its
+                    // digest tells a transfer that damaged it from a layer that is so.
+                    if matches!(built, Err(super::Error::OverLimit(_))) {
                         indexer_failed.store(true, Ordering::Release);
                     }
                     built
@@ -414,10 +416,11 @@ impl Drop for FailOnPanic<'_> {
 }
 
 /// Writes a blob to its file and tells the indexer how far it has arrived. Once the
-/// indexer has failed (a bad layer, a layer over a limit), the download stops at the
-/// next write: the layer is refused whatever its remaining bytes are. (Unless the
-/// registry sent the blob again from the start: then the indexer saw a broken stream,
-/// and the blob is indexed again once stored.)
+/// indexer has refused the layer for passing a limit (IMGFS_MAX_LAYER_SIZE or
+/// IMGFS_MAX_LAYER_ENTRIES), the download stops at the next write: the layer is refused
+/// whatever its remaining bytes are. (Unless the registry sent the blob again from the
+/// start: then the indexer saw a broken stream, and the blob is indexed again once
+/// stored.) Other failures of the indexer wait for the download and its digest.
 struct TeeSink<'a> {
     file: &'a mut File,
     arriving: &'a Arriving,
