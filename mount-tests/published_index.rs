@@ -291,3 +291,34 @@ fn a_small_cache_serves_a_large_file_within_its_bound_and_prune_empties_it() {
     assert_eq!(cached(), 0, "prune left the cache non-empty");
     assert_eq!(fs::read(m.path("data/small.txt")).unwrap(), reference_file("big:1", "data/small.txt"));
 }
+
+/// A layer whose published TOC can't be fetched when first needed (the index blob
+/// answers 404 for a while): that access fails with EIO; the next, once the blob is back,
+/// reads the layer through its index again, by Range, rather than downloading it whole.
+#[test]
+fn a_published_toc_that_fails_once_is_tried_again_not_downloaded() {
+    let Some(_) = outcome::test_env() else { return };
+    let (repo, index) = publish_copy("big:1", "blip");
+    let addr = &env().addr;
+    let artifact = Client::new()
+        .get(format!("http://{addr}/v2/{repo}/manifests/{index}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let artifact: Value = serde_json::from_slice(&artifact).unwrap();
+    let artifact_blob = artifact["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer = layer_digests("big:1")[0].clone();
+    let proxy = FaultProxy::start(addr);
+    let store = Store::new();
+    let mark = log_mark();
+    let m = mount(store.root(), &format!("{}/{repo}:1", proxy.addr), &[]);
+    proxy.add(Rule::new(&artifact_blob, Fault::Status(404, None)));
+    assert_eq!(errno_of("read while the index is away", fs::read(m.path("data/small.txt"))), libc::EIO);
+    proxy.clear();
+    assert_eq!(fs::read(m.path("data/small.txt")).unwrap(), reference_file("big:1", "data/small.txt"));
+    let got = blob_requests(mark, &proxy.addr, &repo, &layer);
+    assert!(!got.is_empty() && got.iter().all(|(s, _)| *s == 206), "want Range GETs only: {got:?}");
+    assert!(!blob_file(store.root(), &layer).exists(), "the layer was downloaded into the store");
+}

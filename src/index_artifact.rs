@@ -26,7 +26,7 @@
 
 use crate::digest::Digest;
 use crate::image::{Compression, Descriptor};
-use crate::layer::checkpoints::{Checkpoints, Format};
+use crate::layer::checkpoints::{Checkpoints, Format, MAX_STORED_WINDOW, MAX_TABLE_SPAN_FACTOR};
 use crate::layer::remote::{Paged, Window};
 use crate::layer::toc::{AccessKind, Toc};
 use crate::layer::Contents;
@@ -110,6 +110,10 @@ pub enum Error {
     WindowCount { have: usize, checkpoints: usize },
     #[error("its window {index} is of {len} bytes")]
     WindowTooLong { index: usize, len: u32 },
+    #[error(
+        "its longest span is of {len} bytes, more than {limit} (its requested span times {MAX_TABLE_SPAN_FACTOR})"
+    )]
+    SpanTooLong { len: u64, limit: u64 },
     #[error("it has {0} entries, more than {MAX_ENTRIES}")]
     TooManyEntries(usize),
     #[error("entry {0} lies past the end of the layer")]
@@ -163,8 +167,6 @@ const MAX_DECODED: u64 = 1 << 30;
 const MAX_ENTRIES: usize = 2_000_000;
 
 const HEADER: usize = 20;
-/// A deflated 32 KiB window, with room for incompressible bytes (as `checkpoints` bounds it).
-const MAX_WINDOW: usize = 40 << 10;
 
 /// How the spans of a layer map onto its blob.
 pub enum Spans {
@@ -390,7 +392,6 @@ impl IndexArtifact {
     }
 
     fn encode_paged(&self, toc: &[u8]) -> Result<Vec<u8>> {
-        let pages = (toc.len() as u64).div_ceil(TOC_PAGE);
         let mut digests: Vec<[u8; 32]> = toc.chunks(TOC_PAGE as usize).map(|p| Sha256::digest(p).into()).collect();
         digests.extend(&self.span_digests);
         let list: Vec<u8> = digests.concat();
@@ -407,7 +408,6 @@ impl IndexArtifact {
             per_chunk: PER_CHUNK as u32,
             chunks,
         };
-        let _ = pages;
         let head = zstd::bulk::compress(&postcard::to_stdvec(&body)?, 19)?;
         let mut out = Vec::from(&MAGIC[..]);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -588,6 +588,9 @@ impl IndexArtifact {
         if let Spans::Checkpoints(c) = &self.spans {
             ensure(c.compressed_size() == self.compressed_size, Error::CheckpointsBlobSize)?;
             ensure(c.uncompressed_size() == self.uncompressed_size, Error::CheckpointsStreamSize)?;
+            // A read decodes a whole span in memory: as a TOC's checkpoints are bounded.
+            let (len, limit) = (c.max_span_len(), c.requested_span().saturating_mul(MAX_TABLE_SPAN_FACTOR));
+            ensure(len <= limit, Error::SpanTooLong { len, limit })?;
         }
         let spans = self.span_count();
         ensure(self.span_digests.len() == spans, Error::SpanDigestCount { have: self.span_digests.len(), spans })?;
@@ -596,7 +599,7 @@ impl IndexArtifact {
         }
         let windows = if let Spans::Checkpoints(c) = &self.spans { c.span_count() } else { 0 };
         ensure(self.windows.len() == windows, Error::WindowCount { have: self.windows.len(), checkpoints: windows })?;
-        if let Some(i) = self.windows.iter().position(|w| w.len as usize > MAX_WINDOW) {
+        if let Some(i) = self.windows.iter().position(|w| w.len as usize > MAX_STORED_WINDOW) {
             return Err(Error::WindowTooLong { index: i, len: self.windows[i].len });
         }
         let Some(c) = &self.contents else { return Ok(()) };
@@ -807,6 +810,26 @@ mod tests {
         let (mut a, _, _) = gzip_artifact();
         a.contents.as_mut().unwrap().entries[3].offset = a.uncompressed_size;
         assert!(err(&a.encode().unwrap(), &expect).contains("past the end"));
+    }
+
+    /// A format 1 index (its checkpoints in memory, not in a TOC) whose last span claims
+    /// a terabyte: refused when it is decoded, as a TOC's checkpoints are, not left for
+    /// the first read to allocate.
+    #[test]
+    fn an_artifact_with_a_span_too_long_to_decode_is_refused() {
+        let (mut a, _, layer) = gzip_artifact();
+        let diff_id = a.diff_id.clone();
+        let Spans::Checkpoints(c) = &a.spans else { panic!("gzip spans") };
+        let points: Vec<_> = c.points().map(|(u, cp, bits, w)| (u, cp, bits, w.to_vec())).collect();
+        let huge = c.uncompressed_size() + (1 << 40);
+        let long =
+            Checkpoints::from_points(Format::Gzip, c.requested_span(), c.compressed_size(), huge, points).unwrap();
+        a.uncompressed_size = huge;
+        a.spans = Spans::Checkpoints(long);
+        let bytes = a.encode().unwrap();
+        let err = IndexArtifact::decode(&bytes, &Expected { layer: &layer, diff_id: &diff_id }).err().expect("refused");
+        let err = format!("{:#}", anyhow::Error::from(err));
+        assert!(err.contains("its longest span is of ") && err.contains("more than"), "{err}");
     }
 
     /// Format 2: the layer's TOC after the head, then the digests of its pages and spans

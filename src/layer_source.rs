@@ -30,7 +30,6 @@ use crate::store::db::ImageRecord;
 use crate::store::Store;
 use crate::tree::{LayerSource, SourceError};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why a layer could not be served. The texts are what a mount's log and `pull` show.
@@ -79,9 +78,10 @@ pub struct ImageLayers {
     loaded: Vec<OnceLock<Loaded>>,
     /// Held while a layer loads, so that this process loads it once.
     loading: Vec<Mutex<()>>,
-    /// Layers known to be stored and indexed: a layer once there stays while the image
-    /// is held, so the store is asked once.
-    ready: Vec<AtomicBool>,
+    /// Layers stored and indexed when the image was opened: asked of the store once, not
+    /// on every `is_local` (which the tree asks under its lock). A layer stored since is
+    /// still found when it loads (`ingest::load` opens it first).
+    ready: Vec<bool>,
     /// Layers to serve by Range through their published index, until loaded.
     published: Vec<Mutex<Option<PublishedLayer>>>,
     /// The uncompressed length of each layer a published index serves, as it says.
@@ -97,7 +97,7 @@ enum PublishedLayer {
     /// Format 1: the whole table and the checkpoints came with the head.
     Whole { contents: Contents, checkpoints: crate::layer::checkpoints::Checkpoints, remote: Published },
     /// Format 2: the TOC (table, checkpoints, windows) is read page by page by Range.
-    Paged { toc_len: u64, remote: Published },
+    Paged { toc_len: u64, pages: Arc<PagedIndex>, remote: Published },
 }
 
 /// What became of the search for a published index.
@@ -128,6 +128,7 @@ impl ImageLayers {
             Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
         });
         let n = record.layers.len();
+        let ready = record.layers.iter().map(|l| ingest::is_ready(&store, l, layout.as_deref())).collect();
         Ok(ImageLayers {
             store,
             client,
@@ -147,7 +148,7 @@ impl ImageLayers {
             report: Box::new(|_, _| Box::new(Silent)),
             loaded: (0..n).map(|_| OnceLock::new()).collect(),
             loading: (0..n).map(|_| Mutex::new(())).collect(),
-            ready: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ready,
             published: (0..n).map(|_| Mutex::new(None)).collect(),
             published_sizes: vec![None; n],
             range_cache: None,
@@ -212,8 +213,13 @@ impl ImageLayers {
             let layer = match (a.spans, a.paged) {
                 (Spans::InToc(_), Some(paged)) => {
                     let toc_len = paged.toc_len;
-                    let index =
-                        PagedIndex::new(source.clone(), a.layer.clone(), head.blob.clone(), head.head_len, paged);
+                    let pages = Arc::new(PagedIndex::new(
+                        source.clone(),
+                        a.layer.clone(),
+                        head.blob.clone(),
+                        head.head_len,
+                        paged,
+                    ));
                     let remote = Published {
                         source,
                         layer: a.layer,
@@ -221,9 +227,9 @@ impl ImageLayers {
                         span_digests: Vec::new(),
                         windows: Vec::new(),
                         window_ranges: Vec::new(),
-                        paged: Some(Arc::new(index)),
+                        paged: Some(Arc::clone(&pages)),
                     };
-                    PublishedLayer::Paged { toc_len, remote }
+                    PublishedLayer::Paged { toc_len, pages, remote }
                 }
                 (Spans::Checkpoints(checkpoints), None) => {
                     tracing::info!("layer {}: its published index is of format 1, read whole", a.layer);
@@ -276,14 +282,10 @@ impl ImageLayers {
         &self.layers
     }
 
-    /// Is layer `i` stored and indexed (its blob in the store, or in its layout)?
+    /// Was layer `i` stored and indexed (its blob in the store, or in its layout) when
+    /// the image was opened?
     fn is_stored(&self, i: usize) -> bool {
-        if self.ready[i].load(Ordering::Relaxed) {
-            return true;
-        }
-        let ready = ingest::is_ready(&self.store, &self.layers[i], self.layout.as_deref());
-        self.ready[i].store(ready, Ordering::Relaxed);
-        ready
+        self.ready[i]
     }
 
     fn diff_id(&self, i: usize) -> Result<&Digest> {
@@ -340,6 +342,22 @@ impl ImageLayers {
         Ok(Arc::new(toc::from_contents(contents, &dir, layer.digest.as_str(), DataIndex::Plain, &sums)?))
     }
 
+    /// The table of contents of layer `i` from its published index: the table a format 1
+    /// head held, written to a scratch TOC; a format 2 TOC, opened to be read by page.
+    fn open_published(&self, i: usize, published: &PublishedLayer) -> Result<Arc<Toc>> {
+        let layer = &self.layers[i];
+        match published {
+            PublishedLayer::Whole { contents, .. } => self.scratch_toc(contents, layer),
+            PublishedLayer::Paged { toc_len, pages, .. } => {
+                let dir = self.store.scratch_dir();
+                let label = dir.join(format!("(published TOC of {})", layer.digest));
+                let _lease = self.store.writer_guard().map_err(ingest::Error::from)?;
+                let source = Box::new(TocPages(Arc::clone(pages)));
+                Ok(Arc::new(Toc::open_remote(source, *toc_len, &dir, &label, layer.digest.as_str())?))
+            }
+        }
+    }
+
     fn load(&self, i: usize) -> Result<Loaded> {
         if let Some(l) = self.loaded[i].get() {
             return Ok(l.clone());
@@ -350,26 +368,22 @@ impl ImageLayers {
         }
         let diff_id = self.diff_id(i)?;
         let published = self.published[i].lock().unwrap_or_else(|p| p.into_inner()).take();
-        match published {
-            Some(PublishedLayer::Whole { contents, checkpoints, remote }) => {
-                let toc = self.scratch_toc(&contents, &self.layers[i])?;
-                let data = Arc::new(LayerData::remote(remote, checkpoints, Arc::clone(&self.spans)));
-                return Ok(self.loaded[i].get_or_init(|| (toc, data)).clone());
-            }
-            Some(PublishedLayer::Paged { toc_len, remote }) => {
-                let layer = &self.layers[i];
-                let pages = remote.paged.clone().expect("a paged layer has its pages");
-                let dir = self.store.scratch_dir();
-                let label = dir.join(format!("(published TOC of {})", layer.digest));
-                let toc = {
-                    let _lease = self.store.writer_guard().map_err(ingest::Error::from)?;
-                    let source = Box::new(TocPages(pages));
-                    Arc::new(Toc::open_remote(source, toc_len, &dir, &label, layer.digest.as_str())?)
-                };
-                let data = Arc::new(LayerData::remote_toc(remote, Arc::clone(&toc), Arc::clone(&self.spans))?);
-                return Ok(self.loaded[i].get_or_init(|| (toc, data)).clone());
-            }
-            None => {}
+        if let Some(index) = published {
+            let toc = match self.open_published(i, &index) {
+                Ok(toc) => toc,
+                Err(e) => {
+                    // A network blip: the next access tries the index again, rather than
+                    // downloading the whole layer.
+                    *self.published[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+                    return Err(e);
+                }
+            };
+            let spans = Arc::clone(&self.spans);
+            let data = match index {
+                PublishedLayer::Whole { checkpoints, remote, .. } => LayerData::remote(remote, checkpoints, spans),
+                PublishedLayer::Paged { remote, .. } => LayerData::remote_toc(remote, Arc::clone(&toc), spans)?,
+            };
+            return Ok(self.loaded[i].get_or_init(|| (toc, Arc::new(data))).clone());
         }
         let layer = &self.layers[i];
         match self.open_estargz(i) {

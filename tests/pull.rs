@@ -65,6 +65,22 @@ impl Env {
         let needle = format!("/blobs/{digest} HTTP/");
         log.lines().skip(since).filter(|l| l.contains("\"GET /v2/") && l.contains(&needle)).count()
     }
+
+    /// Bytes the registry sent for each GET of `/v2/*/blobs/DIGEST` logged after line
+    /// `since` (the access log's byte count: `"GET … HTTP/1.1" 200 BYTES …`).
+    fn blob_bytes_since(&self, since: usize, digest: &str) -> Vec<u64> {
+        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap();
+        let needle = format!("/blobs/{digest} HTTP/");
+        log.lines()
+            .skip(since)
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&needle))
+            .map(|l| {
+                let after = l.split(&needle).nth(1).and_then(|r| r.split_once("\" ")).map(|(_, r)| r).unwrap_or("");
+                let bytes = after.split_whitespace().nth(1).and_then(|b| b.parse().ok());
+                bytes.unwrap_or_else(|| panic!("no byte count in {l}"))
+            })
+            .collect()
+    }
 }
 
 fn imgfs(root: &Path, args: &[&str]) -> Output {
@@ -493,6 +509,138 @@ fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
     assert!(!blob_names(r).contains(&hex.to_string()), "the corrupt layer must not be stored");
     assert_eq!(tmp_files(r), 0, "no partial download left behind");
     assert!(!r.join("images.json").exists() || db(r)["images"].as_object().unwrap().is_empty());
+}
+
+/// A layer refused within its first megabyte (over IMGFS_MAX_LAYER_ENTRIES) stops its
+/// download there: of a 64 MiB blob the registry sends a small part (what the sockets
+/// on the way hold), not the rest, which could not change the answer.
+#[test]
+fn a_layer_refused_early_stops_its_download() {
+    use std::io::Write;
+    let Some(_) = outcome::test_env() else { return };
+    let (e, _serial) = env();
+    let client = reqwest::blocking::Client::new();
+    let base = format!("http://{}/v2/refused-early", e.addr);
+    let push_blob = |bytes: &[u8]| -> String {
+        let d = imgfs::digest::Digest::of(bytes).to_string();
+        let resp = client.post(format!("{base}/blobs/uploads/")).send().unwrap();
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let loc = if loc.starts_with("http") { loc } else { format!("http://{}{loc}", e.addr) };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = client.put(format!("{loc}{sep}digest={d}")).body(bytes.to_vec()).send().unwrap();
+        assert!(put.status().is_success(), "{:?}", put.status());
+        d
+    };
+    // 2000 empty files, then 64 MiB that deflate can't shrink, in stored blocks.
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..2000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, format!("f{i}"), &[][..]).unwrap();
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..64 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(noise.len() as u64);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "noise", &noise[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    gz.write_all(&tar).unwrap();
+    let blob = gz.finish().unwrap();
+    let diff_id = imgfs::digest::Digest::of(&tar).to_string();
+    let layer = push_blob(&blob);
+    let config =
+        serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[diff_id]}});
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = push_blob(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType":"application/vnd.oci.image.config.v1+json","digest":config_digest,"size":config.len()},
+        "layers": [{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":layer,"size":blob.len()}]
+    });
+    let put = client
+        .put(format!("{base}/manifests/1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .unwrap();
+    assert!(put.status().is_success());
+
+    let root = tempfile::tempdir().unwrap();
+    e.sync_log();
+    let since = e.log_len();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["pull", "-q", &format!("{}/refused-early:1", e.addr)])
+        .env("IMGFS_MAX_LAYER_ENTRIES", "1000")
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(err.contains("more than 1000 entries") && err.contains(&layer), "{err}");
+    e.sync_log();
+    let sent = e.blob_bytes_since(since, &layer);
+    assert!(!sent.is_empty(), "no GET of the layer logged");
+    let total: u64 = sent.iter().sum();
+    assert!(total < blob.len() as u64 / 2, "{total} of the layer's {} bytes were sent: {sent:?}", blob.len());
+    assert!(!blob_names(root.path()).contains(&layer[7..].to_string()), "the refused layer was kept");
+}
+
+/// A panic while a layer downloads (here in a progress callback) goes on to the caller:
+/// the indexer, reading the layer as it arrives, is told to stop rather than left
+/// waiting for bytes that will never come, which would hang the fetch for good.
+#[test]
+fn a_panic_while_a_layer_downloads_ends_the_fetch() {
+    use imgfs::layer::ingest::{self, BlobSource, LayerProgress};
+    let Some(_) = outcome::test_env() else { return };
+    let e = env_only();
+    let http = reqwest::blocking::Client::new();
+    let get = |path: String| {
+        let body = http
+            .get(format!("http://{}{path}", e.addr))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    let manifest = get("/v2/big/manifests/1".into());
+    let config = get(format!("/v2/big/blobs/{}", manifest["config"]["digest"].as_str().unwrap()));
+    let layer: imgfs::image::Descriptor = serde_json::from_value(manifest["layers"][0].clone()).unwrap();
+    let diff_id: imgfs::digest::Digest = config["rootfs"]["diff_ids"][0].as_str().unwrap().parse().unwrap();
+
+    struct Panics;
+    impl LayerProgress for Panics {
+        fn downloading(&self, done: u64, _total: u64) {
+            assert!(done == 0, "a progress callback fails");
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let store = imgfs::store::Store::open(root.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = e.addr.clone();
+    std::thread::spawn(move || {
+        let client = imgfs::registry::LazyClient::new(imgfs::registry::ClientOptions {
+            docker_config_dir: Some(PathBuf::from("/nonexistent/imgfs-test-docker-config")),
+            ..Default::default()
+        });
+        let from = BlobSource::Registry { client: &client, registry: &addr, repository: "big" };
+        let fetch = || ingest::prepare(&store, &layer, &diff_id, &from, &Panics);
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(fetch)).is_err());
+    });
+    let panicked = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the fetch hangs after the panic");
+    assert!(panicked, "the panic reaches the caller");
 }
 
 #[test]

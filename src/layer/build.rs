@@ -303,7 +303,7 @@ enum Failure {
 impl Failure {
     fn into_error(self, compression: Compression, limits: &Limits) -> Error {
         match self {
-            Failure::TooLarge => Error::Invalid(format!(
+            Failure::TooLarge => Error::OverLimit(format!(
                 "layer is larger than {} bytes uncompressed, the limit (set {BYTES_VAR} to raise it)",
                 limits.max_bytes
             )),
@@ -402,7 +402,10 @@ fn parse_entries(stream: impl Read, limits: &Limits, frontier: Option<&Cell<u64>
         }
         count += 1;
         if count > limits.max_entries {
-            bail!("layer has more than {} entries, the limit (set {ENTRIES_VAR} to raise it)", limits.max_entries);
+            return Err(Error::OverLimit(format!(
+                "layer has more than {} entries, the limit (set {ENTRIES_VAR} to raise it)",
+                limits.max_entries
+            )));
         }
         let header_type = te.header().entry_type();
         if matches!(

@@ -4,15 +4,14 @@
 //! For gzip a checkpoint is a zran restart point (the bit position of a deflate block
 //! boundary and the 32 KiB of output before it, which later back-references may copy from),
 //! for zstd the start of a frame. [`Checkpoints`] are small enough to keep next to the blob
-//! (they are made by the indexing pass, `layer::indexing`), and [`Checkpoints::decode_span`]
-//! later rebuilds any one span from the blob alone with positioned reads, so the FUSE threads
-//! can decode different spans of one file at once.
+//! (they are made by the indexing pass, `layer::indexing`), and any one span is later
+//! rebuilt from its checkpoint and the blob bytes up to the next one alone
+//! ([`Checkpoints::decode_span_from`], [`decode_point`] for checkpoints kept in a TOC), so
+//! the FUSE threads can decode different spans of one file at once.
 
 use super::zlib::{self, invalid_data, Inflater, WINDOW_SIZE};
 use super::{Context, Result};
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 
 /// Uncompressed bytes between checkpoints unless the caller asks otherwise. A read of one byte
 /// decodes on average half a span; 1 MiB is a few milliseconds of inflate.
@@ -23,8 +22,14 @@ pub const DEFAULT_SPAN: u64 = 1 << 20;
 /// only be entered at its start, and many encoders write one frame per layer).
 pub const MAX_SPAN_FACTOR: u64 = 4;
 
+/// The longest span a table of checkpoints read from elsewhere (a published index) may
+/// have, as a multiple of its requested span: a read decodes a whole span in memory.
+pub const MAX_TABLE_SPAN_FACTOR: u64 = MAX_SPAN_FACTOR * 64;
+
 /// A deflated window may grow a little when the window is incompressible.
-pub(super) const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
+pub const MAX_STORED_WINDOW: usize = WINDOW_SIZE + WINDOW_SIZE / 8 + 64;
+/// Deflate's largest ratio of output to input: a 258-byte copy coded in two bits.
+const MAX_DEFLATE_RATIO: u64 = 1032;
 
 pub(super) const MAGIC: &[u8; 8] = b"imgfsckp";
 pub(super) const VERSION: u32 = 1;
@@ -171,7 +176,9 @@ impl Checkpoints {
     /// Decodes exactly span `i`'s uncompressed bytes from `blob`, the same compressed bytes
     /// the checkpoints were taken from. Uses only positioned reads and local state, so any
     /// number of threads may call it at once on one `File`.
-    pub fn decode_span(&self, blob: &File, i: usize) -> io::Result<Vec<u8>> {
+    #[cfg(test)]
+    pub fn decode_span(&self, blob: &std::fs::File, i: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         self.check_span(i)?;
         let (cstart, cend) = self.compressed_range(i);
         let clen = usize::try_from(cend - cstart).map_err(|_| invalid_input("span too large".into()))?;
@@ -185,16 +192,7 @@ impl Checkpoints {
     pub fn decode_span_from(&self, i: usize, data: &[u8]) -> io::Result<Vec<u8>> {
         self.check_span(i)?;
         let (start, end) = self.span_range(i);
-        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
-        let mut out = vec![0; len];
-        match self.format {
-            Format::Gzip => inflate_span(&self.points[i], data, &mut out)?,
-            Format::Zstd => {
-                let mut dec = zstd::stream::read::Decoder::with_buffer(data)?;
-                dec.read_exact(&mut out)?;
-            }
-        }
-        Ok(out)
+        decode(self.format, &self.points[i], data, end - start)
     }
 
     /// Decodes span `i` from `data` with `window` as its checkpoint's window, for
@@ -206,11 +204,8 @@ impl Checkpoints {
             return self.decode_span_from(i, data);
         }
         let (start, end) = self.span_range(i);
-        let len = usize::try_from(end - start).map_err(|_| invalid_input("span too large".into()))?;
-        let mut out = vec![0; len];
         let point = Checkpoint { window: window.to_vec(), ..self.points[i].clone() };
-        inflate_span(&point, data, &mut out)?;
-        Ok(out)
+        decode(self.format, &point, data, end - start)
     }
 
     /// Each checkpoint as `(uncompressed offset, compressed offset, bits, window)`: what a
@@ -303,24 +298,6 @@ impl Checkpoints {
     }
 }
 
-/// The length of the uncompressed stream, from the first bytes of what
-/// [`Checkpoints::save`] wrote (for showing an image's size without loading every
-/// checkpoint; the CRC over the whole body is not checked here).
-pub fn read_uncompressed_size(mut r: impl Read) -> Result<u64> {
-    let mut head = [0; 20];
-    r.read_exact(&mut head).context("checkpoint file is truncated")?;
-    ensure!(&head[..8] == MAGIC, "not a checkpoint file");
-    ensure!(head[8..12] == VERSION.to_le_bytes(), "checkpoint file of another version");
-    // A format byte and three varints of at most 10 bytes each.
-    let mut body = Vec::new();
-    r.take(31).read_to_end(&mut body)?;
-    let mut c = Cursor(&body);
-    c.byte()?;
-    c.varint()?;
-    c.varint()?;
-    c.varint()
-}
-
 fn parse_body(body: &[u8]) -> Result<Checkpoints> {
     let mut c = Cursor(body);
     let format = match c.byte()? {
@@ -371,19 +348,33 @@ pub fn decode_point(
     window: &[u8],
     data: &[u8],
 ) -> io::Result<Vec<u8>> {
-    let len = usize::try_from(end.saturating_sub(start)).map_err(|_| invalid_input("span too large".into()))?;
     if bits >= 8 || window.len() > MAX_STORED_WINDOW {
         return Err(invalid_data("bad checkpoint"));
     }
-    let mut out = vec![0; len];
+    let point = Checkpoint { uncompressed: start, compressed, bits, window: window.to_vec() };
+    decode(format, &point, data, end.saturating_sub(start))
+}
+
+/// Decodes `len` bytes from `point` out of `data` (the blob from the checkpoint, one byte
+/// earlier when it is not byte-aligned, to the next checkpoint). The length comes from a
+/// table that may have come from the network: one that `data` cannot decode to, or that
+/// no memory can hold, is an error before anything is allocated, never an abort.
+fn decode(format: Format, point: &Checkpoint, data: &[u8], len: u64) -> io::Result<Vec<u8>> {
+    if format == Format::Gzip && len > (data.len() as u64 + 1).saturating_mul(MAX_DEFLATE_RATIO) {
+        return Err(invalid_data(&format!("a span of {len} bytes from {} compressed bytes", data.len())));
+    }
+    let len = usize::try_from(len).map_err(|_| invalid_input("span too large".into()))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, format!("no memory for a span of {len} bytes")))?;
     match format {
-        Format::Gzip => {
-            let point = Checkpoint { uncompressed: start, compressed, bits, window: window.to_vec() };
-            inflate_span(&point, data, &mut out)?;
-        }
+        Format::Gzip => inflate_span(point, data, &mut out, len)?,
         Format::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(data)?;
-            dec.read_exact(&mut out)?;
+            let dec = zstd::stream::read::Decoder::with_buffer(data)?;
+            dec.take(len as u64).read_to_end(&mut out)?;
+            if out.len() < len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "span data ends early"));
+            }
         }
     }
     Ok(out)
@@ -466,9 +457,10 @@ fn inflate_window(stored: &[u8]) -> io::Result<Vec<u8>> {
     Ok(window)
 }
 
-/// Decodes `out.len()` bytes starting at `point`; `data` holds the blob from the checkpoint
-/// (one byte earlier when it is not byte-aligned) to the next checkpoint.
-fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<()> {
+/// Appends `len` bytes decoded from `point` to `out` (which has room for them); `data`
+/// holds the blob from the checkpoint (one byte earlier when it is not byte-aligned) to
+/// the next checkpoint.
+fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut Vec<u8>, len: usize) -> io::Result<()> {
     let mut inflater = Inflater::new(-15)?;
     let mut pos = 0;
     if point.bits > 0 {
@@ -479,24 +471,23 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<(
     if !point.window.is_empty() {
         inflater.set_dictionary(&inflate_window(&point.window)?)?;
     }
-    let mut filled = 0;
-    while filled < out.len() {
-        let (ret, consumed, produced) = inflater.inflate(&data[pos..], &mut out[filled..], zlib::Z_NO_FLUSH);
+    while out.len() < len {
+        let room = len - out.len();
+        let (ret, consumed, produced) = inflater.inflate_onto(&data[pos..], out, room, zlib::Z_NO_FLUSH);
         pos += consumed;
-        filled += produced;
         match ret {
             zlib::Z_OK => {}
             zlib::Z_BUF_ERROR if consumed > 0 || produced > 0 => {}
             zlib::Z_BUF_ERROR => {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "span data ends early"));
             }
-            zlib::Z_STREAM_END if filled == out.len() => {}
+            zlib::Z_STREAM_END if out.len() == len => {}
             zlib::Z_STREAM_END => {
                 // The member ended inside the span: skip its trailer (CRC-32, ISIZE) and the
                 // next member's header, and go on with a fresh raw stream.
                 pos += 8;
                 let rest = data.get(pos..).ok_or_else(|| invalid_data("gzip trailer cut short"))?;
-                pos += gzip_header_len(rest)?;
+                pos += gzip_header_len(rest)?.ok_or_else(|| invalid_data("gzip member header cut short"))?;
                 inflater.reset()?;
             }
             _ => return Err(inflater.error(ret)),
@@ -505,37 +496,114 @@ fn inflate_span(point: &Checkpoint, data: &[u8], out: &mut [u8]) -> io::Result<(
     Ok(())
 }
 
-/// Length of the gzip member header at the start of `d` (RFC 1952, 2.3).
-pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<usize> {
+/// Length of the gzip member header at the start of `d` (RFC 1952, 2.3), its CRC-16
+/// checked when it has one (as zlib checks it); `None` when `d` ends inside it. Its
+/// fields have no bound but the blob's end (FEXTRA alone may take 65,547 bytes).
+pub(super) fn gzip_header_len(d: &[u8]) -> io::Result<Option<usize>> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
     const FCOMMENT: u8 = 16;
     let bad = || invalid_data("bad gzip member header");
-    if d.len() < 10 || d[0] != 0x1f || d[1] != 0x8b || d[2] != 8 || d[3] & 0xe0 != 0 {
+    if d.iter().zip([0x1f, 0x8b, 8]).any(|(&a, b)| a != b) || d.get(3).is_some_and(|f| f & 0xe0 != 0) {
         return Err(bad());
+    }
+    if d.len() < 10 {
+        return Ok(None);
     }
     let flags = d[3];
     let mut p = 10;
     if flags & FEXTRA != 0 {
-        let xlen = d.get(p..p + 2).ok_or_else(bad)?;
+        let Some(xlen) = d.get(p..p + 2) else { return Ok(None) };
         p += 2 + usize::from(u16::from_le_bytes([xlen[0], xlen[1]]));
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            let nul = d.get(p..).ok_or_else(bad)?.iter().position(|&b| b == 0).ok_or_else(bad)?;
+            let Some(nul) = d.get(p..).and_then(|rest| rest.iter().position(|&b| b == 0)) else { return Ok(None) };
             p += nul + 1;
         }
     }
     if flags & FHCRC != 0 {
+        let Some(sum) = d.get(p..p + 2) else { return Ok(None) };
+        if crc32fast::hash(&d[..p]) as u16 != u16::from_le_bytes([sum[0], sum[1]]) {
+            return Err(invalid_data("gzip member header fails its CRC-16"));
+        }
         p += 2;
     }
-    if p > d.len() {
-        return Err(bad());
-    }
-    Ok(p)
+    Ok((p <= d.len()).then_some(p))
 }
 
 fn invalid_input(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::indexing::IndexingDecoder;
+    use crate::layer::testdata::{gzip, mixed};
+
+    /// A checkpoint as `points` gives it, its window owned.
+    type Point = (u64, u64, u8, Vec<u8>);
+
+    /// Checkpoints of `blob` as the indexing pass takes them, each with its window.
+    fn index(blob: &[u8], format: Format) -> (Checkpoints, Vec<Point>) {
+        let mut dec = IndexingDecoder::new(blob, format, 1 << 20).unwrap();
+        io::copy(&mut dec, &mut io::sink()).unwrap();
+        let c = dec.finish().unwrap();
+        let points = c.points().map(|(u, cp, bits, w)| (u, cp, bits, w.to_vec())).collect();
+        (c, points)
+    }
+
+    /// A table read from elsewhere may claim any length for a span: one its compressed
+    /// bytes can't decode to, or that no memory could hold, is an error for that read,
+    /// never an allocation that aborts the process.
+    #[test]
+    fn a_span_longer_than_its_bytes_or_memory_allow_is_an_error() {
+        let data = mixed(3 << 20, 5);
+        for (format, blob) in [(Format::Gzip, gzip(&data, 6)), (Format::Zstd, zstd::encode_all(&data[..], 3).unwrap())]
+        {
+            let (c, points) = index(&blob, format);
+            let last = c.span_count() - 1;
+            for extra in [1 << 40, (isize::MAX as u64) * 2 - c.uncompressed_size()] {
+                let size = c.uncompressed_size() + extra;
+                let long =
+                    Checkpoints::from_points(format, c.requested_span(), c.compressed_size(), size, points.clone())
+                        .unwrap();
+                let (s, e) = long.compressed_range(last);
+                let got = long.decode_span_from(last, &blob[s as usize..e as usize]);
+                assert!(got.is_err(), "{format:?}: a span of {} bytes decoded", size - long.span_range(last).0);
+                let (start, end) = long.span_range(last);
+                let (_, compressed, bits, window) = &points[last];
+                let got = decode_point(format, (start, end), (*compressed, *bits), window, &blob[s as usize..]);
+                assert!(got.is_err(), "{format:?}: decode_point of a span of {} bytes", end - start);
+            }
+            // Told the true length, the same span decodes.
+            let (s, e) = c.compressed_range(last);
+            let (us, ue) = c.span_range(last);
+            assert!(c.decode_span_from(last, &blob[s as usize..e as usize]).unwrap() == data[us as usize..ue as usize]);
+        }
+    }
+
+    /// Member headers as RFC 1952 allows them: an extra field of 65,535 bytes, a name of
+    /// 100 KiB, a header CRC (checked: a wrong one is an error, as zlib makes it).
+    #[test]
+    fn member_headers_of_any_length_and_their_crc() {
+        let mut h = vec![0x1f, 0x8b, 8, 2 | 4 | 8, 0, 0, 0, 0, 0, 3];
+        h.extend_from_slice(&u16::MAX.to_le_bytes());
+        h.resize(h.len() + usize::from(u16::MAX), b'x');
+        h.resize(h.len() + (100 << 10), b'n');
+        h.push(0);
+        let crc = crc32fast::hash(&h) as u16;
+        h.extend_from_slice(&crc.to_le_bytes());
+        let len = h.len();
+        h.extend_from_slice(b"deflate data follows");
+        assert_eq!(gzip_header_len(&h).unwrap(), Some(len));
+        for cut in [0, 3, 9, 10, 11, 12, 70_000, len - 1] {
+            assert_eq!(gzip_header_len(&h[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        h[len - 1] ^= 1;
+        assert!(gzip_header_len(&h).is_err(), "a wrong header CRC");
+        assert!(gzip_header_len(b"\x1f\x8c").is_err());
+    }
 }

@@ -31,6 +31,9 @@ const TOC_NAME: &[u8] = b"stargz.index.json";
 /// A TOC larger than this is refused rather than held in memory (stargz-snapshotter's
 /// own limit is 50 MB of JSON for a layer).
 const MAX_TOC: u64 = 64 << 20;
+/// A chunk larger than this is refused: a read decodes a whole chunk in memory.
+/// stargz-snapshotter writes chunks of 4 MiB unless told otherwise.
+const MAX_CHUNK: u64 = 64 << 20;
 
 /// The layout of an eStargz layer of `size` bytes from its footer and TOC alone, read
 /// with `fetch(start, end)` (by Range), the TOC checked against `toc_digest`.
@@ -272,6 +275,9 @@ fn chunk(te: &TocEntry, file_size: u64, member_end: &impl Fn(u64) -> Result<u64>
         0 => file_size.checked_sub(te.chunk_offset).context("eStargz chunk past the end of its file")?,
         n => n,
     };
+    if size > MAX_CHUNK {
+        bail!("eStargz TOC entry {}: a chunk of {size} bytes, over the limit of {MAX_CHUNK}", te.name);
+    }
     let digest = te
         .chunk_digest
         .strip_prefix("sha256:")
@@ -299,7 +305,8 @@ fn chunk(te: &TocEntry, file_size: u64, member_end: &impl Fn(u64) -> Result<u64>
 pub fn decode_chunk(compressed: &[u8], chunk: &Chunk) -> io::Result<Vec<u8>> {
     let mut decoder = MultiGzDecoder::new(compressed);
     io::copy(&mut (&mut decoder).take(chunk.inner_offset), &mut io::sink())?;
-    let mut out = Vec::with_capacity(chunk.size as usize);
+    // What the TOC claims, bounded; the chunk grows to its true size as it decodes.
+    let mut out = Vec::with_capacity(chunk.size.min(1 << 20) as usize);
     decoder.take(chunk.size).read_to_end(&mut out)?;
     if out.len() as u64 != chunk.size || <[u8; 32]>::from(Sha256::digest(&out)) != chunk.digest {
         return Err(io::Error::new(
@@ -486,6 +493,27 @@ mod tests {
         let (blob, _) = sample();
         let err = layout_of(&blob, &Digest::of(b"another TOC")).unwrap_err();
         assert!(format!("{err:#}").contains("layer annotation"), "{err:#}");
+    }
+
+    /// A TOC may claim a chunk of any size: one over the limit is refused when the
+    /// layer is opened, and a chunk's claimed size is never allocated before its bytes
+    /// decode to it.
+    #[test]
+    fn a_chunk_too_large_to_decode_is_refused() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        for chunk_size in [1u64 << 40, 0] {
+            let toc: Toc = serde_json::from_value(json!({"version": 1, "entries": [{"name": "huge", "type": "reg",
+                "size": 1u64 << 40, "offset": 10, "chunkSize": chunk_size, "chunkDigest": digest}]}))
+            .unwrap();
+            let err = Layout::new(&toc, 1000).unwrap_err();
+            assert!(format!("{err:#}").contains("over the limit"), "{err:#}");
+        }
+        let (blob, digest) = sample();
+        let l = layout_of(&blob, &digest).unwrap();
+        let hello = l.files[0][0].clone();
+        let claims = Chunk { size: 1 << 40, ..hello.clone() };
+        let err = decode_chunk(&blob[hello.start as usize..hello.end as usize], &claims).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! store, or in an OCI layout read where it is) is indexed in one read; then the
 //! result is committed: the form reads will decode from is picked (the blob itself, or
 //! a re-encoded copy of a zstd layer in one big frame), checksummed, and the layer's
-//! TOC file written. Only a layer whose digest and diff_id check out is kept.
+//! TOC file written. Only a layer whose digest and diff_id check out gets a TOC, so only
+//! such a layer is ever served. (A blob is stored once its digest checks out; when its
+//! download was restarted midway, its diff_id is checked after that, and a blob that
+//! fails it stays unindexed until garbage collection takes it.)
 //!
 //! Where a layer's blob comes from when it is not stored is not decided here: the
 //! caller (`layer_source`) names it.
@@ -28,6 +31,7 @@ use crate::store::Store;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What goes wrong bringing a layer into the store. The texts are what users see after
@@ -332,22 +336,39 @@ fn download_and_index(
     let scratch = store.scratch_dir();
     let mut restarted = false;
     let mut outcome = None;
+    let what = || format!("layer {}", layer.digest);
     let stored = store.put_blob_with(&layer.digest, |file| -> Result<Digest> {
         let arriving = Arc::new(Arriving::new(file.try_clone()?, layer.size));
+        let indexer_failed = AtomicBool::new(false);
         std::thread::scope(|s| {
             let indexer = {
-                let (arriving, copy) = (Arc::clone(&arriving), &mut copy);
-                s.spawn(move || build::index_blob(&arriving, compression, Some(diff_id), as_sink(copy), &scratch))
+                let (arriving, copy, indexer_failed) = (Arc::clone(&arriving), &mut copy, &indexer_failed);
+                s.spawn(move || {
+                    let built = build::index_blob(&arriving, compression, Some(diff_id), as_sink(copy), &scratch);
+                    // Over a limit, the layer is refused already: the download stops at its
+                    // next write. A layer found damaged is downloaded to its end, so that its
+                    // digest tells a transfer that damaged it from a layer that is so.
+                    if matches!(built, Err(super::Error::OverLimit(_))) {
+                        indexer_failed.store(true, Ordering::Release);
+                    }
+                    built
+                })
             };
+            // Should the download panic (in the client, in a progress callback), the scope
+            // would wait for the indexer before going on unwinding: let it stop too.
+            let _unblock = FailOnPanic(&arriving);
             let mut sink = TeeSink {
                 file,
                 arriving: &arriving,
                 restarted: &mut restarted,
+                indexer_failed: &indexer_failed,
                 received: 0,
                 total: layer.size,
                 progress,
             };
             let downloaded = client.download_blob(registry, repository, &layer.digest, Some(layer.size), &mut sink);
+            // Read before the download's end fails the indexer too: did it fail on its own?
+            let refused = indexer_failed.load(Ordering::Acquire) && !*sink.restarted;
             if downloaded.is_err() || sink.received != layer.size {
                 // The indexer must not wait for bytes that will not come.
                 arriving.fail();
@@ -355,11 +376,17 @@ fn download_and_index(
                 // The indexer may still be a few seconds behind the network.
                 progress.verifying();
             }
-            let built = indexer.join().map_err(|_| Error::Invalid("the layer indexer panicked".into()))?;
+            let built = indexer.join().map_err(|_| Error::Invalid(format!("the indexer of {} panicked", what())))?;
+            if refused {
+                if let Err(e) = built {
+                    // What stopped the download, rather than the download's own complaint.
+                    return Err(failed(what())(e));
+                }
+            }
             downloaded.map_err(failed(format!("cannot fetch layer {} from {registry}/{repository}", layer.digest)))?;
             if !restarted {
                 // Only a layer whose content checks out is kept.
-                outcome = Some(built.map_err(failed(format!("layer {}", layer.digest)))?);
+                outcome = Some(built.map_err(failed(what()))?);
             }
             Ok(layer.digest.clone())
         })
@@ -377,20 +404,46 @@ fn download_and_index(
     }
 }
 
-/// Writes a blob to its file and tells the indexer how far it has arrived. If the indexer
-/// stopped (a bad layer), the download still completes; the indexer's error decides.
+/// Fails the blob's readers (the indexer) when dropped while the thread panics.
+struct FailOnPanic<'a>(&'a Arriving);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
+        }
+    }
+}
+
+/// Writes a blob to its file and tells the indexer how far it has arrived. Once the
+/// indexer has refused the layer for passing a limit (IMGFS_MAX_LAYER_SIZE or
+/// IMGFS_MAX_LAYER_ENTRIES), the download stops at the next write: the layer is refused
+/// whatever its remaining bytes are. (Unless the registry sent the blob again from the
+/// start: then the indexer saw a broken stream, and the blob is indexed again once
+/// stored.) Other failures of the indexer wait for the download and its digest.
 struct TeeSink<'a> {
     file: &'a mut File,
     arriving: &'a Arriving,
     restarted: &'a mut bool,
+    indexer_failed: &'a AtomicBool,
     /// Bytes of the blob written so far, of `total`, for `progress`.
     received: u64,
     total: u64,
     progress: &'a dyn LayerProgress,
 }
 
+impl TeeSink<'_> {
+    fn refused(&self) -> io::Result<()> {
+        if self.indexer_failed.load(Ordering::Acquire) && !*self.restarted {
+            return Err(io::Error::other("the layer was refused while it downloaded"));
+        }
+        Ok(())
+    }
+}
+
 impl Write for TeeSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.refused()?;
         self.file.write_all(buf)?;
         self.received += buf.len() as u64;
         self.progress.downloading(self.received, self.total);
@@ -406,6 +459,8 @@ impl Write for TeeSink<'_> {
 
 impl BlobSink for TeeSink<'_> {
     fn restart(&mut self) -> io::Result<()> {
+        // Nor does another try (another mirror) start once the layer is refused.
+        self.refused()?;
         // The client empties the sink before its first request too: only bytes the
         // indexer may have read and that no longer count cut it off.
         if self.received > 0 {

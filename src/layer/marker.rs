@@ -29,8 +29,8 @@ use std::sync::Arc;
 const INPUT_STEP: usize = 64 << 10;
 /// Output made by one inflate call, at most.
 const OUTPUT_STEP: usize = 64 << 10;
-/// A gzip member header longer than this (a name or comment field runs on) is refused.
-const MAX_HEADER: usize = 64 << 10;
+/// Bytes read first for a gzip member header: most are 10 to a few dozen.
+const HEADER_STEP: usize = 512;
 
 /// A marker: output byte `i & 0x7fff` of the 32 KiB before the stretch, oldest first.
 pub(super) const MARKER: u16 = 0x8000;
@@ -250,17 +250,7 @@ impl Stretch {
             self.end = Some(End::Blob);
             return Ok(());
         }
-        let head = self.bytes_at(next, MAX_HEADER)?;
-        let len =
-            gzip_header_len(&head).map_err(
-                |e| {
-                    if head.len() < MAX_HEADER && head.len() < 10 {
-                        truncated()
-                    } else {
-                        e
-                    }
-                },
-            )?;
+        let len = member_header_len(&self.blob, next)?;
         let bit = 8 * (next + len as u64);
         if bit >= self.stop && self.dynamic_at(bit)? {
             self.end = Some(End::Boundary(bit));
@@ -274,6 +264,22 @@ impl Stretch {
         self.in_base = next + len as u64;
         self.in_pos = 0;
         Ok(())
+    }
+}
+
+/// The length of the gzip member header at blob offset `at`, read a few hundred bytes
+/// first and more only while the header runs on (its fields may reach the blob's end).
+pub(super) fn member_header_len(blob: &Arriving, at: u64) -> io::Result<usize> {
+    let mut want = HEADER_STEP;
+    loop {
+        let mut head = vec![0; want];
+        let got = blob.read_full_at(&mut head, at)?;
+        match gzip_header_len(&head[..got])? {
+            Some(len) => return Ok(len),
+            // The blob ends inside the header.
+            None if got < want => return Err(truncated()),
+            None => want *= 2,
+        }
     }
 }
 

@@ -59,6 +59,10 @@ pub enum Error {
     /// The layer or a file kept for it holds what imgfs refuses; the text says what.
     #[error("{0}")]
     Invalid(String),
+    /// The layer passes a bound the user sets (`build::Limits`): it is refused whatever
+    /// its remaining bytes are.
+    #[error("{0}")]
+    OverLimit(String),
     /// What failed (an entry, a file, a step) over its cause.
     #[error("{what}")]
     Context {

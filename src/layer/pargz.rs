@@ -13,19 +13,21 @@
 //! (no start found, a lookalike, not reached yet by the download, or still queued when
 //! needed) is decoded in order by the reader itself, which then knows its window.
 //!
-//! Nothing unchecked is handed on: the reader checks every member's CRC-32 and length
-//! against its trailer as the bytes pass (the caller checks the diff_id over them all),
-//! a marker reaching before its member's start is an error, and a stream that ends
-//! early is an error of kind `UnexpectedEof`. Every block boundary met is noted in order,
-//! so the checkpoints are chosen exactly as the one-core decoder chooses them.
+//! Nothing unchecked is committed: the reader checks every member's CRC-32 and length
+//! against its trailer as the bytes pass (bytes reach the caller, the tar parser, before
+//! their member's check: it keeps nothing until the stream has ended well, and checks
+//! the diff_id over them all), a marker reaching before its member's start is an
+//! error, and a stream that ends early is an error of kind `UnexpectedEof`. Every block
+//! boundary met is noted in order, so the checkpoints are chosen exactly as the
+//! one-core decoder chooses them.
 //!
 //! Memory: at most one chunk decoded ahead per worker (up to `MAX_IN_FLIGHT`), each
-//! bounded (`MAX_SPECULATIVE`; a chunk that grows past it is decoded in order, streaming),
-//! and the one being handed on.
+//! bounded (`MAX_SPECULATIVE`, `MAX_MARKED`; a chunk that grows past them is decoded in
+//! order, streaming), and the one being handed on.
 
 use super::arriving::Arriving;
 use super::blockfind;
-use super::checkpoints::{deflate_window, gzip_header_len, Checkpoint, Checkpoints, Format};
+use super::checkpoints::{deflate_window, Checkpoint, Checkpoints, Format};
 use super::marker::{self, End, Event, Stretch};
 use super::workers::Workers;
 use super::zlib::{invalid_data, WINDOW_SIZE};
@@ -38,7 +40,8 @@ use std::sync::{mpsc, Arc, Mutex};
 /// (markers may still come there; see `marker`), so a chunk must be large for that to cost
 /// little: at 1 MiB it was a third of the output of a real layer, at 4 MiB a tenth, at
 /// 8 MiB a twentieth. But each chunk decoded ahead holds its output (about four times its
-/// size) until the reader takes it: 4 MiB keeps a layer's chunks in flight near 50 MB.
+/// size, `MAX_SPECULATIVE` at most) until the reader takes it: at 4 MiB, about 16 MiB per
+/// chunk in flight (`MAX_IN_FLIGHT`).
 pub const CHUNK: u64 = 4 << 20;
 /// Blobs smaller than this are decoded in order: with one chunk there is nothing to decode
 /// ahead of the reader, and a short second chunk does not pay for its marked stretch.
@@ -79,8 +82,13 @@ pub fn pays(len: u64, workers: &Workers) -> bool {
 /// size, until the reader takes it).
 const MAX_IN_FLIGHT: usize = 8;
 /// Output (markers count two bytes) a chunk decoded ahead may hold; past it the chunk is
-/// dropped and decoded in order, streaming.
-const MAX_SPECULATIVE: usize = 96 << 20;
+/// dropped and decoded in order, streaming. Twice what ordinary data makes of a chunk.
+const MAX_SPECULATIVE: usize = 8 * CHUNK as usize;
+/// Output a chunk decoded ahead may have while markers can still come (two bytes each);
+/// past it the chunk is dropped and decoded in order. Markers stop within a few hundred
+/// KiB in ordinary data (32 KiB without one), but never in a run of zeros: there every
+/// byte copies the one before, and so, in the end, the window the chunk lacks.
+const MAX_MARKED: usize = 4 << 20;
 /// Possible block starts tried in a chunk before it is left to the in-order decode.
 const MAX_TRIES: usize = 32;
 /// Bytes past a chunk's end read with it, so a block header near the end can be checked.
@@ -226,15 +234,7 @@ impl ParallelGzip {
             self.done = true;
             return Ok(());
         }
-        let mut head = vec![0; 64 << 10];
-        let got = self.blob.read_full_at(&mut head, 0)?;
-        let len = gzip_header_len(&head[..got]).map_err(|e| {
-            if got < 10 {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream is truncated")
-            } else {
-                e
-            }
-        })?;
+        let len = marker::member_header_len(&self.blob, 0)?;
         self.first = len as u64;
         self.next_bit = 8 * self.first;
         Ok(())
@@ -546,7 +546,7 @@ impl Job {
                     let events = std::mem::take(&mut stretch.events);
                     return Some(Decoded { start, end, head, tail, events });
                 }
-                if head.len() * 2 + tail.len() > MAX_SPECULATIVE || self.cancelled() {
+                if head.len() > MAX_MARKED || head.len() * 2 + tail.len() > MAX_SPECULATIVE || self.cancelled() {
                     return None;
                 }
             }
@@ -659,6 +659,47 @@ mod tests {
             blob.extend(gzip(&mixed(k * 131, k as u64), 1 + (k % 9) as u32));
         }
         same_as_sequential(&blob, 64 << 10, 64 << 10);
+    }
+
+    /// Member headers as RFC 1952 allows them and zlib reads them, longer than 64 KiB:
+    /// the largest extra field (65,547 bytes of header), a name of 100 KiB; each with a
+    /// header CRC, checked. The first member's header among them.
+    #[test]
+    fn member_headers_longer_than_64_kib() {
+        let data = mixed(3 << 20, 61);
+        let mut blob = Vec::new();
+        let mut names = Vec::new();
+        for (k, part) in data.chunks(700_000).enumerate() {
+            let mut m = vec![0x1f, 0x8b, 8, 2 | 4 | 8, 0, 0, 0, 0, 0, 3];
+            let xlen = if k % 2 == 0 { u16::MAX } else { 6 };
+            m.extend_from_slice(&xlen.to_le_bytes());
+            m.resize(m.len() + usize::from(xlen), b'x');
+            names.push(blob.len() + m.len());
+            m.resize(m.len() + if k % 2 == 0 { 10 } else { 100 << 10 }, b'n');
+            m.push(0);
+            let crc = crc32fast::hash(&m) as u16;
+            m.extend_from_slice(&crc.to_le_bytes());
+            let mut e = flate2::write::DeflateEncoder::new(m, Compression::new(6));
+            e.write_all(part).unwrap();
+            let mut m = e.finish().unwrap();
+            m.extend_from_slice(&crc32fast::hash(part).to_le_bytes());
+            m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            blob.extend(m);
+        }
+        let (out, cps, _) = decode(&blob, 128 << 10, 256 << 10).unwrap();
+        assert!(out == data, "output differs ({} bytes, expected {})", out.len(), data.len());
+        let (seq_out, seq) = sequential(&blob, 256 << 10);
+        assert!(seq_out == data);
+        assert_eq!(cps, seq, "checkpoints differ from the one-core decoder's");
+        check_random_access(&blob, &data, &cps);
+        // A name changed under its header CRC: an error for both decoders.
+        for at in [names[0], names[3]] {
+            let mut bad = blob.clone();
+            bad[at] ^= 1;
+            assert!(decode(&bad, 128 << 10, 256 << 10).is_err(), "a header CRC failed at {at}, unnoticed");
+            let mut dec = IndexingDecoder::new(&bad[..], Format::Gzip, 256 << 10).unwrap();
+            assert!(io::copy(&mut dec, &mut io::sink()).is_err(), "zlib reads it");
+        }
     }
 
     #[test]

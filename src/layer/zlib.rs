@@ -123,8 +123,9 @@ impl Inflater {
     }
 
     pub(super) fn set_dictionary(&mut self, dict: &[u8]) -> io::Result<()> {
-        // SAFETY: initialised, unmoved stream; `dict` is valid for reads of its length,
-        // which is at most 32 KiB (checked by inflate_window).
+        // SAFETY: initialised, unmoved stream; `dict` is a slice, valid for reads of its
+        // length (the length given is never more: a longer slice would pass fewer bytes,
+        // and zlib keeps only the last 32 KiB of what it is given).
         let ret = unsafe { zlib::inflateSetDictionary(&mut *self.strm, dict.as_ptr(), dict.len() as u32) };
         self.check(ret)
     }
