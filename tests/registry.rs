@@ -773,6 +773,24 @@ fn tag_lists_follow_link_pages() {
 }
 
 #[test]
+fn a_next_page_link_to_another_host_is_not_followed() {
+    // The next page would be asked for with this registry's credentials: a registry (or
+    // anything that can set its headers) must not be able to send them elsewhere.
+    let elsewhere = FakeServer::start("127.0.0.1", |_| {
+        Box::new(|_req: &Req| Reply::new(200).json(serde_json::json!({"name": "lib/x", "tags": ["stolen"]})))
+    });
+    let link = format!(r#"<http://{}/v2/lib/x/tags/list?last=t1>; rel="next""#, elsewhere.addr);
+    let server = FakeServer::start("127.0.0.1", move |_| {
+        Box::new(move |_req: &Req| {
+            Reply::new(200).json(serde_json::json!({"name": "lib/x", "tags": ["t1"]})).header("Link", &link)
+        })
+    });
+    let e = client().list_tags(&server.addr, "lib/x").unwrap_err().to_string();
+    assert!(e.contains("the next-page link leads to another host"), "{e}");
+    assert!(elsewhere.requests().is_empty(), "the other host was asked: {:?}", elsewhere.requests().len());
+}
+
+#[test]
 fn a_manifest_that_does_not_match_its_digest_is_refused() {
     let served = br#"{"schemaVersion":2,"manifests":[]}"#.to_vec();
     let body = served.clone();

@@ -1,5 +1,6 @@
 //! Tag lists and the catalog: every page, following `?n=` and the `Link: <…>; rel="next"`
-//! header, refusing a next-page link that leads back to a page already read.
+//! header, refusing a next-page link that leads back to a page already read or away to
+//! another host.
 
 use super::client::Client;
 use super::endpoint;
@@ -53,13 +54,24 @@ impl Client {
                 return Err(fail(registry, subject, resp));
             }
             let next = match next_link(resp.headers()) {
-                Some(link) => Some(url.join(&link).map_err(|source| RegistryError::InvalidLink {
-                    registry: registry.to_string(),
-                    what: what.clone(),
-                    kind: "next-page link",
-                    link: link.clone(),
-                    source,
-                })?),
+                Some(link) => {
+                    let next = url.join(&link).map_err(|source| RegistryError::InvalidLink {
+                        registry: registry.to_string(),
+                        what: what.clone(),
+                        kind: "next-page link",
+                        link: link.clone(),
+                        source,
+                    })?;
+                    // The next page is asked for with this registry's credentials, so it
+                    // must be on this registry: a link to another host would hand them over.
+                    if next.origin() != url.origin() {
+                        return Err(invalid(format!(
+                            "the next-page link leads to another host: {}",
+                            endpoint::redacted(&next)
+                        )));
+                    }
+                    Some(next)
+                }
                 None => None,
             };
             let body = read_body(registry, &what, resp, LIST_LIMIT)?;
