@@ -107,9 +107,12 @@ struct Token {
 /// says `expires_in` defaults to 60 s; `issued_at` (when present) moves the start back,
 /// but never past `now`, since the clocks of the token service and this host may
 /// disagree. We stop using a token a little before it expires (a tenth of its life, at
-/// most 10 s) so that a request in flight does not arrive with a dead one.
+/// most 10 s) so that a request in flight does not arrive with a dead one. A claimed life
+/// is held to a day: a token service may say anything up to 2^64 s, which no `Instant`
+/// can be moved by, and a registry that refuses a stale token gets asked for a new one.
 pub(crate) fn token_lifetime(expires_in: Option<u64>, issued_at: Option<&str>, now: SystemTime) -> Duration {
-    let life = Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(60));
+    const LONGEST: u64 = 24 * 60 * 60;
+    let life = Duration::from_secs(expires_in.filter(|s| *s > 0).unwrap_or(60).min(LONGEST));
     let elapsed = issued_at
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .and_then(|t| now.duration_since(SystemTime::from(t)).ok())
@@ -278,6 +281,12 @@ mod tests {
         // issued "in the future" by a fast clock: counted from now.
         assert_eq!(token_lifetime(Some(300), Some("2024-01-01T00:05:00Z"), now), Duration::from_secs(290));
         assert_eq!(token_lifetime(Some(2), None, now), Duration::from_millis(1800));
+        // A life no Instant can hold (Instant + it panicked) is held to a day.
+        assert_eq!(token_lifetime(Some(u64::MAX), None, now), Duration::from_secs(24 * 60 * 60 - 10));
+        let (_, life) = parse_token_response(br#"{"token":"t","expires_in":18446744073709551615}"#, now).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let auth = AuthState::new(CredentialSources::load(Some(empty.path())).unwrap());
+        auth.store_token("r.example", "repository:a:pull", "t".into(), life);
         let (t, life) = parse_token_response(br#"{"access_token":"abc","expires_in":120}"#, now).unwrap();
         assert_eq!((t.as_str(), life), ("abc", Duration::from_secs(110)));
         assert!(parse_token_response(br#"{"token":""}"#, now).is_err());
