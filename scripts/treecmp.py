@@ -15,10 +15,12 @@
 # uid and gid (and mtime, as a directory).
 #
 # Prints one line per difference, `path: field: A_value != B_value`, and exits 1; or
-# prints `trees equal (N entries)` and exits 0. Exit 2 on usage errors. --list prints one
-# line per entry instead (directory mtimes that are not compared shown as "*"); the
-# golden listings in scripts/testimages/golden/ are in that form.
+# prints `trees equal (N entries)` and exits 0. Exit 2 on usage errors, 3 if it fails
+# (an exception: a tree that cannot be read, say). --list prints one line per entry
+# instead (directory mtimes that are not compared shown as "*"); the golden listings in
+# scripts/testimages/golden/ are in that form.
 import argparse
+import errno
 import hashlib
 import os
 import stat
@@ -51,8 +53,13 @@ def file_sha256(path):
 def xattrs(path):
     try:
         names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
+    except OSError as e:
+        # No xattrs here at all (a filesystem without them). Any other failure (EIO from
+        # a broken mount) leaves nothing to compare: the comparison fails (exit 3)
+        # rather than read it as an empty set that compares equal.
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
     out = {}
     for n in sorted(names):
         if not n.startswith("user."):
@@ -224,4 +231,11 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Python ends with 1 on an uncaught exception, which callers would read as "trees
+    # differ" (with no difference printed); a crash is 3.
+    try:
+        sys.exit(main())
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        sys.exit(3)
