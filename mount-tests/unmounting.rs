@@ -314,3 +314,47 @@ fn lazy_umount_detaches_and_keeps_the_record_until_the_last_reader_closes() {
         s.ok(&["rm", &image]);
     }
 }
+
+/// A server that is alive but stopped (SIGSTOP here; a debugger or a stuck thread pool
+/// alike) never answers the kernel. `imgfs umount` of its mount must still unmount it,
+/// not hang on the statfs that asks whether the mount is dead (it waited for ever). It
+/// then waits its usual while for the server, which can't exit until it runs again.
+#[test]
+fn umount_of_a_stopped_servers_mount_does_not_hang() {
+    let Some(_) = outcome::test_env() else { return };
+    let image = format!("{}/lazy:1", env().addr);
+    let s = Setup::new(Who::Root);
+    s.ok(&["mount", &image, s.m.arg()]);
+    let pid = s.m.server();
+    assert_eq!(s.read("top/c.txt"), reference_file("lazy:1", "top/c.txt"));
+
+    /// Lets the server run again however the test ends, so it never stays behind stopped.
+    struct Stopped(u32);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = kill(self.0, libc::SIGCONT);
+        }
+    }
+    kill(pid, libc::SIGSTOP).unwrap();
+    let stopped = Stopped(pid);
+
+    let mut umount = s
+        .command(env!("CARGO_BIN_EXE_imgfs"), &["--root", s.store.to_str().unwrap(), "umount", s.m.arg()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("imgfs umount");
+    // Its wait for the server is 10 s; the unmount itself takes no time.
+    let ended = wait_until(Duration::from_secs(40), || umount.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = umount.kill();
+    }
+    let out = umount.wait_with_output().unwrap();
+    assert!(ended, "imgfs umount of a stopped server's mount hung: {}", show(&out));
+    assert!(out.status.success(), "imgfs umount: {}", show(&out));
+    assert!(mountinfo(&s.m.dir).is_none(), "still mounted after umount");
+
+    drop(stopped);
+    assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)), "server {pid} did not exit once running again");
+    assert_eq!(s.records(), 0, "the record was left");
+}

@@ -22,7 +22,7 @@ use crate::registry::LazyClient;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
     detach, holders, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mount_table, mountpoint_path,
-    process_start_ticks, statfs_errno, unmount_device, MountRecord, Unmounted,
+    process_start_ticks, statfs_of, unmount_device, MountRecord, Statfs, Unmounted,
 };
 use crate::store::Store;
 use crate::tree::{DirAttrs, Tree};
@@ -260,7 +260,7 @@ fn clear_dead_mount(dir: &Path) -> Result<()> {
     if is_dead_imgfs_mount(&path) {
         detach(&path)?;
         tracing::info!("detached the dead mount a killed server left at {}", path.display());
-    } else if statfs_errno(&path) == Some(libc::ENOTCONN) {
+    } else if statfs_of(&path) == Statfs::Failed(libc::ENOTCONN) {
         return Err(Error::ForeignDeadMount(path));
     }
     Ok(())
@@ -285,16 +285,18 @@ pub fn unmount(store: &Store, dir: &Path, lazy: bool) -> Result<()> {
     if !entry.is_imgfs() {
         return Err(Error::NotImgfs { dir, fstype: entry.fstype, from: entry.source });
     }
+    // The server of this mount, not of an older one detached from the same directory;
+    // found before the unmount, as it removes its record on its way out.
+    let server = store.mounts()?.0.into_iter().find(|m| !m.starting && m.serves(&entry));
     // Nothing serves a dead mount: whatever has it open only gets errors, so it is
-    // detached even when busy. Listing drops its server's record.
-    if statfs_errno(&dir) == Some(libc::ENOTCONN) {
+    // detached even when busy. Listing drops its server's record. A mount whose server
+    // lives is not asked: a stopped server never answers, and a statfs left waiting on
+    // it would hold the mount busy.
+    if server.is_none() && statfs_of(&dir) == Statfs::Failed(libc::ENOTCONN) {
         detach(&dir)?;
         store.mounts()?;
         return Ok(());
     }
-    // The server of this mount, not of an older one detached from the same directory;
-    // found before the unmount, as it removes its record on its way out.
-    let server = store.mounts()?.0.into_iter().find(|m| !m.starting && m.serves(&entry));
     match unmount_device(&dir, &entry.device, lazy)? {
         Unmounted::Done => {}
         Unmounted::NotThere => return Err(Error::NotMounted(dir)),
@@ -383,7 +385,7 @@ fn start_background(store: &Store, dir: &Path, mut server: Command) -> Result<()
     loop {
         // statfs answers without reading any layer (a stat of the root would read
         // the top layer for its attributes): the mount is up and nothing is fetched.
-        if is_fuse_mountpoint(dir) && statfs_errno(dir).is_none() {
+        if is_fuse_mountpoint(dir) && statfs_of(dir) == Statfs::Answered {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {

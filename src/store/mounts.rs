@@ -22,6 +22,7 @@ use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MountRecord {
@@ -206,12 +207,39 @@ pub fn mountpoint_path(dir: &Path) -> PathBuf {
 
 /// Is `dir` an imgfs mount whose server is gone (the kernel answers ENOTCONN)?
 pub fn is_dead_imgfs_mount(dir: &Path) -> bool {
-    mount_at(dir).is_some_and(|m| m.is_imgfs()) && statfs_errno(dir) == Some(libc::ENOTCONN)
+    mount_at(dir).is_some_and(|m| m.is_imgfs()) && statfs_of(dir) == Statfs::Failed(libc::ENOTCONN)
 }
 
-/// statfs(2) of `dir`: None if it answers, else its errno.
-pub fn statfs_errno(dir: &Path) -> Option<i32> {
-    rustix::fs::statvfs(dir).err().map(|e| e.raw_os_error())
+/// What statfs(2) of a directory said.
+#[derive(Debug, PartialEq)]
+pub enum Statfs {
+    Answered,
+    Failed(i32),
+    /// Nothing within `STATFS_LIMIT`: a FUSE server that is alive but stopped (SIGSTOP,
+    /// a debugger) or stuck never answers, and the kernel waits for it.
+    NoAnswer,
+}
+
+/// How long `statfs_of` waits. A live server answers statfs at once (it reads no layer).
+const STATFS_LIMIT: Duration = Duration::from_secs(1);
+
+/// statfs(2) of `dir`, on a thread of its own so that the caller is not stuck with it:
+/// asking whether a mount is dead must not hang on one whose server is stopped (`imgfs
+/// umount` of such a mount waited for ever). A thread left waiting ends with the process.
+pub fn statfs_of(dir: &Path) -> Statfs {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    let asked = std::thread::Builder::new().name("statfs".into()).spawn(move || {
+        let _ = tx.send(rustix::fs::statvfs(&dir).err().map(|e| e.raw_os_error()));
+    });
+    if asked.is_err() {
+        return Statfs::NoAnswer;
+    }
+    match rx.recv_timeout(STATFS_LIMIT) {
+        Ok(None) => Statfs::Answered,
+        Ok(Some(errno)) => Statfs::Failed(errno),
+        Err(_) => Statfs::NoAnswer,
+    }
 }
 
 /// Unmount `dir`: a plain unmount first, then a lazy detach if something holds it
