@@ -289,13 +289,18 @@ pub fn unmount(store: &Store, dir: &Path, lazy: bool) -> Result<()> {
     // found before the unmount, as it removes its record on its way out.
     let server = store.mounts()?.0.into_iter().find(|m| !m.starting && m.serves(&entry));
     // Nothing serves a dead mount: whatever has it open only gets errors, so it is
-    // detached even when busy. Listing drops its server's record. A mount whose server
-    // lives is not asked: a stopped server never answers, and a statfs left waiting on
-    // it would hold the mount busy.
-    if server.is_none() && statfs_of(&dir) == Statfs::Failed(libc::ENOTCONN) {
-        detach(&dir)?;
-        store.mounts()?;
-        return Ok(());
+    // detached even when busy (the listing above already did, for a server of this
+    // store that was killed). A mount whose server lives is not asked: a stopped server
+    // never answers, and a statfs left waiting on it would hold the mount busy.
+    if server.is_none() {
+        if mount_at(&dir).is_none_or(|m| m.device != entry.device) {
+            return Ok(());
+        }
+        if statfs_of(&dir) == Statfs::Failed(libc::ENOTCONN) {
+            detach(&dir)?;
+            store.mounts()?;
+            return Ok(());
+        }
     }
     match unmount_device(&dir, &entry.device, lazy)? {
         Unmounted::Done => {}
