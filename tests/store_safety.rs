@@ -3,7 +3,8 @@
 //! images): garbage collection racing pulls, record writes racing the temp sweep, pulls
 //! killed with SIGKILL, the store's file modes, inconsistent records, and `imgfs check`
 //! finding (and with `--repair` removing) damaged blobs, indexes, records and mount
-//! records. Tests with a FUSE mount are in mount-tests/store_safety.rs.
+//! records, and a lock that can't be taken. Tests with a FUSE mount are in
+//! mount-tests/store_safety.rs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -288,6 +289,23 @@ fn inconsistent_records_and_huge_durations_give_one_line_errors() {
         assert!(err.contains("until"), "{until}: {err}");
     }
     ok(root, &["prune", "-f", "--filter", "until=-2562047h"]);
+}
+
+/// A lock that can't be taken (here a directory where its file goes) fails the command
+/// with one line naming the lock file; the bare OS error named nothing.
+#[test]
+fn a_lock_that_cannot_be_taken_is_named() {
+    let store = tempfile::tempdir().unwrap();
+    let root = store.path();
+    ok(root, &["ls"]);
+    for (lock, cmd) in [("db.lock", &["ls"][..]), ("gc.lock", &["prune", "-f"])] {
+        let path = root.join(lock);
+        let _ = std::fs::remove_file(&path);
+        std::fs::create_dir(&path).unwrap();
+        let err = fails(root, cmd);
+        assert!(err.contains(&format!("cannot lock {}", path.display())), "{cmd:?}: {err}");
+        std::fs::remove_dir(&path).unwrap();
+    }
 }
 
 /// Flip one byte in the middle of a file.
