@@ -189,15 +189,9 @@ impl Store {
         self.root().join("images.json")
     }
 
-    /// The records' lock, taken with `take`; a failure names the lock file.
-    fn records_lock(&self, take: fn(&std::path::Path) -> std::io::Result<FileLock>) -> Result<FileLock> {
-        let path = self.db_lock_path();
-        take(&path).map_err(super::io(format!("cannot lock {}", path.display())))
-    }
-
     /// A snapshot of the records (no lock held afterwards).
     pub fn db(&self) -> Result<Db> {
-        let _lock = self.records_lock(FileLock::shared)?;
+        let _lock = FileLock::shared(&self.db_lock_path())?;
         self.read_db()
     }
 
@@ -215,7 +209,7 @@ impl Store {
     /// work that must not interleave with a change of the records (a mount record
     /// removed after any `update_db` that writes one has finished).
     pub fn with_records_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        let _lock = self.records_lock(FileLock::exclusive)?;
+        let _lock = FileLock::exclusive(&self.db_lock_path())?;
         Ok(f())
     }
 
@@ -224,7 +218,7 @@ impl Store {
     /// a mount recording itself), leaves the file as it was.
     /// `change`'s own error comes back as it is; the store's failures are made into it.
     pub fn update_db<T, E: From<Error>>(&self, change: impl FnOnce(&mut Db) -> Result<T, E>) -> Result<T, E> {
-        let _lock = self.records_lock(FileLock::exclusive)?;
+        let _lock = FileLock::exclusive(&self.db_lock_path())?;
         let mut db = self.read_db()?;
         let before = serde_json::to_vec_pretty(&db).map_err(Error::from)?;
         let out = change(&mut db)?;

@@ -28,17 +28,11 @@ pub struct Sweep {
 impl Store {
     /// Hold this while writing blobs that are not yet named by a record.
     pub fn writer_guard(&self) -> Result<FileLock> {
-        self.gc_lock(FileLock::shared)
-    }
-
-    /// The collector's lock, taken with `take`; a failure names the lock file.
-    fn gc_lock(&self, take: fn(&std::path::Path) -> std::io::Result<FileLock>) -> Result<FileLock> {
-        let path = self.gc_lock_path();
-        take(&path).map_err(super::io(format!("cannot lock {}", path.display())))
+        FileLock::shared(&self.gc_lock_path())
     }
 
     pub fn collect_garbage(&self) -> Result<Sweep> {
-        let _gc = self.gc_lock(FileLock::exclusive)?;
+        let _gc = FileLock::exclusive(&self.gc_lock_path())?;
         let db = self.db()?;
         let mut keep: HashSet<String> = HashSet::new();
         for img in db.images.values() {

@@ -18,24 +18,33 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    pub fn shared(path: &Path) -> io::Result<FileLock> {
+    pub fn shared(path: &Path) -> super::Result<FileLock> {
         Self::take(path, File::lock_shared)
     }
 
-    pub fn exclusive(path: &Path) -> io::Result<FileLock> {
+    pub fn exclusive(path: &Path) -> super::Result<FileLock> {
         Self::take(path, File::lock)
     }
 
-    fn take(path: &Path, lock: fn(&File) -> io::Result<()>) -> io::Result<FileLock> {
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(super::FILE_MODE).open(path)?;
+    /// A failure names the lock file: the OS error alone ("Is a directory") says nothing
+    /// of which file or why imgfs wanted it.
+    fn take(path: &Path, lock: fn(&File) -> io::Result<()>) -> super::Result<FileLock> {
+        let named = || super::io(format!("cannot lock {}", path.display()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(super::FILE_MODE)
+            .open(path)
+            .map_err(named())?;
         loop {
             match lock(&file) {
                 Ok(()) => return Ok(FileLock { _file: file }),
                 // flock(2) returns EINTR when a signal handler runs during the wait; a
                 // signal handled elsewhere in the process must not fail the lock.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(named()(e)),
             }
         }
     }

@@ -196,7 +196,7 @@ impl Store {
     /// `tmp/` under the exclusive lock) never removes a lock file in use.
     pub fn fetch_lock(&self, d: &Digest) -> Result<lock::FileLock> {
         let path = self.root.join("locks").join(format!("fetch-{}.lock", d.hex()));
-        lock::FileLock::exclusive(&path).map_err(io(format!("cannot lock {}", path.display())))
+        lock::FileLock::exclusive(&path)
     }
 
     pub fn logs_dir(&self) -> PathBuf {
