@@ -349,8 +349,9 @@ pub(crate) fn treecmp(mnt: &Path, reference: &Path, options: &[&str]) -> Vec<Str
     let stdout = String::from_utf8_lossy(&out.stdout);
     match out.status.code() {
         Some(0) => Vec::new(),
-        // Exit 1 with no difference printed is a crash, not a comparison (Python exits 1
-        // on an uncaught exception; treecmp.py itself turns those into 3).
+        // Exit 1 with no difference printed is no comparison: treecmp.py turns its own
+        // exceptions into exit 3, but Python still exits 1 when the script can't start
+        // (a syntax error, a missing module).
         Some(1) if stdout.trim().is_empty() => vec![format!("treecmp.py failed: {}", show(&out))],
         Some(1) => stdout.lines().filter(|l| !only_empty_xattrs_missing(l)).map(String::from).collect(),
         _ => vec![format!("treecmp.py failed: {}", show(&out))],
