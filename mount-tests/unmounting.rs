@@ -317,8 +317,8 @@ fn lazy_umount_detaches_and_keeps_the_record_until_the_last_reader_closes() {
 
 /// A server that is alive but stopped (SIGSTOP here; a debugger or a stuck thread pool
 /// alike) never answers the kernel. `imgfs umount` of its mount must still unmount it,
-/// not hang on the statfs that asks whether the mount is dead (it waited for ever). It
-/// then waits its usual while for the server, which can't exit until it runs again.
+/// not hang on the statfs that asks whether the mount is dead (it waited for ever), and
+/// say that the server is stopped and exits once continued, instead of waiting for it.
 #[test]
 fn umount_of_a_stopped_servers_mount_does_not_hang() {
     let Some(_) = outcome::test_env() else { return };
@@ -344,7 +344,7 @@ fn umount_of_a_stopped_servers_mount_does_not_hang() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("imgfs umount");
-    // Its wait for the server is 10 s; the unmount itself takes no time.
+    // Neither the unmount nor the look at the server takes long; 40 s is hanging.
     let ended = wait_until(Duration::from_secs(40), || umount.try_wait().unwrap().is_some());
     if !ended {
         let _ = umount.kill();
@@ -353,6 +353,8 @@ fn umount_of_a_stopped_servers_mount_does_not_hang() {
     assert!(ended, "imgfs umount of a stopped server's mount hung: {}", show(&out));
     assert!(out.status.success(), "imgfs umount: {}", show(&out));
     assert!(mountinfo(&s.m.dir).is_none(), "still mounted after umount");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("server {pid} is stopped")) && stderr.contains("kill -CONT"), "{stderr}");
 
     drop(stopped);
     assert!(wait_until(Duration::from_secs(10), || pid_gone(pid)), "server {pid} did not exit once running again");

@@ -21,7 +21,7 @@ use crate::opened_image::{self, open_layers, Reading};
 use crate::registry::LazyClient;
 use crate::store::db::ImageRecord;
 use crate::store::mounts::{
-    detach, holders, is_dead_imgfs_mount, is_fuse_mountpoint, mount_at, mount_table, mountpoint_path,
+    detach, holders, is_fuse_mountpoint, mount_at, mount_table, mountpoint_path, process_is_stopped,
     process_start_ticks, statfs_of, unmount_device, MountRecord, Statfs, Unmounted,
 };
 use crate::store::Store;
@@ -257,12 +257,14 @@ fn prepare_mountpoint(dir: &Path) -> Result<PathBuf> {
 /// another filesystem is its owner's to clear.
 fn clear_dead_mount(dir: &Path) -> Result<()> {
     let path = mountpoint_path(dir);
-    if is_dead_imgfs_mount(&path) {
-        detach(&path)?;
-        tracing::info!("detached the dead mount a killed server left at {}", path.display());
-    } else if statfs_of(&path) == Statfs::Failed(libc::ENOTCONN) {
+    if statfs_of(&path) != Statfs::Failed(libc::ENOTCONN) {
+        return Ok(());
+    }
+    if !mount_at(&path).is_some_and(|m| m.is_imgfs()) {
         return Err(Error::ForeignDeadMount(path));
     }
+    detach(&path)?;
+    tracing::info!("detached the dead mount a killed server left at {}", path.display());
     Ok(())
 }
 
@@ -314,6 +316,11 @@ pub fn unmount(store: &Store, dir: &Path, lazy: bool) -> Result<()> {
     if let Some(m) = server {
         let start = Instant::now();
         while process_start_ticks(m.pid) == Some(m.start_ticks) {
+            // Waiting for a stopped server is waiting for whoever stopped it.
+            if process_is_stopped(m.pid) {
+                tracing::warn!("server {} is stopped: it exits once it runs again (kill -CONT {})", m.pid, m.pid);
+                break;
+            }
             if start.elapsed() > Duration::from_secs(10) {
                 tracing::warn!("server {} still running after unmount", m.pid);
                 break;

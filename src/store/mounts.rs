@@ -123,9 +123,7 @@ impl Store {
 
 /// Field 22 of /proc/PID/stat, or None if there is no such (living) process.
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: split after it.
-    let after = &stat[stat.rfind(')')? + 2..];
+    let after = stat_after_comm(pid)?;
     // A killed server its parent has not reaped yet is a zombie: dead all the same.
     // But a killed thread-group leader shows as a zombie while its other threads are
     // still exiting, and the last of them closes /dev/fuse: until then the mount is not
@@ -134,6 +132,19 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
         return None;
     }
     after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Is `pid` stopped (SIGSTOP, or held by a tracer)? It sees nothing, its session's end
+/// included, until it runs again.
+pub fn process_is_stopped(pid: u32) -> bool {
+    stat_after_comm(pid).is_some_and(|f| matches!(f.split(' ').next(), Some("T" | "t")))
+}
+
+/// The fields of /proc/PID/stat from the third (the state) on.
+fn stat_after_comm(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    Some(stat.get(stat.rfind(')')? + 2..)?.to_string())
 }
 
 /// How many threads of `pid` are still there (a zombie leader counts itself).
